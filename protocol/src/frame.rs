@@ -1,0 +1,402 @@
+//! goridge v3 frames: see "Frame" in `PROTOCOL.md`.
+
+use std::fmt;
+
+/// Length of the fixed part of a frame header, before the options.
+pub const HEADER_LEN: usize = 12;
+/// The only protocol version this codec speaks (high nibble of byte 0).
+pub const VERSION: u8 = 1;
+/// At most this many u32 options follow the fixed header (header length nibble ≤ 13 words).
+pub const MAX_OPTIONS: usize = 10;
+/// Smallest header length in 32-bit words (no options).
+const MIN_HEADER_WORDS: u8 = 3;
+/// Largest header length in 32-bit words (ten options).
+const MAX_HEADER_WORDS: u8 = MIN_HEADER_WORDS + MAX_OPTIONS as u8;
+
+/// Frame flags (byte 1 of the header).
+pub mod flags {
+    /// A control frame (pid handshake, stop); never a job payload.
+    pub const CONTROL: u8 = 0x01;
+    /// Payload is raw bytes.
+    pub const CODEC_RAW: u8 = 0x04;
+    /// Payload is JSON.
+    pub const CODEC_JSON: u8 = 0x08;
+    /// Payload is MessagePack.
+    pub const CODEC_MSGPACK: u8 = 0x10;
+    /// Payload is Go gob.
+    pub const CODEC_GOB: u8 = 0x20;
+    /// The worker reports an error; payload is the message.
+    pub const ERROR: u8 = 0x40;
+    /// Payload is protobuf.
+    pub const CODEC_PROTO: u8 = 0x80;
+}
+
+/// Stream bits (byte 10 of the header). Pier never sets them; they are decoded and kept.
+pub mod stream {
+    /// The payload is one chunk of a stream.
+    pub const STREAM: u8 = 0x01;
+    /// Stop the stream.
+    pub const STOP: u8 = 0x02;
+    /// Liveness probe.
+    pub const PING: u8 = 0x04;
+    /// Answer to [`PING`].
+    pub const PONG: u8 = 0x08;
+}
+
+/// Why bytes are not a valid frame. Every variant is the peer's fault (corrupt or hostile input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The version nibble is not [`VERSION`]: the peer does not speak goridge v3, or wrote garbage.
+    #[error("could not decode frame: unsupported version {0} (expected {VERSION})")]
+    Version(u8),
+    /// The header-length nibble is outside 3..=13 words.
+    #[error("could not decode frame: header length {0} words is outside 3..=13")]
+    HeaderLength(u8),
+    /// The CRC32 of header bytes 0..6 does not match bytes 6..10.
+    #[error(
+        "could not decode frame: header checksum {found:#010x} does not match {computed:#010x}"
+    )]
+    Checksum {
+        /// The checksum the frame carries.
+        found: u32,
+        /// The checksum of the bytes received.
+        computed: u32,
+    },
+    /// The announced payload is larger than the caller allows; nothing was allocated for it.
+    #[error("could not decode frame: payload of {len} bytes exceeds the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Announced payload length.
+        len: u64,
+        /// The caller's limit.
+        max: u64,
+    },
+}
+
+/// Why a frame could not be encoded: the caller's mistake, never the peer's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// More than [`MAX_OPTIONS`] options.
+    #[error("could not encode frame: {0} options (at most {MAX_OPTIONS})")]
+    TooManyOptions(usize),
+    /// The payload does not fit the u32 length field.
+    #[error("could not encode frame: payload of {0} bytes does not fit in 32 bits")]
+    PayloadTooLarge(u64),
+}
+
+/// Up to ten u32 options, stored inline so decoding never allocates.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Option values; only the first `len` are meaningful.
+    values: [u32; MAX_OPTIONS],
+    /// How many options the frame carries.
+    len: u8,
+}
+
+impl Options {
+    /// Options from a slice; `None` when it has more than [`MAX_OPTIONS`] values.
+    pub fn new(values: &[u32]) -> Option<Self> {
+        if values.len() > MAX_OPTIONS {
+            return None;
+        }
+        let mut out = Self::default();
+        out.values[..values.len()].copy_from_slice(values);
+        out.len = values.len() as u8;
+        Some(out)
+    }
+
+    /// The options as a slice.
+    pub fn as_slice(&self) -> &[u32] {
+        &self.values[..usize::from(self.len)]
+    }
+
+    /// Option `i`, if present.
+    pub fn get(&self, i: usize) -> Option<u32> {
+        self.as_slice().get(i).copied()
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// A decoded frame that borrows its payload from the input buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Header byte 1: see [`flags`].
+    pub flags: u8,
+    /// Header byte 10: see [`stream`].
+    pub stream: u8,
+    /// The u32 options after the fixed header.
+    pub options: Options,
+    /// The payload, borrowed from the decoded buffer.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// A frame with no stream bits.
+    pub fn new(flags: u8, options: &[u32], payload: &'a [u8]) -> Option<Self> {
+        Some(Self {
+            flags,
+            stream: 0,
+            options: Options::new(options)?,
+            payload,
+        })
+    }
+
+    /// Appends this frame's bytes to `dst`.
+    pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode(
+            dst,
+            self.flags,
+            self.stream,
+            self.options.as_slice(),
+            &[self.payload],
+        )
+    }
+
+    /// Whether every bit of `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag == flag
+    }
+}
+
+/// Decodes one frame from the start of `buf`.
+///
+/// Returns `Ok(None)` while `buf` holds only part of a frame, and `Ok(Some((frame, consumed)))`
+/// once a whole frame is there. A bad version or header length is reported from the first byte,
+/// so garbage is rejected without waiting for twelve bytes; the payload length is checked against
+/// `max_payload` only after the header checksum, and before anything is buffered for it.
+pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let version = first >> 4;
+    if version != VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let words = first & 0x0f;
+    if !(MIN_HEADER_WORDS..=MAX_HEADER_WORDS).contains(&words) {
+        return Err(FrameError::HeaderLength(words));
+    }
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let found = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+    let computed = crc32fast::hash(&header[..6]);
+    if found != computed {
+        return Err(FrameError::Checksum { found, computed });
+    }
+    let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
+    if len > max_payload {
+        return Err(FrameError::PayloadTooLarge {
+            len: len.into(),
+            max: max_payload.into(),
+        });
+    }
+    let header_len = usize::from(words) * 4;
+    let total = header_len + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let mut options = Options {
+        len: words - MIN_HEADER_WORDS,
+        ..Options::default()
+    };
+    for (slot, raw) in options
+        .values
+        .iter_mut()
+        .zip(buf[HEADER_LEN..header_len].chunks_exact(4))
+    {
+        *slot = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    }
+    let frame = Frame {
+        flags: header[1],
+        stream: header[10],
+        options,
+        payload: &buf[header_len..total],
+    };
+    Ok(Some((frame, total)))
+}
+
+/// Appends one whole frame to `dst`, so that it can go out in a single write.
+///
+/// The payload is given in parts (for example context and body) so that callers never
+/// concatenate them first.
+pub fn encode(
+    dst: &mut Vec<u8>,
+    flags: u8,
+    stream: u8,
+    options: &[u32],
+    payload: &[&[u8]],
+) -> Result<(), EncodeError> {
+    if options.len() > MAX_OPTIONS {
+        return Err(EncodeError::TooManyOptions(options.len()));
+    }
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge(len as u64))?;
+    dst.reserve(HEADER_LEN + options.len() * 4 + len);
+    let start = dst.len();
+    put_header(dst, flags, stream, options, len32);
+    debug_assert_eq!(dst.len() - start, HEADER_LEN + options.len() * 4);
+    for part in payload {
+        dst.extend_from_slice(part);
+    }
+    Ok(())
+}
+
+/// Appends a header whose payload length is patched later by [`finish_header`]; used by encoders
+/// that serialize the payload straight into `dst`.
+pub(crate) fn begin_header(dst: &mut Vec<u8>, flags: u8, options: &[u32]) -> usize {
+    let start = dst.len();
+    put_header(dst, flags, 0, options, 0);
+    start
+}
+
+/// Patches the payload length, the options and the checksum of a header begun at `start`.
+pub(crate) fn finish_header(
+    dst: &mut [u8],
+    start: usize,
+    options: &[u32],
+) -> Result<(), EncodeError> {
+    let header_len = HEADER_LEN + options.len() * 4;
+    let len = dst.len() - start - header_len;
+    let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge(len as u64))?;
+    let header = &mut dst[start..start + header_len];
+    header[2..6].copy_from_slice(&len32.to_le_bytes());
+    let crc = crc32fast::hash(&header[..6]);
+    header[6..10].copy_from_slice(&crc.to_le_bytes());
+    for (raw, value) in header[HEADER_LEN..].chunks_exact_mut(4).zip(options) {
+        raw.copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(())
+}
+
+fn put_header(dst: &mut Vec<u8>, flags: u8, stream: u8, options: &[u32], len: u32) {
+    let words = MIN_HEADER_WORDS + options.len() as u8;
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = (VERSION << 4) | words;
+    header[1] = flags;
+    header[2..6].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&header[..6]);
+    header[6..10].copy_from_slice(&crc.to_le_bytes());
+    header[10] = stream;
+    dst.extend_from_slice(&header);
+    for option in options {
+        dst.extend_from_slice(&option.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(&mut buf, flags::CODEC_RAW, 0, &[5], &[b"WRITE", b"hello"]).unwrap();
+        buf
+    }
+
+    #[test]
+    fn round_trips_and_reports_consumed_length() {
+        let mut buf = sample();
+        buf.extend_from_slice(b"trailing");
+        let (frame, used) = decode(&buf, 1024).unwrap().unwrap();
+        assert_eq!(used, 16 + 10);
+        assert_eq!(frame.flags, flags::CODEC_RAW);
+        assert_eq!(frame.options.as_slice(), &[5]);
+        assert_eq!(frame.payload, b"WRITEhello");
+        let mut again = Vec::new();
+        frame.encode(&mut again).unwrap();
+        assert_eq!(again, &buf[..used]);
+    }
+
+    #[test]
+    fn needs_more_until_the_last_byte() {
+        let buf = sample();
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut], 1024), Ok(None), "prefix of {cut} bytes");
+        }
+        assert!(decode(&buf, 1024).unwrap().is_some());
+    }
+
+    /// A header with the given first byte and payload length, with a valid checksum.
+    fn header(first: u8, len: u32) -> Vec<u8> {
+        let mut h = vec![first, 0];
+        h.extend_from_slice(&len.to_le_bytes());
+        let crc = crc32fast::hash(&h);
+        h.extend_from_slice(&crc.to_le_bytes());
+        h.extend_from_slice(&[0, 0]);
+        h
+    }
+
+    #[test]
+    fn rejections() {
+        let mut bad_crc = sample();
+        bad_crc[6] ^= 0xff;
+        let cases: Vec<(&str, Vec<u8>, FrameError)> = vec![
+            ("version 0", vec![0x03], FrameError::Version(0)),
+            ("version 2", header(0x23, 0), FrameError::Version(2)),
+            ("ascii garbage", b"hello\n".to_vec(), FrameError::Version(6)),
+            ("header length 2", vec![0x12], FrameError::HeaderLength(2)),
+            (
+                "header length 0",
+                header(0x10, 0),
+                FrameError::HeaderLength(0),
+            ),
+            ("header length 14", vec![0x1e], FrameError::HeaderLength(14)),
+            (
+                "crc mismatch",
+                bad_crc.clone(),
+                FrameError::Checksum {
+                    found: u32::from_le_bytes(bad_crc[6..10].try_into().unwrap()),
+                    computed: crc32fast::hash(&bad_crc[..6]),
+                },
+            ),
+            (
+                "payload over limit",
+                header(0x13, 1025),
+                FrameError::PayloadTooLarge {
+                    len: 1025,
+                    max: 1024,
+                },
+            ),
+            (
+                "4 GiB payload announced",
+                header(0x13, u32::MAX),
+                FrameError::PayloadTooLarge {
+                    len: u32::MAX.into(),
+                    max: 1024,
+                },
+            ),
+        ];
+        for (name, bytes, want) in cases {
+            assert_eq!(decode(&bytes, 1024), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn payload_at_the_limit_is_accepted() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, 0, &[], &[&[7u8; 1024]]).unwrap();
+        assert_eq!(decode(&buf, 1024).unwrap().unwrap().1, buf.len());
+    }
+
+    #[test]
+    fn ten_options_and_stream_bits() {
+        let options: Vec<u32> = (1..=10).collect();
+        let mut buf = Vec::new();
+        encode(&mut buf, flags::CONTROL, stream::PING, &options, &[b"x"]).unwrap();
+        assert_eq!(buf[0], 0x1d);
+        let (frame, _) = decode(&buf, 16).unwrap().unwrap();
+        assert_eq!(frame.options.as_slice(), options.as_slice());
+        assert_eq!(frame.stream, stream::PING);
+        assert!(frame.has(flags::CONTROL));
+        assert_eq!(
+            encode(&mut buf, 0, 0, &[0; 11], &[]),
+            Err(EncodeError::TooManyOptions(11))
+        );
+        assert!(Options::new(&[0; 11]).is_none());
+    }
+}

@@ -1,0 +1,25 @@
+//! I/O-free relay codec shared by the Pier server and the `pier` PHP extension.
+//!
+//! The wire format is specified in [`PROTOCOL.md`](../../PROTOCOL.md) at the repository root; this
+//! crate implements it and links to it rather than restating it.
+//!
+//! # Layout
+//! - [`frame`]: goridge v3 frames: incremental [`frame::decode`] that borrows the payload, and
+//!   [`frame::encode`] that writes a whole frame into one buffer. Flag and stream-bit constants.
+//! - [`control`]: control frames: the pid handshake and the stop request (server → worker), the
+//!   pid reply (worker → server).
+//! - [`tcp`]: the TCP plugin's messages: events (`CONNECTED`/`DATA`/`CLOSE`, server → worker) and
+//!   replies (`WRITE`/`CONTINUE`/`WRITECLOSE`/`CLOSE`, worker → server).
+//! - [`message`]: classifies a decoded frame into everything a worker may say
+//!   ([`message::WorkerMessage`]) or a server may say ([`message::ServerMessage`]).
+//!
+//! Nothing here does I/O, allocates for a payload before it is validated, or panics on any input.
+
+pub mod control;
+pub mod frame;
+pub mod message;
+pub mod tcp;
+
+pub use frame::{decode, encode, Frame, FrameError, Options};
+pub use message::{MessageError, ServerMessage, WorkerMessage};
+pub use tcp::{EventKind, ReplyKind, TcpEvent, TcpReply};

@@ -1,0 +1,87 @@
+//! Classifies decoded frames into what each side of the relay may say. See `PROTOCOL.md`.
+
+use crate::control::{truncate, Control, STOP_PAYLOAD};
+use crate::frame::{flags, Frame};
+use crate::tcp::{split_context, TcpEvent, TcpReply};
+
+/// A frame that is well-formed but does not carry a message we understand: the peer's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// A job frame without option 0 (the context length).
+    #[error("could not read message: option 0 (context length) is missing")]
+    MissingContextLength,
+    /// Option 0 points past the end of the payload.
+    #[error("could not read message: context length {context} exceeds payload length {payload}")]
+    ContextOutOfBounds {
+        /// Announced context length.
+        context: usize,
+        /// Actual payload length.
+        payload: usize,
+    },
+    /// An event's context is not the JSON object the TCP plugin sends.
+    #[error("could not read event context")]
+    ContextJson(#[source] serde_json::Error),
+    /// A control frame's payload is not JSON.
+    #[error("could not read control frame")]
+    ControlJson(#[source] serde_json::Error),
+    /// A control frame that is neither a pid handshake nor a stop request.
+    #[error("could not read control frame: unknown payload {0:?}")]
+    UnknownControl(String),
+}
+
+/// Everything a worker may send the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerMessage<'a> {
+    /// The pid handshake answer.
+    Pid(u32),
+    /// `Worker::error()`: the event failed; the payload is the message.
+    Error(&'a [u8]),
+    /// `Worker::stop()`: replace this worker and run the event elsewhere.
+    Stop,
+    /// An answer to a TCP event.
+    Reply(TcpReply<'a>),
+}
+
+impl<'a> WorkerMessage<'a> {
+    /// Classifies a frame a worker sent.
+    pub fn from_frame(frame: &Frame<'a>) -> Result<Self, MessageError> {
+        if frame.has(flags::ERROR) {
+            return Ok(WorkerMessage::Error(frame.payload));
+        }
+        if frame.has(flags::CONTROL) {
+            return match Control::parse(frame.payload)? {
+                Control::Pid(pid) => Ok(WorkerMessage::Pid(pid)),
+                Control::Stop => Err(MessageError::UnknownControl(truncate(frame.payload))),
+            };
+        }
+        let (context, body) = split_context(frame)?;
+        if context == STOP_PAYLOAD && body.is_empty() {
+            return Ok(WorkerMessage::Stop);
+        }
+        Ok(WorkerMessage::Reply(TcpReply::decode(frame)?))
+    }
+}
+
+/// Everything a server may send a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage<'a> {
+    /// The pid handshake: answer with your own pid.
+    Pid(u32),
+    /// Leave the worker loop.
+    Stop,
+    /// A TCP event to answer.
+    Event(TcpEvent<'a>),
+}
+
+impl<'a> ServerMessage<'a> {
+    /// Classifies a frame the server sent.
+    pub fn from_frame(frame: &Frame<'a>) -> Result<Self, MessageError> {
+        if frame.has(flags::CONTROL) {
+            return Ok(match Control::parse(frame.payload)? {
+                Control::Pid(pid) => ServerMessage::Pid(pid),
+                Control::Stop => ServerMessage::Stop,
+            });
+        }
+        Ok(ServerMessage::Event(TcpEvent::decode(frame)?))
+    }
+}
