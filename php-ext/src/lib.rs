@@ -3,6 +3,6 @@
 use ext_php_rs::prelude::*;
 
 #[php_module]
-pub fn get_module(module: ModuleBuilder) -> ModuleBuilder {
+pub fn get_module(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
     module
 }
