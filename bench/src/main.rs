@@ -1,0 +1,3 @@
+//! `pier-bench`: load generator (see the benchmark issue).
+
+fn main() {}
