@@ -1,0 +1,23 @@
+//! Fuzzes `pier_protocol::decode` and the message classifiers on arbitrary bytes.
+//!
+//! Properties: nothing panics; a decoded frame never claims more bytes than it was given; re-encoding
+//! a decoded frame gives back exactly the bytes it was decoded from; every prefix of a whole frame is
+//! `Ok(None)` (the decoder never guesses).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pier_protocol::{decode, ServerMessage, WorkerMessage};
+
+fuzz_target!(|data: &[u8]| {
+    let mut at = 0;
+    while let Ok(Some((frame, used))) = decode(&data[at..], 1 << 20) {
+        assert!(used <= data.len() - at && used >= 12);
+        let mut again = Vec::new();
+        frame.encode(&mut again).expect("a decoded frame re-encodes");
+        assert_eq!(again, &data[at..at + used]);
+        assert!(matches!(decode(&data[at..at + used - 1], 1 << 20), Ok(None)));
+        let _ = WorkerMessage::from_frame(&frame);
+        let _ = ServerMessage::from_frame(&frame);
+        at += used;
+    }
+});
