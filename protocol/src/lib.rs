@@ -22,4 +22,6 @@ pub mod tcp;
 
 pub use frame::{decode, encode, Frame, FrameError, Options};
 pub use message::{MessageError, ServerMessage, WorkerMessage};
-pub use tcp::{EventKind, ReplyKind, TcpEvent, TcpReply};
+pub use tcp::{
+    encode_event, encode_event_with_state, encode_reply, EventKind, ReplyKind, TcpEvent, TcpReply,
+};

@@ -2,7 +2,7 @@
 
 use crate::control::{truncate, Control, STOP_PAYLOAD};
 use crate::frame::{flags, Frame};
-use crate::tcp::{split_context, TcpEvent, TcpReply};
+use crate::tcp::{split_parts, TcpEvent, TcpReply};
 
 /// A frame that is well-formed but does not carry a message we understand: the peer's fault.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,16 @@ pub enum MessageError {
     ContextOutOfBounds {
         /// Announced context length.
         context: usize,
+        /// Actual payload length.
+        payload: usize,
+    },
+    /// Option 1 (state length, Pier's `state` extension) points past the end of the payload.
+    #[error("could not read message: context length {context} plus state length {state} exceeds payload length {payload}")]
+    StateOutOfBounds {
+        /// Announced context length.
+        context: usize,
+        /// Announced state length.
+        state: usize,
         /// Actual payload length.
         payload: usize,
     },
@@ -54,8 +64,8 @@ impl<'a> WorkerMessage<'a> {
                 Control::Stop => Err(MessageError::UnknownControl(truncate(frame.payload))),
             };
         }
-        let (context, body) = split_context(frame)?;
-        if context == STOP_PAYLOAD && body.is_empty() {
+        let parts = split_parts(frame)?;
+        if parts.context == STOP_PAYLOAD && parts.body.is_empty() {
             return Ok(WorkerMessage::Stop);
         }
         Ok(WorkerMessage::Reply(TcpReply::decode(frame)?))

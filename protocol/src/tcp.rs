@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::frame::{begin_header, encode, finish_header, EncodeError, Frame};
+use crate::frame::{begin_header, encode, finish_header, EncodeError, Frame, HEADER_LEN};
 use crate::message::MessageError;
 
 /// What happened on a connection.
@@ -52,6 +52,9 @@ pub struct TcpEvent<'a> {
     pub uuid: Cow<'a, str>,
     /// What happened.
     pub event: EventKind,
+    /// The connection's state (Pier extension `state`): what a worker last stored with a reply;
+    /// empty when none. An empty state is not sent, so the frame stays byte-identical to RoadRunner's.
+    pub state: &'a [u8],
     /// The packet for `DATA` (delimiter included); empty otherwise.
     pub body: &'a [u8],
 }
@@ -69,50 +72,87 @@ struct ContextIn<'a> {
     event: Cow<'a, str>,
 }
 
-/// Splits a payload into (context, body) at option 0; shared by events and replies.
-pub(crate) fn split_context<'a>(frame: &Frame<'a>) -> Result<(&'a [u8], &'a [u8]), MessageError> {
-    let len = frame
+/// The parts of a job payload: context ‖ state ‖ body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a> {
+    /// Option 0 bytes: the JSON context of an event, the reply kind of a reply.
+    pub(crate) context: &'a [u8],
+    /// Option 1 bytes when the frame has a second option (Pier's `state` extension), else `None`.
+    pub(crate) state: Option<&'a [u8]>,
+    /// Everything after context and state.
+    pub(crate) body: &'a [u8],
+}
+
+/// Splits a payload at option 0 (context length) and, when present, option 1 (state length);
+/// shared by events and replies. Options after the second are reserved and ignored.
+pub(crate) fn split_parts<'a>(frame: &Frame<'a>) -> Result<Parts<'a>, MessageError> {
+    let payload = frame.payload;
+    let context_len = frame
         .options
         .get(0)
         .ok_or(MessageError::MissingContextLength)? as usize;
-    if len > frame.payload.len() {
+    if context_len > payload.len() {
         return Err(MessageError::ContextOutOfBounds {
-            context: len,
-            payload: frame.payload.len(),
+            context: context_len,
+            payload: payload.len(),
         });
     }
-    Ok(frame.payload.split_at(len))
+    let (context, rest) = payload.split_at(context_len);
+    let Some(state_len) = frame.options.get(1) else {
+        return Ok(Parts {
+            context,
+            state: None,
+            body: rest,
+        });
+    };
+    let state_len = state_len as usize;
+    if state_len > rest.len() {
+        return Err(MessageError::StateOutOfBounds {
+            context: context_len,
+            state: state_len,
+            payload: payload.len(),
+        });
+    }
+    let (state, body) = rest.split_at(state_len);
+    Ok(Parts {
+        context,
+        state: Some(state),
+        body,
+    })
 }
 
 impl<'a> TcpEvent<'a> {
     /// Reads an event from a (non-control) frame the server sent.
     pub fn decode(frame: &Frame<'a>) -> Result<Self, MessageError> {
-        let (context, body) = split_context(frame)?;
+        let parts = split_parts(frame)?;
         let ctx: ContextIn<'a> =
-            serde_json::from_slice(context).map_err(MessageError::ContextJson)?;
+            serde_json::from_slice(parts.context).map_err(MessageError::ContextJson)?;
         Ok(TcpEvent {
             remote_addr: ctx.remote_addr,
             server: ctx.server,
             uuid: ctx.uuid,
             event: EventKind::from_name(&ctx.event),
-            body,
+            state: parts.state.unwrap_or_default(),
+            body: parts.body,
         })
     }
 
-    /// Appends this event as one frame.
+    /// Appends this event as one frame (two options when `state` is non-empty).
     pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
-        encode_event(
+        encode_event_with_state(
             dst,
             &self.remote_addr,
             &self.server,
             &self.uuid,
             self.event,
+            self.state,
             self.body,
         )
     }
 }
 
-/// Appends an event frame, writing the JSON context straight into `dst` (no temporary buffer).
+/// Appends an event frame without state, writing the JSON context straight into `dst` (no
+/// temporary buffer). Byte-identical to RoadRunner's.
 pub fn encode_event(
     dst: &mut Vec<u8>,
     remote_addr: &str,
@@ -121,7 +161,34 @@ pub fn encode_event(
     event: EventKind,
     body: &[u8],
 ) -> Result<(), EncodeError> {
-    let start = begin_header(dst, 0, &[0]);
+    encode_event_with_state(dst, remote_addr, server, uuid, event, b"", body)
+}
+
+/// Appends an event frame carrying the connection's `state` (Pier extension): with an empty
+/// state this is exactly [`encode_event`] (one option); otherwise option 1 is the state length
+/// and the payload is context ‖ state ‖ body.
+pub fn encode_event_with_state(
+    dst: &mut Vec<u8>,
+    remote_addr: &str,
+    server: &str,
+    uuid: &str,
+    event: EventKind,
+    state: &[u8],
+    body: &[u8],
+) -> Result<(), EncodeError> {
+    let with_state = !state.is_empty();
+    let placeholder: &[u32] = if with_state { &[0, 0] } else { &[0] };
+    dst.reserve(
+        HEADER_LEN
+            + 8
+            + 128
+            + remote_addr.len()
+            + server.len()
+            + uuid.len()
+            + state.len()
+            + body.len(),
+    );
+    let start = begin_header(dst, 0, placeholder);
     let context_start = dst.len();
     dst.extend_from_slice(br#"{"remote_addr":"#);
     push_json_string(dst, remote_addr);
@@ -133,10 +200,17 @@ pub fn encode_event(
     dst.extend_from_slice(event.as_str().as_bytes());
     dst.extend_from_slice(b"\"}");
     let context_len = dst.len() - context_start;
-    dst.extend_from_slice(body);
     let context_len =
         u32::try_from(context_len).map_err(|_| EncodeError::PayloadTooLarge(context_len as u64))?;
-    finish_header(dst, start, &[context_len])
+    if !with_state {
+        dst.extend_from_slice(body);
+        return finish_header(dst, start, &[context_len]);
+    }
+    let state_len =
+        u32::try_from(state.len()).map_err(|_| EncodeError::PayloadTooLarge(state.len() as u64))?;
+    dst.extend_from_slice(state);
+    dst.extend_from_slice(body);
+    finish_header(dst, start, &[context_len, state_len])
 }
 
 /// Writes `s` as a JSON string the way Go's `encoding/json` does (RoadRunner's encoder), so
@@ -217,6 +291,9 @@ impl<'a> ReplyKind<'a> {
 pub struct TcpReply<'a> {
     /// What to do with the connection.
     pub kind: ReplyKind<'a>,
+    /// The connection state to store (Pier extension `state`): `Some` replaces it (`Some(b"")`
+    /// clears it), `None` (every stock reply, one option) leaves it as it is.
+    pub state: Option<&'a [u8]>,
     /// Bytes to write for `WRITE` and `WRITECLOSE`.
     pub body: &'a [u8],
 }
@@ -224,17 +301,44 @@ pub struct TcpReply<'a> {
 impl<'a> TcpReply<'a> {
     /// Reads a reply from a (non-control, non-error) frame a worker sent.
     pub fn decode(frame: &Frame<'a>) -> Result<Self, MessageError> {
-        let (context, body) = split_context(frame)?;
+        let parts = split_parts(frame)?;
         Ok(TcpReply {
-            kind: ReplyKind::from_bytes(context),
-            body,
+            kind: ReplyKind::from_bytes(parts.context),
+            state: parts.state,
+            body: parts.body,
         })
     }
 
     /// Appends this reply as one frame.
     pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let context = self.kind.as_bytes();
-        encode(dst, 0, 0, &[context.len() as u32], &[context, self.body])
+        encode_reply(dst, self.kind, self.state, self.body)
+    }
+}
+
+/// Appends a reply frame: one option (byte-identical to the stock worker) when `state` is `None`,
+/// two (context length, state length; payload context ‖ state ‖ body) when it is `Some`.
+pub fn encode_reply(
+    dst: &mut Vec<u8>,
+    kind: ReplyKind<'_>,
+    state: Option<&[u8]>,
+    body: &[u8],
+) -> Result<(), EncodeError> {
+    let context = kind.as_bytes();
+    let context_len = u32::try_from(context.len())
+        .map_err(|_| EncodeError::PayloadTooLarge(context.len() as u64))?;
+    match state {
+        None => encode(dst, 0, 0, &[context_len], &[context, body]),
+        Some(state) => {
+            let state_len = u32::try_from(state.len())
+                .map_err(|_| EncodeError::PayloadTooLarge(state.len() as u64))?;
+            encode(
+                dst,
+                0,
+                0,
+                &[context_len, state_len],
+                &[context, state, body],
+            )
+        }
     }
 }
 
@@ -250,6 +354,7 @@ mod tests {
             server: "we\"ird<\\>&\u{1}\u{2028}é".into(),
             uuid: "u".into(),
             event: EventKind::Data,
+            state: b"",
             body: b"\x00\xff\r\n",
         };
         let mut buf = Vec::new();
@@ -275,6 +380,7 @@ mod tests {
 
         let reply = TcpReply {
             kind: ReplyKind::Unknown(b"SHOUT"),
+            state: None,
             body: b"hi",
         };
         let mut buf = Vec::new();
@@ -306,6 +412,143 @@ mod tests {
         assert!(matches!(
             TcpEvent::decode(&frame),
             Err(MessageError::ContextOutOfBounds { .. })
+        ));
+    }
+
+    /// One row of the state table: what is encoded, the option count on the wire, what decodes.
+    struct StateCase {
+        /// Row name for failure messages.
+        name: &'static str,
+        /// The state given to the encoder.
+        state: Option<&'static [u8]>,
+        /// How many options the frame must carry.
+        options: usize,
+    }
+
+    const STATE_CASES: &[StateCase] = &[
+        StateCase {
+            name: "no state",
+            state: None,
+            options: 1,
+        },
+        StateCase {
+            name: "clear",
+            state: Some(b""),
+            options: 2,
+        },
+        StateCase {
+            name: "text",
+            state: Some(b"MAIL FROM:<a@b>"),
+            options: 2,
+        },
+        StateCase {
+            name: "binary",
+            state: Some(b"\x00\xff\r\n{\"stop\":true}\x00"),
+            options: 2,
+        },
+    ];
+
+    #[test]
+    fn replies_carry_state_as_a_second_option() {
+        for case in STATE_CASES {
+            for body in [&b""[..], b"250 ok\r\n", b"\x00\x01"] {
+                let reply = TcpReply {
+                    kind: ReplyKind::Write,
+                    state: case.state,
+                    body,
+                };
+                let mut buf = Vec::new();
+                reply.encode(&mut buf).unwrap();
+                let (frame, used) = decode(&buf, 1024).unwrap().unwrap();
+                assert_eq!(used, buf.len(), "{}", case.name);
+                assert_eq!(
+                    frame.options.as_slice().len(),
+                    case.options,
+                    "{}",
+                    case.name
+                );
+                let state_len = case.state.map_or(0, <[u8]>::len);
+                assert_eq!(
+                    frame.payload.len(),
+                    5 + state_len + body.len(),
+                    "{}",
+                    case.name
+                );
+                assert_eq!(TcpReply::decode(&frame).unwrap(), reply, "{}", case.name);
+                assert_eq!(
+                    crate::WorkerMessage::from_frame(&frame).unwrap(),
+                    crate::WorkerMessage::Reply(reply),
+                    "{}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn events_carry_state_only_when_non_empty() {
+        for case in STATE_CASES {
+            let state = case.state.unwrap_or_default();
+            let event = TcpEvent {
+                remote_addr: "127.0.0.1:1".into(),
+                server: "s".into(),
+                uuid: "u".into(),
+                event: EventKind::Close,
+                state,
+                body: b"tail",
+            };
+            let mut buf = Vec::new();
+            event.encode(&mut buf).unwrap();
+            let (frame, _) = decode(&buf, 1024).unwrap().unwrap();
+            let want_options = if state.is_empty() { 1 } else { 2 };
+            assert_eq!(
+                frame.options.as_slice().len(),
+                want_options,
+                "{}",
+                case.name
+            );
+            assert_eq!(TcpEvent::decode(&frame).unwrap(), event, "{}", case.name);
+            let mut plain = Vec::new();
+            encode_event(
+                &mut plain,
+                "127.0.0.1:1",
+                "s",
+                "u",
+                EventKind::Close,
+                b"tail",
+            )
+            .unwrap();
+            assert_eq!(state.is_empty(), plain == buf, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn stop_reply_is_still_a_stop_with_state() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, 0, &[13, 1], &[br#"{"stop":true}"#, b"x"]).unwrap();
+        let (frame, _) = decode(&buf, 1024).unwrap().unwrap();
+        assert_eq!(
+            crate::WorkerMessage::from_frame(&frame).unwrap(),
+            crate::WorkerMessage::Stop
+        );
+    }
+
+    #[test]
+    fn bad_state_length_is_an_error() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, 0, &[5, 4], &[b"WRITE", b"abc"]).unwrap();
+        let (frame, _) = decode(&buf, 1024).unwrap().unwrap();
+        assert!(matches!(
+            TcpReply::decode(&frame),
+            Err(MessageError::StateOutOfBounds {
+                context: 5,
+                state: 4,
+                payload: 8
+            })
+        ));
+        assert!(matches!(
+            TcpEvent::decode(&frame),
+            Err(MessageError::StateOutOfBounds { .. })
         ));
     }
 }

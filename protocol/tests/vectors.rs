@@ -50,7 +50,13 @@ fn server(bytes: &[u8]) -> ServerMessage<'_> {
 
 fn reencode_reply(kind: ReplyKind<'_>, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    TcpReply { kind, body }.encode(&mut out).unwrap();
+    TcpReply {
+        kind,
+        state: None,
+        body,
+    }
+    .encode(&mut out)
+    .unwrap();
     out
 }
 
@@ -60,6 +66,7 @@ fn event(kind: EventKind, body: &'static [u8]) -> TcpEvent<'static> {
         server: "smtp".into(),
         uuid: UUID.into(),
         event: kind,
+        state: b"",
         body,
     }
 }
@@ -103,7 +110,11 @@ fn worker_replies() {
         let bytes = &v[name];
         assert_eq!(
             worker(bytes),
-            WorkerMessage::Reply(TcpReply { kind, body }),
+            WorkerMessage::Reply(TcpReply {
+                kind,
+                state: None,
+                body
+            }),
             "{name}"
         );
         assert_eq!(frame_of(bytes).flags, 0, "{name}");
@@ -201,4 +212,27 @@ fn a_stream_of_all_vectors_decodes_frame_by_frame() {
         count += 1;
     }
     assert_eq!((at, count), (stream.len(), v.len()));
+}
+
+/// The `state` extension adds nothing while no state is set: the explicit no-state encoders give
+/// the stock bytes.
+#[test]
+fn no_state_is_byte_identical_to_the_vectors() {
+    use pier_protocol::tcp::{encode_event_with_state, encode_reply};
+    let v = vectors();
+    let mut out = Vec::new();
+    encode_event_with_state(
+        &mut out,
+        "127.0.0.1:50412",
+        "smtp",
+        UUID,
+        EventKind::Data,
+        b"",
+        b"EHLO example.org\r\n",
+    )
+    .unwrap();
+    assert_eq!(out, v["server_event_data"]);
+    let mut out = Vec::new();
+    encode_reply(&mut out, ReplyKind::Write, None, b"hello\r\n").unwrap();
+    assert_eq!(out, v["worker_respond_write_hello"]);
 }
