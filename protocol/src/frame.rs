@@ -377,6 +377,18 @@ mod tests {
     }
 
     #[test]
+    fn reserved_byte_is_ignored_and_written_as_zero() {
+        // Found by the fuzzer: goridge never reads byte 11, so neither do we, and we never set it.
+        let mut buf = sample();
+        buf[11] = 0x71;
+        let (frame, _) = decode(&buf, 1024).unwrap().unwrap();
+        let mut again = Vec::new();
+        frame.encode(&mut again).unwrap();
+        buf[11] = 0;
+        assert_eq!(again, buf);
+    }
+
+    #[test]
     fn payload_at_the_limit_is_accepted() {
         let mut buf = Vec::new();
         encode(&mut buf, 0, 0, &[], &[&[7u8; 1024]]).unwrap();
