@@ -1,0 +1,226 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Pier\Internal;
+
+use Pier\Exception\ProtocolException;
+use Pier\Exception\RelayException;
+
+/**
+ * One worker's conversation with the server: framing over a {@see Relay}, the pid handshake, the stop
+ * request, and the rule that each request gets exactly one answer. {@see \Pier\Worker} and
+ * {@see \Pier\Tcp\TcpWorker} share one, so error()/stop() and respond() see the same pending request.
+ *
+ * @internal not part of Pier's API
+ */
+final class Session
+{
+    /** Smallest read from the relay: one read usually brings a whole event. */
+    private const READ_SIZE = 65536;
+
+    /** The message setState() throws when the server does not support connection state. */
+    public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
+
+    /** Bytes read from the relay and not yet returned as frames, from $offset on. */
+    private string $buffer = '';
+
+    /** Where the next frame starts in $buffer. */
+    private int $offset = 0;
+
+    /** @var Phase where the request/answer cycle is */
+    private Phase $phase = Phase::Idle;
+
+    /** The state to attach to the next answer (setState()); null = send a stock one-option reply. */
+    private ?string $state = null;
+
+    /** Set once the server asked to stop or closed the relay: waitRequest() keeps returning null. */
+    private bool $finished = false;
+
+    /**
+     * @param Relay $relay    the transport to the server
+     * @param bool  $hasState whether the server supports connection state (PIER_FEATURES has "state")
+     */
+    public function __construct(
+        private readonly Relay $relay,
+        private readonly bool $hasState,
+    ) {
+    }
+
+    /**
+     * Whether PIER_FEATURES (comma-separated) lists "state".
+     */
+    public static function stateFromEnvironment(): bool
+    {
+        $features = getenv('PIER_FEATURES');
+
+        return \is_string($features) && \in_array('state', array_map('trim', explode(',', $features)), true);
+    }
+
+    /**
+     * The next frame that is not a control frame, answering pid handshakes on the way; null when the
+     * server asked the worker to stop or closed the relay.
+     *
+     * @throws ProtocolException when the previous request is still unanswered, or a frame is corrupt
+     * @throws RelayException    when the relay fails or closes in the middle of a frame
+     */
+    public function nextRequest(): ?Frame
+    {
+        if ($this->phase === Phase::Pending) {
+            throw new ProtocolException('could not wait for a request: the pending request has no answer yet (respond, read, close, error or stop first)');
+        }
+        while (!$this->finished) {
+            $frame = $this->receive();
+            if ($frame === null) {
+                $this->finished = true;
+                break;
+            }
+            if (($frame->flags & Frame::CONTROL) === 0) {
+                $this->phase = Phase::Pending;
+                $this->state = null;
+
+                return $frame;
+            }
+            $this->control($frame);
+        }
+
+        return null;
+    }
+
+    /**
+     * Sends the answer to the pending request, with the state set by {@see setState()} if any.
+     *
+     * @param non-empty-string $context WRITE, CONTINUE, WRITECLOSE or CLOSE
+     *
+     * @throws ProtocolException when there is no pending request
+     * @throws RelayException
+     */
+    public function answer(string $context, string $body): void
+    {
+        $this->requirePending('answering');
+        $state = $this->state;
+        $this->phase = Phase::Answered;
+        $this->state = null;
+        $this->relay->write($state === null
+            ? Frame::encode(0, [\strlen($context)], $context . $body)
+            : Frame::encode(0, [\strlen($context), \strlen($state)], $context . $state . $body));
+    }
+
+    /**
+     * @throws ProtocolException when the server has no connection state, or there is no pending request
+     */
+    public function setState(string $state): void
+    {
+        if (!$this->hasState) {
+            throw new ProtocolException(self::NO_STATE_FEATURE);
+        }
+        $this->requirePending('setting the state');
+        $this->state = $state;
+    }
+
+    /**
+     * An error frame; it answers the pending request, if any.
+     *
+     * @throws RelayException
+     */
+    public function error(string $message): void
+    {
+        $this->settle();
+        $this->relay->write(Frame::encode(Frame::ERROR, [], $message));
+    }
+
+    /**
+     * The stop reply ({"stop":true} context, empty body); it answers the pending request, if any.
+     *
+     * @throws RelayException
+     */
+    public function stop(): void
+    {
+        $this->settle();
+        $this->relay->write(Frame::encode(0, [13], '{"stop":true}'));
+    }
+
+    private function settle(): void
+    {
+        if ($this->phase === Phase::Pending) {
+            $this->phase = Phase::Answered;
+        }
+        $this->state = null;
+    }
+
+    /**
+     * @throws ProtocolException
+     */
+    private function requirePending(string $what): void
+    {
+        if ($this->phase === Phase::Idle) {
+            throw new ProtocolException("answering before any request: {$what} needs a request from waitRequest()");
+        }
+        if ($this->phase === Phase::Answered) {
+            throw new ProtocolException("answering twice: {$what} after the request was already answered");
+        }
+    }
+
+    /**
+     * A control frame: answers a pid handshake, ends the loop on a stop request, ignores other keys (as
+     * the stock worker does).
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    private function control(Frame $frame): void
+    {
+        try {
+            $command = json_decode($frame->payload, true, 4, JSON_THROW_ON_ERROR);
+        } catch (\JsonException $e) {
+            throw new ProtocolException('could not read a control frame from the server: ' . $e->getMessage(), 0, $e);
+        }
+        if (!\is_array($command)) {
+            throw new ProtocolException('could not read a control frame from the server: its payload is not a JSON object');
+        }
+        if (!empty($command['stop'])) {
+            $this->finished = true;
+
+            return;
+        }
+        if (\array_key_exists('pid', $command)) {
+            $this->relay->write(Frame::encode(Frame::CONTROL, [], json_encode(['pid' => getmypid()], JSON_THROW_ON_ERROR)));
+        }
+    }
+
+    /**
+     * The next frame off the relay; null at a clean end of stream (between frames).
+     *
+     * @throws ProtocolException
+     * @throws RelayException when the relay ends in the middle of a frame
+     */
+    private function receive(): ?Frame
+    {
+        $size = null;
+        while (true) {
+            $available = \strlen($this->buffer) - $this->offset;
+            if ($size === null && $available >= Frame::HEADER_SIZE) {
+                $size = Frame::sizeAt($this->buffer, $this->offset);
+            }
+            if ($size !== null && $available >= $size) {
+                $frame = Frame::at($this->buffer, $this->offset, $size);
+                $this->offset += $size;
+
+                return $frame;
+            }
+            $chunk = $this->relay->read(max(self::READ_SIZE, ($size ?? 0) - $available));
+            if ($chunk === '') {
+                if ($available === 0) {
+                    return null;
+                }
+
+                throw new RelayException(sprintf('could not read a frame: the relay closed in the middle of one (%d bytes of it received)', $available));
+            }
+            if ($this->offset > 0) {
+                $this->buffer = substr($this->buffer, $this->offset);
+                $this->offset = 0;
+            }
+            $this->buffer .= $chunk;
+        }
+    }
+}
