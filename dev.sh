@@ -72,7 +72,17 @@ test_ext() { :; }
 
 # The pure-PHP package: unit tests, the conformance suite against both implementations, and a
 # composer install from a path repository.
-test_php() { :; }
+test_php() {
+  local phpunit=(phpunit -c php-client/phpunit.xml.dist)
+  say "php: composer validate --strict"
+  composer validate --strict --no-interaction
+  say "php: unit tests (in-memory relay)"
+  "${phpunit[@]}" --testsuite unit
+  say "php: conformance suite, pure-PHP package"
+  PIER_IMPLEMENTATION=package "${phpunit[@]}" --testsuite conformance
+  say "php: composer install from a path repository (offline), worker through a pipe driver"
+  php-client/tests/install/composer-install.sh "$ROOT"
+}
 
 # End-to-end: the real `pier` binary with the example configs and both worker implementations.
 test_e2e() { :; }

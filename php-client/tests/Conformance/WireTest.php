@@ -1,0 +1,241 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Pier\Tests\Conformance;
+
+use PHPUnit\Framework\TestCase;
+use Pier\Tests\Vectors;
+
+/**
+ * The wire, through real pipes to a real worker process: every server vector becomes the right request,
+ * every answer is byte-identical to the reference worker's, and the edges (handshake, stop, end of relay,
+ * state, stray output, misuse) behave the same in both implementations.
+ */
+final class WireTest extends TestCase
+{
+    private const EXCEPTION = 'Pier\Exception\\';
+
+    /**
+     * @return array<string, string> the request the fixture reports for a server_event_* vector
+     */
+    private static function request(string $event, string $body, string $state = ''): array
+    {
+        return [
+            'remote_addr' => Vectors::REMOTE_ADDR,
+            'event' => $event,
+            'body' => bin2hex($body),
+            'uuid' => Vectors::UUID,
+            'server' => Vectors::SERVER,
+            'state' => bin2hex($state),
+            'same_properties' => true,
+        ];
+    }
+
+    private static function assertCleanExit(WorkerRun $run): void
+    {
+        self::assertSame(Implementation::expected(), $run->implementation(), 'implementation of the child worker');
+        self::assertSame(['end' => true], $run->report[\count($run->report) - 1] ?? null, "the worker did not finish its steps; stderr:\n{$run->stderr}");
+        self::assertSame(0, $run->exitCode, $run->stderr);
+    }
+
+    /**
+     * @return iterable<string, array{string, string, string}>
+     */
+    public static function serverEvents(): iterable
+    {
+        yield from Vectors::events();
+    }
+
+    /**
+     * @dataProvider serverEvents
+     */
+    public function testEachServerEventVectorBecomesItsRequest(string $vector, string $event, string $body): void
+    {
+        $run = WorkerProcess::run([['wait'], ['read']], Vectors::bytes($vector));
+
+        self::assertCleanExit($run);
+        self::assertSame([self::request($event, $body), ['done' => 'read']], \array_slice($run->steps(), 0, 2));
+        self::assertSame(Vectors::bytes('worker_read_continue'), $run->stdout);
+    }
+
+    /**
+     * @return iterable<string, array{list<string>, string}>
+     */
+    public static function answers(): iterable
+    {
+        yield 'respond' => [['respond', bin2hex("hello\r\n")], 'worker_respond_write_hello'];
+        yield 'respond close' => [['respond', bin2hex("goodbye\r\n"), 'WRITECLOSE'], 'worker_respond_writeclose_bye'];
+        yield 'read' => [['read'], 'worker_read_continue'];
+        yield 'close' => [['close'], 'worker_close'];
+        yield 'error' => [['error', bin2hex('boom')], 'worker_error'];
+        yield 'stop' => [['stop'], 'worker_stop'];
+        yield 'binary' => [['respond', '00ff0d0a'], 'worker_respond_binary'];
+    }
+
+    /**
+     * @dataProvider answers
+     *
+     * @param list<string> $answer
+     */
+    public function testEachAnswerIsByteIdenticalToTheReferenceWorker(array $answer, string $vector): void
+    {
+        $run = WorkerProcess::run([['wait'], $answer, ['wait']], Vectors::bytes('server_event_data'));
+
+        self::assertCleanExit($run);
+        self::assertSame(Vectors::bytes($vector), $run->stdout);
+        self::assertSame(['request' => null], $run->steps()[2], 'end of the relay after the answer ends the loop');
+    }
+
+    public function testTheHandshakeIsAnsweredWithTheWorkersPidAndEachAnswerGoesOutBeforeTheNextEvent(): void
+    {
+        $worker = new WorkerProcess([['wait'], ['respond', bin2hex("hello\r\n")], ['wait'], ['close'], ['wait']]);
+
+        $worker->send(Vectors::bytes('server_pid_request'));
+        $pid = '{"pid":' . $worker->pid . '}';
+        self::assertSame(Vectors::frame(0x01, [], $pid), $worker->receive(12 + \strlen($pid)));
+
+        // One frame at a time, each answer read before the next event is written: a worker that waited
+        // for more input than one frame would hang here.
+        $worker->send(Vectors::bytes('server_event_connected'));
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $worker->receive(\strlen(Vectors::bytes('worker_respond_write_hello'))));
+        $worker->send(Vectors::bytes('server_pid_request') . Vectors::bytes('server_event_close'));
+        self::assertSame(Vectors::frame(0x01, [], $pid), $worker->receive(12 + \strlen($pid)));
+        self::assertSame(Vectors::bytes('worker_close'), $worker->receive(\strlen(Vectors::bytes('worker_close'))));
+        $run = $worker->finish();
+
+        self::assertCleanExit($run);
+        self::assertSame('', $run->stdout, 'nothing after the last answer');
+        self::assertSame(
+            [self::request('CONNECTED', ''), ['done' => 'respond'], self::request('CLOSE', ''), ['done' => 'close'], ['request' => null]],
+            $run->steps(),
+        );
+    }
+
+    public function testTheStopRequestEndsTheLoopAndNothingIsSentAfterIt(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['read'], ['wait'], ['wait']],
+            Vectors::bytes('server_event_connected') . Vectors::bytes('server_stop') . Vectors::bytes('server_event_data'),
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame([self::request('CONNECTED', ''), ['done' => 'read'], ['request' => null], ['request' => null]], $run->steps());
+        self::assertSame(Vectors::bytes('worker_read_continue'), $run->stdout, 'no stray CLOSE after the stop request');
+    }
+
+    public function testBinaryBodiesLargerThanAPipeBufferRoundTrip(): void
+    {
+        $body = str_repeat("\x00\xff\r\n\x80", 60000) . "\r\n";
+
+        $run = WorkerProcess::run([['wait'], ['echo-body']], Vectors::event('DATA', $body));
+
+        self::assertCleanExit($run);
+        self::assertSame(bin2hex($body), $run->steps()[0]['body'] ?? null);
+        self::assertSame(Vectors::frame(0, [5], 'WRITE' . $body), $run->stdout);
+    }
+
+    public function testStrayOutputGoesToStderrAndNeverCorruptsThePipe(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['echo', bin2hex("stray\n")], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+        self::assertSame(3, substr_count($run->stderr, "stray\n"), $run->stderr);
+    }
+
+    public function testAnsweringBeforeAnyRequestOrTwiceIsAProtocolException(): void
+    {
+        $run = WorkerProcess::run(
+            [['respond', '78'], ['read'], ['close'], ['wait'], ['respond', bin2hex("hello\r\n")], ['respond', '78'], ['read'], ['close']],
+            Vectors::bytes('server_event_data'),
+        );
+
+        self::assertCleanExit($run);
+        $steps = $run->steps();
+        foreach ([0, 1, 2] as $i) {
+            self::assertSame(self::EXCEPTION . 'ProtocolException', $steps[$i]['exception'] ?? null, "step {$i}");
+            self::assertStringContainsString('answering before any request', (string) $steps[$i]['message']);
+        }
+        foreach ([5, 6, 7] as $i) {
+            self::assertSame(self::EXCEPTION . 'ProtocolException', $steps[$i]['exception'] ?? null, "step {$i}");
+            self::assertStringContainsString('answering twice', (string) $steps[$i]['message']);
+        }
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout, 'a refused answer sends nothing');
+    }
+
+    public function testErrorAndStopAreAlwaysSentAndAnswerThePendingRequest(): void
+    {
+        $run = WorkerProcess::run(
+            [['error', bin2hex('boom')], ['wait'], ['stop'], ['read']],
+            Vectors::bytes('server_event_data'),
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame(Vectors::bytes('worker_error') . Vectors::bytes('worker_stop'), $run->stdout);
+        self::assertSame(self::EXCEPTION . 'ProtocolException', $run->steps()[3]['exception'] ?? null);
+    }
+
+    public function testTheRelayClosingInsideAFrameIsARelayException(): void
+    {
+        $run = WorkerProcess::run([['wait']], substr(Vectors::bytes('server_event_data'), 0, -3));
+
+        self::assertCleanExit($run);
+        self::assertSame(self::EXCEPTION . 'RelayException', $run->steps()[0]['exception'] ?? null);
+        self::assertSame('', $run->stdout);
+    }
+
+    public function testACorruptFrameIsAProtocolException(): void
+    {
+        $run = WorkerProcess::run([['wait']], substr_replace(Vectors::bytes('server_event_data'), "\xee", 6, 1));
+
+        self::assertCleanExit($run);
+        self::assertSame(self::EXCEPTION . 'ProtocolException', $run->steps()[0]['exception'] ?? null);
+    }
+
+    public function testAnUnknownEventNameIsUnknown(): void
+    {
+        $run = WorkerProcess::run([['wait'], ['close']], Vectors::event('RESET', "x\r\n"));
+
+        self::assertCleanExit($run);
+        self::assertSame('UNKNOWN', $run->steps()[0]['event'] ?? null);
+        self::assertSame(Vectors::bytes('worker_close'), $run->stdout);
+    }
+
+    public function testStateRoundTripsUnderAPierServer(): void
+    {
+        $state = "\x00auth=alice\xff\r\n";
+        $run = WorkerProcess::run(
+            [['wait'], ['state', bin2hex($state)], ['respond', bin2hex("250 ok\r\n")], ['wait'], ['state', ''], ['read'], ['wait'], ['close']],
+            Vectors::event('DATA', "AUTH\r\n") . Vectors::event('DATA', "MAIL\r\n", $state) . Vectors::event('CLOSE', ''),
+            ['PIER_FEATURES' => 'state'],
+        );
+
+        self::assertCleanExit($run);
+        $steps = $run->steps();
+        self::assertSame([self::request('DATA', "AUTH\r\n"), self::request('DATA', "MAIL\r\n", $state), self::request('CLOSE', '')], [$steps[0], $steps[3], $steps[6]]);
+        self::assertSame(
+            Vectors::frame(0, [5, \strlen($state)], 'WRITE' . $state . "250 ok\r\n") . Vectors::frame(0, [8, 0], 'CONTINUE') . Vectors::bytes('worker_close'),
+            $run->stdout,
+        );
+    }
+
+    public function testStateUnderAServerWithoutTheFeatureIsAProtocolExceptionAndSendsNothing(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['state', '73'], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'something-else'],
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame(
+            ['exception' => self::EXCEPTION . 'ProtocolException', 'message' => "connection state needs a Pier server (PIER_FEATURES has no 'state')"],
+            $run->steps()[1],
+        );
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+    }
+}
