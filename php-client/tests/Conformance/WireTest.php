@@ -147,6 +147,26 @@ final class WireTest extends TestCase
         self::assertSame(3, substr_count($run->stderr, "stray\n"), $run->stderr);
     }
 
+    /**
+     * The documented difference (php-client/README.md): only the extension owns fd 1, so only it keeps a
+     * direct fwrite(STDOUT) off the relay; the package cannot see such writes.
+     */
+    public function testDirectWritesToStdoutAreCaughtOnlyByTheExtension(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['stdout', bin2hex("direct\n")], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+        );
+
+        self::assertCleanExit($run);
+        if (Implementation::expected() === 'extension') {
+            self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+            self::assertStringContainsString("direct\n", $run->stderr);
+        } else {
+            self::assertSame("direct\n" . Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+        }
+    }
+
     public function testAnsweringBeforeAnyRequestOrTwiceIsAProtocolException(): void
     {
         $run = WorkerProcess::run(
