@@ -1,0 +1,54 @@
+<?php
+
+declare(strict_types=1);
+
+/*
+ * The SMTP example's worker: a small but real SMTP receiver (see Smtp.php and README.md).
+ *
+ *   SMTP_MAILDIR   where accepted messages go, one .eml file each (default: examples/smtp/var/mail)
+ *   SMTP_HOSTNAME  the name in the greeting (default: localhost)
+ *   SMTP_MAX_SIZE  the largest message accepted, in bytes, advertised as SIZE (default: 33554432)
+ */
+
+require __DIR__ . '/../bootstrap.php';
+require __DIR__ . '/Smtp.php';
+
+use Pier\Tcp\TcpEvent;
+use Pier\Tcp\TcpResponse;
+use Pier\Tcp\TcpWorker;
+use PierExample\Smtp\Maildir;
+use PierExample\Smtp\Server;
+use PierExample\Smtp\Transaction;
+
+$smtp = new Server(
+    getenv('SMTP_HOSTNAME') ?: 'localhost',
+    new Maildir(getenv('SMTP_MAILDIR') ?: __DIR__ . '/var/mail'),
+    (int) (getenv('SMTP_MAX_SIZE') ?: 32 * 1024 * 1024),
+);
+$tcp = TcpWorker::create();
+
+while ($request = $tcp->waitRequest()) {
+    try {
+        $transaction = Transaction::fromState($request->getState());
+        if ($request->getEvent() === TcpEvent::Connected) {
+            $reply = $smtp->connected();
+        } elseif ($request->getEvent() === TcpEvent::Data) {
+            $reply = $smtp->line($request->getBody(), $transaction);
+        } else {
+            // CLOSE (or an event this worker does not know): drop an unfinished message.
+            $smtp->closed($transaction);
+            $tcp->close();
+            continue;
+        }
+    } catch (\JsonException | \RuntimeException $e) {
+        // The maildir failed (disk full, permissions): tell the client and hang up; CLOSE cleans up.
+        fwrite(STDERR, sprintf("smtp example: connection %s: %s\n", $request->getConnectionUuid(), $e->getMessage()));
+        $tcp->respond("421 4.3.0 local error, closing connection\r\n", TcpResponse::RespondClose);
+        continue;
+    }
+
+    if ($reply->transaction !== null) {
+        $tcp->setState($reply->transaction->toState());
+    }
+    $reply->response === TcpResponse::Read ? $tcp->read() : $tcp->respond($reply->text, $reply->response);
+}
