@@ -114,6 +114,19 @@ cmd_demo() {
   ./target/release/pier --help
 }
 
+# The comparison (bench/): raw tokio echo vs pier + extension vs pier + pure PHP, same run.
+# `--quick` is a ≤ 60 s smoke run written to target/bench/; the full run writes bench/results/<date>.md.
+cmd_bench() {
+  cmd_build
+  # 10k idle connections need 10k descriptors in the server and in the load generator.
+  local hard
+  hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ] || [ "$hard" -ge 65536 ]; then ulimit -n 65536; else ulimit -n "$hard"; fi
+  [ "$(ulimit -n)" -ge 10100 ] || say "warning: ulimit -n is $(ulimit -n); the 10k idle row will fall short"
+  say "pier-bench run $*"
+  ./target/release/pier-bench run "$@"
+}
+
 cmd_help() {
   cat <<'HELP'
 usage: ./dev.sh COMMAND
@@ -122,10 +135,13 @@ usage: ./dev.sh COMMAND
   test    build, fmt + clippy, cargo test, the PHP suites and the end-to-end suite
   demo    build, then run the echo example on 127.0.0.1:7777
   lint    cargo fmt --check and clippy -D warnings
+  bench   build, then compare raw / pier+ext / pier+php (--quick: 60 s smoke run; full: ~10 min,
+          writes bench/results/<date>.md)
 HELP
 }
 
 case "${1:-help}" in
   setup | build | test | demo | lint | help) "cmd_$1" ;;
+  bench) shift; cmd_bench "$@" ;;
   *) cmd_help >&2; exit 2 ;;
 esac

@@ -1,3 +1,164 @@
-//! `pier-bench`: load generator (see the benchmark issue).
+//! `pier-bench`: Pier's load generator, its raw echo server (the ceiling) and the harness that
+//! runs the comparison (`./dev.sh bench`).
 
-fn main() {}
+mod echo;
+mod harness;
+mod loadgen;
+mod procstat;
+mod report;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Load generator and comparison harness for Pier.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The raw target: a tokio echo server framing packets by the delimiter, no PHP.
+    Echo {
+        /// Address to listen on (loopback).
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        addr: SocketAddr,
+        /// Packet delimiter (escapes \n \r \t \\ understood).
+        #[arg(long, default_value = "\\n")]
+        delimiter: String,
+        /// Block each packet this many µs before answering (the 1 ms handler).
+        #[arg(long, default_value_t = 0)]
+        block_us: u64,
+        /// Runtime threads (the blocking variant mirrors the PHP worker count).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Largest packet in bytes; a connection exceeding it without a delimiter is closed.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_packet: usize,
+    },
+    /// Generate load against a delimiter-framed echo server; prints one JSON report line.
+    Load(LoadArgs),
+    /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
+    /// bench/results/<date>.md.
+    Run(harness::RunArgs),
+}
+
+/// Flags of `pier-bench load`.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Target address (loopback).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    connections: usize,
+    /// Packets in flight per connection (closed loop).
+    #[arg(long, short = 'd', default_value_t = 1)]
+    depth: usize,
+    /// Packet size in bytes, delimiter included.
+    #[arg(long, short = 's', default_value_t = 32)]
+    size: usize,
+    /// Packet delimiter (escapes \n \r \t \\ understood).
+    #[arg(long, default_value = "\\n")]
+    delimiter: String,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Open loop at this many packets per second in total (latency from the scheduled send time).
+    #[arg(long, conflicts_with = "idle")]
+    rate: Option<f64>,
+    /// Only open the connections, sample server memory, hold them this many seconds.
+    #[arg(long)]
+    idle: Option<f64>,
+    /// Server pid whose process tree (server + workers) is sampled for CPU and RSS.
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    /// Most connects in flight during the ramp.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Seconds allowed for the whole connect ramp.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+}
+
+/// `\n`, `\r`, `\t` and `\\` escapes, so a delimiter can be given on a command line.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut chars = s.bytes();
+    while let Some(c) = chars.next() {
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(other) => out.push(other),
+            None => out.push(b'\\'),
+        }
+    }
+    out
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).context("durations must be non-negative seconds")
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Echo {
+            addr,
+            delimiter,
+            block_us,
+            threads,
+            max_packet,
+        } => echo::serve(echo::EchoOptions {
+            addr,
+            delimiter: unescape(&delimiter),
+            block: Duration::from_micros(block_us),
+            threads,
+            max_packet,
+        })
+        .context("raw echo server failed")?,
+        Command::Load(a) => {
+            let shape = loadgen::Shape {
+                addr: a.addr,
+                connections: a.connections,
+                size: a.size,
+                delimiter: unescape(&a.delimiter),
+                connect_concurrency: a.connect_concurrency,
+                connect_timeout: secs(a.connect_timeout)?,
+                watch_pid: a.watch_pid,
+            };
+            let mode = match (a.rate, a.idle) {
+                (Some(rate), _) => loadgen::Mode::Open {
+                    rate,
+                    warmup: secs(a.warmup)?,
+                    duration: secs(a.duration)?,
+                },
+                (None, Some(hold)) => loadgen::Mode::Idle { hold: secs(hold)? },
+                (None, None) => loadgen::Mode::Closed {
+                    depth: a.depth,
+                    warmup: secs(a.warmup)?,
+                    duration: secs(a.duration)?,
+                },
+            };
+            let report = loadgen::run(shape, mode).context("load generation failed")?;
+            let line = serde_json::to_string(&report).context("could not encode the report")?;
+            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+        }
+        Command::Run(args) => harness::run(args)?,
+    }
+    Ok(())
+}

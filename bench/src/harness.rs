@@ -1,0 +1,709 @@
+//! The comparison: starts each target (raw, pier + extension, pier + pure PHP) with the same
+//! worker counts, pins servers and load generator to different cores, runs the grid through
+//! `pier-bench load` subprocesses and hands the rows to [`crate::report`].
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::loadgen::LoadReport;
+use crate::procstat;
+use crate::report::{self, Cell, Kind, Row, Section, TargetId};
+
+/// What went wrong running the comparison.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A file the comparison needs is missing (not built yet, wrong path given).
+    #[error("could not find {what} at {path} ({hint})")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A process (server, load generator, taskset, php) could not be started.
+    #[error("could not start {what}")]
+    Spawn {
+        /// Which program.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A target server did not accept connections in time or died while starting.
+    #[error("could not get {target} to accept connections on {addr}: {why} (log: {log})")]
+    NotReady {
+        /// Which target.
+        target: String,
+        /// Where it should listen.
+        addr: SocketAddr,
+        /// What was seen.
+        why: String,
+        /// The server's output.
+        log: PathBuf,
+    },
+    /// Writing a config, a log or the results failed.
+    #[error("could not write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No free loopback port could be found.
+    #[error("could not find a free loopback port")]
+    Port(#[source] std::io::Error),
+}
+
+/// Flags of `pier-bench run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Smoke run (≤ 60 s): a few cells, short windows, 1000 idle connections; results go to
+    /// target/bench/, not bench/results/.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repository root (paths below are relative to it).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// The pier server binary.
+    #[arg(long, default_value = "target/release/pier")]
+    pub pier: PathBuf,
+    /// The Pier PHP extension.
+    #[arg(long, default_value = "target/release/libpier.so")]
+    pub ext: PathBuf,
+    /// PHP CLI binary.
+    #[arg(long, default_value = "php")]
+    pub php: String,
+    /// Which targets to run (comma-separated: raw, ext, php).
+    #[arg(long, default_value = "raw,ext,php", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// PHP worker counts (the raw blocking server uses as many threads).
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    /// Where the results file goes (default: bench/results, or target/bench with --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Grid and windows of one run.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Closed-loop cells (connections, depth, size).
+    cells: Vec<Cell>,
+    /// Warm-up of each closed/open-loop cell (s).
+    warmup: f64,
+    /// Measured window of each cell (s).
+    duration: f64,
+    /// Open-loop cells (connections, rate).
+    open: Vec<(usize, f64)>,
+    /// Idle connections for memory per connection.
+    idle: usize,
+    /// Blocking-handler cells (connections; depth 1, 32 B).
+    block: Vec<usize>,
+    /// How long each packet blocks in the blocking handler (µs).
+    block_us: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            return Self {
+                cells: vec![Cell::new(1, 1, 32), Cell::new(100, 16, 1024)],
+                warmup: 0.3,
+                duration: 1.0,
+                open: vec![(10, 1000.0)],
+                idle: 1000,
+                block: vec![100],
+                block_us: 1000,
+            };
+        }
+        let mut cells = Vec::new();
+        for c in [1, 100, 1000] {
+            for d in [1, 16] {
+                for s in [32, 1024, 64 * 1024] {
+                    cells.push(Cell::new(c, d, s));
+                }
+            }
+        }
+        Self {
+            cells,
+            warmup: 1.0,
+            duration: 3.0,
+            open: vec![(100, 5000.0)],
+            idle: 10_000,
+            block: vec![1, 100],
+            block_us: 1000,
+        }
+    }
+}
+
+/// Absolute paths and CPU placement for the run.
+#[derive(Debug, Clone)]
+struct Env {
+    /// This binary (it is also the raw server and the load generator).
+    me: PathBuf,
+    /// Repository root.
+    root: PathBuf,
+    /// pier binary (only needed for the pier targets).
+    pier: PathBuf,
+    /// libpier.so.
+    ext: PathBuf,
+    /// PHP CLI.
+    php: String,
+    /// taskset CPU list for the servers and their workers, when the machine has ≥ 2 CPUs.
+    server_cpus: Option<String>,
+    /// taskset CPU list for the load generator.
+    client_cpus: Option<String>,
+    /// Scratch directory for configs and server logs.
+    scratch: PathBuf,
+}
+
+/// A running target server; killed when dropped.
+#[derive(Debug)]
+struct Server {
+    /// Which target this is.
+    id: TargetId,
+    /// Where it listens.
+    addr: SocketAddr,
+    /// The server process (taskset execs it, so this is the server's own pid).
+    child: Child,
+    /// Its stdout/stderr.
+    log: PathBuf,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (pier shuts its workers down gracefully), then SIGKILL after 5 s.
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the whole comparison.
+pub fn run(args: RunArgs) -> Result<(), HarnessError> {
+    let env = environment(&args)?;
+    let plan = Plan::new(args.quick);
+    let kinds: Vec<Kind> = [Kind::Raw, Kind::Ext, Kind::Php]
+        .into_iter()
+        .filter(|k| args.targets.iter().any(|t| t == k.flag()))
+        .collect();
+    check_files(&env, &kinds)?;
+    let began = Instant::now();
+    let machine = report::Machine::describe(&env.php, &env.root);
+    let mut rows: Vec<Row> = Vec::new();
+
+    // Echo servers: raw once (no PHP), each pier target once per worker count.
+    let mut echo_targets = Vec::new();
+    for &kind in &kinds {
+        if kind == Kind::Raw {
+            echo_targets.push(TargetId {
+                kind,
+                workers: 1,
+                block_us: 0,
+            });
+        } else {
+            for &w in &args.workers {
+                echo_targets.push(TargetId {
+                    kind,
+                    workers: w,
+                    block_us: 0,
+                });
+            }
+        }
+    }
+    let total = plan.cells.len() * echo_targets.len()
+        + (plan.open.len() + 1) * echo_targets.len()
+        + plan.block.len() * kinds.len() * args.workers.len();
+    let per = plan.warmup + plan.duration + 0.8;
+    say(&format!(
+        "{} load runs, about {:.0} s of load plus connect ramps; servers on CPU {}, load generator on CPU {}",
+        total,
+        total as f64 * per,
+        env.server_cpus.as_deref().unwrap_or("any"),
+        env.client_cpus.as_deref().unwrap_or("any"),
+    ));
+    let mut done = 0usize;
+    let mut servers = Vec::new();
+    for id in &echo_targets {
+        servers.push(start(&env, *id)?);
+    }
+    // Cell-major order: every target runs a cell before the next cell starts, so drift in the
+    // machine's speed during the run hits all targets alike.
+    for cell in &plan.cells {
+        for server in &mut servers {
+            done += 1;
+            let args = closed_args(cell, &plan);
+            let r = load(&env, server, &args);
+            progress(done, total, server.id, &Section::Grid, cell, &r);
+            rows.push(Row {
+                section: Section::Grid,
+                target: server.id,
+                cell: *cell,
+                result: r,
+            });
+            settle(server.pid());
+        }
+    }
+    for &(c, rate) in &plan.open {
+        for server in &mut servers {
+            done += 1;
+            let cell = Cell::new(c, 1, 32);
+            let args = vec![
+                "-c".into(),
+                c.to_string(),
+                "-s".into(),
+                "32".into(),
+                "--rate".into(),
+                rate.to_string(),
+                "--warmup".into(),
+                plan.warmup.to_string(),
+                "--duration".into(),
+                plan.duration.to_string(),
+            ];
+            let r = load(&env, server, &args);
+            progress(done, total, server.id, &Section::Open(rate), &cell, &r);
+            rows.push(Row {
+                section: Section::Open(rate),
+                target: server.id,
+                cell,
+                result: r,
+            });
+            settle(server.pid());
+        }
+    }
+    for server in &mut servers {
+        done += 1;
+        let cell = Cell::new(plan.idle, 0, 0);
+        let args = vec![
+            "-c".into(),
+            plan.idle.to_string(),
+            "--idle".into(),
+            "0.5".into(),
+            "--connect-timeout".into(),
+            "60".into(),
+        ];
+        let r = load(&env, server, &args);
+        progress(done, total, server.id, &Section::Idle, &cell, &r);
+        rows.push(Row {
+            section: Section::Idle,
+            target: server.id,
+            cell,
+            result: r,
+        });
+        settle(server.pid());
+    }
+    drop(servers);
+
+    // The blocking handler: raw blocks a runtime thread per worker, PHP calls usleep().
+    let mut servers = Vec::new();
+    for &kind in &kinds {
+        for &w in &args.workers {
+            servers.push(start(
+                &env,
+                TargetId {
+                    kind,
+                    workers: w,
+                    block_us: plan.block_us,
+                },
+            )?);
+        }
+    }
+    for &c in &plan.block {
+        let cell = Cell::new(c, 1, 32);
+        for server in &mut servers {
+            done += 1;
+            let r = load(&env, server, &closed_args(&cell, &plan));
+            progress(done, total, server.id, &Section::Block, &cell, &r);
+            rows.push(Row {
+                section: Section::Block,
+                target: server.id,
+                cell,
+                result: r,
+            });
+            settle(server.pid());
+        }
+    }
+    drop(servers);
+
+    let elapsed = began.elapsed();
+    let settings = report::Settings {
+        quick: args.quick,
+        warmup: plan.warmup,
+        duration: plan.duration,
+        idle: plan.idle,
+        block_us: plan.block_us,
+        elapsed,
+        server_cpus: env.server_cpus.clone(),
+        client_cpus: env.client_cpus.clone(),
+    };
+    let text = report::markdown(&machine, &settings, &rows);
+    report::print(&text);
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            env.root.join("target/bench")
+        } else {
+            env.root.join("bench/results")
+        }
+    });
+    fs::create_dir_all(&out).map_err(|source| HarnessError::Write {
+        path: out.clone(),
+        source,
+    })?;
+    let file = out.join(format!(
+        "{}{}.md",
+        machine.date,
+        if args.quick { "-quick" } else { "" }
+    ));
+    fs::write(&file, text).map_err(|source| HarnessError::Write {
+        path: file.clone(),
+        source,
+    })?;
+    say(&format!(
+        "wrote {} ({:.0} s)",
+        file.display(),
+        elapsed.as_secs_f64()
+    ));
+    let failed = rows.iter().filter(|r| !r.ok()).count();
+    if failed > 0 {
+        say(&format!(
+            "{failed} row(s) had errors or measured nothing; see the table"
+        ));
+    }
+    Ok(())
+}
+
+fn closed_args(cell: &Cell, plan: &Plan) -> Vec<String> {
+    vec![
+        "-c".into(),
+        cell.connections.to_string(),
+        "-d".into(),
+        cell.depth.to_string(),
+        "-s".into(),
+        cell.size.to_string(),
+        "--warmup".into(),
+        plan.warmup.to_string(),
+        "--duration".into(),
+        plan.duration.to_string(),
+    ]
+}
+
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "pier-bench: {line}");
+}
+
+fn progress(
+    done: usize,
+    total: usize,
+    id: TargetId,
+    section: &Section,
+    cell: &Cell,
+    r: &Result<LoadReport, String>,
+) {
+    let what = match r {
+        Ok(r) if matches!(section, Section::Idle) => format!(
+            "{} conns, server {:.1} MiB → {:.1} MiB, {} errors",
+            r.connections,
+            r.server_rss_before_kib as f64 / 1024.0,
+            r.server_rss_kib as f64 / 1024.0,
+            r.errors
+        ),
+        Ok(r) => format!(
+            "{:.0} msg/s, p50 {:.0} µs, p99 {:.0} µs, server {:.1} µs CPU/msg, {} errors",
+            r.msg_per_s,
+            r.p50_us,
+            r.p99_us,
+            report::cpu_us_per_msg(r),
+            r.errors
+        ),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    say(&format!(
+        "[{done}/{total}] {} {} {}: {what}",
+        section.name(),
+        id.label(),
+        cell.label()
+    ));
+}
+
+/// Resolves paths and decides CPU placement.
+fn environment(args: &RunArgs) -> Result<Env, HarnessError> {
+    let abs = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            args.root.join(p)
+        };
+        fs::canonicalize(&p).unwrap_or(p)
+    };
+    let root = fs::canonicalize(&args.root).unwrap_or_else(|_| args.root.clone());
+    let me = std::env::current_exe().map_err(|source| HarnessError::Spawn {
+        what: "pier-bench (own path)".into(),
+        source,
+    })?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let have_taskset = Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let (server_cpus, client_cpus) = if cpus >= 2 && have_taskset {
+        // Servers (and the PHP workers they spawn, which inherit the mask) on CPU 0, the load
+        // generator on the others: neither steals the other's core.
+        let client = if cpus == 2 {
+            "1".to_string()
+        } else {
+            format!("1-{}", cpus - 1)
+        };
+        (Some("0".to_string()), Some(client))
+    } else {
+        (None, None)
+    };
+    let scratch = root.join("target/bench/run");
+    fs::create_dir_all(&scratch).map_err(|source| HarnessError::Write {
+        path: scratch.clone(),
+        source,
+    })?;
+    Ok(Env {
+        me,
+        pier: abs(&args.pier),
+        ext: abs(&args.ext),
+        php: args.php.clone(),
+        root,
+        server_cpus,
+        client_cpus,
+        scratch,
+    })
+}
+
+fn check_files(env: &Env, kinds: &[Kind]) -> Result<(), HarnessError> {
+    let need = |what, path: PathBuf, hint| {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(HarnessError::Missing { what, path, hint })
+        }
+    };
+    if kinds.iter().any(|k| *k != Kind::Raw) {
+        need(
+            "the pier server",
+            env.pier.clone(),
+            "cargo build --release -p pier-server",
+        )?;
+        need(
+            "the bench workers",
+            env.root.join("bench/php/serve.php"),
+            "run from the repository root",
+        )?;
+    }
+    if kinds.contains(&Kind::Ext) {
+        need(
+            "the Pier extension",
+            env.ext.clone(),
+            "cargo build --release -p pier",
+        )?;
+    }
+    if kinds.contains(&Kind::Php) {
+        need(
+            "the pure-PHP package",
+            env.root.join("php-client/src"),
+            "php-client/ is part of the repository",
+        )?;
+    }
+    Ok(())
+}
+
+/// A loopback port nobody listens on right now (the OS picks it).
+fn free_port() -> Result<SocketAddr, HarnessError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(HarnessError::Port)?;
+    l.local_addr().map_err(HarnessError::Port)
+}
+
+fn pinned(cpus: &Option<String>, program: &Path) -> Command {
+    match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(list).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Starts one target and waits until it accepts connections.
+fn start(env: &Env, id: TargetId) -> Result<Server, HarnessError> {
+    let addr = free_port()?;
+    let name = id.file_name();
+    let log = env.scratch.join(format!("{name}.log"));
+    let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let log_err = log_file.try_clone().map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let mut cmd = match id.kind {
+        Kind::Raw => {
+            let mut c = pinned(&env.server_cpus, &env.me);
+            c.arg("echo")
+                .arg("--addr")
+                .arg(addr.to_string())
+                .arg("--threads")
+                .arg(id.workers.to_string())
+                .arg("--block-us")
+                .arg(id.block_us.to_string());
+            c
+        }
+        Kind::Ext | Kind::Php => {
+            let config = env.scratch.join(format!("{name}.rr.yaml"));
+            let worker = env.root.join("bench/php").join(if id.kind == Kind::Ext {
+                "worker-ext.php"
+            } else {
+                "worker-php.php"
+            });
+            let ext = if id.kind == Kind::Ext {
+                format!("-d extension={} ", env.ext.display())
+            } else {
+                String::new()
+            };
+            let yaml = format!(
+                "version: \"3\"\n\
+                 server:\n  command: \"{php} {ext}{worker} {block}\"\n\
+                 tcp:\n  servers:\n    bench:\n      addr: \"{addr}\"\n      delimiter: \"\\n\"\n\
+                 \x20 pool:\n    num_workers: {workers}\n",
+                php = env.php,
+                worker = worker.display(),
+                block = id.block_us,
+                workers = id.workers,
+            );
+            fs::write(&config, yaml).map_err(|source| HarnessError::Write {
+                path: config.clone(),
+                source,
+            })?;
+            let mut c = pinned(&env.server_cpus, &env.pier);
+            c.arg("serve").arg("-c").arg(&config);
+            c
+        }
+    };
+    // Workers get exactly the PHP configuration named on their command line.
+    cmd.env_remove("PHP_INI_SCAN_DIR")
+        .current_dir(&env.root)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+        what: id.label(),
+        source,
+    })?;
+    let mut server = Server {
+        id,
+        addr,
+        child,
+        log: log.clone(),
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(HarnessError::NotReady {
+                target: id.label(),
+                addr,
+                why: format!("it exited ({status})"),
+                log,
+            });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(HarnessError::NotReady {
+                target: id.label(),
+                addr,
+                why: "nothing listening after 20 s".into(),
+                log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The probe connection is an event for the workers too: let them finish starting.
+    settle(server.pid());
+    let _ = &server.log;
+    Ok(server)
+}
+
+/// Runs one `pier-bench load` against `server`, pinned to the client CPUs.
+fn load(env: &Env, server: &mut Server, extra: &[String]) -> Result<LoadReport, String> {
+    if let Ok(Some(status)) = server.child.try_wait() {
+        return Err(format!(
+            "server exited before this run ({status}); log: {}",
+            server.log.display()
+        ));
+    }
+    let mut cmd = pinned(&env.client_cpus, &env.me);
+    cmd.arg("load")
+        .arg("--addr")
+        .arg(server.addr.to_string())
+        .arg("--watch-pid")
+        .arg(server.pid().to_string())
+        .args(extra)
+        .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start the load generator: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "load generator failed ({}): {}",
+            out.status,
+            err.trim().replace('\n', " ")
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .map_err(|e| format!("could not parse the load generator's report: {e}"))
+}
+
+/// Waits (bounded) until the server tree is idle, so one run's leftovers (CLOSE events of 1000
+/// connections) do not land in the next run's window.
+fn settle(pid: u32) {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut last = procstat::tree_usage(pid).map(|u| u.cpu_ns).unwrap_or(0);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = procstat::tree_usage(pid).map(|u| u.cpu_ns).unwrap_or(0);
+        if now.saturating_sub(last) < 3_000_000 {
+            return;
+        }
+        last = now;
+    }
+}
