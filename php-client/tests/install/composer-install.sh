@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs pier/worker with Composer from a path repository into a fresh project, offline (no
-# Packagist), and runs a worker from it through real pipes. Usage: composer-install.sh REPO_ROOT
+# Packagist), and runs a worker from it through real pipes; given the pier binary, also end to end
+# through `pier serve`. Usage: composer-install.sh REPO_ROOT [PIER_BINARY]
 set -euo pipefail
 root=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,3 +31,7 @@ cp "$here/echo-worker.php" "$tmp/app/worker.php"
 [ -f "$tmp/app/vendor/pier/worker/php-client/src/Worker.php" ] || { echo "composer did not install pier/worker" >&2; exit 1; }
 
 php "$here/pipe-driver.php" "$tmp/app/vendor/pier/worker/php-client/src/" -- php "$tmp/app/worker.php"
+
+if [ -n "${2:-}" ]; then
+  php "$here/serve-driver.php" "$2" "$tmp/app" "$tmp/app/vendor/pier/worker/php-client/src/"
+fi
