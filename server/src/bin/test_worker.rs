@@ -1,0 +1,174 @@
+//! `pier-test-worker`: test support for the server's integration tests, not part of the product.
+//!
+//! A worker speaking the relay protocol through `pier-protocol` on stdin/stdout, whose behaviour the
+//! tests script through the packets they send. Every reply line ends with `\n`.
+//!
+//! - CONNECTED: `WRITE "hello <server> <remote_addr> <uuid>\n"`.
+//! - DATA, by first word of the packet (delimiter stripped):
+//!   `continue` → CONTINUE; `quit` → WRITECLOSE `bye`; `close` → CLOSE; `error` → error frame;
+//!   `stop` → stop reply the first time in `$TW_DIR` (marker file), else `rerun <pid> <hex state>`;
+//!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`;
+//!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
+//!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
+//!   `stderr` → two lines on stderr, answers `ok`; anything else → `<server>:<packet>`.
+//! - CLOSE: appends `<uuid> <hex state>` to `$TW_DIR/closes.log`, answers CLOSE.
+//! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
+//! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `hang` (never answers it), `garbage`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use pier_protocol::control;
+use pier_protocol::frame::decode;
+use pier_protocol::tcp::{encode_reply, EventKind, ReplyKind};
+use pier_protocol::ServerMessage;
+
+fn main() {
+    let dir = PathBuf::from(std::env::var("TW_DIR").unwrap_or_else(|_| "/tmp".into()));
+    let pid = std::process::id();
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    match std::env::var("TW_BOOT").as_deref() {
+        Ok("die") => {
+            eprintln!("fatal: cannot boot (test worker)");
+            std::process::exit(1);
+        }
+        Ok("hang") => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        Ok("garbage") => {
+            let _ = stdout.write_all(b"<html>not a frame</html>");
+            let _ = stdout.flush();
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        _ => {}
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut out = Vec::new();
+    loop {
+        let (frame, used) = loop {
+            match decode(&buf, u32::MAX) {
+                Ok(Some((_, used))) => {
+                    let (frame, _) = decode(&buf[..used], u32::MAX).unwrap().unwrap();
+                    break (frame, used);
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            let n = stdin.read(&mut chunk).expect("read stdin");
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        out.clear();
+        let mut exit_after = false;
+        match ServerMessage::from_frame(&frame).expect("a server message") {
+            ServerMessage::Pid(_) => control::encode_pid_reply(&mut out, pid).unwrap(),
+            ServerMessage::Stop => {
+                encode_reply(&mut out, ReplyKind::Close, None, b"").unwrap();
+                exit_after = true;
+            }
+            ServerMessage::Event(ev) => {
+                let server = ev.server.to_string();
+                let state = ev.state.to_vec();
+                match ev.event {
+                    EventKind::Connected => {
+                        let hello = format!("hello {server} {} {}\n", ev.remote_addr, ev.uuid);
+                        encode_reply(&mut out, ReplyKind::Write, None, hello.as_bytes()).unwrap();
+                    }
+                    EventKind::Close | EventKind::Unknown => {
+                        let line = format!("{} {}\n", ev.uuid, hex(&state));
+                        let mut log = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(dir.join("closes.log"))
+                            .expect("closes.log");
+                        log.write_all(line.as_bytes()).unwrap();
+                        encode_reply(&mut out, ReplyKind::Close, None, b"").unwrap();
+                    }
+                    EventKind::Data => {
+                        let text = String::from_utf8_lossy(ev.body).into_owned();
+                        let packet = text
+                            .trim_end_matches("--end--")
+                            .trim_end_matches(['\r', '\n']);
+                        data(&mut out, &mut stdout, &dir, pid, &server, packet, &state);
+                    }
+                }
+            }
+        }
+        buf.drain(..used);
+        stdout.write_all(&out).expect("write stdout");
+        stdout.flush().expect("flush stdout");
+        if exit_after {
+            return;
+        }
+    }
+}
+
+fn data(
+    out: &mut Vec<u8>,
+    stdout: &mut std::io::StdoutLock<'_>,
+    dir: &std::path::Path,
+    pid: u32,
+    server: &str,
+    packet: &str,
+    state: &[u8],
+) {
+    let mut words = packet.split_whitespace();
+    let write = |out: &mut Vec<u8>, body: String, state: Option<&[u8]>| {
+        encode_reply(out, ReplyKind::Write, state, body.as_bytes()).unwrap()
+    };
+    match words.next().unwrap_or("") {
+        "continue" => encode_reply(out, ReplyKind::Continue, None, b"").unwrap(),
+        "quit" => encode_reply(out, ReplyKind::WriteClose, None, b"bye\n").unwrap(),
+        "close" => encode_reply(out, ReplyKind::Close, None, b"").unwrap(),
+        "error" => control::encode_error(out, format!("boom from {pid}").as_bytes()).unwrap(),
+        "stop" => {
+            let first = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join("stopped"))
+                .is_ok();
+            if first {
+                control::encode_worker_stop(out).unwrap();
+            } else {
+                write(out, format!("rerun {pid} {}\n", hex(state)), None);
+            }
+        }
+        "crash" => {
+            eprintln!("crashing on purpose");
+            std::process::exit(3);
+        }
+        "garbage" => {
+            stdout
+                .write_all(b"Notice: stray echo from the worker\n")
+                .unwrap();
+            stdout.flush().unwrap();
+        }
+        "pid" => write(out, format!("{pid}\n"), None),
+        "append" => {
+            let mut next = state.to_vec();
+            next.extend_from_slice(&[0x00, 0xff, (state.len() / 3) as u8]);
+            write(out, format!("{pid} {}\n", hex(state)), Some(&next));
+        }
+        "big" => write(out, "should not arrive\n".into(), Some(&vec![7u8; 100_000])),
+        "clear" => write(out, "cleared\n".into(), Some(b"")),
+        "sleep" => {
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(100);
+            // Tells the test this worker is now busy.
+            let _ = std::fs::write(dir.join("sleeping"), pid.to_string());
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            write(out, "slept\n".into(), None);
+        }
+        "stderr" => {
+            eprintln!("line one from the worker");
+            eprintln!("line two from the worker");
+            write(out, "ok\n".into(), None);
+        }
+        _ => write(out, format!("{server}:{packet}\n"), None),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

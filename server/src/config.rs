@@ -1,0 +1,856 @@
+//! `.rr.yaml` in RoadRunner's v3 layout: parsing, `${VAR}` expansion, `-o` overrides, validation.
+//!
+//! The file is read into a YAML tree first (not straight into structs) because three things need
+//! the tree: env expansion of every string value, `-o dotted.key=value` overrides, and warnings that
+//! name the full path of every key Pier does not know.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use yaml_rust2::yaml::Hash;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Default `tcp.servers.<name>.max_packet_size`: 1 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 1 << 20;
+/// Default `tcp.servers.<name>.max_state_size`: 64 KiB.
+pub const DEFAULT_MAX_STATE_SIZE: usize = 64 << 10;
+/// Default `tcp.read_buf_size`, in MB as RoadRunner counts it.
+pub const DEFAULT_READ_BUF_SIZE_MB: usize = 1;
+/// Default `allocate_timeout` and `destroy_timeout` (RoadRunner's).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a configuration cannot be used. Every variant is the config author's to fix; the message
+/// names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("could not read config file {path}")]
+    Read {
+        /// The file asked for.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not YAML.
+    #[error("could not parse config file as YAML")]
+    Yaml(#[source] yaml_rust2::ScanError),
+    /// The document is not a mapping at the top.
+    #[error("could not read config: the document is not a mapping of keys")]
+    NotAMapping,
+    /// `version` is missing or is not "3".
+    #[error("could not read config: version is {0}; only version \"3\" (RoadRunner v3 layout) is supported")]
+    Version(String),
+    /// A `-o` override is not `key=value`.
+    #[error("could not apply override {0:?}: expected dotted.key=value")]
+    Override(String),
+    /// A key holds a value of the wrong kind or an invalid value.
+    #[error("invalid value for {key}: {problem}")]
+    Invalid {
+        /// The dotted key path.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A duration RoadRunner would not parse either.
+    #[error("invalid duration for {key}: {value:?}")]
+    Duration {
+        /// The dotted key path.
+        key: String,
+        /// The value as written.
+        value: String,
+    },
+    /// `tcp.servers` is missing or empty.
+    #[error("no servers registered (tcp.servers is empty)")]
+    NoServers,
+    /// A server without `addr`.
+    #[error("empty address for the server: {0}")]
+    EmptyAddress(String),
+    /// Neither `tcp.pool.command` nor `server.command` is set.
+    #[error("no worker command: set server.command (or tcp.pool.command)")]
+    NoCommand,
+    /// A relay Pier does not implement yet.
+    #[error("server.relay {0:?} is not supported yet: use pipes")]
+    RelayNotSupported(String),
+}
+
+/// Everything `pier serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The listeners, in file order.
+    pub servers: Vec<ServerConfig>,
+    /// Read chunk size for client sockets, in bytes (`tcp.read_buf_size` is in MB).
+    pub read_buf_size: usize,
+    /// How workers are started and supervised.
+    pub pool: PoolConfig,
+    /// The `logs` section.
+    pub logs: LogsConfig,
+    /// Unknown or not-yet-supported keys, each naming its key path; logged by the caller once
+    /// logging is set up.
+    pub warnings: Vec<String>,
+}
+
+/// One `tcp.servers.<name>` entry.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The key under `tcp.servers`; sent to workers as `server`.
+    pub name: String,
+    /// Where to listen, `host:port` (the `tcp://` prefix removed, `:port` meaning all interfaces).
+    pub addr: String,
+    /// The packet delimiter; any bytes, several allowed.
+    pub delimiter: Vec<u8>,
+    /// Largest packet (delimiter included) before the connection is closed.
+    pub max_packet_size: usize,
+    /// Largest connection state a worker may store (Pier extension `state`).
+    pub max_state_size: usize,
+}
+
+/// The worker pool: `tcp.pool` plus `server`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Program and arguments of each worker.
+    pub command: Vec<String>,
+    /// `server.env`, added to every worker's environment.
+    pub env: Vec<(String, String)>,
+    /// How many workers run at once.
+    pub num_workers: usize,
+    /// Events a worker handles before it is replaced; 0 = unlimited.
+    pub max_jobs: u64,
+    /// How long to wait for a worker's handshake, or for a free worker for an event.
+    pub allocate_timeout: Duration,
+    /// How long a stopping worker may take to exit before it is killed.
+    pub destroy_timeout: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEncoding {
+    /// Human-readable lines.
+    Console,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `logs` section.
+#[derive(Debug, Clone)]
+pub struct LogsConfig {
+    /// A tracing filter level: `debug`, `info`, `warn`, `error`.
+    pub level: String,
+    /// Line format.
+    pub encoding: LogEncoding,
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`dotted.key=value`, as `rr serve -o`) and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, overrides, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses YAML text; `env` looks up variables for `${VAR}` expansion.
+    pub fn parse(
+        text: &str,
+        overrides: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let docs = YamlLoader::load_from_str(text).map_err(ConfigError::Yaml)?;
+        let mut root = docs.into_iter().next().unwrap_or(Yaml::Hash(Hash::new()));
+        if matches!(root, Yaml::Null) {
+            root = Yaml::Hash(Hash::new());
+        }
+        if !matches!(root, Yaml::Hash(_)) {
+            return Err(ConfigError::NotAMapping);
+        }
+        for o in overrides {
+            let (key, value) = o
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| ConfigError::Override(o.clone()))?;
+            set_path(&mut root, key, Yaml::String(value.to_owned()));
+        }
+        expand_tree(&mut root, env);
+        Self::from_tree(&root)
+    }
+
+    fn from_tree(root: &Yaml) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+        let top = hash(root, "")?;
+        check_keys(
+            top,
+            "",
+            &["version", "server", "tcp", "logs"],
+            &[],
+            &mut warnings,
+        );
+        let version = match top.get(&key("version")) {
+            None => return Err(ConfigError::Version("missing".into())),
+            Some(v) => scalar_string(v, "version")?,
+        };
+        if version != "3" {
+            return Err(ConfigError::Version(format!("{version:?}")));
+        }
+
+        let empty = Yaml::Hash(Hash::new());
+        let server = top.get(&key("server")).unwrap_or(&empty);
+        let server = hash(server, "server")?;
+        check_keys(
+            server,
+            "server",
+            &["command", "env", "relay"],
+            &["user", "group", "relay_timeout", "on_init", "after_init"],
+            &mut warnings,
+        );
+        let server_command = match server.get(&key("command")) {
+            Some(v) => command(v, "server.command")?,
+            None => Vec::new(),
+        };
+        let mut env = Vec::new();
+        if let Some(v) = server.get(&key("env")) {
+            for (k, v) in hash(v, "server.env")? {
+                let name = scalar_string(k, "server.env")?;
+                let value = scalar_string(v, &format!("server.env.{name}"))?;
+                env.push((name, value));
+            }
+        }
+        if let Some(v) = server.get(&key("relay")) {
+            let relay = scalar_string(v, "server.relay")?;
+            if relay != "pipes" {
+                return Err(ConfigError::RelayNotSupported(relay));
+            }
+        }
+
+        let logs = match top.get(&key("logs")) {
+            Some(v) => logs(hash(v, "logs")?, &mut warnings)?,
+            None => LogsConfig {
+                level: "info".into(),
+                encoding: LogEncoding::Console,
+            },
+        };
+
+        let tcp = top.get(&key("tcp")).unwrap_or(&empty);
+        let tcp = hash(tcp, "tcp")?;
+        check_keys(
+            tcp,
+            "tcp",
+            &["servers", "read_buf_size", "pool"],
+            &[],
+            &mut warnings,
+        );
+        let read_buf_size_mb = match tcp.get(&key("read_buf_size")) {
+            Some(v) => number(v, "tcp.read_buf_size")?,
+            None => DEFAULT_READ_BUF_SIZE_MB as u64,
+        };
+        let read_buf_size = usize::try_from(read_buf_size_mb.max(1))
+            .ok()
+            .and_then(|mb| mb.checked_mul(1 << 20))
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "tcp.read_buf_size".into(),
+                problem: "too large".into(),
+            })?;
+
+        let mut servers = Vec::new();
+        if let Some(v) = tcp.get(&key("servers")) {
+            if !matches!(v, Yaml::Null) {
+                for (name, entry) in hash(v, "tcp.servers")? {
+                    let name = scalar_string(name, "tcp.servers")?;
+                    servers.push(server_entry(&name, entry, &mut warnings)?);
+                }
+            }
+        }
+        if servers.is_empty() {
+            return Err(ConfigError::NoServers);
+        }
+
+        let pool_tree = tcp.get(&key("pool")).unwrap_or(&empty);
+        let pool_tree = hash(pool_tree, "tcp.pool")?;
+        check_keys(
+            pool_tree,
+            "tcp.pool",
+            &[
+                "command",
+                "num_workers",
+                "max_jobs",
+                "allocate_timeout",
+                "destroy_timeout",
+            ],
+            &[
+                "reset_timeout",
+                "stream_timeout",
+                "supervisor",
+                "debug",
+                "max_queue_size",
+                "dynamic_allocator",
+            ],
+            &mut warnings,
+        );
+        let command = match pool_tree.get(&key("command")) {
+            Some(v) => command(v, "tcp.pool.command")?,
+            None => server_command,
+        };
+        if command.is_empty() {
+            return Err(ConfigError::NoCommand);
+        }
+        let num_workers = match pool_tree.get(&key("num_workers")) {
+            Some(v) => number(v, "tcp.pool.num_workers")?,
+            None => 0,
+        };
+        let num_workers = if num_workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            usize::try_from(num_workers).map_err(|_| ConfigError::Invalid {
+                key: "tcp.pool.num_workers".into(),
+                problem: "too large".into(),
+            })?
+        };
+        let max_jobs = match pool_tree.get(&key("max_jobs")) {
+            Some(v) => number(v, "tcp.pool.max_jobs")?,
+            None => 0,
+        };
+        let allocate_timeout = optional_duration(pool_tree, "tcp.pool", "allocate_timeout")?;
+        let destroy_timeout = optional_duration(pool_tree, "tcp.pool", "destroy_timeout")?;
+
+        Ok(Config {
+            servers,
+            read_buf_size,
+            pool: PoolConfig {
+                command,
+                env,
+                num_workers,
+                max_jobs,
+                allocate_timeout,
+                destroy_timeout,
+            },
+            logs,
+            warnings,
+        })
+    }
+}
+
+fn key(name: &str) -> Yaml {
+    Yaml::String(name.to_owned())
+}
+
+fn server_entry(
+    name: &str,
+    entry: &Yaml,
+    warnings: &mut Vec<String>,
+) -> Result<ServerConfig, ConfigError> {
+    let path = format!("tcp.servers.{name}");
+    let empty = Yaml::Hash(Hash::new());
+    let entry = if matches!(entry, Yaml::Null) {
+        &empty
+    } else {
+        entry
+    };
+    let h = hash(entry, &path)?;
+    check_keys(
+        h,
+        &path,
+        &["addr", "delimiter", "max_packet_size", "max_state_size"],
+        &[],
+        warnings,
+    );
+    let addr = match h.get(&key("addr")) {
+        Some(v) => scalar_string(v, &format!("{path}.addr"))?,
+        None => String::new(),
+    };
+    let addr = normalize_addr(&addr).ok_or_else(|| ConfigError::EmptyAddress(name.to_owned()))?;
+    let delimiter = match h.get(&key("delimiter")) {
+        Some(v) => scalar_string(v, &format!("{path}.delimiter"))?.into_bytes(),
+        None => b"\r\n".to_vec(),
+    };
+    if delimiter.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: format!("{path}.delimiter"),
+            problem: "the delimiter is empty".into(),
+        });
+    }
+    let size = |field: &str, default: usize| -> Result<usize, ConfigError> {
+        let k = format!("{path}.{field}");
+        match h.get(&key(field)) {
+            None => Ok(default),
+            Some(v) => {
+                let n = number(v, &k)?;
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(ConfigError::Invalid {
+                        key: k,
+                        problem: format!("{n} is not a usable size in bytes"),
+                    })
+            }
+        }
+    };
+    let max_packet_size = size("max_packet_size", DEFAULT_MAX_PACKET_SIZE)?;
+    if max_packet_size < delimiter.len() {
+        return Err(ConfigError::Invalid {
+            key: format!("{path}.max_packet_size"),
+            problem: "smaller than the delimiter".into(),
+        });
+    }
+    Ok(ServerConfig {
+        name: name.to_owned(),
+        addr,
+        delimiter,
+        max_packet_size,
+        max_state_size: size("max_state_size", DEFAULT_MAX_STATE_SIZE)?,
+    })
+}
+
+/// `tcp://host:port`, `host:port`, `[::1]:port` or `:port` → a `host:port` tokio can bind;
+/// `None` when empty.
+fn normalize_addr(addr: &str) -> Option<String> {
+    let addr = addr.trim();
+    let addr = addr.strip_prefix("tcp://").unwrap_or(addr);
+    if addr.is_empty() {
+        return None;
+    }
+    if addr.starts_with(':') {
+        return Some(format!("0.0.0.0{addr}"));
+    }
+    Some(addr.to_owned())
+}
+
+fn logs(h: &Hash, warnings: &mut Vec<String>) -> Result<LogsConfig, ConfigError> {
+    check_keys(
+        h,
+        "logs",
+        &["level", "encoding"],
+        &[
+            "mode",
+            "output",
+            "err_output",
+            "line_ending",
+            "channels",
+            "file_logger_options",
+        ],
+        warnings,
+    );
+    let level = match h.get(&key("level")) {
+        Some(v) => scalar_string(v, "logs.level")?,
+        None => "info".into(),
+    };
+    let level = match level.to_ascii_lowercase().as_str() {
+        "debug" | "info" | "warn" | "error" => level.to_ascii_lowercase(),
+        // zap's levels above error: tracing has none, error is the closest.
+        "panic" | "fatal" | "dpanic" => "error".into(),
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "logs.level".into(),
+                problem: format!("{other:?} is not one of debug, info, warn, error"),
+            })
+        }
+    };
+    let encoding = match h.get(&key("encoding")) {
+        None => LogEncoding::Console,
+        Some(v) => match scalar_string(v, "logs.encoding")?.as_str() {
+            "console" => LogEncoding::Console,
+            "json" => LogEncoding::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "logs.encoding".into(),
+                    problem: format!("{other:?} is not console or json"),
+                })
+            }
+        },
+    };
+    Ok(LogsConfig { level, encoding })
+}
+
+/// Warns about keys in `h` that are neither `known` nor `unsupported` (RoadRunner keys Pier does
+/// not implement yet), naming each by its full path.
+fn check_keys(
+    h: &Hash,
+    path: &str,
+    known: &[&str],
+    unsupported: &[&str],
+    warnings: &mut Vec<String>,
+) {
+    for k in h.keys() {
+        let name = match k {
+            Yaml::String(s) => s.clone(),
+            Yaml::Integer(i) => i.to_string(),
+            other => format!("{other:?}"),
+        };
+        let full = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        if unsupported.contains(&name.as_str()) {
+            warnings.push(format!("{full} is not supported yet (ignored)"));
+        } else if !known.contains(&name.as_str()) {
+            warnings.push(format!("unknown key {full} (ignored)"));
+        }
+    }
+}
+
+fn hash<'a>(v: &'a Yaml, path: &str) -> Result<&'a Hash, ConfigError> {
+    match v {
+        Yaml::Hash(h) => Ok(h),
+        _ => Err(ConfigError::Invalid {
+            key: if path.is_empty() {
+                "(top level)".into()
+            } else {
+                path.into()
+            },
+            problem: "expected a mapping of keys".into(),
+        }),
+    }
+}
+
+fn scalar_string(v: &Yaml, path: &str) -> Result<String, ConfigError> {
+    match v {
+        Yaml::String(s) | Yaml::Real(s) => Ok(s.clone()),
+        Yaml::Integer(i) => Ok(i.to_string()),
+        Yaml::Boolean(b) => Ok(b.to_string()),
+        Yaml::Null => Ok(String::new()),
+        _ => Err(ConfigError::Invalid {
+            key: path.into(),
+            problem: "expected a single value".into(),
+        }),
+    }
+}
+
+fn number(v: &Yaml, path: &str) -> Result<u64, ConfigError> {
+    let invalid = |shown: String| ConfigError::Invalid {
+        key: path.into(),
+        problem: format!("{shown} is not a non-negative integer"),
+    };
+    match v {
+        Yaml::Integer(i) => u64::try_from(*i).map_err(|_| invalid(i.to_string())),
+        // Values from `${VAR}` or `-o` arrive as strings.
+        Yaml::String(s) => s.trim().parse().map_err(|_| invalid(format!("{s:?}"))),
+        other => Err(invalid(format!("{other:?}"))),
+    }
+}
+
+fn command(v: &Yaml, path: &str) -> Result<Vec<String>, ConfigError> {
+    match v {
+        Yaml::String(s) => Ok(s.split_whitespace().map(str::to_owned).collect()),
+        Yaml::Array(items) => items.iter().map(|item| scalar_string(item, path)).collect(),
+        _ => Err(ConfigError::Invalid {
+            key: path.into(),
+            problem: "expected a string or a list of strings".into(),
+        }),
+    }
+}
+
+fn optional_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
+    let k = format!("{path}.{field}");
+    match h.get(&key(field)) {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => {
+            let text = scalar_string(v, &k)?;
+            parse_duration(&text).ok_or(ConfigError::Duration {
+                key: k,
+                value: text,
+            })
+        }
+    }
+}
+
+/// Parses a Go duration (`60s`, `1m30s`, `500ms`, `1.5h`, `0`), as RoadRunner reads them. A bare
+/// number other than 0 is refused: Go would read it as nanoseconds, which is never what was meant.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * unit;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// Sets `dotted.key` in the tree, creating mappings on the way (as `rr serve -o` does).
+fn set_path(root: &mut Yaml, dotted: &str, value: Yaml) {
+    let mut node = root;
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !matches!(node, Yaml::Hash(_)) {
+            *node = Yaml::Hash(Hash::new());
+        }
+        let Yaml::Hash(h) = node else { return };
+        if parts.peek().is_none() {
+            h.insert(key(part), value);
+            return;
+        }
+        node = h.entry(key(part)).or_insert(Yaml::Hash(Hash::new()));
+    }
+}
+
+fn expand_tree(node: &mut Yaml, env: &dyn Fn(&str) -> Option<String>) {
+    match node {
+        Yaml::String(s) if s.contains('$') => *s = expand(s, env),
+        Yaml::Array(items) => items.iter_mut().for_each(|i| expand_tree(i, env)),
+        Yaml::Hash(h) => h.values_mut().for_each(|v| expand_tree(v, env)),
+        _ => {}
+    }
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `$VAR`; an unset variable becomes empty (as in
+/// RoadRunner). A `$` not followed by a name stays as it is.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(inner) = after.strip_prefix('{') {
+            if let Some(end) = inner.find('}') {
+                let body = &inner[..end];
+                let (name, default) = match body.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (body, None),
+                };
+                let value = env(name).filter(|v| !v.is_empty());
+                out.push_str(&value.or(default.map(str::to_owned)).unwrap_or_default());
+                rest = &inner[end + 1..];
+                continue;
+            }
+        }
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_len == 0 {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        out.push_str(&env(&after[..name_len]).unwrap_or_default());
+        rest = &after[name_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PORT" => Some("7001".into()),
+            "WORKERS" => Some("3".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &[], &env)
+    }
+
+    const MINIMAL: &str = "version: '3'\nserver:\n  command: php worker.php\ntcp:\n  servers:\n    smtp:\n      addr: 127.0.0.1:0\n";
+
+    #[test]
+    fn roadrunner_layout_with_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.servers.len(), 1);
+        let s = &c.servers[0];
+        assert_eq!(
+            (s.name.as_str(), s.addr.as_str(), &s.delimiter[..]),
+            ("smtp", "127.0.0.1:0", &b"\r\n"[..])
+        );
+        assert_eq!(s.max_packet_size, 1 << 20);
+        assert_eq!(s.max_state_size, 65536);
+        assert_eq!(c.pool.command, ["php", "worker.php"]);
+        assert_eq!(c.pool.allocate_timeout, Duration::from_secs(60));
+        assert_eq!(c.pool.max_jobs, 0);
+        assert!(c.pool.num_workers >= 1);
+        assert_eq!(c.read_buf_size, 1 << 20);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            r#"
+version: "3"
+server:
+  command: ["php", "a b.php"]
+  env: { APP: "x", N: 5 }
+  relay: pipes
+logs: { level: debug, encoding: json }
+tcp:
+  read_buf_size: 2
+  servers:
+    a: { addr: "tcp://127.0.0.1:${PORT}", delimiter: "--end--", max_packet_size: 64, max_state_size: 9 }
+    b: { addr: "[::1]:0", delimiter: "\n" }
+    c: { addr: ":${NOPE:-7002}" }
+  pool:
+    command: "php other.php"
+    num_workers: ${WORKERS}
+    max_jobs: 10
+    allocate_timeout: 1m30s
+    destroy_timeout: 500ms
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.pool.command, ["php", "other.php"]);
+        assert_eq!(
+            c.pool.env,
+            [("APP".into(), "x".into()), ("N".into(), "5".into())]
+        );
+        assert_eq!(c.pool.num_workers, 3);
+        assert_eq!(c.pool.max_jobs, 10);
+        assert_eq!(c.pool.allocate_timeout, Duration::from_secs(90));
+        assert_eq!(c.pool.destroy_timeout, Duration::from_millis(500));
+        assert_eq!(c.read_buf_size, 2 << 20);
+        assert_eq!(c.logs.level, "debug");
+        assert_eq!(c.logs.encoding, LogEncoding::Json);
+        let addrs: Vec<_> = c.servers.iter().map(|s| s.addr.as_str()).collect();
+        assert_eq!(addrs, ["127.0.0.1:7001", "[::1]:0", "0.0.0.0:7002"]);
+        assert_eq!(c.servers[0].delimiter, b"--end--");
+        assert_eq!(c.servers[0].max_packet_size, 64);
+        assert_eq!(c.servers[0].max_state_size, 9);
+        assert_eq!(c.servers[1].delimiter, b"\n");
+    }
+
+    #[test]
+    fn overrides_win_and_create_keys() {
+        let c = Config::parse(
+            MINIMAL,
+            &[
+                "tcp.pool.num_workers=2".into(),
+                "tcp.servers.smtp.addr=127.0.0.1:9".into(),
+                "tcp.servers.extra.addr=127.0.0.1:10".into(),
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.pool.num_workers, 2);
+        assert_eq!(c.servers[0].addr, "127.0.0.1:9");
+        assert_eq!(c.servers[1].name, "extra");
+        assert!(matches!(
+            Config::parse(MINIMAL, &["nope".into()], &env),
+            Err(ConfigError::Override(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_with_their_path() {
+        let c = parse(&format!(
+            "{MINIMAL}      colour: red\n  pool:\n    supervisor: {{}}\nrpc:\n  listen: x\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            [
+                "unknown key rpc (ignored)",
+                "unknown key tcp.servers.smtp.colour (ignored)",
+                "tcp.pool.supervisor is not supported yet (ignored)",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {}}\n",
+                "no servers registered (tcp.servers is empty)",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {smtp: {delimiter: x}}}\n",
+                "empty address for the server: smtp",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {allocate_timeout: 6o s}}\n",
+                "invalid duration for tcp.pool.allocate_timeout: \"6o s\"",
+            ),
+            (
+                "version: '2.7'\n",
+                "could not read config: version is \"2.7\"; only version \"3\" (RoadRunner v3 layout) is supported",
+            ),
+            (
+                "server: {command: x}\n",
+                "could not read config: version is missing; only version \"3\" (RoadRunner v3 layout) is supported",
+            ),
+            (
+                "version: '3'\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "no worker command: set server.command (or tcp.pool.command)",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {num_workers: many}}\n",
+                "invalid value for tcp.pool.num_workers: \"many\" is not a non-negative integer",
+            ),
+            (
+                "version: '3'\nserver: {command: x, relay: 'tcp://127.0.0.1:6001'}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "server.relay \"tcp://127.0.0.1:6001\" is not supported yet: use pipes",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+    }
+
+    #[test]
+    fn durations_as_go_writes_them() {
+        let ok: &[(&str, u64)] = &[
+            ("60s", 60_000),
+            ("1m", 60_000),
+            ("500ms", 500),
+            ("1m30s", 90_000),
+            ("1.5h", 5_400_000),
+            ("0", 0),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(
+                parse_duration(text),
+                Some(Duration::from_millis(*ms)),
+                "{text}"
+            );
+        }
+        for bad in ["", "60", "6o s", "s", "1x", "-1s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_expansion_forms() {
+        let cases = [
+            ("${PORT}", "7001"),
+            ("$PORT/x", "7001/x"),
+            ("${NOPE:-def}", "def"),
+            ("${EMPTY:-def}", "def"),
+            ("${NOPE}", ""),
+            ("a$", "a$"),
+            ("$ 1", "$ 1"),
+            ("${PORT:-1}${WORKERS}", "70013"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(expand(input, &env), want, "{input}");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! One client connection: CONNECTED, one DATA per packet, CLOSE exactly once; strictly in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pier_protocol::tcp::EventKind;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::codec::{CodecError, DelimiterCodec};
+use crate::config::ServerConfig;
+use crate::pool::{Action, Event, ExecError, Pool, Reply};
+
+/// What the connection does after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Keep reading packets.
+    Read,
+    /// Close the socket and send CLOSE.
+    Close,
+}
+
+/// Everything a connection needs that does not change while it lives.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The `tcp.servers` entry.
+    pub(crate) config: ServerConfig,
+    /// Read chunk size (`tcp.read_buf_size`).
+    pub(crate) read_buf_size: usize,
+}
+
+/// The per-connection part: ids, socket writer, state.
+struct Conn<'a> {
+    /// The listener this connection came from.
+    listener: &'a Listener,
+    /// The worker pool.
+    pool: &'a Pool,
+    /// Client address as sent in events.
+    remote_addr: String,
+    /// UUID v4 text.
+    uuid: String,
+    /// Where replies are written; `None` once closed.
+    writer: Option<OwnedWriteHalf>,
+    /// Connection state (Pier extension): owned by this task, so no lock; empty = none.
+    state: Bytes,
+}
+
+/// Serves one accepted connection to the end.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    pool: Pool,
+    shutdown: CancellationToken,
+) {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
+    async move {
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let (reader, writer) = stream.into_split();
+        let mut conn = Conn {
+            listener: &listener,
+            pool: &pool,
+            remote_addr: peer.to_string(),
+            uuid,
+            writer: Some(writer),
+            state: Bytes::new(),
+        };
+        debug!(remote_addr = %conn.remote_addr, "connected");
+        let flow = match conn.event(EventKind::Connected, &[]).await {
+            Ok(reply) => conn.apply(reply).await,
+            Err(e) => {
+                // CONNECTED did not succeed: no CLOSE is owed.
+                log_exec_error(&e, "CONNECTED");
+                return;
+            }
+        };
+        if flow == Flow::Read {
+            let codec =
+                DelimiterCodec::new(&listener.config.delimiter, listener.config.max_packet_size);
+            let mut packets = FramedRead::with_capacity(reader, codec, listener.read_buf_size);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        debug!("server shutting down");
+                        break;
+                    }
+                    next = packets.next() => next,
+                };
+                match next {
+                    Some(Ok(packet)) => match conn.event(EventKind::Data, &packet).await {
+                        Ok(reply) => {
+                            if conn.apply(reply).await == Flow::Close {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            log_exec_error(&e, "DATA");
+                            break;
+                        }
+                    },
+                    Some(Err(CodecError::PacketTooLarge { size, max })) => {
+                        warn!(
+                            size,
+                            max_packet_size = max,
+                            "client packet too large; closing"
+                        );
+                        break;
+                    }
+                    Some(Err(CodecError::Io(e))) => {
+                        debug!(error = %e, "read error; closing");
+                        break;
+                    }
+                    None => {
+                        debug!("client disconnected");
+                        break;
+                    }
+                }
+            }
+        } else {
+            drop(reader);
+        }
+        conn.close_socket().await;
+        if let Err(e) = conn.event(EventKind::Close, &[]).await {
+            log_exec_error(&e, "CLOSE");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Conn<'_> {
+    async fn event(&self, kind: EventKind, body: &[u8]) -> Result<Reply, ExecError> {
+        self.pool
+            .exec(&Event {
+                remote_addr: &self.remote_addr,
+                server: &self.listener.config.name,
+                uuid: &self.uuid,
+                kind,
+                state: &self.state,
+                body,
+            })
+            .await
+    }
+
+    /// Stores the state, writes the body, decides what comes next.
+    async fn apply(&mut self, reply: Reply) -> Flow {
+        if let Some(state) = reply.state {
+            let max = self.listener.config.max_state_size;
+            if state.len() > max {
+                error!(
+                    pid = reply.pid,
+                    size = state.len(),
+                    max_state_size = max,
+                    "worker error: state exceeds max_state_size; closing without writing the reply"
+                );
+                return Flow::Close;
+            }
+            self.state = state;
+        }
+        let (write, flow) = match reply.action {
+            Action::Write => (true, Flow::Read),
+            Action::Continue => (false, Flow::Read),
+            Action::WriteClose => (true, Flow::Close),
+            Action::Close => (false, Flow::Close),
+            Action::Unknown(context) => {
+                warn!(
+                    pid = reply.pid,
+                    context, "unknown reply; closing as for CLOSE"
+                );
+                (false, Flow::Close)
+            }
+        };
+        if write && !reply.body.is_empty() {
+            if let Some(writer) = self.writer.as_mut() {
+                if let Err(e) = writer.write_all(&reply.body).await {
+                    debug!(error = %e, "write error; closing");
+                    return Flow::Close;
+                }
+            }
+        }
+        flow
+    }
+
+    async fn close_socket(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            let _ = writer.shutdown().await;
+        }
+    }
+}
+
+fn log_exec_error(e: &ExecError, event: &str) {
+    match e {
+        ExecError::WorkerError { pid, message } => {
+            error!(
+                pid,
+                event, "worker error: {message}; closing the connection"
+            )
+        }
+        ExecError::NoFreeWorkers(waited) => {
+            error!(event, waited = ?waited, "no free workers; closing the connection")
+        }
+        ExecError::Closed => info!(event, "pool stopped; closing the connection"),
+        other => error!(event, error = %other, "closing the connection"),
+    }
+}

@@ -1,0 +1,178 @@
+//! Pier's server: RoadRunner TCP configs, correct framing, a supervised PHP worker pool.
+//!
+//! # Layout
+//! - [`config`]: `.rr.yaml` (RoadRunner v3 layout): YAML tree, `${VAR}` expansion, `-o`
+//!   overrides, unknown-key warnings, validation into [`config::Config`].
+//! - [`codec`]: [`codec::DelimiterCodec`], the tokio-util `Decoder` that splits client bytes into
+//!   packets (every delimiter, any chunking, bounded by `max_packet_size`, EOF leftovers delivered).
+//! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
+//!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
+//! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
+//!   connection state kept (Pier extension `state`).
+//! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
+//!
+//! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
+//! are alive → sockets closed → stop frame to each worker, `destroy_timeout`, then kill.
+
+pub mod codec;
+pub mod config;
+mod connection;
+pub mod pool;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, LogEncoding, LogsConfig};
+use crate::connection::Listener;
+use crate::pool::{Pool, PoolError};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not bind (config's fault, or the port is taken).
+    #[error("could not listen on {addr} for the server: {server}")]
+    Bind {
+        /// Server name.
+        server: String,
+        /// The address.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No worker could start.
+    #[error("could not start the worker pool")]
+    Pool(#[source] PoolError),
+}
+
+/// A bound server with its worker pool, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    /// Listeners with their settings, in config order.
+    listeners: Vec<(Arc<Listener>, TcpListener)>,
+    /// The workers.
+    pool: Pool,
+    /// How long connections may take to finish their CLOSE at shutdown.
+    destroy_timeout: Duration,
+}
+
+impl Server {
+    /// Binds every `tcp.servers` address, then starts the workers.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let mut listeners = Vec::new();
+        for server in &config.servers {
+            let socket =
+                TcpListener::bind(&server.addr)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        server: server.name.clone(),
+                        addr: server.addr.clone(),
+                        source,
+                    })?;
+            let listener = Listener {
+                config: server.clone(),
+                read_buf_size: config.read_buf_size,
+            };
+            listeners.push((Arc::new(listener), socket));
+        }
+        let destroy_timeout = config.pool.destroy_timeout;
+        let pool = Pool::start(config.pool).await.map_err(ServeError::Pool)?;
+        Ok(Server {
+            listeners,
+            pool,
+            destroy_timeout,
+        })
+    }
+
+    /// The bound address of each server, by name (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, s)| Some((l.config.name.clone(), s.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let token = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for (listener, socket) in self.listeners {
+            if let Ok(addr) = socket.local_addr() {
+                info!(server = %listener.config.name, %addr, "listening");
+            }
+            let token = token.clone();
+            let connections = connections.clone();
+            let pool = self.pool.clone();
+            accept_loops.push(tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = token.cancelled() => return,
+                        a = socket.accept() => a,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            connections.spawn(connection::serve(
+                                stream,
+                                peer,
+                                listener.clone(),
+                                pool.clone(),
+                                token.clone(),
+                            ));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait instead of spinning.
+                            warn!(server = %listener.config.name, error = %e, "could not accept");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        shutdown.await;
+        info!("shutting down: closing connections");
+        token.cancel();
+        for accept in accept_loops {
+            let _ = accept.await;
+        }
+        connections.close();
+        if tokio::time::timeout(self.destroy_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            error!(timeout = ?self.destroy_timeout, "connections did not finish in time");
+        }
+        info!("stopping workers");
+        self.pool.shutdown().await;
+        info!("stopped");
+    }
+}
+
+/// Binds, starts the workers, serves until `shutdown` completes, stops gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    Server::bind(config).await?.serve(shutdown).await;
+    Ok(())
+}
+
+/// Installs the global log subscriber for the `logs` section (stderr). `RUST_LOG`, when set,
+/// overrides `logs.level`.
+pub fn init_logging(logs: &LogsConfig) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&logs.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match logs.encoding {
+        LogEncoding::Console => builder.try_init(),
+        LogEncoding::Json => builder.json().try_init(),
+    };
+}

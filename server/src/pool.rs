@@ -1,0 +1,705 @@
+//! The supervised pool of PHP workers: spawn, handshake, hand out, rotate, replace, stop.
+//!
+//! Idle workers wait in an MPMC queue (FIFO, so consecutive events of a connection spread over the
+//! workers); an event takes one out, runs on it exclusively, and puts it back. A supervisor task
+//! starts replacements with backoff, so a script that dies at start does not spin the CPU.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pier_protocol::control;
+use pier_protocol::frame::{decode, FrameError};
+use pier_protocol::tcp::{encode_event_with_state, EventKind, ReplyKind};
+use pier_protocol::{MessageError, WorkerMessage};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::PoolConfig;
+
+/// The `RR_VERSION` workers see: the RoadRunner release whose TCP plugin Pier follows (the stock
+/// PHP packages only check that it is set).
+pub const RR_VERSION: &str = "2024.3.0";
+/// Largest frame accepted from a worker; a larger announced length is corruption.
+const MAX_WORKER_FRAME: u32 = 1 << 30;
+/// How many times one event is re-run after stop replies before the connection is given up.
+const MAX_RERUNS: usize = 8;
+/// First respawn delay after a failed start; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest respawn delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bytes of a worker's stderr kept to explain a failed start.
+const STDERR_KEPT: usize = 4096;
+/// Read chunk for worker stdout.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a worker could not be started, or the pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The command could not be executed (config's fault: wrong path, not executable).
+    #[error("could not start worker {command:?}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker exited or closed stdout before answering the pid handshake (worker's fault).
+    #[error(
+        "could not start worker: it exited before the pid handshake ({status}); stderr:\n{stderr}"
+    )]
+    HandshakeExited {
+        /// Exit status as text.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The worker did not answer the handshake within allocate_timeout (worker's fault).
+    #[error("could not start worker pid {pid}: no pid handshake within {timeout:?} (killed); stderr:\n{stderr}")]
+    HandshakeTimeout {
+        /// Its pid.
+        pid: u32,
+        /// allocate_timeout.
+        timeout: Duration,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The worker answered the handshake with something else (worker's fault).
+    #[error("could not start worker pid {pid}: bad handshake answer: {detail}; stderr:\n{stderr}")]
+    HandshakeGarbage {
+        /// Its pid.
+        pid: u32,
+        /// What was wrong.
+        detail: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// Writing the handshake failed.
+    #[error("could not write the pid handshake to worker pid {pid}")]
+    HandshakeWrite {
+        /// Its pid.
+        pid: u32,
+        /// The pipe error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an event got no usable reply. The connection it belongs to is closed; nothing else is hurt.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No worker became free within allocate_timeout (overload or stuck workers).
+    #[error("no free workers within {0:?}")]
+    NoFreeWorkers(Duration),
+    /// The pool is shut down.
+    #[error("could not run event: the pool is stopped")]
+    Closed,
+    /// The worker answered with an error frame (`Worker::error()`); it stays in service.
+    #[error("worker pid {pid} reported an error: {message}")]
+    WorkerError {
+        /// The worker.
+        pid: u32,
+        /// Its message.
+        message: String,
+    },
+    /// The worker died or closed its pipes during the event; it is replaced.
+    #[error("worker pid {pid} exited during the event")]
+    WorkerExited {
+        /// The worker.
+        pid: u32,
+        /// The pipe error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The worker wrote bytes that are not a frame (a stray `echo`); it is killed and replaced.
+    #[error("worker pid {pid} wrote bytes that are not a frame: {bytes:?}")]
+    Garbage {
+        /// The worker.
+        pid: u32,
+        /// The first bytes, lossily as text.
+        bytes: String,
+        /// The frame decoder's complaint.
+        #[source]
+        source: FrameError,
+    },
+    /// The worker sent a well-formed frame that is not a reply; it is killed and replaced.
+    #[error("worker pid {pid} sent a frame that is not a reply")]
+    BadMessage {
+        /// The worker.
+        pid: u32,
+        /// What was wrong.
+        #[source]
+        source: MessageError,
+    },
+    /// Every worker tried asked to stop.
+    #[error("the event was re-run {0} times after stop replies; giving up")]
+    TooManyReruns(usize),
+}
+
+/// What a worker wants done with the connection (owned form of [`ReplyKind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write the body, keep reading.
+    Write,
+    /// Keep reading.
+    Continue,
+    /// Write the body, then close.
+    WriteClose,
+    /// Close.
+    Close,
+    /// An unknown reply context (treated as `Close`), kept for the log.
+    Unknown(String),
+}
+
+/// A worker's reply, detached from the worker so it can go back to the pool before the client is
+/// written to.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// What to do.
+    pub action: Action,
+    /// Bytes to write (shares the worker's read buffer, no copy).
+    pub body: Bytes,
+    /// `Some` when the reply sets the connection state (empty = clear).
+    pub state: Option<Bytes>,
+    /// The worker that answered, for logs.
+    pub pid: u32,
+}
+
+/// One event to run; borrowed from the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// The client's address.
+    pub remote_addr: &'a str,
+    /// The server name.
+    pub server: &'a str,
+    /// The connection id.
+    pub uuid: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+    /// The connection's state (empty = none).
+    pub state: &'a [u8],
+    /// The packet.
+    pub body: &'a [u8],
+}
+
+/// A running worker process and its pipes, owned by whoever is using it.
+#[derive(Debug)]
+struct Worker {
+    /// Process id, from the OS.
+    pid: u32,
+    /// The process, for wait/kill.
+    child: Child,
+    /// Frames to the worker.
+    stdin: ChildStdin,
+    /// Frames from the worker.
+    stdout: ChildStdout,
+    /// Bytes read from stdout, not yet consumed; reused across events.
+    rbuf: BytesMut,
+    /// Each outgoing frame is encoded here and written with one write; reused across events.
+    wbuf: Vec<u8>,
+    /// Events handled, for max_jobs.
+    jobs: u64,
+}
+
+/// What a worker said about an event.
+enum Outcome {
+    /// A reply.
+    Reply(Reply),
+    /// `Worker::error()`.
+    Error(String),
+    /// `Worker::stop()`.
+    Stop,
+}
+
+impl Worker {
+    /// Sends the event and reads frames until the worker answers it.
+    async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, ExecError> {
+        self.wbuf.clear();
+        // Cannot fail: lengths come from bounded packets and states.
+        let _ = encode_event_with_state(
+            &mut self.wbuf,
+            event.remote_addr,
+            event.server,
+            event.uuid,
+            event.kind,
+            event.state,
+            event.body,
+        );
+        let pid = self.pid;
+        self.stdin
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| ExecError::WorkerExited {
+                pid,
+                source: Some(e),
+            })?;
+        loop {
+            match decode(&self.rbuf, MAX_WORKER_FRAME) {
+                Ok(Some((frame, used))) => {
+                    let message = WorkerMessage::from_frame(&frame);
+                    let base = self.rbuf.as_ptr() as usize;
+                    let range = |s: &[u8]| {
+                        let at = s.as_ptr() as usize - base;
+                        at..at + s.len()
+                    };
+                    match message {
+                        Ok(WorkerMessage::Pid(_)) => {
+                            // A late handshake answer is harmless.
+                            self.rbuf.advance(used);
+                        }
+                        Ok(WorkerMessage::Error(msg)) => {
+                            let message = String::from_utf8_lossy(msg).into_owned();
+                            self.rbuf.advance(used);
+                            return Ok(Outcome::Error(message));
+                        }
+                        Ok(WorkerMessage::Stop) => {
+                            self.rbuf.advance(used);
+                            return Ok(Outcome::Stop);
+                        }
+                        Ok(WorkerMessage::Reply(reply)) => {
+                            let action = match reply.kind {
+                                ReplyKind::Write => Action::Write,
+                                ReplyKind::Continue => Action::Continue,
+                                ReplyKind::WriteClose => Action::WriteClose,
+                                ReplyKind::Close => Action::Close,
+                                ReplyKind::Unknown(other) => Action::Unknown(control_text(other)),
+                            };
+                            let body = range(reply.body);
+                            let state = reply.state.map(range);
+                            let frame = self.rbuf.split_to(used).freeze();
+                            return Ok(Outcome::Reply(Reply {
+                                action,
+                                body: frame.slice(body),
+                                state: state.map(|r| frame.slice(r)),
+                                pid,
+                            }));
+                        }
+                        Err(source) => return Err(ExecError::BadMessage { pid, source }),
+                    }
+                }
+                Ok(None) => {
+                    self.rbuf.reserve(READ_CHUNK);
+                    match self.stdout.read_buf(&mut self.rbuf).await {
+                        Ok(0) => return Err(ExecError::WorkerExited { pid, source: None }),
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(ExecError::WorkerExited {
+                                pid,
+                                source: Some(e),
+                            })
+                        }
+                    }
+                }
+                Err(source) => {
+                    return Err(ExecError::Garbage {
+                        pid,
+                        bytes: control_text(&self.rbuf),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// At most 64 bytes, lossily as text, for logs.
+fn control_text(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(64)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if bytes.len() > cut.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// How to start a worker; shared by the pool and its supervisor.
+#[derive(Debug)]
+struct Spec {
+    /// Command, env, timeouts, max_jobs.
+    config: PoolConfig,
+}
+
+/// The pool handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// How to start workers.
+    spec: Arc<Spec>,
+    /// Idle workers go back here.
+    idle_tx: async_channel::Sender<Worker>,
+    /// Events take idle workers from here.
+    idle_rx: async_channel::Receiver<Worker>,
+    /// Asks the supervisor for one replacement worker.
+    respawn: mpsc::UnboundedSender<()>,
+    /// Stopping workers and the supervisor, awaited at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: no more respawns.
+    closed: CancellationToken,
+}
+
+impl Pool {
+    /// Starts `num_workers` workers. Fails only when none of them can start (showing the first
+    /// failure, stderr included); the missing ones are retried in the background.
+    pub async fn start(config: PoolConfig) -> Result<Pool, PoolError> {
+        let spec = Arc::new(Spec { config });
+        let n = spec.config.num_workers.max(1);
+        let (idle_tx, idle_rx) = async_channel::bounded(n);
+        let (respawn, respawn_rx) = mpsc::unbounded_channel();
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let spec = spec.clone();
+            starts.spawn(async move { spawn_worker(&spec).await });
+        }
+        let mut first_error = None;
+        let mut started = 0;
+        while let Some(result) = starts.join_next().await {
+            match result {
+                Ok(Ok(worker)) => {
+                    started += 1;
+                    // Capacity is n: cannot be full.
+                    let _ = idle_tx.try_send(worker);
+                }
+                Ok(Err(e)) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                    } else {
+                        warn!(error = %e, "worker failed to start");
+                    }
+                }
+                Err(join) => error!(error = %join, "worker start task failed"),
+            }
+        }
+        if started == 0 {
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                spec: spec.clone(),
+                idle_tx,
+                idle_rx,
+                respawn,
+                tasks: TaskTracker::new(),
+                closed: CancellationToken::new(),
+            }),
+        };
+        if let Some(e) = first_error {
+            warn!(error = %e, "worker failed to start; retrying with backoff");
+            for _ in started..n {
+                pool.request_respawn();
+            }
+        }
+        let supervisor = pool.clone();
+        pool.inner
+            .tasks
+            .spawn(async move { supervisor.supervise(respawn_rx).await });
+        info!(workers = started, command = ?spec.config.command, "worker pool started");
+        Ok(pool)
+    }
+
+    fn request_respawn(&self) {
+        let _ = self.inner.respawn.send(());
+    }
+
+    /// Starts one replacement per request, backing off while starts fail.
+    async fn supervise(&self, mut requests: mpsc::UnboundedReceiver<()>) {
+        let closed = &self.inner.closed;
+        let mut backoff = BACKOFF_START;
+        loop {
+            let request = tokio::select! {
+                _ = closed.cancelled() => return,
+                r = requests.recv() => r,
+            };
+            if request.is_none() {
+                return;
+            }
+            loop {
+                let result = tokio::select! {
+                    _ = closed.cancelled() => return,
+                    r = spawn_worker(&self.inner.spec) => r,
+                };
+                match result {
+                    Ok(worker) => {
+                        backoff = BACKOFF_START;
+                        debug!(pid = worker.pid, "replacement worker started");
+                        if let Err(back) = self.inner.idle_tx.try_send(worker) {
+                            // Shutting down (or over capacity): stop it again.
+                            self.retire(back.into_inner());
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        error!(error = %e, retry_in = ?backoff, "could not start a replacement worker");
+                        tokio::select! {
+                            _ = closed.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
+    pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, ExecError> {
+        let timeout = self.inner.spec.config.allocate_timeout;
+        for _ in 0..MAX_RERUNS {
+            let mut worker = match tokio::time::timeout(timeout, self.inner.idle_rx.recv()).await {
+                Err(_) => return Err(ExecError::NoFreeWorkers(timeout)),
+                Ok(Err(_)) => return Err(ExecError::Closed),
+                Ok(Ok(worker)) => worker,
+            };
+            match worker.exec(event).await {
+                Ok(Outcome::Reply(reply)) => {
+                    self.release(worker);
+                    return Ok(reply);
+                }
+                Ok(Outcome::Error(message)) => {
+                    let pid = worker.pid;
+                    self.release(worker);
+                    return Err(ExecError::WorkerError { pid, message });
+                }
+                Ok(Outcome::Stop) => {
+                    info!(
+                        pid = worker.pid,
+                        "worker asked to stop; re-running the event on another worker"
+                    );
+                    self.retire(worker);
+                    self.request_respawn();
+                }
+                Err(e) => {
+                    self.kill(worker);
+                    self.request_respawn();
+                    return Err(e);
+                }
+            }
+        }
+        Err(ExecError::TooManyReruns(MAX_RERUNS))
+    }
+
+    /// Puts a worker back, or rotates it out after max_jobs events.
+    fn release(&self, mut worker: Worker) {
+        worker.jobs += 1;
+        let max_jobs = self.inner.spec.config.max_jobs;
+        if max_jobs > 0 && worker.jobs >= max_jobs {
+            debug!(
+                pid = worker.pid,
+                jobs = worker.jobs,
+                "max_jobs reached; replacing worker"
+            );
+            self.retire(worker);
+            self.request_respawn();
+            return;
+        }
+        if let Err(back) = self.inner.idle_tx.try_send(worker) {
+            self.retire(back.into_inner());
+        }
+    }
+
+    /// Stops a worker in the background: stop frame, wait up to destroy_timeout, then kill. Frames
+    /// it still sends (the stock worker's stray `CLOSE` after the stop frame) are read and dropped.
+    fn retire(&self, mut worker: Worker) {
+        let destroy_timeout = self.inner.spec.config.destroy_timeout;
+        self.inner.tasks.spawn(async move {
+            worker.wbuf.clear();
+            let _ = control::encode_stop_request(&mut worker.wbuf);
+            let pid = worker.pid;
+            let graceful = tokio::time::timeout(destroy_timeout, async {
+                let _ = worker.stdin.write_all(&worker.wbuf).await;
+                let mut sink = [0u8; 4096];
+                while let Ok(n) = worker.stdout.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                worker.child.wait().await
+            })
+            .await;
+            match graceful {
+                Ok(Ok(status)) => debug!(pid, %status, "worker stopped"),
+                _ => {
+                    warn!(pid, timeout = ?destroy_timeout, "worker did not stop in time; killing it");
+                    let _ = worker.child.kill().await;
+                }
+            }
+        });
+    }
+
+    /// Kills a misbehaving or dead worker in the background and logs how it ended.
+    fn kill(&self, mut worker: Worker) {
+        self.inner.tasks.spawn(async move {
+            let _ = worker.child.start_kill();
+            match worker.child.wait().await {
+                Ok(status) => info!(pid = worker.pid, %status, "worker replaced"),
+                Err(e) => warn!(pid = worker.pid, error = %e, "could not reap worker"),
+            }
+        });
+    }
+
+    /// Stops every worker: no more respawns, stop frame to each idle worker, wait up to
+    /// destroy_timeout each, then kill. Call after every connection is done.
+    pub async fn shutdown(&self) {
+        self.inner.closed.cancel();
+        self.inner.idle_tx.close();
+        while let Ok(worker) = self.inner.idle_rx.try_recv() {
+            self.retire(worker);
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// Starts one worker and completes the pid handshake within allocate_timeout.
+async fn spawn_worker(spec: &Spec) -> Result<Worker, PoolError> {
+    let config = &spec.config;
+    let mut cmd = Command::new(&config.command[0]);
+    cmd.args(&config.command[1..])
+        .env("RR_RELAY", "pipes")
+        .env("RR_MODE", "tcp")
+        .env("RR_VERSION", RR_VERSION)
+        .env("PIER_VERSION", env!("CARGO_PKG_VERSION"))
+        .env("PIER_FEATURES", "state")
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| PoolError::Spawn {
+        command: config.command[0].clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+    let kept = Arc::new(Mutex::new(String::new()));
+    let stderr_task = tokio::spawn(log_stderr(pid, stderr, kept.clone()));
+    let stderr_text =
+        |kept: &Arc<Mutex<String>>| kept.lock().map(|s| s.clone()).unwrap_or_default();
+
+    let mut wbuf = Vec::with_capacity(READ_CHUNK);
+    let _ = control::encode_pid_request(&mut wbuf, std::process::id());
+    if let Err(source) = stdin.write_all(&wbuf).await {
+        // It probably exited already; report that with its stderr.
+        let status = child
+            .wait()
+            .await
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+        let stderr = stderr_text(&kept);
+        if !stderr.is_empty() || !status.is_empty() {
+            return Err(PoolError::HandshakeExited { status, stderr });
+        }
+        return Err(PoolError::HandshakeWrite { pid, source });
+    }
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let answer = tokio::time::timeout(config.allocate_timeout, async {
+        loop {
+            match decode(&rbuf, MAX_WORKER_FRAME) {
+                Ok(Some((frame, used))) => {
+                    let result = match WorkerMessage::from_frame(&frame) {
+                        Ok(WorkerMessage::Pid(_)) => Ok(()),
+                        Ok(other) => Err(format!("expected a pid, got {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    rbuf.advance(used);
+                    return Some(result);
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(format!("{e}: {:?}", control_text(&rbuf)))),
+            }
+            rbuf.reserve(READ_CHUNK);
+            match stdout.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    match answer {
+        Ok(Some(Ok(()))) => {
+            debug!(pid, "worker started");
+            Ok(Worker {
+                pid,
+                child,
+                stdin,
+                stdout,
+                rbuf,
+                wbuf,
+                jobs: 0,
+            })
+        }
+        Ok(Some(Err(detail))) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            Err(PoolError::HandshakeGarbage {
+                pid,
+                detail,
+                stderr: stderr_text(&kept),
+            })
+        }
+        Ok(None) => {
+            let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                _ => {
+                    let _ = child.start_kill();
+                    "closed its stdout".into()
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            Err(PoolError::HandshakeExited {
+                status,
+                stderr: stderr_text(&kept),
+            })
+        }
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            Err(PoolError::HandshakeTimeout {
+                pid,
+                timeout: config.allocate_timeout,
+                stderr: stderr_text(&kept),
+            })
+        }
+    }
+}
+
+/// Logs a worker's stderr line by line with its pid; keeps the first bytes to explain a failed
+/// start.
+async fn log_stderr(pid: u32, stderr: tokio::process::ChildStderr, kept: Arc<Mutex<String>>) {
+    let mut lines = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        info!(pid, "worker stderr: {text}");
+        if let Ok(mut kept) = kept.lock() {
+            if kept.len() < STDERR_KEPT {
+                kept.push_str(text);
+                kept.push('\n');
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `pier serve` in-process with the Rust test worker (`src/bin/test_worker.rs`): real sockets on
+//! 127.0.0.1:0, real worker processes, assertions on what a client sees.
+
+mod support;
+
+use std::collections::HashSet;
+
+use tokio::io::AsyncWriteExt;
+
+use pier_server::config::Config;
+use pier_server::pool::PoolError;
+use pier_server::{ServeError, Server};
+use support::{test_worker, yaml, Client, Harness};
+
+const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
+
+fn pool(workers: usize, extra: &str) -> String {
+    format!("    num_workers: {workers}\n{extra}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_get_their_name_remote_addr_and_correct_framing() {
+    let servers = "    a:\n      addr: 127.0.0.1:0\n    b:\n      addr: 127.0.0.1:0\n      delimiter: \"--end--\"\n";
+    let mut h = Harness::rust(servers, &pool(2, "")).await;
+
+    let mut a = h.connect("a").await;
+    let (server, remote, uuid) = a.hello().await;
+    assert_eq!(server, "a");
+    assert_eq!(
+        remote,
+        a.local.to_string(),
+        "remote_addr is the client's address"
+    );
+    let parsed = uuid::Uuid::parse_str(&uuid).unwrap();
+    assert_eq!(parsed.get_version_num(), 4);
+
+    // Pipelined: three packets in one write, three answers in order.
+    a.send("x\r\ny\r\nz\r\n").await;
+    for want in ["a:x", "a:y", "a:z"] {
+        assert_eq!(a.line().await.unwrap(), want);
+    }
+    // Byte at a time, the delimiter split across writes.
+    for byte in b"slow\r\n" {
+        a.send([*byte]).await;
+    }
+    assert_eq!(a.line().await.unwrap(), "a:slow");
+
+    let mut b = h.connect("b").await;
+    let (server, _, uuid_b) = b.hello().await;
+    assert_eq!(server, "b");
+    assert_ne!(uuid_b, uuid);
+    b.send("one--e").await;
+    b.send("nd--two--end").await;
+    b.send("--").await;
+    assert_eq!(b.line().await.unwrap(), "b:one");
+    assert_eq!(b.line().await.unwrap(), "b:two");
+
+    // Bytes left at EOF arrive as a last DATA event.
+    a.send("tail").await;
+    a.writer.shutdown().await.unwrap();
+    assert_eq!(a.line().await.unwrap(), "a:tail");
+    assert_eq!(a.rest().await, b"");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_loop_100_round_trips_on_several_servers_in_parallel() {
+    let servers = "    s1:\n      addr: 127.0.0.1:0\n    s2:\n      addr: 127.0.0.1:0\n    s3:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n";
+    let mut h = Harness::rust(servers, &pool(3, "")).await;
+    let mut clients = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        for _ in 0..2 {
+            let mut c = h.connect(name).await;
+            let delimiter = if name == "s3" { "\n" } else { "\r\n" };
+            clients.push(tokio::spawn(async move {
+                c.hello().await;
+                for i in 0..100 {
+                    c.send(format!("continue{delimiter}")).await;
+                    let answer = c.ask(&format!("echo {i}{delimiter}")).await;
+                    assert_eq!(answer, format!("{name}:echo {i}"));
+                }
+            }));
+        }
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writeclose_and_close_end_the_connection_with_one_close_event() {
+    let mut h = Harness::rust(ONE, &pool(2, "")).await;
+    let mut c1 = h.connect("s").await;
+    let (_, _, u1) = c1.hello().await;
+    assert_eq!(c1.ask("quit\r\n").await, "bye");
+    assert_eq!(c1.rest().await, b"");
+
+    let mut c2 = h.connect("s").await;
+    let (_, _, u2) = c2.hello().await;
+    c2.send("close\r\n").await;
+    assert_eq!(c2.rest().await, b"");
+    h.shutdown().await;
+    let closes = h.log("closes.log");
+    for uuid in [u1, u2] {
+        let count = closes.iter().filter(|l| l.starts_with(&uuid)).count();
+        assert_eq!(count, 1, "one CLOSE for {uuid}: {closes:?}");
+    }
+    assert_eq!(closes.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_error_closes_the_connection_and_the_worker_stays() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c1 = h.connect("s").await;
+    let (_, _, u1) = c1.hello().await;
+    let pid = c1.ask("pid\r\n").await;
+    c1.send("error\r\n").await;
+    assert_eq!(c1.rest().await, b"", "nothing written after a worker error");
+
+    let mut c2 = h.connect("s").await;
+    c2.hello().await;
+    assert_eq!(
+        c2.ask("pid\r\n").await,
+        pid,
+        "the same worker is still serving"
+    );
+    drop(c2);
+    h.shutdown().await;
+    assert!(h.log("closes.log").iter().any(|l| l.starts_with(&u1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_reply_reruns_the_event_on_another_worker_with_its_state() {
+    let mut h = Harness::rust(ONE, &pool(2, "")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    c.ask("append\r\n").await;
+    let answer = c.ask("stop\r\n").await;
+    let parts: Vec<&str> = answer.split(' ').collect();
+    assert_eq!(parts[0], "rerun", "{answer}");
+    assert_eq!(
+        parts[2], "00ff00",
+        "the re-run carries the connection state"
+    );
+    assert!(h.dir.path().join("stopped").exists(), "a worker did stop");
+    // The pool is whole again: the connection keeps working.
+    assert_eq!(c.ask("after\r\n").await, "s:after");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_jobs_rotates_workers_without_losing_events() {
+    let mut h = Harness::rust(ONE, &pool(2, "    max_jobs: 3\n")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let mut pids = HashSet::new();
+    for _ in 0..30 {
+        pids.insert(c.ask("pid\r\n").await);
+    }
+    assert!(pids.len() >= 8, "workers were rotated: {pids:?}");
+    let mut c2 = h.connect("s").await;
+    c2.hello().await;
+    assert_eq!(c2.ask("still\r\n").await, "s:still");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_event_closes_only_that_connection() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut other = h.connect("s").await;
+    other.hello().await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    c.send("crash\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    assert_eq!(
+        other.ask("fine\r\n").await,
+        "s:fine",
+        "a replacement serves"
+    );
+    let mut fresh = h.connect("s").await;
+    fresh.hello().await;
+    drop((other, fresh));
+    h.shutdown().await;
+    assert!(
+        h.log("closes.log").iter().any(|l| l.starts_with(&uuid)),
+        "the crashed connection still gets its CLOSE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_worker_stdout_replaces_the_worker() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let pid = c.ask("pid\r\n").await;
+    c.send("garbage\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    let mut c2 = h.connect("s").await;
+    c2.hello().await;
+    assert_ne!(c2.ask("pid\r\n").await, pid, "the worker was replaced");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_waits_longer_than_allocate_timeout_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        ONE,
+        "    num_workers: 1\n",
+        "",
+    )
+    .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
+    let mut h = Harness::start(dir, &text).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    busy.send("sleep 3000\r\n").await;
+    // The only worker is busy once it has written its marker (bounded wait, not a timing assertion).
+    let marker = h.dir.path().join("sleeping");
+    for _ in 0..2000 {
+        if marker.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(marker.exists(), "the worker started sleeping");
+    let mut late = Client::connect(h.addrs["s"]).await;
+    assert_eq!(late.rest().await, b"", "no greeting: no free worker");
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_cannot_start_fail_the_server_with_their_stderr() {
+    for (boot, want) in [
+        ("die", "fatal: cannot boot (test worker)"),
+        ("hang", "no pid handshake within 300ms"),
+        ("garbage", "bad handshake answer"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = yaml(
+            dir.path(),
+            &[&test_worker()],
+            ONE,
+            "    num_workers: 2\n",
+            &format!("    TW_BOOT: {boot}\n"),
+        )
+        .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
+        let config = Config::parse(&text, &[], &|_| None).unwrap();
+        let err = Server::bind(config).await.unwrap_err();
+        assert!(matches!(err, ServeError::Pool(_)), "{boot}: {err}");
+        let ServeError::Pool(inner) = &err else {
+            unreachable!()
+        };
+        assert!(inner.to_string().contains(want), "{boot}: {inner}");
+        if boot == "die" {
+            assert!(matches!(inner, PoolError::HandshakeExited { .. }));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_delivers_close_to_every_open_connection() {
+    let mut h = Harness::rust(ONE, &pool(2, "")).await;
+    let mut clients = Vec::new();
+    let mut uuids = Vec::new();
+    for _ in 0..3 {
+        let mut c = h.connect("s").await;
+        let (_, _, uuid) = c.hello().await;
+        assert_eq!(c.ask("hi\r\n").await, "s:hi");
+        uuids.push(uuid);
+        clients.push(c);
+    }
+    h.shutdown().await;
+    for c in &mut clients {
+        assert_eq!(c.rest().await, b"", "socket closed");
+    }
+    let closes = h.log("closes.log");
+    for uuid in &uuids {
+        assert_eq!(
+            closes
+                .iter()
+                .filter(|l| l.starts_with(uuid.as_str()))
+                .count(),
+            1,
+            "{closes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packet_closes_the_connection_with_a_close_event() {
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      max_packet_size: 16\n";
+    let mut h = Harness::rust(servers, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    assert_eq!(c.ask("short\r\n").await, "s:short");
+    c.send([b'x'; 64]).await;
+    assert_eq!(c.rest().await, b"");
+    h.shutdown().await;
+    assert!(h.log("closes.log").iter().any(|l| l.starts_with(&uuid)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_round_trips_across_workers_binary_and_reaches_close() {
+    let mut h = Harness::rust(ONE, &pool(3, "")).await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    let mut want = Vec::<u8>::new();
+    let mut pids = HashSet::new();
+    for round in 0..40u8 {
+        let answer = c.ask("append\r\n").await;
+        let (pid, state) = answer.split_once(' ').unwrap();
+        assert_eq!(state, hex::encode(&want), "round {round}");
+        pids.insert(pid.to_owned());
+        want.extend_from_slice(&[0x00, 0xff, round]);
+    }
+    assert!(
+        pids.len() >= 2,
+        "events landed on several workers: {pids:?}"
+    );
+    assert_eq!(c.ask("clear\r\n").await, "cleared");
+    let answer = c.ask("append\r\n").await;
+    assert_eq!(answer.split_once(' ').unwrap().1, "", "cleared");
+    c.send("close\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    h.shutdown().await;
+    let closes = h.log("closes.log");
+    assert!(
+        closes.contains(&format!("{uuid} 00ff00")),
+        "CLOSE carried the state: {closes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_over_max_state_size_closes_without_writing() {
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      max_state_size: 1000\n";
+    let mut h = Harness::rust(servers, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    c.ask("append\r\n").await;
+    c.send("big\r\n").await;
+    assert_eq!(c.rest().await, b"", "the reply body is not written");
+    h.shutdown().await;
+    assert!(
+        h.log("closes.log").contains(&format!("{uuid} 00ff00")),
+        "the stored state is the last valid one, never a truncated one"
+    );
+}

@@ -1,0 +1,186 @@
+//! Shared harness: a server run in-process on 127.0.0.1:0 with real worker processes, and a line
+//! client over a real socket.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pier_server::config::Config;
+use pier_server::Server;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Guards every await on the network so a broken server fails the test instead of hanging it.
+/// Not an assertion on timing: nothing in these tests comes close to it when things work.
+pub const HANG: Duration = Duration::from_secs(30);
+
+pub fn test_worker() -> String {
+    env!("CARGO_BIN_EXE_pier-test-worker").to_owned()
+}
+
+pub fn php_worker() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/php/stock_worker.php")
+        .display()
+        .to_string()
+}
+
+/// A running server and the scratch directory its workers write to.
+pub struct Harness {
+    /// Marker files and logs of the workers (`TW_DIR`).
+    pub dir: tempfile::TempDir,
+    /// Bound address per server name.
+    pub addrs: HashMap<String, SocketAddr>,
+    /// Completes the shutdown future.
+    stop: Option<oneshot::Sender<()>>,
+    /// The serve task.
+    task: Option<JoinHandle<()>>,
+}
+
+/// A config with `command` as the worker and `TW_DIR` in its env; `servers` and `pool` are YAML
+/// fragments indented for their sections.
+pub fn yaml(dir: &Path, command: &[&str], servers: &str, pool: &str, env: &str) -> String {
+    let command: Vec<String> = command.iter().map(|c| format!("{c:?}")).collect();
+    format!(
+        "version: '3'\nserver:\n  command: [{}]\n  env:\n    TW_DIR: {:?}\n{env}tcp:\n  servers:\n{servers}  pool:\n    allocate_timeout: 20s\n    destroy_timeout: 10s\n{pool}",
+        command.join(", "),
+        dir.display().to_string(),
+    )
+}
+
+impl Harness {
+    /// Starts a server running the Rust test worker.
+    pub async fn rust(servers: &str, pool: &str) -> Harness {
+        Self::rust_env(servers, pool, "").await
+    }
+
+    /// Same, with extra `server.env` lines (indented by four spaces).
+    pub async fn rust_env(servers: &str, pool: &str, env: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let text = yaml(dir.path(), &[&test_worker()], servers, pool, env);
+        Self::start(dir, &text).await
+    }
+
+    /// Starts a server running the stock-equivalent PHP worker.
+    pub async fn php(servers: &str, pool: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let text = yaml(dir.path(), &["php", &php_worker()], servers, pool, "");
+        Self::start(dir, &text).await
+    }
+
+    pub async fn start(dir: tempfile::TempDir, text: &str) -> Harness {
+        let config = Config::parse(text, &[], &|_| None).expect("test config is valid");
+        let server = Server::bind(config).await.expect("server starts");
+        let addrs = server.local_addrs().into_iter().collect();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Harness {
+            dir,
+            addrs,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn connect(&self, server: &str) -> Client {
+        Client::connect(self.addrs[server]).await
+    }
+
+    /// Graceful shutdown; returns once every connection got its CLOSE and the workers stopped.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(HANG, task)
+                .await
+                .expect("shutdown finishes")
+                .unwrap();
+        }
+    }
+
+    /// Lines of a log file the workers wrote (empty when it does not exist).
+    pub fn log(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+pub struct Client {
+    pub reader: BufReader<OwnedReadHalf>,
+    pub writer: OwnedWriteHalf,
+    pub local: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(HANG, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let local = stream.local_addr().unwrap();
+        let (r, w) = stream.into_split();
+        Client {
+            reader: BufReader::new(r),
+            writer: w,
+            local,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.writer.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    /// The next `\n`-terminated line without it; `None` at EOF (or reset).
+    pub async fn line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(HANG, self.reader.read_until(b'\n', &mut buf))
+            .await
+            .expect("an answer or EOF")
+            .unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        assert_eq!(buf.last(), Some(&b'\n'), "partial line {buf:?}");
+        buf.pop();
+        Some(String::from_utf8(buf).unwrap())
+    }
+
+    /// Sends `packet` and returns the answer line.
+    pub async fn ask(&mut self, packet: &str) -> String {
+        self.send(packet).await;
+        self.line()
+            .await
+            .unwrap_or_else(|| panic!("EOF instead of an answer to {packet:?}"))
+    }
+
+    /// Everything until EOF (the server closed).
+    pub async fn rest(&mut self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        tokio::time::timeout(HANG, self.reader.read_to_end(&mut buf))
+            .await
+            .expect("EOF")
+            .unwrap_or(0);
+        buf
+    }
+
+    /// Reads the greeting of the Rust test worker: returns (server, remote_addr, uuid).
+    pub async fn hello(&mut self) -> (String, String, String) {
+        let line = self.line().await.expect("a greeting");
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(parts.len(), 4, "{line}");
+        assert_eq!(parts[0], "hello", "{line}");
+        (parts[1].into(), parts[2].into(), parts[3].into())
+    }
+}
