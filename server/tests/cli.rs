@@ -1,0 +1,153 @@
+//! The `pier` binary: exit codes, config errors on stderr, warnings, worker stderr in the log,
+//! SIGTERM → graceful stop, exit 0.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use support::{test_worker, yaml, Client};
+
+fn pier() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pier"))
+}
+
+#[test]
+fn config_errors_exit_1_naming_key_and_problem_without_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "version: '3'\nserver: {command: x}\ntcp: {servers: {}}\n",
+            vec![],
+            "no servers registered",
+        ),
+        (
+            "version: '3'\nserver: {command: x}\ntcp: {servers: {smtp: {delimiter: x}}}\n",
+            vec![],
+            "empty address for the server: smtp",
+        ),
+        (
+            "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+            vec!["-o", "tcp.pool.allocate_timeout=6o s"],
+            "invalid duration for tcp.pool.allocate_timeout: \"6o s\"",
+        ),
+        (
+            "version: [\n",
+            vec![],
+            "could not parse config file as YAML",
+        ),
+    ];
+    for (text, args, want) in cases {
+        let path = dir.path().join("rr.yaml");
+        std::fs::write(&path, text).unwrap();
+        let out = pier()
+            .arg("serve")
+            .arg("-c")
+            .arg(&path)
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+    let out = pier()
+        .args(["serve", "-c"])
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not read config file"));
+}
+
+#[test]
+fn a_worker_that_cannot_start_exits_1_with_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        "    s:\n      addr: 127.0.0.1:0\n",
+        "    num_workers: 1\n",
+        "    TW_BOOT: die\n",
+    );
+    let path = dir.path().join(".rr.yaml");
+    std::fs::write(&path, text).unwrap();
+    // Default config path: .rr.yaml in the working directory.
+    let out = pier()
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fatal: cannot boot (test worker)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_exit_0_and_worker_stderr_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        "    s:\n      addr: 127.0.0.1:0\n      colour: blue\n",
+        "    num_workers: 1\n",
+        "",
+    );
+    let path = dir.path().join("rr.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = pier()
+        .args(["serve", "-c"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "pier exited: {seen}");
+        seen.push_str(&line);
+        if let Some(at) = line.find("addr=") {
+            break line[at + 5..].trim().parse().unwrap();
+        }
+    };
+    assert!(
+        seen.contains("unknown key tcp.servers.s.colour"),
+        "warning names the key path: {seen}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The connection stays open through the shutdown: it must still get its CLOSE.
+    let (uuid, _open) = runtime.block_on(async {
+        let mut c = Client::connect(addr).await;
+        let (_, _, uuid) = c.hello().await;
+        assert_eq!(c.ask("stderr\r\n").await, "ok");
+        (uuid, c)
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    seen.push_str(&rest);
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "{seen}");
+    let stderr_line = seen
+        .lines()
+        .find(|l| l.contains("line one from the worker"))
+        .unwrap_or_else(|| panic!("worker stderr logged: {seen}"));
+    assert!(stderr_line.contains("pid="), "{stderr_line}");
+    assert!(seen.contains("line two from the worker"));
+    let closes = std::fs::read_to_string(dir.path().join("closes.log")).unwrap();
+    assert!(closes.contains(&uuid), "CLOSE delivered at shutdown");
+}
