@@ -456,11 +456,7 @@ impl Pool {
     pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, ExecError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         for _ in 0..MAX_RERUNS {
-            let mut worker = match tokio::time::timeout(timeout, self.inner.idle_rx.recv()).await {
-                Err(_) => return Err(ExecError::NoFreeWorkers(timeout)),
-                Ok(Err(_)) => return Err(ExecError::Closed),
-                Ok(Ok(worker)) => worker,
-            };
+            let mut worker = self.acquire(timeout).await?;
             match worker.exec(event).await {
                 Ok(Outcome::Reply(reply)) => {
                     self.release(worker);
@@ -487,6 +483,36 @@ impl Pool {
             }
         }
         Err(ExecError::TooManyReruns(MAX_RERUNS))
+    }
+
+    /// Takes an idle worker, waiting up to `timeout`. A worker that died while idle is replaced
+    /// here, before any event is lost on it.
+    async fn acquire(&self, timeout: Duration) -> Result<Worker, ExecError> {
+        loop {
+            // Fast path without a timer: a worker is usually free.
+            let mut worker = match self.inner.idle_rx.try_recv() {
+                Ok(worker) => worker,
+                Err(async_channel::TryRecvError::Closed) => return Err(ExecError::Closed),
+                Err(async_channel::TryRecvError::Empty) => {
+                    match tokio::time::timeout(timeout, self.inner.idle_rx.recv()).await {
+                        Err(_) => return Err(ExecError::NoFreeWorkers(timeout)),
+                        Ok(Err(_)) => return Err(ExecError::Closed),
+                        Ok(Ok(worker)) => worker,
+                    }
+                }
+            };
+            match worker.child.try_wait() {
+                Ok(None) => return Ok(worker),
+                Ok(Some(status)) => {
+                    warn!(pid = worker.pid, %status, "idle worker exited; replacing it");
+                }
+                Err(e) => {
+                    warn!(pid = worker.pid, error = %e, "could not check worker; replacing it")
+                }
+            }
+            self.kill(worker);
+            self.request_respawn();
+        }
     }
 
     /// Puts a worker back, or rotates it out after max_jobs events.

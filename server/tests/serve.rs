@@ -350,3 +350,23 @@ async fn state_over_max_state_size_closes_without_writing() {
         "the stored state is the last valid one, never a truncated one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_exits_while_idle_is_replaced_without_losing_the_next_event() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let pid = c.ask("exit-after\r\n").await;
+    // Wait (bounded) until the process is gone or a zombie: it exited while idle.
+    let stat = format!("/proc/{pid}/stat");
+    for _ in 0..2000 {
+        match std::fs::read_to_string(&stat) {
+            Err(_) => break,
+            Ok(s) if s.split(' ').nth(2) == Some("Z") => break,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    }
+    let next = c.ask("pid\r\n").await;
+    assert_ne!(next, pid, "a replacement answered");
+    h.shutdown().await;
+}

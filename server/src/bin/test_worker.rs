@@ -7,7 +7,7 @@
 //! - DATA, by first word of the packet (delimiter stripped):
 //!   `continue` → CONTINUE; `quit` → WRITECLOSE `bye`; `close` → CLOSE; `error` → error frame;
 //!   `stop` → stop reply the first time in `$TW_DIR` (marker file), else `rerun <pid> <hex state>`;
-//!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`;
+//!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `exit-after` → answers `<pid>`, then exits while idle;
 //!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
 //!   `stderr` → two lines on stderr, answers `ok`; anything else → `<server>:<packet>`.
@@ -146,6 +146,12 @@ fn data(
             stdout.flush().unwrap();
         }
         "pid" => write(out, format!("{pid}\n"), None),
+        "exit-after" => {
+            write(out, format!("{pid}\n"), None);
+            stdout.write_all(out).unwrap();
+            stdout.flush().unwrap();
+            std::process::exit(0);
+        }
         "append" => {
             let mut next = state.to_vec();
             next.extend_from_slice(&[0x00, 0xff, (state.len() / 3) as u8]);
