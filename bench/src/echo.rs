@@ -205,6 +205,7 @@ mod tests {
                 depth: 8,
                 warmup: Duration::from_millis(50),
                 duration: Duration::from_millis(300),
+                batches: None,
             },
         )
         .expect("closed loop runs");

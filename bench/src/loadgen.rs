@@ -71,8 +71,11 @@ pub enum Mode {
         depth: usize,
         /// Unmeasured time first.
         warmup: Duration,
-        /// Measured time.
+        /// Measured time (with `batches`: the bound on the run).
         duration: Duration,
+        /// Stop each connection after this many batches instead of at the end of the window
+        /// (for profiling a known number of messages); the window then lasts until all are done.
+        batches: Option<u64>,
     },
     /// Packets are sent on a fixed schedule whatever the replies do; latency runs from the
     /// scheduled send time, so a stalled server is charged for every packet it delayed.
@@ -179,11 +182,13 @@ pub fn run(shape: Shape, mode: Mode) -> Result<LoadReport, LoadError> {
                 depth,
                 warmup,
                 duration,
+                batches,
             } => {
                 if depth == 0 {
                     return Err(LoadError::Options("depth must be at least 1".into()));
                 }
-                let plan = Plan::new(warmup, duration);
+                let mut plan = Plan::new(warmup, duration);
+                plan.batches = batches;
                 let batch: Arc<[u8]> = packet(&shape, depth).into();
                 let mut set = JoinSet::new();
                 for stream in streams {
@@ -252,6 +257,8 @@ struct Plan {
     end: Instant,
     /// Set by the coordinator when the window is over, so closed-loop connections stop.
     stop: Arc<AtomicBool>,
+    /// Closed loop: batches per connection, when the run is bounded by count rather than time.
+    batches: Option<u64>,
 }
 
 impl Plan {
@@ -262,6 +269,7 @@ impl Plan {
             start: begin + warmup,
             end: begin + warmup + duration,
             stop: Arc::new(AtomicBool::new(false)),
+            batches: None,
         }
     }
 
@@ -413,11 +421,21 @@ async fn measure(
     tokio::time::sleep_until(plan.start.into()).await;
     let server0 = sample(pid)?;
     let client0 = procstat::tree_usage(me).map_err(LoadError::Proc)?;
-    tokio::time::sleep_until(plan.end.into()).await;
+    let mut finished = Vec::new();
+    let window_end = if plan.batches.is_some() {
+        // Count-bounded: the window is however long the batches took.
+        while let Some(done) = set.join_next().await {
+            finished.push(done);
+        }
+        Instant::now()
+    } else {
+        tokio::time::sleep_until(plan.end.into()).await;
+        plan.end
+    };
     let server1 = sample(pid)?;
     let client1 = procstat::tree_usage(me).map_err(LoadError::Proc)?;
     plan.stop.store(true, Ordering::Relaxed);
-    report.seconds = (plan.end - plan.start).as_secs_f64();
+    report.seconds = (window_end - plan.start).as_secs_f64();
     report.server_cpu_ns = server1.cpu_ns.saturating_sub(server0.cpu_ns);
     report.client_cpu_ns = client1.cpu_ns.saturating_sub(client0.cpu_ns);
     report.server_rss_kib = server1.rss_kib;
@@ -425,6 +443,9 @@ async fn measure(
     report.server_processes = server1.processes;
     let mut all = ConnStats::new();
     while let Some(done) = set.join_next().await {
+        finished.push(done);
+    }
+    for done in finished {
         let stats = match done {
             Ok(s) => s,
             Err(e) => {
@@ -471,7 +492,12 @@ async fn closed_connection(
     let mut stats = ConnStats::new();
     let last = *shape.delimiter.last().unwrap_or(&b'\n');
     let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
     while !plan.stop.load(Ordering::Relaxed) && Instant::now() < plan.end {
+        if plan.batches.is_some_and(|b| sent >= b) {
+            break;
+        }
+        sent += 1;
         let t0 = Instant::now();
         let (mut r, mut w) = stream.split();
         // Write and read concurrently: a 1 MiB batch does not fit in the socket buffers, and a

@@ -74,6 +74,10 @@ struct LoadArgs {
     /// Measured seconds.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
+    /// Closed loop: stop each connection after this many batches (window = until done,
+    /// `--duration` bounds it); for profiling a known number of messages.
+    #[arg(long, conflicts_with_all = ["rate", "idle"])]
+    batches: Option<u64>,
     /// Open loop at this many packets per second in total (latency from the scheduled send time).
     #[arg(long, conflicts_with = "idle")]
     rate: Option<f64>,
@@ -152,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                     depth: a.depth,
                     warmup: secs(a.warmup)?,
                     duration: secs(a.duration)?,
+                    batches: a.batches,
                 },
             };
             let report = loadgen::run(shape, mode).context("load generation failed")?;
