@@ -38,7 +38,8 @@ pub struct EchoOptions {
     /// Time each packet blocks its thread (std sleep, like PHP's usleep) before it is answered;
     /// 0 for the plain echo.
     pub block: Duration,
-    /// Runtime worker threads: the blocking variant uses one per "worker" to mirror a PHP pool.
+    /// Blocking-handler threads: the blocking variant runs each packet's handler on one of
+    /// this many threads, like a pool of that many PHP workers.
     pub threads: usize,
     /// Largest packet accepted; a connection that sends more without a delimiter is closed,
     /// like Pier's bounded framing.
@@ -50,9 +51,11 @@ pub fn serve(opts: EchoOptions) -> Result<(), EchoError> {
     if opts.delimiter.is_empty() {
         return Err(EchoError::EmptyDelimiter);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.threads.max(1))
+    // One event loop is the natural design for one pinned core; the blocking variant runs its
+    // handlers on a pool of `threads` blocking threads instead (see `connection`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(opts.threads.max(1))
         .build()
         .map_err(EchoError::Runtime)?;
     rt.block_on(async move {
@@ -108,8 +111,10 @@ async fn connection(mut stream: TcpStream, opts: &EchoOptions) -> std::io::Resul
         }
         if packets > 0 {
             if !opts.block.is_zero() {
-                // Deliberately blocks the runtime thread, as a PHP worker blocks its process.
-                std::thread::sleep(opts.block * packets);
+                // Deliberately blocks a pool thread, as a PHP worker blocks its process; the pool
+                // has `threads` threads, so at most that many packets are handled at once.
+                let block = opts.block * packets;
+                tokio::task::spawn_blocking(move || std::thread::sleep(block)).await?;
             }
             stream.write_all(&buf[..end]).await?;
             buf.drain(..end);

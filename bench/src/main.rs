@@ -36,7 +36,7 @@ enum Command {
         /// Block each packet this many µs before answering (the 1 ms handler).
         #[arg(long, default_value_t = 0)]
         block_us: u64,
-        /// Runtime threads (the blocking variant mirrors the PHP worker count).
+        /// Threads running the blocking handler (mirrors the PHP worker count).
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Largest packet in bytes; a connection exceeding it without a delimiter is closed.
