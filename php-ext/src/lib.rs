@@ -1,8 +1,19 @@
-//! The `pier` PHP extension.
+//! The `pier` PHP extension: `Pier\Worker`, `Pier\Tcp\*` and `Pier\Exception\*`, with every frame
+//! read, decoded and encoded in Rust (`pier-protocol`), never in PHP userland.
+//!
+//! - [`relay`]: the transport (pipes / TCP / Unix socket) and its read buffer.
+//! - [`session`]: handshakes, events, answer discipline, state: plain Rust, unit-tested.
+//! - [`php`]: the PHP classes, thin wrappers over [`session`].
+//!
+//! `get_module` only registers.
+
+pub mod php;
+pub mod relay;
+pub mod session;
 
 use ext_php_rs::prelude::*;
 
 #[php_module]
 pub fn get_module(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
-    module
+    php::register(module)
 }

@@ -1,0 +1,590 @@
+//! The PHP classes. Each method converts arguments, calls [`crate::session`], and converts the
+//! result; bytes cross the boundary as Zend strings both ways (never as UTF-8 `String`s).
+
+// The ext-php-rs macros re-emit `BinarySlice<'_, u8>` argument types with a hidden lifetime.
+#![allow(elided_lifetimes_in_paths)]
+// PHP parameter names come from Rust parameter names, and the documented API has camelCase ones
+// (`new TcpRequest(remoteAddr: …)`); the macro expansion repeats them outside the fn itself.
+#![allow(non_snake_case)]
+
+use std::cell::RefCell;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use ext_php_rs::binary_slice::BinarySlice;
+use ext_php_rs::builders::ClassBuilder;
+use ext_php_rs::convert::{FromZval, IntoZval, StubLiteral};
+use ext_php_rs::exception::PhpException;
+use ext_php_rs::flags::{ClassFlags, DataType};
+use ext_php_rs::prelude::*;
+use ext_php_rs::types::{ZendClassObject, ZendStr, Zval};
+use ext_php_rs::zend::{ce, ClassEntry};
+
+use pier_protocol::tcp::{EventKind, ReplyKind};
+
+use crate::relay::{self, Relay, RelayError, RelaySpec};
+use crate::session::{Features, Incoming, Session, SessionError, FEATURES_ENV};
+
+/// Registers every class and enum with the module.
+pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
+    module
+        .startup_function(register_exceptions)
+        .enumeration::<TcpEvent>()
+        .enumeration::<TcpResponse>()
+        .class::<Worker>()
+        .class::<TcpRequest>()
+        .class::<TcpWorker>()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exceptions
+
+unsafe extern "C" {
+    /// SPL's `RuntimeException`, exported by the PHP binary (SPL is always built in).
+    static spl_ce_RuntimeException: *mut ClassEntry;
+}
+
+/// `\RuntimeException`, the parent of `Pier\Exception\PierException`.
+fn runtime_exception() -> &'static ClassEntry {
+    // SAFETY: SPL registers the class entry during engine startup, before any dynamically loaded
+    // extension starts, and it lives until the engine shuts down.
+    unsafe { &*spl_ce_RuntimeException }
+}
+
+// The exceptions are plain PHP exception classes registered with `ClassBuilder` at startup,
+// not `#[php_class]` structs: a Rust-backed class gets a `__construct` that refuses to run
+// without a Rust constructor, and a Rust constructor cannot call `RuntimeException::__construct`
+// (message, code, previous). Without Rust backing, PHP's own constructor is inherited.
+
+/// `Pier\Exception\PierException`, set once at module startup.
+static PIER_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
+/// `Pier\Exception\RelayException`, set once at module startup.
+static RELAY_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
+/// `Pier\Exception\ProtocolException`, set once at module startup.
+static PROTOCOL_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
+
+/// The class entry stored in `slot` by [`register_exceptions`].
+fn class_entry(slot: &AtomicPtr<ClassEntry>) -> &'static ClassEntry {
+    let ce = slot.load(Ordering::Acquire);
+    // SAFETY: the module's startup registers the exception classes before any PHP code can run,
+    // and fails the module (so nothing runs) if it could not; class entries live until shutdown.
+    unsafe { ce.as_ref() }.unwrap_or_else(|| ce::exception())
+}
+
+fn pier_exception() -> &'static ClassEntry {
+    class_entry(&PIER_EXCEPTION)
+}
+
+/// Module startup: registers `PierException` (extends `\RuntimeException`) and its two final
+/// subclasses. Returns SUCCESS (0) or FAILURE (-1), as PHP expects.
+///
+/// # Safety
+///
+/// Called by PHP once, during module startup (MINIT), as `startup_func`; never call it yourself.
+pub unsafe extern "C" fn register_exceptions(_type: i32, _module_number: i32) -> i32 {
+    let registered = ClassBuilder::new("Pier\\Exception\\PierException")
+        .extends((runtime_exception, "\\RuntimeException"))
+        .registration(|ce, _| PIER_EXCEPTION.store(ce, Ordering::Release))
+        .register()
+        .and_then(|()| {
+            ClassBuilder::new("Pier\\Exception\\RelayException")
+                .extends((pier_exception, "\\Pier\\Exception\\PierException"))
+                .flags(ClassFlags::Final)
+                .registration(|ce, _| RELAY_EXCEPTION.store(ce, Ordering::Release))
+                .register()
+        })
+        .and_then(|()| {
+            ClassBuilder::new("Pier\\Exception\\ProtocolException")
+                .extends((pier_exception, "\\Pier\\Exception\\PierException"))
+                .flags(ClassFlags::Final)
+                .registration(|ce, _| PROTOCOL_EXCEPTION.store(ce, Ordering::Release))
+                .register()
+        });
+    if registered.is_ok() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// The message of `e` and of each of its causes, joined with ": ".
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The PHP exception for a session error: transport failures are `RelayException`, everything
+/// else (misuse, corrupt frames) is `ProtocolException`.
+fn throwable(e: SessionError) -> PhpException {
+    let message = describe(&e);
+    let class = match e {
+        SessionError::Relay(RelayError::Frame(_)) => &PROTOCOL_EXCEPTION,
+        SessionError::Relay(_) => &RELAY_EXCEPTION,
+        _ => &PROTOCOL_EXCEPTION,
+    };
+    PhpException::new(message, 0, class_entry(class))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enums
+
+/// What happened on a connection.
+#[php_enum]
+#[php(name = "Pier\\Tcp\\TcpEvent")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpEvent {
+    /// A client connected.
+    #[php(value = "CONNECTED")]
+    Connected,
+    /// A packet arrived.
+    #[php(value = "DATA")]
+    Data,
+    /// The connection is gone.
+    #[php(value = "CLOSE")]
+    Close,
+    /// An event name this extension does not know.
+    #[php(value = "UNKNOWN")]
+    Unknown,
+}
+
+impl From<EventKind> for TcpEvent {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Connected => TcpEvent::Connected,
+            EventKind::Data => TcpEvent::Data,
+            EventKind::Close => TcpEvent::Close,
+            EventKind::Unknown => TcpEvent::Unknown,
+        }
+    }
+}
+
+/// What the server should do with the connection after a reply.
+#[php_enum]
+#[php(name = "Pier\\Tcp\\TcpResponse")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpResponse {
+    /// Write the body, keep reading.
+    #[php(value = "WRITE")]
+    Respond,
+    /// Write the body, then close.
+    #[php(value = "WRITECLOSE")]
+    RespondClose,
+    /// Write nothing, keep reading.
+    #[php(value = "CONTINUE")]
+    Read,
+    /// Close without writing.
+    #[php(value = "CLOSE")]
+    Close,
+}
+
+impl StubLiteral for TcpResponse {
+    fn stub_literal(&self) -> String {
+        let case = match self {
+            TcpResponse::Respond => "Respond",
+            TcpResponse::RespondClose => "RespondClose",
+            TcpResponse::Read => "Read",
+            TcpResponse::Close => "Close",
+        };
+        format!("\\Pier\\Tcp\\TcpResponse::{case}")
+    }
+}
+
+impl From<TcpResponse> for ReplyKind<'static> {
+    fn from(r: TcpResponse) -> Self {
+        match r {
+            TcpResponse::Respond => ReplyKind::Write,
+            TcpResponse::RespondClose => ReplyKind::WriteClose,
+            TcpResponse::Read => ReplyKind::Continue,
+            TcpResponse::Close => ReplyKind::Close,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bytes in and out
+
+/// A PHP string argument borrowed as bytes, for parameters with a default (`BinarySlice` has no
+/// stub literal, so it cannot carry one).
+#[derive(Debug, Clone, Copy)]
+pub struct Bytes<'a>(&'a [u8]);
+
+impl<'a> FromZval<'a> for Bytes<'a> {
+    const TYPE: DataType = DataType::String;
+
+    fn from_zval(zval: &'a Zval) -> Option<Self> {
+        zval.zend_str().map(|s| Bytes(s.as_bytes()))
+    }
+}
+
+impl From<&'static str> for Bytes<'_> {
+    fn from(s: &'static str) -> Self {
+        Bytes(s.as_bytes())
+    }
+}
+
+impl StubLiteral for Bytes<'_> {
+    fn stub_literal(&self) -> String {
+        let mut out = String::from("'");
+        for c in String::from_utf8_lossy(self.0).chars() {
+            if c == '\'' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('\'');
+        out
+    }
+}
+
+/// A PHP string value (a Zend string, binary-safe), shared by reference count when returned.
+#[derive(Debug)]
+pub struct PhpString(Zval);
+
+impl PhpString {
+    /// Another reference to the same Zend string (no copy).
+    fn share(&self) -> PhpString {
+        PhpString(self.0.shallow_clone())
+    }
+}
+
+impl IntoZval for PhpString {
+    const TYPE: DataType = DataType::String;
+    const NULLABLE: bool = false;
+
+    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
+        *zv = self.0;
+        Ok(())
+    }
+}
+
+impl FromZval<'_> for PhpString {
+    const TYPE: DataType = DataType::String;
+
+    fn from_zval(zval: &Zval) -> Option<Self> {
+        zval.is_string().then(|| PhpString(zval.shallow_clone()))
+    }
+}
+
+/// A new PHP string holding `bytes`.
+fn string(bytes: &[u8]) -> PhpString {
+    let mut zv = Zval::new();
+    zv.set_zend_string(ZendStr::new(bytes, false));
+    PhpString(zv)
+}
+
+/// Throws `Error: Cannot modify readonly property …`, what PHP throws for a readonly property.
+///
+/// ext-php-rs ignores what a property setter returns, so the exception is thrown directly; a
+/// getter without a setter would throw a plain `Exception` ("No setter available") instead.
+fn readonly(property: &str) {
+    let error = PhpException::new(
+        format!("Cannot modify readonly property Pier\\Tcp\\TcpRequest::${property}"),
+        0,
+        ce::error(),
+    );
+    // Does nothing when another exception is already pending, which then propagates instead.
+    error.throw();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker
+
+thread_local! {
+    /// The process's one relay session: every `Worker::create()` shares it, because the relay's
+    /// descriptors (and its read buffer) exist once per process.
+    static SESSION: RefCell<Option<Rc<RefCell<Session>>>> = const { RefCell::new(None) };
+}
+
+/// The process's session, created on first use from `RR_RELAY` and `PIER_FEATURES`.
+fn shared_session() -> Result<Rc<RefCell<Session>>, SessionError> {
+    SESSION.with(|slot| {
+        if let Some(s) = slot.borrow().as_ref() {
+            return Ok(Rc::clone(s));
+        }
+        let spec = RelaySpec::parse(&std::env::var("RR_RELAY").unwrap_or_default())?;
+        let transport = relay::connect(&spec)?;
+        let features = Features::parse(std::env::var(FEATURES_ENV).ok().as_deref());
+        let session = Rc::new(RefCell::new(Session::new(Relay::new(transport), features)));
+        *slot.borrow_mut() = Some(Rc::clone(&session));
+        Ok(session)
+    })
+}
+
+/// A worker's connection to the server (the relay).
+#[php_class]
+#[php(name = "Pier\\Worker")]
+#[php(flags = ClassFlags::Final)]
+#[derive(Debug)]
+pub struct Worker {
+    /// The relay session shared by every object of this process.
+    session: Rc<RefCell<Session>>,
+}
+
+#[php_impl]
+impl Worker {
+    /// The worker for this process, over the relay `RR_RELAY` names (`pipes` by default).
+    pub fn create() -> PhpResult<Worker> {
+        Ok(Worker {
+            session: shared_session().map_err(throwable)?,
+        })
+    }
+
+    /// Sends an error frame: the server logs it and closes the connection; answers the request.
+    pub fn error(&self, message: BinarySlice<'_, u8>) -> PhpResult<()> {
+        self.session.borrow_mut().error(&message).map_err(throwable)
+    }
+
+    /// Sends the `{"stop":true}` reply: the server replaces this worker and re-runs the event.
+    pub fn stop(&self) -> PhpResult<()> {
+        self.session.borrow_mut().stop().map_err(throwable)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TcpRequest
+
+/// One connection event. Read-only: the properties have no setter.
+#[php_class]
+#[php(name = "Pier\\Tcp\\TcpRequest")]
+#[php(flags = ClassFlags::Final)]
+#[derive(Debug)]
+pub struct TcpRequest {
+    /// The client's `ip:port` (a PHP string).
+    remote_addr: PhpString,
+    /// What happened.
+    event: TcpEvent,
+    /// The packet (DATA), delimiter included; '' otherwise (a PHP string).
+    body: PhpString,
+    /// The connection's UUID (a PHP string).
+    connection_uuid: PhpString,
+    /// The server's name under `tcp.servers` (a PHP string).
+    server: PhpString,
+    /// The connection state (Pier extension); '' when none (a PHP string).
+    state: PhpString,
+}
+
+#[php_impl]
+impl TcpRequest {
+    /// A request built by hand (tests, adapters).
+    /// Parameter names are PHP's (camelCase) so named arguments match the documented API.
+    #[php(defaults(state = "\"\""))]
+    pub fn __construct(
+        remoteAddr: BinarySlice<'_, u8>,
+        event: TcpEvent,
+        body: BinarySlice<'_, u8>,
+        connectionUuid: BinarySlice<'_, u8>,
+        server: BinarySlice<'_, u8>,
+        state: Bytes<'_>,
+    ) -> Self {
+        TcpRequest {
+            remote_addr: string(&remoteAddr),
+            event,
+            body: string(&body),
+            connection_uuid: string(&connectionUuid),
+            server: string(&server),
+            state: string(state.0),
+        }
+    }
+
+    /// The client's address.
+    #[php(getter, name = "remoteAddr")]
+    pub fn prop_remote_addr(&self) -> PhpString {
+        self.remote_addr.share()
+    }
+
+    /// Readonly.
+    #[php(setter, name = "remoteAddr")]
+    pub fn set_prop_remote_addr(&mut self, _value: PhpString) {
+        readonly("remoteAddr");
+    }
+
+    /// What happened.
+    #[php(getter, name = "event")]
+    pub fn prop_event(&self) -> TcpEvent {
+        self.event
+    }
+
+    /// Readonly.
+    #[php(setter, name = "event")]
+    pub fn set_prop_event(&mut self, _value: TcpEvent) {
+        readonly("event");
+    }
+
+    /// The packet.
+    #[php(getter, name = "body")]
+    pub fn prop_body(&self) -> PhpString {
+        self.body.share()
+    }
+
+    /// Readonly.
+    #[php(setter, name = "body")]
+    pub fn set_prop_body(&mut self, _value: PhpString) {
+        readonly("body");
+    }
+
+    /// The connection's UUID.
+    #[php(getter, name = "connectionUuid")]
+    pub fn prop_connection_uuid(&self) -> PhpString {
+        self.connection_uuid.share()
+    }
+
+    /// Readonly.
+    #[php(setter, name = "connectionUuid")]
+    pub fn set_prop_connection_uuid(&mut self, _value: PhpString) {
+        readonly("connectionUuid");
+    }
+
+    /// The server's name.
+    #[php(getter, name = "server")]
+    pub fn prop_server(&self) -> PhpString {
+        self.server.share()
+    }
+
+    /// Readonly.
+    #[php(setter, name = "server")]
+    pub fn set_prop_server(&mut self, _value: PhpString) {
+        readonly("server");
+    }
+
+    /// The connection state.
+    #[php(getter, name = "state")]
+    pub fn prop_state(&self) -> PhpString {
+        self.state.share()
+    }
+
+    /// Readonly.
+    #[php(setter, name = "state")]
+    pub fn set_prop_state(&mut self, _value: PhpString) {
+        readonly("state");
+    }
+
+    /// The client's address.
+    pub fn get_remote_address(&self) -> PhpString {
+        self.remote_addr.share()
+    }
+
+    /// What happened.
+    pub fn get_event(&self) -> TcpEvent {
+        self.event
+    }
+
+    /// The packet (DATA, delimiter included); '' otherwise.
+    pub fn get_body(&self) -> PhpString {
+        self.body.share()
+    }
+
+    /// The connection's UUID.
+    pub fn get_connection_uuid(&self) -> PhpString {
+        self.connection_uuid.share()
+    }
+
+    /// The server's name.
+    pub fn get_server(&self) -> PhpString {
+        self.server.share()
+    }
+
+    /// The connection state; '' when none.
+    pub fn get_state(&self) -> PhpString {
+        self.state.share()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TcpWorker
+
+/// The TCP plugin's worker loop: waitRequest(), then exactly one answer.
+#[php_class]
+#[php(name = "Pier\\Tcp\\TcpWorker")]
+#[php(flags = ClassFlags::Final)]
+#[derive(Debug)]
+pub struct TcpWorker {
+    /// The `Pier\Worker` object given to the constructor, returned as is by getWorker().
+    worker: Zval,
+    /// That worker's session.
+    session: Rc<RefCell<Session>>,
+}
+
+#[php_impl]
+impl TcpWorker {
+    /// Wraps a worker.
+    pub fn __construct(worker: &mut ZendClassObject<Worker>) -> Self {
+        let session = Rc::clone(&worker.session);
+        let mut zv = Zval::new();
+        zv.set_object(&mut worker.std);
+        TcpWorker {
+            worker: zv,
+            session,
+        }
+    }
+
+    /// `new TcpWorker(Worker::create())`.
+    pub fn create() -> PhpResult<TcpWorker> {
+        let worker = Worker::create()?;
+        let session = Rc::clone(&worker.session);
+        let worker = ZendClassObject::new(worker).into_zval(false)?;
+        Ok(TcpWorker { worker, session })
+    }
+
+    /// The worker given to the constructor.
+    pub fn get_worker(&self) -> Zval {
+        self.worker.shallow_clone()
+    }
+
+    /// The next event; answers pid handshakes itself; null when the server says stop or the
+    /// relay closes (the script should then exit).
+    pub fn wait_request(&self) -> PhpResult<Option<TcpRequest>> {
+        let mut session = self.session.borrow_mut();
+        match session.wait().map_err(throwable)? {
+            Incoming::End => Ok(None),
+            Incoming::Event(e) => Ok(Some(TcpRequest {
+                remote_addr: string(e.remote_addr.as_bytes()),
+                event: e.event.into(),
+                body: string(e.body),
+                connection_uuid: string(e.uuid.as_bytes()),
+                server: string(e.server.as_bytes()),
+                state: string(e.state),
+            })),
+        }
+    }
+
+    /// Answers with `body` (WRITE by default, or as `response` says).
+    #[php(defaults(response = TcpResponse::Respond))]
+    pub fn respond(&self, body: BinarySlice<'_, u8>, response: TcpResponse) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .reply(response.into(), &body)
+            .map_err(throwable)
+    }
+
+    /// Answers CONTINUE: write nothing, keep reading.
+    pub fn read(&self) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .reply(ReplyKind::Continue, b"")
+            .map_err(throwable)
+    }
+
+    /// Answers CLOSE: close the connection without writing.
+    pub fn close(&self) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .reply(ReplyKind::Close, b"")
+            .map_err(throwable)
+    }
+
+    /// Attaches a connection state to the next answer of the pending request ('' clears it).
+    /// Needs a Pier server (`PIER_FEATURES` lists `state`).
+    pub fn set_state(&self, state: BinarySlice<'_, u8>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .set_state(&state)
+            .map_err(throwable)
+    }
+}

@@ -1,0 +1,397 @@
+//! One worker's conversation with the server: what the PHP classes do, without PHP.
+//!
+//! It answers pid handshakes, turns frames into events, enforces the answer discipline (exactly
+//! one answer per request) and encodes every answer as one frame sent in one write.
+
+use pier_protocol::control::{self, Control};
+use pier_protocol::frame::{flags, EncodeError};
+use pier_protocol::tcp::{ReplyKind, TcpEvent, TcpReply};
+use pier_protocol::MessageError;
+
+use crate::relay::{Relay, RelayError};
+
+/// The environment variable Pier sets with the extensions it supports.
+pub const FEATURES_ENV: &str = "PIER_FEATURES";
+
+/// Why a session call failed. `Relay` is a transport failure; every other variant is misuse by
+/// the worker script or a frame the server should never have sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The transport failed (see [`RelayError`]).
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// The server sent a well-formed frame that is not an event or control message we know.
+    #[error("could not understand a frame from the server")]
+    Message(#[source] MessageError),
+    /// An answer could not be encoded (a body over 4 GiB: the worker's mistake).
+    #[error("could not encode the answer")]
+    Encode(#[source] EncodeError),
+    /// respond/read/close before the first waitRequest() (worker script bug).
+    #[error("could not answer: answering before any request (call waitRequest() first)")]
+    AnswerBeforeRequest,
+    /// respond/read/close twice for one request (worker script bug).
+    #[error("could not answer: answering twice (the request was already answered)")]
+    AnswerTwice,
+    /// waitRequest() while the previous request is unanswered: the server would wait forever.
+    #[error("could not wait for a request: the previous request was not answered (respond(), read(), close(), error() or stop() first)")]
+    Unanswered,
+    /// setState() under a server that did not announce the `state` extension.
+    #[error("connection state needs a Pier server (PIER_FEATURES has no 'state')")]
+    StateUnsupported,
+    /// setState() with no request to answer (worker script bug).
+    #[error("could not set state: there is no pending request to attach it to")]
+    StateWithoutRequest,
+}
+
+/// Where the worker is in the request/answer cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// No request was ever received.
+    Start,
+    /// A request waits for its one answer.
+    Pending,
+    /// The last request was answered.
+    Answered,
+}
+
+/// Which Pier extensions the server announced in `PIER_FEATURES`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// The server keeps connection state (`state`).
+    pub state: bool,
+}
+
+impl Features {
+    /// Parses a comma-separated `PIER_FEATURES` value; unknown names are ignored.
+    pub fn parse(value: Option<&str>) -> Self {
+        let state = value
+            .unwrap_or("")
+            .split(',')
+            .any(|name| name.trim() == "state");
+        Features { state }
+    }
+}
+
+/// What waiting produced.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// An event to answer (borrows the relay's buffer).
+    Event(TcpEvent<'a>),
+    /// The server asked us to stop, or closed the relay: leave the loop.
+    End,
+}
+
+/// A worker's side of the relay.
+#[derive(Debug)]
+pub struct Session {
+    /// The transport and its read buffer.
+    relay: Relay,
+    /// Extensions the server supports (read once, when the worker is created).
+    features: Features,
+    /// Answer discipline.
+    turn: Turn,
+    /// State to attach to the next answer (`setState`), if any.
+    state: Option<Vec<u8>>,
+    /// Reused buffer for outgoing frames, so steady-state answers do not allocate.
+    out: Vec<u8>,
+    /// Our pid, for the handshake.
+    pid: u32,
+}
+
+impl Session {
+    /// A session over `relay`.
+    pub fn new(relay: Relay, features: Features) -> Self {
+        Session {
+            relay,
+            features,
+            turn: Turn::Start,
+            state: None,
+            out: Vec::new(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Waits for the next event, answering pid handshakes on the way.
+    pub fn wait(&mut self) -> Result<Incoming<'_>, SessionError> {
+        if self.turn == Turn::Pending {
+            return Err(SessionError::Unanswered);
+        }
+        loop {
+            let Some(frame) = self.relay.read_frame()? else {
+                return Ok(Incoming::End);
+            };
+            if !frame.has(flags::CONTROL) {
+                break;
+            }
+            // Handshakes are answered here, whenever one arrives.
+            match Control::parse(frame.payload).map_err(SessionError::Message)? {
+                Control::Stop => return Ok(Incoming::End),
+                Control::Pid(_) => {
+                    self.out.clear();
+                    control::encode_pid_reply(&mut self.out, self.pid)
+                        .map_err(SessionError::Encode)?;
+                    self.flush()?;
+                }
+            }
+        }
+        // The event is decoded from the frame the loop stopped at (returning a borrow from inside
+        // the loop is something the borrow checker cannot see through yet).
+        let frame = self.relay.current_frame()?;
+        let event = TcpEvent::decode(&frame).map_err(SessionError::Message)?;
+        self.turn = Turn::Pending;
+        self.state = None;
+        Ok(Incoming::Event(event))
+    }
+
+    /// Answers the pending request (`respond`, `read`, `close`).
+    pub fn reply(&mut self, kind: ReplyKind<'_>, body: &[u8]) -> Result<(), SessionError> {
+        match self.turn {
+            Turn::Start => return Err(SessionError::AnswerBeforeRequest),
+            Turn::Answered => return Err(SessionError::AnswerTwice),
+            Turn::Pending => {}
+        }
+        self.out.clear();
+        let state = self.state.take();
+        TcpReply {
+            kind,
+            state: state.as_deref(),
+            body,
+        }
+        .encode(&mut self.out)
+        .map_err(SessionError::Encode)?;
+        self.turn = Turn::Answered;
+        self.flush()
+    }
+
+    /// Sends the error frame; always allowed, answers the pending request.
+    pub fn error(&mut self, message: &[u8]) -> Result<(), SessionError> {
+        self.out.clear();
+        control::encode_error(&mut self.out, message).map_err(SessionError::Encode)?;
+        self.settle();
+        self.flush()
+    }
+
+    /// Sends the `{"stop":true}` reply; always allowed, answers the pending request.
+    pub fn stop(&mut self) -> Result<(), SessionError> {
+        self.out.clear();
+        control::encode_worker_stop(&mut self.out).map_err(SessionError::Encode)?;
+        self.settle();
+        self.flush()
+    }
+
+    /// Attaches `state` to the next answer of the pending request (`b""` clears it).
+    pub fn set_state(&mut self, state: &[u8]) -> Result<(), SessionError> {
+        if !self.features.state {
+            return Err(SessionError::StateUnsupported);
+        }
+        if self.turn != Turn::Pending {
+            return Err(SessionError::StateWithoutRequest);
+        }
+        let slot = self.state.get_or_insert_with(Vec::new);
+        slot.clear();
+        slot.extend_from_slice(state);
+        Ok(())
+    }
+
+    /// error() and stop() end the request whatever state it was in (they also answer nothing
+    /// when nothing is pending, which the server tolerates).
+    fn settle(&mut self) {
+        if self.turn == Turn::Pending {
+            self.turn = Turn::Answered;
+        }
+        self.state = None;
+    }
+
+    fn flush(&mut self) -> Result<(), SessionError> {
+        self.relay.send(&self.out)?;
+        if self.out.capacity() > 1 << 20 {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::Transport;
+    use pier_protocol::frame::decode;
+    use pier_protocol::tcp::{encode_event_with_state, EventKind};
+    use pier_protocol::WorkerMessage;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn session(features: Features) -> (Session, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Session::new(Relay::new(Transport::Unix(a)), features), b)
+    }
+
+    fn event(kind: EventKind, state: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_event_with_state(&mut out, "127.0.0.1:1", "srv", "uuid-1", kind, state, body)
+            .unwrap();
+        out
+    }
+
+    /// Reads exactly one frame from the peer side and returns its bytes.
+    fn read_frame(peer: &mut UnixStream) -> Vec<u8> {
+        let mut buf = vec![0u8; 12];
+        peer.read_exact(&mut buf).unwrap();
+        let words = usize::from(buf[0] & 0x0f);
+        let len = u32::from_le_bytes(buf[2..6].try_into().unwrap()) as usize;
+        buf.resize(words * 4 + len, 0);
+        peer.read_exact(&mut buf[12..]).unwrap();
+        buf
+    }
+
+    #[test]
+    fn handshake_is_answered_then_event_then_stop() {
+        let (mut s, mut peer) = session(Features::default());
+        let mut pid = Vec::new();
+        control::encode_pid_request(&mut pid, 4242).unwrap();
+        peer.write_all(&pid).unwrap();
+        peer.write_all(&event(EventKind::Data, b"", b"hi\r\n"))
+            .unwrap();
+        let mut stop = Vec::new();
+        control::encode_stop_request(&mut stop).unwrap();
+        peer.write_all(&stop).unwrap();
+
+        match s.wait().unwrap() {
+            Incoming::Event(e) => {
+                assert_eq!(e.event, EventKind::Data);
+                assert_eq!(e.body, b"hi\r\n");
+                assert_eq!(e.server, "srv");
+            }
+            Incoming::End => panic!("expected an event"),
+        }
+        let reply = read_frame(&mut peer);
+        let (frame, _) = decode(&reply, 1024).unwrap().unwrap();
+        assert_eq!(
+            WorkerMessage::from_frame(&frame).unwrap(),
+            WorkerMessage::Pid(std::process::id())
+        );
+        s.reply(ReplyKind::Write, b"ok").unwrap();
+        let mut want = Vec::new();
+        TcpReply {
+            kind: ReplyKind::Write,
+            state: None,
+            body: b"ok",
+        }
+        .encode(&mut want)
+        .unwrap();
+        assert_eq!(read_frame(&mut peer), want);
+        assert!(matches!(s.wait().unwrap(), Incoming::End));
+    }
+
+    #[test]
+    fn answer_discipline() {
+        let (mut s, mut peer) = session(Features::default());
+        assert!(matches!(
+            s.reply(ReplyKind::Continue, b""),
+            Err(SessionError::AnswerBeforeRequest)
+        ));
+        peer.write_all(&event(EventKind::Connected, b"", b""))
+            .unwrap();
+        peer.write_all(&event(EventKind::Close, b"", b"")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait(), Err(SessionError::Unanswered)));
+        s.reply(ReplyKind::Continue, b"").unwrap();
+        assert!(matches!(
+            s.reply(ReplyKind::Close, b""),
+            Err(SessionError::AnswerTwice)
+        ));
+        // error() is always sent and ends the next request too.
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.error(b"boom").unwrap();
+        assert!(matches!(
+            s.reply(ReplyKind::Close, b""),
+            Err(SessionError::AnswerTwice)
+        ));
+        s.stop().unwrap();
+        let first = read_frame(&mut peer);
+        let (f, _) = decode(&first, 1024).unwrap().unwrap();
+        assert_eq!(
+            WorkerMessage::from_frame(&f).unwrap(),
+            WorkerMessage::Reply(TcpReply {
+                kind: ReplyKind::Continue,
+                state: None,
+                body: b""
+            })
+        );
+        let err = read_frame(&mut peer);
+        assert_eq!(err[1], flags::ERROR);
+        let stop = read_frame(&mut peer);
+        let (f, _) = decode(&stop, 1024).unwrap().unwrap();
+        assert_eq!(WorkerMessage::from_frame(&f).unwrap(), WorkerMessage::Stop);
+    }
+
+    #[test]
+    fn state_round_trip_and_feature_gate() {
+        let (mut s, mut peer) = session(Features::default());
+        peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(
+            s.set_state(b"st"),
+            Err(SessionError::StateUnsupported)
+        ));
+
+        let (mut s, mut peer) = session(Features::parse(Some("foo, state")));
+        assert!(matches!(
+            s.set_state(b"st"),
+            Err(SessionError::StateWithoutRequest)
+        ));
+        peer.write_all(&event(EventKind::Data, b"\x00old\xff", b"body"))
+            .unwrap();
+        peer.write_all(&event(EventKind::Data, b"", b"next"))
+            .unwrap();
+        match s.wait().unwrap() {
+            Incoming::Event(e) => {
+                assert_eq!(e.state, b"\x00old\xff");
+                assert_eq!(e.body, b"body");
+            }
+            Incoming::End => panic!("expected an event"),
+        }
+        s.set_state(b"first").unwrap();
+        s.set_state(b"\x00new\xff").unwrap();
+        s.reply(ReplyKind::Write, b"out").unwrap();
+        let bytes = read_frame(&mut peer);
+        let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
+        assert_eq!(f.options.as_slice(), &[5, 5]);
+        assert_eq!(
+            WorkerMessage::from_frame(&f).unwrap(),
+            WorkerMessage::Reply(TcpReply {
+                kind: ReplyKind::Write,
+                state: Some(b"\x00new\xff"),
+                body: b"out"
+            })
+        );
+        // The state does not stick to the next request's answer.
+        match s.wait().unwrap() {
+            Incoming::Event(e) => assert_eq!(e.state, b""),
+            Incoming::End => panic!("expected an event"),
+        }
+        s.set_state(b"").unwrap();
+        s.reply(ReplyKind::Continue, b"").unwrap();
+        let bytes = read_frame(&mut peer);
+        let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
+        assert_eq!(f.options.as_slice(), &[8, 0], "empty state clears");
+    }
+
+    #[test]
+    fn corrupt_and_truncated_input() {
+        let (mut s, mut peer) = session(Features::default());
+        let mut bad = Vec::new();
+        pier_protocol::frame::encode(&mut bad, flags::CONTROL, 0, &[], &[b"nope"]).unwrap();
+        peer.write_all(&bad).unwrap();
+        assert!(matches!(s.wait(), Err(SessionError::Message(_))));
+
+        let (mut s, mut peer) = session(Features::default());
+        let ev = event(EventKind::Data, b"", b"abc");
+        peer.write_all(&ev[..ev.len() - 1]).unwrap();
+        drop(peer);
+        assert!(matches!(
+            s.wait(),
+            Err(SessionError::Relay(RelayError::Truncated { .. }))
+        ));
+    }
+}
