@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 use ext_php_rs::binary_slice::BinarySlice;
 use ext_php_rs::builders::ClassBuilder;
+use ext_php_rs::class::RegisteredClass;
 use ext_php_rs::convert::{FromZval, IntoZval, StubLiteral};
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::flags::{ClassFlags, DataType};
@@ -30,6 +31,7 @@ use crate::session::{Features, Incoming, Session, SessionError, FEATURES_ENV};
 pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
     module
         .startup_function(register_exceptions)
+        .request_startup_function(declare_like_php)
         .enumeration::<TcpEvent>()
         .enumeration::<TcpResponse>()
         .class::<Worker>()
@@ -130,6 +132,93 @@ fn throwable(e: SessionError) -> PhpException {
         _ => &PROTOCOL_EXCEPTION,
     };
     PhpException::new(message, 0, class_entry(class))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Declarations ext-php-rs 0.16.4 cannot express
+
+/// `MAY_BE_STRING` (Zend/zend_type_info.h: `1 << IS_STRING`); not in ext-php-rs's bindings.
+const MAY_BE_STRING: u32 = 1 << 6;
+/// `ZEND_ACC_READONLY` (Zend/zend_compile.h); not in ext-php-rs's bindings.
+const ZEND_ACC_READONLY: u32 = 1 << 7;
+/// `ZEND_ACC_PPP_MASK` = public | protected | private (Zend/zend_compile.h).
+const ZEND_ACC_PPP_MASK: u32 = 0b111;
+
+/// What the brief's API says and ext-php-rs cannot declare: `Pier\Worker` has no public
+/// constructor (only `create()`), and `TcpRequest`'s properties are `public readonly` and typed.
+/// ext-php-rs always adds a public `__construct` to a Rust-backed class and declares Rust
+/// properties untyped, so the class entries are adjusted once, on the first request, after the
+/// module registered them. Reads and writes still go through the Rust handlers (the getters, and
+/// setters that throw PHP's readonly `Error`); this only makes reflection and the engine see the
+/// declared API.
+///
+/// # Safety
+///
+/// Called by PHP at request startup (RINIT) as `request_startup_func`; never call it yourself.
+pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i32 {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        // SAFETY: RINIT runs single-threaded before any PHP code; both classes are registered by
+        // then (MINIT succeeded), and their entries live until engine shutdown.
+        unsafe {
+            private_constructor(Worker::get_metadata().ce());
+            let request = TcpRequest::get_metadata().ce();
+            let string = (MAY_BE_STRING, None);
+            for (name, ty) in [
+                ("remoteAddr", string),
+                ("event", (0, Some("Pier\\Tcp\\TcpEvent"))),
+                ("body", string),
+                ("connectionUuid", string),
+                ("server", string),
+                ("state", string),
+            ] {
+                readonly_property(request, name, ty);
+            }
+        }
+    });
+    0
+}
+
+/// Makes the class's constructor private, so `new` throws PHP's own `Error`.
+///
+/// # Safety
+///
+/// `ce` must be a registered class entry and no PHP code may run concurrently.
+unsafe fn private_constructor(ce: &ClassEntry) {
+    // SAFETY: the caller guarantees a registered entry; `constructor` is null or points into the
+    // class's function table, which lives as long as the class.
+    if let Some(ctor) = unsafe { ce.constructor.as_mut() } {
+        let flags = unsafe { &mut ctor.common.fn_flags };
+        *flags = (*flags & !(ZEND_ACC_PPP_MASK)) | ext_php_rs::ffi::ZEND_ACC_PRIVATE;
+    }
+}
+
+/// Declares property `name` of `ce` `readonly` with a scalar type mask or a class type.
+///
+/// # Safety
+///
+/// `ce` must be a registered class entry and no PHP code may run concurrently.
+unsafe fn readonly_property(ce: &ClassEntry, name: &str, (mask, class): (u32, Option<&str>)) {
+    let Some(slot) = ce.properties_info.get(name) else {
+        return;
+    };
+    // SAFETY: `properties_info` maps names to `zend_property_info*` stored as IS_PTR zvals.
+    let info = unsafe { (slot.value.ptr as *mut ext_php_rs::ffi::zend_property_info).as_mut() };
+    let Some(info) = info else {
+        return;
+    };
+    info.flags |= ZEND_ACC_READONLY;
+    match class {
+        Some(class) => {
+            // Interned and persistent, as the engine's own class-typed declarations are.
+            info.type_.ptr = ZendStr::new_interned(class, true).into_raw().cast();
+            info.type_.type_mask = ext_php_rs::ffi::_ZEND_TYPE_NAME_BIT;
+        }
+        None => {
+            info.type_.ptr = ptr::null_mut();
+            info.type_.type_mask = mask;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,6 +588,20 @@ impl TcpRequest {
 // ---------------------------------------------------------------------------------------------
 // TcpWorker
 
+/// A `Pier\Worker` object held in a zval, so `getWorker()` declares its return type.
+#[derive(Debug)]
+pub struct WorkerObject(Zval);
+
+impl IntoZval for WorkerObject {
+    const TYPE: DataType = DataType::object("Pier\\Worker");
+    const NULLABLE: bool = false;
+
+    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
+        *zv = self.0;
+        Ok(())
+    }
+}
+
 /// The TCP plugin's worker loop: waitRequest(), then exactly one answer.
 #[php_class]
 #[php(name = "Pier\\Tcp\\TcpWorker")]
@@ -532,9 +635,9 @@ impl TcpWorker {
         Ok(TcpWorker { worker, session })
     }
 
-    /// The worker given to the constructor.
-    pub fn get_worker(&self) -> Zval {
-        self.worker.shallow_clone()
+    /// The worker given to the constructor (the same object).
+    pub fn get_worker(&self) -> WorkerObject {
+        WorkerObject(self.worker.shallow_clone())
     }
 
     /// The next event; answers pid handshakes itself; null when the server says stop or the

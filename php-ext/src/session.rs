@@ -96,6 +96,8 @@ pub struct Session {
     out: Vec<u8>,
     /// Our pid, for the handshake.
     pid: u32,
+    /// The server said stop, or the relay closed: every later wait ends too, without reading.
+    ended: bool,
 }
 
 impl Session {
@@ -108,16 +110,21 @@ impl Session {
             state: None,
             out: Vec::new(),
             pid: std::process::id(),
+            ended: false,
         }
     }
 
     /// Waits for the next event, answering pid handshakes on the way.
     pub fn wait(&mut self) -> Result<Incoming<'_>, SessionError> {
+        if self.ended {
+            return Ok(Incoming::End);
+        }
         if self.turn == Turn::Pending {
             return Err(SessionError::Unanswered);
         }
         loop {
             let Some(frame) = self.relay.read_frame()? else {
+                self.ended = true;
                 return Ok(Incoming::End);
             };
             if !frame.has(flags::CONTROL) {
@@ -125,7 +132,10 @@ impl Session {
             }
             // Handshakes are answered here, whenever one arrives.
             match Control::parse(frame.payload).map_err(SessionError::Message)? {
-                Control::Stop => return Ok(Incoming::End),
+                Control::Stop => {
+                    self.ended = true;
+                    return Ok(Incoming::End);
+                }
                 Control::Pid(_) => {
                     self.out.clear();
                     control::encode_pid_reply(&mut self.out, self.pid)
@@ -280,6 +290,10 @@ mod tests {
         .encode(&mut want)
         .unwrap();
         assert_eq!(read_frame(&mut peer), want);
+        assert!(matches!(s.wait().unwrap(), Incoming::End));
+        // After the stop request nothing more is read, even if the server sent more.
+        peer.write_all(&event(EventKind::Data, b"", b"late"))
+            .unwrap();
         assert!(matches!(s.wait().unwrap(), Incoming::End));
     }
 
