@@ -188,6 +188,7 @@ unsafe fn private_constructor(ce: &ClassEntry) {
     // SAFETY: the caller guarantees a registered entry; `constructor` is null or points into the
     // class's function table, which lives as long as the class.
     if let Some(ctor) = unsafe { ce.constructor.as_mut() } {
+        // SAFETY: every zend_function variant starts with the `common` header.
         let flags = unsafe { &mut ctor.common.fn_flags };
         *flags = (*flags & !(ZEND_ACC_PPP_MASK)) | ext_php_rs::ffi::ZEND_ACC_PRIVATE;
     }
