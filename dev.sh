@@ -67,8 +67,12 @@ test_rust() {
   cargo test --quiet
 }
 
-# The extension's own PHPUnit suite (php-ext/tests), with libpier.so loaded.
-test_ext() { :; }
+# The extension's own PHPUnit suite (php-ext/tests), with libpier.so loaded (and inherited by the
+# worker processes the tests start). The 1M-cycle memory check is php-ext/tests/memory.php (by hand).
+test_ext() {
+  say "extension: PHPUnit (php-ext/tests) with libpier.so"
+  (cd php-ext && with_ext phpunit -c phpunit.xml)
+}
 
 # The pure-PHP package: unit tests, the conformance suite against both implementations, and a
 # composer install from a path repository.

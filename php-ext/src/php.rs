@@ -141,6 +141,10 @@ fn throwable(e: SessionError) -> PhpException {
 const MAY_BE_STRING: u32 = 1 << 6;
 /// `ZEND_ACC_READONLY` (Zend/zend_compile.h); not in ext-php-rs's bindings.
 const ZEND_ACC_READONLY: u32 = 1 << 7;
+/// `ZEND_ACC_FINAL` (Zend/zend_compile.h).
+const ZEND_ACC_FINAL: u32 = 1 << 5;
+/// `ZEND_FETCH_CLASS_NO_AUTOLOAD` (Zend/zend_compile.h).
+const ZEND_FETCH_CLASS_NO_AUTOLOAD: u32 = 0x80;
 /// `ZEND_ACC_PPP_MASK` = public | protected | private (Zend/zend_compile.h).
 const ZEND_ACC_PPP_MASK: u32 = 0b111;
 
@@ -162,6 +166,8 @@ pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i3
         // then (MINIT succeeded), and their entries live until engine shutdown.
         unsafe {
             private_constructor(Worker::get_metadata().ce());
+            final_class("Pier\\Tcp\\TcpEvent");
+            final_class("Pier\\Tcp\\TcpResponse");
             let request = TcpRequest::get_metadata().ce();
             let string = (MAY_BE_STRING, None);
             for (name, ty) in [
@@ -177,6 +183,24 @@ pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i3
         }
     });
     0
+}
+
+/// Marks class `name` final, as PHP marks every enum (ext-php-rs registers enums without it).
+///
+/// # Safety
+///
+/// No PHP code may run concurrently; called once, after the module registered its classes.
+unsafe fn final_class(name: &str) {
+    let mut name = ZendStr::new(name, false);
+    // SAFETY: looks up an already registered class without autoloading; the returned entry (or
+    // null) is owned by the engine and stays valid until shutdown.
+    let ce = unsafe {
+        ext_php_rs::ffi::zend_lookup_class_ex(&raw mut *name, ptr::null_mut(), ZEND_FETCH_CLASS_NO_AUTOLOAD)
+    };
+    // SAFETY: a non-null result is a live class entry we may adjust before any code runs.
+    if let Some(ce) = unsafe { ce.as_mut() } {
+        ce.ce_flags |= ZEND_ACC_FINAL;
+    }
 }
 
 /// Makes the class's constructor private, so `new` throws PHP's own `Error`.

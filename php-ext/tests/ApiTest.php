@@ -1,0 +1,121 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Pier\Ext\Tests;
+
+use Pier\Exception\PierException;
+use Pier\Exception\ProtocolException;
+use Pier\Exception\RelayException;
+use Pier\Tcp\TcpEvent;
+use Pier\Tcp\TcpRequest;
+use Pier\Tcp\TcpResponse;
+use Pier\Worker;
+use PHPUnit\Framework\TestCase;
+
+/** The value objects, enums, exceptions and stubs, in this process (no relay needed). */
+final class ApiTest extends TestCase
+{
+    public function testEnumsAreRealBackedEnums(): void
+    {
+        self::assertSame(TcpEvent::Data, TcpEvent::from('DATA'));
+        self::assertNull(TcpEvent::tryFrom('CLOSED'));
+        self::assertSame(['CONNECTED', 'DATA', 'CLOSE', 'UNKNOWN'], array_map(static fn (TcpEvent $e): string => $e->value, TcpEvent::cases()));
+        self::assertSame(['WRITE', 'WRITECLOSE', 'CONTINUE', 'CLOSE'], array_map(static fn (TcpResponse $r): string => $r->value, TcpResponse::cases()));
+        self::assertSame(TcpResponse::Read, TcpResponse::from('CONTINUE'));
+        self::assertTrue((new \ReflectionEnum(TcpResponse::class))->isBacked());
+        $this->expectException(\ValueError::class);
+        TcpResponse::from('WRITES');
+    }
+
+    public function testTcpRequestIsAReadonlyValueObjectWithBinaryFields(): void
+    {
+        $request = new TcpRequest(
+            remoteAddr: '[::1]:4000',
+            event: TcpEvent::Data,
+            body: "\x00\xff\r\n",
+            connectionUuid: 'u-1',
+            server: 'smtp',
+            state: "s\x00",
+        );
+        self::assertSame('[::1]:4000', $request->remoteAddr);
+        self::assertSame(TcpEvent::Data, $request->event);
+        self::assertSame("\x00\xff\r\n", $request->body);
+        self::assertSame('u-1', $request->connectionUuid);
+        self::assertSame('smtp', $request->server);
+        self::assertSame("s\x00", $request->state);
+        self::assertSame(
+            [$request->remoteAddr, $request->event, $request->body, $request->connectionUuid, $request->server, $request->state],
+            [$request->getRemoteAddress(), $request->getEvent(), $request->getBody(), $request->getConnectionUuid(), $request->getServer(), $request->getState()],
+        );
+        self::assertSame('', (new TcpRequest('a', TcpEvent::Close, '', 'u', 's'))->getState());
+        self::assertTrue((new \ReflectionProperty(TcpRequest::class, 'body'))->isReadOnly());
+
+        try {
+            $request->body = 'changed';
+            self::fail('a readonly property was written');
+        } catch (\Error $e) {
+            self::assertSame('Cannot modify readonly property Pier\Tcp\TcpRequest::$body', $e->getMessage());
+        }
+        self::assertSame("\x00\xff\r\n", $request->body);
+    }
+
+    public function testExceptionsAreConstructibleAndFormAHierarchy(): void
+    {
+        $previous = new \LogicException('cause');
+        $e = new ProtocolException('answering twice', 7, $previous);
+        self::assertInstanceOf(PierException::class, $e);
+        self::assertInstanceOf(\RuntimeException::class, $e);
+        self::assertSame('answering twice', $e->getMessage());
+        self::assertSame(7, $e->getCode());
+        self::assertSame($previous, $e->getPrevious());
+        self::assertInstanceOf(PierException::class, new RelayException('x'));
+        self::assertTrue((new \ReflectionClass(RelayException::class))->isFinal());
+        self::assertTrue((new \ReflectionClass(ProtocolException::class))->isFinal());
+        self::assertFalse((new \ReflectionClass(PierException::class))->isFinal());
+    }
+
+    public function testAWorkerIsOnlyMadeByCreate(): void
+    {
+        self::assertTrue((new \ReflectionClass(Worker::class))->isFinal());
+        $this->expectException(\Error::class);
+        $this->expectExceptionMessage('Call to private Pier\Worker::__construct()');
+        new Worker();
+    }
+
+    public function testTheStubsAreValidPhpAndDeclareExactlyWhatTheExtensionDoes(): void
+    {
+        $stubs = \dirname(__DIR__) . '/stubs/pier.stubs.php';
+        exec(escapeshellarg(PHP_BINARY) . ' -n -l ' . escapeshellarg($stubs) . ' 2>&1', $out, $code);
+        self::assertSame(0, $code, implode("\n", $out));
+
+        // Compare declarations: load the stubs into a process WITHOUT the extension (-n) and
+        // describe both sides with reflection.
+        $describe = <<<'PHP'
+            $out = [];
+            foreach (['Pier\Worker', 'Pier\Tcp\TcpWorker', 'Pier\Tcp\TcpRequest', 'Pier\Tcp\TcpEvent', 'Pier\Tcp\TcpResponse',
+                      'Pier\Exception\PierException', 'Pier\Exception\RelayException', 'Pier\Exception\ProtocolException'] as $c) {
+                $r = new ReflectionClass($c);
+                $lines = [];
+                foreach ($r->getMethods() as $m) {
+                    if ($m->getDeclaringClass()->getName() !== $c) { continue; }
+                    $params = array_map(fn ($p) => $p->getType() . ' $' . $p->getName() . ($p->isDefaultValueAvailable() ? ' = ' . var_export($p->getDefaultValue(), true) : ''), $m->getParameters());
+                    $lines[] = "  " . implode(' ', Reflection::getModifierNames($m->getModifiers())) . ' ' . $m->getName() . '(' . implode(', ', $params) . ')' . ($m->hasReturnType() ? ': ' . $m->getReturnType() : '');
+                }
+                foreach ($r->getProperties() as $p) {
+                    if ($p->getDeclaringClass()->getName() !== $c) { continue; }
+                    $lines[] = '  ' . implode(' ', Reflection::getModifierNames($p->getModifiers())) . ' ' . $p->getType() . ' $' . $p->getName();
+                }
+                sort($lines);
+                $out[] = ($r->isFinal() ? 'final ' : '') . $c . ' < ' . ($r->getParentClass() ? $r->getParentClass()->getName() : '-');
+                array_push($out, ...$lines);
+            }
+            echo implode("\n", $out);
+            PHP;
+        $fromStubs = shell_exec(escapeshellarg(PHP_BINARY) . ' -n -r ' . escapeshellarg('require ' . var_export($stubs, true) . ';' . $describe));
+        $fromExtension = shell_exec(escapeshellarg(PHP_BINARY) . ' -r ' . escapeshellarg($describe));
+        self::assertIsString($fromExtension);
+        self::assertStringContainsString('final Pier\Tcp\TcpWorker', $fromExtension);
+        self::assertSame($fromExtension, $fromStubs);
+    }
+}

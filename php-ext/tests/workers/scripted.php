@@ -1,0 +1,95 @@
+<?php
+
+// A worker that runs the steps in PIER_TEST_STEPS (JSON) and writes what happened, one JSON line per
+// step, to the file PIER_TEST_REPORT. Bytes travel hex-encoded. Steps:
+//   ["wait"]                 waitRequest(): reports the request's fields (or null)
+//   ["respond", hex, case?]  respond(body, TcpResponse::case)
+//   ["read"] ["close"] ["stop"] ["error", hex] ["setState", hex]
+//   ["stray"]                echo, print, var_dump, printf, fwrite(STDOUT) and a child process writing to fd 1
+//   ["echo"]                 until waitRequest() returns null: respond with the body (reports count, sha1s)
+// A Pier\Exception\* thrown by a step is reported as {"exception": class, "message": …} and the script goes on.
+
+declare(strict_types=1);
+
+use Pier\Exception\PierException;
+use Pier\Tcp\TcpRequest;
+use Pier\Tcp\TcpResponse;
+use Pier\Tcp\TcpWorker;
+
+$report = (string) getenv('PIER_TEST_REPORT');
+$say = static function (mixed $what) use ($report): void {
+    file_put_contents($report, json_encode($what, JSON_THROW_ON_ERROR) . "\n", FILE_APPEND);
+};
+$describe = static function (?TcpRequest $r): array {
+    if ($r === null) {
+        return ['request' => null];
+    }
+    $props = [$r->remoteAddr, $r->event, $r->body, $r->connectionUuid, $r->server, $r->state];
+    $getters = [$r->getRemoteAddress(), $r->getEvent(), $r->getBody(), $r->getConnectionUuid(), $r->getServer(), $r->getState()];
+
+    return [
+        'remote_addr' => $r->remoteAddr,
+        'event' => $r->event->value,
+        'body' => \strlen($r->body) > 4096 ? 'sha1:' . sha1($r->body) : bin2hex($r->body),
+        'uuid' => $r->connectionUuid,
+        'server' => $r->server,
+        'state' => bin2hex($r->state),
+        'getters_agree' => $props === $getters,
+    ];
+};
+
+$tcp = TcpWorker::create();
+foreach (json_decode((string) getenv('PIER_TEST_STEPS'), true, 512, JSON_THROW_ON_ERROR) as $step) {
+    try {
+        switch ($step[0]) {
+            case 'wait':
+                $say($describe($tcp->waitRequest()));
+                break;
+            case 'respond':
+                $tcp->respond((string) hex2bin($step[1]), isset($step[2]) ? constant(TcpResponse::class . '::' . $step[2]) : TcpResponse::Respond);
+                $say(['done' => 'respond']);
+                break;
+            case 'read':
+            case 'close':
+                $tcp->{$step[0]}();
+                $say(['done' => $step[0]]);
+                break;
+            case 'stop':
+                $tcp->getWorker()->stop();
+                $say(['done' => 'stop']);
+                break;
+            case 'error':
+                $tcp->getWorker()->error((string) hex2bin($step[1]));
+                $say(['done' => 'error']);
+                break;
+            case 'setState':
+                $tcp->setState((string) hex2bin($step[1]));
+                $say(['done' => 'setState']);
+                break;
+            case 'stray':
+                echo "stray echo\n";
+                print "stray print\n";
+                var_dump('stray var_dump');
+                printf("stray %s\n", 'printf');
+                fwrite(STDOUT, "stray fwrite\n");
+                passthru('echo stray child process');
+                $say(['done' => 'stray']);
+                break;
+            case 'echo':
+                $count = 0;
+                $bodies = '';
+                while (($request = $tcp->waitRequest()) !== null) {
+                    $tcp->respond($request->body);
+                    $bodies .= sha1($request->body);
+                    ++$count;
+                }
+                $say(['echoed' => $count, 'digest' => sha1($bodies)]);
+                break;
+            default:
+                throw new \LogicException('unknown step ' . $step[0]);
+        }
+    } catch (PierException $e) {
+        $say(['exception' => $e::class, 'message' => $e->getMessage()]);
+    }
+}
+$say(['end' => true]);
