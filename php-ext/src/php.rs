@@ -195,7 +195,11 @@ unsafe fn final_class(name: &str) {
     // SAFETY: looks up an already registered class without autoloading; the returned entry (or
     // null) is owned by the engine and stays valid until shutdown.
     let ce = unsafe {
-        ext_php_rs::ffi::zend_lookup_class_ex(&raw mut *name, ptr::null_mut(), ZEND_FETCH_CLASS_NO_AUTOLOAD)
+        ext_php_rs::ffi::zend_lookup_class_ex(
+            &raw mut *name,
+            ptr::null_mut(),
+            ZEND_FETCH_CLASS_NO_AUTOLOAD,
+        )
     };
     // SAFETY: a non-null result is a live class entry we may adjust before any code runs.
     if let Some(ce) = unsafe { ce.as_mut() } {
