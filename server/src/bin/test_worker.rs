@@ -13,6 +13,7 @@
 //!   `stderr` → two lines on stderr, answers `ok`; anything else → `<server>:<packet>`.
 //! - CLOSE: appends `<uuid> <hex state>` to `$TW_DIR/closes.log`, answers CLOSE.
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
+//! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
 //! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `hang` (never answers it), `garbage`.
 
 use std::io::{Read, Write};
@@ -41,6 +42,8 @@ fn main() {
         }
         _ => {}
     }
+    // `TW_MODE=echo`: plain echo (CONNECTED → CONTINUE, DATA → the packet), for load tests.
+    let echo = std::env::var("TW_MODE").as_deref() == Ok("echo");
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     let mut out = Vec::new();
@@ -72,6 +75,15 @@ fn main() {
                 let server = ev.server.to_string();
                 let state = ev.state.to_vec();
                 match ev.event {
+                    EventKind::Connected if echo => {
+                        encode_reply(&mut out, ReplyKind::Continue, None, b"").unwrap();
+                    }
+                    EventKind::Data if echo => {
+                        encode_reply(&mut out, ReplyKind::Write, None, ev.body).unwrap();
+                    }
+                    EventKind::Close if echo => {
+                        encode_reply(&mut out, ReplyKind::Close, None, b"").unwrap();
+                    }
                     EventKind::Connected => {
                         let hello = format!("hello {server} {} {}\n", ev.remote_addr, ev.uuid);
                         encode_reply(&mut out, ReplyKind::Write, None, hello.as_bytes()).unwrap();
