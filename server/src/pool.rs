@@ -601,6 +601,10 @@ async fn spawn_worker(spec: &Spec) -> Result<Worker, PoolError> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // Own process group: a Ctrl-C in the terminal reaches pier only, so the workers are still
+        // alive to receive the CLOSE events of the graceful shutdown (RoadRunner does the same).
+        // Orphaned workers still exit: their stdin reaches EOF when pier is gone.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|source| PoolError::Spawn {
         command: config.command[0].clone(),

@@ -94,6 +94,17 @@ fn a_worker_that_cannot_start_exits_1_with_its_stderr() {
 
 #[test]
 fn sigterm_stops_gracefully_with_exit_0_and_worker_stderr_is_logged() {
+    graceful_stop("-TERM", false);
+}
+
+/// Ctrl-C in a terminal signals the whole foreground process group: the workers must not die
+/// with pier, or the open connections' CLOSE events would be lost.
+#[test]
+fn sigint_to_the_process_group_still_delivers_close() {
+    graceful_stop("-INT", true);
+}
+
+fn graceful_stop(signal: &str, whole_group: bool) {
     let dir = tempfile::tempdir().unwrap();
     let text = yaml(
         dir.path(),
@@ -104,12 +115,14 @@ fn sigterm_stops_gracefully_with_exit_0_and_worker_stderr_is_logged() {
     );
     let path = dir.path().join("rr.yaml");
     std::fs::write(&path, text).unwrap();
-    let mut child = pier()
+    let mut command = pier();
+    command
         .args(["serve", "-c"])
         .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // Its own group, as a shell gives a foreground job.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.spawn().unwrap();
     let mut log = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let addr = loop {
@@ -132,8 +145,13 @@ fn sigterm_stops_gracefully_with_exit_0_and_worker_stderr_is_logged() {
         assert_eq!(c.ask("stderr\r\n").await, "ok");
         (uuid, c)
     });
+    let target = if whole_group {
+        format!("-{}", child.id())
+    } else {
+        child.id().to_string()
+    };
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, "--", &target])
         .status()
         .unwrap();
     assert!(status.success());
