@@ -17,6 +17,9 @@ use crate::codec::{CodecError, DelimiterCodec};
 use crate::config::ServerConfig;
 use crate::pool::{Action, Event, ExecError, Pool, Reply};
 
+/// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
+const INITIAL_READ_BUFFER: usize = 64 * 1024;
+
 /// What the connection does after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -31,7 +34,7 @@ enum Flow {
 pub(crate) struct Listener {
     /// The `tcp.servers` entry.
     pub(crate) config: ServerConfig,
-    /// Read chunk size (`tcp.read_buf_size`).
+    /// `tcp.read_buf_size` in bytes: the read buffer starts at the smaller of it and 64 KiB.
     pub(crate) read_buf_size: usize,
 }
 
@@ -86,7 +89,10 @@ pub(crate) async fn serve(
         if flow == Flow::Read {
             let codec =
                 DelimiterCodec::new(&listener.config.delimiter, listener.config.max_packet_size);
-            let mut packets = FramedRead::with_capacity(reader, codec, listener.read_buf_size);
+            // Start small so that thousands of idle connections stay cheap; the buffer grows
+            // (up to max_packet_size) only for connections that send big packets.
+            let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
+            let mut packets = FramedRead::with_capacity(reader, codec, capacity);
             loop {
                 let next = tokio::select! {
                     biased;

@@ -370,3 +370,25 @@ async fn a_worker_that_exits_while_idle_is_replaced_without_losing_the_next_even
     assert_ne!(next, pid, "a replacement answered");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_larger_than_the_read_buffer_arrives_whole() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let big: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let (mut reader, mut writer) = (c.reader, c.writer);
+    let packet = format!("{big}\r\n");
+    let send = tokio::spawn(async move {
+        writer.write_all(packet.as_bytes()).await.unwrap();
+        writer
+    });
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, format!("s:{big}\n"));
+    drop(send.await.unwrap());
+    h.shutdown().await;
+}
