@@ -55,6 +55,14 @@ pub enum HarnessError {
         #[source]
         source: std::io::Error,
     },
+    /// Some rows failed or measured nothing (the results file is written anyway).
+    #[error("could not measure {count} row(s): see the table (server logs in {logs})")]
+    RowsFailed {
+        /// How many.
+        count: usize,
+        /// Where the server logs are.
+        logs: PathBuf,
+    },
     /// No free loopback port could be found.
     #[error("could not find a free loopback port")]
     Port(#[source] std::io::Error),
@@ -394,9 +402,10 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     ));
     let failed = rows.iter().filter(|r| !r.ok()).count();
     if failed > 0 {
-        say(&format!(
-            "{failed} row(s) had errors or measured nothing; see the table"
-        ));
+        return Err(HarnessError::RowsFailed {
+            count: failed,
+            logs: env.scratch.clone(),
+        });
     }
     Ok(())
 }

@@ -45,6 +45,8 @@ enum Command {
     },
     /// Generate load against a delimiter-framed echo server; prints one JSON report line.
     Load(LoadArgs),
+    /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
+    Port,
     /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
     /// bench/results/<date>.md.
     Run(harness::RunArgs),
@@ -164,6 +166,13 @@ fn main() -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
         }
         Command::Run(args) => harness::run(args)?,
+        Command::Port => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .context("could not find a free loopback port")?
+                .port();
+            writeln!(std::io::stdout().lock(), "{port}").context("could not print the port")?;
+        }
     }
     Ok(())
 }

@@ -137,7 +137,7 @@ impl Row {
     pub fn ok(&self) -> bool {
         match &self.result {
             Ok(r) if self.section == Section::Idle => r.errors == 0 && r.connections > 0,
-            Ok(r) => r.errors == 0 && r.messages > 0,
+            Ok(r) => r.errors == 0 && r.messages > 0 && r.msg_per_s > 0.0 && r.server_cpu_ns > 0,
             Err(_) => false,
         }
     }
@@ -518,4 +518,71 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
 pub fn print(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: Kind, msg_per_s: f64, cpu_ns: u64) -> Row {
+        Row {
+            section: Section::Grid,
+            target: TargetId {
+                kind,
+                workers: 1,
+                block_us: 0,
+            },
+            cell: Cell::new(100, 16, 1024),
+            result: Ok(LoadReport {
+                messages: (msg_per_s * 2.0) as u64,
+                seconds: 2.0,
+                msg_per_s,
+                server_cpu_ns: cpu_ns,
+                client_cpu_ns: 1_000_000_000,
+                ..LoadReport::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn rows_are_compared_with_raw_of_the_same_cell() {
+        let rows = vec![
+            row(Kind::Raw, 200_000.0, 400_000_000),
+            row(Kind::Ext, 50_000.0, 1_000_000_000),
+        ];
+        let m = Machine::describe("php", Path::new("."));
+        let s = Settings {
+            quick: true,
+            warmup: 0.1,
+            duration: 2.0,
+            idle: 10,
+            block_us: 1000,
+            elapsed: Duration::from_secs(3),
+            server_cpus: Some("0".into()),
+            client_cpus: Some("1".into()),
+        };
+        let text = markdown(&m, &s, &rows);
+        // raw: 1 µs/msg; ext: 10 µs/msg, a quarter of the throughput.
+        assert!(
+            text.contains("| pier+ext ×1 | 100 | 16 | 1 KiB | 50,000 | 0.25 |"),
+            "{text}"
+        );
+        assert!(text.contains("| 10.00 | 10.00 |"), "{text}");
+        assert!(
+            text.contains("| raw ×1 | 100 | 16 | 1 KiB | 200,000 | – |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_row_without_messages_or_with_errors_is_not_ok() {
+        let mut r = row(Kind::Ext, 0.0, 0);
+        assert!(!r.ok());
+        r = row(Kind::Ext, 10.0, 10);
+        assert!(r.ok());
+        if let Ok(rep) = &mut r.result {
+            rep.errors = 1;
+        }
+        assert!(!r.ok());
+    }
 }
