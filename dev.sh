@@ -84,8 +84,8 @@ test_php() {
   "${phpunit[@]}" --testsuite unit
   say "php: conformance suite, pure-PHP package"
   PIER_IMPLEMENTATION=package "${phpunit[@]}" --testsuite conformance
-  say "php: composer install from a path repository (offline), worker through a pipe driver"
-  php-client/tests/install/composer-install.sh "$ROOT"
+  say "php: composer install from a path repository (offline); its worker through pipes and pier serve"
+  php-client/tests/install/composer-install.sh "$ROOT" "$ROOT/target/release/pier"
 }
 
 # End-to-end: the real `pier` binary with the example configs and both worker implementations
