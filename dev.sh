@@ -91,15 +91,16 @@ test_php() {
 # End-to-end: the real `pier` binary with the example configs and both worker implementations
 # (tests/, crate pier-e2e; not in the workspace's default members because it needs the release build).
 test_e2e() {
-  # TEMPORARY until the server lands on main: the suite needs `pier serve`.
-  if ! ./target/release/pier serve --help >/dev/null 2>&1; then
-    say "end-to-end suite: skipped, target/release/pier has no 'serve' yet"
-    return 0
-  fi
   say "end-to-end suite (pier-e2e): clippy"
   cargo clippy -p pier-e2e --all-targets --quiet -- -D warnings
-  say "end-to-end suite (pier-e2e): examples with the extension and with the package"
-  cargo test -p pier-e2e --quiet
+  # TEMPORARY until the extension lands on main: without its classes only the package runs.
+  local only=()
+  if ! php -n -d "extension=$EXT" -r 'exit(class_exists("Pier\\Tcp\\TcpWorker") ? 0 : 1);' 2>/dev/null; then
+    say "end-to-end suite: libpier.so has no Pier classes yet: running the package half only"
+    only=(with_the_package)
+  fi
+  say "end-to-end suite (pier-e2e): examples through target/release/pier, extension and package"
+  cargo test -p pier-e2e --quiet -- "${only[@]}"
 }
 
 cmd_test() {
@@ -112,10 +113,15 @@ cmd_test() {
   say "all tests passed"
 }
 
+# The echo example in the foreground (examples/echo): Ctrl-C stops it.
 cmd_demo() {
   cmd_build
-  say "demo: not yet (see the examples issue)"
-  ./target/release/pier --help
+  say "demo: the echo example (examples/echo/.rr.yaml); Ctrl-C stops it. In another terminal:"
+  cat >&2 <<'DEMO'
+    nc 127.0.0.1 7777       # echo: type lines, each comes back; "quit" closes (nc: netcat-openbsd)
+    nc -C 127.0.0.1 7778    # upper: CRLF-delimited lines come back in upper case
+DEMO
+  exec ./target/release/pier serve -c examples/echo/.rr.yaml
 }
 
 # The comparison (bench/): raw tokio echo vs pier + extension vs pier + pure PHP, same run.
