@@ -22,6 +22,9 @@ declare(strict_types=1);
         if ($wanted === 'package') {
             $fail('PIER_WORKER_IMPL=package, but the pier extension is loaded by an ini file (php --ini)');
         }
+        if (!class_exists(\Pier\Tcp\TcpWorker::class, false)) {
+            $fail('the loaded pier extension defines no Pier\\Tcp\\TcpWorker: rebuild it (./dev.sh build)');
+        }
         $using = 'the pier extension ' . (phpversion('pier') ?: '');
     } else {
         if ($wanted === 'ext') {
