@@ -17,6 +17,9 @@ final class MemoryRelay implements Relay
     /** @var list<string> the bytes still to deliver, one element per read() */
     private array $input;
 
+    /** How much of $input[0] read() has returned already. */
+    private int $offset = 0;
+
     /** @var list<string> every write, in order: one element per frame sent */
     private array $writes = [];
 
@@ -55,14 +58,16 @@ final class MemoryRelay implements Relay
 
     public function read(int $atMost): string
     {
+        while ($this->input !== [] && $this->offset >= \strlen($this->input[0])) {
+            array_shift($this->input);
+            $this->offset = 0;
+        }
         if ($this->input === []) {
             return '';
         }
-        $chunk = array_shift($this->input);
-        if (\strlen($chunk) > $atMost) {
-            array_unshift($this->input, substr($chunk, $atMost));
-            $chunk = substr($chunk, 0, $atMost);
-        }
+        // An offset into the current chunk rather than re-slicing it: a large input stays linear.
+        $chunk = substr($this->input[0], $this->offset, $atMost);
+        $this->offset += \strlen($chunk);
 
         return $chunk;
     }

@@ -77,7 +77,6 @@ final class Session
             }
             if (($frame->flags & Frame::CONTROL) === 0) {
                 $this->phase = Phase::Pending;
-                $this->state = null;
 
                 return $frame;
             }
