@@ -33,14 +33,19 @@ pub enum SessionError {
     #[error("could not answer: answering twice (the request was already answered)")]
     AnswerTwice,
     /// waitRequest() while the previous request is unanswered: the server would wait forever.
-    #[error("could not wait for a request: the previous request was not answered (respond(), read(), close(), error() or stop() first)")]
+    #[error("could not wait for a request: the pending request has no answer yet (respond(), read(), close(), error() or stop() first)")]
     Unanswered,
     /// setState() under a server that did not announce the `state` extension.
     #[error("connection state needs a Pier server (PIER_FEATURES has no 'state')")]
     StateUnsupported,
-    /// setState() with no request to answer (worker script bug).
-    #[error("could not set state: there is no pending request to attach it to")]
-    StateWithoutRequest,
+    /// setState() before the first waitRequest() (worker script bug).
+    #[error(
+        "could not set state: answering before any request (the state rides on the next answer)"
+    )]
+    StateBeforeRequest,
+    /// setState() after the request was answered (worker script bug).
+    #[error("could not set state: answering twice (the request was already answered)")]
+    StateAfterAnswer,
 }
 
 /// Where the worker is in the request/answer cycle.
@@ -194,8 +199,10 @@ impl Session {
         if !self.features.state {
             return Err(SessionError::StateUnsupported);
         }
-        if self.turn != Turn::Pending {
-            return Err(SessionError::StateWithoutRequest);
+        match self.turn {
+            Turn::Start => return Err(SessionError::StateBeforeRequest),
+            Turn::Answered => return Err(SessionError::StateAfterAnswer),
+            Turn::Pending => {}
         }
         let slot = self.state.get_or_insert_with(Vec::new);
         slot.clear();
@@ -352,7 +359,7 @@ mod tests {
         let (mut s, mut peer) = session(Features::parse(Some("foo, state")));
         assert!(matches!(
             s.set_state(b"st"),
-            Err(SessionError::StateWithoutRequest)
+            Err(SessionError::StateBeforeRequest)
         ));
         peer.write_all(&event(EventKind::Data, b"\x00old\xff", b"body"))
             .unwrap();
@@ -368,6 +375,10 @@ mod tests {
         s.set_state(b"first").unwrap();
         s.set_state(b"\x00new\xff").unwrap();
         s.reply(ReplyKind::Write, b"out").unwrap();
+        assert!(matches!(
+            s.set_state(b"late"),
+            Err(SessionError::StateAfterAnswer)
+        ));
         let bytes = read_frame(&mut peer);
         let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(f.options.as_slice(), &[5, 5]);

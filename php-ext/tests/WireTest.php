@@ -155,7 +155,7 @@ final class WireTest extends TestCase
         $protocol = 'Pier\Exception\ProtocolException';
         self::assertSame(['exception' => $protocol, 'message' => 'could not answer: answering before any request (call waitRequest() first)'], $run->steps[0]);
         self::assertSame($protocol, $run->steps[2]['exception'], 'waiting again before answering');
-        self::assertStringContainsString('not answered', $run->steps[2]['message']);
+        self::assertStringContainsString('has no answer yet', $run->steps[2]['message']);
         self::assertSame(['done' => 'respond'], $run->steps[3]);
         self::assertSame(['exception' => $protocol, 'message' => 'could not answer: answering twice (the request was already answered)'], $run->steps[4]);
         self::assertSame(['done' => 'error'], $run->steps[6]);
