@@ -136,6 +136,9 @@ pub enum ExecError {
         #[source]
         source: MessageError,
     },
+    /// The event does not fit in a frame (a packet or state over 4 GiB: a config allowing it).
+    #[error("could not encode the event")]
+    Encode(#[source] pier_protocol::frame::EncodeError),
     /// Every worker tried asked to stop.
     #[error("the event was re-run {0} times after stop replies; giving up")]
     TooManyReruns(usize),
@@ -220,8 +223,8 @@ impl Worker {
     /// Sends the event and reads frames until the worker answers it.
     async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, ExecError> {
         self.wbuf.clear();
-        // Cannot fail: lengths come from bounded packets and states.
-        let _ = encode_event_with_state(
+        let pid = self.pid;
+        encode_event_with_state(
             &mut self.wbuf,
             event.remote_addr,
             event.server,
@@ -229,8 +232,8 @@ impl Worker {
             event.kind,
             event.state,
             event.body,
-        );
-        let pid = self.pid;
+        )
+        .map_err(ExecError::Encode)?;
         self.stdin
             .write_all(&self.wbuf)
             .await
@@ -474,6 +477,12 @@ impl Pool {
                     );
                     self.retire(worker);
                     self.request_respawn();
+                }
+                Err(e @ ExecError::Encode(_)) => {
+                    // Nothing reached the worker: it is fine.
+                    worker.jobs = worker.jobs.saturating_sub(1);
+                    self.release(worker);
+                    return Err(e);
                 }
                 Err(e) => {
                     self.kill(worker);
