@@ -52,6 +52,8 @@ struct Conn<'a> {
     writer: Option<OwnedWriteHalf>,
     /// Connection state (Pier extension): owned by this task, so no lock; empty = none.
     state: Bytes,
+    /// Cancelled at server shutdown: a write blocked on a client that does not read is given up.
+    shutdown: &'a CancellationToken,
 }
 
 /// Serves one accepted connection to the end.
@@ -76,6 +78,7 @@ pub(crate) async fn serve(
             uuid,
             writer: Some(writer),
             state: Bytes::new(),
+            shutdown: &shutdown,
         };
         debug!(remote_addr = %conn.remote_addr, "connected");
         let flow = match conn.event(EventKind::Connected, &[]).await {
@@ -188,7 +191,16 @@ impl Conn<'_> {
         };
         if write && !reply.body.is_empty() {
             if let Some(writer) = self.writer.as_mut() {
-                if let Err(e) = writer.write_all(&reply.body).await {
+                let written = tokio::select! {
+                    // A write that can finish wins even during shutdown.
+                    biased;
+                    r = writer.write_all(&reply.body) => r,
+                    _ = self.shutdown.cancelled() => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "server shutting down while the client is not reading",
+                    )),
+                };
+                if let Err(e) = written {
                     debug!(error = %e, "write error; closing");
                     return Flow::Close;
                 }

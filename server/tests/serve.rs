@@ -392,3 +392,21 @@ async fn a_packet_larger_than_the_read_buffer_arrives_whole() {
     drop(send.await.unwrap());
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    // 64 MB: far more than the socket buffers hold, so the server's write blocks.
+    c.send("flood 67108864\r\n").await;
+    // The reply reached the connection once the worker is free again; a second client proves it.
+    let mut probe = h.connect("s").await;
+    probe.hello().await;
+    drop(probe);
+    h.shutdown().await;
+    assert!(
+        h.log("closes.log").iter().any(|l| l.starts_with(&uuid)),
+        "the blocked connection still got its CLOSE before the workers stopped"
+    );
+}

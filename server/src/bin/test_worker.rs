@@ -7,7 +7,7 @@
 //! - DATA, by first word of the packet (delimiter stripped):
 //!   `continue` → CONTINUE; `quit` → WRITECLOSE `bye`; `close` → CLOSE; `error` → error frame;
 //!   `stop` → stop reply the first time in `$TW_DIR` (marker file), else `rerun <pid> <hex state>`;
-//!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `exit-after` → answers `<pid>`, then exits while idle;
+//!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `flood <n>` → n bytes `f`; `exit-after` → answers `<pid>`, then exits while idle;
 //!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
 //!   `stderr` → two lines on stderr, answers `ok`; anything else → `<server>:<packet>`.
@@ -158,6 +158,10 @@ fn data(
             stdout.flush().unwrap();
         }
         "pid" => write(out, format!("{pid}\n"), None),
+        "flood" => {
+            let n: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(1 << 20);
+            encode_reply(out, ReplyKind::Write, None, &vec![b'f'; n]).unwrap();
+        }
         "exit-after" => {
             write(out, format!("{pid}\n"), None);
             stdout.write_all(out).unwrap();
