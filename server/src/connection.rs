@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::codec::{CodecError, DelimiterCodec};
 use crate::config::ServerConfig;
-use crate::pool::{Action, Event, ExecError, Pool, Reply};
+use crate::pool::{Action, Event, Pool, PoolError, Reply};
 
 /// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
 const INITIAL_READ_BUFFER: usize = 64 * 1024;
@@ -148,7 +148,7 @@ pub(crate) async fn serve(
 }
 
 impl Conn<'_> {
-    async fn event(&self, kind: EventKind, body: &[u8]) -> Result<Reply, ExecError> {
+    async fn event(&self, kind: EventKind, body: &[u8]) -> Result<Reply, PoolError> {
         self.pool
             .exec(&Event {
                 remote_addr: &self.remote_addr,
@@ -216,18 +216,18 @@ impl Conn<'_> {
     }
 }
 
-fn log_exec_error(e: &ExecError, event: &str) {
+fn log_exec_error(e: &PoolError, event: &str) {
     match e {
-        ExecError::WorkerError { pid, message } => {
+        PoolError::WorkerError { pid, message } => {
             error!(
                 pid,
                 event, "worker error: {message}; closing the connection"
             )
         }
-        ExecError::NoFreeWorkers(waited) => {
+        PoolError::NoFreeWorkers(waited) => {
             error!(event, waited = ?waited, "no free workers; closing the connection")
         }
-        ExecError::Closed => info!(event, "pool stopped; closing the connection"),
+        PoolError::Closed => info!(event, "pool stopped; closing the connection"),
         other => error!(event, error = %other, "closing the connection"),
     }
 }

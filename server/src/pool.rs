@@ -37,7 +37,8 @@ const STDERR_KEPT: usize = 4096;
 /// Read chunk for worker stdout.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Why a worker could not be started, or the pool could not start.
+/// What went wrong in the pool: starting a worker (the pool, or a replacement), or running one
+/// event (then only that event's connection is closed; nothing else is hurt).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The command could not be executed (config's fault: wrong path, not executable).
@@ -88,11 +89,7 @@ pub enum PoolError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Why an event got no usable reply. The connection it belongs to is closed; nothing else is hurt.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
+    // Per-event failures: the event's connection is closed; nothing else is hurt.
     /// No worker became free within allocate_timeout (overload or stuck workers).
     #[error("no free workers within {0:?}")]
     NoFreeWorkers(Duration),
@@ -221,7 +218,7 @@ enum Outcome {
 
 impl Worker {
     /// Sends the event and reads frames until the worker answers it.
-    async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, ExecError> {
+    async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
         encode_event_with_state(
@@ -233,11 +230,11 @@ impl Worker {
             event.state,
             event.body,
         )
-        .map_err(ExecError::Encode)?;
+        .map_err(PoolError::Encode)?;
         self.stdin
             .write_all(&self.wbuf)
             .await
-            .map_err(|e| ExecError::WorkerExited {
+            .map_err(|e| PoolError::WorkerExited {
                 pid,
                 source: Some(e),
             })?;
@@ -282,16 +279,16 @@ impl Worker {
                                 pid,
                             }));
                         }
-                        Err(source) => return Err(ExecError::BadMessage { pid, source }),
+                        Err(source) => return Err(PoolError::BadMessage { pid, source }),
                     }
                 }
                 Ok(None) => {
                     self.rbuf.reserve(READ_CHUNK);
                     match self.stdout.read_buf(&mut self.rbuf).await {
-                        Ok(0) => return Err(ExecError::WorkerExited { pid, source: None }),
+                        Ok(0) => return Err(PoolError::WorkerExited { pid, source: None }),
                         Ok(_) => {}
                         Err(e) => {
-                            return Err(ExecError::WorkerExited {
+                            return Err(PoolError::WorkerExited {
                                 pid,
                                 source: Some(e),
                             })
@@ -299,7 +296,7 @@ impl Worker {
                     }
                 }
                 Err(source) => {
-                    return Err(ExecError::Garbage {
+                    return Err(PoolError::Garbage {
                         pid,
                         bytes: control_text(&self.rbuf),
                         source,
@@ -456,7 +453,7 @@ impl Pool {
     }
 
     /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
-    pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, ExecError> {
+    pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         for _ in 0..MAX_RERUNS {
             let mut worker = self.acquire(timeout).await?;
@@ -468,7 +465,7 @@ impl Pool {
                 Ok(Outcome::Error(message)) => {
                     let pid = worker.pid;
                     self.release(worker);
-                    return Err(ExecError::WorkerError { pid, message });
+                    return Err(PoolError::WorkerError { pid, message });
                 }
                 Ok(Outcome::Stop) => {
                     info!(
@@ -478,7 +475,7 @@ impl Pool {
                     self.retire(worker);
                     self.request_respawn();
                 }
-                Err(e @ ExecError::Encode(_)) => {
+                Err(e @ PoolError::Encode(_)) => {
                     // Nothing reached the worker: it is fine.
                     worker.jobs = worker.jobs.saturating_sub(1);
                     self.release(worker);
@@ -491,21 +488,21 @@ impl Pool {
                 }
             }
         }
-        Err(ExecError::TooManyReruns(MAX_RERUNS))
+        Err(PoolError::TooManyReruns(MAX_RERUNS))
     }
 
     /// Takes an idle worker, waiting up to `timeout`. A worker that died while idle is replaced
     /// here, before any event is lost on it.
-    async fn acquire(&self, timeout: Duration) -> Result<Worker, ExecError> {
+    async fn acquire(&self, timeout: Duration) -> Result<Worker, PoolError> {
         loop {
             // Fast path without a timer: a worker is usually free.
             let mut worker = match self.inner.idle_rx.try_recv() {
                 Ok(worker) => worker,
-                Err(async_channel::TryRecvError::Closed) => return Err(ExecError::Closed),
+                Err(async_channel::TryRecvError::Closed) => return Err(PoolError::Closed),
                 Err(async_channel::TryRecvError::Empty) => {
                     match tokio::time::timeout(timeout, self.inner.idle_rx.recv()).await {
-                        Err(_) => return Err(ExecError::NoFreeWorkers(timeout)),
-                        Ok(Err(_)) => return Err(ExecError::Closed),
+                        Err(_) => return Err(PoolError::NoFreeWorkers(timeout)),
+                        Ok(Err(_)) => return Err(PoolError::Closed),
                         Ok(Ok(worker)) => worker,
                     }
                 }

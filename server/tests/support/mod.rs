@@ -117,9 +117,13 @@ impl Harness {
     }
 }
 
+/// A test client over a real socket.
 pub struct Client {
+    /// Answers from the server, read line by line.
     pub reader: BufReader<OwnedReadHalf>,
+    /// Packets to the server.
     pub writer: OwnedWriteHalf,
+    /// The client's own address: what `remote_addr` must say.
     pub local: SocketAddr,
 }
 
