@@ -410,3 +410,54 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
         "the blocked connection still got its CLOSE before the workers stopped"
     );
 }
+
+/// Without state, every frame the server writes is exactly what RoadRunner writes: the pid
+/// request, and events with one option and the context in RoadRunner's key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_to_workers_are_byte_identical_to_roadrunner_without_state() {
+    use pier_protocol::tcp::{encode_event, encode_event_with_state, EventKind};
+    let mut h = Harness::rust_env(ONE, &pool(1, ""), "    TW_DUMP: '1'\n").await;
+    let mut c = h.connect("s").await;
+    let (_, remote, uuid) = c.hello().await;
+    assert_eq!(c.ask("EHLO example.org\r\n").await, "s:EHLO example.org");
+    c.ask("append\r\n").await;
+    c.send("close\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    h.shutdown().await;
+
+    let frames: Vec<Vec<u8>> = h
+        .log("frames.log")
+        .iter()
+        .map(|l| hex::decode(l).unwrap())
+        .collect();
+    let event = |kind, state: &[u8], body: &[u8]| {
+        let mut out = Vec::new();
+        encode_event_with_state(&mut out, &remote, "s", &uuid, kind, state, body).unwrap();
+        out
+    };
+    let mut plain = Vec::new();
+    encode_event(
+        &mut plain,
+        &remote,
+        "s",
+        &uuid,
+        EventKind::Data,
+        b"EHLO example.org\r\n",
+    )
+    .unwrap();
+    let mut pid_request = Vec::new();
+    pier_protocol::control::encode_pid_request(&mut pid_request, std::process::id()).unwrap();
+    let mut stop = Vec::new();
+    pier_protocol::control::encode_stop_request(&mut stop).unwrap();
+    let want = vec![
+        pid_request,
+        event(EventKind::Connected, b"", b""),
+        plain,
+        event(EventKind::Data, b"", b"append\r\n"),
+        // From here the connection has a state: events carry it (Pier extension).
+        event(EventKind::Data, b"\x00\xff\x00", b"close\r\n"),
+        event(EventKind::Close, b"\x00\xff\x00", b""),
+        stop,
+    ];
+    assert_eq!(frames, want);
+}

@@ -14,6 +14,7 @@
 //! - CLOSE: appends `<uuid> <hex state>` to `$TW_DIR/closes.log`, answers CLOSE.
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
+//! - `TW_DUMP=1`: every frame received is appended, hex-encoded, to `$TW_DIR/frames.log`.
 //! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `hang` (never answers it), `garbage`.
 
 use std::io::{Read, Write};
@@ -44,6 +45,8 @@ fn main() {
     }
     // `TW_MODE=echo`: plain echo (CONNECTED → CONTINUE, DATA → the packet), for load tests.
     let echo = std::env::var("TW_MODE").as_deref() == Ok("echo");
+    // `TW_DUMP=1`: every frame received is appended, hex, to `$TW_DIR/frames.log`.
+    let dump = std::env::var("TW_DUMP").is_ok();
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     let mut out = Vec::new();
@@ -63,6 +66,15 @@ fn main() {
             }
             buf.extend_from_slice(&chunk[..n]);
         };
+        if dump {
+            let line = format!("{}\n", hex(&buf[..used]));
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("frames.log"))
+                .expect("frames.log");
+            log.write_all(line.as_bytes()).unwrap();
+        }
         out.clear();
         let mut exit_after = false;
         match ServerMessage::from_frame(&frame).expect("a server message") {
