@@ -93,14 +93,8 @@ test_php() {
 test_e2e() {
   say "end-to-end suite (pier-e2e): clippy"
   cargo clippy -p pier-e2e --all-targets --quiet -- -D warnings
-  # TEMPORARY until the extension lands on main: without its classes only the package runs.
-  local only=()
-  if ! php -n -d "extension=$EXT" -r 'exit(class_exists("Pier\\Tcp\\TcpWorker") ? 0 : 1);' 2>/dev/null; then
-    say "end-to-end suite: libpier.so has no Pier classes yet: running the package half only"
-    only=(with_the_package)
-  fi
   say "end-to-end suite (pier-e2e): examples through target/release/pier, extension and package"
-  cargo test -p pier-e2e --quiet -- "${only[@]}"
+  cargo test -p pier-e2e --quiet
 }
 
 cmd_test() {
