@@ -317,6 +317,24 @@ fn control_text(bytes: &[u8]) -> String {
     s
 }
 
+/// Delays between failed worker starts: 100 ms, doubling, at most 5 s; reset by a success.
+#[derive(Debug, Default)]
+struct Backoff {
+    /// Failed starts in a row.
+    failures: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, counting one more failure.
+    fn next_delay(&mut self) -> Duration {
+        let delay = BACKOFF_START
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
 /// How to start a worker; shared by the pool and its supervisor.
 #[derive(Debug)]
 struct Spec {
@@ -415,7 +433,7 @@ impl Pool {
     /// Starts one replacement per request, backing off while starts fail.
     async fn supervise(&self, mut requests: mpsc::UnboundedReceiver<()>) {
         let closed = &self.inner.closed;
-        let mut backoff = BACKOFF_START;
+        let mut backoff = Backoff::default();
         loop {
             let request = tokio::select! {
                 _ = closed.cancelled() => return,
@@ -431,7 +449,7 @@ impl Pool {
                 };
                 match result {
                     Ok(worker) => {
-                        backoff = BACKOFF_START;
+                        backoff = Backoff::default();
                         debug!(pid = worker.pid, "replacement worker started");
                         if let Err(back) = self.inner.idle_tx.try_send(worker) {
                             // Shutting down (or over capacity): stop it again.
@@ -440,12 +458,12 @@ impl Pool {
                         break;
                     }
                     Err(e) => {
-                        error!(error = %e, retry_in = ?backoff, "could not start a replacement worker");
+                        let delay = backoff.next_delay();
+                        error!(error = %e, retry_in = ?delay, "could not start a replacement worker");
                         tokio::select! {
                             _ = closed.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
@@ -737,5 +755,21 @@ async fn log_stderr(pid: u32, stderr: tokio::process::ChildStderr, kept: Arc<Mut
                 kept.push('\n');
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_5s() {
+        let mut b = Backoff::default();
+        let ms: Vec<u128> = (0..10).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]);
+        for _ in 0..100 {
+            b.next_delay();
+        }
+        assert_eq!(b.next_delay(), BACKOFF_MAX);
     }
 }

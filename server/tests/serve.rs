@@ -461,3 +461,27 @@ async fn frames_to_workers_are_byte_identical_to_roadrunner_without_state() {
     ];
     assert_eq!(frames, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacements_that_cannot_start_leave_the_server_up_and_stoppable() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        ONE,
+        "    num_workers: 1\n",
+        "    TW_BOOT: die-after-first\n",
+    )
+    .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
+    let mut h = Harness::start(dir, &text).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    c.send("crash\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    // Replacements keep failing (with backoff): new clients are turned away, the server lives.
+    for _ in 0..3 {
+        let mut late = h.connect("s").await;
+        assert_eq!(late.rest().await, b"", "no free workers");
+    }
+    h.shutdown().await;
+}

@@ -15,7 +15,8 @@
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
 //! - `TW_DUMP=1`: every frame received is appended, hex-encoded, to `$TW_DIR/frames.log`.
-//! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `hang` (never answers it), `garbage`.
+//! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `die-after-first` (only the first
+//!   worker boots), `hang` (never answers it), `garbage`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -34,6 +35,18 @@ fn main() {
         Ok("die") => {
             eprintln!("fatal: cannot boot (test worker)");
             std::process::exit(1);
+        }
+        Ok("die-after-first") => {
+            // Only the first worker in $TW_DIR boots; every later start fails.
+            let first = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join("booted"))
+                .is_ok();
+            if !first {
+                eprintln!("fatal: cannot boot again (test worker)");
+                std::process::exit(1);
+            }
         }
         Ok("hang") => std::thread::sleep(std::time::Duration::from_secs(3600)),
         Ok("garbage") => {
