@@ -84,6 +84,8 @@ test_php() {
   "${phpunit[@]}" --testsuite unit
   say "php: conformance suite, pure-PHP package"
   PIER_IMPLEMENTATION=package "${phpunit[@]}" --testsuite conformance
+  say "php: conformance suite, pier extension (libpier.so)"
+  PIER_IMPLEMENTATION=extension with_ext "${phpunit[@]}" --testsuite conformance
   say "php: composer install from a path repository (offline); its worker through pipes and pier serve"
   php-client/tests/install/composer-install.sh "$ROOT" "$ROOT/target/release/pier"
 }
