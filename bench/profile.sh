@@ -115,6 +115,46 @@ wait "$SERVER" || true
 SERVER=
 awk -v n="$STRACE_MESSAGES" 'NR<=2 {print; next} /^-/ {print; next} {printf "%s   (%.2f per message)\n", $0, $4 / n}' "$OUT/strace-raw.txt" >"$OUT/strace.txt"
 
+# Sums callgrind's exclusive cost per function into categories (first matching regex wins) and
+# prints "Ir/message  share  category", biggest first.  Usage: categorize FILE MESSAGES 'label|regex'...
+categorize() {
+  local file=$1 n=$2
+  shift 2
+  callgrind_annotate --inclusive=no --threshold=100 "$file" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '6,$p' |
+    awk -v n="$n" -v cats="$(printf '%s\n' "$@")" '
+      BEGIN {
+        k = split(cats, lines, "\n")
+        for (i = 1; i <= k; i++) if (lines[i] != "") { split(lines[i], p, "|"); label[++m] = p[1]; re[m] = p[2] }
+      }
+      /^ *[0-9,]+ / {
+        ir = $1; gsub(",", "", ir); hit = "other"
+        for (i = 1; i <= m; i++) if ($0 ~ re[i]) { hit = label[i]; break }
+        sum[hit] += ir; total += ir
+      }
+      END { for (c in sum) printf "%8d\t%5.1f %%\t%s\n", sum[c] / n, 100 * sum[c] / total, c }' |
+    sort -rn | awk -F'\t' '{ printf "%8s Ir/msg  %s  %s\n", $1, $2, $3 }'
+}
+PIER_CATS=(
+  'event context JSON encoding|json|encode_event'
+  'tracing spans (per-event span enter/exit)|tracing'
+  'worker pool channel (async-channel, event-listener)|event_listener|async_channel|concurrent_queue'
+  'floating point (pow, int→float: timing arithmetic)|pow|floattidf|floatundidf|libm'
+  'goridge frame + CRC32|crc32|frame::'
+  'tokio runtime: scheduler, I/O readiness, timers, clock|tokio|mio::|Timespec|clock_gettime|vdso|parking_lot'
+  'memory: memcpy, malloc/free|memcpy|memmove|memset|malloc|free|realloc|_int_|alloc::'
+  'pier connection/pool logic|pier_server|pier::'
+  'libc system-call wrappers and the rest of libc|libc.so'
+)
+PHP_CATS=(
+  'event context JSON decoding + UTF-8 validation|serde_json|from_utf8|TcpEvent::decode'
+  'goridge frame + CRC32|crc32|frame::|read_frame|encode_reply'
+  'ext-php-rs glue: zvals, objects, strings, try/catch|ext_php_rs|zend_string|setjmp|tls_get_addr'
+  'PHP VM: interpreter, allocator, objects|php8.2'
+  'pier extension logic (session, relay)|pier::'
+  'memory: memcpy, malloc/free|memcpy|memmove|memset|malloc|free|realloc'
+  'libc|libc.so'
+)
+
 # --- summary (report pipelines end in head: SIGPIPE upstream is expected) ---
 set +o pipefail
 # -----------------------------------------------------------------------------------
@@ -130,6 +170,14 @@ set +o pipefail
     echo "### ${cmd:0:90}"
     echo
     echo "Total: $total Ir = $(( total / MEASURED )) Ir per message"
+    echo
+    echo "By category:"
+    echo
+    echo '```'
+    if [[ $cmd == *php* ]]; then categorize "$f" "$MEASURED" "${PHP_CATS[@]}"; else categorize "$f" "$MEASURED" "${PIER_CATS[@]}"; fi
+    echo '```'
+    echo
+    echo "Top functions (exclusive):"
     echo
     echo '```'
     callgrind_annotate --inclusive=no --threshold=90 "$f" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n '3,22p' | cut -c1-160

@@ -308,7 +308,10 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
             settle(server.pid());
         }
     }
-    for server in &mut servers {
+    drop(servers);
+    // Memory per idle connection on freshly started servers: after the grid, allocator caches
+    // from the 64 KiB cells would absorb new connections and hide their cost.
+    for id in &echo_targets {
         done += 1;
         let cell = Cell::new(plan.idle, 0, 0);
         let args = vec![
@@ -319,17 +322,22 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
             "--connect-timeout".into(),
             "60".into(),
         ];
-        let r = load(&env, server, &args);
-        progress(done, total, server.id, &Section::Idle, &cell, &r);
+        let r = match start(&env, *id) {
+            Ok(mut server) => {
+                let r = load(&env, &mut server, &args);
+                settle(server.pid());
+                r
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        progress(done, total, *id, &Section::Idle, &cell, &r);
         rows.push(Row {
             section: Section::Idle,
-            target: server.id,
+            target: *id,
             cell,
             result: r,
         });
-        settle(server.pid());
     }
-    drop(servers);
 
     // The blocking handler: raw blocks a runtime thread per worker, PHP calls usleep().
     let mut servers = Vec::new();
@@ -447,11 +455,12 @@ fn progress(
             r.errors
         ),
         Ok(r) => format!(
-            "{:.0} msg/s, p50 {:.0} µs, p99 {:.0} µs, server {:.1} µs CPU/msg, {} errors",
+            "{:.0} msg/s, p50 {:.0} µs, p99 {:.0} µs, server {:.1} µs CPU/msg, other load {:.0} %, {} errors",
             r.msg_per_s,
             r.p50_us,
             r.p99_us,
             report::cpu_us_per_msg(r),
+            (r.other_cpu_ns + r.steal_ns) as f64 / (r.seconds.max(1e-9) * 1e9) * 100.0,
             r.errors
         ),
         Err(e) => format!("FAILED: {e}"),

@@ -125,6 +125,11 @@ pub struct LoadReport {
     pub client_cpu_ns: u64,
     /// Server tree CPU in the window (ns), when a pid was watched.
     pub server_cpu_ns: u64,
+    /// CPU used in the window by everything else on the machine (ns): busy time of all CPUs
+    /// minus the server tree and the generator. Far from 0 means the run was disturbed.
+    pub other_cpu_ns: u64,
+    /// Time the hypervisor stole from this VM's CPUs in the window (ns).
+    pub steal_ns: u64,
     /// Server tree RSS at the end of the window, or with all idle connections open (KiB).
     pub server_rss_kib: u64,
     /// RSS of the server process alone at the same moment (KiB).
@@ -421,6 +426,7 @@ async fn measure(
     tokio::time::sleep_until(plan.start.into()).await;
     let server0 = sample(pid)?;
     let client0 = procstat::tree_usage(me).map_err(LoadError::Proc)?;
+    let machine0 = procstat::machine_cpu();
     let mut finished = Vec::new();
     let window_end = if plan.batches.is_some() {
         // Count-bounded: the window is however long the batches took.
@@ -434,10 +440,16 @@ async fn measure(
     };
     let server1 = sample(pid)?;
     let client1 = procstat::tree_usage(me).map_err(LoadError::Proc)?;
+    let machine1 = procstat::machine_cpu();
     plan.stop.store(true, Ordering::Relaxed);
     report.seconds = (window_end - plan.start).as_secs_f64();
     report.server_cpu_ns = server1.cpu_ns.saturating_sub(server0.cpu_ns);
     report.client_cpu_ns = client1.cpu_ns.saturating_sub(client0.cpu_ns);
+    report.other_cpu_ns = machine1
+        .busy_ns
+        .saturating_sub(machine0.busy_ns)
+        .saturating_sub(report.server_cpu_ns + report.client_cpu_ns);
+    report.steal_ns = machine1.steal_ns.saturating_sub(machine0.steal_ns);
     report.server_rss_kib = server1.rss_kib;
     report.server_root_rss_kib = server1.root_rss_kib;
     report.server_processes = server1.processes;

@@ -110,6 +110,36 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Machine-wide CPU time from the aggregate `cpu` line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Time all CPUs spent running anything (user, nice, system, irq, softirq), in ns.
+    pub busy_ns: u64,
+    /// Time the hypervisor ran something else while a vCPU wanted to run, in ns.
+    pub steal_ns: u64,
+}
+
+/// Reads `/proc/stat`. Its unit is USER_HZ, which Linux fixes at 100 for user space on every
+/// architecture this runs on, so one tick is 10 ms.
+pub fn machine_cpu() -> MachineCpu {
+    const TICK_NS: u64 = 10_000_000;
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return MachineCpu::default();
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    MachineCpu {
+        busy_ns: (at(0) + at(1) + at(2) + at(5) + at(6)) * TICK_NS,
+        steal_ns: at(7) * TICK_NS,
+    }
+}
+
 /// Usage of the tree rooted at `root`.
 pub fn tree_usage(root: u32) -> Result<TreeUsage, ProcError> {
     let pids = tree(root)?;
@@ -155,6 +185,11 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(pids.contains(&child.id()));
+    }
+
+    #[test]
+    fn the_machine_has_been_busy_since_boot() {
+        assert!(machine_cpu().busy_ns > 0);
     }
 
     #[test]

@@ -315,8 +315,8 @@ fn baseline<'a>(rows: &'a [Row], row: &Row) -> Option<&'a LoadReport> {
 }
 
 fn throughput_table(out: &mut String, rows: &[Row], section: &Section) {
-    out.push_str("| target | conns | depth | size | msg/s | × raw | p50 µs | p99 µs | p999 µs | server CPU µs/msg | × raw | server RSS MiB | gen CPU % | errors |\n");
-    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+    out.push_str("| target | conns | depth | size | msg/s | × raw | p50 µs | p99 µs | p999 µs | server CPU µs/msg | × raw | server RSS MiB | gen CPU % | other CPU % | errors |\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
     for row in rows.iter().filter(|r| &r.section == section) {
         let c = &row.cell;
         let head = format!(
@@ -338,7 +338,7 @@ fn throughput_table(out: &mut String, rows: &[Row], section: &Section) {
                 };
                 let _ = writeln!(
                     out,
-                    "{head}| {} | {x_tp} | {} | {} | {} | {:.2} | {x_cpu} | {:.1} | {:.0} | {} |",
+                    "{head}| {} | {x_tp} | {} | {} | {} | {:.2} | {x_cpu} | {:.1} | {:.0} | {:.0} | {} |",
                     n(r.msg_per_s),
                     us(r.p50_us),
                     us(r.p99_us),
@@ -346,13 +346,14 @@ fn throughput_table(out: &mut String, rows: &[Row], section: &Section) {
                     cpu_us_per_msg(r),
                     r.server_rss_kib as f64 / 1024.0,
                     r.client_cpu_ns as f64 / (r.seconds * 1e9) * 100.0,
+                    (r.other_cpu_ns + r.steal_ns) as f64 / (r.seconds * 1e9) * 100.0,
                     errors(r),
                 );
             }
             Err(e) => {
                 let _ = writeln!(
                     out,
-                    "{head}| – | – | – | – | – | – | – | – | – | failed: {} |",
+                    "{head}| – | – | – | – | – | – | – | – | – | – | failed: {} |",
                     e.replace('|', "/")
                 );
             }
@@ -407,6 +408,7 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     );
     let _ = writeln!(o, "- Server CPU µs/msg: CPU time (from /proc schedstat) of the server and all its worker processes during the window ÷ replies. On one pinned core, 1e6 ÷ this is the throughput ceiling of that target.");
     let _ = writeln!(o, "- gen CPU %: the load generator's own CPU in the window (100 % = its core is saturated: that row is bounded by the generator).");
+    let _ = writeln!(o, "- other CPU %: CPU used during the window by anything but the server tree and the generator, plus hypervisor steal (from /proc/stat, 10 ms ticks, % of one CPU). Near 0 = an undisturbed row.");
     let _ = writeln!(o, "- Server RSS: the server process plus its workers (VmRSS summed) at the end of the window.");
     let _ = writeln!(o, "- × raw: this row divided by the raw row of the same cell (throughput: higher is better; CPU: lower is better).\n");
 
