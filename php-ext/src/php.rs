@@ -372,6 +372,12 @@ impl PhpString {
     }
 }
 
+impl Clone for PhpString {
+    fn clone(&self) -> Self {
+        self.share()
+    }
+}
+
 impl IntoZval for PhpString {
     const TYPE: DataType = DataType::String;
     const NULLABLE: bool = false;
@@ -468,11 +474,12 @@ impl Worker {
 // ---------------------------------------------------------------------------------------------
 // TcpRequest
 
-/// One connection event. Read-only: the properties have no setter.
+/// One connection event. Read-only: the properties have no setter. Cloneable, like a userland
+/// readonly value object (`clone` shares the strings).
 #[php_class]
 #[php(name = "Pier\\Tcp\\TcpRequest")]
 #[php(flags = ClassFlags::Final)]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TcpRequest {
     /// The client's `ip:port` (a PHP string).
     remote_addr: PhpString,

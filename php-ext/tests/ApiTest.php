@@ -58,6 +58,11 @@ final class ApiTest extends TestCase
             self::assertSame('Cannot modify readonly property Pier\Tcp\TcpRequest::$body', $e->getMessage());
         }
         self::assertSame("\x00\xff\r\n", $request->body);
+
+        $copy = clone $request;
+        self::assertEquals($request, $copy);
+        self::assertNotSame($request, $copy);
+        self::assertSame("s\x00", $copy->getState());
     }
 
     public function testExceptionsAreConstructibleAndFormAHierarchy(): void
