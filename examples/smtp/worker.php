@@ -8,6 +8,7 @@ declare(strict_types=1);
  *   SMTP_MAILDIR   where accepted messages go, one .eml file each (default: examples/smtp/var/mail)
  *   SMTP_HOSTNAME  the name in the greeting (default: localhost)
  *   SMTP_MAX_SIZE  the largest message accepted, in bytes, advertised as SIZE (default: 33554432)
+ *   SMTP_TRACE=1   one stderr line per reply sent (not per message line): which worker answered what
  */
 
 require __DIR__ . '/../bootstrap.php';
@@ -25,6 +26,7 @@ $smtp = new Server(
     new Maildir(getenv('SMTP_MAILDIR') ?: __DIR__ . '/var/mail'),
     (int) (getenv('SMTP_MAX_SIZE') ?: 32 * 1024 * 1024),
 );
+$trace = getenv('SMTP_TRACE') === '1';
 $tcp = TcpWorker::create();
 
 while ($request = $tcp->waitRequest()) {
@@ -47,6 +49,9 @@ while ($request = $tcp->waitRequest()) {
         continue;
     }
 
+    if ($trace && $reply->response !== TcpResponse::Read) {
+        fwrite(STDERR, sprintf("smtp trace: worker %d answered %s on %s\n", getmypid(), substr($reply->text, 0, 3), $request->getConnectionUuid()));
+    }
     if ($reply->transaction !== null) {
         $tcp->setState($reply->transaction->toState());
     }

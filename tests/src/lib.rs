@@ -6,6 +6,7 @@
 //! timing assertion.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -163,7 +164,7 @@ impl Pier {
         config: &str,
         servers: &[&str],
         worker: WorkerImpl,
-        env: &[(&str, &Path)],
+        env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
         let root = repo_root();
         let binary = root.join("target/release/pier");

@@ -174,7 +174,10 @@ fn smtp_session(worker: WorkerImpl) {
         "examples/smtp/.rr.yaml",
         &["smtp"],
         worker,
-        &[("SMTP_MAILDIR", &mail)],
+        &[
+            ("SMTP_MAILDIR", mail.as_os_str()),
+            ("SMTP_TRACE", "1".as_ref()),
+        ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -267,6 +270,27 @@ fn smtp_session(worker: WorkerImpl) {
         status.success(),
         "pier serve exited with {status} after SIGTERM; output:\n{output}"
     );
+    // The session's replies (SMTP_TRACE) came from both workers: its transaction really travelled
+    // between processes in the connection state.
+    let answered = |line: &str| line.split("smtp trace: worker ").nth(1).map(str::to_owned);
+    let traces: Vec<String> = output.lines().filter_map(answered).collect();
+    let session = traces
+        .iter()
+        .find(|t| t.contains(" answered 221 on "))
+        .and_then(|t| t.split(" on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no trace of the QUIT reply; output:\n{output}"));
+    let mut workers: Vec<&str> = traces
+        .iter()
+        .filter(|t| t.contains(session))
+        .filter_map(|t| t.split(' ').next())
+        .collect();
+    workers.sort_unstable();
+    workers.dedup();
+    assert!(
+        workers.len() >= 2,
+        "one session's replies came from workers {workers:?}; traces: {traces:#?}"
+    );
     std::fs::remove_dir_all(&mail).ok();
 }
 
@@ -278,7 +302,7 @@ fn abandoned_data(worker: WorkerImpl) {
         "examples/smtp/.rr.yaml",
         &["smtp"],
         worker,
-        &[("SMTP_MAILDIR", &mail)],
+        &[("SMTP_MAILDIR", mail.as_os_str())],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut smtp = Client::connect(&pier);
