@@ -166,6 +166,25 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
+        // A port is free when picked but another process may take it before pier binds it: then
+        // pier exits saying "could not listen", and new ports are tried (a bounded number of times).
+        let mut attempts = 3;
+        loop {
+            attempts -= 1;
+            match Self::start_once(config, servers, worker, env) {
+                Err(HarnessError::ExitedEarly { output, .. })
+                    if attempts > 0 && output.contains("could not listen") => {}
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(
+        config: &str,
+        servers: &[&str],
+        worker: WorkerImpl,
+        env: &[(&str, &OsStr)],
+    ) -> Result<Pier, HarnessError> {
         let root = repo_root();
         let binary = root.join("target/release/pier");
         if !binary.is_file() {
