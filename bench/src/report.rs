@@ -402,9 +402,15 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     let _ = writeln!(
         o,
         "- Closed loop: each connection sends `depth` packets of `size` bytes (delimiter included), waits for all \
-         replies, repeats. {:.1} s warm-up, then {:.1} s measured per cell (chosen so the full grid fits in about \
-         10 minutes). msg/s = replies received in the window / window; latency = reply time − batch send time.",
-        s.warmup, s.duration
+         replies, repeats. {:.1} s warm-up, then {:.1} s measured per cell ({}). msg/s = replies received in the \
+         window / window; latency = reply time − batch send time (a batch's last reply waits for the whole batch).",
+        s.warmup,
+        s.duration,
+        if s.quick {
+            "smoke-run windows: too short for conclusions"
+        } else {
+            "chosen so the whole run, ~110 load runs with their connect ramps and settling, stays well under 15 minutes"
+        }
     );
     let _ = writeln!(o, "- Server CPU µs/msg: CPU time (from /proc schedstat) of the server and all its worker processes during the window ÷ replies. On one pinned core, 1e6 ÷ this is the throughput ceiling of that target.");
     let _ = writeln!(o, "- gen CPU %: the load generator's own CPU in the window (100 % = its core is saturated: that row is bounded by the generator).");
@@ -433,14 +439,14 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     {
         let _ = writeln!(o, "\n## Echo, open loop at {} msg/s\n", n(rate));
         let _ = writeln!(o, "Packets are sent on a fixed schedule whatever the replies do, and latency is measured from the *scheduled* send time (no coordinated omission). The generator wakes 1.5 ms early and yields until the exact send time (tokio timers are 1 ms coarse), so its own lag (scheduled → actual send, median, shown) stays small; the raw row is the floor.\n");
-        o.push_str("| target | conns | size | achieved msg/s | p50 µs | p99 µs | p999 µs | max µs | send lag p50 µs | server CPU µs/msg | errors |\n");
-        o.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        o.push_str("| target | conns | size | achieved msg/s | p50 µs | p99 µs | p999 µs | max µs | send lag p50 µs | server CPU µs/msg | gen CPU % | other CPU % | errors |\n");
+        o.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
         for row in rows.iter().filter(|r| r.section == Section::Open(rate)) {
             match &row.result {
                 Ok(r) => {
                     let _ = writeln!(
                         o,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {} |",
                         row.target.label(),
                         row.cell.connections,
                         size(row.cell.size),
@@ -451,13 +457,15 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
                         us(r.max_us),
                         us(r.send_lag_p50_us),
                         cpu_us_per_msg(r),
+                        r.client_cpu_ns as f64 / (r.seconds * 1e9) * 100.0,
+                        (r.other_cpu_ns + r.steal_ns) as f64 / (r.seconds * 1e9) * 100.0,
                         errors(r)
                     );
                 }
                 Err(e) => {
                     let _ = writeln!(
                         o,
-                        "| {} | {} | {} | – | – | – | – | – | – | – | failed: {} |",
+                        "| {} | {} | {} | – | – | – | – | – | – | – | – | – | failed: {} |",
                         row.target.label(),
                         row.cell.connections,
                         size(row.cell.size),
