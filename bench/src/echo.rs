@@ -245,6 +245,28 @@ mod tests {
     }
 
     #[test]
+    fn only_loopback_targets_are_loaded() {
+        use crate::loadgen::{run, LoadError, Mode, Shape};
+        let shape = Shape {
+            addr: "192.0.2.1:80".parse().expect("address"),
+            connections: 1,
+            size: 8,
+            delimiter: b"\n".to_vec(),
+            connect_concurrency: 1,
+            connect_timeout: Duration::from_secs(1),
+            watch_pid: None,
+        };
+        let err = run(
+            shape,
+            Mode::Idle {
+                hold: Duration::ZERO,
+            },
+        )
+        .expect_err("refused");
+        assert!(matches!(err, LoadError::Options(m) if m.contains("loopback")));
+    }
+
+    #[test]
     fn nothing_listening_is_an_error_not_a_hang() {
         use crate::loadgen::{run, LoadError, Mode, Shape};
         // Bind then drop: the port is (almost certainly) closed now.

@@ -148,6 +148,14 @@ pub struct LoadReport {
 
 /// Runs one load and returns its report.
 pub fn run(shape: Shape, mode: Mode) -> Result<LoadReport, LoadError> {
+    if !shape.addr.ip().is_loopback() {
+        // A load generator that can aim at other hosts is a flooding tool; Pier's bench only
+        // ever measures servers on this machine.
+        return Err(LoadError::Options(format!(
+            "{} is not a loopback address: pier-bench only loads servers on this machine",
+            shape.addr
+        )));
+    }
     if shape.connections == 0 {
         return Err(LoadError::Options("connections must be at least 1".into()));
     }
