@@ -138,7 +138,7 @@ PIER_CATS=(
   'event context JSON encoding|json|encode_event'
   'tracing spans (per-event span enter/exit)|tracing'
   'worker pool channel (async-channel, event-listener)|event_listener|async_channel|concurrent_queue'
-  'floating point (pow, int→float: timing arithmetic)|pow|floattidf|floatundidf|libm'
+  'tokio multi-thread scheduler stats (EWMA: pow, int→float)|pow|floattidf|floatundidf|libm'
   'goridge frame + CRC32|crc32|frame::'
   'tokio runtime: scheduler, I/O readiness, timers, clock|tokio|mio::|Timespec|clock_gettime|vdso|parking_lot'
   'memory: memcpy, malloc/free|memcpy|memmove|memset|malloc|free|realloc|_int_|alloc::'
