@@ -580,7 +580,21 @@ fn pinned(cpus: &Option<String>, program: &Path) -> Command {
 
 /// Starts one target and waits until it accepts connections.
 fn start(env: &Env, id: TargetId) -> Result<Server, HarnessError> {
-    let addr = free_port()?;
+    // The port is picked before the server binds it, so another process may take it meanwhile:
+    // a server that exits while starting gets two more tries on fresh ports.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_on(env, id, free_port()?) {
+            Err(HarnessError::NotReady { why, .. })
+                if attempt < 3 && why.starts_with("it exited") => {}
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`start`] on `addr`.
+fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, HarnessError> {
     let name = id.file_name();
     let log = env.scratch.join(format!("{name}.log"));
     let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
