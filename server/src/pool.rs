@@ -133,11 +133,40 @@ pub enum PoolError {
         #[source]
         source: MessageError,
     },
+    /// The worker wrote to stdout while idle (a stray `echo` from a timer or destructor, or bytes
+    /// trailing its last reply); it is killed and replaced before any event is handed to it.
+    #[error("worker pid {pid} wrote bytes while idle (not answering any event): {bytes:?}")]
+    IdleGarbage {
+        /// The worker.
+        pid: u32,
+        /// The first bytes, lossily as text.
+        bytes: String,
+    },
+    /// The worker closed its stdout (exited) while idle; it is replaced before any event is
+    /// handed to it.
+    #[error("worker pid {pid} exited while idle")]
+    IdleExited {
+        /// The worker.
+        pid: u32,
+        /// The read error, if it was one rather than EOF.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The event could not be written to the worker (it is gone): the worker never read it, so the
+    /// event is run on another worker.
+    #[error("could not hand the event to worker pid {pid}")]
+    Undelivered {
+        /// The worker.
+        pid: u32,
+        /// The pipe error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The event does not fit in a frame (a packet or state over 4 GiB: a config allowing it).
     #[error("could not encode the event")]
     Encode(#[source] pier_protocol::frame::EncodeError),
     /// Every worker tried asked to stop.
-    #[error("the event was re-run {0} times after stop replies; giving up")]
+    #[error("the event was re-run {0} times (stop replies, workers gone); giving up")]
     TooManyReruns(usize),
 }
 
@@ -234,10 +263,7 @@ impl Worker {
         self.stdin
             .write_all(&self.wbuf)
             .await
-            .map_err(|e| PoolError::WorkerExited {
-                pid,
-                source: Some(e),
-            })?;
+            .map_err(|source| PoolError::Undelivered { pid, source })?;
         loop {
             match decode(&self.rbuf, MAX_WORKER_FRAME) {
                 Ok(Some((frame, used))) => {
@@ -305,6 +331,52 @@ impl Worker {
             }
         }
     }
+}
+
+impl Worker {
+    /// Checks, right before an event is handed over, that the worker stayed silent while idle: no
+    /// bytes left after its last reply, nothing new on its stdout, stdout not closed. This is one
+    /// non-blocking `read(2)` on the pipe (answered `EAGAIN` when all is well), replacing the
+    /// `waitpid` that used to check for death, so the hot path pays no extra syscall.
+    ///
+    /// A real syscall rather than tokio's cached readiness: the cache only learns about bytes when
+    /// the reactor next polls epoll, which under load can be after the event is handed over.
+    fn check_idle(&mut self) -> Result<(), PoolError> {
+        let pid = self.pid;
+        if !self.rbuf.is_empty() {
+            return Err(PoolError::IdleGarbage {
+                pid,
+                bytes: control_text(&self.rbuf),
+            });
+        }
+        let mut probe = [0u8; 64];
+        match read_now(&self.stdout, &mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Ok(0) => Err(PoolError::IdleExited { pid, source: None }),
+            Ok(n) => Err(PoolError::IdleGarbage {
+                pid,
+                bytes: control_text(&probe[..n]),
+            }),
+            Err(e) => Err(PoolError::IdleExited {
+                pid,
+                source: Some(e),
+            }),
+        }
+    }
+}
+
+/// One non-blocking `read(2)` on a worker's stdout, bypassing tokio's readiness cache. tokio made
+/// the pipe `O_NONBLOCK`, so an empty pipe answers `WouldBlock`; bytes read here are never needed
+/// by tokio (the worker is killed when there are any).
+fn read_now(stdout: &ChildStdout, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd belongs to `stdout`, which is borrowed for the whole call, so it stays open;
+    // `buf` is a live, writable slice of exactly `buf.len()` bytes.
+    let n = unsafe { libc::read(stdout.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// At most 64 bytes, lossily as text, for logs.
@@ -493,6 +565,13 @@ impl Pool {
                     self.retire(worker);
                     self.request_respawn();
                 }
+                Err(e @ PoolError::Undelivered { .. }) => {
+                    // The worker never read the event (it died after the idle check): run it on
+                    // another one.
+                    warn!(error = %e, "worker gone; running the event on another worker");
+                    self.kill(worker);
+                    self.request_respawn();
+                }
                 Err(e @ PoolError::Encode(_)) => {
                     // Nothing reached the worker: it is fine.
                     worker.jobs = worker.jobs.saturating_sub(1);
@@ -509,8 +588,9 @@ impl Pool {
         Err(PoolError::TooManyReruns(MAX_RERUNS))
     }
 
-    /// Takes an idle worker, waiting up to `timeout`. A worker that died while idle is replaced
-    /// here, before any event is lost on it.
+    /// Takes an idle worker, waiting up to `timeout`. A worker that died or wrote to stdout while
+    /// idle is killed and replaced here, before any event is handed to it (see
+    /// [`Worker::check_idle`]), so the event loses nothing.
     async fn acquire(&self, timeout: Duration) -> Result<Worker, PoolError> {
         loop {
             // Fast path without a timer: a worker is usually free.
@@ -525,13 +605,11 @@ impl Pool {
                     }
                 }
             };
-            match worker.child.try_wait() {
-                Ok(None) => return Ok(worker),
-                Ok(Some(status)) => {
-                    warn!(pid = worker.pid, %status, "idle worker exited; replacing it");
-                }
+            match worker.check_idle() {
+                Ok(()) => return Ok(worker),
                 Err(e) => {
-                    warn!(pid = worker.pid, error = %e, "could not check worker; replacing it")
+                    // Nothing was handed to it: the event waits for another worker.
+                    warn!(error = %e, "replacing worker; the event goes to another worker");
                 }
             }
             self.kill(worker);

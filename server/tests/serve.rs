@@ -203,6 +203,69 @@ async fn garbage_on_worker_stdout_replaces_the_worker() {
     h.shutdown().await;
 }
 
+/// Waits (bounded) until a worker created `name` in the test directory.
+async fn wait_for_marker(h: &Harness, name: &str) {
+    let marker = h.dir.path().join(name);
+    for _ in 0..2000 {
+        if marker.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the worker never created {name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_echo_from_an_idle_worker_costs_no_connection() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut c = h.connect("s").await;
+    let (_, _, uuid) = c.hello().await;
+    let pid = c.ask("echo-later\r\n").await;
+    // The only worker is idle and has written its stray line.
+    wait_for_marker(&h, "echoed").await;
+    let next = c.ask("pid\r\n").await;
+    assert_ne!(
+        next, pid,
+        "the event ran on a replacement, not on the noisy worker"
+    );
+    assert_eq!(
+        c.ask("pid\r\n").await,
+        next,
+        "the replacement stays in service"
+    );
+    // Stray bytes right behind a reply (same write) are caught the same way.
+    let noisy = c.ask("echo-trailing\r\n").await;
+    let after = c.ask("pid\r\n").await;
+    assert_ne!(
+        after, noisy,
+        "the noisy worker was replaced before the next event"
+    );
+    assert!(
+        h.log("closes.log").is_empty(),
+        "the connection was never closed"
+    );
+    c.send("close\r\n").await;
+    assert_eq!(c.rest().await, b"");
+    h.shutdown().await;
+    let closes = h.log("closes.log");
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert!(closes[0].starts_with(&uuid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_echo_from_an_idle_worker_moves_the_event_to_a_healthy_worker() {
+    let mut h = Harness::rust(ONE, &pool(2, "")).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let noisy = c.ask("echo-later\r\n").await;
+    wait_for_marker(&h, "echoed").await;
+    // Whichever worker the queue hands out next, every answer comes, and never from the noisy one.
+    for i in 0..6 {
+        assert_ne!(c.ask("pid\r\n").await, noisy, "event {i}");
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_waits_longer_than_allocate_timeout_closes_its_connection() {
     let dir = tempfile::tempdir().unwrap();

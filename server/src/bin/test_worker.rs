@@ -10,7 +10,9 @@
 //!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `flood <n>` → n bytes `f`; `exit-after` → answers `<pid>`, then exits while idle;
 //!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
-//!   `stderr` → two lines on stderr, answers `ok`; anything else → `<server>:<packet>`.
+//!   `stderr` → two lines on stderr, answers `ok`; `echo-later` → answers `<pid>`, then (idle)
+//!   writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
+//!   with a stray line right behind the reply, in the same write; anything else → `<server>:<packet>`.
 //! - CLOSE: appends `<uuid> <hex state>` to `$TW_DIR/closes.log`, answers CLOSE.
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
@@ -206,6 +208,22 @@ fn data(
             let _ = std::fs::write(dir.join("sleeping"), pid.to_string());
             std::thread::sleep(std::time::Duration::from_millis(ms));
             write(out, "slept\n".into(), None);
+        }
+        "echo-later" => {
+            write(out, format!("{pid}\n"), None);
+            stdout.write_all(out).unwrap();
+            stdout.flush().unwrap();
+            out.clear();
+            // As a PHP timer or destructor echoing between events would.
+            stdout
+                .write_all(b"Notice: stray echo while idle\n")
+                .unwrap();
+            stdout.flush().unwrap();
+            let _ = std::fs::write(dir.join("echoed"), pid.to_string());
+        }
+        "echo-trailing" => {
+            write(out, format!("{pid}\n"), None);
+            out.extend_from_slice(b"Notice: stray echo after the reply\n");
         }
         "stderr" => {
             eprintln!("line one from the worker");
