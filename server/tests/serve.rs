@@ -548,3 +548,34 @@ async fn replacements_that_cannot_start_leave_the_server_up_and_stoppable() {
     }
     h.shutdown().await;
 }
+
+/// IPv6 loopback (this machine has `::1` on `lo`): both address spellings bind, events name the
+/// client by its IPv6 address, and an IPv4 server runs beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_servers_serve_and_report_the_client_address() {
+    let servers = "    v6:\n      addr: \"[::1]:0\"\n    v6tcp:\n      addr: \"tcp://[::1]:0\"\n    v4:\n      addr: 127.0.0.1:0\n";
+    let mut h = Harness::rust(servers, &pool(2, "")).await;
+    for name in ["v6", "v6tcp"] {
+        assert!(
+            h.addrs[name].is_ipv6(),
+            "{name} listens on {}",
+            h.addrs[name]
+        );
+        let mut c = h.connect(name).await;
+        let (server, remote, _) = c.hello().await;
+        assert_eq!(server, name);
+        assert!(remote.starts_with("[::1]:"), "{remote}");
+        assert_eq!(
+            remote,
+            c.local.to_string(),
+            "remote_addr is the client's address"
+        );
+        c.send("a\r\nb\r\n").await;
+        assert_eq!(c.line().await.unwrap(), format!("{name}:a"));
+        assert_eq!(c.line().await.unwrap(), format!("{name}:b"));
+    }
+    let mut c4 = h.connect("v4").await;
+    let (_, remote, _) = c4.hello().await;
+    assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+    h.shutdown().await;
+}
