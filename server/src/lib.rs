@@ -12,7 +12,9 @@
 //! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
 //!
 //! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
-//! are alive → sockets closed → stop frame to each worker, `destroy_timeout`, then kill.
+//! are alive → sockets closed → stop frame to each worker, `destroy_timeout`, then kill. Workers
+//! still on the event they had when shutdown began are killed after `destroy_timeout`, so their
+//! connections get their CLOSE on other workers.
 
 pub mod codec;
 pub mod config;
@@ -138,6 +140,8 @@ impl Server {
         }
         shutdown.await;
         info!("shutting down: closing connections");
+        // Workers busy now and still on the same event after destroy_timeout are stuck on it.
+        let busy = self.pool.busy_workers();
         token.cancel();
         for accept in accept_loops {
             let _ = accept.await;
@@ -147,7 +151,24 @@ impl Server {
             .await
             .is_err()
         {
-            error!(timeout = ?self.destroy_timeout, "connections did not finish in time");
+            // Kill the workers stuck on one event since shutdown began: their events fail as for
+            // a crash, so those connections get their CLOSE on another (or a replacement) worker,
+            // the stuck one being dead first (events of a connection never overlap).
+            let killed = self.pool.kill_stuck(&busy);
+            if !killed.is_empty() {
+                warn!(
+                    pids = ?killed,
+                    timeout = ?self.destroy_timeout,
+                    "killed workers stuck on one event for destroy_timeout; their connections get CLOSE on other workers"
+                );
+            }
+            if killed.is_empty()
+                || tokio::time::timeout(self.destroy_timeout, connections.wait())
+                    .await
+                    .is_err()
+            {
+                error!(timeout = ?self.destroy_timeout, "connections did not finish in time");
+            }
         }
         info!("stopping workers");
         self.pool.shutdown().await;

@@ -4,6 +4,8 @@
 //! workers); an event takes one out, runs on it exclusively, and puts it back. A supervisor task
 //! starts replacements with backoff, so a script that dies at start does not spin the CPU.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -233,6 +235,23 @@ struct Worker {
     wbuf: Vec<u8>,
     /// Events handled, for max_jobs.
     jobs: u64,
+    /// Counts event starts and ends (odd = in an event); the last value is published in
+    /// `activity`.
+    seq: u64,
+    /// `seq` as the shutdown sees it, through the registry: one plain atomic store per event start
+    /// and end, so a worker stuck on one event can be found without a lock on the hot path.
+    activity: Arc<AtomicU64>,
+    /// How it was started; holds the registry this worker leaves when dropped.
+    spec: Arc<Spec>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Before the `Child` is dropped (and possibly reaped): a registered pid is never reused.
+        if let Ok(mut registry) = self.spec.registry.lock() {
+            registry.remove(&self.pid);
+        }
+    }
 }
 
 /// What a worker said about an event.
@@ -246,8 +265,18 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Sends the event and reads frames until the worker answers it.
+    /// Runs one event, publishing that the worker is busy meanwhile (see `activity`).
     async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+        self.seq += 1;
+        self.activity.store(self.seq, Ordering::Relaxed);
+        let outcome = self.exec_frames(event).await;
+        self.seq += 1;
+        self.activity.store(self.seq, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Sends the event and reads frames until the worker answers it.
+    async fn exec_frames(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
         encode_event_with_state(
@@ -407,11 +436,22 @@ impl Backoff {
     }
 }
 
-/// How to start a worker; shared by the pool and its supervisor.
+/// How to start a worker; shared by the pool, its supervisor and every worker.
 #[derive(Debug)]
 struct Spec {
     /// Command, env, timeouts, max_jobs.
     config: PoolConfig,
+    /// Every live worker's pid and activity counter, so the shutdown can find and kill workers
+    /// stuck on one event. Locked only when a worker starts or is dropped, and at shutdown.
+    registry: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+}
+
+/// Workers that were in the middle of an event at one moment, with their activity counters
+/// ([`Pool::busy_workers`]); later, [`Pool::kill_stuck`] kills those still on that same event.
+#[derive(Debug, Default)]
+pub struct BusyWorkers {
+    /// (pid, activity counter) of each worker that was busy.
+    busy: Vec<(u32, u64)>,
 }
 
 /// The pool handle; cheap to clone.
@@ -441,7 +481,10 @@ impl Pool {
     /// Starts `num_workers` workers. Fails only when none of them can start (showing the first
     /// failure, stderr included); the missing ones are retried in the background.
     pub async fn start(config: PoolConfig) -> Result<Pool, PoolError> {
-        let spec = Arc::new(Spec { config });
+        let spec = Arc::new(Spec {
+            config,
+            registry: Mutex::new(HashMap::new()),
+        });
         let n = spec.config.num_workers.max(1);
         let (idle_tx, idle_rx) = async_channel::bounded(n);
         let (respawn, respawn_rx) = mpsc::unbounded_channel();
@@ -676,6 +719,57 @@ impl Pool {
         });
     }
 
+    /// The workers in the middle of an event right now. Taken when shutdown starts; see
+    /// [`Pool::kill_stuck`].
+    pub fn busy_workers(&self) -> BusyWorkers {
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return BusyWorkers::default();
+        };
+        let busy = registry
+            .iter()
+            .map(|(pid, activity)| (*pid, activity.load(Ordering::Relaxed)))
+            .filter(|(_, seq)| seq % 2 == 1)
+            .collect();
+        BusyWorkers { busy }
+    }
+
+    /// Kills (SIGKILL) every worker of `before` that is still on the very same event, i.e. stuck
+    /// on it since `before` was taken. The event then fails as for a crash: its connection is
+    /// closed and gets its `CLOSE` on another worker (a replacement is started as usual). Returns
+    /// the pids killed.
+    pub fn kill_stuck(&self, before: &BusyWorkers) -> Vec<u32> {
+        // Held while killing: a registered worker is not dropped meanwhile, so its pid is not
+        // reaped and cannot have been reused.
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        for &(pid, seq) in &before.busy {
+            let Some(activity) = registry.get(&pid) else {
+                continue;
+            };
+            if activity.load(Ordering::Relaxed) != seq {
+                continue;
+            }
+            let Ok(target) = libc::pid_t::try_from(pid) else {
+                continue;
+            };
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours. `target` is our
+            // own unreaped child (see above), so its pid, and the process group it leads (workers
+            // start in their own group), cannot belong to anyone else. The group goes too: a
+            // process the worker started could otherwise keep its stdout open, and the event stuck.
+            let done = unsafe {
+                let leader = libc::kill(target, libc::SIGKILL);
+                libc::kill(-target, libc::SIGKILL);
+                leader
+            };
+            if done == 0 {
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+
     /// Stops every worker: no more respawns, stop frame to each idle worker, wait up to
     /// destroy_timeout each, then kill. Call after every connection is done.
     pub async fn shutdown(&self) {
@@ -690,7 +784,7 @@ impl Pool {
 }
 
 /// Starts one worker and completes the pid handshake within allocate_timeout.
-async fn spawn_worker(spec: &Spec) -> Result<Worker, PoolError> {
+async fn spawn_worker(spec: &Arc<Spec>) -> Result<Worker, PoolError> {
     let config = &spec.config;
     let mut cmd = Command::new(&config.command[0]);
     cmd.args(&config.command[1..])
@@ -766,6 +860,10 @@ async fn spawn_worker(spec: &Spec) -> Result<Worker, PoolError> {
     match answer {
         Ok(Some(Ok(()))) => {
             debug!(pid, "worker started");
+            let activity = Arc::new(AtomicU64::new(0));
+            if let Ok(mut registry) = spec.registry.lock() {
+                registry.insert(pid, activity.clone());
+            }
             Ok(Worker {
                 pid,
                 child,
@@ -774,6 +872,9 @@ async fn spawn_worker(spec: &Spec) -> Result<Worker, PoolError> {
                 rbuf,
                 wbuf,
                 jobs: 0,
+                seq: 0,
+                activity,
+                spec: spec.clone(),
             })
         }
         Ok(Some(Err(detail))) => {

@@ -579,3 +579,39 @@ async fn ipv6_loopback_servers_serve_and_report_the_client_address() {
     assert!(remote.starts_with("127.0.0.1:"), "{remote}");
     h.shutdown().await;
 }
+
+/// A connection whose event is stuck in a worker for longer than destroy_timeout at shutdown still
+/// gets its CLOSE: the stuck worker is killed and the CLOSE runs on a replacement (the only worker
+/// was the stuck one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delivers_close_for_an_event_stuck_longer_than_destroy_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        ONE,
+        "    num_workers: 1\n",
+        "",
+    )
+    .replace("destroy_timeout: 10s", "destroy_timeout: 300ms");
+    let mut h = Harness::start(dir, &text).await;
+    let mut stuck = h.connect("s").await;
+    let (_, _, uuid) = stuck.hello().await;
+    stuck.send("sleep 600000\r\n").await;
+    wait_for_marker(&h, "sleeping").await;
+    let pid: i32 = std::fs::read_to_string(h.dir.path().join("sleeping"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    h.shutdown().await;
+    assert_eq!(stuck.rest().await, b"", "closed without an answer");
+    let closes = h.log("closes.log");
+    assert_eq!(
+        closes.iter().filter(|l| l.starts_with(&uuid)).count(),
+        1,
+        "the stuck connection got its CLOSE: {closes:?}"
+    );
+    let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.split(' ').nth(2) == Some("Z"));
+    assert!(gone, "the stuck worker was killed");
+}
