@@ -265,18 +265,15 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Runs one event, publishing that the worker is busy meanwhile (see `activity`).
-    async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+    /// Publishes that an event starts or ended on this worker (see `activity`). A plain method
+    /// around the `exec` call rather than an async wrapper, which measurably grew the future.
+    fn mark(&mut self) {
         self.seq += 1;
         self.activity.store(self.seq, Ordering::Relaxed);
-        let outcome = self.exec_frames(event).await;
-        self.seq += 1;
-        self.activity.store(self.seq, Ordering::Relaxed);
-        outcome
     }
 
     /// Sends the event and reads frames until the worker answers it.
-    async fn exec_frames(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+    async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
         encode_event_with_state(
@@ -466,9 +463,9 @@ struct Inner {
     /// How to start workers.
     spec: Arc<Spec>,
     /// Idle workers go back here.
-    idle_tx: async_channel::Sender<Worker>,
+    idle_tx: async_channel::Sender<Box<Worker>>,
     /// Events take idle workers from here.
-    idle_rx: async_channel::Receiver<Worker>,
+    idle_rx: async_channel::Receiver<Box<Worker>>,
     /// Asks the supervisor for one replacement worker.
     respawn: mpsc::UnboundedSender<()>,
     /// Stopping workers and the supervisor, awaited at shutdown.
@@ -590,7 +587,10 @@ impl Pool {
         let timeout = self.inner.spec.config.allocate_timeout;
         for _ in 0..MAX_RERUNS {
             let mut worker = self.acquire(timeout).await?;
-            match worker.exec(event).await {
+            worker.mark();
+            let outcome = worker.exec(event).await;
+            worker.mark();
+            match outcome {
                 Ok(Outcome::Reply(reply)) => {
                     self.release(worker);
                     return Ok(reply);
@@ -634,7 +634,7 @@ impl Pool {
     /// Takes an idle worker, waiting up to `timeout`. A worker that died or wrote to stdout while
     /// idle is killed and replaced here, before any event is handed to it (see
     /// [`Worker::check_idle`]), so the event loses nothing.
-    async fn acquire(&self, timeout: Duration) -> Result<Worker, PoolError> {
+    async fn acquire(&self, timeout: Duration) -> Result<Box<Worker>, PoolError> {
         loop {
             // Fast path without a timer: a worker is usually free.
             let mut worker = match self.inner.idle_rx.try_recv() {
@@ -661,7 +661,7 @@ impl Pool {
     }
 
     /// Puts a worker back, or rotates it out after max_jobs events.
-    fn release(&self, mut worker: Worker) {
+    fn release(&self, mut worker: Box<Worker>) {
         worker.jobs += 1;
         let max_jobs = self.inner.spec.config.max_jobs;
         if max_jobs > 0 && worker.jobs >= max_jobs {
@@ -681,7 +681,7 @@ impl Pool {
 
     /// Stops a worker in the background: stop frame, wait up to destroy_timeout, then kill. Frames
     /// it still sends (the stock worker's stray `CLOSE` after the stop frame) are read and dropped.
-    fn retire(&self, mut worker: Worker) {
+    fn retire(&self, mut worker: Box<Worker>) {
         let destroy_timeout = self.inner.spec.config.destroy_timeout;
         self.inner.tasks.spawn(async move {
             worker.wbuf.clear();
@@ -709,7 +709,7 @@ impl Pool {
     }
 
     /// Kills a misbehaving or dead worker in the background and logs how it ended.
-    fn kill(&self, mut worker: Worker) {
+    fn kill(&self, mut worker: Box<Worker>) {
         self.inner.tasks.spawn(async move {
             let _ = worker.child.start_kill();
             match worker.child.wait().await {
@@ -784,7 +784,7 @@ impl Pool {
 }
 
 /// Starts one worker and completes the pid handshake within allocate_timeout.
-async fn spawn_worker(spec: &Arc<Spec>) -> Result<Worker, PoolError> {
+async fn spawn_worker(spec: &Arc<Spec>) -> Result<Box<Worker>, PoolError> {
     let config = &spec.config;
     let mut cmd = Command::new(&config.command[0]);
     cmd.args(&config.command[1..])
@@ -864,7 +864,9 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Worker, PoolError> {
             if let Ok(mut registry) = spec.registry.lock() {
                 registry.insert(pid, activity.clone());
             }
-            Ok(Worker {
+            // Boxed: the worker moves through the idle queue twice per event, and a pointer is
+            // cheaper to move than the whole struct (measured with callgrind).
+            Ok(Box::new(Worker {
                 pid,
                 child,
                 stdin,
@@ -875,7 +877,7 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Worker, PoolError> {
                 seq: 0,
                 activity,
                 spec: spec.clone(),
-            })
+            }))
         }
         Ok(Some(Err(detail))) => {
             let _ = child.start_kill();
