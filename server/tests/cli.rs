@@ -139,11 +139,18 @@ fn graceful_stop(signal: &str, whole_group: bool) {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // The connection stays open through the shutdown: it must still get its CLOSE.
-    let (uuid, _open) = runtime.block_on(async {
+    let (uuid, noisy, _open) = runtime.block_on(async {
         let mut c = Client::connect(addr).await;
         let (_, _, uuid) = c.hello().await;
         assert_eq!(c.ask("stderr\r\n").await, "ok");
-        (uuid, c)
+        // Stray bytes behind a reply: the worker is replaced before the next event (logged below).
+        let noisy = c.ask("echo-trailing\r\n").await;
+        assert_ne!(
+            c.ask("pid\r\n").await,
+            noisy,
+            "the next event ran elsewhere"
+        );
+        (uuid, noisy, c)
     });
     let target = if whole_group {
         format!("-{}", child.id())
@@ -166,6 +173,14 @@ fn graceful_stop(signal: &str, whole_group: bool) {
         .unwrap_or_else(|| panic!("worker stderr logged: {seen}"));
     assert!(stderr_line.contains("pid="), "{stderr_line}");
     assert!(seen.contains("line two from the worker"));
+    let idle_line = seen
+        .lines()
+        .find(|l| l.contains(&format!("worker pid {noisy} wrote bytes while idle")))
+        .unwrap_or_else(|| panic!("idle garbage logged with the pid: {seen}"));
+    assert!(
+        idle_line.contains("Notice: stray echo after the reply"),
+        "with the bytes: {idle_line}"
+    );
     let closes = std::fs::read_to_string(dir.path().join("closes.log")).unwrap();
     assert!(closes.contains(&uuid), "CLOSE delivered at shutdown");
 }
