@@ -140,12 +140,14 @@ impl Server {
         }
         shutdown.await;
         info!("shutting down: closing connections");
-        // Workers busy now and still on the same event after destroy_timeout are stuck on it.
-        let busy = self.pool.busy_workers();
         token.cancel();
         for accept in accept_loops {
             let _ = accept.await;
         }
+        // Workers busy now and still on the same event after destroy_timeout are stuck on it.
+        // Taken after the cancel: from here on, connections start no DATA event (but one whose
+        // packet was already read when the cancel came), only CLOSE events.
+        let busy = self.pool.busy_workers();
         connections.close();
         if tokio::time::timeout(self.destroy_timeout, connections.wait())
             .await
