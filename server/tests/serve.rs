@@ -282,14 +282,7 @@ async fn an_event_that_waits_longer_than_allocate_timeout_closes_its_connection(
     busy.hello().await;
     busy.send("sleep 3000\r\n").await;
     // The only worker is busy once it has written its marker (bounded wait, not a timing assertion).
-    let marker = h.dir.path().join("sleeping");
-    for _ in 0..2000 {
-        if marker.exists() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert!(marker.exists(), "the worker started sleeping");
+    wait_for_marker(&h, "sleeping").await;
     let mut late = Client::connect(h.addrs["s"]).await;
     assert_eq!(late.rest().await, b"", "no greeting: no free worker");
     assert_eq!(busy.line().await.unwrap(), "slept");
