@@ -329,8 +329,12 @@ impl ConnStats {
         self.first_error.get_or_insert_with(|| what.to_string());
     }
 
-    fn record(&mut self, histogram_ns: u64) {
-        self.messages += 1;
+    /// Records one reply's round trip; `counted` says whether it also counts toward throughput
+    /// (received inside the window).
+    fn record(&mut self, histogram_ns: u64, counted: bool) {
+        if counted {
+            self.messages += 1;
+        }
         self.hist.saturating_record(histogram_ns.max(1));
     }
 }
@@ -538,10 +542,13 @@ async fn closed_connection(
                 let k = memchr::memchr_iter(last, &buf[..n]).count();
                 bytes += n;
                 got += k;
-                if plan.measured(now) {
+                // Latency counts every reply after the warm-up, including those that arrive
+                // after the window for batches still in flight at its end: a connection the
+                // server starves must show in p99, not vanish from the histogram.
+                if now >= plan.start {
                     let rtt = (now - t0).as_nanos() as u64;
                     for _ in 0..k {
-                        stats.record(rtt);
+                        stats.record(rtt, plan.measured(now));
                     }
                 }
             }
@@ -652,8 +659,10 @@ async fn open_connection(
                     s.fail("more replies than packets sent");
                     return;
                 };
-                if plan.measured(now) {
-                    s.record((now - scheduled).as_nanos() as u64);
+                // Every packet scheduled after the warm-up counts for latency, whenever it is
+                // answered; only replies inside the window count for throughput.
+                if scheduled >= plan.start {
+                    s.record((now - scheduled).as_nanos() as u64, plan.measured(now));
                 }
             }
         }

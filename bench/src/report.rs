@@ -403,7 +403,9 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
         o,
         "- Closed loop: each connection sends `depth` packets of `size` bytes (delimiter included), waits for all \
          replies, repeats. {:.1} s warm-up, then {:.1} s measured per cell ({}). msg/s = replies received in the \
-         window / window; latency = reply time − batch send time (a batch's last reply waits for the whole batch).",
+         window / window; latency = reply time − batch send time (a batch's last reply waits for the whole batch), \
+         for every reply after the warm-up, including replies to batches still in flight when the window ends \
+         (so a starved connection shows in p99 instead of vanishing).",
         s.warmup,
         s.duration,
         if s.quick {
