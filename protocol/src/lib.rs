@@ -10,16 +10,20 @@
 //!   pid reply (worker → server).
 //! - [`tcp`]: the TCP plugin's messages: events (`CONNECTED`/`DATA`/`CLOSE`, server → worker) and
 //!   replies (`WRITE`/`CONTINUE`/`WRITECLOSE`/`CLOSE`, worker → server).
+//! - [`command`]: Pier command frames (worker → server, during an event, before its answer):
+//!   `push` ops and the generic framing other extensions' ops use.
 //! - [`message`]: classifies a decoded frame into everything a worker may say
 //!   ([`message::WorkerMessage`]) or a server may say ([`message::ServerMessage`]).
 //!
 //! Nothing here does I/O, allocates for a payload before it is validated, or panics on any input.
 
+pub mod command;
 pub mod control;
 pub mod frame;
 pub mod message;
 pub mod tcp;
 
+pub use command::Command;
 pub use frame::{decode, encode, Frame, FrameError, Options};
 pub use message::{MessageError, ServerMessage, WorkerMessage};
 pub use tcp::{

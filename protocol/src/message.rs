@@ -1,5 +1,6 @@
 //! Classifies decoded frames into what each side of the relay may say. See `PROTOCOL.md`.
 
+use crate::command::Command;
 use crate::control::{truncate, Control, STOP_PAYLOAD};
 use crate::frame::{flags, Frame};
 use crate::tcp::{split_parts, TcpEvent, TcpReply};
@@ -37,10 +38,13 @@ pub enum MessageError {
     /// A control frame that is neither a pid handshake nor a stop request.
     #[error("could not read control frame: unknown payload {0:?}")]
     UnknownControl(String),
+    /// A command frame's header (Pier extension) is longer than [`crate::command::MAX_HEADER`].
+    #[error("could not read command: header of {0} bytes is too long")]
+    CommandTooLarge(usize),
 }
 
 /// Everything a worker may send the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerMessage<'a> {
     /// The pid handshake answer.
     Pid(u32),
@@ -50,6 +54,8 @@ pub enum WorkerMessage<'a> {
     Stop,
     /// An answer to a TCP event.
     Reply(TcpReply<'a>),
+    /// A Pier command (extension), sent during an event before its answer.
+    Command(Command<'a>),
 }
 
 impl<'a> WorkerMessage<'a> {
@@ -63,6 +69,9 @@ impl<'a> WorkerMessage<'a> {
                 Control::Pid(pid) => Ok(WorkerMessage::Pid(pid)),
                 Control::Stop => Err(MessageError::UnknownControl(truncate(frame.payload))),
             };
+        }
+        if Command::is_command(frame) {
+            return Ok(WorkerMessage::Command(Command::decode(frame)?));
         }
         let parts = split_parts(frame)?;
         if parts.context == STOP_PAYLOAD && parts.body.is_empty() {

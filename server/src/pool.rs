@@ -313,6 +313,13 @@ impl Worker {
                             self.rbuf.advance(used);
                             return Ok(Outcome::Stop);
                         }
+                        Ok(WorkerMessage::Command(command)) => {
+                            // No feature with commands is advertised in PIER_FEATURES yet, so a
+                            // worker that sends one ignores the contract: log it, keep the event.
+                            warn!(pid, ?command, "worker error: command frame for a feature this server does not offer; ignored");
+                            drop(command);
+                            self.rbuf.advance(used);
+                        }
                         Ok(WorkerMessage::Reply(reply)) => {
                             let action = match reply.kind {
                                 ReplyKind::Write => Action::Write,
