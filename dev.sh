@@ -15,37 +15,121 @@ export PIER_EXT="$EXT" PIER_INI_DIR="$INI_DIR"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Debian packages the project needs, and a command that tells each is there.
-PACKAGES=(php8.2-cli php8.2-dev libclang-dev phpunit composer)
-have_package() {
-  case "$1" in
-    php8.2-cli) command -v php8.2 >/dev/null || command -v php >/dev/null ;;
-    php8.2-dev) command -v php-config >/dev/null && command -v phpize >/dev/null ;;
-    libclang-dev) compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || compgen -G '/usr/lib/*/libclang*.so*' >/dev/null ;;
-    phpunit) command -v phpunit >/dev/null ;;
-    composer) command -v composer >/dev/null ;;
-  esac
+# Debian packages the project needs: one name per entry, append yours (say in a comment what needs it).
+# A package counts as present only when dpkg-query reports it installed: never guess from a file or a
+# command on the PATH (libclang-cpp14's libclang-cpp.so once passed for libclang-dev).
+PACKAGES=(
+  gcc libc6-dev make # cargo's linker; phpize's configure and make
+  php8.2-cli         # the workers and the PHP suites
+  php8.2-dev         # php-config for ext-php-rs; phpize for the extension's standard build
+  libclang-dev       # bindgen (ext-php-rs) loads libclang at build time
+  phpunit composer   # the PHP suites; composer validate/install
+  netcat-openbsd     # nc, the client `./dev.sh demo` suggests
+)
+
+is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
+
+# Whether dpkg-query reports package $1 installed (not merely known, removed or half-configured).
+dpkg_installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
+
+# The packages of PACKAGES that are not installed, one per line: what setup installs.
+missing_packages() {
+  local p
+  for p in "${PACKAGES[@]}"; do dpkg_installed "$p" || printf '%s\n' "$p"; done
 }
 
 cmd_setup() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do have_package "$p" || missing+=("$p"); done
   command -v cargo >/dev/null || { echo "Rust is required: install it from https://rustup.rs" >&2; exit 1; }
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if ! command -v apt-get >/dev/null || ! grep -qiE 'debian|ubuntu' /etc/os-release 2>/dev/null; then
-    echo "Please install: PHP 8.2 CLI and headers (php-config, phpize), libclang, PHPUnit 9.6, Composer." >&2
-    echo "Missing here: ${missing[*]}" >&2
+  if ! is_debian; then
+    # No package database to ask: name what is needed and stop if a tool is clearly absent.
+    local tool absent=()
+    for tool in cc make php php-config phpize phpunit composer; do
+      command -v "$tool" >/dev/null || absent+=("$tool")
+    done
+    [ ${#absent[@]} -eq 0 ] && return 0
+    echo "Please install: a C toolchain and make, PHP 8.2 CLI and headers (php-config, phpize)," >&2
+    echo "libclang (LIBCLANG_PATH=its directory if bindgen cannot find it), PHPUnit 9.6, Composer." >&2
+    echo "Missing here: ${absent[*]}" >&2
     exit 1
   fi
+  local missing
+  mapfile -t missing < <(missing_packages)
+  [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   say "installing ${missing[*]}"
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  mapfile -t missing < <(missing_packages)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "error: setup ran apt-get install, but dpkg-query still reports not installed: ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+# The directory holding the libclang.so of the installed libclang-dev (Debian's default-version
+# package depends on libclang-NN-dev, which ships it), from dpkg's file list.
+libclang_dir() {
+  local dev lib
+  dev=$(dpkg-query -W -f='${Depends}' libclang-dev 2>/dev/null | grep -o 'libclang-[0-9.]*-dev' | head -n1)
+  [ -n "$dev" ] || return 1
+  lib=$(dpkg-query -L "$dev" 2>/dev/null | grep -m1 '/libclang\.so$') || return 1
+  [ -e "$lib" ] || return 1 # a dangling symlink is no libclang
+  dirname "$lib"
+}
+
+# Points bindgen at the package's libclang when it would not find it alone: clang-sys searches
+# /usr/lib*/*/* and /usr/local/lib*/*/* by itself (Debian's and Ubuntu's /usr/lib/llvm-NN/lib is among them), so
+# LIBCLANG_PATH is set only for a libclang elsewhere, which keeps cargo's build cache valid for a
+# plain `cargo build` too.
+use_package_libclang() {
+  local dir
+  [ -z "${LIBCLANG_PATH:-}" ] && is_debian && dir=$(libclang_dir) || return 0
+  case "$dir" in
+    /usr/lib* | /usr/local/lib*) ;;
+    *) export LIBCLANG_PATH="$dir" ;;
+  esac
+}
+
+# The CI guard, run by `test` before it builds: setup's view of every package must be dpkg-query's
+# (each asked again here, independently of missing_packages) and every package must be installed;
+# bindgen must find libclang. Catches a setup that guesses, and a package list that lost an install.
+cmd_check_setup() {
+  is_debian || { say "check-setup: not Debian/Ubuntu, no package database to check"; return 0; }
+  local p status setup_says bad=0 missing
+  mapfile -t missing < <(missing_packages)
+  for p in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) || status="unknown package"
+    [ -n "$status" ] || status="not installed"
+    setup_says=installed
+    [[ " ${missing[*]} " == *" $p "* ]] && setup_says=missing
+    if [ "$status" = installed ]; then
+      continue
+    elif [ "$setup_says" = installed ]; then
+      echo "error: setup believes $p is installed, dpkg-query reports: $status" >&2
+    else
+      echo "error: package $p is needed, dpkg-query reports: $status (./dev.sh setup installs it)" >&2
+    fi
+    bad=1
+  done
+  local dir
+  if ! dir=$(libclang_dir); then
+    echo "error: libclang-dev is installed but dpkg lists no libclang.so for it: bindgen would fail" >&2
+    bad=1
+  else
+    use_package_libclang
+    if [ -n "${LIBCLANG_PATH:-}" ] && ! compgen -G "$LIBCLANG_PATH/libclang*.so*" >/dev/null; then
+      echo "error: LIBCLANG_PATH=$LIBCLANG_PATH holds no libclang; the package's is in $dir" >&2
+      bad=1
+    fi
+  fi
+  [ "$bad" -eq 0 ] || exit 1
+  say "check-setup: ${#PACKAGES[@]} packages installed (dpkg-query), libclang in ${LIBCLANG_PATH:-$dir}"
 }
 
 cmd_build() {
   cmd_setup
+  use_package_libclang
   say "cargo build --release"
   cargo build --release --quiet
   mkdir -p "$INI_DIR"
@@ -100,6 +184,8 @@ test_e2e() {
 }
 
 cmd_test() {
+  cmd_setup
+  cmd_check_setup
   cmd_build
   cmd_lint
   test_rust
@@ -109,7 +195,8 @@ cmd_test() {
   say "all tests passed"
 }
 
-# The echo example in the foreground (examples/echo): Ctrl-C stops it.
+# The echo example in the foreground (examples/echo): Ctrl-C stops it. Arguments go to `pier serve`
+# (e.g. `-o tcp.servers.echo.addr=127.0.0.1:0` when 7777 is taken).
 cmd_demo() {
   cmd_build
   say "demo: the echo example (examples/echo/.rr.yaml); Ctrl-C stops it. In another terminal:"
@@ -117,7 +204,7 @@ cmd_demo() {
     nc 127.0.0.1 7777       # echo: type lines, each comes back; "quit" closes (nc: netcat-openbsd)
     nc -C 127.0.0.1 7778    # upper: CRLF-delimited lines come back in upper case
 DEMO
-  exec ./target/release/pier serve -c examples/echo/.rr.yaml
+  exec ./target/release/pier serve -c examples/echo/.rr.yaml "$@"
 }
 
 # The comparison (bench/): raw tokio echo vs pier + extension vs pier + pure PHP, same run.
@@ -137,9 +224,10 @@ cmd_help() {
   cat <<'HELP'
 usage: ./dev.sh COMMAND
   setup   install what is missing (Debian/Ubuntu: apt-get; elsewhere: says what to install)
+  check-setup  every needed package installed per dpkg-query, and bindgen finds libclang (test runs it)
   build   setup, then cargo build --release (target/release/pier and libpier.so)
   test    build, fmt + clippy, cargo test, the PHP suites and the end-to-end suite
-  demo    build, then run the echo example on 127.0.0.1:7777
+  demo    build, then run the echo example on 127.0.0.1:7777 (arguments go to `pier serve`)
   lint    cargo fmt --check and clippy -D warnings
   bench   build, then compare raw / pier+ext / pier+php (--quick: 60 s smoke run; full: ~10 min,
           writes bench/results/<date>.md)
@@ -147,7 +235,9 @@ HELP
 }
 
 case "${1:-help}" in
-  setup | build | test | demo | lint | help) "cmd_$1" ;;
+  setup | build | test | lint | help) "cmd_$1" ;;
+  demo) shift; cmd_demo "$@" ;;
+  check-setup) cmd_check_setup ;;
   bench) shift; cmd_bench "$@" ;;
   *) cmd_help >&2; exit 2 ;;
 esac
