@@ -10,6 +10,8 @@ use std::time::Duration;
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::framing::{Endian, Framing, LengthField, Strip, Varint};
+
 /// Default `tcp.servers.<name>.max_packet_size`: 1 MiB.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1 << 20;
 /// Default `tcp.servers.<name>.max_state_size`: 64 KiB.
@@ -97,9 +99,10 @@ pub struct ServerConfig {
     pub name: String,
     /// Where to listen, `host:port` (the `tcp://` prefix removed, `:port` meaning all interfaces).
     pub addr: String,
-    /// The packet delimiter; any bytes, several allowed.
-    pub delimiter: Vec<u8>,
-    /// Largest packet (delimiter included) before the connection is closed.
+    /// How client bytes are cut into packets (`framing`, `delimiter`).
+    pub framing: Framing,
+    /// Largest packet as it arrives (delimiter or header included) before the connection is
+    /// closed.
     pub max_packet_size: usize,
     /// Largest connection state a worker may store (Pier extension `state`).
     pub max_state_size: usize,
@@ -349,7 +352,13 @@ fn server_entry(
     check_keys(
         h,
         &path,
-        &["addr", "delimiter", "max_packet_size", "max_state_size"],
+        &[
+            "addr",
+            "delimiter",
+            "framing",
+            "max_packet_size",
+            "max_state_size",
+        ],
         &[],
         warnings,
     );
@@ -358,16 +367,6 @@ fn server_entry(
         None => String::new(),
     };
     let addr = normalize_addr(&addr).ok_or_else(|| ConfigError::EmptyAddress(name.to_owned()))?;
-    let delimiter = match h.get(&key("delimiter")) {
-        Some(v) => scalar_string(v, &format!("{path}.delimiter"))?.into_bytes(),
-        None => b"\r\n".to_vec(),
-    };
-    if delimiter.is_empty() {
-        return Err(ConfigError::Invalid {
-            key: format!("{path}.delimiter"),
-            problem: "the delimiter is empty".into(),
-        });
-    }
     let size = |field: &str, default: usize| -> Result<usize, ConfigError> {
         let k = format!("{path}.{field}");
         match h.get(&key(field)) {
@@ -385,18 +384,215 @@ fn server_entry(
         }
     };
     let max_packet_size = size("max_packet_size", DEFAULT_MAX_PACKET_SIZE)?;
-    if max_packet_size < delimiter.len() {
-        return Err(ConfigError::Invalid {
-            key: format!("{path}.max_packet_size"),
-            problem: "smaller than the delimiter".into(),
-        });
-    }
+    let framing = framing(h, &path, max_packet_size)?;
     Ok(ServerConfig {
         name: name.to_owned(),
         addr,
-        delimiter,
+        framing,
         max_packet_size,
         max_state_size: size("max_state_size", DEFAULT_MAX_STATE_SIZE)?,
+    })
+}
+
+/// Reads `<path>.framing` (a mode name, or a mapping with `mode` and the mode's keys) and
+/// `<path>.delimiter`, and checks them against `max`. Every key of the mapping belongs to some mode;
+/// one the chosen mode does not use is an error rather than ignored, as is `delimiter` outside
+/// delimiter mode, so a typo in `mode` cannot silently change how packets are cut.
+fn framing(h: &Hash, path: &str, max: usize) -> Result<Framing, ConfigError> {
+    let fpath = format!("{path}.framing");
+    let invalid = |field: &str, problem: String| ConfigError::Invalid {
+        key: if field.is_empty() {
+            fpath.clone()
+        } else {
+            format!("{fpath}.{field}")
+        },
+        problem,
+    };
+    let empty = Hash::new();
+    let (mode, keys) = match h.get(&key("framing")) {
+        None => ("delimiter".to_owned(), &empty),
+        Some(Yaml::Hash(keys)) => match keys.get(&key("mode")) {
+            Some(v) => (scalar_string(v, &format!("{fpath}.mode"))?, keys),
+            None => {
+                return Err(invalid(
+                    "mode",
+                    "missing: one of delimiter, length_field, varint, fixed, raw".into(),
+                ))
+            }
+        },
+        Some(v) => (scalar_string(v, &fpath)?, &empty),
+    };
+    let used: &[&str] = match mode.as_str() {
+        "delimiter" | "raw" => &[],
+        "length_field" => &[
+            "length_offset",
+            "length_size",
+            "endian",
+            "length_adjustment",
+            "strip",
+        ],
+        "varint" => &["length_offset", "length_size", "length_adjustment", "strip"],
+        "fixed" => &["size"],
+        other => {
+            return Err(invalid(
+                if keys.is_empty() { "" } else { "mode" },
+                format!("{other:?} is not one of delimiter, length_field, varint, fixed, raw"),
+            ))
+        }
+    };
+    for k in keys.keys() {
+        let name = scalar_string(k, &fpath)?;
+        if name != "mode" && !used.contains(&name.as_str()) {
+            return Err(invalid(&name, format!("not used by framing mode {mode}")));
+        }
+    }
+    if mode != "delimiter" && h.contains_key(&key("delimiter")) {
+        return Err(ConfigError::Invalid {
+            key: format!("{path}.delimiter"),
+            problem: format!("only used by framing mode delimiter, not {mode}"),
+        });
+    }
+    let int = |field: &str, default: i64| -> Result<i64, ConfigError> {
+        let Some(v) = keys.get(&key(field)) else {
+            return Ok(default);
+        };
+        let text = scalar_string(v, &format!("{fpath}.{field}"))?;
+        text.trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(field, format!("{text:?} is not an integer")))
+    };
+    let unsigned = |field: &str, default: usize| -> Result<usize, ConfigError> {
+        let n = int(field, default as i64)?;
+        usize::try_from(n).map_err(|_| invalid(field, format!("{n} is negative")))
+    };
+    let strip = |header_min: usize, what: &str| -> Result<Strip, ConfigError> {
+        match keys.get(&key("strip")) {
+            Some(Yaml::String(s)) if s == "header" => Ok(Strip::Header),
+            Some(_) => {
+                let n = unsigned("strip", 0)?;
+                if n > header_min {
+                    return Err(invalid(
+                        "strip",
+                        format!("{n} is longer than {what} ({header_min} bytes); use \"header\" to strip all of it"),
+                    ));
+                }
+                Ok(Strip::Bytes(n))
+            }
+            None => Ok(Strip::Bytes(0)),
+        }
+    };
+    // The smallest frame must fit: a config whose every frame is over max is a mistake.
+    let fits = |field: &str, smallest: i128| -> Result<(), ConfigError> {
+        if smallest > max as i128 {
+            return Err(invalid(
+                field,
+                format!("the smallest frame ({smallest} bytes) is over max_packet_size {max}"),
+            ));
+        }
+        Ok(())
+    };
+    Ok(match mode.as_str() {
+        "delimiter" => {
+            let delimiter = match h.get(&key("delimiter")) {
+                Some(v) => scalar_string(v, &format!("{path}.delimiter"))?.into_bytes(),
+                None => b"\r\n".to_vec(),
+            };
+            if delimiter.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: format!("{path}.delimiter"),
+                    problem: "the delimiter is empty".into(),
+                });
+            }
+            if max < delimiter.len() {
+                return Err(ConfigError::Invalid {
+                    key: format!("{path}.max_packet_size"),
+                    problem: "smaller than the delimiter".into(),
+                });
+            }
+            Framing::Delimiter(delimiter)
+        }
+        "length_field" => {
+            let offset = unsigned("length_offset", 0)?;
+            let size = unsigned("length_size", 4)?;
+            if ![1, 2, 3, 4, 8].contains(&size) {
+                return Err(invalid(
+                    "length_size",
+                    format!("{size} is not one of 1, 2, 3, 4, 8"),
+                ));
+            }
+            let header = offset.saturating_add(size);
+            if header > max {
+                return Err(invalid(
+                    "length_offset",
+                    format!("the length field (bytes {offset}..{header}) ends past max_packet_size {max}"),
+                ));
+            }
+            let endian = match keys.get(&key("endian")) {
+                None => Endian::Big,
+                Some(v) => match scalar_string(v, &format!("{fpath}.endian"))?.as_str() {
+                    "big" => Endian::Big,
+                    "little" => Endian::Little,
+                    other => {
+                        return Err(invalid("endian", format!("{other:?} is not big or little")))
+                    }
+                },
+            };
+            let adjustment = int("length_adjustment", 0)?;
+            fits(
+                "length_adjustment",
+                header as i128 + i128::from(adjustment.max(0)),
+            )?;
+            let strip = strip(header, "the header")?;
+            Framing::LengthField(LengthField {
+                offset,
+                size,
+                endian,
+                adjustment,
+                strip,
+            })
+        }
+        "varint" => {
+            let offset = unsigned("length_offset", 0)?;
+            let max_bytes = unsigned("length_size", 4)?;
+            if !(1..=10).contains(&max_bytes) {
+                return Err(invalid(
+                    "length_size",
+                    format!("{max_bytes} is not between 1 and 10 (the most bytes of the varint)"),
+                ));
+            }
+            if offset.saturating_add(1) > max {
+                return Err(invalid(
+                    "length_offset",
+                    format!("the varint (from byte {offset}) starts past max_packet_size {max}"),
+                ));
+            }
+            let adjustment = int("length_adjustment", 0)?;
+            fits(
+                "length_adjustment",
+                offset as i128 + 1 + i128::from(adjustment.max(0)),
+            )?;
+            let strip = strip(offset, "the bytes before the varint")?;
+            Framing::Varint(Varint {
+                offset,
+                max_bytes,
+                adjustment,
+                strip,
+            })
+        }
+        "fixed" => {
+            let size = match keys.get(&key("size")) {
+                Some(_) => unsigned("size", 0)?,
+                None => return Err(invalid("size", "missing: the bytes of every packet".into())),
+            };
+            if size == 0 || size > max {
+                return Err(invalid(
+                    "size",
+                    format!("{size} is not between 1 and max_packet_size {max}"),
+                ));
+            }
+            Framing::Fixed(size)
+        }
+        _ => Framing::Raw,
     })
 }
 
@@ -678,8 +874,8 @@ mod tests {
         assert_eq!(c.servers.len(), 1);
         let s = &c.servers[0];
         assert_eq!(
-            (s.name.as_str(), s.addr.as_str(), &s.delimiter[..]),
-            ("smtp", "127.0.0.1:0", &b"\r\n"[..])
+            (s.name.as_str(), s.addr.as_str(), &s.framing),
+            ("smtp", "127.0.0.1:0", &Framing::Delimiter(b"\r\n".to_vec()))
         );
         assert_eq!(s.max_packet_size, 1 << 20);
         assert_eq!(s.max_state_size, 65536);
@@ -730,10 +926,13 @@ tcp:
         assert_eq!(c.logs.encoding, LogEncoding::Json);
         let addrs: Vec<_> = c.servers.iter().map(|s| s.addr.as_str()).collect();
         assert_eq!(addrs, ["127.0.0.1:7001", "[::1]:0", "0.0.0.0:7002"]);
-        assert_eq!(c.servers[0].delimiter, b"--end--");
+        assert_eq!(
+            c.servers[0].framing,
+            Framing::Delimiter(b"--end--".to_vec())
+        );
         assert_eq!(c.servers[0].max_packet_size, 64);
         assert_eq!(c.servers[0].max_state_size, 9);
-        assert_eq!(c.servers[1].delimiter, b"\n");
+        assert_eq!(c.servers[1].framing, Framing::Delimiter(b"\n".to_vec()));
     }
 
     #[test]
@@ -812,6 +1011,129 @@ tcp:
         for (text, want) in cases {
             let err = parse(text).unwrap_err();
             assert_eq!(err.to_string(), *want);
+        }
+    }
+
+    fn framing_of(entry: &str) -> Result<Framing, ConfigError> {
+        let text = format!(
+            "version: '3'\nserver: {{command: x}}\ntcp: {{servers: {{s: {{addr: 'x:1', {entry}}}}}}}\n"
+        );
+        parse(&text).map(|c| c.servers[0].framing.clone())
+    }
+
+    #[test]
+    fn framing_modes_and_their_defaults() {
+        let lf = |offset, size, endian, adjustment, strip| {
+            Framing::LengthField(LengthField {
+                offset,
+                size,
+                endian,
+                adjustment,
+                strip,
+            })
+        };
+        let cases: Vec<(&str, Framing)> = vec![
+            ("delimiter: \"\\n\"", Framing::Delimiter(b"\n".to_vec())),
+            ("framing: delimiter", Framing::Delimiter(b"\r\n".to_vec())),
+            ("framing: raw", Framing::Raw),
+            ("framing: {mode: raw}", Framing::Raw),
+            (
+                "framing: length_field",
+                lf(0, 4, Endian::Big, 0, Strip::Bytes(0)),
+            ),
+            (
+                "framing: {mode: length_field, length_offset: 2, length_size: 3, endian: little, length_adjustment: -5, strip: 2}",
+                lf(2, 3, Endian::Little, -5, Strip::Bytes(2)),
+            ),
+            (
+                "framing: {mode: length_field, length_size: 8, strip: header}",
+                lf(0, 8, Endian::Big, 0, Strip::Header),
+            ),
+            (
+                "framing: {mode: varint, length_offset: 1}",
+                Framing::Varint(Varint {
+                    offset: 1,
+                    max_bytes: 4,
+                    adjustment: 0,
+                    strip: Strip::Bytes(0),
+                }),
+            ),
+            (
+                "framing: {mode: varint, length_size: 10, strip: header, length_adjustment: 2}",
+                Framing::Varint(Varint {
+                    offset: 0,
+                    max_bytes: 10,
+                    adjustment: 2,
+                    strip: Strip::Header,
+                }),
+            ),
+            ("framing: {mode: fixed, size: 16}", Framing::Fixed(16)),
+        ];
+        for (entry, want) in cases {
+            assert_eq!(framing_of(entry).unwrap(), want, "{entry}");
+        }
+        // `-o` values arrive as strings.
+        let c = Config::parse(
+            MINIMAL,
+            &[
+                "tcp.servers.smtp.framing.mode=length_field".into(),
+                "tcp.servers.smtp.framing.length_size=2".into(),
+                "tcp.servers.smtp.framing.strip=header".into(),
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.servers[0].framing,
+            lf(0, 2, Endian::Big, 0, Strip::Header)
+        );
+    }
+
+    #[test]
+    fn framing_errors_name_the_key() {
+        let p = "invalid value for tcp.servers.s.framing";
+        let cases: &[(&str, &str)] = &[
+            ("framing: lines", &format!("{p}: \"lines\" is not one of delimiter, length_field, varint, fixed, raw")),
+            ("framing: {mode: chunks}", &format!("{p}.mode: \"chunks\" is not one of")),
+            ("framing: {length_size: 2}", &format!("{p}.mode: missing")),
+            ("framing: {mode: length_field, length_size: 5}", &format!("{p}.length_size: 5 is not one of 1, 2, 3, 4, 8")),
+            ("framing: {mode: length_field, length_size: -1}", &format!("{p}.length_size: -1 is negative")),
+            (
+                "max_packet_size: 8, framing: {mode: length_field, length_offset: 6}",
+                &format!("{p}.length_offset: the length field (bytes 6..10) ends past max_packet_size 8"),
+            ),
+            (
+                "framing: {mode: length_field, length_size: 2, strip: 3}",
+                &format!("{p}.strip: 3 is longer than the header (2 bytes)"),
+            ),
+            ("framing: {mode: length_field, endian: middle}", &format!("{p}.endian: \"middle\" is not big or little")),
+            ("framing: {mode: length_field, length_adjustment: x}", &format!("{p}.length_adjustment: \"x\" is not an integer")),
+            (
+                "max_packet_size: 100, framing: {mode: length_field, length_adjustment: 100}",
+                &format!("{p}.length_adjustment: the smallest frame (104 bytes) is over max_packet_size 100"),
+            ),
+            ("framing: {mode: varint, length_size: 11}", &format!("{p}.length_size: 11 is not between 1 and 10")),
+            (
+                "framing: {mode: varint, length_offset: 1, strip: 2}",
+                &format!("{p}.strip: 2 is longer than the bytes before the varint (1 bytes)"),
+            ),
+            (
+                "max_packet_size: 4, framing: {mode: varint, length_offset: 4}",
+                &format!("{p}.length_offset: the varint (from byte 4) starts past max_packet_size 4"),
+            ),
+            ("framing: {mode: varint, endian: big}", &format!("{p}.endian: not used by framing mode varint")),
+            ("framing: {mode: fixed}", &format!("{p}.size: missing")),
+            ("framing: {mode: fixed, size: 0}", &format!("{p}.size: 0 is not between 1 and max_packet_size 1048576")),
+            ("max_packet_size: 8, framing: {mode: fixed, size: 9}", &format!("{p}.size: 9 is not between 1 and max_packet_size 8")),
+            ("framing: {mode: raw, size: 9}", &format!("{p}.size: not used by framing mode raw")),
+            (
+                "delimiter: x, framing: raw",
+                "invalid value for tcp.servers.s.delimiter: only used by framing mode delimiter, not raw",
+            ),
+        ];
+        for (entry, want) in cases {
+            let err = framing_of(entry).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{entry}: {err}");
         }
     }
 

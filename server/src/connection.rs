@@ -13,8 +13,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::codec::{CodecError, DelimiterCodec};
 use crate::config::ServerConfig;
+use crate::framing::{FrameCodec, FramingError};
 use crate::pool::{Action, Event, Pool, PoolError, Reply};
 
 /// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
@@ -91,7 +91,7 @@ pub(crate) async fn serve(
         };
         if flow == Flow::Read {
             let codec =
-                DelimiterCodec::new(&listener.config.delimiter, listener.config.max_packet_size);
+                FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
             // Start small so that thousands of idle connections stay cheap; the buffer grows
             // (up to max_packet_size) only for connections that send big packets.
             let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
@@ -117,16 +117,20 @@ pub(crate) async fn serve(
                             break;
                         }
                     },
-                    Some(Err(CodecError::PacketTooLarge { size, max })) => {
-                        warn!(
-                            size,
-                            max_packet_size = max,
-                            "client packet too large; closing"
-                        );
+                    Some(Err(FramingError::Io(e))) => {
+                        debug!(error = %e, "read error; closing");
                         break;
                     }
-                    Some(Err(CodecError::Io(e))) => {
-                        debug!(error = %e, "read error; closing");
+                    Some(Err(e @ FramingError::Truncated { .. })) => {
+                        info!(error = %e, "client closed mid-packet; the partial packet is dropped");
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        warn!(
+                            error = %e,
+                            framing = listener.config.framing.mode(),
+                            "client error: invalid packet; closing"
+                        );
                         break;
                     }
                     None => {

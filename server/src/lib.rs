@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`config`]: `.rr.yaml` (RoadRunner v3 layout): YAML tree, `${VAR}` expansion, `-o`
 //!   overrides, unknown-key warnings, validation into [`config::Config`].
-//! - [`codec`]: [`codec::DelimiterCodec`], the tokio-util `Decoder` that splits client bytes into
-//!   packets (every delimiter, any chunking, bounded by `max_packet_size`, EOF leftovers delivered).
+//! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
+//!   varint, fixed size, raw) that cuts client bytes into packets under any chunking, bounded by
+//!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's.
 //! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
 //!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
 //! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
@@ -16,9 +17,9 @@
 //! still on the event they had when shutdown began are killed after `destroy_timeout`, so their
 //! connections get their CLOSE on other workers.
 
-pub mod codec;
 pub mod config;
 mod connection;
+pub mod framing;
 pub mod pool;
 
 use std::future::Future;

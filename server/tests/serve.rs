@@ -608,3 +608,58 @@ async fn shutdown_delivers_close_for_an_event_stuck_longer_than_destroy_timeout(
         .map_or(true, |s| s.split(' ').nth(2) == Some("Z"));
     assert!(gone, "the stuck worker was killed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_framings_cut_packets_and_a_bad_header_closes_only_its_connection() {
+    let servers = concat!(
+        "    lf:\n      addr: 127.0.0.1:0\n      max_packet_size: 64\n",
+        "      framing: { mode: length_field, length_size: 2, strip: header }\n",
+        "    mq:\n      addr: 127.0.0.1:0\n      max_packet_size: 64\n",
+        "      framing: { mode: varint, length_offset: 1, strip: header }\n",
+        "    fx:\n      addr: 127.0.0.1:0\n      framing: { mode: fixed, size: 4 }\n",
+    );
+    let mut h = Harness::rust(servers, &pool(2, "")).await;
+
+    let mut lf = h.connect("lf").await;
+    let (_, _, lf_uuid) = lf.hello().await;
+    // Two frames in one write, the third split inside its length field.
+    lf.send(b"\0\x03one\0\x03two\0").await;
+    lf.send(b"\x05three").await;
+    for want in ["lf:one", "lf:two", "lf:three"] {
+        assert_eq!(lf.line().await.unwrap(), want);
+    }
+
+    let mut mq = h.connect("mq").await;
+    let (_, _, mq_uuid) = mq.hello().await;
+    mq.send(b"\x30\x05hello\xc0").await;
+    mq.send(b"\x00").await;
+    assert_eq!(mq.line().await.unwrap(), "mq:hello");
+    assert_eq!(
+        mq.line().await.unwrap(),
+        "mq:",
+        "an empty body after stripping"
+    );
+
+    let mut fx = h.connect("fx").await;
+    fx.hello().await;
+    fx.send(b"abcdefg").await;
+    fx.send(b"h").await;
+    assert_eq!(fx.line().await.unwrap(), "fx:abcd");
+    assert_eq!(fx.line().await.unwrap(), "fx:efgh");
+
+    // A length over max_packet_size and a 5-byte varint: each closes its own connection, no DATA.
+    lf.send(b"\xff\xff").await;
+    assert_eq!(lf.rest().await, b"");
+    mq.send(b"\x30\xff\xff\xff\xff\x01").await;
+    assert_eq!(mq.rest().await, b"");
+    let pid = fx.ask("pid ").await;
+    assert!(
+        pid.parse::<u32>().is_ok(),
+        "the fixed-size client is still served: {pid}"
+    );
+    h.shutdown().await;
+    let closes = h.log("closes.log");
+    for uuid in [lf_uuid, mq_uuid] {
+        assert!(closes.iter().any(|l| l.starts_with(&uuid)), "{closes:?}");
+    }
+}

@@ -8,23 +8,7 @@ use bytes::BytesMut;
 use memchr::memmem::Finder;
 use tokio_util::codec::Decoder;
 
-/// Why framing stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The client sent more than `max_packet_size` bytes without a delimiter (the client's fault).
-    #[error(
-        "could not frame packet: {size} bytes without a delimiter exceed max_packet_size {max}"
-    )]
-    PacketTooLarge {
-        /// Bytes buffered when the limit was crossed.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Reading the socket failed.
-    #[error("could not read from client")]
-    Io(#[from] std::io::Error),
-}
+use super::FramingError;
 
 /// Splits a byte stream on a delimiter (any bytes, several allowed); each packet keeps its
 /// delimiter, as RoadRunner sends it.
@@ -61,9 +45,9 @@ impl DelimiterCodec {
 
 impl Decoder for DelimiterCodec {
     type Item = BytesMut;
-    type Error = CodecError;
+    type Error = FramingError;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
         if self.discarding {
             buf.clear();
             return Ok(None);
@@ -80,7 +64,7 @@ impl Decoder for DelimiterCodec {
             let size = buf.len();
             self.discarding = true;
             buf.clear();
-            return Err(CodecError::PacketTooLarge {
+            return Err(FramingError::NoDelimiter {
                 size,
                 max: self.max,
             });
@@ -90,7 +74,7 @@ impl Decoder for DelimiterCodec {
         Ok(None)
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
         if let Some(packet) = self.decode(buf)? {
             return Ok(Some(packet));
         }
@@ -118,7 +102,7 @@ mod tests {
                 match codec.decode(&mut buf) {
                     Ok(Some(p)) => out.push(p.to_vec()),
                     Ok(None) => break,
-                    Err(CodecError::PacketTooLarge { .. }) => return (out, true),
+                    Err(FramingError::NoDelimiter { .. }) => return (out, true),
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -256,7 +240,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"abcdef"[..]);
         assert!(matches!(
             codec.decode(&mut buf),
-            Err(CodecError::PacketTooLarge { size: 6, max: 4 })
+            Err(FramingError::NoDelimiter { size: 6, max: 4 })
         ));
         buf.extend_from_slice(b"x\n");
         assert!(codec.decode(&mut buf).unwrap().is_none());
