@@ -74,6 +74,17 @@ pub enum ConfigError {
     /// A relay Pier does not implement yet.
     #[error("server.relay {0:?} is not supported yet: use pipes")]
     RelayNotSupported(String),
+    /// An operations listener (metrics, status) on an address other hosts can reach, without the
+    /// config saying so: these endpoints have no authentication.
+    #[error("{key} {addr:?} is reachable from other hosts, and it has no authentication: use a loopback address (127.0.0.1, [::1], localhost), or set {allow_key}: true if a firewall or network policy guards it")]
+    NotLoopback {
+        /// The address key.
+        key: String,
+        /// Its value.
+        addr: String,
+        /// The key that allows it.
+        allow_key: String,
+    },
 }
 
 /// Everything `pier serve` needs, validated.
@@ -87,6 +98,10 @@ pub struct Config {
     pub pool: PoolConfig,
     /// The `logs` section.
     pub logs: LogsConfig,
+    /// `metrics`: Prometheus exposition at `/metrics`; `None` = off.
+    pub metrics: Option<OpsListenerConfig>,
+    /// `status`: `/health` and `/ready`; `None` = off.
+    pub status: Option<StatusConfig>,
     /// Unknown or not-yet-supported keys, each naming its key path; logged by the caller once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -106,6 +121,61 @@ pub struct ServerConfig {
     pub max_packet_size: usize,
     /// Largest connection state a worker may store (Pier extension `state`).
     pub max_state_size: usize,
+    /// Connection limits and timeouts (Pier keys).
+    pub limits: LimitsConfig,
+}
+
+/// Per-server connection limits and timeouts (Pier keys under `tcp.servers.<name>`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsConfig {
+    /// `max_connections`: open connections at once; over it a new one is closed at once. 0 = no
+    /// limit.
+    pub max_connections: usize,
+    /// `max_connections_per_ip`: open connections from one source address. 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// `accept_rate_per_ip`: new connections per second from one source address (also the
+    /// burst). 0 = no limit.
+    pub accept_rate_per_ip: u32,
+    /// `idle_timeout`: a connection whose client sent nothing for this long is closed (and gets
+    /// its CLOSE). `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// `tcp_keepalive`: TCP keep-alive probes on accepted sockets; `None` = off.
+    pub keepalive: Option<KeepaliveConfig>,
+}
+
+/// TCP keep-alive settings (`tcp.servers.<name>.tcp_keepalive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveConfig {
+    /// Idle time before the first probe (`time`, TCP_KEEPIDLE).
+    pub time: Duration,
+    /// Time between probes (`interval`, TCP_KEEPINTVL).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (`retries`, TCP_KEEPCNT).
+    pub retries: u32,
+}
+
+/// Go's defaults for accepted TCP sockets since Go 1.23, which RoadRunner's TCP plugin inherits:
+/// idle 15 s, interval 15 s, 9 probes.
+pub const DEFAULT_KEEPALIVE: KeepaliveConfig = KeepaliveConfig {
+    time: Duration::from_secs(15),
+    interval: Duration::from_secs(15),
+    retries: 9,
+};
+
+/// An operations HTTP listener (`metrics`, `status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsListenerConfig {
+    /// `host:port` to bind.
+    pub address: String,
+}
+
+/// The `status` section (RoadRunner's status plugin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Where `/health` and `/ready` are served.
+    pub listener: OpsListenerConfig,
+    /// `unavailable_status_code`: the HTTP status of a failing check (default 503).
+    pub unavailable_status_code: u16,
 }
 
 /// The worker pool: `tcp.pool` plus `server`.
@@ -184,7 +254,7 @@ impl Config {
         check_keys(
             top,
             "",
-            &["version", "server", "tcp", "logs"],
+            &["version", "server", "tcp", "logs", "metrics", "status"],
             &[],
             &mut warnings,
         );
@@ -315,6 +385,51 @@ impl Config {
         let allocate_timeout = optional_duration(pool_tree, "tcp.pool", "allocate_timeout")?;
         let destroy_timeout = optional_duration(pool_tree, "tcp.pool", "destroy_timeout")?;
 
+        let metrics = match top.get(&key("metrics")) {
+            None | Some(Yaml::Null) => None,
+            Some(v) => {
+                let h = hash(v, "metrics")?;
+                check_keys(
+                    h,
+                    "metrics",
+                    &["address", "allow_remote"],
+                    &["collect"],
+                    &mut warnings,
+                );
+                ops_listener(h, "metrics")?
+            }
+        };
+        let status = match top.get(&key("status")) {
+            None | Some(Yaml::Null) => None,
+            Some(v) => {
+                let h = hash(v, "status")?;
+                check_keys(
+                    h,
+                    "status",
+                    &["address", "unavailable_status_code", "allow_remote"],
+                    &[],
+                    &mut warnings,
+                );
+                let code = match h.get(&key("unavailable_status_code")) {
+                    None => 503,
+                    Some(v) => {
+                        let n = number(v, "status.unavailable_status_code")?;
+                        u16::try_from(n)
+                            .ok()
+                            .filter(|n| (100..=599).contains(n))
+                            .ok_or(ConfigError::Invalid {
+                                key: "status.unavailable_status_code".into(),
+                                problem: format!("{n} is not an HTTP status code (100..=599)"),
+                            })?
+                    }
+                };
+                ops_listener(h, "status")?.map(|listener| StatusConfig {
+                    listener,
+                    unavailable_status_code: code,
+                })
+            }
+        };
+
         Ok(Config {
             servers,
             read_buf_size,
@@ -327,7 +442,58 @@ impl Config {
                 destroy_timeout,
             },
             logs,
+            metrics,
+            status,
             warnings,
+        })
+    }
+}
+
+/// `<section>.address` (absent or empty = off) with the loopback rule of [`require_loopback`].
+fn ops_listener(h: &Hash, section: &str) -> Result<Option<OpsListenerConfig>, ConfigError> {
+    let addr_key = format!("{section}.address");
+    let address = match h.get(&key("address")) {
+        Some(v) => scalar_string(v, &addr_key)?,
+        None => String::new(),
+    };
+    let Some(address) = normalize_addr(&address) else {
+        return Ok(None);
+    };
+    let allow_key = format!("{section}.allow_remote");
+    let allow = match h.get(&key("allow_remote")) {
+        Some(v) => boolean(v, &allow_key)?,
+        None => false,
+    };
+    require_loopback(&address, &addr_key, &allow_key, allow)?;
+    Ok(Some(OpsListenerConfig { address }))
+}
+
+/// Refuses a `host:port` other hosts could reach unless `allow`: the operations listeners
+/// (metrics, status, RPC) have no authentication, and RPC can reset workers and close
+/// connections, so reaching them from the network must be a decision written in the config.
+/// Loopback is an IP literal in 127.0.0.0/8 or `::1`, or the name `localhost`.
+pub fn require_loopback(
+    addr: &str,
+    key: &str,
+    allow_key: &str,
+    allow: bool,
+) -> Result<(), ConfigError> {
+    if allow {
+        return Ok(());
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ConfigError::NotLoopback {
+            key: key.into(),
+            addr: addr.into(),
+            allow_key: allow_key.into(),
         })
     }
 }
@@ -358,6 +524,11 @@ fn server_entry(
             "framing",
             "max_packet_size",
             "max_state_size",
+            "max_connections",
+            "max_connections_per_ip",
+            "accept_rate_per_ip",
+            "idle_timeout",
+            "tcp_keepalive",
         ],
         &[],
         warnings,
@@ -385,12 +556,36 @@ fn server_entry(
     };
     let max_packet_size = size("max_packet_size", DEFAULT_MAX_PACKET_SIZE)?;
     let framing = framing(h, &path, max_packet_size)?;
+    let count = |field: &str| -> Result<u64, ConfigError> {
+        match h.get(&key(field)) {
+            None => Ok(0),
+            Some(v) => number(v, &format!("{path}.{field}")),
+        }
+    };
+    let too_large = |field: &str| ConfigError::Invalid {
+        key: format!("{path}.{field}"),
+        problem: "too large".into(),
+    };
+    let limits = LimitsConfig {
+        max_connections: usize::try_from(count("max_connections")?)
+            .map_err(|_| too_large("max_connections"))?,
+        max_connections_per_ip: usize::try_from(count("max_connections_per_ip")?)
+            .map_err(|_| too_large("max_connections_per_ip"))?,
+        accept_rate_per_ip: u32::try_from(count("accept_rate_per_ip")?)
+            .map_err(|_| too_large("accept_rate_per_ip"))?,
+        idle_timeout: match h.get(&key("idle_timeout")) {
+            None => None,
+            Some(v) => Some(duration(v, &format!("{path}.idle_timeout"))?).filter(|d| !d.is_zero()),
+        },
+        keepalive: keepalive(h.get(&key("tcp_keepalive")), &path, warnings)?,
+    };
     Ok(ServerConfig {
         name: name.to_owned(),
         addr,
         framing,
         max_packet_size,
         max_state_size: size("max_state_size", DEFAULT_MAX_STATE_SIZE)?,
+        limits,
     })
 }
 
@@ -596,6 +791,52 @@ fn framing(h: &Hash, path: &str, max: usize) -> Result<Framing, ConfigError> {
     })
 }
 
+/// `tcp_keepalive`: absent or `true` = [`DEFAULT_KEEPALIVE`] (what RoadRunner's Go listener does),
+/// `false` = off, or a mapping of `time`, `interval`, `retries` (missing ones from the default).
+fn keepalive(
+    v: Option<&Yaml>,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<KeepaliveConfig>, ConfigError> {
+    let k = format!("{path}.tcp_keepalive");
+    let h = match v {
+        None | Some(Yaml::Null) => return Ok(Some(DEFAULT_KEEPALIVE)),
+        Some(Yaml::Hash(h)) => h,
+        Some(other) => {
+            return Ok(boolean(other, &k)?.then_some(DEFAULT_KEEPALIVE));
+        }
+    };
+    check_keys(h, &k, &["time", "interval", "retries"], &[], warnings);
+    let mut ka = DEFAULT_KEEPALIVE;
+    let positive = |d: Duration, field: &str| {
+        if d < Duration::from_secs(1) {
+            Err(ConfigError::Invalid {
+                key: format!("{k}.{field}"),
+                problem: "must be at least 1s (the kernel counts whole seconds)".into(),
+            })
+        } else {
+            Ok(d)
+        }
+    };
+    if let Some(v) = h.get(&key("time")) {
+        ka.time = positive(duration(v, &format!("{k}.time"))?, "time")?;
+    }
+    if let Some(v) = h.get(&key("interval")) {
+        ka.interval = positive(duration(v, &format!("{k}.interval"))?, "interval")?;
+    }
+    if let Some(v) = h.get(&key("retries")) {
+        let n = number(v, &format!("{k}.retries"))?;
+        ka.retries = u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=127).contains(n))
+            .ok_or(ConfigError::Invalid {
+                key: format!("{k}.retries"),
+                problem: format!("{n} is not between 1 and 127"),
+            })?;
+    }
+    Ok(Some(ka))
+}
+
 /// `tcp://host:port`, `host:port`, `[::1]:port` or `:port` → a `host:port` tokio can bind;
 /// `None` when empty.
 fn normalize_addr(addr: &str) -> Option<String> {
@@ -736,16 +977,30 @@ fn command(v: &Yaml, path: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 fn optional_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
-    let k = format!("{path}.{field}");
     match h.get(&key(field)) {
         None => Ok(DEFAULT_TIMEOUT),
-        Some(v) => {
-            let text = scalar_string(v, &k)?;
-            parse_duration(&text).ok_or(ConfigError::Duration {
-                key: k,
-                value: text,
-            })
-        }
+        Some(v) => duration(v, &format!("{path}.{field}")),
+    }
+}
+
+fn duration(v: &Yaml, path: &str) -> Result<Duration, ConfigError> {
+    let text = scalar_string(v, path)?;
+    parse_duration(&text).ok_or(ConfigError::Duration {
+        key: path.into(),
+        value: text,
+    })
+}
+
+fn boolean(v: &Yaml, path: &str) -> Result<bool, ConfigError> {
+    match v {
+        Yaml::Boolean(b) => Ok(*b),
+        // Values from `${VAR}` or `-o` arrive as strings.
+        Yaml::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Yaml::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        other => Err(ConfigError::Invalid {
+            key: path.into(),
+            problem: format!("{other:?} is not true or false"),
+        }),
     }
 }
 
@@ -1134,6 +1389,125 @@ tcp:
         for (entry, want) in cases {
             let err = framing_of(entry).unwrap_err().to_string();
             assert!(err.starts_with(want), "{entry}: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_and_operations_keys() {
+        let c = parse(&format!(
+            "{MINIMAL}      max_connections: 100\n      max_connections_per_ip: 5\n      accept_rate_per_ip: 20\n      idle_timeout: 5m\n      tcp_keepalive: {{ time: 30s, retries: 3 }}\nmetrics:\n  address: 127.0.0.1:2112\nstatus:\n  address: 'localhost:2114'\n  unavailable_status_code: 500\n"
+        ))
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let l = &c.servers[0].limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_connections_per_ip,
+                l.accept_rate_per_ip
+            ),
+            (100, 5, 20)
+        );
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(
+            l.keepalive,
+            Some(KeepaliveConfig {
+                time: Duration::from_secs(30),
+                interval: Duration::from_secs(15),
+                retries: 3
+            })
+        );
+        assert_eq!(c.metrics.unwrap().address, "127.0.0.1:2112");
+        let status = c.status.unwrap();
+        assert_eq!(status.listener.address, "localhost:2114");
+        assert_eq!(status.unavailable_status_code, 500);
+
+        // Defaults: no limits, keep-alive as Go's listener, no endpoints.
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.servers[0].limits,
+            LimitsConfig {
+                keepalive: Some(DEFAULT_KEEPALIVE),
+                ..LimitsConfig::default()
+            }
+        );
+        assert!(c.metrics.is_none() && c.status.is_none());
+        let off = parse(&format!(
+            "{MINIMAL}      tcp_keepalive: false\n      idle_timeout: 0\n"
+        ))
+        .unwrap();
+        assert_eq!(off.servers[0].limits, LimitsConfig::default());
+        assert_eq!(
+            parse(&format!("{MINIMAL}metrics: {{ collect: {{}} }}\n"))
+                .unwrap()
+                .warnings,
+            ["metrics.collect is not supported yet (ignored)"]
+        );
+    }
+
+    #[test]
+    fn operations_listeners_stay_on_loopback_unless_allowed() {
+        for (addr, ok) in [
+            ("127.0.0.1:2112", true),
+            ("127.8.0.1:2112", true),
+            ("'[::1]:2112'", true),
+            ("localhost:2112", true),
+            ("0.0.0.0:2112", false),
+            ("':2112'", false),
+            ("10.0.0.5:2112", false),
+            ("'[::]:2112'", false),
+            ("metrics.example.com:2112", false),
+        ] {
+            let text = format!("{MINIMAL}metrics:\n  address: {addr}\n");
+            match parse(&text) {
+                Ok(_) => assert!(ok, "{addr} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{addr}: {e}");
+                    assert!(
+                        e.to_string().contains("set metrics.allow_remote: true"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        let allowed = parse(&format!(
+            "{MINIMAL}status:\n  address: 0.0.0.0:2114\n  allow_remote: true\n"
+        ))
+        .unwrap();
+        assert_eq!(allowed.status.unwrap().listener.address, "0.0.0.0:2114");
+        let err = parse(&format!("{MINIMAL}status:\n  address: ':2114'\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "status.address \"0.0.0.0:2114\" is reachable from other hosts, and it has no authentication: use a loopback address (127.0.0.1, [::1], localhost), or set status.allow_remote: true if a firewall or network policy guards it"
+        );
+    }
+
+    #[test]
+    fn bad_limits_name_their_key() {
+        for (extra, want) in [
+            (
+                "      idle_timeout: 10\n",
+                "invalid duration for tcp.servers.smtp.idle_timeout: \"10\"",
+            ),
+            (
+                "      tcp_keepalive: { retries: 0 }\n",
+                "invalid value for tcp.servers.smtp.tcp_keepalive.retries: 0 is not between 1 and 127",
+            ),
+            (
+                "      tcp_keepalive: { time: 10ms }\n",
+                "invalid value for tcp.servers.smtp.tcp_keepalive.time: must be at least 1s (the kernel counts whole seconds)",
+            ),
+            (
+                "      max_connections: -1\n",
+                "invalid value for tcp.servers.smtp.max_connections: -1 is not a non-negative integer",
+            ),
+            (
+                "status: { address: '127.0.0.1:1', unavailable_status_code: 42 }\n",
+                "invalid value for status.unavailable_status_code: 42 is not an HTTP status code (100..=599)",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert_eq!(err.to_string(), want);
         }
     }
 

@@ -15,6 +15,8 @@ use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::ServerConfig;
 use crate::framing::{FrameCodec, FramingError};
+use crate::limits::{self, Admission, Reader};
+use crate::ops::{CloseReason, ServerMetrics};
 use crate::pool::{Action, Event, Pool, PoolError, Reply};
 
 /// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
@@ -36,6 +38,10 @@ pub(crate) struct Listener {
     pub(crate) config: ServerConfig,
     /// `tcp.read_buf_size` in bytes: the read buffer starts at the smaller of it and 64 KiB.
     pub(crate) read_buf_size: usize,
+    /// The server's counters (no-ops with metrics off).
+    pub(crate) metrics: ServerMetrics,
+    /// Connection limits checked at accept.
+    pub(crate) admission: Arc<Admission>,
 }
 
 /// The per-connection part: ids, socket writer, state.
@@ -54,6 +60,11 @@ struct Conn<'a> {
     state: Bytes,
     /// Cancelled at server shutdown: a write blocked on a client that does not read is given up.
     shutdown: &'a CancellationToken,
+    /// No bytes from the client for this long closes the connection; `None` = never. Starts as
+    /// the server's `idle_timeout`.
+    idle_timeout: Option<std::time::Duration>,
+    /// Why the connection ends when a reply closes it (for the metrics).
+    reason: CloseReason,
 }
 
 /// Serves one accepted connection to the end.
@@ -70,6 +81,12 @@ pub(crate) async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "could not set TCP_NODELAY");
         }
+        if let Some(ka) = &listener.config.limits.keepalive {
+            if let Err(e) = limits::set_keepalive(&stream, ka) {
+                debug!(error = %e, "could not set TCP keep-alive");
+            }
+        }
+        let metrics = &listener.metrics;
         let (reader, writer) = stream.into_split();
         let mut conn = Conn {
             listener: &listener,
@@ -79,13 +96,17 @@ pub(crate) async fn serve(
             writer: Some(writer),
             state: Bytes::new(),
             shutdown: &shutdown,
+            idle_timeout: listener.config.limits.idle_timeout,
+            reason: CloseReason::Worker,
         };
         debug!(remote_addr = %conn.remote_addr, "connected");
+        metrics.accepted();
         let flow = match conn.event(EventKind::Connected, &[]).await {
             Ok(reply) => conn.apply(reply).await,
             Err(e) => {
                 // CONNECTED did not succeed: no CLOSE is owed.
                 log_exec_error(&e, "CONNECTED");
+                metrics.closed(CloseReason::EventFailed);
                 return;
             }
         };
@@ -95,34 +116,58 @@ pub(crate) async fn serve(
             // Start small so that thousands of idle connections stay cheap; the buffer grows
             // (up to max_packet_size) only for connections that send big packets.
             let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
+            let reader = Reader::new(reader, conn.idle_timeout.is_some(), metrics.clone());
             let mut packets = FramedRead::with_capacity(reader, codec, capacity);
             loop {
+                let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
                 let next = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
                         debug!("server shutting down");
+                        conn.reason = CloseReason::Shutdown;
                         break;
                     }
                     next = packets.next() => next,
+                    _ = limits::sleep_until(idle_deadline) => {
+                        // Bytes may have come in since the deadline was computed (a partial
+                        // packet): then the clock starts again from them.
+                        let last = packets.get_ref().last();
+                        match conn.idle_timeout {
+                            Some(t) if last.elapsed() >= t => {
+                                debug!(idle_timeout = ?t, "client idle; closing");
+                                conn.reason = CloseReason::IdleTimeout;
+                                break;
+                            }
+                            _ => continue,
+                        }
+                    }
                 };
                 match next {
-                    Some(Ok(packet)) => match conn.event(EventKind::Data, &packet).await {
-                        Ok(reply) => {
-                            if conn.apply(reply).await == Flow::Close {
+                    Some(Ok(packet)) => {
+                        let result = conn.event(EventKind::Data, &packet).await;
+                        // Time spent on our side is not the client being idle.
+                        packets.get_mut().touch();
+                        match result {
+                            Ok(reply) => {
+                                if conn.apply(reply).await == Flow::Close {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                log_exec_error(&e, "DATA");
+                                conn.reason = CloseReason::EventFailed;
                                 break;
                             }
                         }
-                        Err(e) => {
-                            log_exec_error(&e, "DATA");
-                            break;
-                        }
-                    },
+                    }
                     Some(Err(FramingError::Io(e))) => {
                         debug!(error = %e, "read error; closing");
+                        conn.reason = CloseReason::SocketError;
                         break;
                     }
                     Some(Err(e @ FramingError::Truncated { .. })) => {
                         info!(error = %e, "client closed mid-packet; the partial packet is dropped");
+                        conn.reason = CloseReason::Client;
                         break;
                     }
                     Some(Err(e)) => {
@@ -131,10 +176,12 @@ pub(crate) async fn serve(
                             framing = listener.config.framing.mode(),
                             "client error: invalid packet; closing"
                         );
+                        conn.reason = CloseReason::Protocol;
                         break;
                     }
                     None => {
                         debug!("client disconnected");
+                        conn.reason = CloseReason::Client;
                         break;
                     }
                 }
@@ -142,6 +189,7 @@ pub(crate) async fn serve(
         } else {
             drop(reader);
         }
+        metrics.closed(conn.reason);
         conn.close_socket().await;
         if let Err(e) = conn.event(EventKind::Close, &[]).await {
             log_exec_error(&e, "CLOSE");
@@ -153,6 +201,7 @@ pub(crate) async fn serve(
 
 impl Conn<'_> {
     async fn event(&self, kind: EventKind, body: &[u8]) -> Result<Reply, PoolError> {
+        self.listener.metrics.event(kind);
         self.pool
             .exec(&Event {
                 remote_addr: &self.remote_addr,
@@ -176,6 +225,7 @@ impl Conn<'_> {
                     max_state_size = max,
                     "worker error: state exceeds max_state_size; closing without writing the reply"
                 );
+                self.reason = CloseReason::EventFailed;
                 return Flow::Close;
             }
             self.state = state;
@@ -195,6 +245,7 @@ impl Conn<'_> {
         };
         if write && !reply.body.is_empty() {
             if let Some(writer) = self.writer.as_mut() {
+                self.listener.metrics.queued(reply.body.len());
                 let written = tokio::select! {
                     // A write that can finish wins even during shutdown.
                     biased;
@@ -204,8 +255,12 @@ impl Conn<'_> {
                         "server shutting down while the client is not reading",
                     )),
                 };
+                self.listener
+                    .metrics
+                    .sent(reply.body.len(), written.is_ok());
                 if let Err(e) = written {
                     debug!(error = %e, "write error; closing");
+                    self.reason = CloseReason::SocketError;
                     return Flow::Close;
                 }
             }

@@ -9,7 +9,10 @@
 //! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
 //!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
 //! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
-//!   connection state kept (Pier extension `state`).
+//!   connection state kept (Pier extension `state`), idle timeout.
+//! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
+//!   rate), TCP keep-alive, the idle clock of a connection's reads.
+//! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
 //! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
 //!
 //! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
@@ -20,6 +23,8 @@
 pub mod config;
 mod connection;
 pub mod framing;
+mod limits;
+pub mod ops;
 pub mod pool;
 
 use std::future::Future;
@@ -34,6 +39,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, LogEncoding, LogsConfig};
 use crate::connection::Listener;
+use crate::limits::Admission;
+use crate::ops::{Metrics, Ops, OpsError};
 use crate::pool::{Pool, PoolError};
 
 /// Why the server could not run.
@@ -53,6 +60,9 @@ pub enum ServeError {
     /// No worker could start.
     #[error("could not start the worker pool")]
     Pool(#[source] PoolError),
+    /// The metrics or status listener could not bind.
+    #[error("could not start the operations endpoints")]
+    Ops(#[source] OpsError),
 }
 
 /// A bound server with its worker pool, ready to serve.
@@ -64,11 +74,23 @@ pub struct Server {
     pool: Pool,
     /// How long connections may take to finish their CLOSE at shutdown.
     destroy_timeout: Duration,
+    /// The metrics and status listeners (none when not configured).
+    ops: Ops,
+    /// The instance's metrics (off without `metrics.address`).
+    metrics: Metrics,
 }
 
 impl Server {
     /// Binds every `tcp.servers` address, then starts the workers.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let ops = Ops::bind(config.metrics.as_ref(), config.status.as_ref())
+            .await
+            .map_err(ServeError::Ops)?;
+        let metrics = if config.metrics.is_some() {
+            Metrics::new()
+        } else {
+            Metrics::off()
+        };
         let mut listeners = Vec::new();
         for server in &config.servers {
             let socket =
@@ -79,19 +101,35 @@ impl Server {
                         addr: server.addr.clone(),
                         source,
                     })?;
+            let server_metrics = metrics.server(&server.name);
             let listener = Listener {
+                admission: Admission::new(
+                    &server.name,
+                    server.limits.clone(),
+                    server_metrics.clone(),
+                ),
+                metrics: server_metrics,
                 config: server.clone(),
                 read_buf_size: config.read_buf_size,
             };
             listeners.push((Arc::new(listener), socket));
         }
         let destroy_timeout = config.pool.destroy_timeout;
-        let pool = Pool::start(config.pool).await.map_err(ServeError::Pool)?;
+        let pool = Pool::start(config.pool, metrics.clone())
+            .await
+            .map_err(ServeError::Pool)?;
         Ok(Server {
             listeners,
             pool,
             destroy_timeout,
+            ops,
+            metrics,
         })
+    }
+
+    /// The bound operations endpoints: `("metrics" | "status", address)`.
+    pub fn ops_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.ops.local_addrs()
     }
 
     /// The bound address of each server, by name (useful with port 0).
@@ -106,6 +144,16 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
         let connections = TaskTracker::new();
+        // The operations endpoints answer until the workers are gone: a probe during shutdown
+        // sees the pool draining.
+        let ops_stop = CancellationToken::new();
+        let ops_tasks = TaskTracker::new();
+        self.ops.serve(
+            self.metrics.clone(),
+            self.pool.clone(),
+            ops_stop.clone(),
+            &ops_tasks,
+        );
         let mut accept_loops = Vec::new();
         for (listener, socket) in self.listeners {
             if let Ok(addr) = socket.local_addr() {
@@ -122,13 +170,21 @@ impl Server {
                     };
                     match accepted {
                         Ok((stream, peer)) => {
-                            connections.spawn(connection::serve(
+                            // Over a limit: closed at once (dropped), logged and counted.
+                            let Ok(permit) = listener.admission.admit(peer.ip()) else {
+                                continue;
+                            };
+                            let serve = connection::serve(
                                 stream,
                                 peer,
                                 listener.clone(),
                                 pool.clone(),
                                 token.clone(),
-                            ));
+                            );
+                            connections.spawn(async move {
+                                serve.await;
+                                drop(permit);
+                            });
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: wait instead of spinning.
@@ -175,6 +231,9 @@ impl Server {
         }
         info!("stopping workers");
         self.pool.shutdown().await;
+        ops_stop.cancel();
+        ops_tasks.close();
+        ops_tasks.wait().await;
         info!("stopped");
     }
 }

@@ -5,9 +5,9 @@
 //! starts replacements with backoff, so a script that dies at start does not spin the CPU.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use pier_protocol::control;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::PoolConfig;
+use crate::ops::{Metrics, PoolSnapshot, RestartReason};
 
 /// The `RR_VERSION` workers see: the RoadRunner release whose TCP plugin Pier follows (the stock
 /// PHP packages only check that it is set).
@@ -236,11 +237,10 @@ struct Worker {
     /// Events handled, for max_jobs.
     jobs: u64,
     /// Counts event starts and ends (odd = in an event); the last value is published in
-    /// `activity`.
+    /// `info.activity`.
     seq: u64,
-    /// `seq` as the shutdown sees it, through the registry: one plain atomic store per event start
-    /// and end, so a worker stuck on one event can be found without a lock on the hot path.
-    activity: Arc<AtomicU64>,
+    /// What the shutdown, the informer and the metrics see of this worker, through the registry.
+    info: Arc<WorkerInfo>,
     /// How it was started; holds the registry this worker leaves when dropped.
     spec: Arc<Spec>,
 }
@@ -264,12 +264,62 @@ enum Outcome {
     Stop,
 }
 
+/// What others may read about a live worker: the shutdown (stuck workers), `informer.Workers`
+/// and `pier workers`, the metrics. The worker publishes it itself with plain atomic stores (and
+/// one uncontended lock for the uuid) at each event start and end, so the hot path waits on no
+/// one.
+#[derive(Debug)]
+pub(crate) struct WorkerInfo {
+    /// `seq` of the worker: odd while an event runs.
+    activity: AtomicU64,
+    /// Events answered.
+    execs: AtomicU64,
+    /// When the running event started, in ns since the pool's epoch.
+    event_started: AtomicU64,
+    /// The running (or last) event's connection uuid.
+    event_uuid: Mutex<String>,
+    /// When the worker process started (`created` in RoadRunner's WorkerList).
+    created: SystemTime,
+}
+
+/// One worker as `informer.Workers` and `pier workers` show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    /// Process id.
+    pub pid: u32,
+    /// Running an event now.
+    pub busy: bool,
+    /// Events answered.
+    pub execs: u64,
+    /// When it started.
+    pub created: SystemTime,
+    /// The running event: connection uuid and how long it has been running.
+    pub event: Option<(String, Duration)>,
+}
+
 impl Worker {
-    /// Publishes that an event starts or ended on this worker (see `activity`). A plain method
+    /// Publishes that an event for `uuid` starts on this worker; returns when. A plain method
     /// around the `exec` call rather than an async wrapper, which measurably grew the future.
-    fn mark(&mut self) {
+    fn begin(&mut self, uuid: &str) -> Instant {
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.spec.epoch).as_nanos();
+        self.info
+            .event_started
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if let Ok(mut current) = self.info.event_uuid.lock() {
+            current.clear();
+            current.push_str(uuid);
+        }
         self.seq += 1;
-        self.activity.store(self.seq, Ordering::Relaxed);
+        self.info.activity.store(self.seq, Ordering::Relaxed);
+        now
+    }
+
+    /// Publishes that the event ended.
+    fn end(&mut self) {
+        self.seq += 1;
+        self.info.activity.store(self.seq, Ordering::Relaxed);
+        self.info.execs.store(self.seq / 2, Ordering::Relaxed);
     }
 
     /// Sends the event and reads frames until the worker answers it.
@@ -445,9 +495,16 @@ impl Backoff {
 struct Spec {
     /// Command, env, timeouts, max_jobs.
     config: PoolConfig,
-    /// Every live worker's pid and activity counter, so the shutdown can find and kill workers
-    /// stuck on one event. Locked only when a worker starts or is dropped, and at shutdown.
-    registry: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// Every live worker's pid and published state, so the shutdown can find and kill workers
+    /// stuck on one event and the informer can list them. Locked only when a worker starts or is
+    /// dropped, at shutdown, and when someone asks for the list.
+    registry: Mutex<HashMap<u32, Arc<WorkerInfo>>>,
+    /// Origin of the event start times in [`WorkerInfo`].
+    epoch: Instant,
+    /// Where waits, event times and restarts are recorded.
+    metrics: Metrics,
+    /// Events waiting for a free worker now.
+    waiting: AtomicUsize,
 }
 
 /// Workers that were in the middle of an event at one moment, with their activity counters
@@ -484,10 +541,13 @@ struct Inner {
 impl Pool {
     /// Starts `num_workers` workers. Fails only when none of them can start (showing the first
     /// failure, stderr included); the missing ones are retried in the background.
-    pub async fn start(config: PoolConfig) -> Result<Pool, PoolError> {
+    pub async fn start(config: PoolConfig, metrics: Metrics) -> Result<Pool, PoolError> {
         let spec = Arc::new(Spec {
             config,
             registry: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            metrics,
+            waiting: AtomicUsize::new(0),
         });
         let n = spec.config.num_workers.max(1);
         let (idle_tx, idle_rx) = async_channel::bounded(n);
@@ -534,7 +594,7 @@ impl Pool {
         if let Some(e) = first_error {
             warn!(error = %e, "worker failed to start; retrying with backoff");
             for _ in started..n {
-                pool.request_respawn();
+                let _ = pool.inner.respawn.send(());
             }
         }
         let supervisor = pool.clone();
@@ -545,7 +605,9 @@ impl Pool {
         Ok(pool)
     }
 
-    fn request_respawn(&self) {
+    /// Asks the supervisor for a replacement of a worker that is going away for `reason`.
+    fn request_respawn(&self, reason: RestartReason) {
+        self.inner.spec.metrics.worker_restart(reason);
         let _ = self.inner.respawn.send(());
     }
 
@@ -592,11 +654,15 @@ impl Pool {
     /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
     pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
+        let metrics = &self.inner.spec.metrics;
         for _ in 0..MAX_RERUNS {
+            let queued = metrics.clock();
             let mut worker = self.acquire(timeout).await?;
-            worker.mark();
+            let started = worker.begin(event.uuid);
+            metrics.waited(queued, started);
             let outcome = worker.exec(event).await;
-            worker.mark();
+            worker.end();
+            metrics.ran(event.kind, started);
             match outcome {
                 Ok(Outcome::Reply(reply)) => {
                     self.release(worker);
@@ -613,14 +679,14 @@ impl Pool {
                         "worker asked to stop; re-running the event on another worker"
                     );
                     self.retire(worker);
-                    self.request_respawn();
+                    self.request_respawn(RestartReason::Stop);
                 }
                 Err(e @ PoolError::Undelivered { .. }) => {
                     // The worker never read the event (it died after the idle check): run it on
                     // another one.
                     warn!(error = %e, "worker gone; running the event on another worker");
                     self.kill(worker);
-                    self.request_respawn();
+                    self.request_respawn(RestartReason::Crash);
                 }
                 Err(e @ PoolError::Encode(_)) => {
                     // Nothing reached the worker: it is fine.
@@ -630,7 +696,7 @@ impl Pool {
                 }
                 Err(e) => {
                     self.kill(worker);
-                    self.request_respawn();
+                    self.request_respawn(restart_reason(&e));
                     return Err(e);
                 }
             }
@@ -648,6 +714,7 @@ impl Pool {
                 Ok(worker) => worker,
                 Err(async_channel::TryRecvError::Closed) => return Err(PoolError::Closed),
                 Err(async_channel::TryRecvError::Empty) => {
+                    let _waiting = Waiting::new(&self.inner.spec.waiting);
                     match tokio::time::timeout(timeout, self.inner.idle_rx.recv()).await {
                         Err(_) => return Err(PoolError::NoFreeWorkers(timeout)),
                         Ok(Err(_)) => return Err(PoolError::Closed),
@@ -655,15 +722,16 @@ impl Pool {
                     }
                 }
             };
-            match worker.check_idle() {
+            let reason = match worker.check_idle() {
                 Ok(()) => return Ok(worker),
                 Err(e) => {
                     // Nothing was handed to it: the event waits for another worker.
                     warn!(error = %e, "replacing worker; the event goes to another worker");
+                    restart_reason(&e)
                 }
-            }
+            };
             self.kill(worker);
-            self.request_respawn();
+            self.request_respawn(reason);
         }
     }
 
@@ -678,7 +746,7 @@ impl Pool {
                 "max_jobs reached; replacing worker"
             );
             self.retire(worker);
-            self.request_respawn();
+            self.request_respawn(RestartReason::MaxJobs);
             return;
         }
         if let Err(back) = self.inner.idle_tx.try_send(worker) {
@@ -734,7 +802,7 @@ impl Pool {
         };
         let busy = registry
             .iter()
-            .map(|(pid, activity)| (*pid, activity.load(Ordering::Relaxed)))
+            .map(|(pid, info)| (*pid, info.activity.load(Ordering::Relaxed)))
             .filter(|(_, seq)| seq % 2 == 1)
             .collect();
         BusyWorkers { busy }
@@ -752,10 +820,10 @@ impl Pool {
         };
         let mut killed = Vec::new();
         for &(pid, seq) in &before.busy {
-            let Some(activity) = registry.get(&pid) else {
+            let Some(info) = registry.get(&pid) else {
                 continue;
             };
-            if activity.load(Ordering::Relaxed) != seq {
+            if info.activity.load(Ordering::Relaxed) != seq {
                 continue;
             }
             let Ok(target) = libc::pid_t::try_from(pid) else {
@@ -775,6 +843,61 @@ impl Pool {
             }
         }
         killed
+    }
+
+    /// Counts for the gauges and the status checks; cheap (one short lock, no system call).
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let (workers, busy) = match self.inner.spec.registry.lock() {
+            Ok(registry) => (
+                registry.len(),
+                registry
+                    .values()
+                    .filter(|i| i.activity.load(Ordering::Relaxed) % 2 == 1)
+                    .count(),
+            ),
+            Err(_) => (0, 0),
+        };
+        PoolSnapshot {
+            workers,
+            busy,
+            // The idle queue can briefly hold a worker that is being checked or retired; never
+            // more than the live workers.
+            idle: self.inner.idle_rx.len().min(workers - busy),
+            waiting: self.inner.spec.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every live worker, by pid.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut out: Vec<WorkerStatus> = registry
+            .iter()
+            .map(|(pid, info)| {
+                let busy = info.activity.load(Ordering::Relaxed) % 2 == 1;
+                let event = busy.then(|| {
+                    let started = self.inner.spec.epoch
+                        + Duration::from_nanos(info.event_started.load(Ordering::Relaxed));
+                    let uuid = info
+                        .event_uuid
+                        .lock()
+                        .map(|u| u.clone())
+                        .unwrap_or_default();
+                    (uuid, now.saturating_duration_since(started))
+                });
+                WorkerStatus {
+                    pid: *pid,
+                    busy,
+                    execs: info.execs.load(Ordering::Relaxed),
+                    created: info.created,
+                    event,
+                }
+            })
+            .collect();
+        out.sort_by_key(|w| w.pid);
+        out
     }
 
     /// Stops every worker: no more respawns, stop frame to each idle worker, wait up to
@@ -867,9 +990,15 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Box<Worker>, PoolError> {
     match answer {
         Ok(Some(Ok(()))) => {
             debug!(pid, "worker started");
-            let activity = Arc::new(AtomicU64::new(0));
+            let info = Arc::new(WorkerInfo {
+                activity: AtomicU64::new(0),
+                execs: AtomicU64::new(0),
+                event_started: AtomicU64::new(0),
+                event_uuid: Mutex::new(String::with_capacity(36)),
+                created: SystemTime::now(),
+            });
             if let Ok(mut registry) = spec.registry.lock() {
-                registry.insert(pid, activity.clone());
+                registry.insert(pid, info.clone());
             }
             // Boxed: the worker moves through the idle queue twice per event, and a pointer is
             // cheaper to move than the whole struct (measured with callgrind).
@@ -882,7 +1011,7 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Box<Worker>, PoolError> {
                 wbuf,
                 jobs: 0,
                 seq: 0,
-                activity,
+                info,
                 spec: spec.clone(),
             }))
         }
@@ -920,6 +1049,33 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Box<Worker>, PoolError> {
                 stderr: stderr_text(&kept),
             })
         }
+    }
+}
+
+/// Counts an event waiting for a free worker for as long as it lives (also when the waiting
+/// future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The metrics' name for why a worker that failed this way is replaced.
+fn restart_reason(e: &PoolError) -> RestartReason {
+    match e {
+        PoolError::Garbage { .. }
+        | PoolError::BadMessage { .. }
+        | PoolError::IdleGarbage { .. } => RestartReason::Garbage,
+        _ => RestartReason::Crash,
     }
 }
 

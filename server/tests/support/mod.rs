@@ -37,6 +37,8 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     /// Bound address per server name.
     pub addrs: HashMap<String, SocketAddr>,
+    /// Bound operations endpoints: `metrics`, `status`.
+    pub ops: HashMap<&'static str, SocketAddr>,
     /// Completes the shutdown future.
     stop: Option<oneshot::Sender<()>>,
     /// The serve task.
@@ -78,6 +80,7 @@ impl Harness {
         let config = Config::parse(text, &[], &|_| None).expect("test config is valid");
         let server = Server::bind(config).await.expect("server starts");
         let addrs = server.local_addrs().into_iter().collect();
+        let ops = server.ops_addrs().into_iter().collect();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -85,6 +88,7 @@ impl Harness {
         Harness {
             dir,
             addrs,
+            ops,
             stop: Some(stop),
             task: Some(task),
         }
@@ -105,6 +109,11 @@ impl Harness {
                 .expect("shutdown finishes")
                 .unwrap();
         }
+    }
+
+    /// `GET path` on an operations endpoint (`metrics` or `status`): (status code, body).
+    pub async fn http_get(&self, endpoint: &str, path: &str) -> (u16, String) {
+        http_get(self.ops[endpoint], path).await
     }
 
     /// Lines of a log file the workers wrote (empty when it does not exist).
@@ -187,4 +196,27 @@ impl Client {
         assert_eq!(parts[0], "hello", "{line}");
         (parts[1].into(), parts[2].into(), parts[3].into())
     }
+}
+
+/// A plain HTTP/1.1 GET over a real socket, as a probe or a scraper sends it: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::time::timeout(HANG, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(HANG, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    (code, body.to_owned())
 }

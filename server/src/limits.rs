@@ -1,0 +1,361 @@
+//! Connection limits and timeouts per server: admission at accept (`max_connections`,
+//! `max_connections_per_ip`, `accept_rate_per_ip`), TCP keep-alive on accepted sockets, and the
+//! idle clock of a connection's reads (`idle_timeout`).
+//!
+//! Admission runs before any event: a connection over a limit is closed at once (no CONNECTED,
+//! no CLOSE), logged (at most once a second per server and limit, with the number turned away,
+//! so a flood cannot flood the log) and counted in `pier_connections_rejected_total`. The open
+//! count is one atomic; the per-address table is touched only when a per-address limit is set,
+//! once at accept and once at close, and it holds only addresses with open connections or a
+//! bucket still refilling, so it stays bounded by what the limits let in.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::warn;
+
+use crate::config::{KeepaliveConfig, LimitsConfig};
+use crate::ops::{RejectReason, ServerMetrics};
+
+/// Per-address entries beyond which idle ones (no open connection, bucket full) are dropped.
+const PRUNE_AT: usize = 4096;
+
+/// One source address's open connections and accept-rate bucket.
+#[derive(Debug)]
+struct PerIp {
+    /// Connections open from this address.
+    open: usize,
+    /// Accept tokens left (a token bucket: `accept_rate_per_ip` per second, same burst).
+    tokens: f64,
+    /// When `tokens` was last refilled.
+    refilled: Instant,
+}
+
+/// The admission state of one server.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// The server's name, for logs.
+    server: String,
+    /// The limits.
+    limits: LimitsConfig,
+    /// Connections open now (admitted, not yet dropped).
+    open: AtomicUsize,
+    /// Per source address; used only when a per-address limit is set.
+    by_ip: Mutex<HashMap<IpAddr, PerIp>>,
+    /// Rejections not yet logged, per reason, and when the last line was written.
+    log: Mutex<(Instant, [u64; 3])>,
+    /// Where rejections are counted.
+    metrics: ServerMetrics,
+}
+
+/// An admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    /// The admission it counts in.
+    admission: Arc<Admission>,
+    /// Its source address, when a per-address limit counts it.
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.admission.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            if let Ok(mut table) = self.admission.by_ip.lock() {
+                if let Some(entry) = table.get_mut(&ip) {
+                    entry.open = entry.open.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub(crate) fn new(server: &str, limits: LimitsConfig, metrics: ServerMetrics) -> Arc<Self> {
+        Arc::new(Admission {
+            server: server.to_owned(),
+            limits,
+            open: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+            log: Mutex::new((Instant::now(), [0; 3])),
+            metrics,
+        })
+    }
+
+    /// Admits a connection from `ip`, or says which limit it is over (logged and counted here).
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, RejectReason> {
+        match self.try_admit(ip, Instant::now()) {
+            Ok(permit) => Ok(permit),
+            Err(reason) => {
+                self.metrics.rejected(reason);
+                self.log_rejection(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Permit, RejectReason> {
+        let max = self.limits.max_connections;
+        let open = self.open.fetch_add(1, Ordering::Relaxed);
+        // From here on the permit owns the count, so every early return gives it back.
+        let mut permit = Permit {
+            admission: self.clone(),
+            ip: None,
+        };
+        if max > 0 && open >= max {
+            return Err(RejectReason::MaxConnections);
+        }
+        let per_ip = self.limits.max_connections_per_ip;
+        let rate = self.limits.accept_rate_per_ip;
+        if per_ip == 0 && rate == 0 {
+            return Ok(permit);
+        }
+        let Ok(mut table) = self.by_ip.lock() else {
+            return Ok(permit);
+        };
+        if table.len() >= PRUNE_AT {
+            prune(&mut table, rate, now);
+        }
+        let entry = table.entry(ip).or_insert(PerIp {
+            open: 0,
+            tokens: f64::from(rate),
+            refilled: now,
+        });
+        if per_ip > 0 && entry.open >= per_ip {
+            return Err(RejectReason::PerIpLimit);
+        }
+        if rate > 0 {
+            refill(entry, rate, now);
+            if entry.tokens < 1.0 {
+                return Err(RejectReason::AcceptRate);
+            }
+            entry.tokens -= 1.0;
+        }
+        entry.open += 1;
+        permit.ip = Some(ip);
+        Ok(permit)
+    }
+
+    /// Logs rejections at most once a second per server, with how many there were.
+    fn log_rejection(&self, reason: RejectReason) {
+        let Ok(mut log) = self.log.lock() else {
+            return;
+        };
+        let at = match reason {
+            RejectReason::MaxConnections => 0,
+            RejectReason::PerIpLimit => 1,
+            RejectReason::AcceptRate => 2,
+        };
+        log.1[at] += 1;
+        let first = log.1.iter().sum::<u64>() == 1;
+        if !first && log.0.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let counts = std::mem::take(&mut log.1);
+        log.0 = Instant::now();
+        drop(log);
+        let names = [
+            RejectReason::MaxConnections,
+            RejectReason::PerIpLimit,
+            RejectReason::AcceptRate,
+        ];
+        for (reason, n) in names.iter().zip(counts) {
+            if n > 0 {
+                warn!(
+                    server = %self.server,
+                    limit = reason.as_str(),
+                    rejected = n,
+                    max_connections = self.limits.max_connections,
+                    max_connections_per_ip = self.limits.max_connections_per_ip,
+                    accept_rate_per_ip = self.limits.accept_rate_per_ip,
+                    "new connections closed at once: over a connection limit"
+                );
+            }
+        }
+    }
+}
+
+fn refill(entry: &mut PerIp, rate: u32, now: Instant) {
+    let elapsed = now.saturating_duration_since(entry.refilled).as_secs_f64();
+    entry.tokens = (entry.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
+    entry.refilled = now;
+}
+
+/// Drops entries that carry no information: nothing open and the bucket full again.
+fn prune(table: &mut HashMap<IpAddr, PerIp>, rate: u32, now: Instant) {
+    table.retain(|_, e| {
+        if e.open > 0 {
+            return true;
+        }
+        if rate == 0 {
+            return false;
+        }
+        refill(e, rate, now);
+        e.tokens < f64::from(rate)
+    });
+}
+
+/// Turns on TCP keep-alive probes on an accepted socket as configured.
+pub(crate) fn set_keepalive(stream: &TcpStream, ka: &KeepaliveConfig) -> std::io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(ka.time)
+        .with_interval(ka.interval)
+        .with_retries(ka.retries);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
+}
+
+/// A connection's read half that notes when the client last sent bytes (for the idle timeout)
+/// and counts them (for `pier_received_bytes_total`).
+#[derive(Debug)]
+pub(crate) struct Reader<R> {
+    /// The socket.
+    inner: R,
+    /// When bytes last came in, or the last event ended (see [`Reader::touch`]).
+    last: Instant,
+    /// Read clock on: only while an idle timeout applies, so others pay no clock read.
+    track: bool,
+    /// Where bytes are counted.
+    metrics: ServerMetrics,
+}
+
+impl<R> Reader<R> {
+    pub(crate) fn new(inner: R, track: bool, metrics: ServerMetrics) -> Self {
+        Reader {
+            inner,
+            last: Instant::now(),
+            track,
+            metrics,
+        }
+    }
+
+    /// Restarts the idle clock: the connection was busy on our side (an event ran), which is not
+    /// the client being idle.
+    pub(crate) fn touch(&mut self) {
+        if self.track {
+            self.last = Instant::now();
+        }
+    }
+
+    /// When the client last sent bytes (or the last [`Reader::touch`]).
+    pub(crate) fn last(&self) -> Instant {
+        self.last
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Reader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.metrics.received(n);
+            if self.track {
+                self.last = Instant::now();
+            }
+        }
+        polled
+    }
+}
+
+/// Completes at `deadline`; never when there is none.
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, per_ip: usize, rate: u32) -> Arc<Admission> {
+        Admission::new(
+            "t",
+            LimitsConfig {
+                max_connections: max,
+                max_connections_per_ip: per_ip,
+                accept_rate_per_ip: rate,
+                ..LimitsConfig::default()
+            },
+            ServerMetrics::default(),
+        )
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn max_connections_frees_on_drop() {
+        let a = admission(2, 0, 0);
+        let now = Instant::now();
+        let p1 = a.try_admit(A, now).unwrap();
+        let _p2 = a.try_admit(B, now).unwrap();
+        assert_eq!(
+            a.try_admit(A, now).unwrap_err(),
+            RejectReason::MaxConnections
+        );
+        drop(p1);
+        let _p3 = a.try_admit(A, now).unwrap();
+        assert_eq!(
+            a.open.load(Ordering::Relaxed),
+            2,
+            "a rejection holds nothing"
+        );
+    }
+
+    #[test]
+    fn per_ip_limit_counts_each_address() {
+        let a = admission(0, 2, 0);
+        let now = Instant::now();
+        let p1 = a.try_admit(A, now).unwrap();
+        let _p2 = a.try_admit(A, now).unwrap();
+        assert_eq!(a.try_admit(A, now).unwrap_err(), RejectReason::PerIpLimit);
+        let _b = a.try_admit(B, now).unwrap();
+        drop(p1);
+        let _p3 = a.try_admit(A, now).unwrap();
+    }
+
+    #[test]
+    fn accept_rate_is_a_token_bucket_per_address() {
+        let a = admission(0, 0, 3);
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..3).map(|_| a.try_admit(A, t0).unwrap()).collect();
+        assert_eq!(a.try_admit(A, t0).unwrap_err(), RejectReason::AcceptRate);
+        assert!(
+            a.try_admit(B, t0).is_ok(),
+            "another address has its own bucket"
+        );
+        // One token back every third of a second.
+        assert_eq!(
+            a.try_admit(A, t0 + Duration::from_millis(200)).unwrap_err(),
+            RejectReason::AcceptRate
+        );
+        assert!(a.try_admit(A, t0 + Duration::from_millis(400)).is_ok());
+        drop(held);
+    }
+
+    #[test]
+    fn the_table_forgets_quiet_addresses() {
+        let a = admission(0, 0, 1);
+        let t0 = Instant::now();
+        for i in 0..PRUNE_AT as u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
+            drop(a.try_admit(ip, t0).unwrap());
+        }
+        // A second later every bucket is full again and nothing is open: all are dropped.
+        let _p = a.try_admit(A, t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(a.by_ip.lock().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,617 @@
+//! Prometheus metrics: what Pier counts, and the cheap handles the hot path counts through.
+//!
+//! Built on `prometheus-client` (the Prometheus project's Rust client): one [`Registry`] per server
+//! instance, no global state, so several servers in one process (tests) keep their own numbers.
+//! The hot path never looks a label set up: every per-server counter is resolved once, when the
+//! listener is created, into a [`ServerMetrics`] of plain `Arc<AtomicU64>` handles. With metrics
+//! off every handle is `None` and each hook is one branch.
+//!
+//! Every metric and its labels is listed in `server/README.md` ("Metrics").
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use pier_protocol::tcp::EventKind;
+
+/// Histogram buckets for event and wait times, in seconds: 100 µs to 10 s. An echo event takes
+/// tens of µs; a worker doing I/O, milliseconds; a wait near `allocate_timeout` is an outage.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Why a connection ended (label `reason` of `pier_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its side.
+    Client,
+    /// The worker answered CLOSE or WRITECLOSE.
+    Worker,
+    /// No bytes from the client for the idle timeout.
+    IdleTimeout,
+    /// A packet over `max_packet_size`, or another framing error.
+    Protocol,
+    /// A read or write on the socket failed.
+    SocketError,
+    /// An event failed (worker error, crash, no free worker, state too large).
+    EventFailed,
+    /// The server shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 7] = [
+        CloseReason::Client,
+        CloseReason::Worker,
+        CloseReason::IdleTimeout,
+        CloseReason::Protocol,
+        CloseReason::SocketError,
+        CloseReason::EventFailed,
+        CloseReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Worker => "worker",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Protocol => "protocol",
+            CloseReason::SocketError => "socket_error",
+            CloseReason::EventFailed => "event_failed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a new connection was turned away before any event (label `reason` of
+/// `pier_connections_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_connections` open already.
+    MaxConnections,
+    /// `max_connections_per_ip` open already from that address.
+    PerIpLimit,
+    /// Over `accept_rate_per_ip`.
+    AcceptRate,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 3] = [
+        RejectReason::MaxConnections,
+        RejectReason::PerIpLimit,
+        RejectReason::AcceptRate,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::PerIpLimit => "max_connections_per_ip",
+            RejectReason::AcceptRate => "accept_rate_per_ip",
+        }
+    }
+}
+
+/// Why a worker was replaced (label `reason` of `pier_worker_restarts_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// `max_jobs` events done.
+    MaxJobs,
+    /// Over the supervisor's `ttl`.
+    Ttl,
+    /// Over the supervisor's `idle_ttl`.
+    IdleTtl,
+    /// Over `max_worker_memory`.
+    Memory,
+    /// An event ran past `exec_ttl`.
+    ExecTtl,
+    /// It died (during an event or while idle).
+    Crash,
+    /// It wrote bytes that are not a frame, or a frame that is not a reply.
+    Garbage,
+    /// It asked to stop (a stop reply).
+    Stop,
+    /// A rolling reset (`pier reset`, `resetter.Reset`) replaced it.
+    Reset,
+}
+
+impl RestartReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::MaxJobs => "max_jobs",
+            RestartReason::Ttl => "ttl",
+            RestartReason::IdleTtl => "idle_ttl",
+            RestartReason::Memory => "memory",
+            RestartReason::ExecTtl => "exec_ttl",
+            RestartReason::Crash => "crash",
+            RestartReason::Garbage => "garbage",
+            RestartReason::Stop => "stop",
+            RestartReason::Reset => "reset",
+        }
+    }
+}
+
+/// The pool as it is at scrape time: gauges read from it, never pushed on the hot path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// Live workers (started, not yet stopped or killed).
+    pub workers: usize,
+    /// Of those, running an event now.
+    pub busy: usize,
+    /// Of those, idle in the queue, ready for an event.
+    pub idle: usize,
+    /// Events waiting for a free worker.
+    pub waiting: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerReasonLabels {
+    server: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerResultLabels {
+    server: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerKindLabels {
+    server: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: String,
+    result: &'static str,
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS)
+}
+
+/// Every metric of one server instance, registered.
+#[derive(Debug)]
+struct Inner {
+    /// For the exposition; metrics are never added after start.
+    registry: Registry,
+    /// `pier_connections_accepted_total{server}`.
+    accepted: Family<ServerLabel, Counter>,
+    /// `pier_connections_open{server}`.
+    open: Family<ServerLabel, Gauge>,
+    /// `pier_connections_closed_total{server,reason}`.
+    closed: Family<ServerReasonLabels, Counter>,
+    /// `pier_connections_rejected_total{server,reason}`.
+    rejected: Family<ServerReasonLabels, Counter>,
+    /// `pier_received_bytes_total{server}`.
+    bytes_in: Family<ServerLabel, Counter>,
+    /// `pier_sent_bytes_total{server}`.
+    bytes_out: Family<ServerLabel, Counter>,
+    /// `pier_events_total{server,kind}`.
+    events: Family<ServerKindLabels, Counter>,
+    /// `pier_event_duration_seconds{kind}`: time on the worker; connected, data, close.
+    event_seconds: [Histogram; 3],
+    /// `pier_worker_wait_duration_seconds`: time an event waited for a free worker.
+    wait_seconds: Histogram,
+    /// `pier_worker_restarts_total{reason}`.
+    restarts: Family<ReasonLabel, Counter>,
+    /// `pier_workers{state}`, set at scrape time.
+    workers: Family<StateLabel, Gauge>,
+    /// `pier_events_waiting`, set at scrape time.
+    waiting: Gauge,
+    /// `pier_write_buffer_bytes`: reply bytes handed to sockets not yet taken by the kernel.
+    write_buffer: Gauge,
+    /// `pier_rpc_calls_total{method,result}`.
+    rpc_calls: Family<RpcLabels, Counter>,
+    /// `pier_tls_handshakes_total{server,result}`.
+    tls_handshakes: Family<ServerResultLabels, Counter>,
+}
+
+/// The metrics of one server instance; cheap to clone. [`Metrics::off`] records nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// `None` when `metrics.address` is not configured.
+    inner: Option<Arc<Inner>>,
+}
+
+impl Metrics {
+    /// Metrics that record nothing (no `metrics.address`).
+    pub fn off() -> Metrics {
+        Metrics { inner: None }
+    }
+
+    /// A registry with every Pier metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pier");
+        let accepted = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Connections accepted and handed to the workers (CONNECTED sent), per server",
+            accepted.clone(),
+        );
+        let open = Family::<ServerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, per server",
+            open.clone(),
+        );
+        let closed = Family::<ServerReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Accepted connections that ended, per server and reason (client, worker, idle_timeout, protocol, socket_error, event_failed, shutdown)",
+            closed.clone(),
+        );
+        let rejected = Family::<ServerReasonLabels, Counter>::default();
+        registry.register(
+            "connections_rejected",
+            "Connections closed at accept, before any event, per server and limit (max_connections, max_connections_per_ip, accept_rate_per_ip)",
+            rejected.clone(),
+        );
+        let bytes_in = Family::<ServerLabel, Counter>::default();
+        registry.register_with_unit(
+            "received",
+            "Bytes read from clients, per server",
+            Unit::Bytes,
+            bytes_in.clone(),
+        );
+        let bytes_out = Family::<ServerLabel, Counter>::default();
+        registry.register_with_unit(
+            "sent",
+            "Bytes written to clients, per server",
+            Unit::Bytes,
+            bytes_out.clone(),
+        );
+        let events = Family::<ServerKindLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events run on a worker, per server and kind (connected, data, close)",
+            events.clone(),
+        );
+        let event_seconds = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            seconds_histogram,
+        );
+        registry.register_with_unit(
+            "event_duration",
+            "Time from handing an event to a worker to its answer, per kind",
+            Unit::Seconds,
+            event_seconds.clone(),
+        );
+        let wait_seconds = seconds_histogram();
+        registry.register_with_unit(
+            "worker_wait_duration",
+            "Time an event waited for a free worker",
+            Unit::Seconds,
+            wait_seconds.clone(),
+        );
+        let restarts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "worker_restarts",
+            "Workers replaced, per reason (max_jobs, ttl, idle_ttl, memory, exec_ttl, crash, garbage, stop, reset)",
+            restarts.clone(),
+        );
+        let workers = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "workers",
+            "Live workers, per state (ready: idle, working: running an event)",
+            workers.clone(),
+        );
+        let waiting = Gauge::default();
+        registry.register(
+            "events_waiting",
+            "Events waiting for a free worker now",
+            waiting.clone(),
+        );
+        let write_buffer = Gauge::default();
+        registry.register_with_unit(
+            "write_buffer",
+            "Bytes of replies and pushes not yet taken by the clients' sockets",
+            Unit::Bytes,
+            write_buffer.clone(),
+        );
+        let rpc_calls = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "rpc_calls",
+            "RPC calls on rpc.listen, per method and result (ok, error)",
+            rpc_calls.clone(),
+        );
+        let tls_handshakes = Family::<ServerResultLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, per server and result (ok, failed)",
+            tls_handshakes.clone(),
+        );
+        // Label sets that exist from the start, so dashboards and rate() see zeros rather than
+        // gaps.
+        let event_seconds = ["connected", "data", "close"]
+            .map(|kind| event_seconds.get_or_create_owned(&KindLabel { kind }));
+        for state in ["ready", "working"] {
+            workers.get_or_create_owned(&StateLabel { state });
+        }
+        Metrics {
+            inner: Some(Arc::new(Inner {
+                registry,
+                accepted,
+                open,
+                closed,
+                rejected,
+                bytes_in,
+                bytes_out,
+                events,
+                event_seconds,
+                wait_seconds,
+                restarts,
+                workers,
+                waiting,
+                write_buffer,
+                rpc_calls,
+                tls_handshakes,
+            })),
+        }
+    }
+
+    /// Whether anything is recorded.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The handles of one `tcp.servers` entry, resolved once.
+    pub fn server(&self, name: &str) -> ServerMetrics {
+        let Some(m) = &self.inner else {
+            return ServerMetrics::default();
+        };
+        let server = ServerLabel {
+            server: name.to_owned(),
+        };
+        let reason = |family: &Family<ServerReasonLabels, Counter>, reason: &'static str| {
+            family.get_or_create_owned(&ServerReasonLabels {
+                server: name.to_owned(),
+                reason,
+            })
+        };
+        let kind = |kind: &'static str| {
+            m.events.get_or_create_owned(&ServerKindLabels {
+                server: name.to_owned(),
+                kind,
+            })
+        };
+        ServerMetrics {
+            inner: Some(Arc::new(ServerHandles {
+                accepted: m.accepted.get_or_create_owned(&server),
+                open: m.open.get_or_create_owned(&server),
+                closed: CloseReason::ALL.map(|r| reason(&m.closed, r.as_str())),
+                rejected: RejectReason::ALL.map(|r| reason(&m.rejected, r.as_str())),
+                bytes_in: m.bytes_in.get_or_create_owned(&server),
+                bytes_out: m.bytes_out.get_or_create_owned(&server),
+                events: [kind("connected"), kind("data"), kind("close")],
+                write_buffer: m.write_buffer.clone(),
+            })),
+        }
+    }
+
+    /// Now, when metrics are on (an event's wait starts); `None` costs no clock read.
+    #[inline]
+    pub fn clock(&self) -> Option<Instant> {
+        self.inner.as_ref().map(|_| Instant::now())
+    }
+
+    /// An event got its worker at `got` after waiting since `since` ([`Metrics::clock`]).
+    #[inline]
+    pub fn waited(&self, since: Option<Instant>, got: Instant) {
+        if let (Some(m), Some(since)) = (&self.inner, since) {
+            m.wait_seconds
+                .observe(got.saturating_duration_since(since).as_secs_f64());
+        }
+    }
+
+    /// An event of `kind` that started on its worker at `started` was answered now.
+    #[inline]
+    pub fn ran(&self, kind: EventKind, started: Instant) {
+        if let Some(m) = &self.inner {
+            let at = match kind {
+                EventKind::Connected => 0,
+                EventKind::Data => 1,
+                EventKind::Close | EventKind::Unknown => 2,
+            };
+            m.event_seconds[at].observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A worker is being replaced.
+    pub fn worker_restart(&self, reason: RestartReason) {
+        if let Some(m) = &self.inner {
+            m.restarts
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// An RPC call on `rpc.listen` was answered (`ok`) or answered with an error.
+    pub fn rpc_call(&self, method: &str, ok: bool) {
+        if let Some(m) = &self.inner {
+            // Method names come from clients: unknown ones share one label value, so a client
+            // cannot grow the registry without bound.
+            m.rpc_calls
+                .get_or_create(&RpcLabels {
+                    method: if method.len() <= 64 && ok {
+                        method.to_owned()
+                    } else {
+                        "other".to_owned()
+                    },
+                    result: if ok { "ok" } else { "error" },
+                })
+                .inc();
+        }
+    }
+
+    /// A TLS handshake on `server` finished (`ok`) or failed. Counted per handshake, not on the
+    /// event path, so the label lookup is affordable; servers without TLS show no series.
+    pub fn tls_handshake(&self, server: &str, ok: bool) {
+        if let Some(m) = &self.inner {
+            m.tls_handshakes
+                .get_or_create(&ServerResultLabels {
+                    server: server.to_owned(),
+                    result: if ok { "ok" } else { "failed" },
+                })
+                .inc();
+        }
+    }
+
+    /// The exposition (OpenMetrics text, which Prometheus scrapes as its text format), with the
+    /// pool's gauges as they are now.
+    pub fn render(&self, pool: &PoolSnapshot) -> String {
+        let mut out = String::new();
+        if let Some(m) = &self.inner {
+            let set = |state: &'static str, n: usize| {
+                m.workers
+                    .get_or_create(&StateLabel { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            };
+            set("ready", pool.idle);
+            set("working", pool.busy);
+            m.waiting
+                .set(i64::try_from(pool.waiting).unwrap_or(i64::MAX));
+            // Writing into a String cannot fail.
+            let _ = encode(&mut out, &m.registry);
+        }
+        out
+    }
+}
+
+/// The per-server handles of the connection path.
+#[derive(Debug)]
+struct ServerHandles {
+    /// Connections accepted.
+    accepted: Counter,
+    /// Connections open.
+    open: Gauge,
+    /// Closed, indexed like [`CloseReason::ALL`].
+    closed: [Counter; 7],
+    /// Rejected, indexed like [`RejectReason::ALL`].
+    rejected: [Counter; 3],
+    /// Bytes read from clients.
+    bytes_in: Counter,
+    /// Bytes written to clients.
+    bytes_out: Counter,
+    /// Events, indexed connected, data, close.
+    events: [Counter; 3],
+    /// The instance-wide write-buffer gauge.
+    write_buffer: Gauge,
+}
+
+/// The counters of one server, for its connections; cheap to clone. Every method is a branch
+/// and, with metrics on, an atomic add.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMetrics {
+    /// `None` with metrics off.
+    inner: Option<Arc<ServerHandles>>,
+}
+
+impl ServerMetrics {
+    /// A connection was accepted (it is open from now on).
+    #[inline]
+    pub fn accepted(&self) {
+        if let Some(m) = &self.inner {
+            m.accepted.inc();
+            m.open.inc();
+        }
+    }
+
+    /// An accepted connection ended.
+    #[inline]
+    pub fn closed(&self, reason: CloseReason) {
+        if let Some(m) = &self.inner {
+            m.open.dec();
+            let at = CloseReason::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(0);
+            m.closed[at].inc();
+        }
+    }
+
+    /// A new connection was turned away.
+    #[inline]
+    pub fn rejected(&self, reason: RejectReason) {
+        if let Some(m) = &self.inner {
+            let at = RejectReason::ALL
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(0);
+            m.rejected[at].inc();
+        }
+    }
+
+    /// An event of `kind` is about to run.
+    #[inline]
+    pub fn event(&self, kind: EventKind) {
+        if let Some(m) = &self.inner {
+            let at = match kind {
+                EventKind::Connected => 0,
+                EventKind::Data => 1,
+                EventKind::Close | EventKind::Unknown => 2,
+            };
+            m.events[at].inc();
+        }
+    }
+
+    /// `n` bytes were read from a client.
+    #[inline]
+    pub fn received(&self, n: usize) {
+        if let Some(m) = &self.inner {
+            m.bytes_in.inc_by(n as u64);
+        }
+    }
+
+    /// `n` bytes are queued for the socket (they count in the write buffer until [`Self::sent`]).
+    #[inline]
+    pub fn queued(&self, n: usize) {
+        if let Some(m) = &self.inner {
+            m.write_buffer.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `n` queued bytes left the buffer; `written` of them reached the socket.
+    #[inline]
+    pub fn sent(&self, n: usize, written: bool) {
+        if let Some(m) = &self.inner {
+            m.write_buffer.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+            if written {
+                m.bytes_out.inc_by(n as u64);
+            }
+        }
+    }
+}
