@@ -30,7 +30,8 @@ final class Worker
 
     /**
      * The worker for this process: the relay RR_RELAY names ("pipes", the default; "tcp://host:port";
-     * "unix:///path"), with connection state enabled when PIER_FEATURES lists "state".
+     * "unix:///path"), with connection state enabled when PIER_FEATURES lists "state" and server push
+     * when it lists "push".
      *
      * It also routes PHP's output (echo, print, var_dump, displayed errors) to stderr, so it cannot
      * corrupt the pipe relay on stdout; see php-client/README.md for what this cannot catch.
@@ -39,7 +40,7 @@ final class Worker
      */
     public static function create(): Worker
     {
-        $worker = new self(new Session(StreamRelay::fromEnvironment(), Session::stateFromEnvironment()));
+        $worker = new self(new Session(StreamRelay::fromEnvironment(), Session::stateFromEnvironment(), Session::pushFromEnvironment()));
         self::routeOutputToStderr();
 
         return $worker;

@@ -3,12 +3,16 @@
 //!
 //! - [`relay`]: the transport (pipes / TCP / Unix socket) and its read buffer.
 //! - [`session`]: handshakes, events, answer discipline, state: plain Rust, unit-tested.
+//! - [`push`]: the server-push commands a worker sends during a request (checks and encoding).
+//! - [`rpc`]: the goridge RPC client behind `Pier\Tcp\Connections` (socket I/O and JSON codec).
 //! - [`php`]: the PHP classes, thin wrappers over [`session`].
 //!
 //! `get_module` only registers.
 
 pub mod php;
+pub mod push;
 pub mod relay;
+pub mod rpc;
 pub mod session;
 
 use ext_php_rs::prelude::*;

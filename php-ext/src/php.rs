@@ -13,18 +13,20 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use ext_php_rs::binary_slice::BinarySlice;
+use ext_php_rs::boxed::ZBox;
 use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::class::RegisteredClass;
 use ext_php_rs::convert::{FromZval, IntoZval, StubLiteral};
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::flags::{ClassFlags, DataType};
 use ext_php_rs::prelude::*;
-use ext_php_rs::types::{ZendClassObject, ZendStr, Zval};
+use ext_php_rs::types::{ZendClassObject, ZendHashTable, ZendStr, Zval};
 use ext_php_rs::zend::{ce, ClassEntry};
 
 use pier_protocol::tcp::{EventKind, ReplyKind};
 
 use crate::relay::{self, Relay, RelayError, RelaySpec};
+use crate::rpc::{self, RpcError};
 use crate::session::{Features, Incoming, Session, SessionError, FEATURES_ENV};
 
 /// Registers every class and enum with the module.
@@ -37,6 +39,7 @@ pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
         .class::<Worker>()
         .class::<TcpRequest>()
         .class::<TcpWorker>()
+        .class::<Connections>()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -65,6 +68,8 @@ static PIER_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
 static RELAY_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
 /// `Pier\Exception\ProtocolException`, set once at module startup.
 static PROTOCOL_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
+/// `Pier\Exception\RpcException`, set once at module startup.
+static RPC_EXCEPTION: AtomicPtr<ClassEntry> = AtomicPtr::new(ptr::null_mut());
 
 /// The class entry stored in `slot` by [`register_exceptions`].
 fn class_entry(slot: &AtomicPtr<ClassEntry>) -> &'static ClassEntry {
@@ -78,7 +83,7 @@ fn pier_exception() -> &'static ClassEntry {
     class_entry(&PIER_EXCEPTION)
 }
 
-/// Module startup: registers `PierException` (extends `\RuntimeException`) and its two final
+/// Module startup: registers `PierException` (extends `\RuntimeException`) and its three final
 /// subclasses. Returns SUCCESS (0) or FAILURE (-1), as PHP expects.
 ///
 /// # Safety
@@ -101,6 +106,13 @@ pub unsafe extern "C" fn register_exceptions(_type: i32, _module_number: i32) ->
                 .extends((pier_exception, "\\Pier\\Exception\\PierException"))
                 .flags(ClassFlags::Final)
                 .registration(|ce, _| PROTOCOL_EXCEPTION.store(ce, Ordering::Release))
+                .register()
+        })
+        .and_then(|()| {
+            ClassBuilder::new("Pier\\Exception\\RpcException")
+                .extends((pier_exception, "\\Pier\\Exception\\PierException"))
+                .flags(ClassFlags::Final)
+                .registration(|ce, _| RPC_EXCEPTION.store(ce, Ordering::Release))
                 .register()
         });
     if registered.is_ok() {
@@ -132,6 +144,11 @@ fn throwable(e: SessionError) -> PhpException {
         _ => &PROTOCOL_EXCEPTION,
     };
     PhpException::new(message, 0, class_entry(class))
+}
+
+/// The PHP exception for a failed RPC call: always `RpcException`.
+fn rpc_throwable(e: RpcError) -> PhpException {
+    PhpException::new(describe(&e), 0, class_entry(&RPC_EXCEPTION))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,6 +411,77 @@ impl FromZval<'_> for PhpString {
     fn from_zval(zval: &Zval) -> Option<Self> {
         zval.is_string().then(|| PhpString(zval.shallow_clone()))
     }
+}
+
+/// An `array $except` argument: its values as bytes, or None when one of them is not a string (the
+/// push and RPC code report that with their own message, after their other checks).
+#[derive(Debug, Clone)]
+pub struct Uuids<'a>(Option<Vec<&'a [u8]>>);
+
+impl Uuids<'_> {
+    /// `[]`, the default.
+    pub const NONE: Uuids<'static> = Uuids(Some(Vec::new()));
+}
+
+impl<'a> FromZval<'a> for Uuids<'a> {
+    const TYPE: DataType = DataType::Array;
+
+    fn from_zval(zval: &'a Zval) -> Option<Self> {
+        let array = zval.array()?;
+        Some(Uuids(
+            array
+                .values()
+                .map(|v| v.zend_str().map(|s| s.as_bytes()))
+                .collect(),
+        ))
+    }
+}
+
+impl StubLiteral for Uuids<'_> {
+    fn stub_literal(&self) -> String {
+        "[]".to_owned()
+    }
+}
+
+/// A PHP value for a decoded JSON value, as `json_decode($json, true)` makes it (objects become
+/// arrays, integer-like keys integers, integers beyond 64 bits floats).
+fn php_value(value: &serde_json::Value) -> Zval {
+    use serde_json::Value;
+    let mut zv = Zval::new();
+    match value {
+        Value::Null => zv.set_null(),
+        Value::Bool(b) => zv.set_bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => zv.set_long(i),
+            None => zv.set_double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => zv.set_zend_string(ZendStr::new(s.as_bytes(), false)),
+        Value::Array(items) => zv.set_hashtable(php_array(items.iter().map(|v| (None, v)))),
+        Value::Object(map) => {
+            zv.set_hashtable(php_array(map.iter().map(|(k, v)| (Some(k.as_str()), v))))
+        }
+    }
+    zv
+}
+
+/// A PHP array of `entries` (None keys are appended).
+fn php_array<'a>(
+    entries: impl ExactSizeIterator<Item = (Option<&'a str>, &'a serde_json::Value)>,
+) -> ZBox<ZendHashTable> {
+    let mut ht = ZendHashTable::with_capacity(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+    for (key, value) in entries {
+        // Inserting a fresh value into a fresh array only fails when the engine is out of memory,
+        // which PHP handles by bailing out itself.
+        let _ = match key {
+            // PHP turns canonical integer keys into integers ("7" => 7), and so does json_decode.
+            Some(k) => match k.parse::<i64>() {
+                Ok(i) if i.to_string() == k => ht.insert(i, php_value(value)),
+                _ => ht.insert(k, php_value(value)),
+            },
+            None => ht.push(php_value(value)),
+        };
+    }
+    ht
 }
 
 /// A new PHP string holding `bytes`.
@@ -725,5 +813,187 @@ impl TcpWorker {
             .borrow_mut()
             .set_state(&state)
             .map_err(throwable)
+    }
+
+    /// Queues `data` on connection `uuid` (any connection, this one included). Server push:
+    /// needs `push` in `PIER_FEATURES` and a pending request; goes out before the answer.
+    pub fn send(&self, uuid: BinarySlice<'_, u8>, data: BinarySlice<'_, u8>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .send(&uuid, &data)
+            .map_err(throwable)
+    }
+
+    /// Queues `data` on the members of `group`, or (null) on every connection of this request's
+    /// server, except the uuids in `except`. Server push.
+    #[php(defaults(group = None, except = Uuids::NONE))]
+    pub fn broadcast(
+        &self,
+        data: BinarySlice<'_, u8>,
+        group: Option<Bytes<'_>>,
+        except: Uuids<'_>,
+    ) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .broadcast(&data, group.map(|g| g.0), except.0.as_deref())
+            .map_err(throwable)
+    }
+
+    /// Adds connection `uuid` (null: this request's) to `group`. Server push.
+    #[php(defaults(uuid = None))]
+    pub fn join(&self, group: BinarySlice<'_, u8>, uuid: Option<Bytes<'_>>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .membership(true, &group, uuid.map(|u| u.0))
+            .map_err(throwable)
+    }
+
+    /// Removes connection `uuid` (null: this request's) from `group`. Server push.
+    #[php(defaults(uuid = None))]
+    pub fn leave(&self, group: BinarySlice<'_, u8>, uuid: Option<Bytes<'_>>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .membership(false, &group, uuid.map(|u| u.0))
+            .map_err(throwable)
+    }
+
+    /// Closes connection `uuid` after what it has queued; it gets its CLOSE event. Server push.
+    pub fn disconnect(&self, uuid: BinarySlice<'_, u8>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .disconnect(&uuid)
+            .map_err(throwable)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+/// Every live connection of a Pier server, over its RPC listener (`pier.*` methods).
+#[php_class]
+#[php(name = "Pier\\Tcp\\Connections")]
+#[php(flags = ClassFlags::Final)]
+#[derive(Debug)]
+pub struct Connections {
+    /// The RPC client (its socket opens on the first call).
+    rpc: rpc::Connections,
+}
+
+/// A PHP array for a JSON array or object (the RPC client checked which it is).
+fn php_array_of(value: &serde_json::Value) -> ZBox<ZendHashTable> {
+    match value {
+        serde_json::Value::Array(items) => php_array(items.iter().map(|v| (None, v))),
+        serde_json::Value::Object(map) => php_array(map.iter().map(|(k, v)| (Some(k.as_str()), v))),
+        _ => ZendHashTable::new(),
+    }
+}
+
+#[php_impl]
+impl Connections {
+    /// The server at `address`: `tcp://host:port` or `unix:///path`, as `rpc.listen` says.
+    pub fn __construct(address: BinarySlice<'_, u8>) -> PhpResult<Self> {
+        let address = String::from_utf8_lossy(&address);
+        Ok(Connections {
+            rpc: rpc::Connections::new(&address).map_err(rpc_throwable)?,
+        })
+    }
+
+    /// The server whose address `RR_RPC` holds.
+    pub fn from_environment() -> PhpResult<Connections> {
+        Ok(Connections {
+            rpc: rpc::Connections::from_environment().map_err(rpc_throwable)?,
+        })
+    }
+
+    /// `pier.Send`: false when no such connection is open.
+    pub fn send(
+        &mut self,
+        uuid: BinarySlice<'_, u8>,
+        data: BinarySlice<'_, u8>,
+    ) -> PhpResult<bool> {
+        self.rpc.send(&uuid, &data).map_err(rpc_throwable)
+    }
+
+    /// `pier.Broadcast`: how many connections it was queued on.
+    #[php(defaults(group = None, server = None, except = Uuids::NONE))]
+    pub fn broadcast(
+        &mut self,
+        data: BinarySlice<'_, u8>,
+        group: Option<Bytes<'_>>,
+        server: Option<Bytes<'_>>,
+        except: Uuids<'_>,
+    ) -> PhpResult<i64> {
+        self.rpc
+            .broadcast(&data, group.map(|g| g.0), server.map(|s| s.0), except.0)
+            .map_err(rpc_throwable)
+    }
+
+    /// `pier.Join`: false when no such connection is open.
+    pub fn join(
+        &mut self,
+        group: BinarySlice<'_, u8>,
+        uuid: BinarySlice<'_, u8>,
+    ) -> PhpResult<bool> {
+        self.rpc
+            .membership(true, &group, &uuid)
+            .map_err(rpc_throwable)
+    }
+
+    /// `pier.Leave`: false when no such connection is open.
+    pub fn leave(
+        &mut self,
+        group: BinarySlice<'_, u8>,
+        uuid: BinarySlice<'_, u8>,
+    ) -> PhpResult<bool> {
+        self.rpc
+            .membership(false, &group, &uuid)
+            .map_err(rpc_throwable)
+    }
+
+    /// `pier.Close`: false when no such connection was open.
+    pub fn close(&mut self, uuid: BinarySlice<'_, u8>) -> PhpResult<bool> {
+        self.rpc.close(&uuid).map_err(rpc_throwable)
+    }
+
+    /// `pier.List`: `['total' => int, 'connections' => [...]]`, oldest first.
+    #[php(defaults(server = None, group = None, offset = 0, limit = 100))]
+    pub fn list(
+        &mut self,
+        server: Option<Bytes<'_>>,
+        group: Option<Bytes<'_>>,
+        offset: i64,
+        limit: i64,
+    ) -> PhpResult<ZBox<ZendHashTable>> {
+        let page = self
+            .rpc
+            .list(server.map(|s| s.0), group.map(|g| g.0), offset, limit)
+            .map_err(rpc_throwable)?;
+        Ok(php_array_of(&page))
+    }
+
+    /// `pier.Info`: the connection, or null.
+    pub fn info(&mut self, uuid: BinarySlice<'_, u8>) -> PhpResult<Option<ZBox<ZendHashTable>>> {
+        match self.rpc.info(&uuid).map_err(rpc_throwable)? {
+            Some(v) => Ok(Some(php_array_of(&v))),
+            None => Ok(None),
+        }
+    }
+
+    /// `pier.Count`.
+    #[php(defaults(server = None, group = None))]
+    pub fn count(&mut self, server: Option<Bytes<'_>>, group: Option<Bytes<'_>>) -> PhpResult<i64> {
+        self.rpc
+            .count(server.map(|s| s.0), group.map(|g| g.0))
+            .map_err(rpc_throwable)
+    }
+
+    /// `pier.Groups`: `[['group' => string, 'members' => int], …]`, sorted by name.
+    #[php(defaults(server = None))]
+    pub fn groups(&mut self, server: Option<Bytes<'_>>) -> PhpResult<ZBox<ZendHashTable>> {
+        let groups = self
+            .rpc
+            .groups(server.map(|s| s.0))
+            .map_err(rpc_throwable)?;
+        Ok(php_array_of(&groups))
     }
 }

@@ -8,6 +8,7 @@ use pier_protocol::frame::{flags, EncodeError};
 use pier_protocol::tcp::{ReplyKind, TcpEvent, TcpReply};
 use pier_protocol::MessageError;
 
+use crate::push::{self, Command, PushError};
 use crate::relay::{Relay, RelayError};
 
 /// The environment variable Pier sets with the extensions it supports.
@@ -46,6 +47,20 @@ pub enum SessionError {
     /// setState() after the request was answered (worker script bug).
     #[error("could not set state: answering twice (the request was already answered)")]
     StateAfterAnswer,
+    /// A push method under a server that did not announce the `push` extension.
+    #[error("server push needs a Pier server (PIER_FEATURES has no 'push')")]
+    PushUnsupported,
+    /// A push method before the first waitRequest() (worker script bug).
+    #[error("could not {0}: no request is being handled (push commands go out during a request, after waitRequest())")]
+    PushBeforeRequest(&'static str),
+    /// A push method after the request was answered (worker script bug).
+    #[error(
+        "could not {0}: the request was already answered (push commands go out before the answer)"
+    )]
+    PushAfterAnswer(&'static str),
+    /// A push method's argument is not acceptable (worker script bug).
+    #[error(transparent)]
+    Push(#[from] PushError),
 }
 
 /// Where the worker is in the request/answer cycle.
@@ -64,16 +79,23 @@ enum Turn {
 pub struct Features {
     /// The server keeps connection state (`state`).
     pub state: bool,
+    /// The server takes push commands (`push`).
+    pub push: bool,
 }
 
 impl Features {
     /// Parses a comma-separated `PIER_FEATURES` value; unknown names are ignored.
     pub fn parse(value: Option<&str>) -> Self {
-        let state = value
-            .unwrap_or("")
-            .split(',')
-            .any(|name| name.trim() == "state");
-        Features { state }
+        let has = |feature: &str| {
+            value
+                .unwrap_or("")
+                .split(',')
+                .any(|name| name.trim() == feature)
+        };
+        Features {
+            state: has("state"),
+            push: has("push"),
+        }
     }
 }
 
@@ -103,6 +125,12 @@ pub struct Session {
     pid: u32,
     /// The server said stop, or the relay closed: every later wait ends too, without reading.
     ended: bool,
+    /// The uuid of the connection whose request is being handled (push commands default to it);
+    /// reused between events.
+    uuid: String,
+    /// The server of the request being handled (a broadcast without a group goes to its
+    /// connections); reused between events.
+    server: String,
 }
 
 impl Session {
@@ -116,6 +144,8 @@ impl Session {
             out: Vec::new(),
             pid: std::process::id(),
             ended: false,
+            uuid: String::new(),
+            server: String::new(),
         }
     }
 
@@ -155,6 +185,10 @@ impl Session {
         let event = TcpEvent::decode(&frame).map_err(SessionError::Message)?;
         self.turn = Turn::Pending;
         self.state = None;
+        self.uuid.clear();
+        self.uuid.push_str(&event.uuid);
+        self.server.clear();
+        self.server.push_str(&event.server);
         Ok(Incoming::Event(event))
     }
 
@@ -208,6 +242,93 @@ impl Session {
         slot.clear();
         slot.extend_from_slice(state);
         Ok(())
+    }
+
+    /// Checks that a push command may go out now: the server supports push and a request waits
+    /// for its answer. `what` names the method in the error.
+    fn require_push(&self, what: &'static str) -> Result<(), SessionError> {
+        if !self.features.push {
+            return Err(SessionError::PushUnsupported);
+        }
+        match self.turn {
+            Turn::Start => Err(SessionError::PushBeforeRequest(what)),
+            Turn::Answered => Err(SessionError::PushAfterAnswer(what)),
+            Turn::Pending => Ok(()),
+        }
+    }
+
+    fn command(&mut self, command: &Command<'_>) -> Result<(), SessionError> {
+        self.out.clear();
+        command
+            .encode(&mut self.out)
+            .map_err(SessionError::Encode)?;
+        self.flush()
+    }
+
+    /// `send($uuid, $data)`: queue `data` on connection `uuid`.
+    pub fn send(&mut self, uuid: &[u8], data: &[u8]) -> Result<(), SessionError> {
+        self.require_push("send")?;
+        let uuid = push::uuid("send", uuid)?;
+        self.command(&Command::Send { uuid, data })
+    }
+
+    /// `disconnect($uuid)`: close connection `uuid`.
+    pub fn disconnect(&mut self, uuid: &[u8]) -> Result<(), SessionError> {
+        self.require_push("disconnect")?;
+        let uuid = push::uuid("disconnect", uuid)?;
+        self.command(&Command::Close { uuid })
+    }
+
+    /// `join($group, $uuid)` / `leave(…)`: `uuid` None means the current request's connection.
+    pub fn membership(
+        &mut self,
+        join: bool,
+        group: &[u8],
+        uuid: Option<&[u8]>,
+    ) -> Result<(), SessionError> {
+        let what = if join { "join" } else { "leave" };
+        self.require_push(what)?;
+        // The current uuid is copied out so the command can borrow it while `self.out` is written.
+        let group = push::group(what, group)?;
+        let uuid = uuid.map(|u| push::uuid(what, u)).transpose()?;
+        // The current uuid is moved out so the command can borrow it while `self.out` is written.
+        let current = std::mem::take(&mut self.uuid);
+        let uuid = uuid.unwrap_or(current.as_str());
+        let result = self.command(&if join {
+            Command::Join { uuid, group }
+        } else {
+            Command::Leave { uuid, group }
+        });
+        self.uuid = current;
+        result
+    }
+
+    /// `broadcast($data, $group, $except)`: to the members of `group`, or with none to every
+    /// connection of the current request's server. `except` is None when it held a non-string.
+    pub fn broadcast(
+        &mut self,
+        data: &[u8],
+        group: Option<&[u8]>,
+        except: Option<&[&[u8]]>,
+    ) -> Result<(), SessionError> {
+        self.require_push("broadcast")?;
+        let group = group.map(|g| push::group("broadcast", g)).transpose()?;
+        let except = except
+            .ok_or(PushError::Except)?
+            .iter()
+            .map(|u| push::uuid("broadcast", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The server name is moved out so the command can borrow it while `self.out` is written.
+        let current = std::mem::take(&mut self.server);
+        let server = group.is_none().then_some(current.as_str());
+        let result = self.command(&Command::Broadcast {
+            group,
+            server,
+            except,
+            data,
+        });
+        self.server = current;
+        result
     }
 
     /// error() and stop() end the request whatever state it was in (they also answer nothing
@@ -400,6 +521,84 @@ mod tests {
         let bytes = read_frame(&mut peer);
         let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(f.options.as_slice(), &[8, 0], "empty state clears");
+    }
+
+    #[test]
+    fn push_commands_go_out_in_order_before_the_answer() {
+        let (mut s, mut peer) = session(Features::default());
+        peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(
+            s.send(b"u", b"x"),
+            Err(SessionError::PushUnsupported)
+        ));
+
+        let (mut s, mut peer) = session(Features::parse(Some("state,push")));
+        assert_eq!(
+            s.membership(true, b"g", None).unwrap_err().to_string(),
+            "could not join: no request is being handled (push commands go out during a request, after waitRequest())"
+        );
+        peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.send(b"other", b"\x00hi").unwrap();
+        s.membership(true, b"room", None).unwrap();
+        s.membership(false, b"room", Some(b"other")).unwrap();
+        s.broadcast(b"all", None, Some(&[b"other"])).unwrap();
+        s.broadcast(b"room!", Some(b"room"), Some(&[])).unwrap();
+        s.disconnect(b"other").unwrap();
+        assert_eq!(
+            s.broadcast(b"", Some(b""), None).unwrap_err().to_string(),
+            "could not broadcast: a group name must be 1 to 128 bytes of UTF-8 (got 0 bytes)"
+        );
+        assert_eq!(
+            s.broadcast(b"", None, None).unwrap_err().to_string(),
+            "could not broadcast: $except must hold uuid strings only"
+        );
+        s.reply(ReplyKind::Write, b"ok").unwrap();
+        assert_eq!(
+            s.disconnect(b"u").unwrap_err().to_string(),
+            "could not disconnect: the request was already answered (push commands go out before the answer)"
+        );
+        let mut want = Vec::new();
+        for cmd in [
+            Command::Send {
+                uuid: "other",
+                data: b"\x00hi",
+            },
+            Command::Join {
+                uuid: "uuid-1",
+                group: "room",
+            },
+            Command::Leave {
+                uuid: "other",
+                group: "room",
+            },
+            Command::Broadcast {
+                group: None,
+                server: Some("srv"),
+                except: vec!["other"],
+                data: b"all",
+            },
+            Command::Broadcast {
+                group: Some("room"),
+                server: None,
+                except: vec![],
+                data: b"room!",
+            },
+            Command::Close { uuid: "other" },
+        ] {
+            cmd.encode(&mut want).unwrap();
+        }
+        TcpReply {
+            kind: ReplyKind::Write,
+            state: None,
+            body: b"ok",
+        }
+        .encode(&mut want)
+        .unwrap();
+        let mut got = vec![0u8; want.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
     }
 
     #[test]

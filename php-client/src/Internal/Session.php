@@ -22,6 +22,9 @@ final class Session
     /** The message setState() throws when the server does not support connection state. */
     public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
 
+    /** The message the push methods throw when the server does not support server push. */
+    public const NO_PUSH_FEATURE = "server push needs a Pier server (PIER_FEATURES has no 'push')";
+
     /** Bytes read from the relay and not yet returned as frames, from $offset on. */
     private string $buffer = '';
 
@@ -37,13 +40,21 @@ final class Session
     /** Set once the server asked to stop or closed the relay: waitRequest() keeps returning null. */
     private bool $finished = false;
 
+    /** The uuid of the connection whose request is being handled (push commands default to it). */
+    private string $uuid = '';
+
+    /** The server of the request being handled (a broadcast without a group goes to its connections). */
+    private string $server = '';
+
     /**
      * @param Relay $relay    the transport to the server
      * @param bool  $hasState whether the server supports connection state (PIER_FEATURES has "state")
+     * @param bool  $hasPush  whether the server supports server push (PIER_FEATURES has "push")
      */
     public function __construct(
         private readonly Relay $relay,
         private readonly bool $hasState,
+        private readonly bool $hasPush = false,
     ) {
     }
 
@@ -52,9 +63,80 @@ final class Session
      */
     public static function stateFromEnvironment(): bool
     {
+        return self::featureFromEnvironment('state');
+    }
+
+    /**
+     * Whether PIER_FEATURES (comma-separated) lists "push".
+     */
+    public static function pushFromEnvironment(): bool
+    {
+        return self::featureFromEnvironment('push');
+    }
+
+    private static function featureFromEnvironment(string $name): bool
+    {
         $features = getenv('PIER_FEATURES');
 
-        return \is_string($features) && \in_array('state', array_map('trim', explode(',', $features)), true);
+        return \is_string($features) && \in_array($name, array_map('trim', explode(',', $features)), true);
+    }
+
+    /**
+     * Remembers which connection and server the pending request belongs to (the push commands' defaults).
+     */
+    public function handling(string $uuid, string $server): void
+    {
+        $this->uuid = $uuid;
+        $this->server = $server;
+    }
+
+    /**
+     * The uuid of the connection whose request is being handled.
+     */
+    public function currentUuid(): string
+    {
+        return $this->uuid;
+    }
+
+    /**
+     * The server of the request being handled.
+     */
+    public function currentServer(): string
+    {
+        return $this->server;
+    }
+
+    /**
+     * Checks that a push command may be sent now: the server supports push and a request is pending.
+     *
+     * @param non-empty-string $what the method, for the message ("send", "join", …)
+     *
+     * @throws ProtocolException
+     */
+    public function requirePush(string $what): void
+    {
+        if (!$this->hasPush) {
+            throw new ProtocolException(self::NO_PUSH_FEATURE);
+        }
+        if ($this->phase === Phase::Idle) {
+            throw new ProtocolException("could not {$what}: no request is being handled (push commands go out during a request, after waitRequest())");
+        }
+        if ($this->phase === Phase::Answered) {
+            throw new ProtocolException("could not {$what}: the request was already answered (push commands go out before the answer)");
+        }
+    }
+
+    /**
+     * Sends one command frame (PROTOCOL.md, "commands"): flags CODEC_JSON, one option = header length,
+     * payload = header ‖ data. The caller checked {@see requirePush()}.
+     *
+     * @param non-empty-string $header compact JSON object with an "op" key
+     *
+     * @throws RelayException
+     */
+    public function command(string $header, string $data): void
+    {
+        $this->relay->write(Frame::encode(Frame::CODEC_JSON, [\strlen($header)], $header . $data));
     }
 
     /**

@@ -23,6 +23,9 @@ use Pier\Worker;
  */
 final class TcpWorker
 {
+    /** The longest group name the server accepts, in bytes (PROTOCOL.md, "push"). */
+    private const MAX_GROUP = 128;
+
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
     private readonly Session $session;
 
@@ -57,8 +60,13 @@ final class TcpWorker
     public function waitRequest(): ?TcpRequest
     {
         $frame = $this->session->nextRequest();
+        if ($frame === null) {
+            return null;
+        }
+        $request = self::request($frame);
+        $this->session->handling($request->connectionUuid, $request->server);
 
-        return $frame === null ? null : self::request($frame);
+        return $request;
     }
 
     /**
@@ -107,6 +115,136 @@ final class TcpWorker
     public function setState(string $state): void
     {
         $this->session->setState($state);
+    }
+
+    /**
+     * Queues $data on connection $uuid's outbound queue (any live connection of the server, this one
+     * included): it is written in order with that connection's replies. An unknown or closed uuid is
+     * ignored by the server. Server push: the server must list "push" in PIER_FEATURES; valid while a
+     * request is being handled, before its answer; the command goes out at once, ahead of the answer.
+     *
+     * @throws ProtocolException when the server does not support push, no request is pending, or $uuid is
+     *                           empty or not UTF-8
+     * @throws RelayException
+     */
+    public function send(string $uuid, string $data): void
+    {
+        $this->session->requirePush('send');
+        $this->session->command(self::header(['op' => 'send', 'uuid' => self::uuid('send', $uuid)]), $data);
+    }
+
+    /**
+     * Queues $data on every member of $group, or (null) on every connection of this request's server,
+     * except the uuids in $except. Server push, as {@see send()}.
+     *
+     * @param array<array-key, mixed> $except uuids to leave out
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    public function broadcast(string $data, ?string $group = null, array $except = []): void
+    {
+        $this->session->requirePush('broadcast');
+        $header = ['op' => 'broadcast'];
+        if ($group === null) {
+            $header['server'] = $this->session->currentServer();
+        } else {
+            $header['group'] = self::group('broadcast', $group);
+        }
+        if ($except !== []) {
+            $header['except'] = array_map(static fn (mixed $uuid): string => \is_string($uuid)
+                ? self::uuid('broadcast', $uuid)
+                : throw new ProtocolException('could not broadcast: $except must hold uuid strings only'), array_values($except));
+        }
+        $this->session->command(self::header($header), $data);
+    }
+
+    /**
+     * Adds connection $uuid (null: this request's connection) to $group. Membership dies with the
+     * connection; at most 64 groups per connection. Server push, as {@see send()}.
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    public function join(string $group, ?string $uuid = null): void
+    {
+        $this->membership('join', $group, $uuid);
+    }
+
+    /**
+     * Removes connection $uuid (null: this request's connection) from $group. Server push, as {@see send()}.
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    public function leave(string $group, ?string $uuid = null): void
+    {
+        $this->membership('leave', $group, $uuid);
+    }
+
+    /**
+     * Closes connection $uuid: what it has queued is still written, then it gets its CLOSE event. For
+     * this request's own connection the close follows this request's answer (whose body is written).
+     * close() is something else: it answers this request with CLOSE. Server push, as {@see send()}.
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    public function disconnect(string $uuid): void
+    {
+        $this->session->requirePush('disconnect');
+        $this->session->command(self::header(['op' => 'close', 'uuid' => self::uuid('disconnect', $uuid)]), '');
+    }
+
+    /**
+     * @param 'join'|'leave' $op
+     *
+     * @throws ProtocolException
+     * @throws RelayException
+     */
+    private function membership(string $op, string $group, ?string $uuid): void
+    {
+        $this->session->requirePush($op);
+        $group = self::group($op, $group);
+        $uuid = $uuid === null ? $this->session->currentUuid() : self::uuid($op, $uuid);
+        $this->session->command(self::header(['op' => $op, 'uuid' => $uuid, 'group' => $group]), '');
+    }
+
+    /**
+     * Compact JSON as the server's codec writes it (no escaped slashes or Unicode).
+     *
+     * @param array<string, mixed> $header
+     *
+     * @return non-empty-string
+     */
+    private static function header(array $header): string
+    {
+        return json_encode($header, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_LINE_TERMINATORS);
+    }
+
+    /**
+     * @throws ProtocolException when $uuid is empty or not UTF-8
+     */
+    private static function uuid(string $what, string $uuid): string
+    {
+        if ($uuid === '' || preg_match('//u', $uuid) !== 1) {
+            throw new ProtocolException("could not {$what}: a uuid must be a non-empty UTF-8 string");
+        }
+
+        return $uuid;
+    }
+
+    /**
+     * @throws ProtocolException when $group is not 1 to 128 bytes of UTF-8
+     */
+    private static function group(string $what, string $group): string
+    {
+        $length = \strlen($group);
+        if ($length < 1 || $length > self::MAX_GROUP || preg_match('//u', $group) !== 1) {
+            throw new ProtocolException(sprintf('could not %s: a group name must be 1 to %d bytes of UTF-8 (got %d bytes)', $what, self::MAX_GROUP, $length));
+        }
+
+        return $group;
     }
 
     /**

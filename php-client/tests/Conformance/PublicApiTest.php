@@ -34,6 +34,25 @@ final class PublicApiTest extends TestCase
             'public function read(): void',
             'public function close(): void',
             'public function setState(string $state): void',
+            'public function send(string $uuid, string $data): void',
+            'public function broadcast(string $data, ?string $group = NULL, array $except = array (' . "\n" . ')): void',
+            'public function join(string $group, ?string $uuid = NULL): void',
+            'public function leave(string $group, ?string $uuid = NULL): void',
+            'public function disconnect(string $uuid): void',
+        ],
+        'Pier\Tcp\Connections' => [
+            'final class Pier\Tcp\Connections',
+            'public function __construct(string $address)',
+            'public static function fromEnvironment(): Pier\Tcp\Connections',
+            'public function send(string $uuid, string $data): bool',
+            'public function broadcast(string $data, ?string $group = NULL, ?string $server = NULL, array $except = array (' . "\n" . ')): int',
+            'public function join(string $group, string $uuid): bool',
+            'public function leave(string $group, string $uuid): bool',
+            'public function close(string $uuid): bool',
+            'public function list(?string $server = NULL, ?string $group = NULL, int $offset = 0, int $limit = 100): array',
+            'public function info(string $uuid): ?array',
+            'public function count(?string $server = NULL, ?string $group = NULL): int',
+            'public function groups(?string $server = NULL): array',
         ],
         'Pier\Tcp\TcpRequest' => [
             'final class Pier\Tcp\TcpRequest',
@@ -68,6 +87,7 @@ final class PublicApiTest extends TestCase
         'Pier\Exception\PierException' => ['class Pier\Exception\PierException extends RuntimeException'],
         'Pier\Exception\RelayException' => ['final class Pier\Exception\RelayException extends Pier\Exception\PierException'],
         'Pier\Exception\ProtocolException' => ['final class Pier\Exception\ProtocolException extends Pier\Exception\PierException'],
+        'Pier\Exception\RpcException' => ['final class Pier\Exception\RpcException extends Pier\Exception\PierException'],
     ];
 
     /**
