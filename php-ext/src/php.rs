@@ -26,7 +26,7 @@ use ext_php_rs::zend::{ce, ClassEntry};
 use pier_protocol::tcp::{EventKind, ReplyKind};
 
 use crate::relay::{self, Relay, RelayError, RelaySpec};
-use crate::rpc::{self, RpcError};
+use crate::rpc::{self, Json, RpcError};
 use crate::session::{Features, Incoming, Session, SessionError, FEATURES_ENV};
 
 /// Registers every class and enum with the module.
@@ -444,41 +444,41 @@ impl StubLiteral for Uuids<'_> {
 }
 
 /// A PHP value for a decoded JSON value, as `json_decode($json, true)` makes it (objects become
-/// arrays, integer-like keys integers, integers beyond 64 bits floats).
-fn php_value(value: &serde_json::Value) -> Zval {
-    use serde_json::Value;
+/// arrays, integer-like keys integers).
+fn php_value(value: &Json) -> Zval {
     let mut zv = Zval::new();
     match value {
-        Value::Null => zv.set_null(),
-        Value::Bool(b) => zv.set_bool(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => zv.set_long(i),
-            None => zv.set_double(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => zv.set_zend_string(ZendStr::new(s.as_bytes(), false)),
-        Value::Array(items) => zv.set_hashtable(php_array(items.iter().map(|v| (None, v)))),
-        Value::Object(map) => {
-            zv.set_hashtable(php_array(map.iter().map(|(k, v)| (Some(k.as_str()), v))))
-        }
+        Json::Null => zv.set_null(),
+        Json::Bool(b) => zv.set_bool(*b),
+        Json::Int(i) => zv.set_long(*i),
+        Json::Float(x) => zv.set_double(*x),
+        Json::Str(s) => zv.set_zend_string(ZendStr::new(s.as_bytes(), false)),
+        Json::List(_) | Json::Map(_) => zv.set_hashtable(php_array_of(value)),
     }
     zv
 }
 
-/// A PHP array of `entries` (None keys are appended).
-fn php_array<'a>(
-    entries: impl ExactSizeIterator<Item = (Option<&'a str>, &'a serde_json::Value)>,
-) -> ZBox<ZendHashTable> {
-    let mut ht = ZendHashTable::with_capacity(u32::try_from(entries.len()).unwrap_or(u32::MAX));
-    for (key, value) in entries {
-        // Inserting a fresh value into a fresh array only fails when the engine is out of memory,
-        // which PHP handles by bailing out itself.
-        let _ = match key {
-            // PHP turns canonical integer keys into integers ("7" => 7), and so does json_decode.
-            Some(k) => match k.parse::<i64>() {
-                Ok(i) if i.to_string() == k => ht.insert(i, php_value(value)),
-                _ => ht.insert(k, php_value(value)),
-            },
-            None => ht.push(php_value(value)),
+/// A PHP array for a JSON array or object (an empty array for anything else: the RPC client
+/// checked what it is).
+fn php_array_of(value: &Json) -> ZBox<ZendHashTable> {
+    let empty: &[(String, Json)] = &[];
+    let (items, entries) = match value {
+        Json::List(items) => (items.as_slice(), empty),
+        Json::Map(entries) => (&[][..], entries.as_slice()),
+        _ => (&[][..], empty),
+    };
+    let len = items.len() + entries.len();
+    let mut ht = ZendHashTable::with_capacity(u32::try_from(len).unwrap_or(u32::MAX));
+    // Inserting into a fresh array only fails when the engine is out of memory, which PHP
+    // handles by bailing out itself.
+    for item in items {
+        let _ = ht.push(php_value(item));
+    }
+    for (key, item) in entries {
+        // PHP turns canonical integer keys into integers ("7" => 7), and so does json_decode.
+        let _ = match key.parse::<i64>() {
+            Ok(i) if i.to_string() == *key => ht.insert(i, php_value(item)),
+            _ => ht.insert(key.as_str(), php_value(item)),
         };
     }
     ht
@@ -877,15 +877,6 @@ impl TcpWorker {
 pub struct Connections {
     /// The RPC client (its socket opens on the first call).
     rpc: rpc::Connections,
-}
-
-/// A PHP array for a JSON array or object (the RPC client checked which it is).
-fn php_array_of(value: &serde_json::Value) -> ZBox<ZendHashTable> {
-    match value {
-        serde_json::Value::Array(items) => php_array(items.iter().map(|v| (None, v))),
-        serde_json::Value::Object(map) => php_array(map.iter().map(|(k, v)| (Some(k.as_str()), v))),
-        _ => ZendHashTable::new(),
-    }
 }
 
 #[php_impl]

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use pier_protocol::frame::{self, flags, EncodeError, FrameError};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
-use serde_json::Value;
 
 /// The largest answer accepted, in bytes: a full page of `pier.List` is far below it.
 pub const MAX_ANSWER: u32 = 16 << 20;
@@ -30,6 +31,121 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The last sequence number used in this process (the stock client's counter is per process too).
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A decoded JSON result, as PHP's `json_decode($json, true)` sees it: object keys keep their
+/// order (serde_json's own map sorts them), integers beyond 64 bits become floats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer that fits in 64 bits.
+    Int(i64),
+    /// Any other number.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// An array.
+    List(Vec<Json>),
+    /// An object, keys in the order written.
+    Map(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// The member `key` of an object.
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Int(i) => s.serialize_i64(*i),
+            Json::Float(x) => s.serialize_f64(*x),
+            Json::Str(t) => s.serialize_str(t),
+            Json::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Map(entries) => {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+/// Builds [`Json`] values.
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+    fn visit_i64<E: de::Error>(self, i: i64) -> Result<Json, E> {
+        Ok(Json::Int(i))
+    }
+    fn visit_u64<E: de::Error>(self, u: u64) -> Result<Json, E> {
+        Ok(i64::try_from(u).map_or(Json::Float(u as f64), Json::Int))
+    }
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Json, E> {
+        Ok(Json::Float(x))
+    }
+    fn visit_str<E: de::Error>(self, t: &str) -> Result<Json, E> {
+        Ok(Json::Str(t.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, t: String) -> Result<Json, E> {
+        Ok(Json::Str(t))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Json::Map(entries))
+    }
+}
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +363,7 @@ impl Client {
         &mut self,
         method: &'static str,
         argument: &impl Serialize,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Json, RpcError> {
         let json = serde_json::to_vec(argument).map_err(|_| RpcError::NotUtf8(method))?;
         let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if self.stream.is_none() {
@@ -470,23 +586,24 @@ fn texts<'a>(method: &'static str, bytes: Option<&'a [u8]>) -> Result<Option<&'a
     bytes.map(|b| text(method, b)).transpose()
 }
 
-fn unexpected(method: &'static str, expected: &str, value: &Value) -> RpcError {
+fn unexpected(method: &'static str, expected: &str, value: &Json) -> RpcError {
     RpcError::Answer {
         method,
         problem: format!("the server answered {value}, expected {expected}"),
     }
 }
 
-fn boolean(method: &'static str, value: Value) -> Result<bool, RpcError> {
-    value
-        .as_bool()
-        .ok_or_else(|| unexpected(method, "a boolean", &value))
+fn boolean(method: &'static str, value: Json) -> Result<bool, RpcError> {
+    match value {
+        Json::Bool(b) => Ok(b),
+        other => Err(unexpected(method, "a boolean", &other)),
+    }
 }
 
-fn integer(method: &'static str, value: Value) -> Result<i64, RpcError> {
-    match &value {
-        Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-        _ => Err(unexpected(method, "an integer", &value)),
+fn integer(method: &'static str, value: Json) -> Result<i64, RpcError> {
+    match value {
+        Json::Int(i) => Ok(i),
+        other => Err(unexpected(method, "an integer", &other)),
     }
 }
 
@@ -564,7 +681,7 @@ impl Connections {
         group: Option<&[u8]>,
         offset: i64,
         limit: i64,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Json, RpcError> {
         const M: &str = "pier.List";
         let arg = ListArg {
             filter: Filter {
@@ -575,10 +692,8 @@ impl Connections {
             limit,
         };
         let page = self.client.call(M, &arg)?;
-        let ok = page.get("total").is_some_and(|t| t.is_i64())
-            && page
-                .get("connections")
-                .is_some_and(|c| c.is_array() || c.is_object());
+        let ok = matches!(page.get("total"), Some(Json::Int(_)))
+            && matches!(page.get("connections"), Some(Json::List(_) | Json::Map(_)));
         if !ok {
             return Err(unexpected(M, r#"a page {"total", "connections"}"#, &page));
         }
@@ -586,14 +701,14 @@ impl Connections {
     }
 
     /// `pier.Info`: the connection, or None.
-    pub fn info(&mut self, uuid: &[u8]) -> Result<Option<Value>, RpcError> {
+    pub fn info(&mut self, uuid: &[u8]) -> Result<Option<Json>, RpcError> {
         const M: &str = "pier.Info";
         let arg = UuidArg {
             uuid: text(M, uuid)?,
         };
         match self.client.call(M, &arg)? {
-            Value::Null => Ok(None),
-            v @ (Value::Object(_) | Value::Array(_)) => Ok(Some(v)),
+            Json::Null => Ok(None),
+            v @ (Json::Map(_) | Json::List(_)) => Ok(Some(v)),
             v => Err(unexpected(M, "a connection or null", &v)),
         }
     }
@@ -609,14 +724,14 @@ impl Connections {
     }
 
     /// `pier.Groups`: a list.
-    pub fn groups(&mut self, server: Option<&[u8]>) -> Result<Value, RpcError> {
+    pub fn groups(&mut self, server: Option<&[u8]>) -> Result<Json, RpcError> {
         const M: &str = "pier.Groups";
         let arg = Filter {
             server: texts(M, server)?,
             group: None,
         };
         match self.client.call(M, &arg)? {
-            v @ Value::Array(_) => Ok(v),
+            v @ Json::List(_) => Ok(v),
             v => Err(unexpected(M, "a list of groups", &v)),
         }
     }
@@ -625,6 +740,7 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::net::TcpListener;
     use std::path::PathBuf;
     use std::thread;
@@ -660,7 +776,7 @@ mod tests {
         assert_eq!(out, vector("rpc_request_rpc_version_json"));
     }
 
-    fn answer(name: &str, sequence: u32) -> Result<Value, RpcError> {
+    fn answer(name: &str, sequence: u32) -> Result<Json, RpcError> {
         let bytes = vector(name);
         let (frame, _) = frame::decode(&bytes, MAX_ANSWER).unwrap().unwrap();
         decode_answer("m", sequence, &frame).map(|b| serde_json::from_slice(b).unwrap())
@@ -670,23 +786,26 @@ mod tests {
     fn the_response_vectors_are_accepted_and_the_error_vector_is_an_error() {
         assert_eq!(
             answer("rpc_response_tcp_close_json", 1).unwrap(),
-            Value::Bool(true)
+            Json::Bool(true)
         );
         assert_eq!(
             answer("rpc_response_resetter_reset_json", 3).unwrap(),
-            Value::Bool(true)
+            Json::Bool(true)
         );
         assert_eq!(
             answer("rpc_response_informer_list_json", 6).unwrap(),
-            serde_json::json!(["tcp"])
+            Json::List(vec![Json::Str("tcp".into())])
         );
+        // Keys keep their order, as json_decode keeps them.
         assert_eq!(
-            answer("rpc_response_informer_workers_json", 5).unwrap()["workers"][0]["pid"],
-            4242
+            answer("rpc_response_informer_workers_json", 5)
+                .unwrap()
+                .to_string(),
+            r#"{"workers":[{"pid":4242,"status":2,"numExecs":17,"created":1764430000000000000,"memoryUsage":20971520,"CPUPercent":0.5,"command":"php worker.php","statusStr":"ready"}]}"#
         );
         assert_eq!(
             answer("rpc_response_rpc_version_json", 7).unwrap(),
-            "2025.1.15"
+            Json::Str("2025.1.15".into())
         );
         match answer("rpc_response_resetter_reset_unknown_json", 4) {
             Err(RpcError::Server(text)) => assert_eq!(text, "no such plugin: http"),
@@ -804,10 +923,16 @@ mod tests {
         );
         assert!(!c.membership(true, b"g", b"u").unwrap());
         assert!(c.close(b"u").unwrap());
-        assert_eq!(c.list(Some(b"s"), None, 0, 100).unwrap()["total"], 1);
+        assert_eq!(
+            c.list(Some(b"s"), None, 0, 100).unwrap().get("total"),
+            Some(&Json::Int(1))
+        );
         assert_eq!(c.info(b"u").unwrap(), None);
         assert_eq!(c.count(None, Some(b"g")).unwrap(), 7);
-        assert_eq!(c.groups(None).unwrap()[0]["members"], 2);
+        assert_eq!(
+            c.groups(None).unwrap().to_string(),
+            r#"[{"group":"g","members":2}]"#
+        );
         assert_eq!(c.close(b"u").unwrap_err().to_string(), "boom");
         assert_eq!(
             c.count(None, None).unwrap_err().to_string(),

@@ -258,4 +258,101 @@ final class WireTest extends TestCase
         );
         self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
     }
+
+    /**
+     * A command frame (PROTOCOL.md, "commands"): flags CODEC_JSON, option = header length, header ‖ data.
+     */
+    private static function command(string $header, string $data = ''): string
+    {
+        return Vectors::frame(0x08, [\strlen($header)], $header . $data);
+    }
+
+    public function testPushCommandsGoOutInOrderBeforeTheAnswer(): void
+    {
+        $other = '6ba7b810-9dad-41d1-80b4-00c04fd430c8';
+        $run = WorkerProcess::run(
+            [
+                ['wait'],
+                ['send', bin2hex($other), bin2hex("\x00hi\xff\r\n")],
+                ['join', bin2hex('room/é')],
+                ['leave', bin2hex('room/é'), bin2hex($other)],
+                ['broadcast', bin2hex("all\r\n")],
+                ['broadcast', bin2hex("room\r\n"), bin2hex('room/é'), [$other, Vectors::UUID]],
+                ['disconnect', bin2hex($other)],
+                ['respond', bin2hex("hello\r\n")],
+            ],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'state,push'],
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame(['send', 'join', 'leave', 'broadcast', 'broadcast', 'disconnect', 'respond'], array_column(\array_slice($run->steps(), 1), 'done'));
+        $uuid = Vectors::UUID;
+        self::assertSame(
+            self::command("{\"op\":\"send\",\"uuid\":\"{$other}\"}", "\x00hi\xff\r\n")
+            . self::command("{\"op\":\"join\",\"uuid\":\"{$uuid}\",\"group\":\"room/é\"}")
+            . self::command("{\"op\":\"leave\",\"uuid\":\"{$other}\",\"group\":\"room/é\"}")
+            . self::command('{"op":"broadcast","server":"' . Vectors::SERVER . '"}', "all\r\n")
+            . self::command("{\"op\":\"broadcast\",\"group\":\"room/é\",\"except\":[\"{$other}\",\"{$uuid}\"]}", "room\r\n")
+            . self::command("{\"op\":\"close\",\"uuid\":\"{$other}\"}")
+            . Vectors::bytes('worker_respond_write_hello'),
+            $run->stdout,
+        );
+    }
+
+    public function testPushUnderAServerWithoutTheFeatureIsAProtocolExceptionAndSendsNothing(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['send', '75', '78'], ['broadcast', '78'], ['join', '67'], ['leave', '67'], ['disconnect', '75'], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'state'],
+        );
+
+        self::assertCleanExit($run);
+        $refused = ['exception' => self::EXCEPTION . 'ProtocolException', 'message' => "server push needs a Pier server (PIER_FEATURES has no 'push')"];
+        self::assertSame([$refused, $refused, $refused, $refused, $refused, ['done' => 'respond']], \array_slice($run->steps(), 1));
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+    }
+
+    public function testPushOutsideARequestOrWithBadArgumentsIsRefusedWithTheSameMessages(): void
+    {
+        $run = WorkerProcess::run(
+            [
+                ['send', '75', '78'],
+                ['wait'],
+                ['join', ''],
+                ['leave', bin2hex(str_repeat('g', 129))],
+                ['broadcast', '78', 'ff'],
+                ['send', '', '78'],
+                ['disconnect', 'ff'],
+                ['broadcast', '78', null, [42]],
+                ['join', bin2hex(str_repeat('g', 128))],
+                ['read'],
+                ['broadcast', '78'],
+            ],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'push'],
+        );
+
+        self::assertCleanExit($run);
+        $protocol = static fn (string $message): array => ['exception' => self::EXCEPTION . 'ProtocolException', 'message' => $message];
+        $steps = $run->steps();
+        unset($steps[1]);
+        self::assertSame([
+            $protocol('could not send: no request is being handled (push commands go out during a request, after waitRequest())'),
+            $protocol('could not join: a group name must be 1 to 128 bytes of UTF-8 (got 0 bytes)'),
+            $protocol('could not leave: a group name must be 1 to 128 bytes of UTF-8 (got 129 bytes)'),
+            $protocol('could not broadcast: a group name must be 1 to 128 bytes of UTF-8 (got 1 bytes)'),
+            $protocol('could not send: a uuid must be a non-empty UTF-8 string'),
+            $protocol('could not disconnect: a uuid must be a non-empty UTF-8 string'),
+            $protocol('could not broadcast: $except must hold uuid strings only'),
+            ['done' => 'join'],
+            ['done' => 'read'],
+            $protocol('could not broadcast: the request was already answered (push commands go out before the answer)'),
+        ], array_values($steps));
+        self::assertSame(
+            self::command('{"op":"join","uuid":"' . Vectors::UUID . '","group":"' . str_repeat('g', 128) . '"}') . Vectors::bytes('worker_read_continue'),
+            $run->stdout,
+        );
+    }
 }
