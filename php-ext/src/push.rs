@@ -1,10 +1,9 @@
 //! Server push from inside a worker (feature `push`): the commands `TcpWorker::send`, `broadcast`,
 //! `join`, `leave` and `disconnect` send to the server during a request, before its answer
-//! (PROTOCOL.md, "Pier extensions"). This module checks their arguments and encodes them; the
-//! session decides when they may go out.
+//! (PROTOCOL.md, "Pier extensions → Commands"). This module checks their arguments; the frames
+//! are `pier_protocol::command`'s and the session decides when they may go out.
 
-use pier_protocol::frame::{self, flags, EncodeError};
-use serde::Serialize;
+pub use pier_protocol::command::Command;
 
 /// The longest group name the server accepts, in bytes.
 pub const MAX_GROUP: usize = 128;
@@ -30,113 +29,6 @@ pub enum PushError {
     Except,
 }
 
-/// One push command, its arguments checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command<'a> {
-    /// Queue `data` on connection `uuid`.
-    Send {
-        /// The target connection.
-        uuid: &'a str,
-        /// The bytes to write.
-        data: &'a [u8],
-    },
-    /// Close connection `uuid` (`disconnect()`).
-    Close {
-        /// The target connection.
-        uuid: &'a str,
-    },
-    /// Add connection `uuid` to `group`.
-    Join {
-        /// The target connection.
-        uuid: &'a str,
-        /// The group.
-        group: &'a str,
-    },
-    /// Remove connection `uuid` from `group`.
-    Leave {
-        /// The target connection.
-        uuid: &'a str,
-        /// The group.
-        group: &'a str,
-    },
-    /// Queue `data` on the members of `group`, or on every connection of `server`, minus `except`.
-    Broadcast {
-        /// Members of this group only.
-        group: Option<&'a str>,
-        /// Connections of this server only.
-        server: Option<&'a str>,
-        /// Uuids left out.
-        except: Vec<&'a str>,
-        /// The bytes to write.
-        data: &'a [u8],
-    },
-}
-
-/// The JSON header of a command frame; absent keys are left out, in this order (the pure-PHP
-/// package writes the same bytes).
-#[derive(Debug, Serialize)]
-struct Header<'a> {
-    /// The operation.
-    op: &'static str,
-    /// The target connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uuid: Option<&'a str>,
-    /// The group (join, leave, broadcast).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<&'a str>,
-    /// The server (broadcast).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server: Option<&'a str>,
-    /// Uuids left out (broadcast).
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    except: &'a [&'a str],
-}
-
-impl Command<'_> {
-    /// Appends the command frame: flags `CODEC_JSON`, one option = header length, payload =
-    /// compact JSON header ‖ data.
-    pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let none: &[&str] = &[];
-        let (header, data) = match self {
-            Command::Send { uuid, data } => (header("send", Some(uuid), None, None, none), *data),
-            Command::Close { uuid } => (header("close", Some(uuid), None, None, none), &[][..]),
-            Command::Join { uuid, group } => {
-                (header("join", Some(uuid), Some(group), None, none), &[][..])
-            }
-            Command::Leave { uuid, group } => (
-                header("leave", Some(uuid), Some(group), None, none),
-                &[][..],
-            ),
-            Command::Broadcast {
-                group,
-                server,
-                except,
-                data,
-            } => (header("broadcast", None, *group, *server, except), *data),
-        };
-        let json = serde_json::to_vec(&header).expect("a header of strings always serializes");
-        let len = u32::try_from(json.len())
-            .map_err(|_| EncodeError::PayloadTooLarge(json.len() as u64))?;
-        frame::encode(dst, flags::CODEC_JSON, 0, &[len], &[&json, data])
-    }
-}
-
-fn header<'a>(
-    op: &'static str,
-    uuid: Option<&'a str>,
-    group: Option<&'a str>,
-    server: Option<&'a str>,
-    except: &'a [&'a str],
-) -> Header<'a> {
-    Header {
-        op,
-        uuid,
-        group,
-        server,
-        except,
-    }
-}
-
 /// A uuid argument: non-empty UTF-8.
 pub fn uuid<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, PushError> {
     match std::str::from_utf8(bytes) {
@@ -160,7 +52,8 @@ pub fn group<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, PushErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pier_protocol::frame::decode;
+    use pier_protocol::frame::{decode, flags};
+    use std::borrow::Cow::Borrowed;
 
     fn payload(cmd: &Command<'_>) -> (u8, Vec<u32>, Vec<u8>) {
         let mut out = Vec::new();
@@ -175,41 +68,41 @@ mod tests {
         let cases: Vec<(Command<'_>, &[u8])> = vec![
             (
                 Command::Send {
-                    uuid: "u-1",
+                    uuid: Borrowed("u-1"),
                     data: b"\x00hi\xff",
                 },
                 br#"{"op":"send","uuid":"u-1"}"#,
             ),
             (
-                Command::Close { uuid: "u-1" },
+                Command::Close { uuid: Borrowed("u-1") },
                 br#"{"op":"close","uuid":"u-1"}"#,
             ),
             (
                 Command::Join {
-                    uuid: "u-1",
-                    group: "room/\u{e9}\"",
+                    uuid: Borrowed("u-1"),
+                    group: Borrowed("room/\u{e9}\""),
                 },
                 "{\"op\":\"join\",\"uuid\":\"u-1\",\"group\":\"room/\u{e9}\\\"\"}".as_bytes(),
             ),
             (
                 Command::Leave {
-                    uuid: "u-1",
-                    group: "g",
+                    uuid: Borrowed("u-1"),
+                    group: Borrowed("g"),
                 },
                 br#"{"op":"leave","uuid":"u-1","group":"g"}"#,
             ),
             (
                 Command::Broadcast {
                     group: None,
-                    server: Some("chat"),
-                    except: vec!["a", "b"],
+                    server: Some(Borrowed("chat")),
+                    except: vec![Borrowed("a"), Borrowed("b")],
                     data: b"x",
                 },
                 br#"{"op":"broadcast","server":"chat","except":["a","b"]}"#,
             ),
             (
                 Command::Broadcast {
-                    group: Some("g"),
+                    group: Some(Borrowed("g")),
                     server: None,
                     except: vec![],
                     data: b"x",
@@ -233,7 +126,7 @@ mod tests {
     #[test]
     fn control_characters_are_escaped_as_php_json_encode_does() {
         let (_, _, payload) = payload(&Command::Close {
-            uuid: "a\u{1}\n\u{2028}/",
+            uuid: Borrowed("a\u{1}\n\u{2028}/"),
         });
         assert_eq!(
             payload,

@@ -8,6 +8,8 @@ use pier_protocol::frame::{flags, EncodeError};
 use pier_protocol::tcp::{ReplyKind, TcpEvent, TcpReply};
 use pier_protocol::MessageError;
 
+use std::borrow::Cow;
+
 use crate::push::{self, Command, PushError};
 use crate::relay::{Relay, RelayError};
 
@@ -268,14 +270,14 @@ impl Session {
     /// `send($uuid, $data)`: queue `data` on connection `uuid`.
     pub fn send(&mut self, uuid: &[u8], data: &[u8]) -> Result<(), SessionError> {
         self.require_push("send")?;
-        let uuid = push::uuid("send", uuid)?;
+        let uuid = Cow::Borrowed(push::uuid("send", uuid)?);
         self.command(&Command::Send { uuid, data })
     }
 
     /// `disconnect($uuid)`: close connection `uuid`.
     pub fn disconnect(&mut self, uuid: &[u8]) -> Result<(), SessionError> {
         self.require_push("disconnect")?;
-        let uuid = push::uuid("disconnect", uuid)?;
+        let uuid = Cow::Borrowed(push::uuid("disconnect", uuid)?);
         self.command(&Command::Close { uuid })
     }
 
@@ -289,11 +291,11 @@ impl Session {
         let what = if join { "join" } else { "leave" };
         self.require_push(what)?;
         // The current uuid is copied out so the command can borrow it while `self.out` is written.
-        let group = push::group(what, group)?;
+        let group = Cow::Borrowed(push::group(what, group)?);
         let uuid = uuid.map(|u| push::uuid(what, u)).transpose()?;
         // The current uuid is moved out so the command can borrow it while `self.out` is written.
         let current = std::mem::take(&mut self.uuid);
-        let uuid = uuid.unwrap_or(current.as_str());
+        let uuid = Cow::Borrowed(uuid.unwrap_or(current.as_str()));
         let result = self.command(&if join {
             Command::Join { uuid, group }
         } else {
@@ -312,15 +314,17 @@ impl Session {
         except: Option<&[&[u8]]>,
     ) -> Result<(), SessionError> {
         self.require_push("broadcast")?;
-        let group = group.map(|g| push::group("broadcast", g)).transpose()?;
+        let group = group
+            .map(|g| push::group("broadcast", g).map(Cow::Borrowed))
+            .transpose()?;
         let except = except
             .ok_or(PushError::Except)?
             .iter()
-            .map(|u| push::uuid("broadcast", u))
+            .map(|u| push::uuid("broadcast", u).map(Cow::Borrowed))
             .collect::<Result<Vec<_>, _>>()?;
         // The server name is moved out so the command can borrow it while `self.out` is written.
         let current = std::mem::take(&mut self.server);
-        let server = group.is_none().then_some(current.as_str());
+        let server = group.is_none().then_some(Cow::Borrowed(current.as_str()));
         let result = self.command(&Command::Broadcast {
             group,
             server,
@@ -562,30 +566,30 @@ mod tests {
         let mut want = Vec::new();
         for cmd in [
             Command::Send {
-                uuid: "other",
+                uuid: "other".into(),
                 data: b"\x00hi",
             },
             Command::Join {
-                uuid: "uuid-1",
-                group: "room",
+                uuid: "uuid-1".into(),
+                group: "room".into(),
             },
             Command::Leave {
-                uuid: "other",
-                group: "room",
+                uuid: "other".into(),
+                group: "room".into(),
             },
             Command::Broadcast {
                 group: None,
-                server: Some("srv"),
-                except: vec!["other"],
+                server: Some("srv".into()),
+                except: vec!["other".into()],
                 data: b"all",
             },
             Command::Broadcast {
-                group: Some("room"),
+                group: Some("room".into()),
                 server: None,
                 except: vec![],
                 data: b"room!",
             },
-            Command::Close { uuid: "other" },
+            Command::Close { uuid: "other".into() },
         ] {
             cmd.encode(&mut want).unwrap();
         }

@@ -97,6 +97,60 @@ namespace Pier\Tcp {
          *         request is pending
          */
         public function setState(string $state): void {}
+
+        /**
+         * Server push: queues `$data` on connection `$uuid`'s outbound queue (any connection of the
+         * server, this one included); it is written in order with that connection's replies, never
+         * inside one of them. An unknown or closed uuid is ignored by the server. Binary-safe.
+         *
+         * The push methods need a Pier server listing `push` in `PIER_FEATURES`, and a request being
+         * handled (after `waitRequest()`, before its answer). Each goes out at once as a command frame;
+         * the server applies them in the order written, then the answer.
+         *
+         * @throws \Pier\Exception\ProtocolException without `push`, with no pending request, or when
+         *                                            `$uuid` is empty or not UTF-8 (nothing is sent)
+         * @throws \Pier\Exception\RelayException   when the write fails
+         */
+        public function send(string $uuid, string $data): void {}
+
+        /**
+         * Server push: queues `$data` on every member of `$group`, or (null) on every connection of
+         * this request's server, except the uuids in `$except`.
+         *
+         * @param list<string> $except
+         *
+         * @throws \Pier\Exception\ProtocolException as send(); also when `$group` is not 1..128 bytes of
+         *                                            UTF-8 or `$except` holds a non-string
+         * @throws \Pier\Exception\RelayException
+         */
+        public function broadcast(string $data, ?string $group = null, array $except = []): void {}
+
+        /**
+         * Server push: adds connection `$uuid` (null: this request's) to `$group` (1..128 bytes of
+         * UTF-8). Membership dies with the connection; the server refuses a 65th group per connection.
+         *
+         * @throws \Pier\Exception\ProtocolException as broadcast()
+         * @throws \Pier\Exception\RelayException
+         */
+        public function join(string $group, ?string $uuid = null): void {}
+
+        /**
+         * Server push: removes connection `$uuid` (null: this request's) from `$group`.
+         *
+         * @throws \Pier\Exception\ProtocolException as broadcast()
+         * @throws \Pier\Exception\RelayException
+         */
+        public function leave(string $group, ?string $uuid = null): void {}
+
+        /**
+         * Server push: closes connection `$uuid` once what it has queued is written; it gets its CLOSE
+         * event. For this request's own connection the close follows this request's answer (whose
+         * body is written). Not `close()`, which answers this request with CLOSE.
+         *
+         * @throws \Pier\Exception\ProtocolException as send()
+         * @throws \Pier\Exception\RelayException
+         */
+        public function disconnect(string $uuid): void {}
     }
 
     final class TcpRequest
@@ -140,6 +194,105 @@ namespace Pier\Tcp {
         case Read = 'CONTINUE';
         case Close = 'CLOSE';
     }
+
+    /**
+     * Every live connection of a Pier server, from any PHP process, over its RPC listener
+     * (`rpc.listen`: goridge RPC, JSON codec, the `pier.*` methods). The socket opens on the first
+     * call and is kept; a failed call closes it and the next one reconnects. Calls wait at most 10 s
+     * to connect and 30 s for an answer. Sequence numbers, framing and error handling are the stock
+     * spiral/goridge client's.
+     */
+    final class Connections
+    {
+        /**
+         * @param string $address `tcp://host:port` or `unix:///path`, as `rpc.listen` says
+         *
+         * @throws \Pier\Exception\RpcException when it is neither
+         */
+        public function __construct(string $address) {}
+
+        /**
+         * The server whose address `RR_RPC` holds (set for workers when `rpc.listen` is configured).
+         *
+         * @throws \Pier\Exception\RpcException when RR_RPC is not set or not an address
+         */
+        public static function fromEnvironment(): Connections {}
+
+        /**
+         * `pier.Send`: queues `$data` on connection `$uuid`; false when no such connection is open.
+         * Bytes that are not UTF-8 travel as base64 (`data_b64`).
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function send(string $uuid, string $data): bool {}
+
+        /**
+         * `pier.Broadcast`: to the members of `$group` (of `$server` only, if given), or with no group
+         * to every connection of `$server`, or with neither to every connection; minus `$except`.
+         * Returns how many connections it was queued on.
+         *
+         * @param list<string> $except
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function broadcast(string $data, ?string $group = null, ?string $server = null, array $except = []): int {}
+
+        /**
+         * `pier.Join`: false when no such connection is open.
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function join(string $group, string $uuid): bool {}
+
+        /**
+         * `pier.Leave`: false when no such connection is open.
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function leave(string $group, string $uuid): bool {}
+
+        /**
+         * `pier.Close`: closes connection `$uuid` after what it has queued; it gets its CLOSE event.
+         * False when no such connection was open.
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function close(string $uuid): bool {}
+
+        /**
+         * `pier.List`: one page of the open connections, oldest first (`$limit` at most 1000).
+         *
+         * @return array{total: int, connections: list<array{uuid: string, server: string, remote_addr: string, connected_at: float, bytes_in: int, bytes_out: int, groups: list<string>}>}
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function list(?string $server = null, ?string $group = null, int $offset = 0, int $limit = 100): array {}
+
+        /**
+         * `pier.Info`: one connection, or null when it is not open.
+         *
+         * @return array{uuid: string, server: string, remote_addr: string, connected_at: float, bytes_in: int, bytes_out: int, groups: list<string>}|null
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function info(string $uuid): ?array {}
+
+        /**
+         * `pier.Count`: how many connections are open (of one server and/or group).
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function count(?string $server = null, ?string $group = null): int {}
+
+        /**
+         * `pier.Groups`: the groups with members, sorted by name.
+         *
+         * @return list<array{group: string, members: int}>
+         *
+         * @throws \Pier\Exception\RpcException
+         */
+        public function groups(?string $server = null): array {}
+    }
 }
 
 namespace Pier\Exception {
@@ -150,4 +303,10 @@ namespace Pier\Exception {
 
     /** Misuse or corruption: answering twice or before any request, a corrupt frame, state unsupported. */
     final class ProtocolException extends PierException {}
+
+    /**
+     * A `Pier\Tcp\Connections` call failed: the address is not usable, the server cannot be reached
+     * or answered something unreadable, or it answered with an error (the message is its text).
+     */
+    final class RpcException extends PierException {}
 }

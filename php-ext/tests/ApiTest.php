@@ -99,7 +99,8 @@ final class ApiTest extends TestCase
         $describe = <<<'PHP'
             $out = [];
             foreach (['Pier\Worker', 'Pier\Tcp\TcpWorker', 'Pier\Tcp\TcpRequest', 'Pier\Tcp\TcpEvent', 'Pier\Tcp\TcpResponse',
-                      'Pier\Exception\PierException', 'Pier\Exception\RelayException', 'Pier\Exception\ProtocolException'] as $c) {
+                      'Pier\Tcp\Connections', 'Pier\Exception\PierException', 'Pier\Exception\RelayException', 'Pier\Exception\ProtocolException',
+                      'Pier\Exception\RpcException'] as $c) {
                 $r = new ReflectionClass($c);
                 $lines = [];
                 foreach ($r->getMethods() as $m) {

@@ -154,6 +154,8 @@ pub struct Pier {
     readers: Vec<JoinHandle<()>>,
     /// Each server's loopback address, by its name under `tcp.servers`.
     addrs: BTreeMap<String, SocketAddr>,
+    /// Where the RPC listener was moved (`rpc.listen`), when the test asked for it.
+    rpc: Option<SocketAddr>,
 }
 
 impl Pier {
@@ -166,12 +168,33 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
+        Self::start_retrying(config, servers, worker, env, false)
+    }
+
+    /// [`Pier::start`], with the config's `rpc.listen` moved to a free port on 127.0.0.1 too (see
+    /// [`Pier::rpc_address`]).
+    pub fn start_with_rpc(
+        config: &str,
+        servers: &[&str],
+        worker: WorkerImpl,
+        env: &[(&str, &OsStr)],
+    ) -> Result<Pier, HarnessError> {
+        Self::start_retrying(config, servers, worker, env, true)
+    }
+
+    fn start_retrying(
+        config: &str,
+        servers: &[&str],
+        worker: WorkerImpl,
+        env: &[(&str, &OsStr)],
+        rpc: bool,
+    ) -> Result<Pier, HarnessError> {
         // A port is free when picked but another process may take it before pier binds it: then
         // pier exits saying "could not listen", and new ports are tried (a bounded number of times).
         let mut attempts = 3;
         loop {
             attempts -= 1;
-            match Self::start_once(config, servers, worker, env) {
+            match Self::start_once(config, servers, worker, env, rpc) {
                 Err(HarnessError::ExitedEarly { output, .. })
                     if attempts > 0 && output.contains("could not listen") => {}
                 result => return result,
@@ -184,6 +207,7 @@ impl Pier {
         servers: &[&str],
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
+        rpc: bool,
     ) -> Result<Pier, HarnessError> {
         let root = repo_root();
         let binary = root.join("target/release/pier");
@@ -200,6 +224,13 @@ impl Pier {
                 .arg(format!("tcp.servers.{server}.addr={addr}"));
             addrs.insert(server.to_owned(), addr);
         }
+        let rpc = if rpc {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            command.arg("-o").arg(format!("rpc.listen=tcp://{addr}"));
+            Some(addr)
+        } else {
+            None
+        };
         command
             .env("PIER_WORKER_IMPL", worker.env_value())
             // An ini directory that loads the extension (dev.sh exports one) would make the
@@ -229,6 +260,7 @@ impl Pier {
             output,
             readers,
             addrs,
+            rpc,
         };
         pier.wait_listening()?;
         Ok(pier)
@@ -270,6 +302,15 @@ impl Pier {
         match self.addrs.get(server) {
             Some(addr) => *addr,
             None => panic!("the test did not start a server named {server}"),
+        }
+    }
+
+    /// The RPC listener's address as `rpc.listen` and `RR_RPC` write it (`tcp://127.0.0.1:PORT`);
+    /// only after [`Pier::start_with_rpc`].
+    pub fn rpc_address(&self) -> String {
+        match self.rpc {
+            Some(addr) => format!("tcp://{addr}"),
+            None => panic!("the test did not start pier with start_with_rpc"),
         }
     }
 
