@@ -74,7 +74,9 @@ mod tests {
                 br#"{"op":"send","uuid":"u-1"}"#,
             ),
             (
-                Command::Close { uuid: Borrowed("u-1") },
+                Command::Close {
+                    uuid: Borrowed("u-1"),
+                },
                 br#"{"op":"close","uuid":"u-1"}"#,
             ),
             (

@@ -849,11 +849,14 @@ mod tests {
         );
     }
 
+    /// A request the fake server saw: sequence number, method, JSON argument.
+    type Seen = (u32, String, String);
+
     /// A fake server thread: answers each request with `answers[i]` (Ok = JSON result, Err = error
     /// text), echoing the call's sequence number and method; returns the requests it saw.
     fn fake(
         answers: Vec<Result<&'static str, &'static str>>,
-    ) -> (String, thread::JoinHandle<Vec<(u32, String, String)>>) {
+    ) -> (String, thread::JoinHandle<Vec<Seen>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("tcp://{}", listener.local_addr().unwrap());
         let handle = thread::spawn(move || {

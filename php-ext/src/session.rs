@@ -589,7 +589,9 @@ mod tests {
                 except: vec![],
                 data: b"room!",
             },
-            Command::Close { uuid: "other".into() },
+            Command::Close {
+                uuid: "other".into(),
+            },
         ] {
             cmd.encode(&mut want).unwrap();
         }
