@@ -16,6 +16,15 @@ use crate::framing::{Endian, Framing, LengthField, Strip, Varint};
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 1 << 20;
 /// Default `tcp.servers.<name>.max_state_size`: 64 KiB.
 pub const DEFAULT_MAX_STATE_SIZE: usize = 64 << 10;
+/// Default `tcp.servers.<name>.max_write_buffer`: 1 MiB of bytes queued for one client. Workerman's
+/// default send buffer; Swoole's is 2 MiB. With the kernel's own send buffer (up to 4 MiB with
+/// Linux autotuning) in front of it, a client that cannot take 1 MiB more is seconds behind even on
+/// a slow link, and 10,000 such clients stay within 10 GiB at worst. Same as `max_packet_size`'s
+/// default, so a server's bounds are symmetric.
+pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
+/// Default `tcp.servers.<name>.write_timeout`: how long queued bytes may wait for a client that
+/// reads nothing at all before it is closed.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `tcp.read_buf_size`, in MB as RoadRunner counts it.
 pub const DEFAULT_READ_BUF_SIZE_MB: usize = 1;
 /// Default `allocate_timeout` and `destroy_timeout` (RoadRunner's).
@@ -71,6 +80,12 @@ pub enum ConfigError {
     /// Neither `tcp.pool.command` nor `server.command` is set.
     #[error("no worker command: set server.command (or tcp.pool.command)")]
     NoCommand,
+    /// `rpc.listen` is not `tcp://host:port` or `unix:///path`.
+    #[error("invalid value for rpc.listen: {0:?} is not tcp://host:port or unix:///path")]
+    RpcListen(String),
+    /// `rpc.listen` is a TCP address other than loopback without `rpc.allow_remote: true`.
+    #[error("rpc.listen {0:?} is not a loopback address: RoadRunner's RPC has no authentication, so anyone who can reach it can send to, close and list every connection; listen on 127.0.0.1, ::1, localhost or a unix socket, or set rpc.allow_remote: true if a firewall protects it")]
+    RpcNotLoopback(String),
     /// A relay Pier does not implement yet.
     #[error("server.relay {0:?} is not supported yet: use pipes")]
     RelayNotSupported(String),
@@ -102,6 +117,8 @@ pub struct Config {
     pub metrics: Option<OpsListenerConfig>,
     /// `status`: `/health` and `/ready`; `None` = off.
     pub status: Option<StatusConfig>,
+    /// `rpc`: where goridge RPC listens; `None` when `rpc.listen` is not set.
+    pub rpc: Option<RpcConfig>,
     /// Unknown or not-yet-supported keys, each naming its key path; logged by the caller once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -121,6 +138,12 @@ pub struct ServerConfig {
     pub max_packet_size: usize,
     /// Largest connection state a worker may store (Pier extension `state`).
     pub max_state_size: usize,
+    /// Most bytes pushed to one client (extension `push`, RPC) that may wait for it; a push past it
+    /// closes the connection (the client is not reading).
+    pub max_write_buffer: usize,
+    /// How long queued bytes may wait without the client reading any before the connection is
+    /// closed; zero = no limit.
+    pub write_timeout: Duration,
     /// Connection limits and timeouts (Pier keys).
     pub limits: LimitsConfig,
 }
@@ -176,6 +199,24 @@ pub struct StatusConfig {
     pub listener: OpsListenerConfig,
     /// `unavailable_status_code`: the HTTP status of a failing check (default 503).
     pub unavailable_status_code: u16,
+}
+
+/// The `rpc` section: goridge RPC as RoadRunner's rpc plugin serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcConfig {
+    /// `rpc.listen` as written: what workers get in `RR_RPC`.
+    pub listen: String,
+    /// Where to listen, parsed.
+    pub addr: RpcAddr,
+}
+
+/// Where the RPC listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcAddr {
+    /// `tcp://host:port`, as `host:port`.
+    Tcp(String),
+    /// `unix:///path`.
+    Unix(PathBuf),
 }
 
 /// The worker pool: `tcp.pool` plus `server`.
@@ -254,7 +295,9 @@ impl Config {
         check_keys(
             top,
             "",
-            &["version", "server", "tcp", "logs", "metrics", "status"],
+            &[
+                "version", "server", "tcp", "logs", "metrics", "status", "rpc",
+            ],
             &[],
             &mut warnings,
         );
@@ -301,6 +344,11 @@ impl Config {
                 level: "info".into(),
                 encoding: LogEncoding::Console,
             },
+        };
+
+        let rpc = match top.get(&key("rpc")) {
+            Some(v) if !matches!(v, Yaml::Null) => rpc(hash(v, "rpc")?, &mut warnings)?,
+            _ => None,
         };
 
         let tcp = top.get(&key("tcp")).unwrap_or(&empty);
@@ -444,6 +492,7 @@ impl Config {
             logs,
             metrics,
             status,
+            rpc,
             warnings,
         })
     }
@@ -529,6 +578,8 @@ fn server_entry(
             "accept_rate_per_ip",
             "idle_timeout",
             "tcp_keepalive",
+            "max_write_buffer",
+            "write_timeout",
         ],
         &[],
         warnings,
@@ -585,6 +636,8 @@ fn server_entry(
         framing,
         max_packet_size,
         max_state_size: size("max_state_size", DEFAULT_MAX_STATE_SIZE)?,
+        max_write_buffer: size("max_write_buffer", DEFAULT_MAX_WRITE_BUFFER)?,
+        write_timeout: duration_or(h, &path, "write_timeout", DEFAULT_WRITE_TIMEOUT)?,
         limits,
     })
 }
@@ -837,6 +890,56 @@ fn keepalive(
     Ok(Some(ka))
 }
 
+/// The `rpc` section; `None` without `rpc.listen`.
+fn rpc(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<RpcConfig>, ConfigError> {
+    check_keys(h, "rpc", &["listen", "allow_remote"], &[], warnings);
+    let Some(listen) = h.get(&key("listen")) else {
+        return Ok(None);
+    };
+    let listen = scalar_string(listen, "rpc.listen")?.trim().to_owned();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let allow_remote = match h.get(&key("allow_remote")) {
+        None => false,
+        Some(Yaml::Boolean(b)) => *b,
+        Some(v) => match scalar_string(v, "rpc.allow_remote")?.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "rpc.allow_remote".into(),
+                    problem: format!("{other:?} is not true or false"),
+                })
+            }
+        },
+    };
+    let addr = if let Some(path) = listen.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(ConfigError::RpcListen(listen));
+        }
+        RpcAddr::Unix(PathBuf::from(path))
+    } else if let Some(hostport) = listen.strip_prefix("tcp://") {
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .filter(|(_, port)| port.parse::<u16>().is_ok())
+            .ok_or_else(|| ConfigError::RpcListen(listen.clone()))?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = bare == "localhost"
+            || bare
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !allow_remote {
+            return Err(ConfigError::RpcNotLoopback(listen));
+        }
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        RpcAddr::Tcp(format!("{host}:{port}"))
+    } else {
+        return Err(ConfigError::RpcListen(listen));
+    };
+    Ok(Some(RpcConfig { listen, addr }))
+}
+
 /// `tcp://host:port`, `host:port`, `[::1]:port` or `:port` → a `host:port` tokio can bind;
 /// `None` when empty.
 fn normalize_addr(addr: &str) -> Option<String> {
@@ -979,6 +1082,18 @@ fn command(v: &Yaml, path: &str) -> Result<Vec<String>, ConfigError> {
 fn optional_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
     match h.get(&key(field)) {
         None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => duration(v, &format!("{path}.{field}")),
+    }
+}
+
+fn duration_or(
+    h: &Hash,
+    path: &str,
+    field: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match h.get(&key(field)) {
+        None => Ok(default),
         Some(v) => duration(v, &format!("{path}.{field}")),
     }
 }
@@ -1134,6 +1249,9 @@ mod tests {
         );
         assert_eq!(s.max_packet_size, 1 << 20);
         assert_eq!(s.max_state_size, 65536);
+        assert_eq!(s.max_write_buffer, 1 << 20);
+        assert_eq!(s.write_timeout, Duration::from_secs(60));
+        assert_eq!(c.rpc, None);
         assert_eq!(c.pool.command, ["php", "worker.php"]);
         assert_eq!(c.pool.allocate_timeout, Duration::from_secs(60));
         assert_eq!(c.pool.max_jobs, 0);
@@ -1155,7 +1273,7 @@ logs: { level: debug, encoding: json }
 tcp:
   read_buf_size: 2
   servers:
-    a: { addr: "tcp://127.0.0.1:${PORT}", delimiter: "--end--", max_packet_size: 64, max_state_size: 9 }
+    a: { addr: "tcp://127.0.0.1:${PORT}", delimiter: "--end--", max_packet_size: 64, max_state_size: 9, max_write_buffer: 4096, write_timeout: 2s }
     b: { addr: "[::1]:0", delimiter: "\n" }
     c: { addr: ":${NOPE:-7002}" }
   pool:
@@ -1188,6 +1306,8 @@ tcp:
         assert_eq!(c.servers[0].max_packet_size, 64);
         assert_eq!(c.servers[0].max_state_size, 9);
         assert_eq!(c.servers[1].framing, Framing::Delimiter(b"\n".to_vec()));
+        assert_eq!(c.servers[0].max_write_buffer, 4096);
+        assert_eq!(c.servers[0].write_timeout, Duration::from_secs(2));
     }
 
     #[test]
@@ -1214,13 +1334,13 @@ tcp:
     #[test]
     fn unknown_keys_are_warnings_with_their_path() {
         let c = parse(&format!(
-            "{MINIMAL}      colour: red\n  pool:\n    supervisor: {{}}\nrpc:\n  listen: x\n"
+            "{MINIMAL}      colour: red\n  pool:\n    supervisor: {{}}\nrpcx:\n  listen: x\n"
         ))
         .unwrap();
         assert_eq!(
             c.warnings,
             [
-                "unknown key rpc (ignored)",
+                "unknown key rpcx (ignored)",
                 "unknown key tcp.servers.smtp.colour (ignored)",
                 "tcp.pool.supervisor is not supported yet (ignored)",
             ]
@@ -1508,6 +1628,66 @@ tcp:
         ] {
             let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn rpc_listen_loopback_or_unix_unless_allowed() {
+        let with = |rpc: &str| parse(&format!("{MINIMAL}rpc:\n{rpc}"));
+        let ok: &[(&str, RpcAddr)] = &[
+            (
+                "  listen: tcp://127.0.0.1:6001\n",
+                RpcAddr::Tcp("127.0.0.1:6001".into()),
+            ),
+            (
+                "  listen: tcp://localhost:0\n",
+                RpcAddr::Tcp("localhost:0".into()),
+            ),
+            (
+                "  listen: 'tcp://[::1]:6001'\n",
+                RpcAddr::Tcp("[::1]:6001".into()),
+            ),
+            (
+                "  listen: unix:///tmp/rr.sock\n",
+                RpcAddr::Unix("/tmp/rr.sock".into()),
+            ),
+            (
+                "  listen: tcp://0.0.0.0:6001\n  allow_remote: true\n",
+                RpcAddr::Tcp("0.0.0.0:6001".into()),
+            ),
+        ];
+        for (text, addr) in ok {
+            let c = with(text).unwrap();
+            assert_eq!(c.rpc.as_ref().map(|r| &r.addr), Some(addr), "{text}");
+        }
+        assert_eq!(
+            with("  listen: tcp://127.0.0.1:6001\n")
+                .unwrap()
+                .rpc
+                .unwrap()
+                .listen,
+            "tcp://127.0.0.1:6001"
+        );
+        for bad in [
+            "  listen: tcp://0.0.0.0:6001\n",
+            "  listen: tcp://:6001\n",
+            "  listen: tcp://10.1.2.3:6001\n",
+            "  listen: tcp://example.com:6001\n",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a loopback address"), "{bad}: {err}");
+            assert!(err.contains("rpc.allow_remote: true"), "{err}");
+        }
+        for bad in [
+            "  listen: 127.0.0.1:6001\n",
+            "  listen: tcp://127.0.0.1\n",
+            "  listen: 'unix://'\n",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("is not tcp://host:port or unix:///path"),
+                "{bad}: {err}"
+            );
         }
     }
 

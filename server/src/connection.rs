@@ -1,26 +1,46 @@
 //! One client connection: CONNECTED, one DATA per packet, CLOSE exactly once; strictly in order.
+//! And its one outbound queue: replies to its own events and bytes pushed by anyone (extension
+//! `push`, RPC) go out in the order they were accepted, each chunk whole.
+//!
+//! The queue ([`Link`]) is shared with the registry; the connection's own task is its only writer
+//! (no writer task per connection: an idle connection is one task). Pushers append a `Bytes` and
+//! wake the task; they never wait, and a client that does not read costs them nothing: past
+//! `max_write_buffer` queued bytes, or after `write_timeout` without the client reading any, the
+//! connection is closed with a logged reason and gets its CLOSE event. Replies are always queued
+//! (the connection reads its next packet only once everything queued is written, so a client is
+//! paced by its own reading, as before); only pushes are bounded.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use pier_protocol::tcp::EventKind;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
+use uuid::Uuid;
 
 use crate::config::ServerConfig;
 use crate::framing::{FrameCodec, FramingError};
 use crate::limits::{self, Admission, Reader};
 use crate::ops::{CloseReason, ServerMetrics};
 use crate::pool::{Action, Event, Pool, PoolError, Reply};
+use crate::registry::Registry;
 
 /// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
 const INITIAL_READ_BUFFER: usize = 64 * 1024;
+/// Most queued chunks handed to one `writev(2)`.
+const MAX_IOVECS: usize = 64;
 
 /// What the connection does after a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,27 +62,303 @@ pub(crate) struct Listener {
     pub(crate) metrics: ServerMetrics,
     /// Connection limits checked at accept.
     pub(crate) admission: Arc<Admission>,
+    /// Where connections register so they can be reached by uuid.
+    pub(crate) registry: Registry,
 }
 
-/// The per-connection part: ids, socket writer, state.
+/// A live connection as the registry and pushers see it: ids, stats, the outbound queue.
+#[derive(Debug)]
+pub struct Link {
+    /// The connection id (registry key).
+    pub(crate) uuid: Uuid,
+    /// The id as sent in events.
+    uuid_text: String,
+    /// The listener it came from (server name, bounds).
+    listener: Arc<Listener>,
+    /// Client address as sent in events.
+    pub(crate) remote_addr: String,
+    /// When it was accepted.
+    pub(crate) connected_at: SystemTime,
+    /// Packet bytes received, delimiters included.
+    bytes_in: AtomicU64,
+    /// Bytes written to the socket.
+    bytes_out: AtomicU64,
+    /// Bytes waiting to be written, in the order accepted.
+    queue: Mutex<Queue>,
+    /// Wakes the connection's task when the queue gains bytes or a close is asked for (a stored
+    /// permit, so a wake-up between its check and its wait is not lost).
+    wake: Notify,
+}
+
+/// The shared part of the outbound queue.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Chunks not yet taken by the writer, oldest first.
+    chunks: VecDeque<Bytes>,
+    /// Bytes not yet written: these chunks plus those the writer holds.
+    queued: usize,
+    /// Whether the connection is closing, and how.
+    closing: Closing,
+}
+
+/// How a connection is asked to close through its queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Closing {
+    /// It is not.
+    #[default]
+    No,
+    /// After what is queued is written (`close` op, RPC): no more pushes are taken.
+    AfterFlush,
+    /// Now, dropping what is queued: a push found `queued` bytes waiting and would have passed
+    /// `max_write_buffer` with its `adding` more.
+    Overflow {
+        /// Bytes waiting.
+        queued: usize,
+        /// Bytes of the refused push.
+        adding: usize,
+    },
+}
+
+/// Why the writer stopped: the connection closes.
+#[derive(Debug)]
+enum Stop {
+    /// Everything queued is written and a close was asked for.
+    Flushed,
+    /// Everything queued is written (only when the caller asked to be told).
+    Drained,
+    /// The client does not read: the bound was passed.
+    Overflow {
+        /// Bytes waiting.
+        queued: usize,
+        /// Bytes of the refused push.
+        adding: usize,
+    },
+    /// The client read nothing for `write_timeout` while bytes waited.
+    Timeout {
+        /// Bytes waiting.
+        queued: usize,
+    },
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding it; a poisoned queue is still a valid queue.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id as sent in events.
+    pub(crate) fn uuid_text(&self) -> &str {
+        &self.uuid_text
+    }
+
+    /// The `tcp.servers` key it belongs to.
+    pub(crate) fn server(&self) -> &str {
+        &self.listener.config.name
+    }
+
+    /// Packet bytes received.
+    pub(crate) fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the client.
+    pub(crate) fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Queues pushed bytes; never waits. False when the connection is closing, or when the bytes
+    /// would pass `max_write_buffer`: the connection is then closed (its client is not reading).
+    pub(crate) fn push(&self, data: Bytes) -> bool {
+        let mut q = self.lock();
+        if q.closing != Closing::No {
+            return false;
+        }
+        let max = self.listener.config.max_write_buffer;
+        if q.queued.saturating_add(data.len()) > max {
+            q.closing = Closing::Overflow {
+                queued: q.queued,
+                adding: data.len(),
+            };
+            drop(q);
+            self.wake.notify_one();
+            return false;
+        }
+        if data.is_empty() {
+            return true;
+        }
+        let was_empty = q.queued == 0;
+        q.queued += data.len();
+        self.listener.metrics.queued(data.len());
+        q.chunks.push_back(data);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Forgets what is still queued (the connection is gone): no more pushes are taken.
+    fn drop_queued(&self) {
+        let mut q = self.lock();
+        if q.closing == Closing::No {
+            q.closing = Closing::AfterFlush;
+        }
+        q.chunks = VecDeque::new();
+        let dropped = std::mem::take(&mut q.queued);
+        drop(q);
+        if dropped > 0 {
+            self.listener.metrics.sent(dropped, false);
+        }
+    }
+
+    /// Asks for the connection to close once what is queued is written.
+    pub(crate) fn request_close(&self) {
+        let mut q = self.lock();
+        if q.closing == Closing::No {
+            q.closing = Closing::AfterFlush;
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+}
+
+/// The writing side: the socket and the chunks taken from the queue. Owned by the connection's
+/// task; every method is cancel-safe (state lives here, writes are non-blocking attempts).
+struct Writer {
+    /// The socket's write half.
+    half: OwnedWriteHalf,
+    /// Chunks taken from the shared queue and being written, front first; counted in `queued`.
+    inflight: VecDeque<Bytes>,
+    /// Since when the socket has refused bytes while some waited (`write_timeout` runs from here);
+    /// `None` while writes make progress.
+    stalled_since: Option<Instant>,
+}
+
+impl Writer {
+    /// Whether nothing at all waits to be written.
+    fn idle(&self, link: &Link) -> bool {
+        self.inflight.is_empty() && link.lock().queued == 0
+    }
+
+    /// A reply's body: written at once when nothing is queued before it (the common case: no
+    /// copy, no wake-up), else queued behind what is. Replies are never refused by the bound.
+    fn reply(&mut self, link: &Link, body: Bytes) -> std::io::Result<()> {
+        {
+            let mut q = link.lock();
+            if matches!(q.closing, Closing::Overflow { .. }) {
+                return Ok(());
+            }
+            link.listener.metrics.queued(body.len());
+            if q.queued > 0 || !self.inflight.is_empty() {
+                q.queued += body.len();
+                q.chunks.push_back(body);
+                return Ok(());
+            }
+            q.queued += body.len();
+        }
+        self.inflight.push_back(body);
+        self.write_now(link).map(|_| ())
+    }
+
+    /// Writes what it can without waiting: `Ok(true)` when nothing is left.
+    fn write_now(&mut self, link: &Link) -> std::io::Result<bool> {
+        loop {
+            if self.inflight.is_empty() {
+                let mut q = link.lock();
+                if q.chunks.is_empty() {
+                    return Ok(true);
+                }
+                // O(1): the writer takes the whole queue; pushers start a fresh one.
+                std::mem::swap(&mut q.chunks, &mut self.inflight);
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut n = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.inflight) {
+                *slot = IoSlice::new(chunk);
+                n += 1;
+            }
+            let written = match self.half.try_write_vectored(&slices[..n]) {
+                Ok(written) => written,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stalled_since.get_or_insert_with(Instant::now);
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.stalled_since = None;
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = self.inflight.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    self.inflight.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+            link.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+            link.listener.metrics.sent(written, true);
+            let mut q = link.lock();
+            q.queued = q.queued.saturating_sub(written);
+        }
+    }
+
+    /// Writes the queue as the client takes it, waiting for bytes and for room, until the
+    /// connection must close (or, with `until_drained`, until nothing is left). Cancel-safe.
+    async fn drive(&mut self, link: &Link, write_timeout: Duration, until_drained: bool) -> Stop {
+        loop {
+            let closing = link.lock().closing;
+            if let Closing::Overflow { queued, adding } = closing {
+                return Stop::Overflow { queued, adding };
+            }
+            match self.write_now(link) {
+                Err(e) => return Stop::Io(e),
+                Ok(true) => {
+                    if closing == Closing::AfterFlush {
+                        return Stop::Flushed;
+                    }
+                    if until_drained {
+                        return Stop::Drained;
+                    }
+                    link.wake.notified().await;
+                }
+                Ok(false) => {
+                    let stalled = self.stalled_since.unwrap_or_else(Instant::now);
+                    let deadline = stalled + write_timeout;
+                    tokio::select! {
+                        r = self.half.writable() => {
+                            if let Err(e) = r {
+                                return Stop::Io(e);
+                            }
+                        }
+                        _ = link.wake.notified() => {}
+                        _ = tokio::time::sleep_until(deadline), if !write_timeout.is_zero() => {
+                            return Stop::Timeout { queued: link.lock().queued };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The per-connection part: ids, state, why it ends.
 struct Conn<'a> {
-    /// The listener this connection came from.
-    listener: &'a Listener,
     /// The worker pool.
     pool: &'a Pool,
-    /// Client address as sent in events.
-    remote_addr: String,
-    /// UUID v4 text.
-    uuid: String,
-    /// Where replies are written; `None` once closed.
-    writer: Option<OwnedWriteHalf>,
+    /// Ids, stats and the outbound queue (shared with the registry).
+    link: &'a Arc<Link>,
     /// Connection state (Pier extension): owned by this task, so no lock; empty = none.
     state: Bytes,
-    /// Cancelled at server shutdown: a write blocked on a client that does not read is given up.
-    shutdown: &'a CancellationToken,
     /// No bytes from the client for this long closes the connection; `None` = never. Starts as
     /// the server's `idle_timeout`.
-    idle_timeout: Option<std::time::Duration>,
+    idle_timeout: Option<Duration>,
     /// Why the connection ends when a reply closes it (for the metrics).
     reason: CloseReason,
 }
@@ -75,7 +371,7 @@ pub(crate) async fn serve(
     pool: Pool,
     shutdown: CancellationToken,
 ) {
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = Uuid::new_v4();
     let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
     async move {
         if let Err(e) = stream.set_nodelay(true) {
@@ -88,28 +384,53 @@ pub(crate) async fn serve(
         }
         let metrics = &listener.metrics;
         let (reader, writer) = stream.into_split();
-        let mut conn = Conn {
-            listener: &listener,
-            pool: &pool,
-            remote_addr: peer.to_string(),
+        let link = Arc::new(Link {
             uuid,
-            writer: Some(writer),
+            uuid_text: uuid.to_string(),
+            listener: listener.clone(),
+            remote_addr: peer.to_string(),
+            connected_at: SystemTime::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+        });
+        let registry = &listener.registry;
+        registry.register(link.clone());
+        let mut writer = Writer {
+            half: writer,
+            inflight: VecDeque::new(),
+            stalled_since: None,
+        };
+        let mut conn = Conn {
+            pool: &pool,
+            link: &link,
             state: Bytes::new(),
-            shutdown: &shutdown,
             idle_timeout: listener.config.limits.idle_timeout,
             reason: CloseReason::Worker,
         };
-        debug!(remote_addr = %conn.remote_addr, "connected");
+        let write_timeout = listener.config.write_timeout;
+        debug!(remote_addr = %link.remote_addr, "connected");
         metrics.accepted();
-        let flow = match conn.event(EventKind::Connected, &[]).await {
-            Ok(reply) => conn.apply(reply).await,
+        let (reply, stopped) = conn
+            .event(&mut writer, write_timeout, EventKind::Connected, &[])
+            .await;
+        let mut flow = match reply {
+            Ok(reply) => conn.apply(&mut writer, reply),
             Err(e) => {
                 // CONNECTED did not succeed: no CLOSE is owed.
+                registry.deregister(&uuid);
                 log_exec_error(&e, "CONNECTED");
                 metrics.closed(CloseReason::EventFailed);
+                link.drop_queued();
                 return;
             }
         };
+        // Why the writer stopped, when it did: decides whether queued bytes are still written.
+        let mut stop = stopped;
+        if stop.is_some() {
+            flow = Flow::Close;
+        }
         if flow == Flow::Read {
             let codec =
                 FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
@@ -120,6 +441,9 @@ pub(crate) async fn serve(
             let mut packets = FramedRead::with_capacity(reader, codec, capacity);
             loop {
                 let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
+                // The next packet is read only once everything queued is written: a client that
+                // does not read its answers is not handed more of them.
+                let idle = writer.idle(&link);
                 let next = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
@@ -127,7 +451,14 @@ pub(crate) async fn serve(
                         conn.reason = CloseReason::Shutdown;
                         break;
                     }
-                    next = packets.next() => next,
+                    s = writer.drive(&link, write_timeout, !idle) => {
+                        if matches!(s, Stop::Drained) {
+                            continue;
+                        }
+                        stop = Some(s);
+                        break;
+                    }
+                    next = packets.next(), if idle => next,
                     _ = limits::sleep_until(idle_deadline) => {
                         // Bytes may have come in since the deadline was computed (a partial
                         // packet): then the clock starts again from them.
@@ -144,20 +475,30 @@ pub(crate) async fn serve(
                 };
                 match next {
                     Some(Ok(packet)) => {
-                        let result = conn.event(EventKind::Data, &packet).await;
+                        link.bytes_in
+                            .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                        let (result, stopped) = conn
+                            .event(&mut writer, write_timeout, EventKind::Data, &packet)
+                            .await;
                         // Time spent on our side is not the client being idle.
                         packets.get_mut().touch();
                         match result {
                             Ok(reply) => {
-                                if conn.apply(reply).await == Flow::Close {
+                                if conn.apply(&mut writer, reply) == Flow::Close {
+                                    stop = stopped;
                                     break;
                                 }
                             }
                             Err(e) => {
                                 log_exec_error(&e, "DATA");
                                 conn.reason = CloseReason::EventFailed;
+                                stop = stopped;
                                 break;
                             }
+                        }
+                        if stopped.is_some() {
+                            stop = stopped;
+                            break;
                         }
                     }
                     Some(Err(FramingError::Io(e))) => {
@@ -189,9 +530,29 @@ pub(crate) async fn serve(
         } else {
             drop(reader);
         }
+        // From here on the connection cannot be reached: no more pushes.
+        registry.deregister(&uuid);
+        // Queued bytes are still written (a close asked for by a worker or over RPC, a
+        // WRITECLOSE, the client's EOF) unless the writer failed.
+        let stop = match stop {
+            Some(stop @ (Stop::Overflow { .. } | Stop::Timeout { .. } | Stop::Io(_))) => stop,
+            Some(Stop::Flushed) if conn.reason == CloseReason::Worker => {
+                conn.reason = CloseReason::Requested;
+                finish(&mut writer, &link, write_timeout, &shutdown).await
+            }
+            _ => finish(&mut writer, &link, write_timeout, &shutdown).await,
+        };
+        match &stop {
+            Stop::Overflow { .. } | Stop::Timeout { .. } => conn.reason = CloseReason::SlowClient,
+            Stop::Io(_) => conn.reason = CloseReason::SocketError,
+            Stop::Flushed | Stop::Drained => {}
+        }
+        log_stop(&stop, &listener.config);
+        link.drop_queued();
         metrics.closed(conn.reason);
-        conn.close_socket().await;
-        if let Err(e) = conn.event(EventKind::Close, &[]).await {
+        let _ = writer.half.shutdown().await;
+        drop(writer);
+        if let Err(e) = conn.event_only(EventKind::Close, &[]).await {
             log_exec_error(&e, "CLOSE");
         }
     }
@@ -199,14 +560,80 @@ pub(crate) async fn serve(
     .await;
 }
 
+/// Writes what is still queued before the socket closes, within `write_timeout` of no progress;
+/// at shutdown only what goes out without waiting.
+async fn finish(
+    writer: &mut Writer,
+    link: &Link,
+    write_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Stop {
+    link.request_close();
+    tokio::select! {
+        // Bytes that can go out without waiting win even during shutdown.
+        biased;
+        s = writer.drive(link, write_timeout, false) => s,
+        _ = shutdown.cancelled() => {
+            let queued = link.lock().queued;
+            if queued == 0 {
+                Stop::Flushed
+            } else {
+                Stop::Timeout { queued }
+            }
+        }
+    }
+}
+
+/// Logs why the writer stopped, when that is worth a line.
+fn log_stop(stop: &Stop, config: &ServerConfig) {
+    match stop {
+        Stop::Flushed | Stop::Drained => {}
+        Stop::Overflow { queued, adding } => warn!(
+            queued,
+            adding,
+            max_write_buffer = config.max_write_buffer,
+            "client is not reading: a push would pass max_write_buffer; closing and dropping what is queued"
+        ),
+        Stop::Timeout { queued } => warn!(
+            queued,
+            write_timeout = ?config.write_timeout,
+            "client is not reading: nothing written for write_timeout; closing and dropping what is queued"
+        ),
+        Stop::Io(e) => debug!(error = %e, "write error; closing"),
+    }
+}
+
 impl Conn<'_> {
-    async fn event(&self, kind: EventKind, body: &[u8]) -> Result<Reply, PoolError> {
-        self.listener.metrics.event(kind);
+    /// Runs an event on a worker while the queue keeps being written (pushes go out even while
+    /// this connection's worker is busy). Returns the reply and, if the writer stopped meanwhile,
+    /// why: the connection then closes after the reply is applied.
+    async fn event(
+        &self,
+        writer: &mut Writer,
+        write_timeout: Duration,
+        kind: EventKind,
+        body: &[u8],
+    ) -> (Result<Reply, PoolError>, Option<Stop>) {
+        let exec = self.event_only(kind, body);
+        tokio::pin!(exec);
+        let stopped = tokio::select! {
+            biased;
+            reply = &mut exec => return (reply, None),
+            s = writer.drive(self.link, write_timeout, false) => s,
+        };
+        let reply = exec.await;
+        (reply, Some(stopped))
+    }
+
+    /// Runs an event on a worker; nothing is written meanwhile.
+    async fn event_only(&self, kind: EventKind, body: &[u8]) -> Result<Reply, PoolError> {
+        let link = self.link;
+        link.listener.metrics.event(kind);
         self.pool
             .exec(&Event {
-                remote_addr: &self.remote_addr,
-                server: &self.listener.config.name,
-                uuid: &self.uuid,
+                remote_addr: &link.remote_addr,
+                server: link.server(),
+                uuid: link.uuid_text(),
                 kind,
                 state: &self.state,
                 body,
@@ -214,10 +641,10 @@ impl Conn<'_> {
             .await
     }
 
-    /// Stores the state, writes the body, decides what comes next.
-    async fn apply(&mut self, reply: Reply) -> Flow {
+    /// Stores the state, queues the body, decides what comes next.
+    fn apply(&mut self, writer: &mut Writer, reply: Reply) -> Flow {
         if let Some(state) = reply.state {
-            let max = self.listener.config.max_state_size;
+            let max = self.link.listener.config.max_state_size;
             if state.len() > max {
                 error!(
                     pid = reply.pid,
@@ -244,34 +671,13 @@ impl Conn<'_> {
             }
         };
         if write && !reply.body.is_empty() {
-            if let Some(writer) = self.writer.as_mut() {
-                self.listener.metrics.queued(reply.body.len());
-                let written = tokio::select! {
-                    // A write that can finish wins even during shutdown.
-                    biased;
-                    r = writer.write_all(&reply.body) => r,
-                    _ = self.shutdown.cancelled() => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "server shutting down while the client is not reading",
-                    )),
-                };
-                self.listener
-                    .metrics
-                    .sent(reply.body.len(), written.is_ok());
-                if let Err(e) = written {
-                    debug!(error = %e, "write error; closing");
-                    self.reason = CloseReason::SocketError;
-                    return Flow::Close;
-                }
+            if let Err(e) = writer.reply(self.link, reply.body) {
+                debug!(error = %e, "write error; closing");
+                self.reason = CloseReason::SocketError;
+                return Flow::Close;
             }
         }
         flow
-    }
-
-    async fn close_socket(&mut self) {
-        if let Some(mut writer) = self.writer.take() {
-            let _ = writer.shutdown().await;
-        }
     }
 }
 

@@ -9,10 +9,14 @@
 //! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
 //!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
 //! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
-//!   connection state kept (Pier extension `state`), idle timeout.
+//!   connection state kept (Pier extension `state`), idle timeout, and its one outbound queue
+//!   (replies and pushes in order, bounded by `max_write_buffer` / `write_timeout`), written by
+//!   that same task.
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
 //!   rate), TCP keep-alive, the idle clock of a connection's reads.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
+//! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
+//!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
 //!
 //! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
@@ -26,6 +30,7 @@ pub mod framing;
 mod limits;
 pub mod ops;
 pub mod pool;
+pub mod registry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +47,7 @@ use crate::connection::Listener;
 use crate::limits::Admission;
 use crate::ops::{Metrics, Ops, OpsError};
 use crate::pool::{Pool, PoolError};
+use crate::registry::Registry;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +97,7 @@ impl Server {
         } else {
             Metrics::off()
         };
+        let registry = Registry::new();
         let mut listeners = Vec::new();
         for server in &config.servers {
             let socket =
@@ -111,6 +118,7 @@ impl Server {
                 metrics: server_metrics,
                 config: server.clone(),
                 read_buf_size: config.read_buf_size,
+                registry: registry.clone(),
             };
             listeners.push((Arc::new(listener), socket));
         }

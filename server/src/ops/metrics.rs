@@ -45,10 +45,14 @@ pub enum CloseReason {
     EventFailed,
     /// The server shut down.
     Shutdown,
+    /// The client did not read what was queued for it (`max_write_buffer`, `write_timeout`).
+    SlowClient,
+    /// A `close` command of a worker or an RPC call (`tcp.Close`, `pier.Close`).
+    Requested,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 7] = [
+    const ALL: [CloseReason; 9] = [
         CloseReason::Client,
         CloseReason::Worker,
         CloseReason::IdleTimeout,
@@ -56,6 +60,8 @@ impl CloseReason {
         CloseReason::SocketError,
         CloseReason::EventFailed,
         CloseReason::Shutdown,
+        CloseReason::SlowClient,
+        CloseReason::Requested,
     ];
 
     /// The label value.
@@ -68,6 +74,8 @@ impl CloseReason {
             CloseReason::SocketError => "socket_error",
             CloseReason::EventFailed => "event_failed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Requested => "requested",
         }
     }
 }
@@ -231,7 +239,7 @@ struct Inner {
     workers: Family<StateLabel, Gauge>,
     /// `pier_events_waiting`, set at scrape time.
     waiting: Gauge,
-    /// `pier_write_buffer_bytes`: reply bytes handed to sockets not yet taken by the kernel.
+    /// `pier_write_buffer_bytes`: reply and pushed bytes queued for clients, not yet taken by the kernel.
     write_buffer: Gauge,
     /// `pier_rpc_calls_total{method,result}`.
     rpc_calls: Family<RpcLabels, Counter>,
@@ -519,7 +527,7 @@ struct ServerHandles {
     /// Connections open.
     open: Gauge,
     /// Closed, indexed like [`CloseReason::ALL`].
-    closed: [Counter; 7],
+    closed: [Counter; 9],
     /// Rejected, indexed like [`RejectReason::ALL`].
     rejected: [Counter; 3],
     /// Bytes read from clients.

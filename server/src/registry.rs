@@ -1,0 +1,362 @@
+//! Live connections by uuid, their groups, and the push operations on them (extension `push`, RPC).
+//!
+//! Every connection registers a [`Link`] (its outbound queue and stats, see `connection`) when it
+//! is accepted and leaves when its socket closes, before its `CLOSE` event; its group memberships
+//! leave with it. Operations come from two places: command frames a worker writes during an event
+//! (applied by the pool in the order written) and RPC methods (`rpc`). Both go through the same
+//! five methods ([`Registry::send`], [`Registry::close`], [`Registry::join`], [`Registry::leave`],
+//! [`Registry::broadcast`]), which take uuids, group and server names as text and data as shared
+//! bytes, and answer from local state only. That is the seam for a later cluster issue: an op
+//! that does not resolve locally (an unknown uuid) or that concerns everyone (a broadcast) can be
+//! published there, as the same plain arguments, to a message bus whose other Pier instances
+//! apply it to their own registries; list/count/info would merge their answers. Nothing here
+//! waits: an op locks the registry briefly and appends to outbound queues; the connections' own
+//! tasks do the writing.
+//!
+//! One `RwLock` guards the maps: connects, disconnects, joins and leaves take it for writing,
+//! everything else for reading, each for a bounded, short time (a broadcast holds the read lock
+//! while it appends one shared `Bytes` to each member's queue: no copy, no syscall).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::connection::Link;
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 128;
+/// Most groups one connection may be in at once.
+pub const MAX_GROUPS_PER_CONNECTION: usize = 64;
+
+/// Why an operation was refused (the caller's input, never the registry's state).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The group name is empty or longer than [`MAX_GROUP_NAME`] bytes.
+    #[error("could not use group name of {0} bytes: it must be 1..={MAX_GROUP_NAME} bytes")]
+    GroupName(usize),
+    /// The connection is already in [`MAX_GROUPS_PER_CONNECTION`] groups.
+    #[error(
+        "could not join group: connection {0} is already in {MAX_GROUPS_PER_CONNECTION} groups"
+    )]
+    TooManyGroups(String),
+}
+
+/// Which connections a listing, count or broadcast is about.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// Only this server's connections.
+    pub server: Option<&'a str>,
+    /// Only this group's members.
+    pub group: Option<&'a str>,
+}
+
+/// A connection as `pier.List` / `pier.Info` describe it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnInfo {
+    /// UUID v4 text.
+    pub uuid: String,
+    /// `tcp.servers` key.
+    pub server: String,
+    /// Client address, as in events.
+    pub remote_addr: String,
+    /// Unix time of the accept, in seconds.
+    pub connected_at: f64,
+    /// Packet bytes received (delimiters included).
+    pub bytes_in: u64,
+    /// Bytes written to the client (replies and pushes).
+    pub bytes_out: u64,
+    /// Its groups, sorted.
+    pub groups: Vec<String>,
+}
+
+/// A group and how many connections are in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupInfo {
+    /// The name.
+    pub group: String,
+    /// Its member count (of the server asked about, when one was).
+    pub members: usize,
+}
+
+/// The registry handle; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// The maps, shared.
+    inner: Arc<RwLock<Maps>>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    /// Every live connection.
+    conns: HashMap<Uuid, Entry>,
+    /// Group name → its members. A group exists while it has members.
+    groups: HashMap<Arc<str>, HashSet<Uuid>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// The connection's queue and stats.
+    link: Arc<Link>,
+    /// Its groups (names shared with `Maps::groups`); at most [`MAX_GROUPS_PER_CONNECTION`].
+    groups: Vec<Arc<str>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than losing every connection, so a poisoned lock is used as it is.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Maps> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection that was just accepted.
+    pub(crate) fn register(&self, link: Arc<Link>) {
+        let uuid = link.uuid;
+        self.write().conns.insert(
+            uuid,
+            Entry {
+                link,
+                groups: Vec::new(),
+            },
+        );
+    }
+
+    /// Removes a connection (its socket is closing) and its group memberships.
+    pub(crate) fn deregister(&self, uuid: &Uuid) {
+        let mut maps = self.write();
+        let Some(entry) = maps.conns.remove(uuid) else {
+            return;
+        };
+        for group in entry.groups {
+            leave_group(&mut maps.groups, &group, uuid);
+        }
+    }
+
+    /// Queues `data` for `uuid`: true when the connection exists and took the bytes.
+    pub fn send(&self, uuid: &str, data: Bytes) -> bool {
+        let Some(uuid) = parse(uuid) else {
+            return false;
+        };
+        let link = self.read().conns.get(&uuid).map(|e| e.link.clone());
+        link.is_some_and(|link| link.push(data))
+    }
+
+    /// Closes `uuid` once what is queued for it is written: true when the connection existed.
+    pub fn close(&self, uuid: &str) -> bool {
+        let Some(uuid) = parse(uuid) else {
+            return false;
+        };
+        let link = self.read().conns.get(&uuid).map(|e| e.link.clone());
+        link.is_some_and(|link| {
+            link.request_close();
+            true
+        })
+    }
+
+    /// Adds `uuid` to `group`: true when the connection exists (already a member is fine).
+    pub fn join(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        check_group(group)?;
+        let Some(id) = parse(uuid) else {
+            return Ok(false);
+        };
+        let mut guard = self.write();
+        let maps = &mut *guard;
+        let Some(entry) = maps.conns.get_mut(&id) else {
+            return Ok(false);
+        };
+        if entry.groups.iter().any(|g| &**g == group) {
+            return Ok(true);
+        }
+        if entry.groups.len() >= MAX_GROUPS_PER_CONNECTION {
+            return Err(RegistryError::TooManyGroups(uuid.to_owned()));
+        }
+        let name: Arc<str> = match maps.groups.get_key_value(group) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(group),
+        };
+        entry.groups.push(name.clone());
+        maps.groups.entry(name).or_default().insert(id);
+        Ok(true)
+    }
+
+    /// Removes `uuid` from `group`: true when the connection exists (not a member is fine).
+    pub fn leave(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        check_group(group)?;
+        let Some(id) = parse(uuid) else {
+            return Ok(false);
+        };
+        let mut guard = self.write();
+        let maps = &mut *guard;
+        let Some(entry) = maps.conns.get_mut(&id) else {
+            return Ok(false);
+        };
+        if let Some(at) = entry.groups.iter().position(|g| &**g == group) {
+            entry.groups.swap_remove(at);
+            leave_group(&mut maps.groups, group, &id);
+        }
+        Ok(true)
+    }
+
+    /// Queues `data` on every connection `filter` selects but those in `except`; returns how many
+    /// took it.
+    pub fn broadcast(
+        &self,
+        data: &Bytes,
+        filter: Filter<'_>,
+        except: &[String],
+    ) -> Result<usize, RegistryError> {
+        if let Some(group) = filter.group {
+            check_group(group)?;
+        }
+        let except: HashSet<Uuid> = except.iter().filter_map(|u| parse(u)).collect();
+        let maps = self.read();
+        let mut queued = 0;
+        maps.each(filter, |uuid, entry| {
+            if !except.contains(uuid) && entry.link.push(data.clone()) {
+                queued += 1;
+            }
+        });
+        Ok(queued)
+    }
+
+    /// How many connections `filter` selects.
+    pub fn count(&self, filter: Filter<'_>) -> usize {
+        let maps = self.read();
+        if filter.server.is_none() {
+            return match filter.group {
+                None => maps.conns.len(),
+                Some(group) => maps.groups.get(group).map_or(0, HashSet::len),
+            };
+        }
+        let mut n = 0;
+        maps.each(filter, |_, _| n += 1);
+        n
+    }
+
+    /// The connections `filter` selects, ordered by connect time then uuid: `limit` of them from
+    /// `offset`, and how many there are in all.
+    pub fn list(&self, filter: Filter<'_>, offset: usize, limit: usize) -> (usize, Vec<ConnInfo>) {
+        let maps = self.read();
+        let mut selected: Vec<(&Uuid, &Entry)> = Vec::new();
+        maps.each(filter, |uuid, entry| selected.push((uuid, entry)));
+        selected.sort_unstable_by(|a, b| {
+            (a.1.link.connected_at, a.0).cmp(&(b.1.link.connected_at, b.0))
+        });
+        let total = selected.len();
+        let page = selected
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, entry)| info(entry))
+            .collect();
+        (total, page)
+    }
+
+    /// One connection, when it exists.
+    pub fn info(&self, uuid: &str) -> Option<ConnInfo> {
+        let uuid = parse(uuid)?;
+        self.read().conns.get(&uuid).map(info)
+    }
+
+    /// Every group with its member count (only members of `server`, when given; groups without
+    /// any are left out), sorted by name.
+    pub fn groups(&self, server: Option<&str>) -> Vec<GroupInfo> {
+        let maps = self.read();
+        let mut out: Vec<GroupInfo> = maps
+            .groups
+            .iter()
+            .map(|(name, members)| GroupInfo {
+                group: name.to_string(),
+                members: match server {
+                    None => members.len(),
+                    Some(server) => members
+                        .iter()
+                        .filter(|u| maps.conns.get(u).is_some_and(|e| e.link.server() == server))
+                        .count(),
+                },
+            })
+            .filter(|g| g.members > 0)
+            .collect();
+        out.sort_unstable_by(|a, b| a.group.cmp(&b.group));
+        out
+    }
+}
+
+impl Maps {
+    /// Calls `f` for every connection `filter` selects.
+    fn each<'a>(&'a self, filter: Filter<'_>, mut f: impl FnMut(&'a Uuid, &'a Entry)) {
+        let on_server = |entry: &Entry| filter.server.is_none_or(|s| entry.link.server() == s);
+        match filter.group {
+            Some(group) => {
+                let Some(members) = self.groups.get(group) else {
+                    return;
+                };
+                for uuid in members {
+                    if let Some((uuid, entry)) = self.conns.get_key_value(uuid) {
+                        if on_server(entry) {
+                            f(uuid, entry);
+                        }
+                    }
+                }
+            }
+            None => {
+                for (uuid, entry) in &self.conns {
+                    if on_server(entry) {
+                        f(uuid, entry);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn leave_group(groups: &mut HashMap<Arc<str>, HashSet<Uuid>>, group: &str, uuid: &Uuid) {
+    if let Some(members) = groups.get_mut(group) {
+        members.remove(uuid);
+        if members.is_empty() {
+            groups.remove(group);
+        }
+    }
+}
+
+fn check_group(group: &str) -> Result<(), RegistryError> {
+    if group.is_empty() || group.len() > MAX_GROUP_NAME {
+        return Err(RegistryError::GroupName(group.len()));
+    }
+    Ok(())
+}
+
+/// A uuid as text → its key; anything else is a connection that does not exist.
+fn parse(uuid: &str) -> Option<Uuid> {
+    Uuid::try_parse(uuid).ok()
+}
+
+fn info(entry: &Entry) -> ConnInfo {
+    let link = &entry.link;
+    let mut groups: Vec<String> = entry.groups.iter().map(|g| g.to_string()).collect();
+    groups.sort_unstable();
+    ConnInfo {
+        uuid: link.uuid_text().to_owned(),
+        server: link.server().to_owned(),
+        remote_addr: link.remote_addr.clone(),
+        connected_at: link
+            .connected_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        bytes_in: link.bytes_in(),
+        bytes_out: link.bytes_out(),
+        groups,
+    }
+}
