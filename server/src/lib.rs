@@ -17,6 +17,8 @@
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
 //! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
+//! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
+//!   its method table.
 //! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
 //!
 //! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
@@ -31,6 +33,7 @@ mod limits;
 pub mod ops;
 pub mod pool;
 pub mod registry;
+pub mod rpc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +51,8 @@ use crate::limits::Admission;
 use crate::ops::{Metrics, Ops, OpsError};
 use crate::pool::{Pool, PoolError};
 use crate::registry::Registry;
+use crate::rpc::methods::{Context, Methods};
+use crate::rpc::{RpcError, RpcServer};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +74,9 @@ pub enum ServeError {
     /// The metrics or status listener could not bind.
     #[error("could not start the operations endpoints")]
     Ops(#[source] OpsError),
+    /// `rpc.listen` could not be bound.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
 }
 
 /// A bound server with its worker pool, ready to serve.
@@ -84,11 +92,15 @@ pub struct Server {
     ops: Ops,
     /// The instance's metrics (off without `metrics.address`).
     metrics: Metrics,
+    /// The RPC listener, when `rpc.listen` is set.
+    rpc: Option<RpcServer>,
+    /// Live connections by uuid.
+    registry: Registry,
 }
 
 impl Server {
     /// Binds every `tcp.servers` address, then starts the workers.
-    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+    pub async fn bind(mut config: Config) -> Result<Server, ServeError> {
         let ops = Ops::bind(config.metrics.as_ref(), config.status.as_ref())
             .await
             .map_err(ServeError::Ops)?;
@@ -122,6 +134,21 @@ impl Server {
             };
             listeners.push((Arc::new(listener), socket));
         }
+        let rpc = match &config.rpc {
+            Some(rpc) => {
+                let context = Context {
+                    registry: registry.clone(),
+                };
+                let server = RpcServer::bind(rpc, Methods::standard(), context).await?;
+                // As RoadRunner: workers find RPC in RR_RPC (the real port when the config said 0),
+                // unless server.env sets it.
+                if !config.pool.env.iter().any(|(k, _)| k == "RR_RPC") {
+                    config.pool.env.push(("RR_RPC".into(), server.address()));
+                }
+                Some(server)
+            }
+            None => None,
+        };
         let destroy_timeout = config.pool.destroy_timeout;
         let pool = Pool::start(config.pool, metrics.clone())
             .await
@@ -132,6 +159,8 @@ impl Server {
             destroy_timeout,
             ops,
             metrics,
+            rpc,
+            registry,
         })
     }
 
@@ -146,6 +175,16 @@ impl Server {
             .iter()
             .filter_map(|(l, s)| Some((l.config.name.clone(), s.local_addr().ok()?)))
             .collect()
+    }
+
+    /// Where RPC listens (`tcp://…` with the real port, or `unix://…`), when configured.
+    pub fn rpc_address(&self) -> Option<String> {
+        self.rpc.as_ref().map(RpcServer::address)
+    }
+
+    /// The connection registry (what RPC and workers' push commands act on).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
@@ -163,6 +202,9 @@ impl Server {
             &ops_tasks,
         );
         let mut accept_loops = Vec::new();
+        if let Some(rpc) = self.rpc {
+            accept_loops.push(tokio::spawn(rpc.serve(token.clone())));
+        }
         for (listener, socket) in self.listeners {
             if let Ok(addr) = socket.local_addr() {
                 info!(server = %listener.config.name, %addr, "listening");

@@ -39,6 +39,8 @@ pub struct Harness {
     pub addrs: HashMap<String, SocketAddr>,
     /// Bound operations endpoints: `metrics`, `status`.
     pub ops: HashMap<&'static str, SocketAddr>,
+    /// Where RPC listens (`tcp://…`), when the config has `rpc.listen`.
+    pub rpc: Option<String>,
     /// Completes the shutdown future.
     stop: Option<oneshot::Sender<()>>,
     /// The serve task.
@@ -69,6 +71,14 @@ impl Harness {
         Self::start(dir, &text).await
     }
 
+    /// Starts a server running the Rust test worker, with RPC on a free loopback port.
+    pub async fn rust_rpc(servers: &str, pool: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = yaml(dir.path(), &[&test_worker()], servers, pool, "");
+        text.push_str("rpc:\n  listen: tcp://127.0.0.1:0\n");
+        Self::start(dir, &text).await
+    }
+
     /// Starts a server running the stock-equivalent PHP worker.
     pub async fn php(servers: &str, pool: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
@@ -81,6 +91,7 @@ impl Harness {
         let server = Server::bind(config).await.expect("server starts");
         let addrs = server.local_addrs().into_iter().collect();
         let ops = server.ops_addrs().into_iter().collect();
+        let rpc = server.rpc_address();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -89,6 +100,7 @@ impl Harness {
             dir,
             addrs,
             ops,
+            rpc,
             stop: Some(stop),
             task: Some(task),
         }
