@@ -1,5 +1,5 @@
 //! The raw target: a tokio echo server with the same framing job as Pier (split the byte stream
-//! at the delimiter, answer each packet) and no PHP. It is the ceiling the other targets are
+//! at the delimiter, or by a 4-byte big-endian length, answer each packet) and no PHP. It is the ceiling the other targets are
 //! compared against.
 
 use std::net::SocketAddr;
@@ -44,6 +44,9 @@ pub struct EchoOptions {
     /// Largest packet accepted; a connection that sends more without a delimiter is closed,
     /// like Pier's bounded framing.
     pub max_packet: usize,
+    /// Frames are a 4-byte big-endian length and that many bytes, echoed whole (the delimiter is
+    /// then unused).
+    pub length_prefix: bool,
 }
 
 /// Runs the echo server until the process is killed.
@@ -104,10 +107,26 @@ async fn connection(mut stream: TcpStream, opts: &EchoOptions) -> std::io::Resul
         }
         let mut end = 0;
         let mut packets = 0u32;
-        while let Some(i) = finder.find(&buf[scanned..]) {
-            end = scanned + i + opts.delimiter.len();
+        if opts.length_prefix {
+            // Whole frames only; a length over the bound closes the connection before buffering.
+            while let Some(head) = buf.get(end..end + 4) {
+                let len = 4 + u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                if len > opts.max_packet {
+                    return Ok(());
+                }
+                if buf.len() - end < len {
+                    break;
+                }
+                end += len;
+                packets += 1;
+            }
             scanned = end;
-            packets += 1;
+        } else {
+            while let Some(i) = finder.find(&buf[scanned..]) {
+                end = scanned + i + opts.delimiter.len();
+                scanned = end;
+                packets += 1;
+            }
         }
         if packets > 0 {
             if !opts.block.is_zero() {
@@ -134,6 +153,11 @@ mod tests {
 
     /// Starts the raw server on a port-0 loopback listener in its own runtime thread.
     fn start(block: Duration) -> SocketAddr {
+        start_framed(block, false)
+    }
+
+    /// [`start`], framing by a 4-byte length when `length_prefix`.
+    fn start_framed(block: Duration, length_prefix: bool) -> SocketAddr {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let addr = std_listener.local_addr().expect("local addr");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -152,6 +176,7 @@ mod tests {
                         block,
                         threads: 1,
                         max_packet: 1024,
+                        length_prefix,
                     },
                 )
                 .await;
@@ -179,6 +204,26 @@ mod tests {
     }
 
     #[test]
+    fn echoes_length_prefixed_frames_whole_and_refuses_a_length_over_the_bound() {
+        use std::io::{Read, Write};
+        let addr = start_framed(Duration::ZERO, true);
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // Two frames in one write, then a third split inside its length.
+        s.write_all(b"\0\0\0\x01a\0\0\0\x02bc\0\0").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"\0\x01\n").expect("write");
+        let want = b"\0\0\0\x01a\0\0\0\x02bc\0\0\0\x01\n";
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).expect("echo");
+        assert_eq!(&got, want);
+        s.write_all(b"\0\x01\0\0").expect("write");
+        let mut buf = [0u8; 16];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
+
+    #[test]
     fn a_packet_over_the_bound_closes_the_connection() {
         use std::io::{Read, Write};
         let addr = start(Duration::ZERO);
@@ -200,6 +245,7 @@ mod tests {
             connections,
             size: 64,
             delimiter: b"\r\n".to_vec(),
+            length_prefix: false,
             connect_concurrency: 16,
             connect_timeout: Duration::from_secs(10),
             watch_pid: Some(std::process::id()),
@@ -252,6 +298,7 @@ mod tests {
             connections: 1,
             size: 8,
             delimiter: b"\n".to_vec(),
+            length_prefix: false,
             connect_concurrency: 1,
             connect_timeout: Duration::from_secs(1),
             watch_pid: None,
@@ -278,6 +325,7 @@ mod tests {
             connections: 2,
             size: 8,
             delimiter: b"\n".to_vec(),
+            length_prefix: false,
             connect_concurrency: 2,
             connect_timeout: Duration::from_secs(5),
             watch_pid: None,

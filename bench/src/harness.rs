@@ -93,6 +93,13 @@ pub struct RunArgs {
     /// PHP worker counts (the raw blocking server uses as many threads).
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     pub workers: Vec<usize>,
+    /// Which parts to run (comma-separated: grid, open, idle, block, framing).
+    #[arg(
+        long,
+        default_value = "grid,open,idle,block,framing",
+        value_delimiter = ','
+    )]
+    pub sections: Vec<String>,
     /// Where the results file goes (default: bench/results, or target/bench with --quick).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -115,6 +122,8 @@ struct Plan {
     block: Vec<usize>,
     /// How long each packet blocks in the blocking handler (µs).
     block_us: u64,
+    /// Cells run framed by the delimiter and by a 4-byte length.
+    framing: Vec<Cell>,
 }
 
 impl Plan {
@@ -128,6 +137,7 @@ impl Plan {
                 idle: 1000,
                 block: vec![100],
                 block_us: 1000,
+                framing: vec![Cell::new(1, 1, 32), Cell::new(100, 16, 64 * 1024)],
             };
         }
         let mut cells = Vec::new();
@@ -146,6 +156,12 @@ impl Plan {
             idle: 10_000,
             block: vec![1, 100],
             block_us: 1000,
+            framing: vec![
+                Cell::new(1, 1, 32),
+                Cell::new(100, 16, 32),
+                Cell::new(1, 1, 64 * 1024),
+                Cell::new(100, 16, 64 * 1024),
+            ],
         }
     }
 }
@@ -233,24 +249,20 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     let mut echo_targets = Vec::new();
     for &kind in &kinds {
         if kind == Kind::Raw {
-            echo_targets.push(TargetId {
-                kind,
-                workers: 1,
-                block_us: 0,
-            });
+            echo_targets.push(TargetId::new(kind, 1, 0));
         } else {
             for &w in &args.workers {
-                echo_targets.push(TargetId {
-                    kind,
-                    workers: w,
-                    block_us: 0,
-                });
+                echo_targets.push(TargetId::new(kind, w, 0));
             }
         }
     }
-    let total = plan.cells.len() * echo_targets.len()
-        + (plan.open.len() + 1) * echo_targets.len()
-        + plan.block.len() * kinds.len() * args.workers.len();
+    let want = |section: &str| args.sections.iter().any(|s| s == section);
+    let count = |section: &str, n: usize| if want(section) { n } else { 0 };
+    let total = count("grid", plan.cells.len() * echo_targets.len())
+        + count("open", plan.open.len() * echo_targets.len())
+        + count("idle", echo_targets.len())
+        + count("block", plan.block.len() * kinds.len() * args.workers.len())
+        + count("framing", 2 * plan.framing.len() * echo_targets.len());
     let per = plan.warmup + plan.duration + 0.8;
     say(&format!(
         "{} load runs, about {:.0} s of load plus connect ramps; servers on CPU {}, load generator on CPU {}",
@@ -261,12 +273,14 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     ));
     let mut done = 0usize;
     let mut servers = Vec::new();
-    for id in &echo_targets {
-        servers.push(start(&env, *id)?);
+    if want("grid") || want("open") {
+        for id in &echo_targets {
+            servers.push(start(&env, *id)?);
+        }
     }
     // Cell-major order: every target runs a cell before the next cell starts, so drift in the
     // machine's speed during the run hits all targets alike.
-    for cell in &plan.cells {
+    for cell in plan.cells.iter().filter(|_| want("grid")) {
         for server in &mut servers {
             done += 1;
             let args = closed_args(cell, &plan);
@@ -281,7 +295,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
             settle(server.pid());
         }
     }
-    for &(c, rate) in &plan.open {
+    for &(c, rate) in plan.open.iter().filter(|_| want("open")) {
         for server in &mut servers {
             done += 1;
             let cell = Cell::new(c, 1, 32);
@@ -311,7 +325,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     drop(servers);
     // Memory per idle connection on freshly started servers: after the grid, allocator caches
     // from the 64 KiB cells would absorb new connections and hide their cost.
-    for id in &echo_targets {
+    for id in echo_targets.iter().filter(|_| want("idle")) {
         done += 1;
         let cell = Cell::new(plan.idle, 0, 0);
         let args = vec![
@@ -341,16 +355,9 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
 
     // The blocking handler: raw blocks a runtime thread per worker, PHP calls usleep().
     let mut servers = Vec::new();
-    for &kind in &kinds {
+    for &kind in kinds.iter().filter(|_| want("block")) {
         for &w in &args.workers {
-            servers.push(start(
-                &env,
-                TargetId {
-                    kind,
-                    workers: w,
-                    block_us: plan.block_us,
-                },
-            )?);
+            servers.push(start(&env, TargetId::new(kind, w, plan.block_us))?);
         }
     }
     for &c in &plan.block {
@@ -363,6 +370,42 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
                 section: Section::Block,
                 target: server.id,
                 cell,
+                result: r,
+            });
+            settle(server.pid());
+        }
+    }
+    drop(servers);
+
+    // Length-prefixed framing next to the delimiter, same cells, same run: every echo target
+    // twice, once per framing.
+    let mut servers = Vec::new();
+    if want("framing") {
+        for id in &echo_targets {
+            for length_prefix in [false, true] {
+                servers.push(start(
+                    &env,
+                    TargetId {
+                        length_prefix,
+                        ..*id
+                    },
+                )?);
+            }
+        }
+    }
+    for cell in plan.framing.iter().filter(|_| want("framing")) {
+        for server in &mut servers {
+            done += 1;
+            let mut args = closed_args(cell, &plan);
+            if server.id.length_prefix {
+                args.push("--length-prefix".into());
+            }
+            let r = load(&env, server, &args);
+            progress(done, total, server.id, &Section::Framing, cell, &r);
+            rows.push(Row {
+                section: Section::Framing,
+                target: server.id,
+                cell: *cell,
                 result: r,
             });
             settle(server.pid());
@@ -615,6 +658,9 @@ fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, Harness
                 .arg(id.workers.to_string())
                 .arg("--block-us")
                 .arg(id.block_us.to_string());
+            if id.length_prefix {
+                c.arg("--length-prefix");
+            }
             c
         }
         Kind::Ext | Kind::Php => {
@@ -629,10 +675,15 @@ fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, Harness
             } else {
                 String::new()
             };
+            let framing = if id.length_prefix {
+                "framing: { mode: length_field, length_size: 4 }"
+            } else {
+                "delimiter: \"\\n\""
+            };
             let yaml = format!(
                 "version: \"3\"\n\
                  server:\n  command: \"{php} {ext}{worker} {block}\"\n\
-                 tcp:\n  servers:\n    bench:\n      addr: \"{addr}\"\n      delimiter: \"\\n\"\n\
+                 tcp:\n  servers:\n    bench:\n      addr: \"{addr}\"\n      {framing}\n\
                  \x20 pool:\n    num_workers: {workers}\n",
                 php = env.php,
                 worker = worker.display(),

@@ -3,7 +3,8 @@
 //!
 //! Every reply is matched to its request by order (the targets are echo servers, and a TCP
 //! connection keeps order), and counted by its delimiter's last byte, which the filler never
-//! contains.
+//! contains. Length-prefixed packets (4-byte big-endian length, then the payload) end with that
+//! byte too, and their length bytes are checked not to contain it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -54,6 +55,9 @@ pub struct Shape {
     pub size: usize,
     /// Packet terminator.
     pub delimiter: Vec<u8>,
+    /// Length-prefixed packets: a 4-byte big-endian length, then `size` payload bytes (ending with
+    /// the delimiter, which replies are counted by).
+    pub length_prefix: bool,
     /// Most connects in flight at once during the ramp (a bound on SYN bursts and the accept queue).
     pub connect_concurrency: usize,
     /// Time allowed for the whole connect ramp; connections not made by then count as errors.
@@ -163,6 +167,16 @@ pub fn run(shape: Shape, mode: Mode) -> Result<LoadReport, LoadError> {
         return Err(LoadError::Options(
             "size must exceed the delimiter, which must not be empty".into(),
         ));
+    }
+    if shape.length_prefix {
+        let last = shape.delimiter.last().copied().unwrap_or(b'\n');
+        let header = u32::try_from(shape.size).map(u32::to_be_bytes);
+        if !header.is_ok_and(|h| !h.contains(&last)) {
+            return Err(LoadError::Options(format!(
+                "size {} cannot be length-prefixed here: its 4-byte length contains the byte replies are counted by",
+                shape.size
+            )));
+        }
     }
     // The generator gets its own core(s) from taskset: one runtime thread per allowed core.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -339,7 +353,8 @@ impl ConnStats {
     }
 }
 
-/// `count` packets of `shape.size` bytes, back to back.
+/// `count` packets of `shape.size` bytes (plus a 4-byte length when length-prefixed), back to
+/// back.
 fn packet(shape: &Shape, count: usize) -> Vec<u8> {
     let mut one = vec![b'x'; shape.size - shape.delimiter.len()];
     // The filler must not contain the byte the replies are counted by.
@@ -348,6 +363,12 @@ fn packet(shape: &Shape, count: usize) -> Vec<u8> {
         one.fill(b'y');
     }
     one.extend_from_slice(&shape.delimiter);
+    if shape.length_prefix {
+        // Checked in run(): the size fits in 4 bytes that do not contain the counted byte.
+        let mut framed = (one.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&one);
+        one = framed;
+    }
     one.repeat(count)
 }
 

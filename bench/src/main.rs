@@ -42,6 +42,9 @@ enum Command {
         /// Largest packet in bytes; a connection exceeding it without a delimiter is closed.
         #[arg(long, default_value_t = 1 << 20)]
         max_packet: usize,
+        /// Frame by a 4-byte big-endian length instead of the delimiter (each frame echoed whole).
+        #[arg(long)]
+        length_prefix: bool,
     },
     /// Generate load against a delimiter-framed echo server; prints one JSON report line.
     Load(LoadArgs),
@@ -70,6 +73,9 @@ struct LoadArgs {
     /// Packet delimiter (escapes \n \r \t \\ understood).
     #[arg(long, default_value = "\\n")]
     delimiter: String,
+    /// Prefix each packet with its 4-byte big-endian length (`--size` is then the payload).
+    #[arg(long)]
+    length_prefix: bool,
     /// Warm-up seconds (not measured).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -129,12 +135,14 @@ fn main() -> anyhow::Result<()> {
             block_us,
             threads,
             max_packet,
+            length_prefix,
         } => echo::serve(echo::EchoOptions {
             addr,
             delimiter: unescape(&delimiter),
             block: Duration::from_micros(block_us),
             threads,
             max_packet,
+            length_prefix,
         })
         .context("raw echo server failed")?,
         Command::Load(a) => {
@@ -143,6 +151,7 @@ fn main() -> anyhow::Result<()> {
                 connections: a.connections,
                 size: a.size,
                 delimiter: unescape(&a.delimiter),
+                length_prefix: a.length_prefix,
                 connect_concurrency: a.connect_concurrency,
                 connect_timeout: secs(a.connect_timeout)?,
                 watch_pid: a.watch_pid,

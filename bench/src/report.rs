@@ -46,17 +46,36 @@ pub struct TargetId {
     pub workers: usize,
     /// Per-packet blocking time of the handler (µs), 0 for the plain echo.
     pub block_us: u64,
+    /// Frames by a 4-byte big-endian length instead of the `\n` delimiter.
+    pub length_prefix: bool,
 }
 
 impl TargetId {
-    /// Human label, e.g. `pier+ext ×2`.
+    /// A delimiter-framed target.
+    pub fn new(kind: Kind, workers: usize, block_us: u64) -> Self {
+        Self {
+            kind,
+            workers,
+            block_us,
+            length_prefix: false,
+        }
+    }
+
+    /// Human label, e.g. `pier+ext ×2` (`pier+ext ×2 len` when length-prefixed).
     pub fn label(&self) -> String {
-        format!("{} ×{}", self.kind.label(), self.workers)
+        let framing = if self.length_prefix { " len" } else { "" };
+        format!("{} ×{}{framing}", self.kind.label(), self.workers)
     }
 
     /// Label safe for a file name.
     pub fn file_name(&self) -> String {
-        format!("{}-w{}-b{}", self.kind.flag(), self.workers, self.block_us)
+        let framing = if self.length_prefix { "-len" } else { "" };
+        format!(
+            "{}-w{}-b{}{framing}",
+            self.kind.flag(),
+            self.workers,
+            self.block_us
+        )
     }
 }
 
@@ -105,6 +124,8 @@ pub enum Section {
     Idle,
     /// Closed loop against the blocking handler.
     Block,
+    /// Closed loop, the same cells framed by the delimiter and by a 4-byte length.
+    Framing,
 }
 
 impl Section {
@@ -115,6 +136,7 @@ impl Section {
             Section::Open(_) => "open",
             Section::Idle => "idle",
             Section::Block => "block",
+            Section::Framing => "framing",
         }
     }
 }
@@ -307,6 +329,7 @@ fn baseline<'a>(rows: &'a [Row], row: &Row) -> Option<&'a LoadReport> {
     rows.iter()
         .find(|b| {
             b.target.kind == Kind::Raw
+                && b.target.length_prefix == row.target.length_prefix
                 && b.section == row.section
                 && b.cell == row.cell
                 && (row.section != Section::Block || b.target.workers == row.target.workers)
@@ -411,7 +434,7 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
         if s.quick {
             "smoke-run windows: too short for conclusions"
         } else {
-            "chosen so the whole run, ~110 load runs with their connect ramps and settling, stays well under 15 minutes"
+            "chosen so the whole run, ~150 load runs with their connect ramps and settling, stays well under 15 minutes"
         }
     );
     let _ = writeln!(o, "- Server CPU µs/msg: CPU time (from /proc schedstat) of the server and all its worker processes during the window ÷ replies. On one pinned core, 1e6 ÷ this is the throughput ceiling of that target.");
@@ -523,7 +546,55 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     );
     let _ = writeln!(o, "PHP workers call `usleep({})`; raw blocks one runtime thread per packet (`std::thread::sleep`), with as many threads as the row has workers, so × raw compares like with like. The ceiling is workers × 1e6 / {} msg/s.\n", s.block_us, s.block_us);
     throughput_table(&mut o, rows, &Section::Block);
+    if rows.iter().any(|r| r.section == Section::Framing) {
+        framing_section(&mut o, rows);
+    }
     o
+}
+
+/// Length-prefixed echo against the delimiter echo of the same cell, measured in the same run.
+fn framing_section(o: &mut String, rows: &[Row]) {
+    let _ = writeln!(o, "\n## Length-prefixed framing (closed loop)\n");
+    let _ = writeln!(o, "The same cells twice: framed by `\\n` (size includes it) and by a 4-byte big-endian length (`len`: pier's `framing: {{mode: length_field, length_size: 4}}`, the raw server's own length parser; size = payload, the frame is 4 bytes longer). Workers echo the packet they get (header included). × raw compares with raw of the same framing.\n");
+    throughput_table(o, rows, &Section::Framing);
+    let _ = writeln!(o, "\nFraming cost: server CPU per message framed by length minus framed by delimiter, same target and cell, same run (negative: the length framing is cheaper).\n");
+    o.push_str("| target | conns | depth | size | delimiter µs/msg | length µs/msg | cost µs/msg | msg/s len ÷ delimiter |\n");
+    o.push_str("|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    for row in rows
+        .iter()
+        .filter(|r| r.section == Section::Framing && r.target.length_prefix)
+    {
+        let delimited = rows.iter().find(|d| {
+            d.section == Section::Framing
+                && !d.target.length_prefix
+                && d.target.kind == row.target.kind
+                && d.target.workers == row.target.workers
+                && d.cell == row.cell
+        });
+        let c = &row.cell;
+        let label = TargetId {
+            length_prefix: false,
+            ..row.target
+        }
+        .label();
+        let cells = match (&row.result, delimited.map(|d| &d.result)) {
+            (Ok(l), Some(Ok(d))) => format!(
+                "{:.2} | {:.2} | {:+.2} | {}",
+                cpu_us_per_msg(d),
+                cpu_us_per_msg(l),
+                cpu_us_per_msg(l) - cpu_us_per_msg(d),
+                ratio(l.msg_per_s, d.msg_per_s)
+            ),
+            _ => "– | – | – | –".into(),
+        };
+        let _ = writeln!(
+            o,
+            "| {label} | {} | {} | {} | {cells} |",
+            c.connections,
+            c.depth,
+            size(c.size)
+        );
+    }
 }
 
 /// Prints the document to stdout.
@@ -539,11 +610,7 @@ mod tests {
     fn row(kind: Kind, msg_per_s: f64, cpu_ns: u64) -> Row {
         Row {
             section: Section::Grid,
-            target: TargetId {
-                kind,
-                workers: 1,
-                block_us: 0,
-            },
+            target: TargetId::new(kind, 1, 0),
             cell: Cell::new(100, 16, 1024),
             result: Ok(LoadReport {
                 messages: (msg_per_s * 2.0) as u64,
