@@ -443,8 +443,12 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     let _ = writeln!(o, "- Server RSS: the server process plus its workers (VmRSS summed) at the end of the window.");
     let _ = writeln!(o, "- × raw: this row divided by the raw row of the same cell (throughput: higher is better; CPU: lower is better).\n");
 
-    let _ = writeln!(o, "## Echo, closed loop\n");
-    throughput_table(&mut o, rows, &Section::Grid);
+    // A run limited with --sections leaves some parts out: no empty tables for them.
+    let has = |section: &Section| rows.iter().any(|r| &r.section == section);
+    if has(&Section::Grid) {
+        let _ = writeln!(o, "## Echo, closed loop\n");
+        throughput_table(&mut o, rows, &Section::Grid);
+    }
 
     for rate in rows
         .iter()
@@ -501,8 +505,22 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
         }
     }
 
+    if has(&Section::Idle) {
+        idle_section(&mut o, rows, s.idle);
+    }
+    if has(&Section::Block) {
+        block_section(&mut o, rows, s.block_us);
+    }
+    if has(&Section::Framing) {
+        framing_section(&mut o, rows);
+    }
+    o
+}
+
+/// Memory per idle connection.
+fn idle_section(o: &mut String, rows: &[Row], idle: usize) {
     let _ = writeln!(o, "\n## Idle connections: memory per connection\n");
-    let _ = writeln!(o, "{} connections opened (at most 256 connects in flight, 60 s bound), server left to settle, then RSS sampled. Per connection = (RSS with all open − RSS before) ÷ connections; the server process alone holds the per-connection state, the tree adds the workers.\n", s.idle);
+    let _ = writeln!(o, "{} connections opened (at most 256 connects in flight, 60 s bound), server left to settle, then RSS sampled. Per connection = (RSS with all open − RSS before) ÷ connections; the server process alone holds the per-connection state, the tree adds the workers.\n", idle);
     o.push_str("| target | connected | ramp s | server RSS before MiB | after MiB | bytes/conn (server process) | bytes/conn (server + workers) | errors |\n");
     o.push_str("|---|--:|--:|--:|--:|--:|--:|---|\n");
     for row in rows.iter().filter(|r| r.section == Section::Idle) {
@@ -538,18 +556,17 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
             }
         }
     }
+}
 
+/// The blocking handler.
+fn block_section(o: &mut String, rows: &[Row], block_us: u64) {
     let _ = writeln!(
         o,
         "\n## Handler blocking {} µs per packet (closed loop, depth 1, 32 B)\n",
-        s.block_us
+        block_us
     );
-    let _ = writeln!(o, "PHP workers call `usleep({})`; raw blocks one runtime thread per packet (`std::thread::sleep`), with as many threads as the row has workers, so × raw compares like with like. The ceiling is workers × 1e6 / {} msg/s.\n", s.block_us, s.block_us);
-    throughput_table(&mut o, rows, &Section::Block);
-    if rows.iter().any(|r| r.section == Section::Framing) {
-        framing_section(&mut o, rows);
-    }
-    o
+    let _ = writeln!(o, "PHP workers call `usleep({})`; raw blocks one runtime thread per packet (`std::thread::sleep`), with as many threads as the row has workers, so × raw compares like with like. The ceiling is workers × 1e6 / {} msg/s.\n", block_us, block_us);
+    throughput_table(o, rows, &Section::Block);
 }
 
 /// Length-prefixed echo against the delimiter echo of the same cell, measured in the same run.
