@@ -637,6 +637,7 @@ impl Conn<'_> {
                 kind,
                 state: &self.state,
                 body,
+                connections: &link.listener.registry,
             })
             .await
     }

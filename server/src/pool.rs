@@ -23,10 +23,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::PoolConfig;
 use crate::ops::{Metrics, PoolSnapshot, RestartReason};
+use crate::registry::Registry;
 
 /// The `RR_VERSION` workers see: the RoadRunner release whose TCP plugin Pier follows (the stock
 /// PHP packages only check that it is set).
 pub const RR_VERSION: &str = "2024.3.0";
+/// `PIER_FEATURES`: the Pier extensions this server offers its workers (see PROTOCOL.md).
+pub const FEATURES: &str = "state,push";
 /// Largest frame accepted from a worker; a larger announced length is corruption.
 const MAX_WORKER_FRAME: u32 = 1 << 30;
 /// How many times one event is re-run after stop replies before the connection is given up.
@@ -217,6 +220,8 @@ pub struct Event<'a> {
     pub state: &'a [u8],
     /// The packet.
     pub body: &'a [u8],
+    /// What the worker's push commands during this event act on.
+    pub connections: &'a Registry,
 }
 
 /// A running worker process and its pipes, owned by whoever is using it.
@@ -364,9 +369,9 @@ impl Worker {
                             return Ok(Outcome::Stop);
                         }
                         Ok(WorkerMessage::Command(command)) => {
-                            // No feature with commands is advertised in PIER_FEATURES yet, so a
-                            // worker that sends one ignores the contract: log it, keep the event.
-                            warn!(pid, ?command, "worker error: command frame for a feature this server does not offer; ignored");
+                            // Applied here, in the order written, before the answer is: bytes
+                            // queued for the event's own connection go out before its reply.
+                            event.connections.apply(&command, pid);
                             drop(command);
                             self.rbuf.advance(used);
                         }
@@ -922,7 +927,7 @@ async fn spawn_worker(spec: &Arc<Spec>) -> Result<Box<Worker>, PoolError> {
         .env("RR_MODE", "tcp")
         .env("RR_VERSION", RR_VERSION)
         .env("PIER_VERSION", env!("CARGO_PKG_VERSION"))
-        .env("PIER_FEATURES", "state")
+        .env("PIER_FEATURES", FEATURES)
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -22,7 +22,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
+use pier_protocol::command::Command;
 use serde::Serialize;
+use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::connection::Link;
@@ -141,6 +143,56 @@ impl Registry {
         };
         for group in entry.groups {
             leave_group(&mut maps.groups, &group, uuid);
+        }
+    }
+
+    /// Applies one command a worker (`pid`) sent during an event (extension `push`). Never fails:
+    /// an unknown uuid does nothing (`debug`), a refused op is the worker's error (logged with its
+    /// pid), and the event goes on either way.
+    pub(crate) fn apply(&self, command: &Command<'_>, pid: u32) {
+        match command {
+            Command::Send { uuid, data } => {
+                if !self.send(uuid, Bytes::copy_from_slice(data)) {
+                    debug!(pid, target = %uuid, "send: no such connection (or it is closing)");
+                }
+            }
+            Command::Close { uuid } => {
+                if !self.close(uuid) {
+                    debug!(pid, target = %uuid, "close: no such connection");
+                }
+            }
+            Command::Join { uuid, group } => match self.join(uuid, group) {
+                Ok(true) => {}
+                Ok(false) => debug!(pid, target = %uuid, %group, "join: no such connection"),
+                Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: join refused"),
+            },
+            Command::Leave { uuid, group } => match self.leave(uuid, group) {
+                Ok(true) => {}
+                Ok(false) => debug!(pid, target = %uuid, %group, "leave: no such connection"),
+                Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: leave refused"),
+            },
+            Command::Broadcast {
+                group,
+                server,
+                except,
+                data,
+            } => {
+                let except: Vec<String> = except.iter().map(|u| u.to_string()).collect();
+                let filter = Filter {
+                    server: server.as_deref(),
+                    group: group.as_deref(),
+                };
+                match self.broadcast(&Bytes::copy_from_slice(data), filter, &except) {
+                    Ok(n) => debug!(pid, queued = n, "broadcast"),
+                    Err(e) => warn!(pid, error = %e, "worker error: broadcast refused"),
+                }
+            }
+            Command::Unknown { op, .. } => {
+                error!(pid, %op, "worker error: unknown command op; ignored");
+            }
+            Command::Invalid { reason, .. } => {
+                error!(pid, %reason, "worker error: invalid command; ignored");
+            }
         }
     }
 

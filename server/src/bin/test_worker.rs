@@ -13,6 +13,15 @@
 //!   `stderr` → two lines on stderr, answers `ok`; `echo-later` → answers `<pid>`, then (idle)
 //!   writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
 //!   with a stray line right behind the reply, in the same write; anything else → `<server>:<packet>`.
+//! - Push commands (extension `push`), each followed by a `WRITE` reply: `push <uuid> <text>` →
+//!   send `<text>\n` to uuid, answers `pushed`; `self <n>` → n sends `self <i>\n` to its own
+//!   connection, answers `reply`; `spam <uuid> <char> <size> <n>` → n sends of a `<size>`-byte line of
+//!   `<char>` (newline included), answers `spammed`; `fill <char> <size>` → answers a `<size>`-byte
+//!   line of `<char>`; `join <group>` / `leave <group>` (own uuid) → `joined`/`left`;
+//!   `bcast <group|-> <text>` → broadcast `<text>\n` to the group (`-`: every connection),
+//!   answers `sent`; `bcast-others <group> <text>` → the same except its own connection;
+//!   `kick <uuid>` → close uuid, answers `kicked`; `bye-self` → closes its own connection,
+//!   answers `last words` (still written); `badop` → an unknown op, answers `ok`.
 //! - CLOSE: appends `<uuid> <hex state>` to `$TW_DIR/closes.log`, answers CLOSE.
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
@@ -23,6 +32,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+use pier_protocol::command::{encode_raw, Command};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
 use pier_protocol::tcp::{encode_reply, EventKind, ReplyKind};
@@ -130,7 +140,10 @@ fn main() {
                         let packet = text
                             .trim_end_matches("--end--")
                             .trim_end_matches(['\r', '\n']);
-                        data(&mut out, &mut stdout, &dir, pid, &server, packet, &state);
+                        let uuid = ev.uuid.to_string();
+                        if !push(&mut out, &uuid, packet) {
+                            data(&mut out, &mut stdout, &dir, pid, &server, packet, &state);
+                        }
                     }
                 }
             }
@@ -232,6 +245,101 @@ fn data(
         }
         _ => write(out, format!("{server}:{packet}\n"), None),
     }
+}
+
+/// The push commands (see the header); false when the packet is not one.
+fn push(out: &mut Vec<u8>, own: &str, packet: &str) -> bool {
+    let words: Vec<&str> = packet.split_whitespace().collect();
+    let write = |out: &mut Vec<u8>, body: &str| {
+        encode_reply(out, ReplyKind::Write, None, format!("{body}\n").as_bytes()).unwrap()
+    };
+    let send = |out: &mut Vec<u8>, uuid: &str, data: &[u8]| {
+        Command::Send {
+            uuid: uuid.into(),
+            data,
+        }
+        .encode(out)
+        .unwrap()
+    };
+    let rest = |n: usize| words.get(n..).map(|w| w.join(" ")).unwrap_or_default();
+    let arg = |n: usize| words.get(n).copied().unwrap_or("");
+    let num = |n: usize| arg(n).parse::<usize>().unwrap_or(1);
+    match arg(0) {
+        "push" => {
+            send(out, arg(1), format!("{}\n", rest(2)).as_bytes());
+            write(out, "pushed");
+        }
+        "self" => {
+            for i in 0..num(1) {
+                send(out, own, format!("self {i}\n").as_bytes());
+            }
+            write(out, "reply");
+        }
+        "spam" => {
+            let line = line_of(arg(2), num(3));
+            for _ in 0..num(4) {
+                send(out, arg(1), &line);
+            }
+            write(out, "spammed");
+        }
+        "fill" => {
+            let line = line_of(arg(1), num(2));
+            encode_reply(out, ReplyKind::Write, None, &line).unwrap();
+        }
+        "join" | "leave" => {
+            let (uuid, group) = (own.into(), arg(1).into());
+            let command = if arg(0) == "join" {
+                Command::Join { uuid, group }
+            } else {
+                Command::Leave { uuid, group }
+            };
+            command.encode(out).unwrap();
+            write(out, if arg(0) == "join" { "joined" } else { "left" });
+        }
+        "bcast" | "bcast-others" => {
+            let data = format!("{}\n", rest(2));
+            Command::Broadcast {
+                group: (arg(1) != "-").then(|| arg(1).into()),
+                server: None,
+                except: if arg(0) == "bcast-others" {
+                    vec![own.into()]
+                } else {
+                    vec![]
+                },
+                data: data.as_bytes(),
+            }
+            .encode(out)
+            .unwrap();
+            write(out, "sent");
+        }
+        "kick" => {
+            Command::Close {
+                uuid: arg(1).into(),
+            }
+            .encode(out)
+            .unwrap();
+            write(out, "kicked");
+        }
+        "bye-self" => {
+            Command::Close { uuid: own.into() }.encode(out).unwrap();
+            write(out, "last words");
+        }
+        "badop" => {
+            encode_raw(out, br#"{"op":"frobnicate"}"#, b"").unwrap();
+            write(out, "ok");
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// `size` bytes: `ch` repeated, the last one a newline.
+fn line_of(ch: &str, size: usize) -> Vec<u8> {
+    let mut line = vec![ch.as_bytes().first().copied().unwrap_or(b'x'); size.max(1)];
+    if let Some(last) = line.last_mut() {
+        *last = b'\n';
+    }
+    line
 }
 
 fn hex(bytes: &[u8]) -> String {
