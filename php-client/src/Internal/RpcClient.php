@@ -58,7 +58,7 @@ final class RpcClient
             return new self($address);
         }
 
-        throw new RpcException(sprintf('could not use the RPC address %s: expected tcp://host:port or unix:///path', json_encode($address, JSON_UNESCAPED_SLASHES | JSON_INVALID_UTF8_SUBSTITUTE)));
+        throw new RpcException(sprintf('could not use the RPC address %s: expected tcp://host:port or unix:///path', json_encode($address, JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_INVALID_UTF8_SUBSTITUTE)));
     }
 
     /**
