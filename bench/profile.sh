@@ -9,11 +9,11 @@
 #    `perf stat -e instructions` says <not supported>): where the server's CPU time goes,
 #    kernel included.
 #
-# Usage: bench/profile.sh   (after ./dev.sh build; env: MESSAGES, CONNS, DEPTH, SIZE)
+# Usage: bench/profile.sh   (after ./dev.sh build; env: MESSAGES, CONNS, DEPTH, SIZE, METRICS=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT="$ROOT/target/bench/profile"
+OUT=${OUT:-"$ROOT/target/bench/profile"}
 BENCH="$ROOT/target/release/pier-bench"
 PIER="$ROOT/target/release/pier"
 EXT="$ROOT/target/release/libpier.so"
@@ -40,6 +40,10 @@ tcp:
   pool:
     num_workers: 1
 YAML
+  # METRICS=1: the same with Prometheus metrics on, to price them (instructions per message).
+  if [ -n "${METRICS:-}" ]; then
+    printf 'metrics:\n  address: "127.0.0.1:%s"\n' "$("$BENCH" port)" >>"$OUT/pier.rr.yaml"
+  fi
 }
 
 # Waits (bounded) until one round trip succeeds.

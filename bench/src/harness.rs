@@ -87,8 +87,9 @@ pub struct RunArgs {
     /// PHP CLI binary.
     #[arg(long, default_value = "php")]
     pub php: String,
-    /// Which targets to run (comma-separated: raw, ext, php).
-    #[arg(long, default_value = "raw,ext,php", value_delimiter = ',')]
+    /// Which targets to run (comma-separated: raw, ext, ext-metrics, php). ext-metrics is pier +
+    /// extension with Prometheus metrics on; it runs the echo rows only.
+    #[arg(long, default_value = "raw,ext,ext-metrics,php", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// PHP worker counts (the raw blocking server uses as many threads).
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
@@ -236,7 +237,7 @@ impl Drop for Server {
 pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     let env = environment(&args)?;
     let plan = Plan::new(args.quick);
-    let kinds: Vec<Kind> = [Kind::Raw, Kind::Ext, Kind::Php]
+    let kinds: Vec<Kind> = [Kind::Raw, Kind::Ext, Kind::ExtMetrics, Kind::Php]
         .into_iter()
         .filter(|k| args.targets.iter().any(|t| t == k.flag()))
         .collect();
@@ -258,11 +259,25 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     }
     let want = |section: &str| args.sections.iter().any(|s| s == section);
     let count = |section: &str, n: usize| if want(section) { n } else { 0 };
+    // Metrics change nothing per idle connection nor in a blocked handler: those rows skip it.
+    let idle_targets: Vec<TargetId> = echo_targets
+        .iter()
+        .copied()
+        .filter(|t| t.kind != Kind::ExtMetrics)
+        .collect();
+    let block_kinds: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != Kind::ExtMetrics)
+        .collect();
     let total = count("grid", plan.cells.len() * echo_targets.len())
         + count("open", plan.open.len() * echo_targets.len())
-        + count("idle", echo_targets.len())
-        + count("block", plan.block.len() * kinds.len() * args.workers.len())
-        + count("framing", 2 * plan.framing.len() * echo_targets.len());
+        + count("idle", idle_targets.len())
+        + count(
+            "block",
+            plan.block.len() * block_kinds.len() * args.workers.len(),
+        )
+        + count("framing", 2 * plan.framing.len() * idle_targets.len());
     let per = plan.warmup + plan.duration + 0.8;
     say(&format!(
         "{} load runs, about {:.0} s of load plus connect ramps; servers on CPU {}, load generator on CPU {}",
@@ -325,7 +340,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     drop(servers);
     // Memory per idle connection on freshly started servers: after the grid, allocator caches
     // from the 64 KiB cells would absorb new connections and hide their cost.
-    for id in echo_targets.iter().filter(|_| want("idle")) {
+    for id in idle_targets.iter().filter(|_| want("idle")) {
         done += 1;
         let cell = Cell::new(plan.idle, 0, 0);
         let args = vec![
@@ -355,7 +370,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
 
     // The blocking handler: raw blocks a runtime thread per worker, PHP calls usleep().
     let mut servers = Vec::new();
-    for &kind in kinds.iter().filter(|_| want("block")) {
+    for &kind in block_kinds.iter().filter(|_| want("block")) {
         for &w in &args.workers {
             servers.push(start(&env, TargetId::new(kind, w, plan.block_us))?);
         }
@@ -381,7 +396,8 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     // twice, once per framing.
     let mut servers = Vec::new();
     if want("framing") {
-        for id in &echo_targets {
+        // Metrics do not depend on the framing: the metrics target skips these rows.
+        for id in &idle_targets {
             for length_prefix in [false, true] {
                 servers.push(start(
                     &env,
@@ -587,7 +603,7 @@ fn check_files(env: &Env, kinds: &[Kind]) -> Result<(), HarnessError> {
             "run from the repository root",
         )?;
     }
-    if kinds.contains(&Kind::Ext) {
+    if kinds.contains(&Kind::Ext) || kinds.contains(&Kind::ExtMetrics) {
         need(
             "the Pier extension",
             env.ext.clone(),
@@ -663,15 +679,20 @@ fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, Harness
             }
             c
         }
-        Kind::Ext | Kind::Php => {
+        Kind::Ext | Kind::ExtMetrics | Kind::Php => {
             let config = env.scratch.join(format!("{name}.rr.yaml"));
-            let worker = env.root.join("bench/php").join(if id.kind == Kind::Ext {
-                "worker-ext.php"
-            } else {
+            let worker = env.root.join("bench/php").join(if id.kind == Kind::Php {
                 "worker-php.php"
+            } else {
+                "worker-ext.php"
             });
-            let ext = if id.kind == Kind::Ext {
+            let ext = if id.kind == Kind::Php {
+                String::new()
+            } else {
                 format!("-d extension={} ", env.ext.display())
+            };
+            let metrics = if id.kind == Kind::ExtMetrics {
+                format!("metrics:\n  address: \"{}\"\n", free_port()?)
             } else {
                 String::new()
             };
@@ -684,7 +705,7 @@ fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, Harness
                 "version: \"3\"\n\
                  server:\n  command: \"{php} {ext}{worker} {block}\"\n\
                  tcp:\n  servers:\n    bench:\n      addr: \"{addr}\"\n      {framing}\n\
-                 \x20 pool:\n    num_workers: {workers}\n",
+                 \x20 pool:\n    num_workers: {workers}\n{metrics}",
                 php = env.php,
                 worker = worker.display(),
                 block = id.block_us,

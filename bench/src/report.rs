@@ -14,6 +14,8 @@ pub enum Kind {
     Raw,
     /// pier with workers on the PHP extension.
     Ext,
+    /// The same with Prometheus metrics on (`metrics.address` set), to price them.
+    ExtMetrics,
     /// pier with workers on the pure-PHP package.
     Php,
 }
@@ -24,6 +26,7 @@ impl Kind {
         match self {
             Kind::Raw => "raw",
             Kind::Ext => "ext",
+            Kind::ExtMetrics => "ext-metrics",
             Kind::Php => "php",
         }
     }
@@ -32,6 +35,7 @@ impl Kind {
         match self {
             Kind::Raw => "raw",
             Kind::Ext => "pier+ext",
+            Kind::ExtMetrics => "pier+ext+metrics",
             Kind::Php => "pier+php",
         }
     }
@@ -384,6 +388,68 @@ fn throughput_table(out: &mut String, rows: &[Row], section: &Section) {
     }
 }
 
+/// Metrics on vs off: each pier+ext+metrics echo row against the pier+ext row of the same cell
+/// and worker count, measured in the same run, and the median ratios.
+fn metrics_table(out: &mut String, rows: &[Row]) {
+    let pairs: Vec<(&Row, &LoadReport, &LoadReport)> = rows
+        .iter()
+        .filter(|r| r.section == Section::Grid && r.target.kind == Kind::ExtMetrics)
+        .filter_map(|on| {
+            let off = rows.iter().find(|b| {
+                b.section == Section::Grid
+                    && b.target.kind == Kind::Ext
+                    && b.target.workers == on.target.workers
+                    && b.cell == on.cell
+            })?;
+            Some((on, on.result.as_ref().ok()?, off.result.as_ref().ok()?))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Metrics on vs off (echo, closed loop)\n");
+    let _ = writeln!(out, "pier+ext with `metrics.address` set (every counter and histogram recording, nothing scraping) against pier+ext without it, same cell, same worker count, same run. CPU per message is the steadier measure on a shared machine; msg/s moves with any noise.\n");
+    out.push_str("| workers | conns | depth | size | msg/s off | msg/s on | on ÷ off | CPU µs/msg off | CPU µs/msg on | on ÷ off |\n");
+    out.push_str("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    let mut tp = Vec::new();
+    let mut cpu = Vec::new();
+    for (row, on, off) in &pairs {
+        let c = &row.cell;
+        tp.push(on.msg_per_s / off.msg_per_s);
+        cpu.push(cpu_us_per_msg(on) / cpu_us_per_msg(off));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} |",
+            row.target.workers,
+            c.connections,
+            c.depth,
+            size(c.size),
+            n(off.msg_per_s),
+            n(on.msg_per_s),
+            ratio(on.msg_per_s, off.msg_per_s),
+            cpu_us_per_msg(off),
+            cpu_us_per_msg(on),
+            ratio(cpu_us_per_msg(on), cpu_us_per_msg(off)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nMedian over {} cells: throughput on ÷ off **{:.3}**, server CPU per message on ÷ off **{:.3}**.",
+        pairs.len(),
+        median(&mut tp),
+        median(&mut cpu)
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// The results document (also printed to the terminal).
 pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     let mut o = String::new();
@@ -505,6 +571,7 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
         }
     }
 
+    metrics_table(&mut o, rows);
     if has(&Section::Idle) {
         idle_section(&mut o, rows, s.idle);
     }

@@ -53,6 +53,12 @@ pub enum Command<'a> {
         /// Bytes to write.
         data: &'a [u8],
     },
+    /// `idle_timeout`: the idle timeout of the event's own connection, in milliseconds: `Some(0)`
+    /// turns it off, `None` (JSON `null`) goes back to the server's `idle_timeout`.
+    IdleTimeout {
+        /// Milliseconds without bytes from the client before the connection is closed.
+        ms: Option<u64>,
+    },
     /// An op this crate does not know (a newer worker, or a feature this server lacks). Kept whole
     /// so the receiver can log it.
     Unknown {
@@ -91,6 +97,14 @@ struct Header<'a> {
     /// Connections left out of a broadcast.
     #[serde(borrow, default)]
     except: Vec<Cow<'a, str>>,
+    /// `idle_timeout`'s milliseconds: absent = `None`, `null` = `Some(None)`.
+    #[serde(default, deserialize_with = "present")]
+    ms: Option<Option<u64>>,
+}
+
+/// Tells a key given as `null` from a missing one.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 impl<'a> Command<'a> {
@@ -153,6 +167,9 @@ impl<'a> Command<'a> {
                 except: header.except,
                 data,
             },
+            "idle_timeout" => Command::IdleTimeout {
+                ms: header.ms.ok_or_else(|| missing("ms"))?,
+            },
             _ => Command::Unknown {
                 op: header.op,
                 header: raw,
@@ -210,6 +227,14 @@ impl<'a> Command<'a> {
                     header.push(']');
                 }
                 data
+            }
+            Command::IdleTimeout { ms } => {
+                push_head(&mut header, "idle_timeout");
+                match ms {
+                    Some(ms) => header.push_str(&format!(r#","ms":{ms}"#)),
+                    None => header.push_str(r#","ms":null"#),
+                }
+                b""
             }
             Command::Unknown { header: raw, .. } | Command::Invalid { header: raw, .. } => {
                 return encode_raw(dst, raw, b"");
@@ -287,6 +312,11 @@ mod tests {
             except: vec![],
             data: b"",
         });
+        let idle = round_trip(&Command::IdleTimeout { ms: Some(90_000) });
+        assert_eq!(&idle[16..], br#"{"op":"idle_timeout","ms":90000}"#);
+        let default = round_trip(&Command::IdleTimeout { ms: None });
+        assert_eq!(&default[16..], br#"{"op":"idle_timeout","ms":null}"#);
+        round_trip(&Command::IdleTimeout { ms: Some(0) });
     }
 
     #[test]
@@ -349,6 +379,12 @@ mod tests {
                 r#"op "join" needs the key "group""#,
             ),
             (br#"{"op":"leave","group":"g"}"#, r#""uuid""#),
+            (
+                br#"{"op":"idle_timeout"}"#,
+                r#"op "idle_timeout" needs the key "ms""#,
+            ),
+            (br#"{"op":"idle_timeout","ms":-1}"#, "not a command"),
+            (br#"{"op":"idle_timeout","ms":"5s"}"#, "not a command"),
         ];
         for (header, needle) in cases {
             let frame = Frame::new(flags::CODEC_JSON, &[header.len() as u32], header).unwrap();

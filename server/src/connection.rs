@@ -37,6 +37,10 @@ use crate::ops::{CloseReason, ServerMetrics};
 use crate::pool::{Action, Event, Pool, PoolError, Reply};
 use crate::registry::Registry;
 
+/// Longest idle timeout a worker may set (Pier extension `idle_timeout`): a week. Longer is
+/// almost surely a unit mistake (seconds for milliseconds); it is refused as a worker error.
+const MAX_WORKER_IDLE_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
 const INITIAL_READ_BUFFER: usize = 64 * 1024;
 /// Most queued chunks handed to one `writev(2)`.
@@ -484,7 +488,9 @@ pub(crate) async fn serve(
                         packets.get_mut().touch();
                         match result {
                             Ok(reply) => {
-                                if conn.apply(&mut writer, reply) == Flow::Close {
+                                let flow = conn.apply(&mut writer, reply);
+                                packets.get_mut().track(conn.idle_timeout.is_some());
+                                if flow == Flow::Close {
                                     stop = stopped;
                                     break;
                                 }
@@ -642,8 +648,11 @@ impl Conn<'_> {
             .await
     }
 
-    /// Stores the state, queues the body, decides what comes next.
+    /// Stores the state and the idle timeout, queues the body, decides what comes next.
     fn apply(&mut self, writer: &mut Writer, reply: Reply) -> Flow {
+        if let Some(ms) = reply.idle_timeout {
+            self.set_idle_timeout(ms, reply.pid);
+        }
         if let Some(state) = reply.state {
             let max = self.link.listener.config.max_state_size;
             if state.len() > max {
@@ -679,6 +688,25 @@ impl Conn<'_> {
             }
         }
         flow
+    }
+
+    /// The worker's `idle_timeout` command: `Some(0)` = none, `None` = the server's.
+    fn set_idle_timeout(&mut self, ms: Option<u64>, pid: u32) {
+        self.idle_timeout = match ms {
+            None => self.link.listener.config.limits.idle_timeout,
+            Some(0) => None,
+            Some(ms) if ms > MAX_WORKER_IDLE_TIMEOUT_MS => {
+                error!(
+                    pid,
+                    ms,
+                    max_ms = MAX_WORKER_IDLE_TIMEOUT_MS,
+                    "worker error: idle_timeout over a week (seconds for milliseconds?); ignored"
+                );
+                return;
+            }
+            Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        };
+        debug!(idle_timeout = ?self.idle_timeout, pid, "idle timeout set by the worker");
     }
 }
 

@@ -235,6 +235,15 @@ impl<R> Reader<R> {
         }
     }
 
+    /// Starts or stops the read clock (a worker set or removed the connection's idle timeout);
+    /// starting it counts from now.
+    pub(crate) fn track(&mut self, on: bool) {
+        if on && !self.track {
+            self.last = Instant::now();
+        }
+        self.track = on;
+    }
+
     /// Restarts the idle clock: the connection was busy on our side (an event ran), which is not
     /// the client being idle.
     pub(crate) fn touch(&mut self) {

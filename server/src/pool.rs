@@ -29,7 +29,7 @@ use crate::registry::Registry;
 /// PHP packages only check that it is set).
 pub const RR_VERSION: &str = "2024.3.0";
 /// `PIER_FEATURES`: the Pier extensions this server offers its workers (see PROTOCOL.md).
-pub const FEATURES: &str = "state,push";
+pub const FEATURES: &str = "state,push,idle_timeout";
 /// Largest frame accepted from a worker; a larger announced length is corruption.
 const MAX_WORKER_FRAME: u32 = 1 << 30;
 /// How many times one event is re-run after stop replies before the connection is given up.
@@ -203,6 +203,9 @@ pub struct Reply {
     pub state: Option<Bytes>,
     /// The worker that answered, for logs.
     pub pid: u32,
+    /// `Some` when the worker set the connection's idle timeout (Pier extension
+    /// `idle_timeout`): `Some(Some(ms))` (0 = none), `Some(None)` = back to the server's.
+    pub idle_timeout: Option<Option<u64>>,
 }
 
 /// One event to run; borrowed from the connection.
@@ -345,6 +348,8 @@ impl Worker {
             .write_all(&self.wbuf)
             .await
             .map_err(|source| PoolError::Undelivered { pid, source })?;
+        // Commands for the event's own connection, applied with the answer (the last one wins).
+        let mut idle_timeout = None;
         loop {
             match decode(&self.rbuf, MAX_WORKER_FRAME) {
                 Ok(Some((frame, used))) => {
@@ -367,6 +372,10 @@ impl Worker {
                         Ok(WorkerMessage::Stop) => {
                             self.rbuf.advance(used);
                             return Ok(Outcome::Stop);
+                        }
+                        Ok(WorkerMessage::Command(pier_protocol::Command::IdleTimeout { ms })) => {
+                            idle_timeout = Some(ms);
+                            self.rbuf.advance(used);
                         }
                         Ok(WorkerMessage::Command(command)) => {
                             // Applied here, in the order written, before the answer is: bytes
@@ -391,6 +400,7 @@ impl Worker {
                                 body: frame.slice(body),
                                 state: state.map(|r| frame.slice(r)),
                                 pid,
+                                idle_timeout,
                             }));
                         }
                         Err(source) => return Err(PoolError::BadMessage { pid, source }),
@@ -870,6 +880,11 @@ impl Pool {
             idle: self.inner.idle_rx.len().min(workers - busy),
             waiting: self.inner.spec.waiting.load(Ordering::Relaxed),
         }
+    }
+
+    /// The worker command (program and arguments).
+    pub fn command(&self) -> &[String] {
+        &self.inner.spec.config.command
     }
 
     /// Every live worker, by pid.

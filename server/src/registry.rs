@@ -187,6 +187,11 @@ impl Registry {
                     Err(e) => warn!(pid, error = %e, "worker error: broadcast refused"),
                 }
             }
+            Command::IdleTimeout { .. } => {
+                // The event's own connection applies it with the answer (the pool hands it over
+                // in the reply); it never reaches the registry.
+                debug!(pid, "idle_timeout is applied by the event's connection");
+            }
             Command::Unknown { op, .. } => {
                 error!(pid, %op, "worker error: unknown command op; ignored");
             }

@@ -398,3 +398,44 @@ async fn idle_timeout_closes_silent_clients_with_their_close_event() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sets_the_idle_timeout_of_its_connection() {
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      idle_timeout: 600ms\n    none:\n      addr: 127.0.0.1:0\n";
+    let mut h = start(servers, "    num_workers: 2\n", "", "").await;
+
+    // A server without idle_timeout: the worker gives this connection one (MQTT's keep-alive).
+    let mut short = h.connect("none").await;
+    short.hello().await;
+    assert_eq!(short.ask("idle 300\r\n").await, "idle 300");
+    assert_eq!(short.rest().await, b"", "closed after 300 ms without bytes");
+
+    // A server with 600 ms: the worker turns it off for this connection, then restores it.
+    let mut kept = h.connect("s").await;
+    kept.hello().await;
+    assert_eq!(kept.ask("idle 0\r\n").await, "idle 0");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kept.ask("still\r\n").await, "s:still");
+    // A timeout over a week is a worker error: ignored, the connection keeps "none".
+    assert_eq!(kept.ask("idle 999999999999\r\n").await, "idle 999999999999");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kept.ask("idle default\r\n").await, "idle default");
+    assert_eq!(kept.rest().await, b"", "closed after the server's 600 ms");
+    assert_eq!(h.log("closes.log").len(), 2, "both got their CLOSE");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_see_the_features_of_this_server() {
+    let mut h = start(ONE, "    num_workers: 1\n", "", "").await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    assert_eq!(
+        c.ask("env PIER_FEATURES\r\n").await,
+        pier_server::pool::FEATURES
+    );
+    assert!(pier_server::pool::FEATURES
+        .split(',')
+        .any(|f| f == "idle_timeout"));
+    h.shutdown().await;
+}

@@ -10,7 +10,9 @@
 //!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `flood <n>` → n bytes `f`; `exit-after` → answers `<pid>`, then exits while idle;
 //!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
-//!   `stderr` → two lines on stderr, answers `ok`; `echo-later` → answers `<pid>`, then (idle)
+//!   `stderr` → two lines on stderr, answers `ok`; `env <NAME>` → that variable;
+//!   `idle <ms>|default` → the `idle_timeout`
+//!   command for its connection, then `idle <ms>|default`; `echo-later` → answers `<pid>`, then (idle)
 //!   writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
 //!   with a stray line right behind the reply, in the same write; anything else → `<server>:<packet>`.
 //! - Push commands (extension `push`), each followed by a `WRITE` reply: `push <uuid> <text>` →
@@ -237,6 +239,23 @@ fn data(
         "echo-trailing" => {
             write(out, format!("{pid}\n"), None);
             out.extend_from_slice(b"Notice: stray echo after the reply\n");
+        }
+        "env" => {
+            let name = words.next().unwrap_or("");
+            write(
+                out,
+                format!("{}\n", std::env::var(name).unwrap_or_default()),
+                None,
+            );
+        }
+        "idle" => {
+            // `idle <ms>` or `idle default`: the Pier command `idle_timeout`, then the answer.
+            let ms = words.next().and_then(|w| w.parse().ok());
+            pier_protocol::Command::IdleTimeout { ms }
+                .encode(out)
+                .unwrap();
+            let shown = ms.map_or("default".to_owned(), |ms| ms.to_string());
+            write(out, format!("idle {shown}\n"), None);
         }
         "stderr" => {
             eprintln!("line one from the worker");
