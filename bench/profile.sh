@@ -14,9 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT=${OUT:-"$ROOT/target/bench/profile"}
-BENCH="$ROOT/target/release/pier-bench"
-PIER="$ROOT/target/release/pier"
-EXT="$ROOT/target/release/libpier.so"
+BENCH=${BENCH:-"$ROOT/target/release/pier-bench"}
+PIER=${PIER:-"$ROOT/target/release/pier"}
+EXT=${EXT:-"$ROOT/target/release/libpier.so"}
 MESSAGES=${MESSAGES:-20000}
 CONNS=${CONNS:-1}
 DEPTH=${DEPTH:-1}

@@ -40,7 +40,12 @@ final class Worker
      */
     public static function create(): Worker
     {
-        $worker = new self(new Session(StreamRelay::fromEnvironment(), Session::stateFromEnvironment(), Session::pushFromEnvironment()));
+        $worker = new self(new Session(
+            StreamRelay::fromEnvironment(),
+            Session::stateFromEnvironment(),
+            Session::pushFromEnvironment(),
+            Session::idleTimeoutFromEnvironment(),
+        ));
         self::routeOutputToStderr();
 
         return $worker;

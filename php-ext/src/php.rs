@@ -815,6 +815,15 @@ impl TcpWorker {
             .map_err(throwable)
     }
 
+    /// Sets the idle timeout of this request's connection in milliseconds (0 = none, null = the
+    /// server's `idle_timeout`). Needs `idle_timeout` in `PIER_FEATURES` and a pending request.
+    pub fn set_idle_timeout(&self, milliseconds: Option<i64>) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .set_idle_timeout(milliseconds)
+            .map_err(throwable)
+    }
+
     /// Queues `data` on connection `uuid` (any connection, this one included). Server push:
     /// needs `push` in `PIER_FEATURES` and a pending request; goes out before the answer.
     pub fn send(&self, uuid: BinarySlice<'_, u8>, data: BinarySlice<'_, u8>) -> PhpResult<()> {

@@ -63,7 +63,24 @@ pub enum SessionError {
     /// A push method's argument is not acceptable (worker script bug).
     #[error(transparent)]
     Push(#[from] PushError),
+    /// setIdleTimeout() under a server that did not announce the `idle_timeout` extension.
+    #[error(
+        "a per-connection idle timeout needs a Pier server (PIER_FEATURES has no 'idle_timeout')"
+    )]
+    IdleTimeoutUnsupported,
+    /// setIdleTimeout() before the first waitRequest() (worker script bug).
+    #[error("could not set the idle timeout: no request is being handled (it is sent during a request, after waitRequest())")]
+    IdleTimeoutBeforeRequest,
+    /// setIdleTimeout() after the request was answered (worker script bug).
+    #[error("could not set the idle timeout: the request was already answered (it is sent before the answer)")]
+    IdleTimeoutAfterAnswer,
+    /// setIdleTimeout() with a negative value or one over a week (worker script bug).
+    #[error("could not set the idle timeout: {0} ms is not between 0 and {MAX_IDLE_TIMEOUT_MS} (a week), or null for the server's")]
+    IdleTimeoutRange(i64),
 }
+
+/// The longest idle timeout the server accepts, in milliseconds (a week; PROTOCOL.md).
+pub const MAX_IDLE_TIMEOUT_MS: i64 = 604_800_000;
 
 /// Where the worker is in the request/answer cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +100,8 @@ pub struct Features {
     pub state: bool,
     /// The server takes push commands (`push`).
     pub push: bool,
+    /// The server takes per-connection idle timeouts (`idle_timeout`).
+    pub idle_timeout: bool,
 }
 
 impl Features {
@@ -97,6 +116,7 @@ impl Features {
         Features {
             state: has("state"),
             push: has("push"),
+            idle_timeout: has("idle_timeout"),
         }
     }
 }
@@ -265,6 +285,25 @@ impl Session {
             .encode(&mut self.out)
             .map_err(SessionError::Encode)?;
         self.flush()
+    }
+
+    /// `setIdleTimeout($ms)`: the idle timeout of the pending request's connection (None = the
+    /// server's, 0 = none). Nothing is sent when it fails.
+    pub fn set_idle_timeout(&mut self, ms: Option<i64>) -> Result<(), SessionError> {
+        if !self.features.idle_timeout {
+            return Err(SessionError::IdleTimeoutUnsupported);
+        }
+        match self.turn {
+            Turn::Start => return Err(SessionError::IdleTimeoutBeforeRequest),
+            Turn::Answered => return Err(SessionError::IdleTimeoutAfterAnswer),
+            Turn::Pending => {}
+        }
+        let ms = match ms {
+            None => None,
+            Some(ms) if (0..=MAX_IDLE_TIMEOUT_MS).contains(&ms) => u64::try_from(ms).ok(),
+            Some(ms) => return Err(SessionError::IdleTimeoutRange(ms)),
+        };
+        self.command(&Command::IdleTimeout { ms })
     }
 
     /// `send($uuid, $data)`: queue `data` on connection `uuid`.
@@ -525,6 +564,46 @@ mod tests {
         let bytes = read_frame(&mut peer);
         let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(f.options.as_slice(), &[8, 0], "empty state clears");
+    }
+
+    #[test]
+    fn idle_timeout_goes_out_before_the_answer_and_only_when_allowed() {
+        let (mut s, mut peer) = session(Features::parse(Some("state,push")));
+        peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(
+            s.set_idle_timeout(Some(5)),
+            Err(SessionError::IdleTimeoutUnsupported)
+        ));
+
+        let (mut s, mut peer) = session(Features::parse(Some("idle_timeout")));
+        assert!(matches!(
+            s.set_idle_timeout(None),
+            Err(SessionError::IdleTimeoutBeforeRequest)
+        ));
+        peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        for bad in [-1, MAX_IDLE_TIMEOUT_MS + 1] {
+            assert!(matches!(
+                s.set_idle_timeout(Some(bad)),
+                Err(SessionError::IdleTimeoutRange(ms)) if ms == bad
+            ));
+        }
+        s.set_idle_timeout(Some(90_000)).unwrap();
+        s.set_idle_timeout(None).unwrap();
+        s.reply(ReplyKind::Continue, b"").unwrap();
+        assert!(matches!(
+            s.set_idle_timeout(Some(0)),
+            Err(SessionError::IdleTimeoutAfterAnswer)
+        ));
+        for want in [Some(90_000), None] {
+            let bytes = read_frame(&mut peer);
+            let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
+            assert_eq!(
+                WorkerMessage::from_frame(&f).unwrap(),
+                WorkerMessage::Command(Command::IdleTimeout { ms: want })
+            );
+        }
     }
 
     #[test]

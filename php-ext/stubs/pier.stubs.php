@@ -99,6 +99,20 @@ namespace Pier\Tcp {
         public function setState(string $state): void {}
 
         /**
+         * Sets the idle timeout of this request's connection, in milliseconds: once its client sends
+         * no byte for that long, the server closes it and sends its CLOSE event. 0 turns it off for
+         * this connection; null goes back to the server's `idle_timeout`. For protocols with their own
+         * keep-alive (MQTT). A Pier extension (`idle_timeout` in PIER_FEATURES); sent at once, before
+         * this request's answer.
+         *
+         * @throws \Pier\Exception\ProtocolException without `idle_timeout`, with no pending request, or
+         *                                            when `$milliseconds` is negative or over a week
+         *                                            (nothing is sent)
+         * @throws \Pier\Exception\RelayException   when the write fails
+         */
+        public function setIdleTimeout(?int $milliseconds): void {}
+
+        /**
          * Server push: queues `$data` on connection `$uuid`'s outbound queue (any connection of the
          * server, this one included); it is written in order with that connection's replies, never
          * inside one of them. An unknown or closed uuid is ignored by the server. Binary-safe.

@@ -15,12 +15,12 @@ use Pier\Worker;
 final class Access
 {
     /** A Worker over any relay (tests, the in-memory relay) instead of RR_RELAY. */
-    public static function worker(Relay $relay, bool $hasState, bool $hasPush = false): Worker
+    public static function worker(Relay $relay, bool $hasState, bool $hasPush = false, bool $hasIdleTimeout = false): Worker
     {
         /** @var \Closure(Session): Worker $make */
         $make = \Closure::bind(static fn (Session $session): Worker => new Worker($session), null, Worker::class);
 
-        return $make(new Session($relay, $hasState, $hasPush));
+        return $make(new Session($relay, $hasState, $hasPush, $hasIdleTimeout));
     }
 
     /** The conversation a Worker holds. */

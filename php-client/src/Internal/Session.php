@@ -25,6 +25,12 @@ final class Session
     /** The message the push methods throw when the server does not support server push. */
     public const NO_PUSH_FEATURE = "server push needs a Pier server (PIER_FEATURES has no 'push')";
 
+    /** The message setIdleTimeout() throws when the server does not support it. */
+    public const NO_IDLE_TIMEOUT_FEATURE = "a per-connection idle timeout needs a Pier server (PIER_FEATURES has no 'idle_timeout')";
+
+    /** The longest idle timeout the server accepts, in milliseconds (a week; PROTOCOL.md). */
+    public const MAX_IDLE_TIMEOUT_MS = 604800000;
+
     /** Bytes read from the relay and not yet returned as frames, from $offset on. */
     private string $buffer = '';
 
@@ -50,12 +56,50 @@ final class Session
      * @param Relay $relay    the transport to the server
      * @param bool  $hasState whether the server supports connection state (PIER_FEATURES has "state")
      * @param bool  $hasPush  whether the server supports server push (PIER_FEATURES has "push")
+     * @param bool  $hasIdleTimeout whether the server takes per-connection idle timeouts
+     *                              (PIER_FEATURES has "idle_timeout")
      */
     public function __construct(
         private readonly Relay $relay,
         private readonly bool $hasState,
         private readonly bool $hasPush = false,
+        private readonly bool $hasIdleTimeout = false,
     ) {
+    }
+
+    /**
+     * Whether PIER_FEATURES (comma-separated) lists "idle_timeout".
+     */
+    public static function idleTimeoutFromEnvironment(): bool
+    {
+        return self::featureFromEnvironment('idle_timeout');
+    }
+
+    /**
+     * Sends the idle_timeout command for the pending request's connection (PROTOCOL.md,
+     * "idle_timeout"): null = the server's idle_timeout, 0 = none, else milliseconds. Nothing is sent
+     * when it throws.
+     *
+     * @throws ProtocolException when the server does not support it, no request is pending, or the
+     *                           value is out of range
+     * @throws RelayException
+     */
+    public function setIdleTimeout(?int $milliseconds): void
+    {
+        if (!$this->hasIdleTimeout) {
+            throw new ProtocolException(self::NO_IDLE_TIMEOUT_FEATURE);
+        }
+        if ($this->phase === Phase::Idle) {
+            throw new ProtocolException('could not set the idle timeout: no request is being handled (it is sent during a request, after waitRequest())');
+        }
+        if ($this->phase === Phase::Answered) {
+            throw new ProtocolException('could not set the idle timeout: the request was already answered (it is sent before the answer)');
+        }
+        if ($milliseconds !== null && ($milliseconds < 0 || $milliseconds > self::MAX_IDLE_TIMEOUT_MS)) {
+            throw new ProtocolException(sprintf('could not set the idle timeout: %d ms is not between 0 and %d (a week), or null for the server\'s', $milliseconds, self::MAX_IDLE_TIMEOUT_MS));
+        }
+        $header = '{"op":"idle_timeout","ms":' . ($milliseconds ?? 'null') . '}';
+        $this->command($header, '');
     }
 
     /**

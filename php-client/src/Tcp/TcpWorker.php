@@ -118,6 +118,22 @@ final class TcpWorker
     }
 
     /**
+     * Sets the idle timeout of this request's connection: once its client sends no byte for
+     * $milliseconds, the server closes it and sends its CLOSE event. 0 turns it off for this
+     * connection; null goes back to the server's `idle_timeout`. For protocols with their own
+     * keep-alive (MQTT: 1.5 × the CONNECT keep-alive). A Pier extension: the server must list
+     * "idle_timeout" in PIER_FEATURES; valid while a request is being handled, before its answer.
+     *
+     * @throws ProtocolException when the server does not support it, no request is pending, or
+     *                           $milliseconds is negative or over a week (nothing is sent)
+     * @throws RelayException
+     */
+    public function setIdleTimeout(?int $milliseconds): void
+    {
+        $this->session->setIdleTimeout($milliseconds);
+    }
+
+    /**
      * Queues $data on connection $uuid's outbound queue (any live connection of the server, this one
      * included): it is written in order with that connection's replies. An unknown or closed uuid is
      * ignored by the server. Server push: the server must list "push" in PIER_FEATURES; valid while a

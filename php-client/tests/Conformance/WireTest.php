@@ -300,6 +300,59 @@ final class WireTest extends TestCase
         );
     }
 
+    public function testIdleTimeoutCommandsGoOutBeforeTheAnswer(): void
+    {
+        $run = WorkerProcess::run(
+            [['wait'], ['idle', bin2hex('90000')], ['idle', bin2hex('0')], ['idle'], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'state,idle_timeout'],
+        );
+
+        self::assertCleanExit($run);
+        self::assertSame(['idle', 'idle', 'idle', 'respond'], array_column(\array_slice($run->steps(), 1), 'done'));
+        self::assertSame(
+            self::command('{"op":"idle_timeout","ms":90000}')
+            . self::command('{"op":"idle_timeout","ms":0}')
+            . self::command('{"op":"idle_timeout","ms":null}')
+            . Vectors::bytes('worker_respond_write_hello'),
+            $run->stdout,
+        );
+    }
+
+    public function testIdleTimeoutWithoutTheFeatureOutsideARequestOrOutOfRangeIsRefusedAndSendsNothing(): void
+    {
+        $protocol = static fn (string $message): array => ['exception' => self::EXCEPTION . 'ProtocolException', 'message' => $message];
+        $without = WorkerProcess::run(
+            [['wait'], ['idle', bin2hex('1000')], ['respond', bin2hex("hello\r\n")]],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'state,push'],
+        );
+        self::assertCleanExit($without);
+        self::assertSame(
+            [$protocol("a per-connection idle timeout needs a Pier server (PIER_FEATURES has no 'idle_timeout')"), ['done' => 'respond']],
+            \array_slice($without->steps(), 1),
+        );
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $without->stdout);
+
+        $misuse = WorkerProcess::run(
+            [['idle', bin2hex('5')], ['wait'], ['idle', bin2hex('-1')], ['idle', bin2hex('604800001')], ['idle', bin2hex('604800000')], ['read'], ['idle', bin2hex('5')]],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'idle_timeout'],
+        );
+        self::assertCleanExit($misuse);
+        $steps = $misuse->steps();
+        unset($steps[2]);
+        self::assertSame([
+            $protocol('could not set the idle timeout: no request is being handled (it is sent during a request, after waitRequest())'),
+            $protocol("could not set the idle timeout: -1 ms is not between 0 and 604800000 (a week), or null for the server's"),
+            $protocol("could not set the idle timeout: 604800001 ms is not between 0 and 604800000 (a week), or null for the server's"),
+            ['done' => 'idle'],
+            ['done' => 'read'],
+            $protocol('could not set the idle timeout: the request was already answered (it is sent before the answer)'),
+        ], \array_slice(array_values($steps), 1));
+        self::assertSame(self::command('{"op":"idle_timeout","ms":604800000}') . Vectors::bytes('worker_read_continue'), $misuse->stdout);
+    }
+
     public function testPushUnderAServerWithoutTheFeatureIsAProtocolExceptionAndSendsNothing(): void
     {
         $run = WorkerProcess::run(

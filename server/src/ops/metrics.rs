@@ -434,19 +434,27 @@ impl Metrics {
         self.inner.as_ref().map(|_| Instant::now())
     }
 
-    /// An event got its worker at `got` after waiting since `since` ([`Metrics::clock`]).
+    /// An event waited since `since` ([`Metrics::clock`]) for a free worker and got one now.
     #[inline]
-    pub fn waited(&self, since: Option<Instant>, got: Instant) {
+    pub fn waited(&self, since: Option<Instant>) {
         if let (Some(m), Some(since)) = (&self.inner, since) {
-            m.wait_seconds
-                .observe(got.saturating_duration_since(since).as_secs_f64());
+            m.wait_seconds.observe(since.elapsed().as_secs_f64());
         }
     }
 
-    /// An event of `kind` that started on its worker at `started` was answered now.
+    /// An event got a worker at once (no clock read: the usual case).
     #[inline]
-    pub fn ran(&self, kind: EventKind, started: Instant) {
+    pub fn no_wait(&self) {
         if let Some(m) = &self.inner {
+            m.wait_seconds.observe(0.0);
+        }
+    }
+
+    /// An event of `kind` that started on its worker at `started` ([`Metrics::clock`]) was
+    /// answered now.
+    #[inline]
+    pub fn ran(&self, kind: EventKind, started: Option<Instant>) {
+        if let (Some(m), Some(started)) = (&self.inner, started) {
             let at = match kind {
                 EventKind::Connected => 0,
                 EventKind::Data => 1,
@@ -612,7 +620,7 @@ impl ServerMetrics {
         }
     }
 
-    /// `n` queued bytes left the buffer; `written` of them reached the socket.
+    /// `n` queued bytes left the buffer: written to the client (`written`), or dropped.
     #[inline]
     pub fn sent(&self, n: usize, written: bool) {
         if let Some(m) = &self.inner {
