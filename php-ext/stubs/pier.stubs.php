@@ -101,7 +101,7 @@ namespace Pier\Tcp {
         /**
          * Sets the idle timeout of this request's connection, in milliseconds: once its client sends
          * no byte for that long, the server closes it and sends its CLOSE event. 0 turns it off for
-         * this connection; null goes back to the server's `idle_timeout`. For protocols with their own
+         * this connection; null (the default) goes back to the server's `idle_timeout`. For protocols with their own
          * keep-alive (MQTT). A Pier extension (`idle_timeout` in PIER_FEATURES); sent at once, before
          * this request's answer.
          *
@@ -110,7 +110,7 @@ namespace Pier\Tcp {
          *                                            (nothing is sent)
          * @throws \Pier\Exception\RelayException   when the write fails
          */
-        public function setIdleTimeout(?int $milliseconds): void {}
+        public function setIdleTimeout(?int $milliseconds = null): void {}
 
         /**
          * Server push: queues `$data` on connection `$uuid`'s outbound queue (any connection of the

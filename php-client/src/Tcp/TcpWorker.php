@@ -120,7 +120,7 @@ final class TcpWorker
     /**
      * Sets the idle timeout of this request's connection: once its client sends no byte for
      * $milliseconds, the server closes it and sends its CLOSE event. 0 turns it off for this
-     * connection; null goes back to the server's `idle_timeout`. For protocols with their own
+     * connection; null (the default) goes back to the server's `idle_timeout`. For protocols with their own
      * keep-alive (MQTT: 1.5 × the CONNECT keep-alive). A Pier extension: the server must list
      * "idle_timeout" in PIER_FEATURES; valid while a request is being handled, before its answer.
      *
@@ -128,7 +128,7 @@ final class TcpWorker
      *                           $milliseconds is negative or over a week (nothing is sent)
      * @throws RelayException
      */
-    public function setIdleTimeout(?int $milliseconds): void
+    public function setIdleTimeout(?int $milliseconds = null): void
     {
         $this->session->setIdleTimeout($milliseconds);
     }

@@ -34,7 +34,7 @@ final class PublicApiTest extends TestCase
             'public function read(): void',
             'public function close(): void',
             'public function setState(string $state): void',
-            'public function setIdleTimeout(?int $milliseconds): void',
+            'public function setIdleTimeout(?int $milliseconds = NULL): void',
             'public function send(string $uuid, string $data): void',
             'public function broadcast(string $data, ?string $group = NULL, array $except = array (' . "\n" . ')): void',
             'public function join(string $group, ?string $uuid = NULL): void',

@@ -341,7 +341,7 @@ final class WireTest extends TestCase
         );
         self::assertCleanExit($misuse);
         $steps = $misuse->steps();
-        unset($steps[2]);
+        unset($steps[1]);
         self::assertSame([
             $protocol('could not set the idle timeout: no request is being handled (it is sent during a request, after waitRequest())'),
             $protocol("could not set the idle timeout: -1 ms is not between 0 and 604800000 (a week), or null for the server's"),
@@ -349,7 +349,7 @@ final class WireTest extends TestCase
             ['done' => 'idle'],
             ['done' => 'read'],
             $protocol('could not set the idle timeout: the request was already answered (it is sent before the answer)'),
-        ], \array_slice(array_values($steps), 1));
+        ], array_values($steps));
         self::assertSame(self::command('{"op":"idle_timeout","ms":604800000}') . Vectors::bytes('worker_read_continue'), $misuse->stdout);
     }
 
