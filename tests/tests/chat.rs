@@ -1,0 +1,282 @@
+//! The chat example (examples/chat) through the real `pier serve`, on both worker implementations:
+//! several real clients, rooms, private messages, in-order room delivery, `announce.php` over RPC,
+//! and RoadRunner's `tcp.Close` from the pure-PHP package's RPC client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use pier_e2e::{repo_root, Pier, WorkerImpl};
+
+const PROMPT: &str = "Welcome to Pier chat. Your nickname: ";
+const HELP: &str =
+    "Commands: /join <room>, /msg <nick> <text>, /who, /quit; anything else is said to the room.\n";
+
+/// One chat client: a socket read line by line.
+struct Client {
+    /// What this client calls itself (for messages).
+    name: String,
+    /// Reads.
+    reader: BufReader<TcpStream>,
+    /// Writes.
+    writer: TcpStream,
+}
+
+impl Client {
+    /// Connects and picks `nick` (answering the prompt).
+    fn join(pier: &Pier, nick: &str) -> Client {
+        let stream = pier.connect("chat").expect("connect to the chat server");
+        let mut client = Client {
+            name: nick.to_owned(),
+            writer: stream.try_clone().expect("clone the socket"),
+            reader: BufReader::new(stream),
+        };
+        client.expect_bytes(PROMPT);
+        client.send(nick);
+        client.expect(&format!("Hi {nick}, you are in lobby. {HELP}"));
+        client
+    }
+
+    fn send(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{}: could not send {line:?}: {e}", self.name));
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{}: no line came: {e}", self.name));
+        line
+    }
+
+    fn expect(&mut self, line: &str) {
+        assert_eq!(self.line(), line, "what {} got", self.name);
+    }
+
+    fn expect_bytes(&mut self, text: &str) {
+        let mut got = vec![0u8; text.len()];
+        self.reader
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("{}: {text:?} did not come: {e}", self.name));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            text,
+            "what {} got",
+            self.name
+        );
+    }
+
+    /// Reads until the server closes the connection; returns what came.
+    fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        self.reader
+            .read_to_string(&mut rest)
+            .unwrap_or_else(|e| panic!("{}: the connection was not closed: {e}", self.name));
+        rest
+    }
+}
+
+fn start(worker: WorkerImpl) -> Pier {
+    let pier = Pier::start_with_rpc("examples/chat/.rr.yaml", &["chat"], worker, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
+        "no worker said \"{}\"; pier's output:\n{}",
+        worker.banner(),
+        pier.output()
+    );
+    pier
+}
+
+/// `php` with the extension loaded or not, as `worker` says, and no ini directory inherited.
+fn php(worker: WorkerImpl) -> Command {
+    let mut php = Command::new("php");
+    php.current_dir(repo_root()).env_remove("PHP_INI_SCAN_DIR");
+    if worker == WorkerImpl::Extension {
+        let ext = repo_root().join("target/release/libpier.so");
+        php.arg("-d").arg(format!("extension={}", ext.display()));
+    }
+    php
+}
+
+fn chat(worker: WorkerImpl) {
+    let pier = start(worker);
+    let mut alice = Client::join(&pier, "alice");
+    let mut bob = Client::join(&pier, "bob");
+    alice.expect("* bob joined lobby\n");
+    let mut carol = Client::join(&pier, "carol");
+    alice.expect("* carol joined lobby\n");
+    bob.expect("* carol joined lobby\n");
+
+    // A nickname in use is refused; the prompt comes again.
+    let stream = pier.connect("chat").unwrap();
+    let mut dave = Client {
+        name: "dave".into(),
+        writer: stream.try_clone().unwrap(),
+        reader: BufReader::new(stream),
+    };
+    dave.expect_bytes(PROMPT);
+    dave.send("alice");
+    dave.expect_bytes("alice is taken. Your nickname: ");
+    dave.send("dave");
+    dave.expect(&format!("Hi dave, you are in lobby. {HELP}"));
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.expect("* dave joined lobby\n");
+    }
+
+    // Two members talk at once, 40 lines each, pipelined: every member, senders included, gets all
+    // 80 lines, each sender's in the order sent, and all members in one and the same order.
+    const LINES: usize = 40;
+    let a: String = (0..LINES).map(|i| format!("a{i}\n")).collect();
+    let b: String = (0..LINES).map(|i| format!("b{i}\n")).collect();
+    let (mut aw, mut bw) = (
+        alice.writer.try_clone().unwrap(),
+        bob.writer.try_clone().unwrap(),
+    );
+    let ta = thread::spawn(move || aw.write_all(a.as_bytes()).unwrap());
+    let tb = thread::spawn(move || bw.write_all(b.as_bytes()).unwrap());
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let mut orders = Vec::new();
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        let got: Vec<String> = (0..2 * LINES).map(|_| c.line()).collect();
+        for (who, sender) in [("a", "alice"), ("b", "bob")] {
+            let mine: Vec<&String> = got
+                .iter()
+                .filter(|l| l.starts_with(&format!("[lobby] {sender}: ")))
+                .collect();
+            let want: Vec<String> = (0..LINES)
+                .map(|i| format!("[lobby] {sender}: {who}{i}\n"))
+                .collect();
+            assert_eq!(
+                mine,
+                want.iter().collect::<Vec<_>>(),
+                "{}'s view of {sender}",
+                c.name
+            );
+        }
+        orders.push(got);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "members saw the room in different orders"
+    );
+
+    // /who, /msg (only the addressee hears it), and an unknown nickname.
+    carol.send("/who");
+    carol.expect("In lobby: alice, bob, carol, dave\n");
+    alice.send("/msg bob psst");
+    alice.expect("[you -> bob] psst\n");
+    bob.expect("[alice -> you] psst\n");
+    alice.send("/msg zed hello");
+    alice.expect("No one is called zed.\n");
+
+    // /join: the old room hears the leave, the new room is separate.
+    dave.send("/join dev");
+    dave.expect("You are in dev.\n");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.expect("* dave left lobby\n");
+    }
+    dave.send("/who");
+    dave.expect("In dev: dave\n");
+    carol.send("only lobby");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.expect("[lobby] carol: only lobby\n");
+    }
+
+    // announce.php over RPC (RR_RPC), with this run's implementation: every connection hears it,
+    // dave in dev too (and nothing from the lobby before it).
+    let out = php(worker)
+        .arg("examples/chat/announce.php")
+        .arg("maintenance at noon")
+        .env("RR_RPC", pier.rpc_address())
+        .output()
+        .expect("run announce.php");
+    assert!(
+        out.status.success(),
+        "announce.php failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "announced to 4 connection(s)\n"
+    );
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        c.expect("*** maintenance at noon\n");
+    }
+
+    // /quit: bye, closed by the server; the room hears the leave (from bob's CLOSE event).
+    bob.send("/quit");
+    assert_eq!(bob.rest(), "Bye, bob.\n");
+    alice.expect("* bob left lobby\n");
+    carol.expect("* bob left lobby\n");
+    // A client that just hangs up: its CLOSE event still tells the room.
+    drop(carol);
+    alice.expect("* carol left lobby\n");
+    alice.send("/who");
+    alice.expect("In lobby: alice\n");
+
+    let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.success(),
+        "pier serve exited with {status}; output:\n{output}"
+    );
+}
+
+#[test]
+fn chat_with_the_extension() {
+    chat(WorkerImpl::Extension);
+}
+
+#[test]
+fn chat_with_the_package() {
+    chat(WorkerImpl::Package);
+}
+
+/// RoadRunner's `tcp.Close` from the pure-PHP package's RPC client (and `pier.Close` through
+/// `Connections::close`) closes the connection, and its CLOSE event follows; a closed or unknown uuid
+/// answers true (`tcp.Close`) / false (`pier.Close`).
+#[test]
+fn tcp_close_from_the_package_rpc_client() {
+    let pier = start(WorkerImpl::Package);
+    let mut alice = Client::join(&pier, "alice");
+    let mut bob = Client::join(&pier, "bob");
+    alice.expect("* bob joined lobby\n");
+    let mut carol = Client::join(&pier, "carol");
+    alice.expect("* carol joined lobby\n");
+    bob.expect("* carol joined lobby\n");
+
+    let out = php(WorkerImpl::Package)
+        .arg("tests/php/rpc_close.php")
+        .arg(pier.rpc_address())
+        .output()
+        .expect("run tests/php/rpc_close.php");
+    assert!(
+        out.status.success(),
+        "rpc_close.php failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"nicks":["alice","bob","carol"],"info_server":"chat","tcp_close":true,"tcp_close_again":true,"tcp_close_unknown":true,"pier_close":true,"pier_close_again":false}"#.to_owned() + "\n"
+    );
+
+    // Both are closed by the server, and each CLOSE event ran (the room hears both leaves).
+    assert_eq!(bob.rest(), "");
+    assert_eq!(carol.rest(), "");
+    let mut leaves = [alice.line(), alice.line()];
+    leaves.sort();
+    assert_eq!(leaves, ["* bob left lobby\n", "* carol left lobby\n"]);
+    alice.send("/who");
+    alice.expect("In lobby: alice\n");
+
+    let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.success(),
+        "pier serve exited with {status}; output:\n{output}"
+    );
+}
