@@ -14,8 +14,8 @@ use Pier\Tcp\TcpWorker;
  * The chat's rules for one event. A worker keeps nothing between events: who a connection is lives in
  * the connection state the server keeps ({"nick","room"} as JSON), and who is where lives in the
  * server's groups — "room:<name>" for the members of a room, "nick:<name>" for the one connection
- * using a nickname. Messages to a room are one broadcast to its group, so every member gets them in
- * the order the server accepted them.
+ * using a nickname. A message to a room is one broadcast to its group: every member gets it, and
+ * each speaker's messages in the order said (the events of one connection run one after another).
  */
 final class Chat
 {
@@ -80,7 +80,7 @@ final class Chat
      */
     private function say(array $me, string $text): void
     {
-        // To every member, the sender included: everyone sees the room in the same order.
+        // To every member, the sender included: the sender sees its line where the others do.
         $this->tcp->broadcast("[{$me['room']}] {$me['nick']}: {$text}\n", "room:{$me['room']}");
         $this->tcp->read();
     }
