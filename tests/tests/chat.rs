@@ -1,6 +1,5 @@
 //! The chat example (examples/chat) through the real `pier serve`, on both worker implementations:
-//! several real clients, rooms, private messages, in-order room delivery, `announce.php` over RPC,
-//! and RoadRunner's `tcp.Close` from the pure-PHP package's RPC client.
+//! several real clients, rooms, private messages, in-order room delivery, `announce.php` over RPC.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -229,48 +228,4 @@ fn chat_with_the_extension() {
 #[test]
 fn chat_with_the_package() {
     chat(WorkerImpl::Package);
-}
-
-/// RoadRunner's `tcp.Close` from the pure-PHP package's RPC client (and `pier.Close` through
-/// `Connections::close`) closes the connection, and its CLOSE event follows; a closed or unknown uuid
-/// answers true (`tcp.Close`) / false (`pier.Close`).
-#[test]
-fn tcp_close_from_the_package_rpc_client() {
-    let pier = start(WorkerImpl::Package);
-    let mut alice = Client::join(&pier, "alice");
-    let mut bob = Client::join(&pier, "bob");
-    alice.expect("* bob joined lobby\n");
-    let mut carol = Client::join(&pier, "carol");
-    alice.expect("* carol joined lobby\n");
-    bob.expect("* carol joined lobby\n");
-
-    let out = php(WorkerImpl::Package)
-        .arg("tests/php/rpc_close.php")
-        .arg(pier.rpc_address())
-        .output()
-        .expect("run tests/php/rpc_close.php");
-    assert!(
-        out.status.success(),
-        "rpc_close.php failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        r#"{"nicks":["alice","bob","carol"],"info_server":"chat","tcp_close":true,"tcp_close_again":true,"tcp_close_unknown":true,"pier_close":true,"pier_close_again":false}"#.to_owned() + "\n"
-    );
-
-    // Both are closed by the server, and each CLOSE event ran (the room hears both leaves).
-    assert_eq!(bob.rest(), "");
-    assert_eq!(carol.rest(), "");
-    let mut leaves = [alice.line(), alice.line()];
-    leaves.sort();
-    assert_eq!(leaves, ["* bob left lobby\n", "* carol left lobby\n"]);
-    alice.send("/who");
-    alice.expect("In lobby: alice\n");
-
-    let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        status.success(),
-        "pier serve exited with {status}; output:\n{output}"
-    );
 }
