@@ -15,6 +15,7 @@
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
 //!   rate), TCP keep-alive, the idle clock of a connection's reads.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
+//! - [`ctl`]: `pier reset`, `pier workers`, `pier connections`: a running server over its RPC.
 //! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
@@ -28,6 +29,7 @@
 
 pub mod config;
 mod connection;
+pub mod ctl;
 pub mod framing;
 mod limits;
 pub mod ops;
@@ -110,6 +112,8 @@ impl Server {
             Metrics::off()
         };
         let registry = Registry::new();
+        // Filled once the workers run; the RPC methods that need them answer an error before.
+        let pool_slot = Arc::new(std::sync::OnceLock::new());
         let mut listeners = Vec::new();
         for server in &config.servers {
             let socket =
@@ -138,6 +142,8 @@ impl Server {
             Some(rpc) => {
                 let context = Context {
                     registry: registry.clone(),
+                    pool: pool_slot.clone(),
+                    metrics: metrics.clone(),
                 };
                 let server = RpcServer::bind(rpc, Methods::standard(), context).await?;
                 // As RoadRunner: workers find RPC in RR_RPC (the real port when the config said 0),
@@ -153,6 +159,7 @@ impl Server {
         let pool = Pool::start(config.pool, metrics.clone())
             .await
             .map_err(ServeError::Pool)?;
+        let _ = pool_slot.set(pool.clone());
         Ok(Server {
             listeners,
             pool,

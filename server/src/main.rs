@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pier_server::config::Config;
+use pier_server::ctl;
 
 /// Serve raw TCP protocols with PHP workers (RoadRunner TCP compatible).
 #[derive(Debug, Parser)]
@@ -27,6 +28,60 @@ enum Cmd {
         #[arg(short = 'o', long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Ask the running server (rpc.listen of the config) to replace every worker, one at a time,
+    /// so new PHP code is picked up while connections stay open (RoadRunner's `rr reset`).
+    Reset {
+        /// The config file of the running server.
+        #[arg(short = 'c', long = "config", default_value = ".rr.yaml")]
+        config: PathBuf,
+        /// Override a config value, `dotted.key=value` (repeatable).
+        #[arg(short = 'o', long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// The running server's workers: pid, status, events run, memory, age, the event running now
+    /// (RoadRunner's `rr workers`).
+    Workers {
+        /// The config file of the running server.
+        #[arg(short = 'c', long = "config", default_value = ".rr.yaml")]
+        config: PathBuf,
+        /// Override a config value, `dotted.key=value` (repeatable).
+        #[arg(short = 'o', long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Refresh the table in place every second until Ctrl-C.
+        #[arg(short = 'i', long = "interactive")]
+        interactive: bool,
+    },
+    /// The running server's connections: how many per server, then the list (uuid, remote
+    /// address, age, bytes, groups).
+    Connections {
+        /// The config file of the running server.
+        #[arg(short = 'c', long = "config", default_value = ".rr.yaml")]
+        config: PathBuf,
+        /// Override a config value, `dotted.key=value` (repeatable).
+        #[arg(short = 'o', long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Only connections of this server (a `tcp.servers` key).
+        #[arg(long)]
+        server: Option<String>,
+        /// Only members of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many rows (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// The running server's RPC address (`rpc.listen`) and server names, from its config.
+fn rpc_address(
+    path: &std::path::Path,
+    overrides: &[String],
+) -> anyhow::Result<(String, Vec<String>)> {
+    let config = Config::load(path, overrides)
+        .with_context(|| format!("could not load config {}", path.display()))?;
+    let servers = config.servers.iter().map(|s| s.name.clone()).collect();
+    let rpc = config.rpc.ok_or(ctl::CtlError::NoRpc)?;
+    Ok((rpc.listen, servers))
 }
 
 fn main() -> ExitCode {
@@ -42,7 +97,41 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let Cmd::Serve { config, overrides } = cli.command;
+    let (config, overrides) = match cli.command {
+        Cmd::Serve { config, overrides } => (config, overrides),
+        Cmd::Reset { config, overrides } => {
+            let (address, _) = rpc_address(&config, &overrides)?;
+            return Ok(ctl::reset(&address, &mut std::io::stdout())?);
+        }
+        Cmd::Workers {
+            config,
+            overrides,
+            interactive,
+        } => {
+            let (address, _) = rpc_address(&config, &overrides)?;
+            return Ok(ctl::workers(&address, interactive, &mut std::io::stdout())?);
+        }
+        Cmd::Connections {
+            config,
+            overrides,
+            server,
+            group,
+            limit,
+        } => {
+            let (address, servers) = rpc_address(&config, &overrides)?;
+            let filter = ctl::ConnectionFilter {
+                server,
+                group,
+                limit,
+            };
+            return Ok(ctl::connections(
+                &address,
+                &servers,
+                &filter,
+                &mut std::io::stdout(),
+            )?);
+        }
+    };
     let config = Config::load(&config, &overrides)
         .with_context(|| format!("could not load config {}", config.display()))?;
     pier_server::init_logging(&config.logs);

@@ -475,18 +475,14 @@ impl Metrics {
         }
     }
 
-    /// An RPC call on `rpc.listen` was answered (`ok`) or answered with an error.
-    pub fn rpc_call(&self, method: &str, ok: bool) {
+    /// An RPC call on `rpc.listen` was answered (`ok`) or answered with an error. `method` is
+    /// `None` for a method the server does not have: client-chosen names share the label value
+    /// `other`, so a client cannot grow the registry without bound.
+    pub fn rpc_call(&self, method: Option<&str>, ok: bool) {
         if let Some(m) = &self.inner {
-            // Method names come from clients: unknown ones share one label value, so a client
-            // cannot grow the registry without bound.
             m.rpc_calls
                 .get_or_create(&RpcLabels {
-                    method: if method.len() <= 64 && ok {
-                        method.to_owned()
-                    } else {
-                        "other".to_owned()
-                    },
+                    method: method.unwrap_or("other").to_owned(),
                     result: if ok { "ok" } else { "error" },
                 })
                 .inc();

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::codec::{Codec, CodecError};
+use crate::ops::Metrics;
+use crate::pool::Pool;
 use crate::registry::{ConnInfo, Filter, GroupInfo, Registry, RegistryError};
 
 /// The version `rpc.Version` answers: Pier's own.
@@ -35,6 +37,10 @@ pub enum MethodError {
     /// The registry refused the operation (group name, groups per connection).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The call could not be done; the text is the whole answer (RoadRunner's own words where
+    /// it has them, e.g. `no such plugin: http`).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Everything a method may use; one per RPC listener, shared by its connections.
@@ -42,6 +48,20 @@ pub enum MethodError {
 pub struct Context {
     /// Live connections and groups.
     pub registry: Registry,
+    /// The workers, once started: the RPC listener binds first, so that workers find its real
+    /// address in `RR_RPC`.
+    pub pool: Arc<OnceLock<Pool>>,
+    /// Where calls are counted.
+    pub metrics: Metrics,
+}
+
+impl Context {
+    /// The pool, or the error a call gets while it is still starting.
+    pub fn pool(&self) -> Result<&Pool, MethodError> {
+        self.pool
+            .get()
+            .ok_or_else(|| MethodError::Failed("the worker pool is still starting".into()))
+    }
 }
 
 /// A handler's future: the encoded result, or an error for the client.
@@ -74,6 +94,7 @@ impl Methods {
     /// Every method Pier serves: RoadRunner's `tcp.Close` and `rpc.Version`, and `pier.*`.
     pub fn standard() -> Methods {
         let mut m = Methods::new();
+        super::ops::register(&mut m);
         m.register("tcp.Close", |ctx, arg: UuidArg| async move {
             // RoadRunner: always true, an unknown uuid is not an error.
             ctx.registry.close(arg.uuid());

@@ -3,6 +3,8 @@
 //!
 //! - [`codec`]: request frames → [`codec::Request`], answers, JSON / msgpack arguments and results.
 //! - [`methods`]: the method table ([`methods::Methods`]) and every method.
+//! - [`ops`]: RoadRunner's `informer` service (`rr workers`).
+//! - [`client`]: the client `pier reset`, `pier workers` and `pier connections` use.
 //! - this file: the listener (`tcp://` or `unix://`) and one task per RPC connection, which reads
 //!   requests and answers them in order.
 //!
@@ -12,8 +14,10 @@
 //! method or an argument of the wrong shape gets an error answer and the connection goes on.
 //! Buffers are bounded by [`MAX_FRAME`], connections by [`MAX_CONNECTIONS`].
 
+pub mod client;
 pub mod codec;
 pub mod methods;
+pub mod ops;
 
 use std::sync::Arc;
 
@@ -249,6 +253,7 @@ async fn answer(request: &Request, methods: &Methods, context: &Arc<Context>, ou
     let method = request.method_name();
     let Some(codec) = request.codec else {
         warn!(%method, flags = request.flags, "client error: RPC codec not supported");
+        context.metrics.rpc_call(None, false);
         request.encode_error(
             out,
             &format!(
@@ -265,16 +270,19 @@ async fn answer(request: &Request, methods: &Methods, context: &Arc<Context>, ou
         request.argument.clone(),
     ) else {
         warn!(%method, "client error: unknown RPC method");
+        context.metrics.rpc_call(None, false);
         request.encode_error(out, &format!("rpc: can't find method {method}"));
         return;
     };
     match call.await {
         Ok(result) => {
             debug!(%method, "RPC call");
+            context.metrics.rpc_call(Some(&method), true);
             request.encode_result(out, &result);
         }
         Err(e) => {
             info!(%method, error = %e, "RPC call failed (client error)");
+            context.metrics.rpc_call(Some(&method), false);
             request.encode_error(out, &e.to_string());
         }
     }
