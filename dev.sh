@@ -25,6 +25,7 @@ PACKAGES=(
   libclang-dev       # bindgen (ext-php-rs) loads libclang at build time
   phpunit composer   # the PHP suites; composer validate/install
   netcat-openbsd     # nc, the client `./dev.sh demo` suggests
+  openssl swaks haproxy python3 # TLS/STARTTLS/PROXY tests' real peers: s_client, swaks, haproxy, smtplib
 )
 
 is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
@@ -43,12 +44,13 @@ cmd_setup() {
   if ! is_debian; then
     # No package database to ask: name what is needed and stop if a tool is clearly absent.
     local tool absent=()
-    for tool in cc make php php-config phpize phpunit composer; do
+    for tool in cc make php php-config phpize phpunit composer openssl swaks haproxy python3; do
       command -v "$tool" >/dev/null || absent+=("$tool")
     done
     [ ${#absent[@]} -eq 0 ] && return 0
     echo "Please install: a C toolchain and make, PHP 8.2 CLI and headers (php-config, phpize)," >&2
-    echo "libclang (LIBCLANG_PATH=its directory if bindgen cannot find it), PHPUnit 9.6, Composer." >&2
+    echo "libclang (LIBCLANG_PATH=its directory if bindgen cannot find it), PHPUnit 9.6, Composer," >&2
+    echo "openssl, swaks, haproxy, python3 (the TLS/PROXY tests' peers)." >&2
     echo "Missing here: ${absent[*]}" >&2
     exit 1
   fi

@@ -68,12 +68,13 @@ final class Vectors
     /**
      * A TCP event as the server sends it; with a non-empty $state in Pier's two-option form.
      */
-    public static function event(string $event, string $body, string $state = '', string $uuid = self::UUID): string
+    public static function event(string $event, string $body, string $state = '', string $uuid = self::UUID, ?array $tls = null): string
     {
-        $context = json_encode(
-            ['remote_addr' => self::REMOTE_ADDR, 'server' => self::SERVER, 'uuid' => $uuid, 'event' => $event],
-            JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES,
-        );
+        $context = ['remote_addr' => self::REMOTE_ADDR, 'server' => self::SERVER, 'uuid' => $uuid, 'event' => $event];
+        if ($tls !== null) {
+            $context['tls'] = $tls;
+        }
+        $context = json_encode($context, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES);
 
         return $state === ''
             ? self::frame(0, [\strlen($context)], $context . $body)

@@ -24,6 +24,7 @@ use ext_php_rs::types::{ZendClassObject, ZendHashTable, ZendStr, Zval};
 use ext_php_rs::zend::{ce, ClassEntry};
 
 use pier_protocol::tcp::{EventKind, ReplyKind};
+use pier_protocol::TlsFacts;
 
 use crate::relay::{self, Relay, RelayError, RelaySpec};
 use crate::rpc::{self, Json, RpcError};
@@ -581,6 +582,8 @@ pub struct TcpRequest {
     server: PhpString,
     /// The connection state (Pier extension); '' when none (a PHP string).
     state: PhpString,
+    /// What TLS negotiated (Pier extension `tls`); `None` for plaintext and hand-built requests.
+    tls: Option<Box<TlsFacts<'static>>>,
 }
 
 #[php_impl]
@@ -603,6 +606,7 @@ impl TcpRequest {
             connection_uuid: string(&connectionUuid),
             server: string(&server),
             state: string(state.0),
+            tls: None,
         }
     }
 
@@ -707,6 +711,40 @@ impl TcpRequest {
     pub fn get_state(&self) -> PhpString {
         self.state.share()
     }
+
+    /// What TLS negotiated; null for plaintext. Keys `version`, `cipher`, `sni`,
+    /// `client_subject`, `client_sha256` (the last three null when absent).
+    pub fn get_tls(&self) -> PhpResult<Option<ZBox<ZendHashTable>>> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let mut array = ZendHashTable::new();
+        let entries: [(&str, Option<&str>); 5] = [
+            ("version", Some(&tls.version)),
+            ("cipher", Some(&tls.cipher)),
+            ("sni", tls.sni.as_deref()),
+            ("client_subject", tls.client_subject.as_deref()),
+            ("client_sha256", tls.client_sha256.as_deref()),
+        ];
+        for (key, value) in entries {
+            array
+                .insert(key, value.map(str::to_owned))
+                .map_err(|e| PhpException::from_message(e.to_string()))?;
+        }
+        Ok(Some(array))
+    }
+}
+
+/// TLS facts that outlive the relay buffer they were decoded from.
+fn owned_tls(t: &TlsFacts<'_>) -> TlsFacts<'static> {
+    let own = |s: &Option<std::borrow::Cow<'_, str>>| s.as_ref().map(|s| s.to_string().into());
+    TlsFacts {
+        version: t.version.to_string().into(),
+        cipher: t.cipher.to_string().into(),
+        sni: own(&t.sni),
+        client_subject: own(&t.client_subject),
+        client_sha256: own(&t.client_sha256),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +815,7 @@ impl TcpWorker {
                 connection_uuid: string(e.uuid.as_bytes()),
                 server: string(e.server.as_bytes()),
                 state: string(e.state),
+                tls: e.tls.map(|t| Box::new(owned_tls(&t))),
             })),
         }
     }
@@ -804,6 +843,12 @@ impl TcpWorker {
             .borrow_mut()
             .reply(ReplyKind::Close, b"")
             .map_err(throwable)
+    }
+
+    /// Pier extension (`starttls` in `PIER_FEATURES`): the next answer is written in plaintext,
+    /// then the server starts TLS on the connection. Nothing is sent when it throws.
+    pub fn start_tls(&self) -> PhpResult<()> {
+        self.session.borrow_mut().start_tls().map_err(throwable)
     }
 
     /// Attaches a connection state to the next answer of the pending request ('' clears it).

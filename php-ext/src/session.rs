@@ -77,6 +77,15 @@ pub enum SessionError {
     /// setIdleTimeout() with a negative value or one over a week (worker script bug).
     #[error("could not set the idle timeout: {0} ms is not between 0 and {MAX_IDLE_TIMEOUT_MS} (a week), or null for the server's")]
     IdleTimeoutRange(i64),
+    /// startTls() under a server that did not announce the `starttls` extension.
+    #[error("STARTTLS needs a Pier server (PIER_FEATURES has no 'starttls')")]
+    StarttlsUnsupported,
+    /// startTls() before the first waitRequest() (worker script bug).
+    #[error("answering before any request: startTls() needs a request from waitRequest()")]
+    StarttlsBeforeRequest,
+    /// startTls() after the request was answered (worker script bug).
+    #[error("answering twice: startTls() after the request was already answered")]
+    StarttlsAfterAnswer,
 }
 
 /// The longest idle timeout the server accepts, in milliseconds (a week; PROTOCOL.md).
@@ -102,6 +111,8 @@ pub struct Features {
     pub push: bool,
     /// The server takes per-connection idle timeouts (`idle_timeout`).
     pub idle_timeout: bool,
+    /// The server starts TLS when a worker commands it (`starttls`).
+    pub starttls: bool,
 }
 
 impl Features {
@@ -117,6 +128,7 @@ impl Features {
             state: has("state"),
             push: has("push"),
             idle_timeout: has("idle_timeout"),
+            starttls: has("starttls"),
         }
     }
 }
@@ -372,6 +384,20 @@ impl Session {
         });
         self.server = current;
         result
+    }
+
+    /// Sends the `starttls` command: the server writes the next answer in plaintext, then starts
+    /// TLS. Checked first, so nothing is sent when it fails.
+    pub fn start_tls(&mut self) -> Result<(), SessionError> {
+        if !self.features.starttls {
+            return Err(SessionError::StarttlsUnsupported);
+        }
+        match self.turn {
+            Turn::Start => return Err(SessionError::StarttlsBeforeRequest),
+            Turn::Answered => return Err(SessionError::StarttlsAfterAnswer),
+            Turn::Pending => {}
+        }
+        self.command(&Command::Starttls)
     }
 
     /// error() and stop() end the request whatever state it was in (they also answer nothing

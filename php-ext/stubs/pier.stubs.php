@@ -165,6 +165,17 @@ namespace Pier\Tcp {
          * @throws \Pier\Exception\RelayException
          */
         public function disconnect(string $uuid): void {}
+
+        /**
+         * Pier extension (needs `starttls` in `PIER_FEATURES`; the server needs `tls`): the next
+         * answer (respond/read) of the pending request is written in plaintext, then the server
+         * starts TLS on the connection (SMTP/IMAP STARTTLS). Later requests have `getTls()`.
+         *
+         * @throws \Pier\Exception\ProtocolException when the server does not support STARTTLS
+         *         (nothing is sent), or no request is pending
+         * @throws \Pier\Exception\RelayException when the write fails
+         */
+        public function startTls(): void {}
     }
 
     final class TcpRequest
@@ -191,6 +202,13 @@ namespace Pier\Tcp {
         public function getServer(): string {}
 
         public function getState(): string {}
+
+        /**
+         * What TLS negotiated (Pier extension `tls`); null for plaintext connections.
+         *
+         * @return array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null
+         */
+        public function getTls(): ?array {}
     }
 
     enum TcpEvent: string

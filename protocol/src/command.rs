@@ -59,6 +59,9 @@ pub enum Command<'a> {
         /// Milliseconds without bytes from the client before the connection is closed.
         ms: Option<u64>,
     },
+    /// `starttls`: write this event's answer in plaintext, then start the TLS handshake (the
+    /// server side) on the event's connection. No keys, no data.
+    Starttls,
     /// An op this crate does not know (a newer worker, or a feature this server lacks). Kept whole
     /// so the receiver can log it.
     Unknown {
@@ -161,6 +164,7 @@ impl<'a> Command<'a> {
                     Command::Leave { uuid, group }
                 }
             }
+            "starttls" => Command::Starttls,
             "broadcast" => Command::Broadcast {
                 group: header.group,
                 server: header.server,
@@ -234,6 +238,10 @@ impl<'a> Command<'a> {
                     Some(ms) => header.push_str(&format!(r#","ms":{ms}"#)),
                     None => header.push_str(r#","ms":null"#),
                 }
+                b""
+            }
+            Command::Starttls => {
+                push_head(&mut header, "starttls");
                 b""
             }
             Command::Unknown { header: raw, .. } | Command::Invalid { header: raw, .. } => {
@@ -317,6 +325,8 @@ mod tests {
         let default = round_trip(&Command::IdleTimeout { ms: None });
         assert_eq!(&default[16..], br#"{"op":"idle_timeout","ms":null}"#);
         round_trip(&Command::IdleTimeout { ms: Some(0) });
+        let starttls = round_trip(&Command::Starttls);
+        assert_eq!(&starttls[16..], br#"{"op":"starttls"}"#);
     }
 
     #[test]

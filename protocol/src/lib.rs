@@ -12,6 +12,7 @@
 //!   replies (`WRITE`/`CONTINUE`/`WRITECLOSE`/`CLOSE`, worker → server).
 //! - [`command`]: Pier command frames (worker → server, during an event, before its answer):
 //!   `push` ops and the generic framing other extensions' ops use.
+//! - [`tls`]: the TLS facts of a connection, the `tls` key of event contexts (Pier extension).
 //! - [`message`]: classifies a decoded frame into everything a worker may say
 //!   ([`message::WorkerMessage`]) or a server may say ([`message::ServerMessage`]).
 //!
@@ -22,10 +23,13 @@ pub mod control;
 pub mod frame;
 pub mod message;
 pub mod tcp;
+pub mod tls;
 
 pub use command::Command;
 pub use frame::{decode, encode, Frame, FrameError, Options};
 pub use message::{MessageError, ServerMessage, WorkerMessage};
 pub use tcp::{
-    encode_event, encode_event_with_state, encode_reply, EventKind, ReplyKind, TcpEvent, TcpReply,
+    encode_event, encode_event_with_context, encode_event_with_state, encode_reply, EventKind,
+    ReplyKind, TcpEvent, TcpReply,
 };
+pub use tls::TlsFacts;

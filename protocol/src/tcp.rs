@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use crate::frame::{begin_header, encode, finish_header, EncodeError, Frame, HEADER_LEN};
 use crate::message::MessageError;
+use crate::tls::TlsFacts;
 
 /// What happened on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,6 +58,9 @@ pub struct TcpEvent<'a> {
     pub state: &'a [u8],
     /// The packet for `DATA` (delimiter included); empty otherwise.
     pub body: &'a [u8],
+    /// What TLS negotiated (Pier extension `tls`); `None` on plaintext connections, whose context
+    /// stays byte-identical to RoadRunner's. Boxed: most events have none.
+    pub tls: Option<Box<TlsFacts<'a>>>,
 }
 
 /// The JSON context as it is read; unknown keys are ignored so newer servers stay readable.
@@ -70,6 +74,8 @@ struct ContextIn<'a> {
     uuid: Cow<'a, str>,
     #[serde(borrow, default)]
     event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    tls: Option<Box<TlsFacts<'a>>>,
 }
 
 /// The parts of a job payload: context ‖ state ‖ body.
@@ -134,17 +140,24 @@ impl<'a> TcpEvent<'a> {
             event: EventKind::from_name(&ctx.event),
             state: parts.state.unwrap_or_default(),
             body: parts.body,
+            tls: ctx.tls,
         })
     }
 
     /// Appends this event as one frame (two options when `state` is non-empty).
     pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
-        encode_event_with_state(
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.context_fragment())
+            .unwrap_or_default();
+        encode_event_with_context(
             dst,
             &self.remote_addr,
             &self.server,
             &self.uuid,
             self.event,
+            &tls,
             self.state,
             self.body,
         )
@@ -176,6 +189,23 @@ pub fn encode_event_with_state(
     state: &[u8],
     body: &[u8],
 ) -> Result<(), EncodeError> {
+    encode_event_with_context(dst, remote_addr, server, uuid, event, b"", state, body)
+}
+
+/// [`encode_event_with_state`] with `extra_context` appended inside the context object after
+/// `"event"`: a fragment starting with `,` such as [`TlsFacts::context_fragment`] (Pier extension
+/// `tls`). An empty fragment gives exactly [`encode_event_with_state`]'s bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_event_with_context(
+    dst: &mut Vec<u8>,
+    remote_addr: &str,
+    server: &str,
+    uuid: &str,
+    event: EventKind,
+    extra_context: &[u8],
+    state: &[u8],
+    body: &[u8],
+) -> Result<(), EncodeError> {
     let with_state = !state.is_empty();
     let placeholder: &[u32] = if with_state { &[0, 0] } else { &[0] };
     dst.reserve(
@@ -185,6 +215,7 @@ pub fn encode_event_with_state(
             + remote_addr.len()
             + server.len()
             + uuid.len()
+            + extra_context.len()
             + state.len()
             + body.len(),
     );
@@ -198,7 +229,9 @@ pub fn encode_event_with_state(
     push_json_string(dst, uuid);
     dst.extend_from_slice(br#","event":""#);
     dst.extend_from_slice(event.as_str().as_bytes());
-    dst.extend_from_slice(b"\"}");
+    dst.push(b'"');
+    dst.extend_from_slice(extra_context);
+    dst.push(b'}');
     let context_len = dst.len() - context_start;
     let context_len =
         u32::try_from(context_len).map_err(|_| EncodeError::PayloadTooLarge(context_len as u64))?;
@@ -215,7 +248,7 @@ pub fn encode_event_with_state(
 
 /// Writes `s` as a JSON string the way Go's `encoding/json` does (RoadRunner's encoder), so
 /// contexts are byte-identical to RoadRunner's: `<`, `>`, `&`, U+2028 and U+2029 escaped too.
-fn push_json_string(dst: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_string(dst: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     dst.push(b'"');
     let mut plain_from = 0;
@@ -356,6 +389,7 @@ mod tests {
             event: EventKind::Data,
             state: b"",
             body: b"\x00\xff\r\n",
+            tls: None,
         };
         let mut buf = Vec::new();
         event.encode(&mut buf).unwrap();
@@ -367,6 +401,42 @@ mod tests {
         let (frame, used) = decode(&buf, u32::MAX).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(TcpEvent::decode(&frame).unwrap(), event);
+    }
+
+    #[test]
+    fn tls_facts_ride_in_the_context_and_round_trip() {
+        let event = TcpEvent {
+            remote_addr: "127.0.0.1:1".into(),
+            server: "s".into(),
+            uuid: "u".into(),
+            event: EventKind::Data,
+            state: b"st",
+            body: b"x\r\n",
+            tls: Some(Box::new(TlsFacts {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                sni: Some("localhost".into()),
+                client_subject: Some("CN=alice".into()),
+                client_sha256: Some("ab".repeat(32).into()),
+            })),
+        };
+        let mut buf = Vec::new();
+        event.encode(&mut buf).unwrap();
+        let (frame, _) = decode(&buf, 4096).unwrap().unwrap();
+        let context = &frame.payload[..frame.options.get(0).unwrap() as usize];
+        let context = std::str::from_utf8(context).unwrap();
+        assert!(
+            context.starts_with(r#"{"remote_addr":"127.0.0.1:1","server":"s","uuid":"u","event":"DATA","tls":{"version":"TLSv1.3","#),
+            "{context}"
+        );
+        assert_eq!(TcpEvent::decode(&frame).unwrap(), event);
+        // Without TLS, the bytes are the stock ones.
+        let mut plain = Vec::new();
+        encode_event_with_context(&mut plain, "a", "s", "u", EventKind::Close, b"", b"", b"")
+            .unwrap();
+        let mut stock = Vec::new();
+        encode_event(&mut stock, "a", "s", "u", EventKind::Close, b"").unwrap();
+        assert_eq!(plain, stock);
     }
 
     #[test]
@@ -496,6 +566,7 @@ mod tests {
                 event: EventKind::Close,
                 state,
                 body: b"tail",
+                tls: None,
             };
             let mut buf = Vec::new();
             event.encode(&mut buf).unwrap();

@@ -68,6 +68,7 @@ fn event(kind: EventKind, body: &'static [u8]) -> TcpEvent<'static> {
         event: kind,
         state: b"",
         body,
+        tls: None,
     }
 }
 

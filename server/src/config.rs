@@ -146,6 +146,11 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Connection limits and timeouts (Pier keys).
     pub limits: LimitsConfig,
+    /// `tls`: certificates and how TLS starts (implicit or worker-commanded STARTTLS); `None` =
+    /// plaintext only.
+    pub tls: Option<TlsConfig>,
+    /// `proxy_protocol`: PROXY header required from trusted balancers; `None` = not expected.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 /// Per-server connection limits and timeouts (Pier keys under `tcp.servers.<name>`).
@@ -217,6 +222,68 @@ pub enum RpcAddr {
     Tcp(String),
     /// `unix:///path`.
     Unix(PathBuf),
+}
+
+/// Default `tls.handshake_timeout`: a TLS handshake must finish within it.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `proxy_protocol.timeout`: the PROXY header must arrive within it.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How TLS starts on a server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The connection is TLS from its first byte (465-style).
+    Implicit,
+    /// Plaintext until a worker commands STARTTLS (587-style).
+    Starttls,
+}
+
+/// Whether clients must present a certificate signed by `client_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without a valid certificate is refused.
+    Required,
+    /// A client may present one; if it does, it must be valid.
+    Optional,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// The key path of `cert` in the config, for error messages (`tcp.servers.x.tls.cert`).
+    pub origin: String,
+}
+
+/// `tcp.servers.<name>.tls`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Implicit TLS or STARTTLS.
+    pub mode: TlsMode,
+    /// `cert` + `key`: the default certificate (clients without SNI, or whose name it covers).
+    pub default: CertFiles,
+    /// `sni`: more certificates, each chosen when the client's SNI name is one of its DNS names.
+    pub sni: Vec<CertFiles>,
+    /// `client_ca`: PEM file of the CAs that sign client certificates; `None` = none asked.
+    pub client_ca: Option<PathBuf>,
+    /// `client_auth`: whether a client certificate is required (default when `client_ca` is set).
+    pub client_auth: ClientAuth,
+    /// `min_version`: `"1.2"` (default) or `"1.3"`.
+    pub tls13_only: bool,
+    /// `handshake_timeout`: a handshake not finished within it is dropped.
+    pub handshake_timeout: Duration,
+}
+
+/// `tcp.servers.<name>.proxy_protocol`.
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolConfig {
+    /// `trusted`: source networks allowed to connect; each must send a PROXY header.
+    pub trusted: Vec<ipnet::IpNet>,
+    /// `timeout`: the header must arrive within it.
+    pub timeout: Duration,
 }
 
 /// The worker pool: `tcp.pool` plus `server`.
@@ -580,6 +647,8 @@ fn server_entry(
             "tcp_keepalive",
             "max_write_buffer",
             "write_timeout",
+            "tls",
+            "proxy_protocol",
         ],
         &[],
         warnings,
@@ -639,6 +708,14 @@ fn server_entry(
         max_write_buffer: size("max_write_buffer", DEFAULT_MAX_WRITE_BUFFER)?,
         write_timeout: duration_or(h, &path, "write_timeout", DEFAULT_WRITE_TIMEOUT)?,
         limits,
+        tls: match h.get(&key("tls")) {
+            None | Some(Yaml::Null) => None,
+            Some(v) => Some(tls_entry(&format!("{path}.tls"), v, warnings)?),
+        },
+        proxy_protocol: match h.get(&key("proxy_protocol")) {
+            None | Some(Yaml::Null) => None,
+            Some(v) => Some(proxy_entry(&format!("{path}.proxy_protocol"), v, warnings)?),
+        },
     })
 }
 
@@ -938,6 +1015,177 @@ fn rpc(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<RpcConfig>, Config
         return Err(ConfigError::RpcListen(listen));
     };
     Ok(Some(RpcConfig { listen, addr }))
+}
+
+/// `tcp.servers.<name>.tls`. Files are only named here; they are read (and a missing one
+/// reported with its key) when the server starts, so a reload reads them again.
+fn tls_entry(path: &str, v: &Yaml, warnings: &mut Vec<String>) -> Result<TlsConfig, ConfigError> {
+    let h = hash(v, path)?;
+    check_keys(
+        h,
+        path,
+        &[
+            "mode",
+            "cert",
+            "key",
+            "sni",
+            "client_ca",
+            "client_auth",
+            "min_version",
+            "handshake_timeout",
+        ],
+        &[],
+        warnings,
+    );
+    let invalid = |field: &str, problem: String| ConfigError::Invalid {
+        key: format!("{path}.{field}"),
+        problem,
+    };
+    let text = |h: &Hash, field: &str, at: &str| -> Result<Option<String>, ConfigError> {
+        match h.get(&key(field)) {
+            None => Ok(None),
+            Some(v) => Ok(Some(scalar_string(v, &format!("{at}.{field}"))?))
+                .map(|s| s.filter(|s| !s.is_empty())),
+        }
+    };
+    let pair = |h: &Hash, at: &str| -> Result<CertFiles, ConfigError> {
+        let cert = text(h, "cert", at)?.ok_or_else(|| ConfigError::Invalid {
+            key: format!("{at}.cert"),
+            problem: "missing: the PEM certificate chain file".into(),
+        })?;
+        let key_file = text(h, "key", at)?.ok_or_else(|| ConfigError::Invalid {
+            key: format!("{at}.key"),
+            problem: "missing: the PEM private key file".into(),
+        })?;
+        Ok(CertFiles {
+            cert: cert.into(),
+            key: key_file.into(),
+            origin: at.to_owned(),
+        })
+    };
+    let mode = match text(h, "mode", path)?.as_deref() {
+        None | Some("implicit") => TlsMode::Implicit,
+        Some("starttls") => TlsMode::Starttls,
+        Some(other) => {
+            return Err(invalid(
+                "mode",
+                format!("{other:?} is not implicit or starttls"),
+            ))
+        }
+    };
+    let default = pair(h, path)?;
+    let mut sni = Vec::new();
+    match h.get(&key("sni")) {
+        None | Some(Yaml::Null) => {}
+        Some(Yaml::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{path}.sni.{i}");
+                let entry = hash(item, &at)?;
+                check_keys(entry, &at, &["cert", "key"], &[], warnings);
+                sni.push(pair(entry, &at)?);
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "sni",
+                "expected a list of {cert, key} entries".into(),
+            ))
+        }
+    }
+    let client_ca = text(h, "client_ca", path)?.map(PathBuf::from);
+    let client_auth = match text(h, "client_auth", path)?.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            return Err(invalid(
+                "client_auth",
+                format!("{other:?} is not required or optional"),
+            ))
+        }
+    };
+    if client_ca.is_none() && h.contains_key(&key("client_auth")) {
+        return Err(invalid(
+            "client_auth",
+            "set client_ca too: the CAs that sign client certificates".into(),
+        ));
+    }
+    let tls13_only = match text(h, "min_version", path)?.as_deref() {
+        None | Some("1.2") | Some("TLSv1.2") => false,
+        Some("1.3") | Some("TLSv1.3") => true,
+        Some(other) => {
+            return Err(invalid(
+                "min_version",
+                format!("{other:?} is not \"1.2\" or \"1.3\" (older versions are insecure)"),
+            ))
+        }
+    };
+    let handshake_timeout = match h.get(&key("handshake_timeout")) {
+        None => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        Some(_) => positive_duration(h, path, "handshake_timeout")?,
+    };
+    Ok(TlsConfig {
+        mode,
+        default,
+        sni,
+        client_ca,
+        client_auth,
+        tls13_only,
+        handshake_timeout,
+    })
+}
+
+/// `tcp.servers.<name>.proxy_protocol`.
+fn proxy_entry(
+    path: &str,
+    v: &Yaml,
+    warnings: &mut Vec<String>,
+) -> Result<ProxyProtocolConfig, ConfigError> {
+    let h = hash(v, path)?;
+    check_keys(h, path, &["trusted", "timeout"], &[], warnings);
+    let k = format!("{path}.trusted");
+    let items: Vec<String> = match h.get(&key("trusted")) {
+        Some(Yaml::Array(items)) => items
+            .iter()
+            .map(|item| scalar_string(item, &k))
+            .collect::<Result<_, _>>()?,
+        Some(Yaml::String(s)) => s.split(',').map(|s| s.trim().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    let mut trusted = Vec::new();
+    for item in items.iter().filter(|s| !s.is_empty()) {
+        // A bare address is a one-address network.
+        let net = item
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| ConfigError::Invalid {
+                key: k.clone(),
+                problem: format!("{item:?} is not a CIDR network such as 10.0.0.0/8 or ::1/128"),
+            })?;
+        trusted.push(net);
+    }
+    if trusted.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: k,
+            problem: "list the networks of the balancers that send PROXY headers".into(),
+        });
+    }
+    let timeout = match h.get(&key("timeout")) {
+        None => DEFAULT_PROXY_TIMEOUT,
+        Some(_) => positive_duration(h, path, "timeout")?,
+    };
+    Ok(ProxyProtocolConfig { trusted, timeout })
+}
+
+/// A duration that must be above zero (a zero timeout would refuse every connection).
+fn positive_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
+    let d = optional_duration(h, path, field)?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            key: format!("{path}.{field}"),
+            problem: "must be above zero".into(),
+        });
+    }
+    Ok(d)
 }
 
 /// `tcp://host:port`, `host:port`, `[::1]:port` or `:port` → a `host:port` tokio can bind;
@@ -1728,5 +1976,89 @@ tcp:
         for (input, want) in cases {
             assert_eq!(expand(input, &env), want, "{input}");
         }
+    }
+
+    #[test]
+    fn tls_and_proxy_protocol_keys() {
+        let c = parse(&format!(
+            "{MINIMAL}      tls:\n        mode: starttls\n        cert: a.crt\n        key: a.key\n        sni:\n          - {{ cert: b.crt, key: b.key }}\n        client_ca: ca.pem\n        client_auth: optional\n        min_version: \"1.3\"\n        handshake_timeout: 2s\n      proxy_protocol:\n        trusted: [10.0.0.0/8, \"::1\"]\n        timeout: 1s\n"
+        ))
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let s = &c.servers[0];
+        let tls = s.tls.as_ref().unwrap();
+        assert_eq!(tls.mode, TlsMode::Starttls);
+        assert_eq!(tls.default.cert, PathBuf::from("a.crt"));
+        assert_eq!(tls.default.origin, "tcp.servers.smtp.tls");
+        assert_eq!(tls.sni[0].key, PathBuf::from("b.key"));
+        assert_eq!(tls.sni[0].origin, "tcp.servers.smtp.tls.sni.0");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert!(tls.tls13_only);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(2));
+        let proxy = s.proxy_protocol.as_ref().unwrap();
+        assert_eq!(proxy.trusted.len(), 2);
+        assert_eq!(proxy.timeout, Duration::from_secs(1));
+
+        let c = parse(&format!(
+            "{MINIMAL}      tls: {{ cert: a.crt, key: a.key }}\n      proxy_protocol: {{ trusted: 127.0.0.1/32 }}\n"
+        ))
+        .unwrap();
+        let tls = c.servers[0].tls.as_ref().unwrap();
+        assert_eq!(tls.mode, TlsMode::Implicit);
+        assert!(!tls.tls13_only);
+        assert_eq!(tls.handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+        assert_eq!(
+            c.servers[0].proxy_protocol.as_ref().unwrap().timeout,
+            DEFAULT_PROXY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn bad_tls_and_proxy_values_name_their_key() {
+        let cases = [
+            ("tls: { key: a.key }", "tcp.servers.smtp.tls.cert"),
+            ("tls: { cert: a.crt }", "tcp.servers.smtp.tls.key"),
+            (
+                "tls: { cert: a, key: b, mode: sometimes }",
+                "tcp.servers.smtp.tls.mode",
+            ),
+            (
+                "tls: { cert: a, key: b, min_version: \"1.1\" }",
+                "tcp.servers.smtp.tls.min_version",
+            ),
+            (
+                "tls: { cert: a, key: b, client_auth: optional }",
+                "tcp.servers.smtp.tls.client_auth",
+            ),
+            (
+                "tls: { cert: a, key: b, handshake_timeout: 0 }",
+                "tcp.servers.smtp.tls.handshake_timeout",
+            ),
+            (
+                "tls: { cert: a, key: b, sni: x }",
+                "tcp.servers.smtp.tls.sni",
+            ),
+            (
+                "proxy_protocol: { trusted: [300.0.0.0/8] }",
+                "tcp.servers.smtp.proxy_protocol.trusted",
+            ),
+            (
+                "proxy_protocol: { timeout: 1s }",
+                "tcp.servers.smtp.proxy_protocol.trusted",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let err = parse(&format!("{MINIMAL}      {yaml}\n")).unwrap_err();
+            assert!(err.to_string().contains(key), "{yaml}: {err}");
+        }
+        let c = parse(&format!(
+            "{MINIMAL}      tls: {{ cert: a, key: b, ciphers: all }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.warnings,
+            ["unknown key tcp.servers.smtp.tls.ciphers (ignored)"]
+        );
     }
 }

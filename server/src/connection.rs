@@ -12,7 +12,6 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -20,9 +19,6 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use pier_protocol::tcp::EventKind;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -32,10 +28,12 @@ use uuid::Uuid;
 
 use crate::config::ServerConfig;
 use crate::framing::{FrameCodec, FramingError};
-use crate::limits::{self, Admission, Reader};
-use crate::ops::{CloseReason, ServerMetrics};
+use crate::limits::{self, Reader};
+use crate::listener::proxy::Rewind;
+use crate::listener::stream::{self, ReadSide, WriteSide};
+use crate::listener::{Accepted, Listener};
+use crate::ops::CloseReason;
 use crate::pool::{Action, Event, Pool, PoolError, Reply};
-use crate::registry::Registry;
 
 /// Longest idle timeout a worker may set (Pier extension `idle_timeout`): a week. Longer is
 /// almost surely a unit mistake (seconds for milliseconds); it is refused as a worker error.
@@ -53,22 +51,13 @@ enum Flow {
     Read,
     /// Close the socket and send CLOSE.
     Close,
+    /// The worker commanded STARTTLS: write what is queued, discard what the client sent
+    /// meanwhile, handshake, read on.
+    StartTls,
 }
 
-/// Everything a connection needs that does not change while it lives.
-#[derive(Debug)]
-pub(crate) struct Listener {
-    /// The `tcp.servers` entry.
-    pub(crate) config: ServerConfig,
-    /// `tcp.read_buf_size` in bytes: the read buffer starts at the smaller of it and 64 KiB.
-    pub(crate) read_buf_size: usize,
-    /// The server's counters (no-ops with metrics off).
-    pub(crate) metrics: ServerMetrics,
-    /// Connection limits checked at accept.
-    pub(crate) admission: Arc<Admission>,
-    /// Where connections register so they can be reached by uuid.
-    pub(crate) registry: Registry,
-}
+/// A connection's packets, read through the idle clock.
+type Packets = FramedRead<Reader<ReadSide>, FrameCodec>;
 
 /// A live connection as the registry and pushers see it: ids, stats, the outbound queue.
 #[derive(Debug)]
@@ -231,8 +220,8 @@ impl Link {
 /// The writing side: the socket and the chunks taken from the queue. Owned by the connection's
 /// task; every method is cancel-safe (state lives here, writes are non-blocking attempts).
 struct Writer {
-    /// The socket's write half.
-    half: OwnedWriteHalf,
+    /// The socket's write half (plaintext or TLS).
+    half: WriteSide,
     /// Chunks taken from the shared queue and being written, front first; counted in `queued`.
     inflight: VecDeque<Bytes>,
     /// Since when the socket has refused bytes while some waited (`write_timeout` runs from here);
@@ -243,7 +232,7 @@ struct Writer {
 impl Writer {
     /// Whether nothing at all waits to be written.
     fn idle(&self, link: &Link) -> bool {
-        self.inflight.is_empty() && link.lock().queued == 0
+        self.inflight.is_empty() && link.lock().queued == 0 && !self.half.unflushed()
     }
 
     /// A reply's body: written at once when nothing is queued before it (the common case: no
@@ -272,7 +261,13 @@ impl Writer {
             if self.inflight.is_empty() {
                 let mut q = link.lock();
                 if q.chunks.is_empty() {
-                    return Ok(true);
+                    drop(q);
+                    // TLS: the bytes count as written once rustls handed its records over.
+                    if self.half.try_flush()? {
+                        return Ok(true);
+                    }
+                    self.stalled_since.get_or_insert_with(Instant::now);
+                    return Ok(false);
                 }
                 // O(1): the writer takes the whole queue; pushers start a fresh one.
                 std::mem::swap(&mut q.chunks, &mut self.inflight);
@@ -360,6 +355,8 @@ struct Conn<'a> {
     link: &'a Arc<Link>,
     /// Connection state (Pier extension): owned by this task, so no lock; empty = none.
     state: Bytes,
+    /// TLS facts as an event-context fragment (Pier extension `tls`); empty = plaintext.
+    tls: Vec<u8>,
     /// No bytes from the client for this long closes the connection; `None` = never. Starts as
     /// the server's `idle_timeout`.
     idle_timeout: Option<Duration>,
@@ -369,8 +366,7 @@ struct Conn<'a> {
 
 /// Serves one accepted connection to the end.
 pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     listener: Arc<Listener>,
     pool: Pool,
     shutdown: CancellationToken,
@@ -378,21 +374,13 @@ pub(crate) async fn serve(
     let uuid = Uuid::new_v4();
     let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
     async move {
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        if let Some(ka) = &listener.config.limits.keepalive {
-            if let Err(e) = limits::set_keepalive(&stream, ka) {
-                debug!(error = %e, "could not set TCP keep-alive");
-            }
-        }
         let metrics = &listener.metrics;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = stream::split(accepted.transport);
         let link = Arc::new(Link {
             uuid,
             uuid_text: uuid.to_string(),
             listener: listener.clone(),
-            remote_addr: peer.to_string(),
+            remote_addr: accepted.remote_addr.to_string(),
             connected_at: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -410,6 +398,7 @@ pub(crate) async fn serve(
             pool: &pool,
             link: &link,
             state: Bytes::new(),
+            tls: accepted.tls,
             idle_timeout: listener.config.limits.idle_timeout,
             reason: CloseReason::Worker,
         };
@@ -435,15 +424,21 @@ pub(crate) async fn serve(
         if stop.is_some() {
             flow = Flow::Close;
         }
-        if flow == Flow::Read {
-            let codec =
-                FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
-            // Start small so that thousands of idle connections stay cheap; the buffer grows
-            // (up to max_packet_size) only for connections that send big packets.
-            let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
-            let reader = Reader::new(reader, conn.idle_timeout.is_some(), metrics.clone());
-            let mut packets = FramedRead::with_capacity(reader, codec, capacity);
+        if flow != Flow::Close {
+            let mut packets = framed(&listener, reader, conn.idle_timeout.is_some());
             loop {
+                if flow == Flow::StartTls {
+                    flow = Flow::Read;
+                    match start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown).await
+                    {
+                        Ok(upgraded) => packets = upgraded,
+                        Err(stopped) => {
+                            conn.reason = CloseReason::Protocol;
+                            stop = stopped;
+                            break;
+                        }
+                    }
+                }
                 let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
                 // The next packet is read only once everything queued is written: a client that
                 // does not read its answers is not handed more of them.
@@ -488,7 +483,7 @@ pub(crate) async fn serve(
                         packets.get_mut().touch();
                         match result {
                             Ok(reply) => {
-                                let flow = conn.apply(&mut writer, reply);
+                                flow = conn.apply(&mut writer, reply);
                                 packets.get_mut().track(conn.idle_timeout.is_some());
                                 if flow == Flow::Close {
                                     stop = stopped;
@@ -644,12 +639,38 @@ impl Conn<'_> {
                 state: &self.state,
                 body,
                 connections: &link.listener.registry,
+                tls: &self.tls,
             })
             .await
     }
 
+    /// Why this connection cannot start TLS now, if it cannot (the worker's error).
+    fn starttls_refusal(&self) -> Option<String> {
+        let listener = &self.link.listener;
+        if listener.tls.is_none() {
+            return Some(format!(
+                "STARTTLS commanded but tcp.servers.{} has no tls",
+                listener.config.name
+            ));
+        }
+        if !self.tls.is_empty() {
+            return Some("STARTTLS commanded on a connection that is already TLS".into());
+        }
+        None
+    }
+
     /// Stores the state and the idle timeout, queues the body, decides what comes next.
     fn apply(&mut self, writer: &mut Writer, reply: Reply) -> Flow {
+        if reply.starttls {
+            if let Some(problem) = self.starttls_refusal() {
+                error!(
+                    pid = reply.pid,
+                    "worker error: {problem}; closing without writing the reply"
+                );
+                self.reason = CloseReason::EventFailed;
+                return Flow::Close;
+            }
+        }
         if let Some(ms) = reply.idle_timeout {
             self.set_idle_timeout(ms, reply.pid);
         }
@@ -687,6 +708,16 @@ impl Conn<'_> {
                 return Flow::Close;
             }
         }
+        if reply.starttls {
+            if flow == Flow::Close {
+                warn!(
+                    pid = reply.pid,
+                    "worker error: STARTTLS commanded with a closing answer; closing without TLS"
+                );
+            } else {
+                return Flow::StartTls;
+            }
+        }
         flow
     }
 
@@ -708,6 +739,61 @@ impl Conn<'_> {
         };
         debug!(idle_timeout = ?self.idle_timeout, pid, "idle timeout set by the worker");
     }
+}
+
+/// Packets of `reader`, framed as the server's config says.
+fn framed(listener: &Listener, reader: ReadSide, idle_clock: bool) -> Packets {
+    let codec = FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
+    // Start small so that thousands of idle connections stay cheap; the buffer grows (up to
+    // max_packet_size) only for connections that send big packets.
+    let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
+    let reader = Reader::new(reader, idle_clock, listener.metrics.clone());
+    FramedRead::with_capacity(reader, codec, capacity)
+}
+
+/// STARTTLS once the worker's answer is queued: everything queued (that answer included) is
+/// written in plaintext first; whatever the client sent after its command and before the
+/// handshake is discarded, never fed to TLS or to a worker (command injection, CVE-2011-0411);
+/// then the handshake. `Err` ends the connection (with why the writer stopped, if it did).
+async fn start_tls(
+    conn: &mut Conn<'_>,
+    writer: &mut Writer,
+    packets: Packets,
+    write_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Packets, Option<Stop>> {
+    let link = conn.link;
+    let listener = &link.listener;
+    let drained = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Err(None),
+        s = writer.drive(link, write_timeout, true) => s,
+    };
+    if !matches!(drained, Stop::Drained) {
+        return Err(Some(drained));
+    }
+    let parts = packets.into_parts();
+    if !parts.read_buf.is_empty() {
+        warn!(
+            remote_addr = %link.remote_addr,
+            bytes = parts.read_buf.len(),
+            "client error: bytes sent after STARTTLS before the handshake discarded (command injection, CVE-2011-0411)"
+        );
+    }
+    let half = std::mem::replace(&mut writer.half, WriteSide::Gone);
+    let tls = listener.tls.as_ref().ok_or(None)?;
+    let socket = stream::reunite(parts.io.into_inner(), half).ok_or(None)?;
+    let io = Rewind::new(bytes::BytesMut::new(), socket);
+    let (tls_stream, facts) = listener
+        .handshake(tls, io, &link.remote_addr, shutdown)
+        .await
+        .ok_or(None)?;
+    debug!(version = %facts.version, cipher = %facts.cipher, "STARTTLS done");
+    conn.tls = facts.context_fragment();
+    let (reader, half) = stream::split_tls(tls_stream);
+    writer.half = half;
+    writer.stalled_since = None;
+    Ok(framed(listener, reader, conn.idle_timeout.is_some()))
 }
 
 fn log_exec_error(e: &PoolError, event: &str) {

@@ -8,10 +8,14 @@
 //!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's.
 //! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
 //!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
+//! - [`listener`]: between accept and the first event: the PROXY header of trusted balancers
+//!   ([`listener::proxy`]), TLS with SNI, client certificates and reload ([`listener::tls`]), the
+//!   handshake timeout; also the handshake of a worker-commanded STARTTLS.
 //! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
-//!   connection state kept (Pier extension `state`), idle timeout, and its one outbound queue
-//!   (replies and pushes in order, bounded by `max_write_buffer` / `write_timeout`), written by
-//!   that same task.
+//!   connection state kept (Pier extension `state`), idle timeout, STARTTLS when a worker
+//!   commands it (Pier extension `starttls`; the handshake itself is the listener's), and its one
+//!   outbound queue (replies and pushes in order, bounded by `max_write_buffer` /
+//!   `write_timeout`), written by that same task.
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
 //!   rate), TCP keep-alive, the idle clock of a connection's reads.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
@@ -20,7 +24,8 @@
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
 //!   its method table.
-//! - this file: [`Server`] (bind, serve until shutdown) and [`run`]; [`init_logging`].
+//! - this file: [`Server`] (bind, serve until shutdown), [`TlsReloader`] (SIGHUP) and [`run`];
+//!   [`init_logging`].
 //!
 //! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
 //! are alive → sockets closed → stop frame to each worker, `destroy_timeout`, then kill. Workers
@@ -32,6 +37,7 @@ mod connection;
 pub mod ctl;
 pub mod framing;
 mod limits;
+pub mod listener;
 pub mod ops;
 pub mod pool;
 pub mod registry;
@@ -48,8 +54,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, LogEncoding, LogsConfig};
-use crate::connection::Listener;
 use crate::limits::Admission;
+use crate::listener::{Listener, TlsError};
 use crate::ops::{Metrics, Ops, OpsError};
 use crate::pool::{Pool, PoolError};
 use crate::registry::Registry;
@@ -69,6 +75,15 @@ pub enum ServeError {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// A server's TLS certificates could not be loaded (config's fault; names key and file).
+    #[error("could not set up TLS for the server {server}")]
+    Tls {
+        /// Server name.
+        server: String,
+        /// What failed.
+        #[source]
+        source: TlsError,
     },
     /// No worker could start.
     #[error("could not start the worker pool")]
@@ -116,6 +131,20 @@ impl Server {
         let pool_slot = Arc::new(std::sync::OnceLock::new());
         let mut listeners = Vec::new();
         for server in &config.servers {
+            let server_metrics = metrics.server(&server.name);
+            let admission =
+                Admission::new(&server.name, server.limits.clone(), server_metrics.clone());
+            let listener = Listener::new(
+                server.clone(),
+                config.read_buf_size,
+                server_metrics,
+                admission,
+                registry.clone(),
+            )
+            .map_err(|source| ServeError::Tls {
+                server: server.name.clone(),
+                source,
+            })?;
             let socket =
                 TcpListener::bind(&server.addr)
                     .await
@@ -124,18 +153,6 @@ impl Server {
                         addr: server.addr.clone(),
                         source,
                     })?;
-            let server_metrics = metrics.server(&server.name);
-            let listener = Listener {
-                admission: Admission::new(
-                    &server.name,
-                    server.limits.clone(),
-                    server_metrics.clone(),
-                ),
-                metrics: server_metrics,
-                config: server.clone(),
-                read_buf_size: config.read_buf_size,
-                registry: registry.clone(),
-            };
             listeners.push((Arc::new(listener), socket));
         }
         let rpc = match &config.rpc {
@@ -194,6 +211,13 @@ impl Server {
         &self.registry
     }
 
+    /// Something that re-reads every server's TLS certificates (SIGHUP, `pier reset`).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            listeners: self.listeners.iter().map(|(l, _)| l.clone()).collect(),
+        }
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
@@ -231,7 +255,7 @@ impl Server {
                             let Ok(permit) = listener.admission.admit(peer.ip()) else {
                                 continue;
                             };
-                            let serve = connection::serve(
+                            let serve = listener::serve(
                                 stream,
                                 peer,
                                 listener.clone(),
@@ -295,9 +319,83 @@ impl Server {
     }
 }
 
-/// Binds, starts the workers, serves until `shutdown` completes, stops gracefully.
+/// Re-reads the TLS certificate files of every server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    /// The servers, shared with their accept loops.
+    listeners: Vec<Arc<Listener>>,
+}
+
+impl TlsReloader {
+    /// Reloads every server with `tls`. New handshakes use the new certificates; open
+    /// connections keep theirs. A server whose files are bad keeps its current certificates; the
+    /// error is logged (naming the key and file) and returned with the others.
+    pub fn reload(&self) -> Vec<(String, TlsError)> {
+        let mut failed = Vec::new();
+        for listener in &self.listeners {
+            let server = &listener.config.name;
+            match listener.reload_tls() {
+                Ok(true) => info!(%server, "TLS certificates reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    error!(%server, error = %ErrorChain(&e), "config error: TLS certificates not reloaded; the current ones stay in use");
+                    failed.push((server.clone(), e));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Connections each server refused before any event: (server, TLS handshake failures,
+    /// PROXY refusals).
+    pub fn refusals(&self) -> Vec<(String, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.config.name.clone(),
+                    l.stats.tls_handshake_failures.load(Relaxed),
+                    l.stats.proxy_refusals.load(Relaxed),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Shows an error with its causes on one line (`a: b: c`).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+/// Binds, starts the workers, serves until `shutdown` completes, stops gracefully. SIGHUP
+/// reloads the TLS certificates.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    Server::bind(config).await?.serve(shutdown).await;
+    let server = Server::bind(config).await?;
+    let reloader = server.tls_reloader();
+    let hangups = tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("could not listen for SIGHUP: TLS certificates cannot be reloaded by signal");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received: reloading TLS certificates");
+            reloader.reload();
+        }
+    });
+    server.serve(shutdown).await;
+    hangups.abort();
     Ok(())
 }
 

@@ -256,6 +256,11 @@ impl<R> Reader<R> {
     pub(crate) fn last(&self) -> Instant {
         self.last
     }
+
+    /// The socket back (STARTTLS re-wraps it).
+    pub(crate) fn into_inner(self) -> R {
+        self.inner
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Reader<R> {

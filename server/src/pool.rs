@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use pier_protocol::control;
 use pier_protocol::frame::{decode, FrameError};
-use pier_protocol::tcp::{encode_event_with_state, EventKind, ReplyKind};
+use pier_protocol::tcp::{encode_event_with_context, EventKind, ReplyKind};
 use pier_protocol::{MessageError, WorkerMessage};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -29,7 +29,7 @@ use crate::registry::Registry;
 /// PHP packages only check that it is set).
 pub const RR_VERSION: &str = "2024.3.0";
 /// `PIER_FEATURES`: the Pier extensions this server offers its workers (see PROTOCOL.md).
-pub const FEATURES: &str = "state,push,idle_timeout";
+pub const FEATURES: &str = "state,push,idle_timeout,starttls";
 /// Largest frame accepted from a worker; a larger announced length is corruption.
 const MAX_WORKER_FRAME: u32 = 1 << 30;
 /// How many times one event is re-run after stop replies before the connection is given up.
@@ -206,6 +206,9 @@ pub struct Reply {
     /// `Some` when the worker set the connection's idle timeout (Pier extension
     /// `idle_timeout`): `Some(Some(ms))` (0 = none), `Some(None)` = back to the server's.
     pub idle_timeout: Option<Option<u64>>,
+    /// The worker sent a `starttls` command before this answer (Pier extension `starttls`): write
+    /// the body in plaintext, then start TLS.
+    pub starttls: bool,
 }
 
 /// One event to run; borrowed from the connection.
@@ -225,6 +228,8 @@ pub struct Event<'a> {
     pub body: &'a [u8],
     /// What the worker's push commands during this event act on.
     pub connections: &'a Registry,
+    /// The connection's TLS facts as a context fragment (Pier extension `tls`); empty = plaintext.
+    pub tls: &'a [u8],
 }
 
 /// A running worker process and its pipes, owned by whoever is using it.
@@ -333,12 +338,13 @@ impl Worker {
     async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
-        encode_event_with_state(
+        encode_event_with_context(
             &mut self.wbuf,
             event.remote_addr,
             event.server,
             event.uuid,
             event.kind,
+            event.tls,
             event.state,
             event.body,
         )
@@ -349,6 +355,7 @@ impl Worker {
             .map_err(|source| PoolError::Undelivered { pid, source })?;
         // Commands for the event's own connection, applied with the answer (the last one wins).
         let mut idle_timeout = None;
+        let mut starttls = false;
         loop {
             match decode(&self.rbuf, MAX_WORKER_FRAME) {
                 Ok(Some((frame, used))) => {
@@ -376,6 +383,10 @@ impl Worker {
                             idle_timeout = Some(ms);
                             self.rbuf.advance(used);
                         }
+                        Ok(WorkerMessage::Command(pier_protocol::Command::Starttls)) => {
+                            starttls = true;
+                            self.rbuf.advance(used);
+                        }
                         Ok(WorkerMessage::Command(command)) => {
                             // Applied here, in the order written, before the answer is: bytes
                             // queued for the event's own connection go out before its reply.
@@ -400,6 +411,7 @@ impl Worker {
                                 state: state.map(|r| frame.slice(r)),
                                 pid,
                                 idle_timeout,
+                                starttls,
                             }));
                         }
                         Err(source) => return Err(PoolError::BadMessage { pid, source }),

@@ -187,10 +187,13 @@ impl Registry {
                     Err(e) => warn!(pid, error = %e, "worker error: broadcast refused"),
                 }
             }
-            Command::IdleTimeout { .. } => {
-                // The event's own connection applies it with the answer (the pool hands it over
-                // in the reply); it never reaches the registry.
-                debug!(pid, "idle_timeout is applied by the event's connection");
+            Command::IdleTimeout { .. } | Command::Starttls => {
+                // The event's own connection applies these with the answer (the pool hands them
+                // over in the reply); they never reach the registry.
+                debug!(
+                    pid,
+                    "idle_timeout and starttls are applied by the event's connection"
+                );
             }
             Command::Unknown { op, .. } => {
                 error!(pid, %op, "worker error: unknown command op; ignored");

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace Pier\Internal;
 
+use Pier\Tcp\TcpRequest;
 use Pier\Worker;
 
 /**
@@ -30,5 +31,19 @@ final class Access
         $get = \Closure::bind(static fn (Worker $w): Session => $w->session, null, Worker::class);
 
         return $get($worker);
+    }
+
+    /**
+     * Gives a request its TLS facts (TcpRequest's constructor stays exactly the extension's).
+     *
+     * @param array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $tls
+     */
+    public static function setTls(TcpRequest $request, array $tls): void
+    {
+        /** @var \Closure(TcpRequest, array<string, ?string>): void $set */
+        $set = \Closure::bind(static function (TcpRequest $r, array $t): void {
+            $r->tls = $t;
+        }, null, TcpRequest::class);
+        $set($request, $tls);
     }
 }

@@ -31,6 +31,9 @@ final class Session
     /** The longest idle timeout the server accepts, in milliseconds (a week; PROTOCOL.md). */
     public const MAX_IDLE_TIMEOUT_MS = 604800000;
 
+    /** The message startTls() throws when the server does not support STARTTLS. */
+    public const NO_STARTTLS_FEATURE = "STARTTLS needs a Pier server (PIER_FEATURES has no 'starttls')";
+
     /** Bytes read from the relay and not yet returned as frames, from $offset on. */
     private string $buffer = '';
 
@@ -241,6 +244,22 @@ final class Session
         }
         $this->requirePending('setting the state');
         $this->state = $state;
+    }
+
+    /**
+     * The starttls command frame (PROTOCOL.md, "tls and starttls"): the server writes the next answer
+     * in plaintext, then starts TLS. Checked first, so nothing is sent when it throws.
+     *
+     * @throws ProtocolException when the server does not support STARTTLS, or there is no pending request
+     * @throws RelayException
+     */
+    public function startTls(): void
+    {
+        if (!self::featureFromEnvironment('starttls')) {
+            throw new ProtocolException(self::NO_STARTTLS_FEATURE);
+        }
+        $this->requirePending('startTls()');
+        $this->command('{"op":"starttls"}', '');
     }
 
     /**

@@ -13,6 +13,14 @@ namespace Pier\Tcp;
 final class TcpRequest
 {
     /**
+     * What TLS negotiated (Pier extension "tls"), set by TcpWorker for requests of TLS connections;
+     * unset for plaintext ones and for requests built by hand.
+     *
+     * @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null
+     */
+    private ?array $tls = null;
+
+    /**
      * @param string    $remoteAddr     the client's address, "ip:port" ("[v6]:port")
      * @param TcpEvent  $event          what happened on the connection
      * @param string    $body           the packet with its delimiter for DATA; '' for CONNECTED and CLOSE
@@ -66,5 +74,18 @@ final class TcpRequest
     public function getState(): string
     {
         return $this->state;
+    }
+
+    /**
+     * What TLS negotiated, when the connection is TLS (implicit, or after {@see TcpWorker::startTls()});
+     * null for plaintext. Keys: "version" ("TLSv1.2", "TLSv1.3"), "cipher" (IANA name), "sni" (the name
+     * the client asked for, or null), "client_subject" and "client_sha256" (the client certificate's
+     * subject and SHA-256 fingerprint in lower-case hex, or null without one). Pier only.
+     *
+     * @return array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null
+     */
+    public function getTls(): ?array
+    {
+        return $this->tls;
     }
 }

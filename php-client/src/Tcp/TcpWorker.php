@@ -264,6 +264,27 @@ final class TcpWorker
     }
 
     /**
+     * Pier extension (needs "starttls" in PIER_FEATURES; the server needs `tls` configured): the next
+     * answer to the pending request (respond() or read()) is written in plaintext, then the server
+     * starts TLS on the connection — SMTP's or IMAP's STARTTLS. Whatever the client sent after its
+     * STARTTLS line is discarded by the server; later requests of the connection have
+     * {@see TcpRequest::getTls()}.
+     *
+     * ```php
+     * $tcp->startTls();
+     * $tcp->respond("220 2.0.0 Ready to start TLS\r\n");
+     * ```
+     *
+     * @throws ProtocolException when the server does not support STARTTLS (nothing is sent), or there is
+     *                           no pending request
+     * @throws RelayException
+     */
+    public function startTls(): void
+    {
+        $this->session->startTls();
+    }
+
+    /**
      * @throws ProtocolException when the event frame is not a TCP event
      */
     private static function request(Frame $frame): TcpRequest
@@ -291,9 +312,8 @@ final class TcpWorker
                 throw new ProtocolException("could not read a TCP event: its context has no string \"{$key}\"");
             }
         }
-        /** @var array{remote_addr: string, server: string, uuid: string, event: string} $context */
-
-        return new TcpRequest(
+        /** @var array{remote_addr: string, server: string, uuid: string, event: string, tls?: mixed} $context */
+        $request = new TcpRequest(
             $context['remote_addr'],
             TcpEvent::tryFrom($context['event']) ?? TcpEvent::Unknown,
             substr($frame->payload, $contextLength + $stateLength),
@@ -301,5 +321,19 @@ final class TcpWorker
             $context['server'],
             substr($frame->payload, $contextLength, $stateLength),
         );
+        $tls = $context['tls'] ?? null;
+        if (\is_array($tls)) {
+            $facts = [];
+            foreach (['version', 'cipher', 'sni', 'client_subject', 'client_sha256'] as $key) {
+                $value = $tls[$key] ?? null;
+                $facts[$key] = \is_string($value) ? $value : null;
+            }
+            $facts['version'] ??= '';
+            $facts['cipher'] ??= '';
+            /** @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $facts */
+            Access::setTls($request, $facts);
+        }
+
+        return $request;
     }
 }

@@ -40,6 +40,7 @@ final class PublicApiTest extends TestCase
             'public function join(string $group, ?string $uuid = NULL): void',
             'public function leave(string $group, ?string $uuid = NULL): void',
             'public function disconnect(string $uuid): void',
+            'public function startTls(): void',
         ],
         'Pier\Tcp\Connections' => [
             'final class Pier\Tcp\Connections',
@@ -64,6 +65,7 @@ final class PublicApiTest extends TestCase
             'public function getConnectionUuid(): string',
             'public function getServer(): string',
             'public function getState(): string',
+            'public function getTls(): ?array',
             'public readonly string $remoteAddr',
             'public readonly Pier\Tcp\TcpEvent $event',
             'public readonly string $body',

@@ -408,4 +408,57 @@ final class WireTest extends TestCase
             $run->stdout,
         );
     }
+
+    public function testStartTlsSendsTheCommandBeforeTheAnswerAndTlsFactsReachTheRequest(): void
+    {
+        $tls = ['version' => 'TLSv1.3', 'cipher' => 'TLS13_AES_256_GCM_SHA384', 'sni' => 'mail.example', 'client_subject' => 'CN=alice, O=Example', 'client_sha256' => str_repeat('ab', 32)];
+        $run = WorkerProcess::run(
+            [['wait'], ['tls'], ['starttls'], ['respond', bin2hex("220 go ahead\r\n")], ['wait'], ['tls'], ['read'], ['wait'], ['tls'], ['read']],
+            Vectors::event('DATA', "STARTTLS\r\n")
+                . Vectors::event('DATA', "EHLO x\r\n", '', Vectors::UUID, $tls)
+                . Vectors::event('DATA', "EHLO y\r\n", '', Vectors::UUID, ['version' => 'TLSv1.2', 'cipher' => 'c']),
+            ['PIER_FEATURES' => 'state,starttls'],
+        );
+
+        self::assertCleanExit($run);
+        $steps = $run->steps();
+        self::assertSame(['tls' => null], $steps[1]);
+        self::assertSame(['tls' => $tls], $steps[5]);
+        self::assertSame(['tls' => ['version' => 'TLSv1.2', 'cipher' => 'c', 'sni' => null, 'client_subject' => null, 'client_sha256' => null]], $steps[8]);
+        $header = '{"op":"starttls"}';
+        self::assertSame(
+            Vectors::frame(0x08, [\strlen($header)], $header) . Vectors::frame(0, [5], "WRITE220 go ahead\r\n") . Vectors::frame(0, [8], 'CONTINUE') . Vectors::frame(0, [8], 'CONTINUE'),
+            $run->stdout,
+        );
+    }
+
+    public function testStartTlsWithoutTheFeatureOrARequestIsAProtocolExceptionAndSendsNothing(): void
+    {
+        $run = WorkerProcess::run(
+            [['starttls'], ['wait'], ['starttls'], ['respond', bin2hex("hello\r\n")], ['starttls']],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'state'],
+        );
+
+        self::assertCleanExit($run);
+        $message = "STARTTLS needs a Pier server (PIER_FEATURES has no 'starttls')";
+        $steps = $run->steps();
+        foreach ([0, 2, 4] as $i) {
+            self::assertSame(['exception' => self::EXCEPTION . 'ProtocolException', 'message' => $message], $steps[$i]);
+        }
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+
+        $run = WorkerProcess::run(
+            [['starttls'], ['wait'], ['respond', bin2hex("hello\r\n")], ['starttls']],
+            Vectors::bytes('server_event_data'),
+            ['PIER_FEATURES' => 'starttls'],
+        );
+        self::assertCleanExit($run);
+        $steps = $run->steps();
+        self::assertSame(self::EXCEPTION . 'ProtocolException', $steps[0]['exception'] ?? null);
+        self::assertStringContainsString('before any request', $steps[0]['message'] ?? '');
+        self::assertSame(self::EXCEPTION . 'ProtocolException', $steps[3]['exception'] ?? null);
+        self::assertStringContainsString('answering twice', $steps[3]['message'] ?? '');
+        self::assertSame(Vectors::bytes('worker_respond_write_hello'), $run->stdout);
+    }
 }

@@ -14,7 +14,10 @@
 //!   `idle <ms>|default` → the `idle_timeout`
 //!   command for its connection, then `idle <ms>|default`; `echo-later` → answers `<pid>`, then (idle)
 //!   writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
-//!   with a stray line right behind the reply, in the same write; anything else → `<server>:<packet>`.
+//!   with a stray line right behind the reply, in the same write; `tls` → `tls none` or
+//!   `tls <version> <cipher> <sni|-> <sha256|-> <subject|->` (the event's TLS facts);
+//!   `starttls` → a `starttls` command, then `go ahead`; `starttls-quit` → the command, then
+//!   WRITECLOSE `bye`; anything else → `<server>:<packet>`.
 //! - Push commands (extension `push`), each followed by a `WRITE` reply: `push <uuid> <text>` →
 //!   send `<text>\n` to uuid, answers `pushed`; `self <n>` → n sends `self <i>\n` to its own
 //!   connection, answers `reply`; `spam <uuid> <char> <size> <n>` → n sends of a `<size>`-byte line of
@@ -38,7 +41,7 @@ use pier_protocol::command::{encode_raw, Command};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
 use pier_protocol::tcp::{encode_reply, EventKind, ReplyKind};
-use pier_protocol::ServerMessage;
+use pier_protocol::{Command, ServerMessage};
 
 fn main() {
     let dir = PathBuf::from(std::env::var("TW_DIR").unwrap_or_else(|_| "/tmp".into()));
@@ -137,6 +140,20 @@ fn main() {
                         log.write_all(line.as_bytes()).unwrap();
                         encode_reply(&mut out, ReplyKind::Close, None, b"").unwrap();
                     }
+                    EventKind::Data if ev.body.starts_with(b"tls") => {
+                        let line = match &ev.tls {
+                            None => "tls none\n".to_owned(),
+                            Some(t) => format!(
+                                "tls {} {} {} {} {}\n",
+                                t.version,
+                                t.cipher,
+                                t.sni.as_deref().unwrap_or("-"),
+                                t.client_sha256.as_deref().unwrap_or("-"),
+                                t.client_subject.as_deref().unwrap_or("-"),
+                            ),
+                        };
+                        encode_reply(&mut out, ReplyKind::Write, None, line.as_bytes()).unwrap();
+                    }
                     EventKind::Data => {
                         let text = String::from_utf8_lossy(ev.body).into_owned();
                         let packet = text
@@ -174,6 +191,14 @@ fn data(
     };
     match words.next().unwrap_or("") {
         "continue" => encode_reply(out, ReplyKind::Continue, None, b"").unwrap(),
+        "starttls" => {
+            Command::Starttls.encode(out).unwrap();
+            write(out, "go ahead\n".into(), None);
+        }
+        "starttls-quit" => {
+            Command::Starttls.encode(out).unwrap();
+            encode_reply(out, ReplyKind::WriteClose, None, b"bye\n").unwrap();
+        }
         "quit" => encode_reply(out, ReplyKind::WriteClose, None, b"bye\n").unwrap(),
         "close" => encode_reply(out, ReplyKind::Close, None, b"").unwrap(),
         "error" => control::encode_error(out, format!("boom from {pid}").as_bytes()).unwrap(),

@@ -3,13 +3,15 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pier_server::config::Config;
-use pier_server::Server;
+use pier_server::{Server, TlsReloader};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -41,6 +43,8 @@ pub struct Harness {
     pub ops: HashMap<&'static str, SocketAddr>,
     /// Where RPC listens (`tcp://…`), when the config has `rpc.listen`.
     pub rpc: Option<String>,
+    /// Reloads TLS certificates as SIGHUP does; also reports refusals.
+    pub tls: TlsReloader,
     /// Completes the shutdown future.
     stop: Option<oneshot::Sender<()>>,
     /// The serve task.
@@ -92,6 +96,7 @@ impl Harness {
         let addrs = server.local_addrs().into_iter().collect();
         let ops = server.ops_addrs().into_iter().collect();
         let rpc = server.rpc_address();
+        let tls = server.tls_reloader();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -101,6 +106,7 @@ impl Harness {
             addrs,
             ops,
             rpc,
+            tls,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,222 @@
+//! Listeners: what happens between `accept` and a connection's first event — the PROXY header of a
+//! trusted balancer, the TLS handshake (implicit TLS) — and the TLS a worker may start later
+//! (STARTTLS). A connection that fails here never reaches a worker.
+//!
+//! - [`tls`]: certificates, SNI, client certificates, reload, handshake.
+//! - [`proxy`]: PROXY protocol v1/v2 headers.
+//! - `stream`: a connection's read and write halves, plaintext or TLS.
+
+pub mod proxy;
+pub(crate) mod stream;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pier_protocol::TlsFacts;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{ServerConfig, TlsMode};
+use crate::limits::{self, Admission};
+use crate::ops::ServerMetrics;
+use crate::pool::Pool;
+use crate::registry::Registry;
+
+pub use proxy::ProxyError;
+pub use tls::{HandshakeError, TlsError};
+
+/// A connection's byte stream after the listener's preamble.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// Plain TCP, with the bytes read past a PROXY header (to be read first).
+    Plain {
+        /// The socket.
+        stream: TcpStream,
+        /// Bytes the client sent right behind its PROXY header.
+        prefix: BytesMut,
+    },
+    /// TLS (implicit, or after STARTTLS).
+    Tls(Box<stream::TlsIo>),
+}
+
+/// Everything a connection needs that does not change while it lives.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The `tcp.servers` entry.
+    pub(crate) config: ServerConfig,
+    /// `tcp.read_buf_size` in bytes: the read buffer starts at the smaller of it and 64 KiB.
+    pub(crate) read_buf_size: usize,
+    /// Certificates and handshakes; `None` when the server has no `tls`.
+    pub(crate) tls: Option<tls::Tls>,
+    /// What went wrong before connections reached a worker.
+    pub(crate) stats: ListenerStats,
+    /// The server's counters (no-ops with metrics off).
+    pub(crate) metrics: ServerMetrics,
+    /// Connection limits checked at accept.
+    pub(crate) admission: Arc<Admission>,
+    /// Where connections register so they can be reached by uuid.
+    pub(crate) registry: Registry,
+}
+
+/// Connections refused before any event, by cause (for operators and metrics).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// TLS handshakes that failed or timed out (implicit TLS and STARTTLS).
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections closed for a missing, malformed or untrusted PROXY header.
+    pub proxy_refusals: AtomicU64,
+}
+
+/// A connection ready for its first event.
+pub(crate) struct Accepted {
+    /// The stream after the PROXY header and, with implicit TLS, the handshake.
+    pub(crate) transport: Transport,
+    /// The client's address: the PROXY header's source, else the socket's peer.
+    pub(crate) remote_addr: SocketAddr,
+    /// The TLS facts as a context fragment (see [`TlsFacts::context_fragment`]); empty = plaintext.
+    pub(crate) tls: Vec<u8>,
+}
+
+impl Listener {
+    /// Builds a listener for a server, reading its certificate files.
+    pub(crate) fn new(
+        config: ServerConfig,
+        read_buf_size: usize,
+        metrics: ServerMetrics,
+        admission: Arc<Admission>,
+        registry: Registry,
+    ) -> Result<Listener, TlsError> {
+        let tls = match &config.tls {
+            Some(t) => Some(tls::Tls::load(&config.name, t.clone())?),
+            None => None,
+        };
+        Ok(Listener {
+            config,
+            read_buf_size,
+            tls,
+            stats: ListenerStats::default(),
+            metrics,
+            admission,
+            registry,
+        })
+    }
+
+    /// Re-reads this server's certificate files (nothing to do without `tls`); on error the
+    /// current certificates stay and the error says why.
+    pub(crate) fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The PROXY header (when configured) then the implicit TLS handshake (when configured).
+    /// `None` when the connection was refused; the reason is logged and counted.
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> Option<Accepted> {
+        let server = &self.config.name;
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        if let Some(ka) = &self.config.limits.keepalive {
+            if let Err(e) = limits::set_keepalive(&stream, ka) {
+                debug!(error = %e, "could not set TCP keep-alive");
+            }
+        }
+        let mut remote_addr = peer;
+        let mut stream = stream;
+        let mut prefix = BytesMut::new();
+        if let Some(proxy) = &self.config.proxy_protocol {
+            let header = if proxy::trusted(proxy, peer.ip()) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    r = proxy::read_header(&mut stream, peer, proxy.timeout) => r,
+                }
+            } else {
+                Err(ProxyError::Untrusted)
+            };
+            match header {
+                Ok((addr, rest)) => {
+                    remote_addr = addr;
+                    prefix = rest;
+                }
+                Err(e) => {
+                    self.stats.proxy_refusals.fetch_add(1, Ordering::Relaxed);
+                    match e {
+                        ProxyError::Untrusted => info!(%server, %peer, "connection refused: {e}"),
+                        _ => warn!(%server, %peer, "connection refused: {e}"),
+                    }
+                    return None;
+                }
+            }
+        }
+        let implicit = self
+            .tls
+            .as_ref()
+            .filter(|t| t.config.mode == TlsMode::Implicit);
+        let (transport, tls) = match implicit {
+            None => (Transport::Plain { stream, prefix }, Vec::new()),
+            Some(tls) => {
+                let io = proxy::Rewind::new(prefix, stream);
+                let (stream, facts) = self
+                    .handshake(tls, io, &remote_addr.to_string(), shutdown)
+                    .await?;
+                (Transport::Tls(Box::new(stream)), facts.context_fragment())
+            }
+        };
+        Some(Accepted {
+            transport,
+            remote_addr,
+            tls,
+        })
+    }
+
+    /// A TLS handshake on `io` (implicit or STARTTLS): failures are the client's, logged at
+    /// debug with the reason and counted; shutdown abandons it.
+    pub(crate) async fn handshake(
+        &self,
+        tls: &tls::Tls,
+        io: proxy::Rewind<TcpStream>,
+        remote_addr: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<(stream::TlsIo, TlsFacts<'static>)> {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = tls.handshake(io) => r,
+        };
+        match result {
+            Ok(done) => Some(done),
+            Err(e) => {
+                self.stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let reason =
+                    std::error::Error::source(&e).map_or_else(String::new, |s| s.to_string());
+                debug!(server = %self.config.name, %remote_addr, %reason, "{e}");
+                None
+            }
+        }
+    }
+}
+
+/// Serves one accepted socket: the listener's preamble, then the connection's events.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    pool: Pool,
+    shutdown: CancellationToken,
+) {
+    let Some(accepted) = listener.accept(stream, peer, &shutdown).await else {
+        return;
+    };
+    crate::connection::serve(accepted, listener, pool, shutdown).await;
+}

@@ -1,0 +1,160 @@
+//! The PROXY protocol with a real balancer: haproxy with `send-proxy` (v1) and `send-proxy-v2`
+//! in front of pier, plaintext and TLS; untrusted, headerless and stalled peers are refused.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::pki::{tls_over, Pki};
+use support::{Client, Harness, HANG};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// A port free right now on 127.0.0.1 (haproxy binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// haproxy in the foreground, killed when dropped.
+struct Haproxy {
+    _child: tokio::process::Child,
+    /// Frontend address per backend option (`send-proxy`, `send-proxy-v2`, `tls`).
+    fronts: Vec<(&'static str, SocketAddr)>,
+}
+
+impl Haproxy {
+    async fn start(dir: &std::path::Path, routes: &[(&'static str, SocketAddr, &str)]) -> Haproxy {
+        let mut config = String::from(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+        );
+        let mut fronts = Vec::new();
+        for (i, (name, target, option)) in routes.iter().enumerate() {
+            let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            config.push_str(&format!(
+                "frontend f{i}\n  bind {front}\n  default_backend b{i}\nbackend b{i}\n  server pier {target} {option}\n"
+            ));
+            fronts.push((*name, front));
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, config).unwrap();
+        let child = tokio::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("haproxy (Debian package haproxy)");
+        // Ready once every frontend is bound (a probe connection would reach pier as a client).
+        for (_, front) in &fronts {
+            let started = std::time::Instant::now();
+            while std::net::TcpListener::bind(front).is_ok() {
+                assert!(started.elapsed() < HANG, "haproxy did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Haproxy {
+            _child: child,
+            fronts,
+        }
+    }
+
+    fn front(&self, name: &str) -> SocketAddr {
+        self.fronts.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_send_proxy_v1_and_v2_give_the_worker_the_real_client_address() {
+    let scratch = tempfile::tempdir().unwrap();
+    let pki = Pki::new(scratch.path());
+    let cert = pki.server("server", &["localhost"], false);
+    let servers = format!(
+        "    proxied:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n      proxy_protocol:\n        trusted: [127.0.0.1/32, \"::1/128\"]\n        timeout: 300ms\n\
+         \x20   proxied_tls:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n      proxy_protocol:\n        trusted: [127.0.0.0/8]\n      tls:\n        cert: {:?}\n        key: {:?}\n\
+         \x20   strict:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n      proxy_protocol:\n        trusted: [10.0.0.0/8]\n",
+        cert.cert.display().to_string(),
+        cert.key.display().to_string()
+    );
+    let mut h = Harness::rust(&servers, "    num_workers: 2\n").await;
+    let haproxy = Haproxy::start(
+        scratch.path(),
+        &[
+            ("v1", h.addrs["proxied"], "send-proxy"),
+            ("v2", h.addrs["proxied"], "send-proxy-v2"),
+            ("tls", h.addrs["proxied_tls"], "send-proxy-v2"),
+        ],
+    )
+    .await;
+
+    for version in ["v1", "v2"] {
+        let mut client = Client::connect(haproxy.front(version)).await;
+        let (server, remote, _) = client.hello().await;
+        assert_eq!(server, "proxied");
+        // The client's own address, not haproxy's outgoing one.
+        assert_eq!(remote, client.local.to_string(), "{version}");
+        assert_eq!(client.ask("ping\n").await, "proxied:ping", "{version}");
+        assert_eq!(client.ask("quit\n").await, "bye");
+    }
+
+    // PROXY then TLS: the header is read first, the bytes after it are the handshake.
+    let tcp = tokio::net::TcpStream::connect(haproxy.front("tls"))
+        .await
+        .unwrap();
+    let local = tcp.local_addr().unwrap();
+    let tls = tls_over(tcp, &pki.ca_file, "localhost", None)
+        .await
+        .unwrap();
+    let mut tls = BufReader::new(tls);
+    let mut line = String::new();
+    tls.read_line(&mut line).await.unwrap();
+    assert!(
+        line.starts_with(&format!("hello proxied_tls {local} ")),
+        "{line}"
+    );
+    tls.get_mut().write_all(b"tls\n").await.unwrap();
+    line.clear();
+    tls.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("tls TLSv1.3 "), "{line}");
+    drop(tls);
+
+    // Refused before any event: an untrusted source, a trusted one without a header (plaintext
+    // first), and a trusted one that sends nothing within the timeout.
+    for (server, send) in [
+        ("strict", &b"hello\n"[..]),
+        ("proxied", b"EHLO me\r\n"),
+        ("proxied", b""),
+    ] {
+        let mut direct = tokio::net::TcpStream::connect(h.addrs[server])
+            .await
+            .unwrap();
+        direct.write_all(send).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(HANG, direct.read_to_end(&mut answer))
+            .await
+            .expect("closed by the server")
+            .ok();
+        assert!(answer.is_empty(), "{server}: {answer:?}");
+    }
+    let mut refusals = h.tls.refusals();
+    refusals.sort();
+    assert_eq!(
+        refusals,
+        vec![
+            ("proxied".to_owned(), 0, 2),
+            ("proxied_tls".to_owned(), 0, 0),
+            ("strict".to_owned(), 0, 1)
+        ]
+    );
+    h.shutdown().await;
+    assert_eq!(
+        h.log("closes.log").len(),
+        3,
+        "only proxied clients had events"
+    );
+}
