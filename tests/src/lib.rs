@@ -433,3 +433,51 @@ pub fn read_to_close(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     stream.read_to_end(&mut rest)?;
     Ok(rest)
 }
+
+/// The TLS files and users file the SMTP example needs, made in `dir` (nothing is committed): a
+/// self-signed ECDSA P-256 certificate for localhost (`openssl req`), its key, and a users file with
+/// `alice` / `secret` (PHP's `password_hash`). Returns the environment for [`Pier::start`]:
+/// `SMTP_TLS_CERT`, `SMTP_TLS_KEY`, `SMTP_USERS`.
+pub fn smtp_tls_env(dir: &Path) -> io::Result<Vec<(&'static str, std::ffi::OsString)>> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let users = dir.join("users");
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(
+            "openssl req could not make the certificate",
+        ));
+    }
+    let hash = Command::new("php")
+        .args([
+            "-r",
+            r#"echo "alice:", password_hash("secret", PASSWORD_DEFAULT), "\n";"#,
+        ])
+        .output()?;
+    if !hash.status.success() {
+        return Err(io::Error::other("php could not hash the password"));
+    }
+    std::fs::write(&users, hash.stdout)?;
+    Ok(vec![
+        ("SMTP_TLS_CERT", cert.into_os_string()),
+        ("SMTP_TLS_KEY", key.into_os_string()),
+        ("SMTP_USERS", users.into_os_string()),
+    ])
+}

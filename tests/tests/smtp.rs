@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pier_e2e::{fresh_dir, read_to_close, Pier, WorkerImpl};
+use std::ffi::OsStr;
+
+use pier_e2e::{fresh_dir, read_to_close, smtp_tls_env, Pier, WorkerImpl};
 
 const SENDER: &str = "alice@example.org";
 const RECIPIENTS: [&str; 2] = ["bob@example.net", "carol@example.com"];
@@ -168,18 +170,17 @@ fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
     );
 }
 
+/// The example's servers: every one moved to a free port, so runs in parallel do not collide.
+const SERVERS: [&str; 3] = ["smtp", "submission", "submissions"];
+
 fn smtp_session(worker: WorkerImpl) {
     let mail = fresh_dir("mail").expect("create a maildir");
-    let pier = Pier::start(
-        "examples/smtp/.rr.yaml",
-        &["smtp"],
-        worker,
-        &[
-            ("SMTP_MAILDIR", mail.as_os_str()),
-            ("SMTP_TRACE", "1".as_ref()),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let tls = smtp_tls_env(&fresh_dir("tls").expect("a scratch dir")).expect("make the TLS files");
+    let mut env: Vec<(&str, &OsStr)> = tls.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    env.push(("SMTP_MAILDIR", mail.as_os_str()));
+    env.push(("SMTP_TRACE", "1".as_ref()));
+    let pier = Pier::start("examples/smtp/.rr.yaml", &SERVERS, worker, &env)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
         "no worker said \"{}\"; pier's output:\n{}",
@@ -298,13 +299,11 @@ fn smtp_session(worker: WorkerImpl) {
 /// worker deletes the spool file, and no `.eml` appears.
 fn abandoned_data(worker: WorkerImpl) {
     let mail = fresh_dir("abandoned").expect("create a maildir");
-    let pier = Pier::start(
-        "examples/smtp/.rr.yaml",
-        &["smtp"],
-        worker,
-        &[("SMTP_MAILDIR", mail.as_os_str())],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let tls = smtp_tls_env(&fresh_dir("tls").expect("a scratch dir")).expect("make the TLS files");
+    let mut env: Vec<(&str, &OsStr)> = tls.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    env.push(("SMTP_MAILDIR", mail.as_os_str()));
+    let pier = Pier::start("examples/smtp/.rr.yaml", &SERVERS, worker, &env)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut smtp = Client::connect(&pier);
     smtp.expect(&[220]);
     smtp.send(
