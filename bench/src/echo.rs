@@ -249,6 +249,7 @@ mod tests {
             connect_concurrency: 16,
             connect_timeout: Duration::from_secs(10),
             watch_pid: Some(std::process::id()),
+            tls: None,
         };
         let closed = run(
             shape(4),
@@ -302,6 +303,7 @@ mod tests {
             connect_concurrency: 1,
             connect_timeout: Duration::from_secs(1),
             watch_pid: None,
+            tls: None,
         };
         let err = run(
             shape,
@@ -329,6 +331,7 @@ mod tests {
             connect_concurrency: 2,
             connect_timeout: Duration::from_secs(5),
             watch_pid: None,
+            tls: None,
         };
         let err = run(
             shape,

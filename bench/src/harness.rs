@@ -811,3 +811,392 @@ fn settle(pid: u32) {
         last = now;
     }
 }
+
+/// Flags of `pier-bench tls`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// The same paths and options as `pier-bench run` (targets and workers are ignored: pier +
+    /// extension with one worker).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// One row of the TLS comparison: what ran, on which server, and the report.
+struct TlsRow {
+    /// Row label.
+    what: String,
+    /// `plaintext` or `TLS 1.3`.
+    transport: &'static str,
+    /// The load generator's report, or why the row failed.
+    result: Result<LoadReport, String>,
+}
+
+/// `pier-bench tls`: pier + extension (one worker) with a plaintext and a TLS 1.3 server (ECDSA
+/// P-256 certificate made with `openssl req` for the run), side by side: echo rows, full
+/// handshakes per second against plain connects per second, and RSS per idle connection. Writes
+/// `<out>/<date>-tls.md`.
+pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
+    let args = args.run;
+    let env = environment(&args)?;
+    check_files(&env, &[Kind::Ext])?;
+    let began = Instant::now();
+    let machine = report::Machine::describe(&env.php, &env.root);
+    let (warmup, duration, idle) = if args.quick {
+        (0.3, 1.0, 200)
+    } else {
+        (1.0, 3.0, 2000)
+    };
+    let cert = env.scratch.join("tls-cert.pem");
+    let key = env.scratch.join("tls-key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|source| HarnessError::Spawn {
+            what: "openssl req".into(),
+            source,
+        })?;
+    if !made.success() {
+        return Err(HarnessError::Missing {
+            what: "a test certificate",
+            path: cert,
+            hint: "openssl req failed; install the openssl package",
+        });
+    }
+    let tls_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(["--tls-ca".into(), cert.display().to_string()]);
+        v
+    };
+    let window = |c: usize, d: usize, s: usize| -> Vec<String> {
+        [
+            "-c",
+            &c.to_string(),
+            "-d",
+            &d.to_string(),
+            "-s",
+            &s.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+            "--duration",
+            &duration.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let connects: Vec<String> = [
+        "-c",
+        "16",
+        "--connects",
+        "--warmup",
+        &warmup.to_string(),
+        "--duration",
+        &duration.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let idle_args: Vec<String> = [
+        "-c",
+        &idle.to_string(),
+        "--idle",
+        "0.5",
+        "--connect-timeout",
+        "60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rows = Vec::new();
+    let mut run_row =
+        |server: &mut Server, plain: SocketAddr, tls: SocketAddr, what: &str, base: &[String]| {
+            for (transport, addr) in [("plaintext", plain), ("TLS 1.3", tls)] {
+                server.addr = addr;
+                let extra: Vec<String> = if transport == "plaintext" {
+                    base.to_vec()
+                } else {
+                    let base: Vec<&str> = base.iter().map(String::as_str).collect();
+                    tls_args(&base)
+                };
+                let result = load(&env, server, &extra);
+                say(&format!(
+                    "{what:<28} {transport:<10} {}",
+                    match &result {
+                        Ok(r) => format!(
+                            "{:>10.0}/s  p50 {:>7.0} µs  server {:>6.1} µs each  rss {} KiB",
+                            r.msg_per_s,
+                            r.p50_us,
+                            report::cpu_us_per_msg(r),
+                            r.server_rss_kib
+                        ),
+                        Err(e) => format!("failed: {e}"),
+                    }
+                ));
+                rows.push(TlsRow {
+                    what: what.to_owned(),
+                    transport,
+                    result,
+                });
+                settle(server.pid());
+            }
+        };
+    let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
+    run_row(
+        &mut server,
+        plain,
+        tls,
+        "echo c100 d1 32 B",
+        &window(100, 1, 32),
+    );
+    run_row(
+        &mut server,
+        plain,
+        tls,
+        "echo c100 d16 1 KiB",
+        &window(100, 16, 1024),
+    );
+    run_row(
+        &mut server,
+        plain,
+        tls,
+        "connects (16 at a time)",
+        &connects,
+    );
+    drop(server);
+    // Idle memory on a fresh server (see the main run for why).
+    let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
+    run_row(
+        &mut server,
+        plain,
+        tls,
+        &format!("{idle} idle connections"),
+        &idle_args,
+    );
+    drop(server);
+
+    let text = tls_markdown(&machine, &rows, warmup, duration, began.elapsed(), &env);
+    report::print(&text);
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            env.root.join("target/bench")
+        } else {
+            env.root.join("bench/results")
+        }
+    });
+    fs::create_dir_all(&out).map_err(|source| HarnessError::Write {
+        path: out.clone(),
+        source,
+    })?;
+    let file = out.join(format!(
+        "{}-tls{}.md",
+        machine.date,
+        if args.quick { "-quick" } else { "" }
+    ));
+    fs::write(&file, text).map_err(|source| HarnessError::Write {
+        path: file.clone(),
+        source,
+    })?;
+    say(&format!("wrote {}", file.display()));
+    let failed = rows
+        .iter()
+        .filter(|r| {
+            r.result
+                .as_ref()
+                .map_or(true, |r| r.errors > 0 || r.connections == 0)
+        })
+        .count();
+    if failed > 0 {
+        return Err(HarnessError::RowsFailed {
+            count: failed,
+            logs: env.scratch.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// pier + extension, one echo worker, serving `plain` and `tls` (implicit TLS) from one process.
+fn start_tls_target(
+    env: &Env,
+    cert: &Path,
+    key: &Path,
+) -> Result<(Server, SocketAddr, SocketAddr), HarnessError> {
+    let id = TargetId {
+        kind: Kind::Ext,
+        workers: 1,
+        block_us: 0,
+    };
+    let plain = free_port()?;
+    let tls = free_port()?;
+    let log = env.scratch.join("tls-pier.log");
+    let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let log_err = log_file.try_clone().map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let config = env.scratch.join("tls.rr.yaml");
+    let yaml = format!(
+        "version: \"3\"\n\
+         server:\n  command: \"{php} -d extension={ext} {worker} 0\"\n\
+         tcp:\n  servers:\n\
+         \x20   plain:\n      addr: \"{plain}\"\n      delimiter: \"\\n\"\n\
+         \x20   tls:\n      addr: \"{tls}\"\n      delimiter: \"\\n\"\n      tls:\n        cert: {cert:?}\n        key: {key:?}\n\
+         \x20 pool:\n    num_workers: 1\n",
+        php = env.php,
+        ext = env.ext.display(),
+        worker = env.root.join("bench/php/worker-ext.php").display(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    fs::write(&config, yaml).map_err(|source| HarnessError::Write {
+        path: config.clone(),
+        source,
+    })?;
+    let mut cmd = pinned(&env.server_cpus, &env.pier);
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .env_remove("PHP_INI_SCAN_DIR")
+        .current_dir(&env.root)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
+        what: "pier (TLS bench)".into(),
+        source,
+    })?;
+    let mut server = Server {
+        id,
+        addr: plain,
+        child,
+        log: log.clone(),
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&plain, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(HarnessError::NotReady {
+                target: "pier (TLS bench)".into(),
+                addr: plain,
+                why: format!("it exited ({status})"),
+                log,
+            });
+        }
+        if Instant::now() > until {
+            return Err(HarnessError::NotReady {
+                target: "pier (TLS bench)".into(),
+                addr: plain,
+                why: "nothing listening after 20 s".into(),
+                log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    settle(server.pid());
+    Ok((server, plain, tls))
+}
+
+/// The results document of `pier-bench tls`.
+fn tls_markdown(
+    m: &report::Machine,
+    rows: &[TlsRow],
+    warmup: f64,
+    duration: f64,
+    elapsed: Duration,
+    env: &Env,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# TLS: pier + extension, plaintext next to TLS 1.3 ({})\n",
+        m.date
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {} ({} CPUs, {:.1} GiB), {}, kernel {}, PHP {}, {}; commit {}. Run at {} UTC, {:.0} s.",
+        m.cpu, m.cpus, m.memory_gib, m.os, m.kernel, m.php, m.rustc, m.commit, m.time, elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "Server and its one PHP worker (extension, echo) on CPU {}, load generator on CPU {}. One pier \
+         process serves both a plaintext and an implicit-TLS server (rustls, ring, ECDSA P-256 \
+         certificate, TLS 1.3 only on the client, no session resumption: every connect is a full \
+         handshake). Closed loop, {warmup} s warm-up + {duration} s measured per row. \"connects\": 16 \
+         tasks connect (and handshake), close, repeat; each connection also costs a CONNECTED and a \
+         CLOSE event in PHP. Server CPU is the whole tree (pier + worker) per message, per connection \
+         or per handshake. Idle: RSS of the tree over the connections, per connection, on a fresh server.\n",
+        env.server_cpus.as_deref().unwrap_or("any"),
+        env.client_cpus.as_deref().unwrap_or("any"),
+    );
+    let _ = writeln!(
+        s,
+        "| row | transport | rate (/s) | p50 (µs) | p99 (µs) | server CPU (µs each) | RSS (KiB) | RSS per idle connection (KiB) | errors | other load (ms) |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        match &row.result {
+            Ok(r) => {
+                let idle = row.what.contains("idle");
+                let per_conn = if idle && r.connections > 0 {
+                    format!(
+                        "{:.1}",
+                        r.server_rss_kib.saturating_sub(r.server_rss_before_kib) as f64
+                            / r.connections as f64
+                    )
+                } else {
+                    "—".into()
+                };
+                let dash = |v: f64| {
+                    if idle {
+                        "—".to_string()
+                    } else {
+                        format!("{v:.0}")
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    row.what,
+                    row.transport,
+                    dash(r.msg_per_s),
+                    dash(r.p50_us),
+                    dash(r.p99_us),
+                    if idle {
+                        "—".to_string()
+                    } else {
+                        format!("{:.1}", report::cpu_us_per_msg(r))
+                    },
+                    r.server_rss_kib,
+                    per_conn,
+                    r.errors,
+                    r.other_cpu_ns / 1_000_000,
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | failed: {} | | | | | | | |",
+                    row.what, row.transport, e
+                );
+            }
+        }
+    }
+    s
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant as TokioInstant;
@@ -64,6 +64,70 @@ pub struct Shape {
     pub connect_timeout: Duration,
     /// Server pid whose process tree is sampled for CPU and RSS (the harness passes it).
     pub watch_pid: Option<u32>,
+    /// Speak TLS to the target (every connect is a full handshake: no session resumption).
+    pub tls: Option<TlsClient>,
+}
+
+/// The client side of TLS for a target: who to trust and which name to ask for.
+#[derive(Clone)]
+pub struct TlsClient {
+    /// rustls client config (resumption off, so each connect is a full handshake).
+    connector: tokio_rustls::TlsConnector,
+    /// The SNI name (also the name the certificate must carry).
+    name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TlsClient {
+    /// Trusts the PEM certificates in `ca_file`, asks for `name`; TLS 1.3 only (what the
+    /// handshake row measures), no resumption.
+    pub fn new(ca_file: &std::path::Path, name: &str) -> Result<TlsClient, LoadError> {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |e: String| LoadError::Options(format!("--tls-ca {}: {e}", ca_file.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| bad(e.to_string()))?
+        {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        let name = rustls_pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|e| LoadError::Options(format!("--sni: {e}")))?;
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// A client stream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
+
+/// One connection to the target: TCP connect, then the TLS handshake when asked.
+async fn connect(addr: SocketAddr, tls: Option<&TlsClient>) -> std::io::Result<Stream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(match tls {
+        None => Box::new(s),
+        Some(t) => Box::new(t.connector.connect(t.name.clone(), s).await?),
+    })
 }
 
 /// What to run.
@@ -95,6 +159,14 @@ pub enum Mode {
     Idle {
         /// How long the connections are kept open after the sample.
         hold: Duration,
+    },
+    /// `connections` tasks each connect (and, with TLS, handshake), then close, over and over:
+    /// connections (handshakes) per second. Latency is connect + handshake.
+    Connects {
+        /// Unmeasured time first.
+        warmup: Duration,
+        /// Measured time.
+        duration: Duration,
     },
 }
 
@@ -190,6 +262,16 @@ pub fn run(shape: Shape, mode: Mode) -> Result<LoadReport, LoadError> {
             connections_wanted: shape.connections,
             ..LoadReport::default()
         };
+        if let Mode::Connects { warmup, duration } = mode {
+            let plan = Plan::new(warmup, duration);
+            report.connections = shape.connections;
+            let mut set = JoinSet::new();
+            for _ in 0..shape.connections {
+                set.spawn(connect_loop(shape.clone(), plan.clone()));
+            }
+            measure(&mut report, set, &plan, shape.watch_pid).await?;
+            return Ok(report);
+        }
         let before = sample(shape.watch_pid)?;
         let began = Instant::now();
         let (streams, connect_errors, first) = connect_all(&shape).await;
@@ -257,6 +339,7 @@ pub fn run(shape: Shape, mode: Mode) -> Result<LoadReport, LoadError> {
                 }
                 measure(&mut report, set, &plan, shape.watch_pid).await?;
             }
+            Mode::Connects { .. } => unreachable!("handled before the ramp"),
             Mode::Idle { hold } => {
                 settle(shape.watch_pid).await;
                 let after = sample(shape.watch_pid)?;
@@ -374,7 +457,7 @@ fn packet(shape: &Shape, count: usize) -> Vec<u8> {
 
 /// Opens `shape.connections` connections with at most `connect_concurrency` in flight, within
 /// `connect_timeout` overall. Returns the streams, the failure count and the first failure.
-async fn connect_all(shape: &Shape) -> (Vec<TcpStream>, u64, Option<std::io::Error>) {
+async fn connect_all(shape: &Shape) -> (Vec<Stream>, u64, Option<std::io::Error>) {
     let deadline = TokioInstant::now() + shape.connect_timeout;
     let mut set = JoinSet::new();
     let mut streams = Vec::with_capacity(shape.connections);
@@ -387,14 +470,13 @@ async fn connect_all(shape: &Shape) -> (Vec<TcpStream>, u64, Option<std::io::Err
             && TokioInstant::now() < deadline
         {
             let addr = shape.addr;
+            let tls = shape.tls.clone();
             set.spawn(async move {
-                let s = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+                tokio::time::timeout_at(deadline, connect(addr, tls.as_ref()))
                     .await
                     .map_err(|_| {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "connect ramp timed out")
-                    })??;
-                s.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(s)
+                    })?
             });
             started += 1;
             continue;
@@ -528,7 +610,7 @@ async fn measure(
 
 /// One closed-loop connection: batch out, all replies back, repeat until the window ends.
 async fn closed_connection(
-    mut stream: TcpStream,
+    mut stream: Stream,
     batch: Arc<[u8]>,
     depth: usize,
     shape: Shape,
@@ -544,7 +626,7 @@ async fn closed_connection(
         }
         sent += 1;
         let t0 = Instant::now();
-        let (mut r, mut w) = stream.split();
+        let (mut r, mut w) = tokio::io::split(&mut stream);
         // Write and read concurrently: a 1 MiB batch does not fit in the socket buffers, and a
         // server that answers as it reads would otherwise deadlock against us.
         let write = w.write_all(&batch);
@@ -600,9 +682,39 @@ async fn closed_connection(
     stats
 }
 
+/// Connects (and handshakes) and closes until the window ends; each finished connect is one
+/// "message". The server is left to notice the close (its CLOSE event follows).
+async fn connect_loop(shape: Shape, plan: Plan) -> ConnStats {
+    let mut stats = ConnStats::new();
+    while !plan.stop.load(Ordering::Relaxed) && Instant::now() < plan.end {
+        let t0 = Instant::now();
+        let attempt = tokio::time::timeout_at(
+            plan.deadline().into(),
+            connect(shape.addr, shape.tls.as_ref()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(mut stream)) => {
+                let now = Instant::now();
+                if now >= plan.start {
+                    stats.record((now - t0).as_nanos() as u64, plan.measured(now));
+                }
+                // close_notify for TLS, FIN for TCP; the answer is not awaited.
+                let _ = stream.shutdown().await;
+            }
+            Ok(Err(e)) => {
+                stats.fail(e);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    stats
+}
+
 /// One open-loop connection: sends on schedule, matches replies to their scheduled times.
 async fn open_connection(
-    stream: TcpStream,
+    stream: Stream,
     one: Arc<[u8]>,
     interval: Duration,
     offset: Duration,
@@ -611,7 +723,7 @@ async fn open_connection(
 ) -> ConnStats {
     let stats = Mutex::new(ConnStats::new());
     let last = *shape.delimiter.last().unwrap_or(&b'\n');
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = tokio::io::split(stream);
     // Scheduled send times of packets whose replies are outstanding, oldest first.
     let pending: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::new());
     let writer_done = AtomicBool::new(false);

@@ -53,6 +53,9 @@ enum Command {
     /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
     /// bench/results/<date>.md.
     Run(harness::RunArgs),
+    /// pier + extension with plaintext and TLS 1.3 side by side (echo rows, handshakes/s, idle
+    /// RSS); writes bench/results/<date>-tls.md.
+    Tls(harness::TlsArgs),
 }
 
 /// Flags of `pier-bench load`.
@@ -101,6 +104,15 @@ struct LoadArgs {
     /// Seconds allowed for the whole connect ramp.
     #[arg(long, default_value_t = 30.0)]
     connect_timeout: f64,
+    /// Speak TLS 1.3, trusting the PEM certificate(s) in this file (full handshakes, no resumption).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The SNI name to ask for with --tls-ca.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    /// Connection rate: each of -c tasks connects (and handshakes), closes, repeats.
+    #[arg(long, conflicts_with_all = ["rate", "idle", "batches"])]
+    connects: bool,
 }
 
 /// `\n`, `\r`, `\t` and `\\` escapes, so a delimiter can be given on a command line.
@@ -155,8 +167,16 @@ fn main() -> anyhow::Result<()> {
                 connect_concurrency: a.connect_concurrency,
                 connect_timeout: secs(a.connect_timeout)?,
                 watch_pid: a.watch_pid,
+                tls: match &a.tls_ca {
+                    Some(ca) => Some(loadgen::TlsClient::new(ca, &a.sni)?),
+                    None => None,
+                },
             };
             let mode = match (a.rate, a.idle) {
+                _ if a.connects => loadgen::Mode::Connects {
+                    warmup: secs(a.warmup)?,
+                    duration: secs(a.duration)?,
+                },
                 (Some(rate), _) => loadgen::Mode::Open {
                     rate,
                     warmup: secs(a.warmup)?,
@@ -175,6 +195,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
         }
         Command::Run(args) => harness::run(args)?,
+        Command::Tls(args) => harness::run_tls(args)?,
         Command::Port => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
