@@ -138,6 +138,7 @@ impl Server {
                 server.clone(),
                 config.read_buf_size,
                 server_metrics,
+                metrics.clone(),
                 admission,
                 registry.clone(),
             )

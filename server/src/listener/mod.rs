@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ServerConfig, TlsMode};
 use crate::limits::{self, Admission};
-use crate::ops::ServerMetrics;
+use crate::ops::{Metrics, ServerMetrics};
 use crate::pool::Pool;
 use crate::registry::Registry;
 
@@ -56,6 +56,8 @@ pub(crate) struct Listener {
     pub(crate) stats: ListenerStats,
     /// The server's counters (no-ops with metrics off).
     pub(crate) metrics: ServerMetrics,
+    /// The instance's metrics (`pier_tls_handshakes_total{server,result}`).
+    pub(crate) instance_metrics: Metrics,
     /// Connection limits checked at accept.
     pub(crate) admission: Arc<Admission>,
     /// Where connections register so they can be reached by uuid.
@@ -87,6 +89,7 @@ impl Listener {
         config: ServerConfig,
         read_buf_size: usize,
         metrics: ServerMetrics,
+        instance_metrics: Metrics,
         admission: Arc<Admission>,
         registry: Registry,
     ) -> Result<Listener, TlsError> {
@@ -100,6 +103,7 @@ impl Listener {
             tls,
             stats: ListenerStats::default(),
             metrics,
+            instance_metrics,
             admission,
             registry,
         })
@@ -192,6 +196,8 @@ impl Listener {
             _ = shutdown.cancelled() => return None,
             r = tls.handshake(io) => r,
         };
+        self.instance_metrics
+            .tls_handshake(&self.config.name, result.is_ok());
         match result {
             Ok(done) => Some(done),
             Err(e) => {
