@@ -26,6 +26,7 @@ PACKAGES=(
   phpunit composer   # the PHP suites; composer validate/install
   netcat-openbsd     # nc, the client `./dev.sh demo` suggests
   openssl swaks haproxy python3 # TLS/STARTTLS/PROXY tests' real peers: s_client, swaks, haproxy, smtplib
+  libnet-ssleay-perl # swaks --tls/--tlsc (a Recommends, which setup does not install)
 )
 
 is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
