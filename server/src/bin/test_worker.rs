@@ -41,7 +41,7 @@ use pier_protocol::command::{encode_raw, Command};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
 use pier_protocol::tcp::{encode_reply, EventKind, ReplyKind};
-use pier_protocol::{Command, ServerMessage};
+use pier_protocol::ServerMessage;
 
 fn main() {
     let dir = PathBuf::from(std::env::var("TW_DIR").unwrap_or_else(|_| "/tmp".into()));
