@@ -1039,6 +1039,7 @@ fn start_tls_target(
         kind: Kind::Ext,
         workers: 1,
         block_us: 0,
+        length_prefix: false,
     };
     let plain = free_port()?;
     let tls = free_port()?;
