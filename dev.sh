@@ -27,6 +27,9 @@ PACKAGES=(
   netcat-openbsd     # nc, the client `./dev.sh demo` suggests
   openssl swaks haproxy python3 # TLS/STARTTLS/PROXY tests' real peers: s_client, swaks, haproxy, smtplib
   libnet-ssleay-perl # swaks --tls/--tlsc (a Recommends, which setup does not install)
+  php8.2-sqlite3     # examples/mqtt: the store the broker's workers share (PDO SQLite)
+  mosquitto-clients  # e2e: mosquitto_pub/mosquitto_sub drive examples/mqtt
+  python3-paho-mqtt  # e2e: Paho, a second MQTT client library against examples/mqtt
 )
 
 is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
@@ -173,6 +176,8 @@ test_php() {
   PIER_IMPLEMENTATION=package "${phpunit[@]}" --testsuite conformance
   say "php: conformance suite, pier extension (libpier.so)"
   PIER_IMPLEMENTATION=extension with_ext "${phpunit[@]}" --testsuite conformance
+  say "php: examples/mqtt broker unit tests (no server)"
+  phpunit -c examples/mqtt/phpunit.xml
   say "php: composer install from a path repository (offline); its worker through pipes and pier serve"
   php-client/tests/install/composer-install.sh "$ROOT" "$ROOT/target/release/pier"
 }
