@@ -25,6 +25,8 @@ def client(client_id, clean=True, keepalive=60, will=None):
     c.connected = queue.Queue()
     c.on_message = lambda _c, _u, m: c.inbox.put((m.topic, m.payload, m.qos, m.retain))
     c.on_connect = lambda _c, _u, flags, rc: c.connected.put((flags.get("session present", 0), rc))
+    c.unsubscribed = queue.Queue()
+    c.on_unsubscribe = lambda _c, _u, mid: c.unsubscribed.put(mid)
     c.granted = queue.Queue()
     c.on_subscribe = lambda _c, _u, mid, qos: c.granted.put((mid, list(qos)))
     if will:
@@ -83,7 +85,7 @@ def main():
 
     result, mid = sub.unsubscribe("paho/+/x")
     assert result == mqtt.MQTT_ERR_SUCCESS
-    time.sleep(0.3)
+    assert sub.unsubscribed.get(timeout=WAIT) == mid, "UNSUBACK"
     pub.publish("paho/1/x", b"after", qos=1).wait_for_publish()
     nothing(sub, "after UNSUBSCRIBE nothing arrives")
 
