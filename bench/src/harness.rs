@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::loadgen::LoadReport;
+use crate::mqtt::MqttReport;
 use crate::procstat;
 use crate::report::{self, Cell, Kind, Row, Section, TargetId};
 
@@ -94,10 +95,10 @@ pub struct RunArgs {
     /// PHP worker counts (the raw blocking server uses as many threads).
     #[arg(long, default_value = "1,2", value_delimiter = ',')]
     pub workers: Vec<usize>,
-    /// Which parts to run (comma-separated: grid, open, idle, block, framing).
+    /// Which parts to run (comma-separated: grid, open, idle, block, framing, mqtt).
     #[arg(
         long,
-        default_value = "grid,open,idle,block,framing",
+        default_value = "grid,open,idle,block,framing,mqtt",
         value_delimiter = ','
     )]
     pub sections: Vec<String>,
@@ -125,6 +126,8 @@ struct Plan {
     block_us: u64,
     /// Cells run framed by the delimiter and by a 4-byte length.
     framing: Vec<Cell>,
+    /// MQTT fan-out: subscribers, messages published.
+    mqtt: (usize, u64),
 }
 
 impl Plan {
@@ -139,6 +142,7 @@ impl Plan {
                 block: vec![100],
                 block_us: 1000,
                 framing: vec![Cell::new(1, 1, 32), Cell::new(100, 16, 64 * 1024)],
+                mqtt: (100, 200),
             };
         }
         let mut cells = Vec::new();
@@ -163,6 +167,7 @@ impl Plan {
                 Cell::new(1, 1, 64 * 1024),
                 Cell::new(100, 16, 64 * 1024),
             ],
+            mqtt: (100, 2000),
         }
     }
 }
@@ -277,7 +282,11 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
             "block",
             plan.block.len() * block_kinds.len() * args.workers.len(),
         )
-        + count("framing", 2 * plan.framing.len() * idle_targets.len());
+        + count("framing", 2 * plan.framing.len() * idle_targets.len())
+        + count(
+            "mqtt",
+            block_kinds.iter().filter(|k| **k != Kind::Raw).count() * args.workers.len(),
+        );
     let per = plan.warmup + plan.duration + 0.8;
     say(&format!(
         "{} load runs, about {:.0} s of load plus connect ramps; servers on CPU {}, load generator on CPU {}",
@@ -429,6 +438,37 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
     }
     drop(servers);
 
+    // MQTT fan-out through examples/mqtt on each PHP target (raw has no broker).
+    let mut mqtt_rows = Vec::new();
+    for &kind in block_kinds
+        .iter()
+        .filter(|k| **k != Kind::Raw && want("mqtt"))
+    {
+        for &w in &args.workers {
+            let id = TargetId::new(kind, w, 0);
+            done += 1;
+            let r = match start_mqtt(&env, id) {
+                Ok(mut server) => mqtt_load(&env, &mut server, plan.mqtt),
+                Err(e) => Err(e.to_string()),
+            };
+            let what = match &r {
+                Ok(r) => format!(
+                    "{:.0} published/s, {:.0} delivered/s, server {:.2} µs CPU/delivery{}",
+                    r.published_per_s,
+                    r.delivered_per_s,
+                    r.cpu_us_per_delivery(),
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(", {e}"))
+                        .unwrap_or_default()
+                ),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            say(&format!("[{done}/{total}] mqtt {}: {what}", id.label()));
+            mqtt_rows.push((id, r));
+        }
+    }
+
     let elapsed = began.elapsed();
     let settings = report::Settings {
         quick: args.quick,
@@ -440,7 +480,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
         server_cpus: env.server_cpus.clone(),
         client_cpus: env.client_cpus.clone(),
     };
-    let text = report::markdown(&machine, &settings, &rows);
+    let text = report::markdown(&machine, &settings, &rows, &mqtt_rows);
     report::print(&text);
     let out = args.out.clone().unwrap_or_else(|| {
         if args.quick {
@@ -467,7 +507,11 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
         file.display(),
         elapsed.as_secs_f64()
     ));
-    let failed = rows.iter().filter(|r| !r.ok()).count();
+    let failed = rows.iter().filter(|r| !r.ok()).count()
+        + mqtt_rows
+            .iter()
+            .filter(|(_, r)| !r.as_ref().is_ok_and(|r| r.error.is_none()))
+            .count();
     if failed > 0 {
         return Err(HarnessError::RowsFailed {
             count: failed,
@@ -656,15 +700,7 @@ fn start(env: &Env, id: TargetId) -> Result<Server, HarnessError> {
 fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, HarnessError> {
     let name = id.file_name();
     let log = env.scratch.join(format!("{name}.log"));
-    let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
-        path: log.clone(),
-        source,
-    })?;
-    let log_err = log_file.try_clone().map_err(|source| HarnessError::Write {
-        path: log.clone(),
-        source,
-    })?;
-    let mut cmd = match id.kind {
+    let cmd = match id.kind {
         Kind::Raw => {
             let mut c = pinned(&env.server_cpus, &env.me);
             c.arg("echo")
@@ -720,9 +756,96 @@ fn start_on(env: &Env, id: TargetId, addr: SocketAddr) -> Result<Server, Harness
             c
         }
     };
+    launch(id, addr, cmd, log, &env.root)
+}
+
+/// Starts the MQTT example broker (examples/mqtt) for `id` and waits until it accepts connections.
+fn start_mqtt(env: &Env, id: TargetId) -> Result<Server, HarnessError> {
+    let addr = free_port()?;
+    let name = format!("mqtt-{}", id.file_name());
+    let log = env.scratch.join(format!("{name}.log"));
+    let store = env.scratch.join(format!("{name}.sqlite"));
+    for stale in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{stale}", store.display()));
+    }
+    let mut cmd = pinned(&env.server_cpus, &env.pier);
+    cmd.arg("serve")
+        .arg("-c")
+        .arg("examples/mqtt/.rr.yaml")
+        .arg("-o")
+        .arg(format!("tcp.servers.mqtt.addr={addr}"))
+        .arg("-o")
+        .arg(format!("tcp.pool.num_workers={}", id.workers))
+        .arg("-o")
+        .arg("logs.level=warn")
+        .env("MQTT_STORE", &store)
+        .env("PHP", &env.php)
+        .env("PIER_EXT", &env.ext)
+        .env(
+            "PIER_WORKER_IMPL",
+            if id.kind == Kind::Ext {
+                "ext"
+            } else {
+                "package"
+            },
+        );
+    launch(id, addr, cmd, log, &env.root)
+}
+
+/// Runs one `pier-bench mqtt` against `server`, pinned to the client CPUs.
+fn mqtt_load(
+    env: &Env,
+    server: &mut Server,
+    (subscribers, messages): (usize, u64),
+) -> Result<MqttReport, String> {
+    let mut cmd = pinned(&env.client_cpus, &env.me);
+    cmd.arg("mqtt")
+        .arg("--addr")
+        .arg(server.addr.to_string())
+        .arg("--watch-pid")
+        .arg(server.pid().to_string())
+        .arg("--subscribers")
+        .arg(subscribers.to_string())
+        .arg("--messages")
+        .arg(messages.to_string())
+        .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start the MQTT load generator: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "MQTT load generator failed ({}): {}; log: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " "),
+            server.log.display()
+        ));
+    }
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .map_err(|e| format!("could not parse the MQTT report: {e}"))
+}
+
+/// Spawns a prepared server command with its output in `log` and waits until `addr` accepts
+/// connections.
+fn launch(
+    id: TargetId,
+    addr: SocketAddr,
+    mut cmd: Command,
+    log: PathBuf,
+    root: &Path,
+) -> Result<Server, HarnessError> {
+    let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let log_err = log_file.try_clone().map_err(|source| HarnessError::Write {
+        path: log.clone(),
+        source,
+    })?;
     // Workers get exactly the PHP configuration named on their command line.
     cmd.env_remove("PHP_INI_SCAN_DIR")
-        .current_dir(&env.root)
+        .current_dir(root)
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err);

@@ -4,6 +4,7 @@
 mod echo;
 mod harness;
 mod loadgen;
+mod mqtt;
 mod procstat;
 mod report;
 
@@ -48,6 +49,31 @@ enum Command {
     },
     /// Generate load against a delimiter-framed echo server; prints one JSON report line.
     Load(LoadArgs),
+    /// MQTT fan-out against an MQTT broker (examples/mqtt): one publisher, N subscribers, QoS 0;
+    /// prints one JSON report line.
+    Mqtt {
+        /// Broker address (loopback).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Subscriber connections.
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Messages to publish.
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Messages per window (then every delivery of the window is awaited).
+        #[arg(long, default_value_t = 16)]
+        window: u64,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Server pid whose process tree is sampled for CPU.
+        #[arg(long)]
+        watch_pid: Option<u32>,
+        /// Seconds allowed for the whole run.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
     /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
     Port,
     /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
@@ -191,6 +217,28 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let report = loadgen::run(shape, mode).context("load generation failed")?;
+            let line = serde_json::to_string(&report).context("could not encode the report")?;
+            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+        }
+        Command::Mqtt {
+            addr,
+            subscribers,
+            messages,
+            window,
+            size,
+            watch_pid,
+            timeout,
+        } => {
+            let report = mqtt::run(mqtt::Options {
+                addr,
+                subscribers,
+                messages,
+                window,
+                size,
+                watch_pid,
+                timeout: secs(timeout)?,
+            })
+            .context("MQTT load failed")?;
             let line = serde_json::to_string(&report).context("could not encode the report")?;
             writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
         }

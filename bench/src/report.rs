@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::loadgen::LoadReport;
+use crate::mqtt::MqttReport;
 
 /// Which server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,7 +452,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// The results document (also printed to the terminal).
-pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
+pub fn markdown(
+    m: &Machine,
+    s: &Settings,
+    rows: &[Row],
+    mqtt: &[(TargetId, Result<MqttReport, String>)],
+) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -581,6 +587,9 @@ pub fn markdown(m: &Machine, s: &Settings, rows: &[Row]) -> String {
     if has(&Section::Framing) {
         framing_section(&mut o, rows);
     }
+    if !mqtt.is_empty() {
+        mqtt_section(&mut o, mqtt);
+    }
     o
 }
 
@@ -634,6 +643,40 @@ fn block_section(o: &mut String, rows: &[Row], block_us: u64) {
     );
     let _ = writeln!(o, "PHP workers call `usleep({})`; raw blocks one runtime thread per packet (`std::thread::sleep`), with as many threads as the row has workers, so × raw compares like with like. The ceiling is workers × 1e6 / {} msg/s.\n", block_us, block_us);
     throughput_table(o, rows, &Section::Block);
+}
+
+/// MQTT fan-out through examples/mqtt.
+fn mqtt_section(o: &mut String, rows: &[(TargetId, Result<MqttReport, String>)]) {
+    let _ = writeln!(o, "\n## MQTT fan-out (examples/mqtt, QoS 0)\n");
+    let _ = writeln!(o, "One publisher, every subscriber on the same topic; the publisher sends 16 messages of 32 B back to back, waits until every subscriber has all of them, repeats. The broker is PHP (one SQLite lookup per PUBLISH, one Pier broadcast to the topic's group). Server CPU is pier plus its PHP workers, per delivered message.\n");
+    o.push_str("| target | subscribers | published | published msg/s | delivered msg/s | server CPU µs/delivery | other CPU % | error |\n");
+    o.push_str("|---|--:|--:|--:|--:|--:|--:|---|\n");
+    for (id, r) in rows {
+        match r {
+            Ok(r) => {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {} |",
+                    id.label(),
+                    r.subscribers,
+                    r.published,
+                    n(r.published_per_s),
+                    n(r.delivered_per_s),
+                    r.cpu_us_per_delivery(),
+                    r.other_cpu_ns as f64 / (r.seconds.max(1e-9) * 1e9) * 100.0,
+                    r.error.as_deref().unwrap_or("–").replace('|', "/")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    o,
+                    "| {} | – | – | – | – | – | – | failed: {} |",
+                    id.label(),
+                    e.replace('|', "/")
+                );
+            }
+        }
+    }
 }
 
 /// Length-prefixed echo against the delimiter echo of the same cell, measured in the same run.
@@ -724,7 +767,7 @@ mod tests {
             server_cpus: Some("0".into()),
             client_cpus: Some("1".into()),
         };
-        let text = markdown(&m, &s, &rows);
+        let text = markdown(&m, &s, &rows, &[]);
         // raw: 1 µs/msg; ext: 10 µs/msg, a quarter of the throughput.
         assert!(
             text.contains("| pier+ext ×1 | 100 | 16 | 1 KiB | 50,000 | 0.25 |"),
