@@ -77,6 +77,8 @@ pub struct MqttReport {
     pub delivered_per_s: f64,
     /// Server tree CPU during the run (ns).
     pub server_cpu_ns: u64,
+    /// The pier process alone (ns): the rest of `server_cpu_ns` is the PHP workers'.
+    pub pier_cpu_ns: u64,
     /// Everything else's CPU plus steal during the run (ns): far from 0 means a disturbed run.
     pub other_cpu_ns: u64,
     /// Why the run stopped early, if it did.
@@ -87,6 +89,11 @@ impl MqttReport {
     /// Server CPU per delivered message (µs).
     pub fn cpu_us_per_delivery(&self) -> f64 {
         self.server_cpu_ns as f64 / 1000.0 / self.delivered.max(1) as f64
+    }
+
+    /// The pier process's share of the server CPU (0–1).
+    pub fn pier_share(&self) -> f64 {
+        self.pier_cpu_ns as f64 / self.server_cpu_ns.max(1) as f64
     }
 }
 
@@ -193,6 +200,7 @@ pub fn run(opts: Options) -> Result<MqttReport, MqttError> {
         let before = procstat::tree_usage(opts.watch_pid.unwrap_or(0)).unwrap_or_default();
         let machine_before = procstat::machine_cpu();
         let me_before = procstat::cpu_ns(std::process::id());
+        let pier_before = opts.watch_pid.map_or(0, procstat::cpu_ns);
         let began = Instant::now();
         let mut report = MqttReport {
             subscribers: opts.subscribers,
@@ -230,6 +238,10 @@ pub fn run(opts: Options) -> Result<MqttReport, MqttError> {
         report.published_per_s = report.published as f64 / report.seconds;
         report.delivered_per_s = report.delivered as f64 / report.seconds;
         report.server_cpu_ns = after.cpu_ns.saturating_sub(before.cpu_ns);
+        report.pier_cpu_ns = opts
+            .watch_pid
+            .map_or(0, procstat::cpu_ns)
+            .saturating_sub(pier_before);
         let busy = machine_after.busy_ns.saturating_sub(machine_before.busy_ns);
         let me = procstat::cpu_ns(std::process::id()).saturating_sub(me_before);
         report.other_cpu_ns = busy.saturating_sub(report.server_cpu_ns).saturating_sub(me)

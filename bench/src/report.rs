@@ -648,21 +648,22 @@ fn block_section(o: &mut String, rows: &[Row], block_us: u64) {
 /// MQTT fan-out through examples/mqtt.
 fn mqtt_section(o: &mut String, rows: &[(TargetId, Result<MqttReport, String>)]) {
     let _ = writeln!(o, "\n## MQTT fan-out (examples/mqtt, QoS 0)\n");
-    let _ = writeln!(o, "One publisher, every subscriber on the same topic; the publisher sends 16 messages of 32 B back to back, waits until every subscriber has all of them, repeats. The broker is PHP (one SQLite lookup per PUBLISH, one Pier broadcast to the topic's group). Server CPU is pier plus its PHP workers, per delivered message.\n");
-    o.push_str("| target | subscribers | published | published msg/s | delivered msg/s | server CPU µs/delivery | other CPU % | error |\n");
-    o.push_str("|---|--:|--:|--:|--:|--:|--:|---|\n");
+    let _ = writeln!(o, "One publisher, every subscriber on the same topic; the publisher sends 16 messages of 32 B back to back, waits until every subscriber has all of them, repeats. The broker is PHP (one SQLite lookup per PUBLISH, one Pier broadcast to the topic's group). Server CPU is pier plus its PHP workers, per delivered message; pier's share is the pier process alone (the rest is PHP).\n");
+    o.push_str("| target | subscribers | published | published msg/s | delivered msg/s | server CPU µs/delivery | pier's share | other CPU % | error |\n");
+    o.push_str("|---|--:|--:|--:|--:|--:|--:|--:|---|\n");
     for (id, r) in rows {
         match r {
             Ok(r) => {
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {} |",
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.0} % | {:.0} | {} |",
                     id.label(),
                     r.subscribers,
                     r.published,
                     n(r.published_per_s),
                     n(r.delivered_per_s),
                     r.cpu_us_per_delivery(),
+                    r.pier_share() * 100.0,
                     r.other_cpu_ns as f64 / (r.seconds.max(1e-9) * 1e9) * 100.0,
                     r.error.as_deref().unwrap_or("–").replace('|', "/")
                 );
@@ -670,7 +671,7 @@ fn mqtt_section(o: &mut String, rows: &[(TargetId, Result<MqttReport, String>)])
             Err(e) => {
                 let _ = writeln!(
                     o,
-                    "| {} | – | – | – | – | – | – | failed: {} |",
+                    "| {} | – | – | – | – | – | – | – | failed: {} |",
                     id.label(),
                     e.replace('|', "/")
                 );

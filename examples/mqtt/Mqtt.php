@@ -253,8 +253,7 @@ final class Topic
  * busy timeout instead of errors when two workers write at once).
  *
  * - sessions: client id → the connection (Pier uuid) that holds it now (NULL while a persistent
- *   session is offline), clean-session flag, next packet identifier for QoS 1 deliveries, and the
- *   keep-alive deadline.
+ *   session is offline), clean-session flag, next packet identifier for QoS 1 deliveries.
  * - subscriptions: client id, filter, granted QoS.
  * - retained: the last retained message per topic.
  */
@@ -281,10 +280,8 @@ final class Store
                 client_id TEXT PRIMARY KEY,
                 uuid TEXT UNIQUE,
                 clean INTEGER NOT NULL,
-                next_id INTEGER NOT NULL DEFAULT 0,
-                expires_at REAL
+                next_id INTEGER NOT NULL DEFAULT 0
             );
-            CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires_at) WHERE uuid IS NOT NULL;
             CREATE TABLE IF NOT EXISTS subscriptions (
                 client_id TEXT NOT NULL,
                 filter TEXT NOT NULL,
@@ -326,15 +323,14 @@ final class Store
     }
 
     /** Binds $clientId to the connection $uuid (a new session, or an old one taken over). */
-    public function attach(string $clientId, string $uuid, bool $clean, ?float $expiresAt): void
+    public function attach(string $clientId, string $uuid, bool $clean): void
     {
         // A stale row for this uuid cannot exist (uuids are unique per connection); the client id's
         // row is replaced or updated.
         $this->db->prepare(<<<'SQL'
-            INSERT INTO sessions (client_id, uuid, clean, expires_at) VALUES (?, ?, ?, ?)
-            ON CONFLICT (client_id) DO UPDATE SET uuid = excluded.uuid, clean = excluded.clean,
-                expires_at = excluded.expires_at
-            SQL)->execute([$clientId, $uuid, $clean ? 1 : 0, $expiresAt]);
+            INSERT INTO sessions (client_id, uuid, clean) VALUES (?, ?, ?)
+            ON CONFLICT (client_id) DO UPDATE SET uuid = excluded.uuid, clean = excluded.clean
+            SQL)->execute([$clientId, $uuid, $clean ? 1 : 0]);
     }
 
     /** Ends the session at its connection's end; false when another connection holds it by now. */
@@ -349,7 +345,7 @@ final class Store
         if ((int) $row['clean'] === 1) {
             $this->forget($clientId);
         } else {
-            $this->db->prepare('UPDATE sessions SET uuid = NULL, expires_at = NULL WHERE client_id = ?')
+            $this->db->prepare('UPDATE sessions SET uuid = NULL WHERE client_id = ?')
                 ->execute([$clientId]);
         }
 
@@ -361,21 +357,6 @@ final class Store
     {
         $this->db->prepare('DELETE FROM subscriptions WHERE client_id = ?')->execute([$clientId]);
         $this->db->prepare('DELETE FROM sessions WHERE client_id = ?')->execute([$clientId]);
-    }
-
-    public function touch(string $clientId, string $uuid, ?float $expiresAt): void
-    {
-        $this->db->prepare('UPDATE sessions SET expires_at = ? WHERE client_id = ? AND uuid = ?')
-            ->execute([$expiresAt, $clientId, $uuid]);
-    }
-
-    /** @return list<string> connections whose keep-alive ran out before $now */
-    public function expired(float $now): array
-    {
-        $q = $this->db->prepare('SELECT uuid FROM sessions WHERE uuid IS NOT NULL AND expires_at < ?');
-        $q->execute([$now]);
-
-        return array_map(static fn (array $r): string => $r['uuid'], $q->fetchAll());
     }
 
     /** The next packet identifier (1–65535) for deliveries to $clientId. */
@@ -414,6 +395,22 @@ final class Store
         $q->execute([$clientId]);
 
         return array_map(static fn (array $r): string => $r['filter'], $q->fetchAll());
+    }
+
+    /** @return list<string> the filters with an online subscriber that match $topic */
+    public function matchingFilters(string $topic): array
+    {
+        $q = $this->db->prepare(<<<'SQL'
+            SELECT DISTINCT s.filter FROM subscriptions s
+            JOIN sessions se ON se.client_id = s.client_id
+            WHERE se.uuid IS NOT NULL AND (s.filter = ? OR instr(s.filter, '+') > 0 OR instr(s.filter, '#') > 0)
+            SQL);
+        $q->execute([$topic]);
+
+        return array_values(array_filter(
+            $q->fetchAll(\PDO::FETCH_COLUMN),
+            static fn (string $filter): bool => Topic::matches($filter, $topic),
+        ));
     }
 
     /**
@@ -483,7 +480,6 @@ final class Session
         public readonly int $keepAlive,
         public readonly ?array $will,
         public readonly array $qos2 = [],
-        public readonly float $touched = 0.0,
     ) {
     }
 
@@ -500,7 +496,7 @@ final class Session
             'retain' => $s['w']['r'],
         ];
 
-        return new self($s['c'], $s['k'], $will, $s['q'], $s['t']);
+        return new self($s['c'], $s['k'], $will, $s['q']);
     }
 
     public function toState(): string
@@ -512,17 +508,16 @@ final class Session
             'r' => $this->will['retain'],
         ];
 
-        return json_encode(['c' => $this->clientId, 'k' => $this->keepAlive, 'w' => $will, 'q' => $this->qos2, 't' => $this->touched], \JSON_THROW_ON_ERROR);
+        return json_encode(['c' => $this->clientId, 'k' => $this->keepAlive, 'w' => $will, 'q' => $this->qos2], \JSON_THROW_ON_ERROR);
     }
 
-    public function with(?array $will = null, ?array $qos2 = null, ?float $touched = null, bool $dropWill = false): self
+    public function with(?array $will = null, ?array $qos2 = null, bool $dropWill = false): self
     {
         return new self(
             $this->clientId,
             $this->keepAlive,
             $dropWill ? null : ($will ?? $this->will),
             $qos2 ?? $this->qos2,
-            $touched ?? $this->touched,
         );
     }
 }
@@ -540,6 +535,11 @@ final class Outcome
     public bool $close = false;
     /** The new connection state; null keeps the current one. */
     public ?string $state = null;
+    /**
+     * The connection's idle timeout in milliseconds, for Pier to enforce (MQTT keep-alive: 1.5 × the
+     * CONNECT keep-alive); null leaves it as it is.
+     */
+    public ?int $idleTimeoutMs = null;
     /** Why the connection is closed (logged by the worker), for protocol violations. */
     public ?string $error = null;
 
@@ -566,8 +566,6 @@ final class Broker
 
     public function __construct(
         private readonly Store $store,
-        /** @var \Closure(): float */
-        private readonly \Closure $clock,
     ) {
     }
 
@@ -601,7 +599,7 @@ final class Broker
                 default => Outcome::closing("packet type {$r->type} is not one a client sends"),
             };
 
-            return $this->keepAlive($uuid, $session, $outcome);
+            return $outcome;
         } catch (MalformedPacket $e) {
             return Outcome::closing('malformed packet: ' . $e->getMessage());
         } catch (\JsonException $e) {
@@ -693,9 +691,8 @@ final class Broker
             return Outcome::closing('client id too long', Packet::connack(false, 2));
         }
 
-        $now = ($this->clock)();
         $outcome = new Outcome();
-        $present = $this->store->transaction(function () use ($clientId, $uuid, $clean, $keepAlive, $now, $outcome): bool {
+        $present = $this->store->transaction(function () use ($clientId, $uuid, $clean, $outcome): bool {
             $old = $this->store->session($clientId);
             if ($old !== null && $old['uuid'] !== null && $old['uuid'] !== $uuid) {
                 // 3.1.4-2: a second connection with this client id takes over; the first is closed.
@@ -705,7 +702,7 @@ final class Broker
             if ($old !== null && $clean) {
                 $this->store->forget($clientId);
             }
-            $this->store->attach($clientId, $uuid, $clean, self::deadline($keepAlive, $now));
+            $this->store->attach($clientId, $uuid, $clean);
 
             return $present;
         });
@@ -716,7 +713,13 @@ final class Broker
             }
         }
         $outcome->reply = Packet::connack($present, 0);
-        $outcome->state = (new Session($clientId, $keepAlive, $will, [], $now))->toState();
+        $outcome->state = (new Session($clientId, $keepAlive, $will))->toState();
+        if ($keepAlive > 0) {
+            // 3.1.2.10: a client silent for 1.5 × its keep-alive is disconnected. Pier's idle timeout
+            // counts the silence per connection, so nobody else's traffic is needed to notice it.
+            // Keep-alive 0 opts out of the mechanism: the server's own idle_timeout (if any) stays.
+            $outcome->idleTimeoutMs = 1500 * $keepAlive;
+        }
 
         return $outcome;
     }
@@ -770,6 +773,19 @@ final class Broker
         $qos = min($qos, 1);
         if ($retain) {
             $this->store->retain($topic, $payload, $qos);
+        }
+        if ($qos === 0) {
+            // Everyone gets the same QoS 0 bytes: with one matching filter, its group is exactly the
+            // recipients, and one broadcast needs no per-subscriber rows (the usual case, and the
+            // one the bench measures).
+            $filters = $this->store->matchingFilters($topic);
+            if (\count($filters) <= 1) {
+                foreach ($filters as $filter) {
+                    $outcome->pushes[] = ['broadcast', Packet::publish($topic, $payload, 0, false), Topic::group($filter), []];
+                }
+
+                return;
+            }
         }
         $matches = $this->store->matching($topic);
         $granted = [];  // uuid → QoS of its copy
@@ -925,34 +941,5 @@ final class Broker
         $outcome->state = $session->with(dropWill: true)->toState();
 
         return $outcome;
-    }
-
-    /**
-     * Keep-alive (3.1.2.10): a client silent for 1.5 × its keep-alive is closed. Every event of a
-     * client moves its deadline in the store (at most once a second), and every event checks the
-     * store for connections whose deadline passed.
-     */
-    private function keepAlive(string $uuid, Session $session, Outcome $outcome): Outcome
-    {
-        $now = ($this->clock)();
-        // Moving the deadline at most every min(1 s, keep-alive / 4) keeps the store's writes rare
-        // while a client that talks within its keep-alive never comes near the deadline.
-        if ($session->keepAlive > 0 && $now - $session->touched >= min(1.0, $session->keepAlive / 4)) {
-            $this->store->touch($session->clientId, $uuid, self::deadline($session->keepAlive, $now));
-            $base = $outcome->state !== null ? Session::fromState($outcome->state) : $session;
-            $outcome->state = $base?->with(touched: $now)->toState();
-        }
-        foreach ($this->store->expired($now) as $silent) {
-            if ($silent !== $uuid) {
-                $outcome->pushes[] = ['disconnect', $silent];
-            }
-        }
-
-        return $outcome;
-    }
-
-    private static function deadline(int $keepAlive, float $now): ?float
-    {
-        return $keepAlive > 0 ? $now + 1.5 * $keepAlive : null;
     }
 }

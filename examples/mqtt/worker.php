@@ -7,7 +7,7 @@ declare(strict_types=1);
  * packets (framing mode varint: the fixed header byte, then the remaining length), so every DATA
  * event is one whole MQTT packet. Other connections are reached through Pier's server push: groups
  * (one per topic filter) and broadcast for QoS 0, send for QoS 1, disconnect for a client id taken
- * over or a keep-alive that ran out.
+ * over; the keep-alive is Pier's per-connection idle timeout.
  *
  *   MQTT_STORE    the SQLite file all workers share (default: examples/mqtt/var/broker.sqlite)
  *   MQTT_TRACE=1  one stderr line per packet handled
@@ -23,10 +23,7 @@ use PierExample\Mqtt\Broker;
 use PierExample\Mqtt\Outcome;
 use PierExample\Mqtt\Store;
 
-$broker = new Broker(
-    new Store(getenv('MQTT_STORE') ?: __DIR__ . '/var/broker.sqlite'),
-    static fn (): float => microtime(true),
-);
+$broker = new Broker(new Store(getenv('MQTT_STORE') ?: __DIR__ . '/var/broker.sqlite'));
 $trace = getenv('MQTT_TRACE') === '1';
 $tcp = TcpWorker::create();
 
@@ -63,6 +60,9 @@ while ($request = $tcp->waitRequest()) {
     }
     if ($outcome->state !== null) {
         $tcp->setState($outcome->state);
+    }
+    if ($outcome->idleTimeoutMs !== null) {
+        $tcp->setIdleTimeout($outcome->idleTimeoutMs);
     }
     if ($outcome->close) {
         $outcome->reply === '' ? $tcp->close() : $tcp->respond($outcome->reply, TcpResponse::RespondClose);

@@ -65,7 +65,7 @@ def nothing(c, what, wait=1.0):
 
 def main():
     # Paho pings within keepalive + 1 s (its loop wakes once a second): 4 s stays well inside the
-    # broker's 6 s, and its pings are events that let the broker notice the silent client below.
+    # broker's 6 s, so this subscriber must never be closed for silence.
     sub = client("paho-sub", keepalive=4)
     granted = subscribe(sub, ("paho/+/x", 1), ("paho/will", 0), ("paho/retained/#", 2))
     assert granted == [1, 0, 1], f"granted QoS {granted}"

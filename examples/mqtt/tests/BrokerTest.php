@@ -16,22 +16,20 @@ use PierExample\Mqtt\Topic;
 require_once __DIR__ . '/../Mqtt.php';
 
 /**
- * The broker without Pier: events in, outcomes out, against a fresh SQLite store per test and a
- * clock the test moves. The end-to-end suite (tests/tests/mqtt.rs) runs it under pier with real
+ * The broker without Pier: events in, outcomes out, against a fresh SQLite store per test. The end-to-end suite (tests/tests/mqtt.rs) runs it under pier with real
  * clients.
  */
 final class BrokerTest extends TestCase
 {
     private string $dir;
     private Broker $broker;
-    private float $now = 1000.0;
     /** @var array<string, string> uuid → connection state, as Pier keeps it */
     private array $states = [];
 
     protected function setUp(): void
     {
         $this->dir = sys_get_temp_dir() . '/pier-mqtt-test-' . bin2hex(random_bytes(6));
-        $this->broker = new Broker(new Store($this->dir . '/broker.sqlite'), fn (): float => $this->now);
+        $this->broker = new Broker(new Store($this->dir . '/broker.sqlite'));
     }
 
     protected function tearDown(): void
@@ -290,22 +288,13 @@ final class BrokerTest extends TestCase
         self::assertStringEndsWith(Packet::publish('status/dev-a', 'gone', 0, true), $this->data('late', self::subscribePacket(1, [['status/#', 0]]))->reply);
     }
 
-    public function testAClientSilentForOneAndAHalfKeepAlivesIsDisconnected(): void
+    public function testTheKeepAliveBecomesTheConnectionsIdleTimeout(): void
     {
-        $this->connect('quiet', 'quiet', keepAlive: 10);
-        $this->connect('chatty', 'chatty', keepAlive: 10);
-        $this->now += 9;
-        self::assertSame([], $this->data('chatty', Packet::frame(Packet::PINGREQ, 0, ''))->pushes);
-        $this->now += 5; // 14 s: quiet is under 15 s
-        $o = $this->data('chatty', Packet::frame(Packet::PINGREQ, 0, ''));
-        self::assertSame("\xd0\x00", $o->reply);
-        self::assertSame([], $o->pushes);
-        $this->now += 1.5; // 15.5 s
-        self::assertSame([['disconnect', 'quiet']], $this->data('chatty', Packet::frame(Packet::PINGREQ, 0, ''))->pushes);
-        // chatty spoke at 9 and 14: its deadline moved with it.
-        $this->now += 20;
-        $this->connect('third', 'third', keepAlive: 0);
-        self::assertContains(['disconnect', 'chatty'], $this->data('third', Packet::frame(Packet::PINGREQ, 0, ''))->pushes);
+        // 1.5 × the keep-alive, in milliseconds; Pier closes the connection after that much silence.
+        self::assertSame(15000, $this->connect('a', 'a', keepAlive: 10)->idleTimeoutMs);
+        self::assertSame(98302500, $this->connect('b', 'b', keepAlive: 65535)->idleTimeoutMs);
+        self::assertNull($this->connect('c', 'c', keepAlive: 0)->idleTimeoutMs, 'keep-alive 0: no timeout of its own');
+        self::assertNull($this->data('a', Packet::frame(Packet::PINGREQ, 0, ''))->idleTimeoutMs, 'set once, at CONNECT');
     }
 
     public function testMalformedPacketsCloseTheConnection(): void
