@@ -161,11 +161,13 @@ fn mqtt_example(worker: WorkerImpl) {
     assert_eq!(read_to_close(&mut huge).unwrap(), b"");
 
     // The second client library.
-    let paho = Command::new("python3")
+    // Debian's interpreter, which python3-paho-mqtt installs into (a python3 earlier on the PATH,
+    // pyenv's for one, would not see it).
+    let paho = Command::new("/usr/bin/python3")
         .arg(repo_root().join("tests/mqtt/paho_check.py"))
         .arg(&port)
         .output()
-        .expect("run python3 (Debian packages python3 and python3-paho-mqtt)");
+        .expect("run /usr/bin/python3 (Debian packages python3 and python3-paho-mqtt)");
     let printed = String::from_utf8_lossy(&paho.stdout);
     assert!(
         paho.status.success() && printed.ends_with("done\n"),
