@@ -982,6 +982,8 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
         ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost"])
+        // An end-entity certificate: rustls (webpki) refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
