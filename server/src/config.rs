@@ -27,8 +27,27 @@ pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `tcp.read_buf_size`, in MB as RoadRunner counts it.
 pub const DEFAULT_READ_BUF_SIZE_MB: usize = 1;
-/// Default `allocate_timeout` and `destroy_timeout` (RoadRunner's).
+/// Default `allocate_timeout`, `destroy_timeout`, `reset_timeout`, `relay_timeout` and
+/// `on_init.exec_timeout` (RoadRunner's).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `endure.grace_period` (RoadRunner's).
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Default `supervisor.watch_tick` (RoadRunner's).
+pub const DEFAULT_WATCH_TICK: Duration = Duration::from_secs(1);
+/// RoadRunner's ceiling for `dynamic_allocator.max_workers`.
+pub const MAX_DYNAMIC_WORKERS: u64 = 100;
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            watch_tick: DEFAULT_WATCH_TICK,
+            ttl: Duration::ZERO,
+            idle_ttl: Duration::ZERO,
+            exec_ttl: Duration::ZERO,
+            max_worker_memory: 0,
+        }
+    }
+}
 
 /// Why a configuration cannot be used. Every variant is the config author's to fix; the message
 /// names the key.
@@ -86,9 +105,6 @@ pub enum ConfigError {
     /// `rpc.listen` is a TCP address other than loopback without `rpc.allow_remote: true`.
     #[error("rpc.listen {0:?} is not a loopback address: RoadRunner's RPC has no authentication, so anyone who can reach it can send to, close and list every connection; listen on 127.0.0.1, ::1, localhost or a unix socket, or set rpc.allow_remote: true if a firewall protects it")]
     RpcNotLoopback(String),
-    /// A relay Pier does not implement yet.
-    #[error("server.relay {0:?} is not supported yet: use pipes")]
-    RelayNotSupported(String),
     /// An operations listener (metrics, status) on an address other hosts can reach, without the
     /// config saying so: these endpoints have no authentication.
     #[error("{key} {addr:?} is reachable from other hosts, and it has no authentication: use a loopback address (127.0.0.1, [::1], localhost), or set {allow_key}: true if a firewall or network policy guards it")]
@@ -99,6 +115,37 @@ pub enum ConfigError {
         addr: String,
         /// The key that allows it.
         allow_key: String,
+    },
+    /// `server.relay` is none of pipes, tcp://host:port, unix:///path.
+    #[error("invalid value for server.relay: {0:?} is not pipes, tcp://host:port or unix:///path")]
+    Relay(String),
+    /// `server.user` / `server.group` names no user or group here.
+    #[error("invalid value for {key}: no {kind} named {name:?} on this system")]
+    NoSuchId {
+        /// The dotted key.
+        key: String,
+        /// "user" or "group".
+        kind: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// `server.user` / `server.group` asks for another identity but pier is not root.
+    #[error("{key} is {name:?}, but pier runs as uid {uid}, not root: it cannot start workers as another user or group (run pier as root, or remove {key})")]
+    NotRoot {
+        /// The dotted key.
+        key: String,
+        /// The name given.
+        name: String,
+        /// Pier's effective uid.
+        uid: u32,
+    },
+    /// A RoadRunner key whose behaviour Pier does not provide; the message says what to do.
+    #[error("{key} is not supported: {advice}")]
+    Unsupported {
+        /// The dotted key.
+        key: String,
+        /// What to do instead.
+        advice: &'static str,
     },
 }
 
@@ -119,6 +166,11 @@ pub struct Config {
     pub status: Option<StatusConfig>,
     /// `rpc`: where goridge RPC listens; `None` when `rpc.listen` is not set.
     pub rpc: Option<RpcConfig>,
+    /// `endure.grace_period`: how long the whole graceful shutdown may take (RoadRunner's
+    /// default 30 s); then workers are killed and pier exits with an error.
+    pub grace_period: Duration,
+    /// `server.on_init`: a command run to completion before the workers start.
+    pub on_init: Option<OnInit>,
     /// Unknown or not-yet-supported keys, each naming its key path; logged by the caller once
     /// logging is set up.
     pub warnings: Vec<String>,
@@ -301,6 +353,79 @@ pub struct PoolConfig {
     pub allocate_timeout: Duration,
     /// How long a stopping worker may take to exit before it is killed.
     pub destroy_timeout: Duration,
+    /// `reset_timeout`: how long a rolling reset may take.
+    pub reset_timeout: Duration,
+    /// `max_queue_size`: how many events may wait for a worker at once; 0 = no limit.
+    pub max_queue_size: usize,
+    /// `server.relay`: how workers talk to pier.
+    pub relay: RelayConfig,
+    /// `server.relay_timeout`: how long a worker on a socket relay may take to connect back.
+    pub relay_timeout: Duration,
+    /// `tcp.pool.supervisor`.
+    pub supervisor: SupervisorConfig,
+    /// `tcp.pool.dynamic_allocator`, when set.
+    pub dynamic: Option<DynamicConfig>,
+    /// `server.user` / `server.group`, resolved: workers run with these ids.
+    pub run_as: Option<RunAs>,
+}
+
+/// `server.relay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayConfig {
+    /// stdin/stdout of each worker (the default).
+    Pipes,
+    /// Workers connect back to this `host:port` (port 0: any free port).
+    Tcp(String),
+    /// Workers connect back to this unix socket path.
+    Unix(PathBuf),
+}
+
+/// `tcp.pool.supervisor` (RoadRunner's names and meaning; zero = no limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    /// How often the limits are checked (default 1 s).
+    pub watch_tick: Duration,
+    /// Longest life of a worker; replaced when idle (soft).
+    pub ttl: Duration,
+    /// Longest idle time after its first event; replaced (soft).
+    pub idle_ttl: Duration,
+    /// Longest event; the worker is killed (hard).
+    pub exec_ttl: Duration,
+    /// Largest resident memory in bytes (`max_worker_memory` is in MB); replaced when idle (soft).
+    pub max_worker_memory: u64,
+}
+
+/// `tcp.pool.dynamic_allocator` (RoadRunner 2024.3+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicConfig {
+    /// Extra workers at most, beyond `num_workers`.
+    pub max_workers: usize,
+    /// Extra workers started per round while events wait.
+    pub spawn_rate: usize,
+    /// Extra workers are stopped after this long without waiting events.
+    pub idle_timeout: Duration,
+}
+
+/// Resolved `server.user` / `server.group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user id.
+    pub uid: u32,
+    /// The group id (`server.group`, else the user's primary group).
+    pub gid: u32,
+}
+
+/// `server.on_init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnInit {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Longest run before it is killed (default 60 s).
+    pub exec_timeout: Duration,
+    /// Added to its environment (on top of `server.env`).
+    pub env: Vec<(String, String)>,
+    /// `on_init.user`, resolved.
+    pub run_as: Option<RunAs>,
 }
 
 /// How log lines are written.
@@ -319,6 +444,35 @@ pub struct LogsConfig {
     pub level: String,
     /// Line format.
     pub encoding: LogEncoding,
+    /// `mode: raw`: the message only (no time, level or fields), as RoadRunner's raw mode.
+    pub raw: bool,
+    /// Where log lines go (`output`, or `file_logger_options.log_output`).
+    pub output: LogOutput,
+    /// `err_output`: where the logger reports that it cannot write to `output` (zap's meaning).
+    pub err_output: LogOutput,
+}
+
+/// A log destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard error (the default).
+    Stderr,
+    /// Standard output.
+    Stdout,
+    /// A file, appended to (created if missing).
+    File(PathBuf),
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            level: "info".into(),
+            encoding: LogEncoding::Console,
+            raw: false,
+            output: LogOutput::Stderr,
+            err_output: LogOutput::Stderr,
+        }
+    }
 }
 
 impl Config {
@@ -363,7 +517,7 @@ impl Config {
             top,
             "",
             &[
-                "version", "server", "tcp", "logs", "metrics", "status", "rpc",
+                "version", "server", "tcp", "logs", "metrics", "status", "rpc", "endure",
             ],
             &[],
             &mut warnings,
@@ -382,8 +536,16 @@ impl Config {
         check_keys(
             server,
             "server",
-            &["command", "env", "relay"],
-            &["user", "group", "relay_timeout", "on_init", "after_init"],
+            &[
+                "command",
+                "env",
+                "relay",
+                "relay_timeout",
+                "user",
+                "group",
+                "on_init",
+            ],
+            &["after_init"],
             &mut warnings,
         );
         let server_command = match server.get(&key("command")) {
@@ -398,19 +560,24 @@ impl Config {
                 env.push((name, value));
             }
         }
-        if let Some(v) = server.get(&key("relay")) {
-            let relay = scalar_string(v, "server.relay")?;
-            if relay != "pipes" {
-                return Err(ConfigError::RelayNotSupported(relay));
-            }
-        }
+        let relay = match server.get(&key("relay")) {
+            Some(v) => relay(&scalar_string(v, "server.relay")?)?,
+            None => RelayConfig::Pipes,
+        };
+        let relay_timeout = optional_duration(server, "server", "relay_timeout")?;
+        let run_as = run_as(server)?;
+        let on_init = match server.get(&key("on_init")) {
+            Some(v) => Some(on_init(hash(v, "server.on_init")?, &mut warnings)?),
+            None => None,
+        };
 
         let logs = match top.get(&key("logs")) {
             Some(v) => logs(hash(v, "logs")?, &mut warnings)?,
-            None => LogsConfig {
-                level: "info".into(),
-                encoding: LogEncoding::Console,
-            },
+            None => LogsConfig::default(),
+        };
+        let grace_period = match top.get(&key("endure")) {
+            Some(v) => endure(hash(v, "endure")?, &mut warnings)?,
+            None => DEFAULT_GRACE_PERIOD,
         };
 
         let rpc = match top.get(&key("rpc")) {
@@ -463,15 +630,12 @@ impl Config {
                 "max_jobs",
                 "allocate_timeout",
                 "destroy_timeout",
-            ],
-            &[
                 "reset_timeout",
-                "stream_timeout",
-                "supervisor",
-                "debug",
                 "max_queue_size",
+                "supervisor",
                 "dynamic_allocator",
             ],
+            &["stream_timeout", "debug"],
             &mut warnings,
         );
         let command = match pool_tree.get(&key("command")) {
@@ -499,6 +663,27 @@ impl Config {
         };
         let allocate_timeout = optional_duration(pool_tree, "tcp.pool", "allocate_timeout")?;
         let destroy_timeout = optional_duration(pool_tree, "tcp.pool", "destroy_timeout")?;
+        let reset_timeout = optional_duration(pool_tree, "tcp.pool", "reset_timeout")?;
+        let max_queue_size = match pool_tree.get(&key("max_queue_size")) {
+            Some(v) => usize::try_from(number(v, "tcp.pool.max_queue_size")?).map_err(|_| {
+                ConfigError::Invalid {
+                    key: "tcp.pool.max_queue_size".into(),
+                    problem: "too large".into(),
+                }
+            })?,
+            None => 0,
+        };
+        let supervisor = match pool_tree.get(&key("supervisor")) {
+            Some(v) => supervisor(hash(v, "tcp.pool.supervisor")?, &mut warnings)?,
+            None => SupervisorConfig::default(),
+        };
+        let dynamic = match pool_tree.get(&key("dynamic_allocator")) {
+            Some(v) => Some(dynamic(
+                hash(v, "tcp.pool.dynamic_allocator")?,
+                &mut warnings,
+            )?),
+            None => None,
+        };
 
         let metrics = match top.get(&key("metrics")) {
             None | Some(Yaml::Null) => None,
@@ -555,11 +740,20 @@ impl Config {
                 max_jobs,
                 allocate_timeout,
                 destroy_timeout,
+                reset_timeout,
+                max_queue_size,
+                relay,
+                relay_timeout,
+                supervisor,
+                dynamic,
+                run_as,
             },
             logs,
             metrics,
             status,
             rpc,
+            grace_period,
+            on_init,
             warnings,
         })
     }
@@ -1206,23 +1400,42 @@ fn logs(h: &Hash, warnings: &mut Vec<String>) -> Result<LogsConfig, ConfigError>
     check_keys(
         h,
         "logs",
-        &["level", "encoding"],
         &[
+            "level",
+            "encoding",
             "mode",
             "output",
             "err_output",
-            "line_ending",
-            "channels",
             "file_logger_options",
         ],
+        &["line_ending", "channels"],
         warnings,
     );
+    // RoadRunner's modes: production = JSON at info, development = console at debug, raw = the
+    // message only, off/none = nothing. `level` and `encoding` still win when given.
+    let mode = match h.get(&key("mode")) {
+        Some(v) => scalar_string(v, "logs.mode")?.to_ascii_lowercase(),
+        None => String::new(),
+    };
+    let (default_level, default_encoding, raw) = match mode.as_str() {
+        "" => ("info", LogEncoding::Console, false),
+        "development" => ("debug", LogEncoding::Console, false),
+        "production" => ("info", LogEncoding::Json, false),
+        "raw" => ("info", LogEncoding::Console, true),
+        "off" | "none" => ("off", LogEncoding::Console, false),
+        other => {
+            return Err(ConfigError::Invalid {
+                key: "logs.mode".into(),
+                problem: format!("{other:?} is not one of development, production, raw, off, none"),
+            })
+        }
+    };
     let level = match h.get(&key("level")) {
-        Some(v) => scalar_string(v, "logs.level")?,
-        None => "info".into(),
+        Some(v) if default_level != "off" => scalar_string(v, "logs.level")?,
+        _ => default_level.into(),
     };
     let level = match level.to_ascii_lowercase().as_str() {
-        "debug" | "info" | "warn" | "error" => level.to_ascii_lowercase(),
+        "debug" | "info" | "warn" | "error" | "off" => level.to_ascii_lowercase(),
         // zap's levels above error: tracing has none, error is the closest.
         "panic" | "fatal" | "dpanic" => "error".into(),
         other => {
@@ -1233,7 +1446,7 @@ fn logs(h: &Hash, warnings: &mut Vec<String>) -> Result<LogsConfig, ConfigError>
         }
     };
     let encoding = match h.get(&key("encoding")) {
-        None => LogEncoding::Console,
+        None => default_encoding,
         Some(v) => match scalar_string(v, "logs.encoding")?.as_str() {
             "console" => LogEncoding::Console,
             "json" => LogEncoding::Json,
@@ -1245,7 +1458,333 @@ fn logs(h: &Hash, warnings: &mut Vec<String>) -> Result<LogsConfig, ConfigError>
             }
         },
     };
-    Ok(LogsConfig { level, encoding })
+    let output_key = |field: &str| -> Result<LogOutput, ConfigError> {
+        Ok(match h.get(&key(field)) {
+            Some(v) => log_output(&scalar_string(v, &format!("logs.{field}"))?),
+            None => LogOutput::Stderr,
+        })
+    };
+    let mut output = output_key("output")?;
+    let err_output = output_key("err_output")?;
+    if let Some(v) = h.get(&key("file_logger_options")) {
+        let f = hash(v, "logs.file_logger_options")?;
+        check_keys(
+            f,
+            "logs.file_logger_options",
+            &[
+                "log_output",
+                "max_size",
+                "max_age",
+                "max_backups",
+                "compress",
+            ],
+            &[],
+            warnings,
+        );
+        for rotation in ["max_size", "max_age", "max_backups", "compress"] {
+            if f.contains_key(&key(rotation)) {
+                return Err(ConfigError::Unsupported {
+                    key: format!("logs.file_logger_options.{rotation}"),
+                    advice: "Pier appends to log_output and does not rotate it; rotate with logrotate (copytruncate) and remove this key",
+                });
+            }
+        }
+        // RoadRunner's default file: <process name>-lumberjack.log in the temp directory.
+        output = match f.get(&key("log_output")) {
+            Some(v) => {
+                let path = scalar_string(v, "logs.file_logger_options.log_output")?;
+                if path.is_empty() {
+                    LogOutput::File(std::env::temp_dir().join("pier-lumberjack.log"))
+                } else {
+                    LogOutput::File(PathBuf::from(path))
+                }
+            }
+            None => LogOutput::File(std::env::temp_dir().join("pier-lumberjack.log")),
+        };
+    }
+    Ok(LogsConfig {
+        level,
+        encoding,
+        raw,
+        output,
+        err_output,
+    })
+}
+
+fn log_output(text: &str) -> LogOutput {
+    match text {
+        "" | "stderr" => LogOutput::Stderr,
+        "stdout" => LogOutput::Stdout,
+        path => LogOutput::File(PathBuf::from(path)),
+    }
+}
+
+/// `endure`: RoadRunner's plugin container; Pier has none, so only `grace_period` has meaning.
+fn endure(h: &Hash, warnings: &mut Vec<String>) -> Result<Duration, ConfigError> {
+    check_keys(
+        h,
+        "endure",
+        &["grace_period", "print_graph", "log_level"],
+        &[],
+        warnings,
+    );
+    if let Some(v) = h.get(&key("print_graph")) {
+        if scalar_string(v, "endure.print_graph")? == "true" {
+            return Err(ConfigError::Unsupported {
+                key: "endure.print_graph".into(),
+                advice: "Pier has no plugin dependency graph to print; remove the key or set it to false",
+            });
+        }
+    }
+    if h.contains_key(&key("log_level")) {
+        warnings.push(
+            "endure.log_level has no effect: Pier has no plugin container; its messages follow logs.level"
+                .into(),
+        );
+    }
+    duration_or(h, "endure", "grace_period", DEFAULT_GRACE_PERIOD)
+}
+
+fn supervisor(h: &Hash, warnings: &mut Vec<String>) -> Result<SupervisorConfig, ConfigError> {
+    let path = "tcp.pool.supervisor";
+    check_keys(
+        h,
+        path,
+        &[
+            "watch_tick",
+            "ttl",
+            "idle_ttl",
+            "exec_ttl",
+            "max_worker_memory",
+        ],
+        &[],
+        warnings,
+    );
+    let watch_tick = duration_or(h, path, "watch_tick", DEFAULT_WATCH_TICK)?;
+    let watch_tick = if watch_tick.is_zero() {
+        DEFAULT_WATCH_TICK
+    } else {
+        watch_tick
+    };
+    let mb = match h.get(&key("max_worker_memory")) {
+        Some(v) => number(v, &format!("{path}.max_worker_memory"))?,
+        None => 0,
+    };
+    Ok(SupervisorConfig {
+        watch_tick,
+        ttl: duration_or(h, path, "ttl", Duration::ZERO)?,
+        idle_ttl: duration_or(h, path, "idle_ttl", Duration::ZERO)?,
+        exec_ttl: duration_or(h, path, "exec_ttl", Duration::ZERO)?,
+        max_worker_memory: mb.saturating_mul(1 << 20),
+    })
+}
+
+fn dynamic(h: &Hash, warnings: &mut Vec<String>) -> Result<DynamicConfig, ConfigError> {
+    let path = "tcp.pool.dynamic_allocator";
+    check_keys(
+        h,
+        path,
+        &["max_workers", "spawn_rate", "idle_timeout"],
+        &[],
+        warnings,
+    );
+    let count = |field: &str, default: u64| -> Result<usize, ConfigError> {
+        let n = match h.get(&key(field)) {
+            Some(v) => number(v, &format!("{path}.{field}"))?,
+            None => default,
+        };
+        if n > MAX_DYNAMIC_WORKERS {
+            return Err(ConfigError::Invalid {
+                key: format!("{path}.{field}"),
+                problem: format!("{n} is over {MAX_DYNAMIC_WORKERS} (RoadRunner's limit)"),
+            });
+        }
+        Ok(n as usize)
+    };
+    let max_workers = count("max_workers", 10)?;
+    let spawn_rate = count("spawn_rate", 1)?.max(1);
+    Ok(DynamicConfig {
+        max_workers,
+        spawn_rate,
+        idle_timeout: duration_or(h, path, "idle_timeout", DEFAULT_TIMEOUT)?,
+    })
+}
+
+fn relay(text: &str) -> Result<RelayConfig, ConfigError> {
+    let text = text.trim();
+    if text.is_empty() || text == "pipes" {
+        return Ok(RelayConfig::Pipes);
+    }
+    if let Some(addr) = text.strip_prefix("tcp://") {
+        if addr
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        {
+            return Ok(RelayConfig::Tcp(addr.to_owned()));
+        }
+    }
+    if let Some(path) = text.strip_prefix("unix://") {
+        if !path.is_empty() {
+            return Ok(RelayConfig::Unix(PathBuf::from(path)));
+        }
+    }
+    Err(ConfigError::Relay(text.to_owned()))
+}
+
+fn on_init(h: &Hash, warnings: &mut Vec<String>) -> Result<OnInit, ConfigError> {
+    let path = "server.on_init";
+    check_keys(
+        h,
+        path,
+        &["command", "exec_timeout", "env", "user"],
+        &[],
+        warnings,
+    );
+    let command = match h.get(&key("command")) {
+        Some(v) => command(v, "server.on_init.command")?,
+        None => Vec::new(),
+    };
+    if command.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "server.on_init.command".into(),
+            problem: "on_init needs a command".into(),
+        });
+    }
+    let mut env = Vec::new();
+    if let Some(v) = h.get(&key("env")) {
+        for (k, v) in hash(v, "server.on_init.env")? {
+            let name = scalar_string(k, "server.on_init.env")?;
+            let value = scalar_string(v, &format!("server.on_init.env.{name}"))?;
+            env.push((name, value));
+        }
+    }
+    let run_as = match h.get(&key("user")) {
+        Some(v) => {
+            let name = scalar_string(v, "server.on_init.user")?;
+            if name.is_empty() {
+                None
+            } else {
+                let (uid, gid) = lookup_user(&name, "server.on_init.user")?;
+                Some(check_root(
+                    RunAs { uid, gid },
+                    "server.on_init.user",
+                    &name,
+                )?)
+            }
+        }
+        None => None,
+    };
+    Ok(OnInit {
+        command,
+        exec_timeout: duration_or(h, path, "exec_timeout", DEFAULT_TIMEOUT)?,
+        env,
+        run_as,
+    })
+}
+
+/// `server.user` / `server.group` → the ids workers run with (the group defaults to the user's
+/// primary group, so that a worker never keeps root's group).
+fn run_as(server: &Hash) -> Result<Option<RunAs>, ConfigError> {
+    let name = |field: &str| -> Result<String, ConfigError> {
+        match server.get(&key(field)) {
+            Some(v) => scalar_string(v, &format!("server.{field}")),
+            None => Ok(String::new()),
+        }
+    };
+    let (user, group) = (name("user")?, name("group")?);
+    if user.is_empty() && group.is_empty() {
+        return Ok(None);
+    }
+    // SAFETY: geteuid/getegid take no arguments and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, mut gid) = if user.is_empty() {
+        (euid, egid)
+    } else {
+        lookup_user(&user, "server.user")?
+    };
+    if !group.is_empty() {
+        gid = lookup_group(&group)?;
+    }
+    let ids = RunAs { uid, gid };
+    if !user.is_empty() {
+        check_root(ids, "server.user", &user)?;
+    }
+    if !group.is_empty() {
+        check_root(ids, "server.group", &group)?;
+    }
+    Ok(Some(ids))
+}
+
+/// Switching identity needs root, unless the ids are pier's own.
+fn check_root(ids: RunAs, key: &str, name: &str) -> Result<RunAs, ConfigError> {
+    // SAFETY: geteuid/getegid take no arguments and cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 && (ids.uid != euid || ids.gid != egid) {
+        return Err(ConfigError::NotRoot {
+            key: key.into(),
+            name: name.into(),
+            uid: euid,
+        });
+    }
+    Ok(ids)
+}
+
+/// (uid, primary gid) of a user name, through the system's user database (NSS).
+fn lookup_user(name: &str, key: &str) -> Result<(u32, u32), ConfigError> {
+    let missing = || ConfigError::NoSuchId {
+        key: key.into(),
+        kind: "user",
+        name: name.into(),
+    };
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: all-zero bytes are a valid `passwd` (integers and null pointers).
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `c_name` is NUL-terminated, `entry` and
+    // `found` are live locals, `buf` is writable for `buf.len()` bytes. The strings in `entry`
+    // point into `buf`, and only the integer ids are read after the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(missing());
+    }
+    Ok((entry.pw_uid, entry.pw_gid))
+}
+
+/// The gid of a group name, through the system's group database (NSS).
+fn lookup_group(name: &str) -> Result<u32, ConfigError> {
+    let missing = || ConfigError::NoSuchId {
+        key: "server.group".into(),
+        kind: "group",
+        name: name.into(),
+    };
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    let mut buf = vec![0 as libc::c_char; 65536];
+    // SAFETY: all-zero bytes are a valid `group` (integers and null pointers).
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `lookup_user`: valid, live pointers; only the integer id is read after.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(missing());
+    }
+    Ok(entry.gr_gid)
 }
 
 /// Warns about keys in `h` that are neither `known` nor `unsupported` (RoadRunner keys Pier does
@@ -1328,10 +1867,7 @@ fn command(v: &Yaml, path: &str) -> Result<Vec<String>, ConfigError> {
 }
 
 fn optional_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
-    match h.get(&key(field)) {
-        None => Ok(DEFAULT_TIMEOUT),
-        Some(v) => duration(v, &format!("{path}.{field}")),
-    }
+    duration_or(h, path, field, DEFAULT_TIMEOUT)
 }
 
 fn duration_or(
@@ -1559,6 +2095,67 @@ tcp:
     }
 
     #[test]
+    fn supervision_relay_process_and_log_keys_are_read() {
+        let c = parse(
+            r#"
+version: "3"
+server:
+  command: "php w.php"
+  relay: "unix:///tmp/pier.sock"
+  relay_timeout: 5s
+  on_init: { command: "php init.php", exec_timeout: 2s, env: { A: b } }
+endure: { grace_period: 7s, print_graph: false }
+logs: { mode: production, output: stdout, err_output: /tmp/e.log }
+tcp:
+  servers: { a: { addr: "127.0.0.1:0" } }
+  pool:
+    max_queue_size: 12
+    reset_timeout: 3s
+    supervisor: { watch_tick: 100ms, ttl: 1h, idle_ttl: 10s, exec_ttl: 2s, max_worker_memory: 64 }
+    dynamic_allocator: { max_workers: 5, spawn_rate: 2, idle_timeout: 30s }
+"#,
+        )
+        .unwrap();
+        let p = &c.pool;
+        assert_eq!(p.relay, RelayConfig::Unix("/tmp/pier.sock".into()));
+        assert_eq!(p.relay_timeout, Duration::from_secs(5));
+        assert_eq!(p.max_queue_size, 12);
+        assert_eq!(p.reset_timeout, Duration::from_secs(3));
+        assert_eq!(
+            p.supervisor,
+            SupervisorConfig {
+                watch_tick: Duration::from_millis(100),
+                ttl: Duration::from_secs(3600),
+                idle_ttl: Duration::from_secs(10),
+                exec_ttl: Duration::from_secs(2),
+                max_worker_memory: 64 << 20,
+            }
+        );
+        assert_eq!(
+            p.dynamic,
+            Some(DynamicConfig {
+                max_workers: 5,
+                spawn_rate: 2,
+                idle_timeout: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(c.grace_period, Duration::from_secs(7));
+        let init = c.on_init.unwrap();
+        assert_eq!(init.command, ["php", "init.php"]);
+        assert_eq!(init.exec_timeout, Duration::from_secs(2));
+        assert_eq!(init.env, [("A".into(), "b".into())]);
+        assert_eq!(c.logs.encoding, LogEncoding::Json);
+        assert_eq!(c.logs.output, LogOutput::Stdout);
+        assert_eq!(c.logs.err_output, LogOutput::File("/tmp/e.log".into()));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let tcp = parse(&format!("{MINIMAL}  pool: {{}}\nendure: {{}}\n")).unwrap();
+        assert_eq!(tcp.pool.relay, RelayConfig::Pipes);
+        assert_eq!(tcp.grace_period, Duration::from_secs(30));
+        let tcp = Config::parse(MINIMAL, &["server.relay=tcp://127.0.0.1:0".into()], &env).unwrap();
+        assert_eq!(tcp.pool.relay, RelayConfig::Tcp("127.0.0.1:0".into()));
+    }
+
+    #[test]
     fn overrides_win_and_create_keys() {
         let c = Config::parse(
             MINIMAL,
@@ -1582,7 +2179,7 @@ tcp:
     #[test]
     fn unknown_keys_are_warnings_with_their_path() {
         let c = parse(&format!(
-            "{MINIMAL}      colour: red\n  pool:\n    supervisor: {{}}\nrpcx:\n  listen: x\n"
+            "{MINIMAL}      colour: red\n  pool:\n    supervisor: {{colour: 1}}\nrpcx:\n  listen: x\n"
         ))
         .unwrap();
         assert_eq!(
@@ -1590,7 +2187,7 @@ tcp:
             [
                 "unknown key rpcx (ignored)",
                 "unknown key tcp.servers.smtp.colour (ignored)",
-                "tcp.pool.supervisor is not supported yet (ignored)",
+                "unknown key tcp.pool.supervisor.colour (ignored)",
             ]
         );
     }
@@ -1627,8 +2224,24 @@ tcp:
                 "invalid value for tcp.pool.num_workers: \"many\" is not a non-negative integer",
             ),
             (
-                "version: '3'\nserver: {command: x, relay: 'tcp://127.0.0.1:6001'}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
-                "server.relay \"tcp://127.0.0.1:6001\" is not supported yet: use pipes",
+                "version: '3'\nserver: {command: x, relay: 'tcp://127.0.0.1'}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "invalid value for server.relay: \"tcp://127.0.0.1\" is not pipes, tcp://host:port or unix:///path",
+            ),
+            (
+                "version: '3'\nserver: {command: x, user: no-such-user-here}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "invalid value for server.user: no user named \"no-such-user-here\" on this system",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\nlogs: {file_logger_options: {max_size: 10}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "logs.file_logger_options.max_size is not supported: Pier appends to log_output and does not rotate it; rotate with logrotate (copytruncate) and remove this key",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\nlogs: {mode: loud}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+                "invalid value for logs.mode: \"loud\" is not one of development, production, raw, off, none",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {dynamic_allocator: {max_workers: 101}}}\n",
+                "invalid value for tcp.pool.dynamic_allocator.max_workers: 101 is over 100 (RoadRunner's limit)",
             ),
         ];
         for (text, want) in cases {

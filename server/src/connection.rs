@@ -446,8 +446,10 @@ pub(crate) async fn serve(
                 let next = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
-                        debug!("server shutting down");
+                        debug!("server shutting down; running the packets already received");
                         conn.reason = CloseReason::Shutdown;
+                        let budget = listener.config.max_packet_size + INITIAL_READ_BUFFER;
+                        stop = conn.drain(packets, &mut writer, write_timeout, budget).await;
                         break;
                     }
                     s = writer.drive(&link, write_timeout, !idle) => {
@@ -660,6 +662,80 @@ impl Conn<'_> {
     }
 
     /// Stores the state and the idle timeout, queues the body, decides what comes next.
+    /// At shutdown: runs every complete packet that already reached pier (decoded but not run,
+    /// buffered, or readable at once from the socket) and queues its reply; bytes that are not
+    /// there yet are not waited for. Reads at most `budget` more bytes.
+    async fn drain(
+        &mut self,
+        packets: Packets,
+        writer: &mut Writer,
+        write_timeout: Duration,
+        mut budget: usize,
+    ) -> Option<Stop> {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncReadExt;
+        use tokio_util::codec::Decoder;
+        let parts = packets.into_parts();
+        let (mut reader, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(packet)) => {
+                    self.link
+                        .bytes_in
+                        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                    let (result, stopped) = self
+                        .event(writer, write_timeout, EventKind::Data, &packet)
+                        .await;
+                    match result {
+                        Ok(reply) => {
+                            // A STARTTLS at shutdown is not started: the connection closes.
+                            if self.apply(writer, reply) != Flow::Read {
+                                return stopped;
+                            }
+                        }
+                        Err(e) => {
+                            log_exec_error(&e, "DATA");
+                            self.reason = CloseReason::EventFailed;
+                            return stopped;
+                        }
+                    }
+                    if stopped.is_some() {
+                        return stopped;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "client error: invalid packet at shutdown; closing");
+                    return None;
+                }
+            }
+            if budget == 0 {
+                break;
+            }
+            let start = buf.len();
+            buf.resize(start + budget.min(INITIAL_READ_BUFFER), 0);
+            // Only what is there now: a read that would wait ends the drain.
+            match reader.read(&mut buf[start..]).now_or_never() {
+                Some(Ok(n)) if n > 0 => {
+                    buf.truncate(start + n);
+                    budget = budget.saturating_sub(n);
+                }
+                _ => {
+                    buf.truncate(start);
+                    break;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            debug!(
+                bytes = buf.len(),
+                "shutdown: bytes of an incomplete packet dropped"
+            );
+        }
+        None
+    }
+
     fn apply(&mut self, writer: &mut Writer, reply: Reply) -> Flow {
         if reply.starttls {
             if let Some(problem) = self.starttls_refusal() {
@@ -806,6 +882,19 @@ fn log_exec_error(e: &PoolError, event: &str) {
         }
         PoolError::NoFreeWorkers(waited) => {
             error!(event, waited = ?waited, "no free workers; closing the connection")
+        }
+        PoolError::QueueFull(max) => {
+            error!(
+                event,
+                max_queue_size = max,
+                "no free workers and the wait queue is full; closing the connection"
+            )
+        }
+        PoolError::ExecTtl { pid } => {
+            error!(
+                pid,
+                event, "event ran over exec_ttl; its worker was killed; closing the connection"
+            )
         }
         PoolError::Closed => info!(event, "pool stopped; closing the connection"),
         other => error!(event, error = %other, "closing the connection"),

@@ -6,8 +6,11 @@
 //! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
 //!   varint, fixed size, raw) that cuts client bytes into packets under any chunking, bounded by
 //!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's.
-//! - [`pool`]: worker processes on pipes: spawn + pid handshake, idle queue, `max_jobs` rotation,
-//!   crash/garbage replacement with backoff, stop replies re-run, graceful stop.
+//! - [`pool`]: the worker pool, one concept per file: `pool/worker.rs` (a process and its relay,
+//!   pid handshake, reaper), `pool/relay.rs` (socket relays), `pool/queue.rs` (fair FIFO waiting,
+//!   `max_queue_size`), `pool/supervisor.rs` (replacements, `tcp.pool.supervisor`, dynamic
+//!   allocator), `pool/reset.rs` (rolling reset), `pool/on_init.rs` (`server.on_init`);
+//!   `pool/mod.rs` runs one event on one worker.
 //! - [`listener`]: between accept and the first event: the PROXY header of trusted balancers
 //!   ([`listener::proxy`]), TLS with SNI, client certificates and reload ([`listener::tls`]), the
 //!   handshake timeout; also the handshake of a worker-commanded STARTTLS.
@@ -15,7 +18,7 @@
 //!   connection state kept (Pier extension `state`), idle timeout, STARTTLS when a worker
 //!   commands it (Pier extension `starttls`; the handshake itself is the listener's), and its one
 //!   outbound queue (replies and pushes in order, bounded by `max_write_buffer` /
-//!   `write_timeout`), written by that same task.
+//!   `write_timeout`), written by that same task; at shutdown, packets already received still run.
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
 //!   rate), TCP keep-alive, the idle clock of a connection's reads.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
@@ -24,13 +27,14 @@
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
 //!   its method table.
-//! - this file: [`Server`] (bind, serve until shutdown), [`TlsReloader`] (SIGHUP) and [`run`];
-//!   [`init_logging`].
+//! - this file: [`Server`] (bind, serve until shutdown, SIGUSR1 reset), [`TlsReloader`] (SIGHUP)
+//!   and [`run`]; [`init_logging`].
 //!
-//! Shutdown order: stop accepting → every open connection gets its CLOSE event while the workers
-//! are alive → sockets closed → stop frame to each worker, `destroy_timeout`, then kill. Workers
-//! still on the event they had when shutdown began are killed after `destroy_timeout`, so their
-//! connections get their CLOSE on other workers.
+//! Shutdown order, bounded as a whole by `endure.grace_period`: stop accepting → every packet
+//! already received is run and its reply written → every open connection gets its CLOSE event
+//! while the workers are alive → sockets closed → stop frame to each worker, `destroy_timeout`,
+//! then kill. Workers still on the event they had when shutdown began are killed after
+//! `destroy_timeout`, so their connections get their CLOSE on other workers.
 
 pub mod config;
 mod connection;
@@ -53,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogEncoding, LogsConfig};
+use crate::config::{Config, LogEncoding, LogOutput, LogsConfig};
 use crate::limits::Admission;
 use crate::listener::{Listener, TlsError};
 use crate::ops::{Metrics, Ops, OpsError};
@@ -94,6 +98,23 @@ pub enum ServeError {
     /// `rpc.listen` could not be bound.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// The graceful shutdown did not finish within `endure.grace_period`; workers were killed.
+    #[error("could not shut down gracefully within endure.grace_period ({0:?}); workers killed")]
+    GracePeriod(Duration),
+}
+
+/// Why logging could not be set up (config's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `logs.output` (or `file_logger_options.log_output`) cannot be opened for appending.
+    #[error("could not open the log output {path}")]
+    Output {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A bound server with its worker pool, ready to serve.
@@ -113,6 +134,8 @@ pub struct Server {
     rpc: Option<RpcServer>,
     /// Live connections by uuid.
     registry: Registry,
+    /// `endure.grace_period`: bound of the whole shutdown.
+    grace_period: Duration,
 }
 
 impl Server {
@@ -173,6 +196,9 @@ impl Server {
             }
             None => None,
         };
+        if let Some(on_init) = &config.on_init {
+            pool::run_on_init(on_init, &config.pool.env).await;
+        }
         let destroy_timeout = config.pool.destroy_timeout;
         let pool = Pool::start(config.pool, metrics.clone())
             .await
@@ -186,12 +212,18 @@ impl Server {
             metrics,
             rpc,
             registry,
+            grace_period: config.grace_period,
         })
     }
 
     /// The bound operations endpoints: `("metrics" | "status", address)`.
     pub fn ops_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
         self.ops.local_addrs()
+    }
+
+    /// The worker pool: [`Pool::reset`] (the `pier reset` mechanism), [`Pool::stats`].
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     /// The bound address of each server, by name (useful with port 0).
@@ -219,8 +251,9 @@ impl Server {
         }
     }
 
-    /// Serves until `shutdown` completes, then shuts down gracefully.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` completes, then shuts down gracefully within
+    /// `endure.grace_period`. SIGUSR1 resets the workers meanwhile (one at a time).
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let token = CancellationToken::new();
         let connections = TaskTracker::new();
         // The operations endpoints answer until the workers are gone: a probe during shutdown
@@ -237,7 +270,7 @@ impl Server {
         if let Some(rpc) = self.rpc {
             accept_loops.push(tokio::spawn(rpc.serve(token.clone())));
         }
-        for (listener, socket) in self.listeners {
+        for (listener, socket) in std::mem::take(&mut self.listeners) {
             if let Ok(addr) = socket.local_addr() {
                 info!(server = %listener.config.name, %addr, "listening");
             }
@@ -277,46 +310,95 @@ impl Server {
                 }
             }));
         }
+        let resets = tokio::spawn(reset_on_sigusr1(self.pool.clone()));
         shutdown.await;
-        info!("shutting down: closing connections");
+        info!(grace_period = ?self.grace_period, "shutting down: running packets already received, then closing connections");
         token.cancel();
-        for accept in accept_loops {
-            let _ = accept.await;
-        }
-        // Workers busy now and still on the same event after destroy_timeout are stuck on it.
-        // Taken after the cancel: from here on, connections start no DATA event (but one whose
-        // packet was already read when the cancel came), only CLOSE events.
-        let busy = self.pool.busy_workers();
-        connections.close();
-        if tokio::time::timeout(self.destroy_timeout, connections.wait())
-            .await
-            .is_err()
-        {
-            // Kill the workers stuck on one event since shutdown began: their events fail as for
-            // a crash, so those connections get their CLOSE on another (or a replacement) worker,
-            // the stuck one being dead first (events of a connection never overlap).
-            let killed = self.pool.kill_stuck(&busy);
-            if !killed.is_empty() {
-                warn!(
-                    pids = ?killed,
-                    timeout = ?self.destroy_timeout,
-                    "killed workers stuck on one event for destroy_timeout; their connections get CLOSE on other workers"
-                );
-            }
-            if killed.is_empty()
-                || tokio::time::timeout(self.destroy_timeout, connections.wait())
-                    .await
-                    .is_err()
-            {
-                error!(timeout = ?self.destroy_timeout, "connections did not finish in time");
-            }
-        }
-        info!("stopping workers");
-        self.pool.shutdown().await;
+        resets.abort();
+        let grace_period = self.grace_period;
+        let pool = self.pool.clone();
+        let graceful = shut_down(
+            self.pool.clone(),
+            self.destroy_timeout,
+            accept_loops,
+            connections,
+        );
+        let result = if tokio::time::timeout(grace_period, graceful).await.is_err() {
+            error!(
+                ?grace_period,
+                "graceful shutdown did not finish within endure.grace_period; killing the workers"
+            );
+            pool.kill_all();
+            Err(ServeError::GracePeriod(grace_period))
+        } else {
+            Ok(())
+        };
         ops_stop.cancel();
         ops_tasks.close();
         ops_tasks.wait().await;
         info!("stopped");
+        result
+    }
+}
+
+/// The graceful part of the shutdown, once accepting stopped (see the module docs).
+async fn shut_down(
+    pool: Pool,
+    destroy_timeout: Duration,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    connections: TaskTracker,
+) {
+    for accept in accept_loops {
+        let _ = accept.await;
+    }
+    // Workers busy now and still on the same event after destroy_timeout are stuck on it.
+    // Taken after the cancel: from here on, connections start no DATA event (but one whose
+    // packet was already read when the cancel came), only CLOSE events.
+    let busy = pool.busy_workers();
+    connections.close();
+    if tokio::time::timeout(destroy_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        // Kill the workers stuck on one event since shutdown began: their events fail as for
+        // a crash, so those connections get their CLOSE on another (or a replacement) worker,
+        // the stuck one being dead first (events of a connection never overlap).
+        let killed = pool.kill_stuck(&busy);
+        if !killed.is_empty() {
+            warn!(
+                pids = ?killed,
+                timeout = ?destroy_timeout,
+                "killed workers stuck on one event for destroy_timeout; their connections get CLOSE on other workers"
+            );
+        }
+        if killed.is_empty()
+            || tokio::time::timeout(destroy_timeout, connections.wait())
+                .await
+                .is_err()
+        {
+            error!(timeout = ?destroy_timeout, "connections did not finish in time");
+        }
+    }
+    info!("stopping workers");
+    pool.shutdown().await;
+}
+
+/// Resets the workers (one at a time, see [`Pool::reset`]) on each SIGUSR1.
+async fn reset_on_sigusr1(pool: Pool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "could not listen for SIGUSR1; workers cannot be reset by signal");
+            return;
+        }
+    };
+    while usr1.recv().await.is_some() {
+        info!("SIGUSR1 received: resetting the workers one at a time");
+        match pool.reset().await {
+            Ok(replaced) => info!(replaced, "workers reset"),
+            Err(e) => error!(error = %e, "worker reset incomplete"),
+        }
     }
 }
 
@@ -395,23 +477,78 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             reloader.reload();
         }
     });
-    server.serve(shutdown).await;
+    let result = server.serve(shutdown).await;
     hangups.abort();
-    Ok(())
+    result
 }
 
-/// Installs the global log subscriber for the `logs` section (stderr). `RUST_LOG`, when set,
-/// overrides `logs.level`.
-pub fn init_logging(logs: &LogsConfig) {
+/// Installs the global log subscriber for the `logs` section (`output`: stderr, stdout or a file
+/// appended to; `mode`, `level`, `encoding`). `RUST_LOG`, when set, overrides the level. When
+/// the output cannot be opened, says so on `err_output` (zap's meaning) and fails.
+pub fn init_logging(logs: &LogsConfig) -> Result<(), LogError> {
     use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
+    let open = |output: &LogOutput| -> Result<BoxMakeWriter, LogError> {
+        Ok(match output {
+            LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+            LogOutput::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| LogError::Output {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                BoxMakeWriter::new(std::sync::Mutex::new(file))
+            }
+        })
+    };
+    let writer = match open(&logs.output) {
+        Ok(w) => w,
+        Err(e) => {
+            let line = format!(
+                "error: {e}: {}\n",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            let _ = match &logs.err_output {
+                LogOutput::Stdout => {
+                    std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes())
+                }
+                LogOutput::File(path) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes())),
+                LogOutput::Stderr => {
+                    std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes())
+                }
+            };
+            return Err(e);
+        }
+    };
+    let ansi = match logs.output {
+        LogOutput::Stderr => std::io::stderr().is_terminal(),
+        LogOutput::Stdout => std::io::stdout().is_terminal(),
+        LogOutput::File(_) => false,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&logs.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match logs.encoding {
-        LogEncoding::Console => builder.try_init(),
-        LogEncoding::Json => builder.json().try_init(),
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let _ = match (logs.raw, logs.encoding) {
+        (true, _) => builder
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .try_init(),
+        (false, LogEncoding::Console) => builder.try_init(),
+        (false, LogEncoding::Json) => builder.json().try_init(),
     };
+    Ok(())
 }

@@ -134,7 +134,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&config, &overrides)
         .with_context(|| format!("could not load config {}", config.display()))?;
-    pier_server::init_logging(&config.logs);
+    pier_server::init_logging(&config.logs).context("could not set up logging (logs section)")?;
     for warning in &config.warnings {
         tracing::warn!("config: {warning}");
     }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use pier_server::config::Config;
 use pier_server::pool::PoolError;
 use pier_server::{ServeError, Server};
-use support::{test_worker, yaml, Client, Harness};
+use support::{test_worker, wait_for_marker, yaml, Client, Harness};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
@@ -204,17 +204,6 @@ async fn garbage_on_worker_stdout_replaces_the_worker() {
 }
 
 /// Waits (bounded) until a worker created `name` in the test directory.
-async fn wait_for_marker(h: &Harness, name: &str) {
-    let marker = h.dir.path().join(name);
-    for _ in 0..2000 {
-        if marker.exists() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("the worker never created {name}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_echo_from_an_idle_worker_costs_no_connection() {
     let mut h = Harness::rust(ONE, &pool(1, "")).await;

@@ -33,6 +33,10 @@
 //! - `TW_DUMP=1`: every frame received is appended, hex-encoded, to `$TW_DIR/frames.log`.
 //! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `die-after-first` (only the first
 //!   worker boots), `hang` (never answers it), `garbage`.
+//! - `RR_RELAY=tcp://host:port` or `unix:///path`: frames go over a socket it connects to, as
+//!   the stock PHP packages do; `pipes` (or unset): stdin/stdout.
+//! - More DATA commands for the supervisor: `hang` → never answers; `leak <mb>` → keeps `<mb>` MB
+//!   more resident memory, answers `<pid>`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -46,8 +50,24 @@ use pier_protocol::ServerMessage;
 fn main() {
     let dir = PathBuf::from(std::env::var("TW_DIR").unwrap_or_else(|_| "/tmp".into()));
     let pid = std::process::id();
-    let mut stdin = std::io::stdin().lock();
-    let mut stdout = std::io::stdout().lock();
+    let (mut stdin, mut stdout): (Box<dyn Read>, Box<dyn Write>) =
+        match std::env::var("RR_RELAY").as_deref() {
+            Ok(tcp) if tcp.starts_with("tcp://") => {
+                let s = std::net::TcpStream::connect(&tcp[6..]).expect("connect to the relay");
+                (Box::new(s.try_clone().unwrap()), Box::new(s))
+            }
+            Ok(unix) if unix.starts_with("unix://") => {
+                let s = std::os::unix::net::UnixStream::connect(&unix[7..])
+                    .expect("connect to the relay");
+                (Box::new(s.try_clone().unwrap()), Box::new(s))
+            }
+            _ => (
+                Box::new(std::io::stdin().lock()),
+                Box::new(std::io::stdout().lock()),
+            ),
+        };
+    // Memory kept by `leak`, so that it stays resident.
+    let mut leaked: Vec<Vec<u8>> = Vec::new();
     match std::env::var("TW_BOOT").as_deref() {
         Ok("die") => {
             eprintln!("fatal: cannot boot (test worker)");
@@ -160,7 +180,21 @@ fn main() {
                             .trim_end_matches("--end--")
                             .trim_end_matches(['\r', '\n']);
                         let uuid = ev.uuid.to_string();
-                        if !push(&mut out, &uuid, packet) {
+                        let mut words = packet.split_whitespace();
+                        if push(&mut out, &uuid, packet) {
+                            // A push command (see `push`).
+                        } else if words.next() == Some("hang") {
+                            loop {
+                                std::thread::sleep(std::time::Duration::from_secs(3600));
+                            }
+                        } else if packet.starts_with("leak") {
+                            let mb: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(16);
+                            // Touched, so that the pages are resident.
+                            leaked.push(vec![1u8; mb << 20]);
+                            let body = format!("{pid}\n");
+                            encode_reply(&mut out, ReplyKind::Write, None, body.as_bytes())
+                                .unwrap();
+                        } else {
                             data(&mut out, &mut stdout, &dir, pid, &server, packet, &state);
                         }
                     }
@@ -178,7 +212,7 @@ fn main() {
 
 fn data(
     out: &mut Vec<u8>,
-    stdout: &mut std::io::StdoutLock<'_>,
+    stdout: &mut Box<dyn Write>,
     dir: &std::path::Path,
     pid: u32,
     server: &str,

@@ -45,10 +45,12 @@ pub struct Harness {
     pub rpc: Option<String>,
     /// Reloads TLS certificates as SIGHUP does; also reports refusals.
     pub tls: TlsReloader,
+    /// The server's worker pool (reset, stats).
+    pub pool: pier_server::pool::Pool,
     /// Completes the shutdown future.
     stop: Option<oneshot::Sender<()>>,
     /// The serve task.
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), pier_server::ServeError>>>,
 }
 
 /// A config with `command` as the worker and `TW_DIR` in its env; `servers` and `pool` are YAML
@@ -97,6 +99,7 @@ impl Harness {
         let ops = server.ops_addrs().into_iter().collect();
         let rpc = server.rpc_address();
         let tls = server.tls_reloader();
+        let pool = server.pool();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
@@ -107,6 +110,7 @@ impl Harness {
             ops,
             rpc,
             tls,
+            pool,
             stop: Some(stop),
             task: Some(task),
         }
@@ -117,6 +121,21 @@ impl Harness {
     }
 
     /// Graceful shutdown; returns once every connection got its CLOSE and the workers stopped.
+    /// Waits (bounded) until the pool has `n` workers serving and returns their pids.
+    pub async fn wait_workers(&self, n: usize) -> Vec<u32> {
+        for _ in 0..2000 {
+            let pids = self.pool.pids();
+            if pids.len() == n {
+                return pids;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "the pool never had {n} workers (has {:?})",
+            self.pool.pids()
+        );
+    }
+
     pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -125,7 +144,8 @@ impl Harness {
             tokio::time::timeout(HANG, task)
                 .await
                 .expect("shutdown finishes")
-                .unwrap();
+                .unwrap()
+                .expect("graceful shutdown within the grace period");
         }
     }
 
@@ -237,4 +257,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("a status line");
     (code, body.to_owned())
+}
+
+/// Waits (bounded) until the workers created the marker file `name` in the harness's directory.
+pub async fn wait_for_marker(h: &Harness, name: &str) {
+    let marker = h.dir.path().join(name);
+    for _ in 0..2000 {
+        if marker.exists() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the worker never created {name}");
 }

@@ -1,0 +1,760 @@
+//! The supervised pool of PHP workers: start, hand out fairly, rotate, replace, reset, stop.
+//!
+//! - [`worker`]: one worker process and its relay (pipes or socket), the pid handshake, one event
+//!   to its answer, the idle check, and the reaper task that notices a death while idle at once.
+//! - [`relay`]: the listener workers connect back to on `server.relay: tcp://…|unix://…`.
+//! - [`queue`]: idle workers and the events waiting for one, strictly first come, first served,
+//!   bounded by `max_queue_size`.
+//! - [`supervisor`]: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
+//!   the dynamic allocator.
+//! - [`reset`]: the rolling reset behind `pier reset` and SIGUSR1.
+//! - this file: [`Pool`], and running one event ([`Pool::exec`]): take a worker, run, give back.
+//!
+//! An event runs on one worker exclusively; the dispatch is written around that one worker so that
+//! several events in flight per worker can be added to it later.
+
+mod on_init;
+mod queue;
+mod relay;
+mod reset;
+mod supervisor;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use pier_protocol::frame::FrameError;
+use pier_protocol::tcp::EventKind;
+use pier_protocol::MessageError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{PoolConfig, RelayConfig};
+use crate::ops::{Metrics, PoolSnapshot, RestartReason};
+use crate::registry::Registry;
+use queue::{Queue, Take, WaitError};
+use relay::RelayListener;
+use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
+
+pub use on_init::run_on_init;
+pub use worker::{FEATURES, RR_VERSION};
+
+/// How many times one event is re-run after stop replies before the connection is given up.
+const MAX_RERUNS: usize = 8;
+
+/// What went wrong in the pool: starting a worker (the pool, or a replacement), or running one
+/// event (then only that event's connection is closed; nothing else is hurt).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The command could not be executed (config's fault: wrong path, not executable).
+    #[error("could not start worker {command:?}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker exited or closed stdout before answering the pid handshake (worker's fault).
+    #[error(
+        "could not start worker: it exited before the pid handshake ({status}); stderr:\n{stderr}"
+    )]
+    HandshakeExited {
+        /// Exit status as text.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The worker did not answer the handshake within allocate_timeout (on a socket relay: did
+    /// not connect and answer within relay_timeout) (worker's fault).
+    #[error("could not start worker pid {pid}: no pid handshake within {timeout:?} (killed); stderr:\n{stderr}")]
+    HandshakeTimeout {
+        /// Its pid.
+        pid: u32,
+        /// allocate_timeout.
+        timeout: Duration,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// The worker answered the handshake with something else (worker's fault).
+    #[error("could not start worker pid {pid}: bad handshake answer: {detail}; stderr:\n{stderr}")]
+    HandshakeGarbage {
+        /// Its pid.
+        pid: u32,
+        /// What was wrong.
+        detail: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// Writing the handshake failed.
+    #[error("could not write the pid handshake to worker pid {pid}")]
+    HandshakeWrite {
+        /// Its pid.
+        pid: u32,
+        /// The pipe error.
+        #[source]
+        source: std::io::Error,
+    },
+    // Per-event failures: the event's connection is closed; nothing else is hurt.
+    /// No worker became free within allocate_timeout (overload or stuck workers).
+    #[error("no free workers within {0:?}")]
+    NoFreeWorkers(Duration),
+    /// The pool is shut down.
+    #[error("could not run event: the pool is stopped")]
+    Closed,
+    /// The worker answered with an error frame (`Worker::error()`); it stays in service.
+    #[error("worker pid {pid} reported an error: {message}")]
+    WorkerError {
+        /// The worker.
+        pid: u32,
+        /// Its message.
+        message: String,
+    },
+    /// The worker died or closed its pipes during the event; it is replaced.
+    #[error("worker pid {pid} exited during the event")]
+    WorkerExited {
+        /// The worker.
+        pid: u32,
+        /// The pipe error, if any.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The worker wrote bytes that are not a frame (a stray `echo`); it is killed and replaced.
+    #[error("worker pid {pid} wrote bytes that are not a frame: {bytes:?}")]
+    Garbage {
+        /// The worker.
+        pid: u32,
+        /// The first bytes, lossily as text.
+        bytes: String,
+        /// The frame decoder's complaint.
+        #[source]
+        source: FrameError,
+    },
+    /// The worker sent a well-formed frame that is not a reply; it is killed and replaced.
+    #[error("worker pid {pid} sent a frame that is not a reply")]
+    BadMessage {
+        /// The worker.
+        pid: u32,
+        /// What was wrong.
+        #[source]
+        source: MessageError,
+    },
+    /// The worker wrote to stdout while idle (a stray `echo` from a timer or destructor, or bytes
+    /// trailing its last reply); it is killed and replaced before any event is handed to it.
+    #[error("worker pid {pid} wrote bytes while idle (not answering any event): {bytes:?}")]
+    IdleGarbage {
+        /// The worker.
+        pid: u32,
+        /// The first bytes, lossily as text.
+        bytes: String,
+    },
+    /// The worker closed its stdout (exited) while idle; it is replaced before any event is
+    /// handed to it.
+    #[error("worker pid {pid} exited while idle")]
+    IdleExited {
+        /// The worker.
+        pid: u32,
+        /// The read error, if it was one rather than EOF.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// The event could not be written to the worker (it is gone): the worker never read it, so the
+    /// event is run on another worker.
+    #[error("could not hand the event to worker pid {pid}")]
+    Undelivered {
+        /// The worker.
+        pid: u32,
+        /// The pipe error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event does not fit in a frame (a packet or state over 4 GiB: a config allowing it).
+    #[error("could not encode the event")]
+    Encode(#[source] pier_protocol::frame::EncodeError),
+    /// Every worker tried asked to stop.
+    #[error("the event was re-run {0} times (stop replies, workers gone); giving up")]
+    TooManyReruns(usize),
+    /// `max_queue_size` events were already waiting for a worker (overload).
+    #[error("no free workers: {0} events already waiting (max_queue_size)")]
+    QueueFull(usize),
+    /// The event ran over `supervisor.exec_ttl`: its worker was killed and is replaced.
+    #[error("worker pid {pid} killed: the event ran over exec_ttl")]
+    ExecTtl {
+        /// The worker.
+        pid: u32,
+    },
+    /// The worker was stuck on this event through the shutdown's `destroy_timeout`.
+    #[error("worker pid {pid} killed: stuck on the event through destroy_timeout at shutdown")]
+    KilledStuck {
+        /// The worker.
+        pid: u32,
+    },
+    /// The socket relay could not listen (config's fault, or the address is taken).
+    #[error("could not listen on the worker relay {address}")]
+    RelayBind {
+        /// `server.relay`.
+        address: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A reset could not start a new worker; the old ones keep serving.
+    #[error("could not reset the workers: a new worker could not start")]
+    ResetStart(#[source] Box<PoolError>),
+    /// A reset did not finish within `reset_timeout`: workers still busy on an event then are
+    /// replaced after it.
+    #[error("could not reset every worker within reset_timeout ({timeout:?}): {left} still on an event, replaced after it")]
+    ResetTimeout {
+        /// `reset_timeout`.
+        timeout: Duration,
+        /// Old workers left.
+        left: usize,
+    },
+}
+
+/// What a worker wants done with the connection (owned form of [`ReplyKind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write the body, keep reading.
+    Write,
+    /// Keep reading.
+    Continue,
+    /// Write the body, then close.
+    WriteClose,
+    /// Close.
+    Close,
+    /// An unknown reply context (treated as `Close`), kept for the log.
+    Unknown(String),
+}
+
+/// A worker's reply, detached from the worker so it can go back to the pool before the client is
+/// written to.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// What to do.
+    pub action: Action,
+    /// Bytes to write (shares the worker's read buffer, no copy).
+    pub body: Bytes,
+    /// `Some` when the reply sets the connection state (empty = clear).
+    pub state: Option<Bytes>,
+    /// The worker that answered, for logs.
+    pub pid: u32,
+    /// `Some` when the worker set the connection's idle timeout (Pier extension
+    /// `idle_timeout`): `Some(Some(ms))` (0 = none), `Some(None)` = back to the server's.
+    pub idle_timeout: Option<Option<u64>>,
+    /// The worker sent a `starttls` command before this answer (Pier extension `starttls`): write
+    /// the body in plaintext, then start TLS.
+    pub starttls: bool,
+}
+
+/// One event to run; borrowed from the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    /// The client's address.
+    pub remote_addr: &'a str,
+    /// The server name.
+    pub server: &'a str,
+    /// The connection id.
+    pub uuid: &'a str,
+    /// What happened.
+    pub kind: EventKind,
+    /// The connection's state (empty = none).
+    pub state: &'a [u8],
+    /// The packet.
+    pub body: &'a [u8],
+    /// What the worker's push commands during this event act on.
+    pub connections: &'a Registry,
+    /// The connection's TLS facts as a context fragment (Pier extension `tls`); empty = plaintext.
+    pub tls: &'a [u8],
+}
+
+/// How to start a worker; shared by the pool, its supervisor and every worker.
+#[derive(Debug)]
+struct Spec {
+    /// Command, env, timeouts, limits.
+    config: PoolConfig,
+    /// Every live worker process by pid (from its handshake until it is reaped), so the
+    /// supervisor, the shutdown and the reset can find workers whatever they are doing.
+    registry: Mutex<HashMap<u32, Arc<Shared>>>,
+    /// Each reaped worker's pid, for the supervisor.
+    exits: worker::Exits,
+    /// Where waits, event times and restarts are recorded.
+    metrics: Metrics,
+    /// Events waiting for a free worker now.
+    waiting: AtomicUsize,
+}
+
+/// One worker as `informer.Workers` and `pier workers` show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStatus {
+    /// Process id.
+    pub pid: u32,
+    /// Running an event now.
+    pub busy: bool,
+    /// Events answered.
+    pub execs: u64,
+    /// When it started.
+    pub created: SystemTime,
+    /// The running event: connection uuid and how long it has been running.
+    pub event: Option<(String, Duration)>,
+}
+
+/// Workers that were in the middle of an event at one moment, with their activity counters
+/// ([`Pool::busy_workers`]); later, [`Pool::kill_stuck`] kills those still on that same event.
+#[derive(Debug, Default)]
+pub struct BusyWorkers {
+    /// (pid, activity counter) of each worker that was busy.
+    busy: Vec<(u32, u64)>,
+}
+
+/// The pool handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Shared state.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// How to start workers.
+    spec: Arc<Spec>,
+    /// Idle workers and waiting events.
+    queue: Queue,
+    /// The listener workers connect back to, on a socket relay.
+    relay: Option<Arc<RelayListener>>,
+    /// Asks the supervisor for one replacement worker.
+    respawn: mpsc::UnboundedSender<()>,
+    /// Stopping workers and the supervisor, awaited at shutdown.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: no more respawns.
+    closed: CancellationToken,
+    /// The reset generation new workers are started in (see [`Pool::reset`]).
+    generation: AtomicU64,
+    /// One reset at a time.
+    resetting: tokio::sync::Mutex<()>,
+}
+
+impl Pool {
+    /// Starts `num_workers` workers. Fails only when none of them can start (showing the first
+    /// failure, stderr included); the missing ones are retried in the background.
+    pub async fn start(config: PoolConfig, metrics: Metrics) -> Result<Pool, PoolError> {
+        let relay = match &config.relay {
+            RelayConfig::Pipes => None,
+            other => Some(RelayListener::bind(other, config.relay_timeout).await?),
+        };
+        let (exits, exits_rx) = mpsc::unbounded_channel();
+        let spec = Arc::new(Spec {
+            config,
+            registry: Mutex::new(HashMap::new()),
+            exits,
+            metrics,
+            waiting: AtomicUsize::new(0),
+        });
+        let n = spec.config.num_workers.max(1);
+        let (respawn, respawn_rx) = mpsc::unbounded_channel();
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                spec: spec.clone(),
+                queue: Queue::new(spec.config.max_queue_size),
+                relay,
+                respawn,
+                tasks: TaskTracker::new(),
+                closed: CancellationToken::new(),
+                generation: AtomicU64::new(0),
+                resetting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let spec = spec.clone();
+            let relay = pool.inner.relay.clone();
+            starts.spawn(async move { spawn_worker(&spec, relay.as_ref(), 0).await });
+        }
+        let mut first_error = None;
+        let mut started = 0;
+        while let Some(result) = starts.join_next().await {
+            match result {
+                Ok(Ok(worker)) => {
+                    started += 1;
+                    pool.add(worker);
+                }
+                Ok(Err(e)) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                    } else {
+                        warn!(error = %e, "worker failed to start");
+                    }
+                }
+                Err(join) => error!(error = %join, "worker start task failed"),
+            }
+        }
+        if started == 0 {
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        if let Some(e) = first_error {
+            warn!(error = %e, "worker failed to start; retrying with backoff");
+            for _ in started..n {
+                let _ = pool.inner.respawn.send(());
+            }
+        }
+        let supervisor = pool.clone();
+        pool.inner
+            .tasks
+            .spawn(supervisor::supervise(supervisor, respawn_rx, exits_rx));
+        info!(workers = started, command = ?spec.config.command, "worker pool started");
+        Ok(pool)
+    }
+
+    /// Asks the supervisor for a replacement of a worker that is going away for `reason`.
+    fn request_respawn(&self, reason: RestartReason) {
+        self.inner.spec.metrics.worker_restart(reason);
+        let _ = self.inner.respawn.send(());
+    }
+
+    /// Puts a new worker in service (or stops it again at shutdown).
+    fn add(&self, worker: Box<Worker>) {
+        if let Err(back) = self.inner.queue.put(worker) {
+            self.retire(back);
+        }
+    }
+
+    /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
+    pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, PoolError> {
+        let spec = &self.inner.spec;
+        for _ in 0..MAX_RERUNS {
+            let mut worker = self.acquire().await?;
+            let started = spec.metrics.clock();
+            worker.begin(event.uuid);
+            let outcome = worker.exec(event).await;
+            worker.end();
+            spec.metrics.ran(event.kind, started);
+            match outcome {
+                Ok(Outcome::Reply(reply)) => {
+                    self.release(worker);
+                    return Ok(reply);
+                }
+                Ok(Outcome::Error(message)) => {
+                    let pid = worker.pid;
+                    self.release(worker);
+                    return Err(PoolError::WorkerError { pid, message });
+                }
+                Ok(Outcome::Stop) => {
+                    info!(
+                        pid = worker.pid,
+                        "worker asked to stop; re-running the event on another worker"
+                    );
+                    let replace = worker.shared.retire.load(Ordering::Relaxed) != RETIRE_REMOVE;
+                    self.retire(worker);
+                    if replace {
+                        self.request_respawn(RestartReason::Stop);
+                    }
+                }
+                Err(e @ PoolError::Undelivered { .. }) => {
+                    // The worker never read the event (it died after the idle check): run it on
+                    // another one.
+                    warn!(error = %e, "worker gone; running the event on another worker");
+                    self.kill_and_replace(worker, RestartReason::Crash);
+                }
+                Err(e @ PoolError::Encode(_)) => {
+                    // Nothing reached the worker: it is fine.
+                    worker.jobs = worker.jobs.saturating_sub(1);
+                    self.release(worker);
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.kill_and_replace(worker, restart_reason(&e));
+                    return Err(e);
+                }
+            }
+        }
+        Err(PoolError::TooManyReruns(MAX_RERUNS))
+    }
+
+    /// Takes an idle worker, in strict arrival order, waiting up to `allocate_timeout`. A worker
+    /// that died or wrote to its relay while idle is killed and replaced here, before any event is
+    /// handed to it (see [`Worker::check_idle`]), so the event loses nothing.
+    async fn acquire(&self) -> Result<Box<Worker>, PoolError> {
+        let timeout = self.inner.spec.config.allocate_timeout;
+        let metrics = &self.inner.spec.metrics;
+        loop {
+            let mut worker = match self.inner.queue.take() {
+                // No clock read for the wait metric on this, the usual, path.
+                Take::Ready(worker) => {
+                    metrics.no_wait();
+                    worker
+                }
+                Take::Wait(waiter) => {
+                    let _waiting = Waiting::new(&self.inner.spec.waiting);
+                    let since = metrics.clock();
+                    let got = waiter.wait(timeout).await;
+                    metrics.waited(since);
+                    match got {
+                        Ok(worker) => worker,
+                        Err(WaitError::Timeout) => return Err(PoolError::NoFreeWorkers(timeout)),
+                        Err(WaitError::Closed) => return Err(PoolError::Closed),
+                    }
+                }
+                Take::Full(max) => return Err(PoolError::QueueFull(max)),
+                Take::Closed => return Err(PoolError::Closed),
+            };
+            let reason = match worker.check_idle() {
+                Ok(()) => return Ok(worker),
+                Err(e) => {
+                    // Nothing was handed to it: the event waits for another worker.
+                    warn!(error = %e, "replacing worker; the event goes to another worker");
+                    restart_reason(&e)
+                }
+            };
+            self.kill_and_replace(worker, reason);
+        }
+    }
+
+    /// Puts a worker back, or replaces it after max_jobs events or when the supervisor marked it
+    /// (ttl, memory) during its event.
+    fn release(&self, mut worker: Box<Worker>) {
+        worker.jobs += 1;
+        let max_jobs = self.inner.spec.config.max_jobs;
+        if max_jobs > 0 && worker.jobs >= max_jobs {
+            debug!(
+                pid = worker.pid,
+                jobs = worker.jobs,
+                "max_jobs reached; replacing worker"
+            );
+            self.retire(worker);
+            self.request_respawn(RestartReason::MaxJobs);
+            return;
+        }
+        match worker.shared.retire.load(Ordering::Relaxed) {
+            0 => {}
+            RETIRE_REMOVE => {
+                debug!(pid = worker.pid, "worker leaves after its event (reset)");
+                self.retire(worker);
+                return;
+            }
+            code => {
+                info!(
+                    pid = worker.pid,
+                    "replacing worker after its event (supervisor limit)"
+                );
+                self.retire(worker);
+                self.request_respawn(worker::retire_reason(code));
+                return;
+            }
+        }
+        if let Err(back) = self.inner.queue.put(worker) {
+            self.retire(back);
+        }
+    }
+
+    /// Stops a worker in the background: stop frame, wait up to destroy_timeout, then kill.
+    fn retire(&self, worker: Box<Worker>) {
+        worker
+            .shared
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let destroy_timeout = self.inner.spec.config.destroy_timeout;
+        self.inner.tasks.spawn(worker.stop(destroy_timeout));
+    }
+
+    /// Kills a misbehaving or dead worker (its reaper logs how it ended) and starts a replacement,
+    /// unless a reset already started one for it.
+    fn kill_and_replace(&self, worker: Box<Worker>, reason: RestartReason) {
+        debug!(pid = worker.pid, "killing worker");
+        let replace = worker.shared.retire.load(Ordering::Relaxed) != RETIRE_REMOVE;
+        worker.shared.kill(KillReason::None);
+        drop(worker);
+        if replace {
+            self.request_respawn(reason);
+        }
+    }
+
+    /// How many worker processes are alive and serving (not being stopped), and how many events
+    /// wait for one.
+    pub fn stats(&self) -> PoolStats {
+        let workers = self.inner.spec.registry.lock().map_or(0, |r| {
+            r.values()
+                .filter(|w| !w.leaving.load(Ordering::Relaxed))
+                .count()
+        });
+        PoolStats {
+            workers,
+            waiting: self.inner.queue.waiting(),
+        }
+    }
+
+    /// The pids of the live workers that are serving (not being stopped).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.inner.spec.registry.lock().map_or(Vec::new(), |r| {
+            r.values()
+                .filter(|w| !w.leaving.load(Ordering::Relaxed))
+                .map(|w| w.pid)
+                .collect()
+        });
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The workers in the middle of an event right now. Taken when shutdown starts; see
+    /// [`Pool::kill_stuck`].
+    pub fn busy_workers(&self) -> BusyWorkers {
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return BusyWorkers::default();
+        };
+        let busy = registry
+            .iter()
+            .map(|(pid, shared)| (*pid, shared.activity.load(Ordering::Relaxed)))
+            .filter(|(_, seq)| seq % 2 == 1)
+            .collect();
+        BusyWorkers { busy }
+    }
+
+    /// Kills (SIGKILL, with its process group) every worker of `before` that is still on the very
+    /// same event, i.e. stuck on it since `before` was taken. The event then fails as for a crash:
+    /// its connection is closed and gets its `CLOSE` on another worker (a replacement is started
+    /// as usual). Returns the pids killed.
+    pub fn kill_stuck(&self, before: &BusyWorkers) -> Vec<u32> {
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return Vec::new();
+        };
+        let mut killed = Vec::new();
+        for &(pid, seq) in &before.busy {
+            let Some(shared) = registry.get(&pid) else {
+                continue;
+            };
+            if shared.activity.load(Ordering::Relaxed) == seq {
+                shared.kill(KillReason::Stuck);
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+
+    /// Counts for the gauges and the status checks; cheap (one short lock, no system call).
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let (workers, busy) = match self.inner.spec.registry.lock() {
+            Ok(registry) => {
+                let serving = registry
+                    .values()
+                    .filter(|w| !w.leaving.load(Ordering::Relaxed));
+                let (mut workers, mut busy) = (0, 0);
+                for w in serving {
+                    workers += 1;
+                    busy += usize::from(w.activity.load(Ordering::Relaxed) % 2 == 1);
+                }
+                (workers, busy)
+            }
+            Err(_) => (0, 0),
+        };
+        PoolSnapshot {
+            workers,
+            busy,
+            // The idle queue can briefly hold a worker that is being checked or retired; never
+            // more than the live workers.
+            idle: self.inner.queue.idle().min(workers - busy),
+            waiting: self.inner.spec.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The worker command (program and arguments).
+    pub fn command(&self) -> &[String] {
+        &self.inner.spec.config.command
+    }
+
+    /// Every live worker, by pid.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        let Ok(registry) = self.inner.spec.registry.lock() else {
+            return Vec::new();
+        };
+        let now = worker::coarse_now_ns();
+        let mut out: Vec<WorkerStatus> = registry
+            .iter()
+            .map(|(pid, info)| {
+                let busy = info.activity.load(Ordering::Relaxed) % 2 == 1;
+                let event = busy.then(|| {
+                    let started = info.event_started.load(Ordering::Relaxed);
+                    let uuid = info
+                        .event_uuid
+                        .lock()
+                        .map(|u| u.clone())
+                        .unwrap_or_default();
+                    (uuid, Duration::from_nanos(now.saturating_sub(started)))
+                });
+                WorkerStatus {
+                    pid: *pid,
+                    busy,
+                    execs: info.execs.load(Ordering::Relaxed),
+                    created: info.created,
+                    event,
+                }
+            })
+            .collect();
+        out.sort_by_key(|w| w.pid);
+        out
+    }
+
+    /// Kills every worker at once (the grace period ran out).
+    pub fn kill_all(&self) {
+        if let Ok(registry) = self.inner.spec.registry.lock() {
+            for shared in registry.values() {
+                shared.kill(KillReason::Stuck);
+            }
+        }
+    }
+
+    /// Stops every worker: no more respawns, stop frame to each idle worker, wait up to
+    /// destroy_timeout each, then kill. Call after every connection is done.
+    pub async fn shutdown(&self) {
+        self.inner.closed.cancel();
+        for worker in self.inner.queue.close() {
+            self.retire(worker);
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        // Workers still running an event (the grace period ran out) are killed with it.
+        self.kill_all();
+    }
+}
+
+/// A snapshot of the pool's size, for logs, tests and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker processes alive and serving.
+    pub workers: usize,
+    /// Events waiting for a worker.
+    pub waiting: usize,
+}
+
+/// Counts an event waiting for a free worker for as long as it lives (also when the waiting
+/// future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The metrics' name for why a worker that failed this way is replaced.
+fn restart_reason(e: &PoolError) -> RestartReason {
+    match e {
+        PoolError::Garbage { .. }
+        | PoolError::BadMessage { .. }
+        | PoolError::IdleGarbage { .. } => RestartReason::Garbage,
+        PoolError::ExecTtl { .. } => RestartReason::ExecTtl,
+        _ => RestartReason::Crash,
+    }
+}

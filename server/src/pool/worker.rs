@@ -1,0 +1,731 @@
+//! One worker process and its relay: spawn (pipes or a socket it connects back on), the pid
+//! handshake, running one event to its answer, the idle check, and the reaper task that owns the
+//! process, so a worker that dies while idle is noticed at once (no system call per event).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use pier_protocol::control;
+use pier_protocol::frame::decode;
+use pier_protocol::tcp::{encode_event_with_context, ReplyKind};
+use pier_protocol::WorkerMessage;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
+
+use super::relay::RelayListener;
+use super::{Action, Event, PoolError, Reply, Spec};
+use crate::ops::RestartReason;
+
+/// The `RR_VERSION` workers see: the RoadRunner release whose TCP plugin Pier follows (the stock
+/// PHP packages only check that it is set).
+pub const RR_VERSION: &str = "2024.3.0";
+/// `PIER_FEATURES`: the Pier extensions this server offers its workers (see PROTOCOL.md).
+pub const FEATURES: &str = "state,push,idle_timeout,starttls";
+/// Largest frame accepted from a worker; a larger announced length is corruption.
+const MAX_WORKER_FRAME: u32 = 1 << 30;
+/// Bytes of a worker's stderr kept to explain a failed start.
+const STDERR_KEPT: usize = 4096;
+/// Read chunk for worker output.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+
+/// `Shared::retire`: replace the worker after its event, over `supervisor.ttl`.
+pub(super) const RETIRE_TTL: u8 = 1;
+/// `Shared::retire`: take the worker out after its event without a replacement (a reset
+/// already started one).
+pub(super) const RETIRE_REMOVE: u8 = 2;
+/// `Shared::retire`: replace the worker after its event, over `max_worker_memory`.
+pub(super) const RETIRE_MEMORY: u8 = 3;
+/// `Shared::retire`: replace the worker after its event, left over by a reset that timed out.
+pub(super) const RETIRE_RESET: u8 = 4;
+
+/// The metrics' reason for a `Shared::retire` code.
+pub(super) fn retire_reason(code: u8) -> RestartReason {
+    match code {
+        RETIRE_TTL => RestartReason::Ttl,
+        RETIRE_MEMORY => RestartReason::Memory,
+        _ => RestartReason::Reset,
+    }
+}
+
+/// Why the pool killed a worker, so the event that fails says so (not "exited").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum KillReason {
+    /// Not killed by the pool (it exited on its own, or was killed from outside).
+    None = 0,
+    /// Its event ran over `supervisor.exec_ttl`.
+    ExecTtl = 1,
+    /// It was stuck on one event through the shutdown's `destroy_timeout`.
+    Stuck = 2,
+}
+
+/// What the pool knows about a live worker process, shared by the worker, its reaper task, the
+/// registry and the supervisor. Reads on the event path are plain relaxed atomics.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// Process id, from the OS.
+    pub(super) pid: u32,
+    /// Counts event starts and ends (odd = in an event): one plain atomic store per start and
+    /// end; the supervisor samples it each `watch_tick` for `exec_ttl` and `idle_ttl`.
+    pub(super) activity: AtomicU64,
+    /// When it finished its handshake, for `ttl`.
+    pub(super) started: Instant,
+    /// When the worker process started (`created` in RoadRunner's WorkerList).
+    pub(super) created: SystemTime,
+    /// Events answered (informer, metrics).
+    pub(super) execs: AtomicU64,
+    /// When the running event started ([`coarse_now_ns`]) (informer).
+    pub(super) event_started: AtomicU64,
+    /// The running (or last) event's connection uuid (informer).
+    pub(super) event_uuid: Mutex<String>,
+    /// The pool's reset generation it was started in (see `Pool::reset`).
+    pub(super) generation: u64,
+    /// Set while it runs an event to take it out of service when the event ends:
+    /// [`RETIRE_TTL`], [`RETIRE_MEMORY`], [`RETIRE_RESET`] (a replacement is started) or
+    /// [`RETIRE_REMOVE`] (a reset already started its replacement). 0 = stays.
+    pub(super) retire: AtomicU8,
+    /// Set once it is being stopped or killed: no longer counted as serving.
+    pub(super) leaving: AtomicBool,
+    /// Why the pool killed it ([`KillReason`] as u8).
+    reason: AtomicU8,
+    /// Wakes the reaper to kill the process (and its process group).
+    kill: Notify,
+    /// Becomes true once the reaper has reaped the process.
+    exited: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Kills the process (SIGKILL to it and its process group) through its reaper.
+    pub(super) fn kill(&self, reason: KillReason) {
+        if reason != KillReason::None {
+            self.reason.store(reason as u8, Ordering::Relaxed);
+        }
+        self.leaving.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
+    }
+
+    /// Why the pool killed it, if it did.
+    pub(super) fn reason(&self) -> KillReason {
+        match self.reason.load(Ordering::Relaxed) {
+            1 => KillReason::ExecTtl,
+            2 => KillReason::Stuck,
+            _ => KillReason::None,
+        }
+    }
+
+    /// Waits until the process has exited and been reaped.
+    pub(super) async fn exited(&self) {
+        let mut rx = self.exited.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+/// The byte stream to a worker: its stdin/stdout pipes, or the socket it connected back on.
+#[derive(Debug)]
+pub(super) enum Relay {
+    /// `server.relay: pipes` (the default).
+    Pipes {
+        /// Frames to the worker.
+        stdin: ChildStdin,
+        /// Frames from the worker.
+        stdout: ChildStdout,
+    },
+    /// `server.relay: tcp://…`.
+    Tcp(TcpStream),
+    /// `server.relay: unix://…`.
+    Unix(UnixStream),
+}
+
+impl Relay {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Relay::Pipes { stdin, .. } => stdin.write_all(bytes).await,
+            Relay::Tcp(s) => s.write_all(bytes).await,
+            Relay::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Relay::Pipes { stdout, .. } => stdout.read_buf(buf).await,
+            Relay::Tcp(s) => s.read_buf(buf).await,
+            Relay::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    /// The descriptor frames are read from, for the idle check's non-blocking read.
+    fn read_fd(&self) -> RawFd {
+        match self {
+            Relay::Pipes { stdout, .. } => stdout.as_raw_fd(),
+            Relay::Tcp(s) => s.as_raw_fd(),
+            Relay::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// A running worker, owned by whoever is using it (the idle queue, one event, a stopping task).
+/// Dropping it kills the process.
+#[derive(Debug)]
+pub(super) struct Worker {
+    /// Process id, from the OS.
+    pub(super) pid: u32,
+    /// Frames to and from the worker.
+    relay: Relay,
+    /// Bytes read from the relay, not yet consumed; reused across events.
+    rbuf: BytesMut,
+    /// Each outgoing frame is encoded here and written with one write; reused across events.
+    wbuf: Vec<u8>,
+    /// Events handled, for max_jobs.
+    pub(super) jobs: u64,
+    /// Event starts and ends so far; published in `shared.activity`.
+    seq: u64,
+    /// Shared with the registry, the reaper and the supervisor.
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // As `kill_on_drop`: a worker nobody owns any more must not linger.
+        self.shared.kill(KillReason::None);
+    }
+}
+
+/// What a worker said about an event.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// A reply.
+    Reply(Reply),
+    /// `Worker::error()`.
+    Error(String),
+    /// `Worker::stop()`.
+    Stop,
+}
+
+impl Worker {
+    /// Publishes that an event for `uuid` starts on this worker (see `Shared::activity`). A plain
+    /// method around the `exec` call rather than an async wrapper, which measurably grew the
+    /// future. The start time is the coarse clock (a few ms resolution, no time-stamp counter
+    /// arithmetic): the informer shows seconds, and `Instant::now()` here cost ~260 instructions
+    /// per event (callgrind).
+    pub(super) fn begin(&mut self, uuid: &str) {
+        self.shared
+            .event_started
+            .store(coarse_now_ns(), Ordering::Relaxed);
+        if let Ok(mut current) = self.shared.event_uuid.lock() {
+            current.clear();
+            current.push_str(uuid);
+        }
+        self.seq += 1;
+        self.shared.activity.store(self.seq, Ordering::Relaxed);
+    }
+
+    /// Publishes that the event ended.
+    pub(super) fn end(&mut self) {
+        self.seq += 1;
+        self.shared.activity.store(self.seq, Ordering::Relaxed);
+        self.shared.execs.store(self.seq / 2, Ordering::Relaxed);
+    }
+
+    /// Sends the event and reads frames until the worker answers it.
+    pub(super) async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+        self.wbuf.clear();
+        let pid = self.pid;
+        encode_event_with_context(
+            &mut self.wbuf,
+            event.remote_addr,
+            event.server,
+            event.uuid,
+            event.kind,
+            event.tls,
+            event.state,
+            event.body,
+        )
+        .map_err(PoolError::Encode)?;
+        self.relay
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|source| PoolError::Undelivered { pid, source })?;
+        // Commands for the event's own connection, applied with the answer (the last one wins).
+        let mut idle_timeout = None;
+        let mut starttls = false;
+        loop {
+            match decode(&self.rbuf, MAX_WORKER_FRAME) {
+                Ok(Some((frame, used))) => {
+                    let message = WorkerMessage::from_frame(&frame);
+                    let base = self.rbuf.as_ptr() as usize;
+                    let range = |s: &[u8]| {
+                        let at = s.as_ptr() as usize - base;
+                        at..at + s.len()
+                    };
+                    match message {
+                        Ok(WorkerMessage::Pid(_)) => {
+                            // A late handshake answer is harmless.
+                            self.rbuf.advance(used);
+                        }
+                        Ok(WorkerMessage::Error(msg)) => {
+                            let message = String::from_utf8_lossy(msg).into_owned();
+                            self.rbuf.advance(used);
+                            return Ok(Outcome::Error(message));
+                        }
+                        Ok(WorkerMessage::Stop) => {
+                            self.rbuf.advance(used);
+                            return Ok(Outcome::Stop);
+                        }
+                        Ok(WorkerMessage::Command(pier_protocol::Command::IdleTimeout { ms })) => {
+                            idle_timeout = Some(ms);
+                            self.rbuf.advance(used);
+                        }
+                        Ok(WorkerMessage::Command(pier_protocol::Command::Starttls)) => {
+                            starttls = true;
+                            self.rbuf.advance(used);
+                        }
+                        Ok(WorkerMessage::Command(command)) => {
+                            // Applied here, in the order written, before the answer is: bytes
+                            // queued for the event's own connection go out before its reply.
+                            event.connections.apply(&command, pid);
+                            drop(command);
+                            self.rbuf.advance(used);
+                        }
+                        Ok(WorkerMessage::Reply(reply)) => {
+                            let action = match reply.kind {
+                                ReplyKind::Write => Action::Write,
+                                ReplyKind::Continue => Action::Continue,
+                                ReplyKind::WriteClose => Action::WriteClose,
+                                ReplyKind::Close => Action::Close,
+                                ReplyKind::Unknown(other) => Action::Unknown(control_text(other)),
+                            };
+                            let body = range(reply.body);
+                            let state = reply.state.map(range);
+                            let frame = self.rbuf.split_to(used).freeze();
+                            return Ok(Outcome::Reply(Reply {
+                                action,
+                                body: frame.slice(body),
+                                state: state.map(|r| frame.slice(r)),
+                                pid,
+                                idle_timeout,
+                                starttls,
+                            }));
+                        }
+                        Err(source) => return Err(PoolError::BadMessage { pid, source }),
+                    }
+                }
+                Ok(None) => {
+                    self.rbuf.reserve(READ_CHUNK);
+                    match self.relay.read_buf(&mut self.rbuf).await {
+                        Ok(0) => return Err(self.exited_error(None)),
+                        Ok(_) => {}
+                        Err(e) => return Err(self.exited_error(Some(e))),
+                    }
+                }
+                Err(source) => {
+                    return Err(PoolError::Garbage {
+                        pid,
+                        bytes: control_text(&self.rbuf),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The error for a worker whose relay closed during an event: says when the pool killed it.
+    fn exited_error(&self, source: Option<std::io::Error>) -> PoolError {
+        let pid = self.pid;
+        match self.shared.reason() {
+            KillReason::ExecTtl => PoolError::ExecTtl { pid },
+            KillReason::Stuck => PoolError::KilledStuck { pid },
+            KillReason::None => PoolError::WorkerExited { pid, source },
+        }
+    }
+
+    /// Checks, right before an event is handed over, that the worker stayed silent while idle: no
+    /// bytes left after its last reply, nothing new on its relay, relay not closed. This is one
+    /// non-blocking `read(2)` (answered `EAGAIN` when all is well); a death while idle is noticed
+    /// by the reaper without it.
+    ///
+    /// A real syscall rather than tokio's cached readiness: the cache only learns about bytes when
+    /// the reactor next polls epoll, which under load can be after the event is handed over.
+    pub(super) fn check_idle(&mut self) -> Result<(), PoolError> {
+        let pid = self.pid;
+        if !self.rbuf.is_empty() {
+            return Err(PoolError::IdleGarbage {
+                pid,
+                bytes: control_text(&self.rbuf),
+            });
+        }
+        let mut probe = [0u8; 64];
+        match read_now(self.relay.read_fd(), &mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Ok(0) => Err(PoolError::IdleExited { pid, source: None }),
+            Ok(n) => Err(PoolError::IdleGarbage {
+                pid,
+                bytes: control_text(&probe[..n]),
+            }),
+            Err(e) => Err(PoolError::IdleExited {
+                pid,
+                source: Some(e),
+            }),
+        }
+    }
+
+    /// Stops the worker: stop frame, then waits up to `destroy_timeout` for it to exit (frames
+    /// it still sends, such as the stock worker's stray `CLOSE` after the stop frame, are read
+    /// and dropped), then kills it.
+    pub(super) async fn stop(mut self: Box<Self>, destroy_timeout: Duration) {
+        self.shared.leaving.store(true, Ordering::Relaxed);
+        self.wbuf.clear();
+        let _ = control::encode_stop_request(&mut self.wbuf);
+        let pid = self.pid;
+        let shared = self.shared.clone();
+        let graceful = tokio::time::timeout(destroy_timeout, async {
+            let _ = self.relay.write_all(&self.wbuf).await;
+            let mut sink = BytesMut::with_capacity(4096);
+            loop {
+                sink.clear();
+                match self.relay.read_buf(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            shared.exited().await;
+        })
+        .await;
+        match graceful {
+            Ok(()) => debug!(pid, "worker stopped"),
+            Err(_) => {
+                warn!(pid, timeout = ?destroy_timeout, "worker did not stop in time; killing it")
+            }
+        }
+        // Dropping it kills it if it is still there.
+    }
+}
+
+/// One non-blocking `read(2)` on a worker's relay, bypassing tokio's readiness cache. tokio made
+/// the descriptor `O_NONBLOCK`, so an empty one answers `WouldBlock`; bytes read here are never
+/// needed by tokio (the worker is killed when there are any).
+fn read_now(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `fd` belongs to the worker's relay, which the caller borrows for the whole call, so
+    // it stays open; `buf` is a live, writable slice of exactly `buf.len()` bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// At most 64 bytes, lossily as text, for logs.
+pub(super) fn control_text(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(64)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if bytes.len() > cut.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Sends the pid request and reads the answer on a fresh relay; returns the pid the worker
+/// reported and the bytes read past its answer. `Err` carries what was wrong, for the log.
+pub(super) async fn handshake(
+    relay: &mut Relay,
+    rbuf: &mut BytesMut,
+) -> Result<u32, HandshakeFailure> {
+    let mut wbuf = Vec::with_capacity(64);
+    let _ = control::encode_pid_request(&mut wbuf, std::process::id());
+    relay
+        .write_all(&wbuf)
+        .await
+        .map_err(HandshakeFailure::Write)?;
+    loop {
+        match decode(rbuf, MAX_WORKER_FRAME) {
+            Ok(Some((frame, used))) => {
+                let result = match WorkerMessage::from_frame(&frame) {
+                    Ok(WorkerMessage::Pid(pid)) => Ok(pid),
+                    Ok(other) => Err(HandshakeFailure::Garbage(format!(
+                        "expected a pid, got {other:?}"
+                    ))),
+                    Err(e) => Err(HandshakeFailure::Garbage(e.to_string())),
+                };
+                rbuf.advance(used);
+                return result;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(HandshakeFailure::Garbage(format!(
+                    "{e}: {:?}",
+                    control_text(rbuf)
+                )))
+            }
+        }
+        rbuf.reserve(READ_CHUNK);
+        match relay.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(HandshakeFailure::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Why a pid handshake failed.
+#[derive(Debug)]
+pub(super) enum HandshakeFailure {
+    /// The request could not be written.
+    Write(std::io::Error),
+    /// The relay closed before an answer.
+    Closed,
+    /// The answer was not a pid.
+    Garbage(String),
+}
+
+/// Starts one worker and completes the pid handshake within allocate_timeout (on a socket relay:
+/// the worker connects back within `relay_timeout` and the relay listener does the handshake).
+pub(super) async fn spawn_worker(
+    spec: &Arc<Spec>,
+    relay: Option<&Arc<RelayListener>>,
+    generation: u64,
+) -> Result<Box<Worker>, PoolError> {
+    let config = &spec.config;
+    let mut cmd = Command::new(&config.command[0]);
+    let relay_env = relay.map_or_else(|| "pipes".to_owned(), |r| r.worker_address().to_owned());
+    cmd.args(&config.command[1..])
+        .env("RR_RELAY", relay_env)
+        .env("RR_MODE", "tcp")
+        .env("RR_VERSION", RR_VERSION)
+        .env("PIER_VERSION", env!("CARGO_PKG_VERSION"))
+        .env("PIER_FEATURES", FEATURES)
+        .envs(config.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Own process group: a Ctrl-C in the terminal reaches pier only, so the workers are still
+        // alive to receive the CLOSE events of the graceful shutdown (RoadRunner does the same).
+        // Orphaned workers still exit: their stdin reaches EOF when pier is gone.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(ids) = &config.run_as {
+        cmd.uid(ids.uid).gid(ids.gid);
+    }
+    let mut child = cmd.spawn().map_err(|source| PoolError::Spawn {
+        command: config.command[0].clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+    let kept = Arc::new(Mutex::new(String::new()));
+    let stderr_task = tokio::spawn(log_lines(pid, "stderr", stderr, Some(kept.clone())));
+    let stderr_text =
+        |kept: &Arc<Mutex<String>>| kept.lock().map(|s| s.clone()).unwrap_or_default();
+
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let connected = match relay {
+        None => {
+            let mut pipes = Relay::Pipes { stdin, stdout };
+            let answer =
+                tokio::time::timeout(config.allocate_timeout, handshake(&mut pipes, &mut rbuf))
+                    .await;
+            answer.map(|r| r.map(|_| pipes))
+        }
+        Some(listener) => {
+            // The worker's stdout is not the relay: log it as its stderr is.
+            tokio::spawn(log_lines(pid, "stdout", stdout, None));
+            // Unused on a socket relay: an orphaned worker learns that pier is gone from its
+            // socket instead.
+            drop(stdin);
+            let arrived = tokio::time::timeout(config.relay_timeout, listener.claim(pid)).await;
+            match arrived {
+                Ok(Some((socket, leftover))) => {
+                    rbuf = leftover;
+                    Ok(Ok(socket))
+                }
+                Ok(None) => Ok(Err(HandshakeFailure::Closed)),
+                Err(elapsed) => Err(elapsed),
+            }
+        }
+    };
+    let failed = |child: &mut Child| {
+        let _ = child.start_kill();
+    };
+    match connected {
+        Ok(Ok(relay)) => {
+            debug!(pid, "worker started");
+            let (exited, _) = watch::channel(false);
+            let shared = Arc::new(Shared {
+                pid,
+                activity: AtomicU64::new(0),
+                started: Instant::now(),
+                created: SystemTime::now(),
+                execs: AtomicU64::new(0),
+                event_started: AtomicU64::new(0),
+                event_uuid: Mutex::new(String::with_capacity(36)),
+                generation,
+                retire: AtomicU8::new(0),
+                leaving: AtomicBool::new(false),
+                reason: AtomicU8::new(KillReason::None as u8),
+                kill: Notify::new(),
+                exited,
+            });
+            if let Ok(mut registry) = spec.registry.lock() {
+                registry.insert(pid, shared.clone());
+            }
+            tokio::spawn(reap(child, shared.clone(), spec.clone()));
+            // Boxed: the worker moves through the idle queue twice per event, and a pointer is
+            // cheaper to move than the whole struct (measured with callgrind).
+            Ok(Box::new(Worker {
+                pid,
+                relay,
+                rbuf,
+                wbuf: Vec::with_capacity(READ_CHUNK),
+                jobs: 0,
+                seq: 0,
+                shared,
+            }))
+        }
+        Ok(Err(HandshakeFailure::Garbage(detail))) => {
+            failed(&mut child);
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            Err(PoolError::HandshakeGarbage {
+                pid,
+                detail,
+                stderr: stderr_text(&kept),
+            })
+        }
+        Ok(Err(HandshakeFailure::Write(source))) => {
+            // It probably exited already; report that with its stderr.
+            let status = child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            let stderr = stderr_text(&kept);
+            if !stderr.is_empty() || !status.is_empty() {
+                return Err(PoolError::HandshakeExited { status, stderr });
+            }
+            Err(PoolError::HandshakeWrite { pid, source })
+        }
+        Ok(Err(HandshakeFailure::Closed)) => {
+            let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                _ => {
+                    failed(&mut child);
+                    "closed its relay".into()
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            Err(PoolError::HandshakeExited {
+                status,
+                stderr: stderr_text(&kept),
+            })
+        }
+        Err(_) => {
+            failed(&mut child);
+            let _ = child.wait().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            let timeout = if relay.is_some() {
+                config.relay_timeout
+            } else {
+                config.allocate_timeout
+            };
+            Err(PoolError::HandshakeTimeout {
+                pid,
+                timeout,
+                stderr: stderr_text(&kept),
+            })
+        }
+    }
+}
+
+/// Owns the worker's process until it exits: kills it (and its process group) when asked, reaps
+/// it, leaves the registry, and tells the supervisor, which replaces it at once if it was idle.
+/// Only this task waits on the process, so a pid it signals is never a reused one.
+async fn reap(mut child: Child, shared: Arc<Shared>, spec: Arc<Spec>) {
+    let pid = shared.pid;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = shared.kill.notified() => {
+            if let Some(target) = child.id().and_then(|id| libc::pid_t::try_from(id).ok()) {
+                // SAFETY: kill(2) takes plain integers and touches no memory of ours. The process
+                // is our unreaped child (`child.id()` is `Some` until it is reaped, and only this
+                // task reaps it), and it leads its own process group, so neither can be anyone
+                // else's. The group goes too: a process the worker started could otherwise keep
+                // its relay open.
+                unsafe {
+                    libc::kill(-target, libc::SIGKILL);
+                }
+            }
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    if let Ok(mut registry) = spec.registry.lock() {
+        registry.remove(&pid);
+    }
+    shared.exited.send_replace(true);
+    match status {
+        Ok(status) => debug!(pid, %status, "worker exited"),
+        Err(e) => warn!(pid, error = %e, "could not reap worker"),
+    }
+    let _ = spec.exits.send(pid);
+}
+
+/// Logs a worker's output line by line with its pid; keeps the first bytes to explain a failed
+/// start when `kept` is given.
+async fn log_lines(
+    pid: u32,
+    stream: &'static str,
+    output: impl AsyncRead + Unpin,
+    kept: Option<Arc<Mutex<String>>>,
+) {
+    let mut lines = BufReader::new(output);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded: a worker writing an endless line without a newline is logged in pieces.
+        match (&mut lines)
+            .take(STDERR_KEPT as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        info!(pid, "worker {stream}: {text}");
+        if let Some(kept) = &kept {
+            if let Ok(mut kept) = kept.lock() {
+                if kept.len() < STDERR_KEPT {
+                    kept.push_str(text);
+                    kept.push('\n');
+                }
+            }
+        }
+    }
+}
+
+/// The registry's exit notifications: pids of reaped workers, for the supervisor.
+pub(super) type Exits = mpsc::UnboundedSender<u32>;
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the kernel's last tick, read from the vDSO without the
+/// time-stamp counter arithmetic of `Instant::now()`; a few ms resolution.
+pub(super) fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}

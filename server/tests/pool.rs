@@ -1,0 +1,384 @@
+//! The pool's supervision, fairness, reset, relays and shutdown, in-process with the Rust test
+//! worker (`src/bin/test_worker.rs`): real sockets on 127.0.0.1:0, real worker processes.
+//! Every wait is bounded (support::HANG, or a bounded poll).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{test_worker, yaml, Client, Harness};
+
+const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
+
+fn pool(workers: usize, extra: &str) -> String {
+    format!("    num_workers: {workers}\n{extra}")
+}
+
+/// SIGKILL to a worker, from outside, as an OOM killer or an operator would.
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) takes plain integers; the pid is a live worker of the pool under test.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+}
+
+/// Polls `done` every 5 ms, at most `limit`; panics with `what` if it never holds.
+async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_idle_is_replaced_with_no_traffic_at_all() {
+    let mut h = Harness::rust(ONE, &pool(2, "")).await;
+    let before = h.wait_workers(2).await;
+    sigkill(before[0]);
+    // Noticed by its reaper, not by an event: nobody sends anything.
+    eventually(
+        Duration::from_secs(10),
+        "the killed worker was not replaced",
+        || {
+            let now = h.pool.pids();
+            now.len() == 2 && !now.contains(&before[0])
+        },
+    )
+    .await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    assert_eq!(c.ask("x\r\n").await, "s:x");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_ttl_kills_a_hung_event_closes_its_connection_and_the_pool_heals() {
+    let supervisor = "    supervisor:\n      watch_tick: 50ms\n      exec_ttl: 300ms\n";
+    let mut h = Harness::rust(ONE, &pool(2, supervisor)).await;
+    let mut hung = h.connect("s").await;
+    let (_, _, hung_uuid) = hung.hello().await;
+    let mut other = h.connect("s").await;
+    other.hello().await;
+    let started = Instant::now();
+    hung.send("hang\r\n").await;
+    // The other worker keeps serving meanwhile.
+    for i in 0..5 {
+        assert_eq!(other.ask(&format!("n{i}\r\n")).await, format!("s:n{i}"));
+    }
+    assert_eq!(
+        hung.line().await,
+        None,
+        "the hung event's connection is closed"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Its CLOSE ran on another worker; the pool is back to two.
+    eventually(
+        Duration::from_secs(10),
+        "no CLOSE for the hung connection",
+        || {
+            h.log("closes.log")
+                .iter()
+                .any(|l| l.starts_with(&hung_uuid))
+        },
+    )
+    .await;
+    h.wait_workers(2).await;
+    assert_eq!(other.ask("after\r\n").await, "s:after");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_max_worker_memory_is_replaced_between_events() {
+    let supervisor = "    supervisor:\n      watch_tick: 50ms\n      max_worker_memory: 40\n";
+    let mut h = Harness::rust(ONE, &pool(1, supervisor)).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let leaker = c.ask("leak 64\r\n").await;
+    eventually(Duration::from_secs(10), "the leaking worker stayed", || {
+        let pids = h.pool.pids();
+        pids.len() == 1 && pids[0].to_string() != leaker
+    })
+    .await;
+    // The same connection goes on, on the replacement.
+    assert_ne!(c.ask("pid\r\n").await, leaker);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ttl_and_ttl_replace_workers_while_connections_stay() {
+    for limit in ["idle_ttl: 200ms", "ttl: 300ms"] {
+        let supervisor = format!("    supervisor:\n      watch_tick: 50ms\n      {limit}\n");
+        let mut h = Harness::rust(ONE, &pool(1, &supervisor)).await;
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        let first = c.ask("pid\r\n").await;
+        eventually(Duration::from_secs(10), limit, || {
+            let pids = h.pool.pids();
+            pids.len() == 1 && pids[0].to_string() != first
+        })
+        .await;
+        assert_ne!(c.ask("pid\r\n").await, first, "{limit}");
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_events_get_the_worker_in_arrival_order() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        waiting.push(c);
+    }
+    busy.send("sleep 400\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    // Each arrives while the only worker is busy, 20 ms apart.
+    for (i, c) in waiting.iter_mut().enumerate() {
+        c.send(format!("w{i}\r\n")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answers = waiting.into_iter().enumerate().map(|(i, mut c)| {
+        tokio::spawn(async move {
+            assert_eq!(c.line().await.unwrap(), format!("s:w{i}"));
+            Instant::now()
+        })
+    });
+    let mut at = Vec::new();
+    for a in answers {
+        at.push(a.await.unwrap());
+    }
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    assert!(
+        at.windows(2).all(|w| w[0] <= w[1]),
+        "answers came out of arrival order"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_queue_size_an_event_fails_at_once_and_the_queued_one_is_served() {
+    let mut h = Harness::rust(ONE, &pool(1, "    max_queue_size: 1\n")).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    let mut queued = h.connect("s").await;
+    queued.hello().await;
+    let mut rejected = h.connect("s").await;
+    rejected.hello().await;
+    busy.send("sleep 600\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    queued.send("q\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    rejected.send("r\r\n").await;
+    assert_eq!(rejected.line().await, None, "closed: the queue is full");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "rejected at once, not after a wait"
+    );
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    assert_eq!(queued.line().await.unwrap(), "s:q");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynamic_allocator_adds_workers_while_events_wait_and_stops_them_when_idle() {
+    let extra = "    supervisor:\n      watch_tick: 50ms\n    dynamic_allocator:\n      max_workers: 2\n      spawn_rate: 2\n      idle_timeout: 300ms\n";
+    let mut h = Harness::rust(ONE, &pool(1, extra)).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    busy.send("sleep 3000\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    let started = Instant::now();
+    // Its CONNECTED waits for a worker: extras are started for it.
+    let mut late = h.connect("s").await;
+    late.hello().await;
+    assert_eq!(late.ask("x\r\n").await, "s:x");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "served by an extra worker, not after the busy one"
+    );
+    // spawn_rate 2: both extras start (the second may still be starting when `late` is served).
+    h.wait_workers(3).await;
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    // No event waited for idle_timeout: back to num_workers.
+    h.wait_workers(1).await;
+    assert_eq!(late.ask("y\r\n").await, "s:y");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_reset_replaces_every_worker_under_load_and_no_event_fails() {
+    let mut h = Harness::rust(ONE, &pool(3, "")).await;
+    let before = h.wait_workers(3).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A slow event now and then: the reset must wait for it, not break it.
+                let packet = if n % 7 == i % 7 { "sleep 30" } else { "x" };
+                let answer = c.ask(&format!("{packet}\r\n")).await;
+                assert!(answer == "slept" || answer == "s:x", "{answer}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let replaced = h.pool.reset().await.expect("reset completes");
+    assert_eq!(replaced, 3);
+    let after = h.wait_workers(3).await;
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} → {after:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for l in load {
+        served += l.await.expect("every event of every connection answered");
+    }
+    assert!(served > 8, "{served}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_tcp_and_unix_socket_relays_serve_like_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("relay.sock");
+    for relay in [
+        "tcp://127.0.0.1:0".to_owned(),
+        format!("unix://{}", sock.display()),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let server_keys = format!("  relay: {relay:?}\n  relay_timeout: 10s\n");
+        let text = yaml(
+            work.path(),
+            &[&test_worker()],
+            ONE,
+            &pool(2, ""),
+            &server_keys,
+        );
+        let mut h = Harness::start(work, &text).await;
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        assert_eq!(c.ask("over the relay\r\n").await, "s:over the relay");
+        // A crash over a socket relay is noticed and replaced too.
+        let victim = h.wait_workers(2).await[0];
+        sigkill(victim);
+        eventually(Duration::from_secs(10), "not replaced", || {
+            let pids = h.pool.pids();
+            pids.len() == 2 && !pids.contains(&victim)
+        })
+        .await;
+        assert_eq!(c.ask("again\r\n").await, "s:again", "{relay}");
+        h.shutdown().await;
+    }
+    assert!(
+        !sock.exists(),
+        "the unix relay socket is removed at shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_runs_every_packet_already_received_then_closes() {
+    let mut h = Harness::rust(ONE, &pool(1, "")).await;
+    let mut busy = h.connect("s").await;
+    let (_, _, busy_uuid) = busy.hello().await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = h.connect("s").await;
+        let (_, _, uuid) = c.hello().await;
+        clients.push((c, uuid));
+    }
+    busy.send("sleep 500\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    // Sent while the only worker is busy; some pipelined: all reach pier before the shutdown.
+    for (i, (c, _)) in clients.iter_mut().enumerate() {
+        c.send(format!("a{i}\r\nb{i}\r\n")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = async {
+        h.shutdown().await;
+    };
+    let reading = async {
+        assert_eq!(busy.line().await.unwrap(), "slept");
+        assert_eq!(busy.line().await, None);
+        let mut uuids = vec![busy_uuid.clone()];
+        for (i, (c, uuid)) in clients.iter_mut().enumerate() {
+            assert_eq!(c.line().await.unwrap(), format!("s:a{i}"));
+            assert_eq!(c.line().await.unwrap(), format!("s:b{i}"));
+            assert_eq!(c.line().await, None, "closed after its replies");
+            uuids.push(uuid.clone());
+        }
+        uuids
+    };
+    let ((), uuids) = tokio::join!(stopping, reading);
+    let closes = h.log("closes.log");
+    for uuid in uuids {
+        assert_eq!(
+            closes.iter().filter(|l| l.starts_with(&uuid)).count(),
+            1,
+            "one CLOSE for {uuid}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_init_runs_before_the_workers_with_its_env() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("init-ran");
+    let server_keys = format!(
+        "  on_init:\n    command: [\"sh\", \"-c\", \"env > {}\"]\n    exec_timeout: 10s\n    env:\n      GREETING: hello\n",
+        marker.display()
+    );
+    let text = yaml(
+        work.path(),
+        &[&test_worker()],
+        ONE,
+        &pool(1, ""),
+        &server_keys,
+    );
+    let mut h = Harness::start(work, &text).await;
+    let env = std::fs::read_to_string(&marker).expect("on_init ran before the server started");
+    assert!(env.lines().any(|l| l == "GREETING=hello"), "{env}");
+    let mut c: Client = h.connect("s").await;
+    c.hello().await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_user_runs_workers_as_that_user_when_pier_is_root() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let work = tempfile::tempdir().unwrap();
+    let text = yaml(
+        work.path(),
+        &[&test_worker()],
+        ONE,
+        &pool(1, ""),
+        "  user: nobody\n",
+    );
+    if !root {
+        let err = pier_server::config::Config::parse(&text, &[], &|_| None).unwrap_err();
+        assert!(err.to_string().contains("not root"), "{err}");
+        return;
+    }
+    // The worker writes its markers as nobody.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut h = Harness::start(work, &text).await;
+    let mut c = h.connect("s").await;
+    c.hello().await;
+    let pid = c.ask("pid\r\n").await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = uid_line.split_whitespace().nth(1).unwrap();
+    assert_ne!(nobody, "0", "{uid_line}");
+    h.shutdown().await;
+}
