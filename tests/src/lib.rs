@@ -168,7 +168,18 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, false)
+        Self::start_retrying(config, servers, worker, env, false, &[])
+    }
+
+    /// [`Pier::start`] with `-o dotted.key=value` overrides.
+    pub fn start_with(
+        config: &str,
+        servers: &[&str],
+        worker: WorkerImpl,
+        env: &[(&str, &OsStr)],
+        overrides: &[&str],
+    ) -> Result<Pier, HarnessError> {
+        Self::start_retrying(config, servers, worker, env, false, overrides)
     }
 
     /// [`Pier::start`], with the config's `rpc.listen` moved to a free port on 127.0.0.1 too (see
@@ -179,7 +190,7 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, true)
+        Self::start_retrying(config, servers, worker, env, true, &[])
     }
 
     fn start_retrying(
@@ -188,13 +199,14 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
         rpc: bool,
+        overrides: &[&str],
     ) -> Result<Pier, HarnessError> {
         // A port is free when picked but another process may take it before pier binds it: then
         // pier exits saying "could not listen", and new ports are tried (a bounded number of times).
         let mut attempts = 3;
         loop {
             attempts -= 1;
-            match Self::start_once(config, servers, worker, env, rpc) {
+            match Self::start_once(config, servers, worker, env, rpc, overrides) {
                 Err(HarnessError::ExitedEarly { output, .. })
                     if attempts > 0 && output.contains("could not listen") => {}
                 result => return result,
@@ -208,6 +220,7 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
         rpc: bool,
+        overrides: &[&str],
     ) -> Result<Pier, HarnessError> {
         let root = repo_root();
         let binary = root.join("target/release/pier");
@@ -231,6 +244,9 @@ impl Pier {
         } else {
             None
         };
+        for o in overrides {
+            command.arg("-o").arg(o);
+        }
         command
             .env("PIER_WORKER_IMPL", worker.env_value())
             // An ini directory that loads the extension (dev.sh exports one) would make the
@@ -322,6 +338,28 @@ impl Pier {
         Ok(stream)
     }
 
+    /// The `pier serve` process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGUSR1`) to pier.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: kill(2) takes plain integers; `pid` is our own child, not yet reaped (we hold
+        // its `Child`), so the pid cannot have been reused for another process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The pids of pier's live child processes (its workers), from `/proc`; zombies excluded.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+
     /// Everything pier wrote so far (lossy UTF-8).
     pub fn output(&self) -> String {
         let bytes = self.output.lock().unwrap_or_else(PoisonError::into_inner);
@@ -398,6 +436,59 @@ impl Drop for Pier {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The live (not zombie) child processes of `parent`, from `/proc/<pid>/stat`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces and parentheses; split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Raises this process's open-file limit (inherited by the pier it starts) to at least `want`,
+/// within the hard limit; returns the soft limit now in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write the one struct passed, a live local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
 }
 
 /// Copies a pipe into the shared output buffer until EOF.
