@@ -432,7 +432,7 @@ fn a_10_mb_line_without_delimiter_closes_only_that_connection() {
         sent += chunk.len();
     }
     assert_eq!(flood.line(), None, "closed");
-    assert!(pier.wait_for_output("client packet too large", LIMIT));
+    assert!(pier.wait_for_output("without a delimiter exceed max_packet_size", LIMIT));
     eventually(&pier, "CLOSE for the flooding connection", || {
         closes(&dir).contains(&flood.uuid)
     });
