@@ -136,11 +136,21 @@ pub struct Server {
     registry: Registry,
     /// `endure.grace_period`: bound of the whole shutdown.
     grace_period: Duration,
+    /// SIGUSR1, registered first thing in [`Server::bind`] (its default action would end pier).
+    usr1: Option<tokio::signal::unix::Signal>,
 }
 
 impl Server {
     /// Binds every `tcp.servers` address, then starts the workers.
     pub async fn bind(mut config: Config) -> Result<Server, ServeError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "could not listen for SIGUSR1; workers cannot be reset by signal");
+                None
+            }
+        };
         let ops = Ops::bind(config.metrics.as_ref(), config.status.as_ref())
             .await
             .map_err(ServeError::Ops)?;
@@ -213,6 +223,7 @@ impl Server {
             rpc,
             registry,
             grace_period: config.grace_period,
+            usr1,
         })
     }
 
@@ -310,7 +321,7 @@ impl Server {
                 }
             }));
         }
-        let resets = tokio::spawn(reset_on_sigusr1(self.pool.clone()));
+        let resets = tokio::spawn(reset_on_sigusr1(self.pool.clone(), self.usr1.take()));
         shutdown.await;
         info!(grace_period = ?self.grace_period, "shutting down: running packets already received, then closing connections");
         token.cancel();
@@ -384,14 +395,9 @@ async fn shut_down(
 }
 
 /// Resets the workers (one at a time, see [`Pool::reset`]) on each SIGUSR1.
-async fn reset_on_sigusr1(pool: Pool) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = match signal(SignalKind::user_defined1()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "could not listen for SIGUSR1; workers cannot be reset by signal");
-            return;
-        }
+async fn reset_on_sigusr1(pool: Pool, usr1: Option<tokio::signal::unix::Signal>) {
+    let Some(mut usr1) = usr1 else {
+        return;
     };
     while usr1.recv().await.is_some() {
         info!("SIGUSR1 received: resetting the workers one at a time");
