@@ -1,6 +1,7 @@
 //! `pier-bench`: Pier's load generator, its raw echo server (the ceiling) and the harness that
 //! runs the comparison (`./dev.sh bench`).
 
+mod broadcast;
 mod echo;
 mod harness;
 mod loadgen;
@@ -10,6 +11,7 @@ mod report;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -73,6 +75,34 @@ enum Command {
         /// Seconds allowed for the whole run.
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+    },
+    /// Broadcast over RPC to many idle connections of a `pier serve` it starts (push path: time to
+    /// the last read, server CPU per delivered message, RSS per idle connection); one JSON line.
+    Broadcast {
+        /// The `pier` binary.
+        #[arg(long, default_value = "target/release/pier")]
+        pier: PathBuf,
+        /// Worker command.
+        #[arg(
+            long,
+            default_value = "php -d extension=target/release/libpier.so bench/php/worker-ext.php 0"
+        )]
+        worker: String,
+        /// Connections.
+        #[arg(long, short = 'c', default_value_t = 10_000)]
+        connections: usize,
+        /// Broadcasts.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Message size in bytes, newline included.
+        #[arg(long, short = 's', default_value_t = 64)]
+        size: usize,
+        /// PHP workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Scratch directory (config, server log).
+        #[arg(long, default_value = "target/bench/broadcast")]
+        scratch: PathBuf,
     },
     /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
     Port,
@@ -244,6 +274,30 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => harness::run(args)?,
         Command::Tls(args) => harness::run_tls(args)?,
+        Command::Broadcast {
+            pier,
+            worker,
+            connections,
+            rounds,
+            size,
+            workers,
+            scratch,
+        } => {
+            anyhow::ensure!(size >= 1, "--size must be at least 1");
+            let report = broadcast::run(&broadcast::BroadcastOptions {
+                pier,
+                worker,
+                connections,
+                rounds,
+                size,
+                workers,
+                scratch,
+            })
+            .map_err(anyhow::Error::msg)
+            .context("broadcast run failed")?;
+            let line = serde_json::to_string(&report).context("could not encode the report")?;
+            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+        }
         Command::Port => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

@@ -1,0 +1,305 @@
+//! `pier-bench broadcast`: the push path under load. Starts `pier serve` (PHP echo workers, RPC on
+//! a loopback port), opens N idle connections, then broadcasts one S-byte message to all of them
+//! over RPC (`pier.Broadcast`), R times. Per round: time from the call to the last client's read
+//! of the whole message, and the server tree's CPU per delivered message. Also the server's RSS per
+//! idle connection (registry included). Prints one JSON line.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream as StdStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::loadgen::settle;
+use crate::procstat;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BroadcastOptions {
+    /// `pier` binary.
+    pub pier: PathBuf,
+    /// Worker command (PHP and its script).
+    pub worker: String,
+    /// Connections to broadcast to.
+    pub connections: usize,
+    /// Broadcasts.
+    pub rounds: usize,
+    /// Message size, newline included.
+    pub size: usize,
+    /// PHP workers.
+    pub workers: usize,
+    /// Scratch directory for the config and the server log.
+    pub scratch: PathBuf,
+}
+
+/// One broadcast.
+#[derive(Debug, Serialize)]
+pub struct Round {
+    /// Connections the server said it queued to.
+    pub queued: u64,
+    /// From the RPC call to its answer (µs).
+    pub answer_us: u64,
+    /// From the RPC call to the last client's read (µs).
+    pub last_read_us: u64,
+    /// Server tree CPU per delivered message (ns), call to last read.
+    pub cpu_ns_per_msg: f64,
+}
+
+/// The JSON line.
+#[derive(Debug, Serialize)]
+pub struct BroadcastReport {
+    /// Connections.
+    pub connections: usize,
+    /// Message size.
+    pub size: usize,
+    /// Server tree RSS with no client (KiB).
+    pub rss_base_kib: u64,
+    /// Server tree RSS with every connection open and idle (KiB).
+    pub rss_idle_kib: u64,
+    /// pier's own RSS (root process) with no client and with every connection (KiB).
+    pub root_rss_kib: (u64, u64),
+    /// Per round.
+    pub rounds: Vec<Round>,
+}
+
+/// Runs the scenario; the server is stopped at the end.
+pub fn run(o: &BroadcastOptions) -> Result<BroadcastReport, String> {
+    let port = |what: &str| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("could not find a port for {what}: {e}"))
+    };
+    let addr = port("the server")?;
+    let rpc = port("RPC")?;
+    std::fs::create_dir_all(&o.scratch).map_err(|e| e.to_string())?;
+    let config = o.scratch.join("broadcast.rr.yaml");
+    let yaml = format!(
+        "version: \"3\"\nserver:\n  command: \"{}\"\nrpc:\n  listen: tcp://{rpc}\ntcp:\n  servers:\n    bench:\n      addr: \"{addr}\"\n      delimiter: \"\\n\"\n  pool:\n    num_workers: {}\nlogs:\n  level: warn\n",
+        o.worker, o.workers
+    );
+    std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(o.scratch.join("broadcast.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(&o.pier)
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .env_remove("PHP_INI_SCAN_DIR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("could not start {}: {e}", o.pier.display()))?;
+    let mut server = Stop(child);
+    let pid = server.0.id();
+    let until = Instant::now() + Duration::from_secs(20);
+    while StdStream::connect_timeout(&rpc, Duration::from_millis(200)).is_err() {
+        if Instant::now() > until || matches!(server.0.try_wait(), Ok(Some(_))) {
+            return Err("pier did not start (see broadcast.log)".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = runtime.block_on(scenario(o, addr, rpc, pid));
+    server.stop();
+    report
+}
+
+async fn scenario(
+    o: &BroadcastOptions,
+    addr: SocketAddr,
+    rpc: SocketAddr,
+    pid: u32,
+) -> Result<BroadcastReport, String> {
+    settle(Some(pid)).await;
+    let base = usage(pid)?;
+    // Connect everyone (≤ 32 connects in flight: more overflows the accept queue of a busy 2-core
+    // machine, and a connection dropped there with SYN cookies never reaches the server); each client then reads whole messages and
+    // reports when it has one.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+    let gate = Arc::new(Semaphore::new(32));
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..o.connections {
+        let gate = gate.clone();
+        connects.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            TcpStream::connect(addr).await
+        });
+    }
+    let mut streams = Vec::with_capacity(o.connections);
+    while let Some(r) = connects.join_next().await {
+        let s = r
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        streams.push(s);
+    }
+    for mut s in streams {
+        let tx = tx.clone();
+        let size = o.size;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; size];
+            while s.read_exact(&mut buf).await.is_ok() {
+                if tx.send(Instant::now()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    settle(Some(pid)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rpc = StdStream::connect(rpc).map_err(|e| e.to_string())?;
+    rpc.set_nodelay(true).map_err(|e| e.to_string())?;
+    // Accepting can lag the clients' connects (a full accept queue retries the handshake
+    // later): wait until the server holds every connection.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = count(&mut rpc, 1000, "pier.Count", serde_json::json!({}))?;
+        if held as usize >= o.connections {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "the server holds {held} of {} connections",
+                o.connections
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle(Some(pid)).await;
+    let idle = usage(pid)?;
+    let mut data = "x".repeat(o.size - 1);
+    data.push('\n');
+    let mut rounds = Vec::new();
+    for seq in 1..=o.rounds as u32 {
+        let cpu0 = usage(pid)?.cpu_ns;
+        let t0 = Instant::now();
+        let queued = call(&mut rpc, seq, &data)?;
+        let answered = t0.elapsed();
+        let mut last = t0;
+        for got in 0..o.connections {
+            let at = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "round {seq}: {got} of {} clients got the broadcast (server queued {queued})",
+                        o.connections
+                    )
+                })?
+                .ok_or("readers gone")?;
+            last = last.max(at);
+        }
+        let cpu1 = usage(pid)?.cpu_ns;
+        rounds.push(Round {
+            queued,
+            answer_us: answered.as_micros() as u64,
+            last_read_us: (last - t0).as_micros() as u64,
+            cpu_ns_per_msg: cpu1.saturating_sub(cpu0) as f64 / o.connections as f64,
+        });
+        settle(Some(pid)).await;
+    }
+    Ok(BroadcastReport {
+        connections: o.connections,
+        size: o.size,
+        rss_base_kib: base.rss_kib,
+        rss_idle_kib: idle.rss_kib,
+        root_rss_kib: (base.root_rss_kib, idle.root_rss_kib),
+        rounds,
+    })
+}
+
+/// The server tree's usage; retried, since a process of the tree can vanish while it is read.
+fn usage(pid: u32) -> Result<procstat::TreeUsage, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match procstat::tree_usage(pid) {
+            Ok(u) => return Ok(u),
+            Err(e) => last = format!("could not read /proc for the server: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(last)
+}
+
+/// One `pier.Broadcast` over JSON goridge RPC; returns how many connections took it.
+fn call(rpc: &mut StdStream, seq: u32, data: &str) -> Result<u64, String> {
+    count(
+        rpc,
+        seq,
+        "pier.Broadcast",
+        serde_json::json!({ "data": data }),
+    )
+}
+
+/// One JSON goridge RPC call whose result is a count.
+fn count(
+    rpc: &mut StdStream,
+    seq: u32,
+    method: &str,
+    arg: serde_json::Value,
+) -> Result<u64, String> {
+    let arg = serde_json::to_vec(&arg).map_err(|e| e.to_string())?;
+    let mut payload = method.as_bytes().to_vec();
+    payload.extend_from_slice(&arg);
+    let mut frame = vec![0x15, 0x08];
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32(&frame[..6]).to_le_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(&seq.to_le_bytes());
+    frame.extend_from_slice(&(method.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    rpc.write_all(&frame).map_err(|e| e.to_string())?;
+    let mut header = [0u8; 20];
+    rpc.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    let mut body = vec![0u8; len];
+    rpc.read_exact(&mut body).map_err(|e| e.to_string())?;
+    if header[1] & 0x40 != 0 {
+        return Err(format!("RPC error: {}", String::from_utf8_lossy(&body)));
+    }
+    let result = &body[method.len()..];
+    std::str::from_utf8(result)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected answer {:?}", String::from_utf8_lossy(result)))
+}
+
+/// CRC32-IEEE (the goridge header checksum).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Stops the server (SIGTERM via kill(1) would need libc; the child is killed).
+struct Stop(Child);
+
+impl Stop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
