@@ -537,3 +537,35 @@ async fn wait_for(mut ok: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_rpc_answers_the_stock_client_and_goes_away_at_shutdown() {
+    let v = vectors();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("rr.sock");
+    // A stale socket file from an earlier run (nobody listening) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let mut text = support::yaml(dir.path(), &[&support::test_worker()], ONE, POOL, "");
+    text.push_str(&format!("rpc:\n  listen: unix://{}\n", socket.display()));
+    let mut h = Harness::start(dir, &text).await;
+    assert_eq!(
+        h.rpc.as_deref(),
+        Some(format!("unix://{}", socket.display()).as_str())
+    );
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream
+        .write_all(&v["rpc_request_tcp_close_json"])
+        .await
+        .unwrap();
+    let want = &v["rpc_response_tcp_close_json"];
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(HANG, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hex::encode(&got), hex::encode(want));
+    drop(stream);
+    h.shutdown().await;
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
+}
