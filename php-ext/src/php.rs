@@ -28,11 +28,13 @@ use pier_protocol::TlsFacts;
 
 use crate::relay::{self, Relay, RelayError, RelaySpec};
 use crate::rpc::{self, Json, RpcError};
-use crate::session::{Features, Incoming, Session, SessionError, FEATURES_ENV};
+use crate::session::{Features, Incoming, Session, SessionError, FEATURES, FEATURES_ENV};
 
-/// Registers every class and enum with the module.
+/// Registers every class, enum and function with the module.
 pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
     module
+        .info_function(module_info)
+        .function(wrap_function!(features))
         .startup_function(register_exceptions)
         .request_startup_function(declare_like_php)
         .enumeration::<TcpEvent>()
@@ -41,6 +43,25 @@ pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
         .class::<TcpRequest>()
         .class::<TcpWorker>()
         .class::<Connections>()
+}
+
+// ---------------------------------------------------------------------------------------------
+// What this build is: `phpversion('pier')` is the crate's version (set by `#[php_module]`).
+
+/// `Pier\features()`: the Pier extensions this build supports ([`FEATURES`]).
+#[php_function]
+#[php(name = "Pier\\features")]
+pub fn features() -> Vec<String> {
+    FEATURES.iter().map(|f| (*f).to_owned()).collect()
+}
+
+/// The `pier` section of `phpinfo()` and `php --ri pier`.
+extern "C" fn module_info(_module: *mut ext_php_rs::zend::ModuleEntry) {
+    ext_php_rs::info_table_start!();
+    ext_php_rs::info_table_row!("pier support", "enabled");
+    ext_php_rs::info_table_row!("version", env!("CARGO_PKG_VERSION"));
+    ext_php_rs::info_table_row!("features", FEATURES.join(","));
+    ext_php_rs::info_table_end!();
 }
 
 // ---------------------------------------------------------------------------------------------

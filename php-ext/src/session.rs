@@ -16,6 +16,11 @@ use crate::relay::{Relay, RelayError};
 /// The environment variable Pier sets with the extensions it supports.
 pub const FEATURES_ENV: &str = "PIER_FEATURES";
 
+/// The Pier extensions (PROTOCOL.md "Pier extensions") this extension implements, as named in
+/// `PIER_FEATURES`: append a name when adding one. PHP sees it as `Pier\features()`, `php --ri pier`
+/// and `pier --version` show it.
+pub const FEATURES: &[&str] = &["state", "push", "idle_timeout", "starttls"];
+
 /// Why a session call failed. `Relay` is a transport failure; every other variant is misuse by
 /// the worker script or a frame the server should never have sent.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,15 @@ declare(strict_types=1);
 
 namespace Pier {
     /**
+     * The Pier extensions (PROTOCOL.md "Pier extensions") this build of the extension supports, as
+     * `PIER_FEATURES` names them; `phpversion('pier')` is its version. `php --ri pier` and
+     * `pier --version` show both. The extension's own: the pure-PHP package has no such function.
+     *
+     * @return list<string>
+     */
+    function features(): array {}
+
+    /**
      * A worker's connection to the server (the relay). Only `create()` makes one.
      */
     final class Worker

@@ -88,6 +88,22 @@ final class ApiTest extends TestCase
         new Worker();
     }
 
+    public function testVersionIsTheCratesAndFeaturesAreAListIncludingState(): void
+    {
+        $cargo = (string) file_get_contents(\dirname(__DIR__, 2) . '/Cargo.toml');
+        self::assertSame(1, preg_match('/^\[workspace\.package\]\nversion = "([^"]+)"/m', $cargo, $m));
+        self::assertSame($m[1], phpversion('pier'));
+
+        $features = \Pier\features();
+        self::assertTrue(array_is_list($features));
+        self::assertContains('state', $features);
+        self::assertSame(array_values(array_unique($features)), $features);
+
+        $info = (string) shell_exec(escapeshellarg(PHP_BINARY) . ' --ri pier');
+        self::assertStringContainsString("version => {$m[1]}\n", $info);
+        self::assertStringContainsString('features => ' . implode(',', $features) . "\n", $info);
+    }
+
     public function testTheStubsAreValidPhpAndDeclareExactlyWhatTheExtensionDoes(): void
     {
         $stubs = \dirname(__DIR__) . '/stubs/pier.stubs.php';
@@ -115,6 +131,10 @@ final class ApiTest extends TestCase
                 sort($lines);
                 $out[] = ($r->isFinal() ? 'final ' : '') . $c . ' < ' . ($r->getParentClass() ? $r->getParentClass()->getName() : '-');
                 array_push($out, ...$lines);
+            }
+            foreach (['Pier\features'] as $f) {
+                $r = new ReflectionFunction($f);
+                $out[] = 'function ' . $r->getName() . '(' . $r->getNumberOfParameters() . ' parameters): ' . $r->getReturnType();
             }
             echo implode("\n", $out);
             PHP;

@@ -27,8 +27,10 @@
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
 //!   its method table.
+//! - [`version`]: what `pier --version` reports (server, relay protocol, features, the
+//!   extension a PHP beside it would load).
 //! - this file: [`Server`] (bind, serve until shutdown, SIGUSR1 reset), [`TlsReloader`] (SIGHUP)
-//!   and [`run`]; [`init_logging`].
+//!   and [`run`]; [`init_logging`]; [`FEATURES`].
 //!
 //! Shutdown order, bounded as a whole by `endure.grace_period`: stop accepting → every packet
 //! already received is run and its reply written → every open connection gets its CLOSE event
@@ -46,6 +48,7 @@ pub mod ops;
 pub mod pool;
 pub mod registry;
 pub mod rpc;
+pub mod version;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +68,12 @@ use crate::pool::{Pool, PoolError};
 use crate::registry::Registry;
 use crate::rpc::methods::{Context, Methods};
 use crate::rpc::{RpcError, RpcServer};
+
+/// The Pier extensions (PROTOCOL.md "Pier extensions") this server offers, in the order they are
+/// announced to workers in `PIER_FEATURES` and listed by `pier --version`: append a name when
+/// adding one. The extension's own list (`php-ext/src/session.rs`) must hold every name here: the
+/// end-to-end suite checks a release build, and `pier --version` flags an extension that lacks one.
+pub const FEATURES: &[&str] = &["state", "push", "idle_timeout", "starttls"];
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! `pier`: the command line. Thin on purpose; the server lives in the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,11 +11,21 @@ use pier_server::ctl;
 
 /// Serve raw TCP protocols with PHP workers (RoadRunner TCP compatible).
 #[derive(Debug, Parser)]
-#[command(name = "pier", version, about)]
+// clap's own version flag prints one line; ours also names the protocol, the features and the
+// extension PHP would use (pier_server::version).
+#[command(
+    name = "pier",
+    about,
+    disable_version_flag = true,
+    arg_required_else_help = true
+)]
 struct Cli {
+    /// Print pier's version, relay protocol, features and the pier PHP extension's version.
+    #[arg(short = 'V', long = "version")]
+    version: bool,
     /// What to do.
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +108,18 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let (config, overrides) = match cli.command {
+    let command = match (cli.version, cli.command) {
+        (false, Some(command)) => command,
+        // `--version` (clap's `arg_required_else_help` leaves no other case).
+        _ => {
+            let report = pier_server::version::Report::gather();
+            std::io::stdout()
+                .write_all(report.to_string().as_bytes())
+                .context("could not write to stdout")?;
+            return Ok(());
+        }
+    };
+    let (config, overrides) = match command {
         Cmd::Serve { config, overrides } => (config, overrides),
         Cmd::Reset { config, overrides } => {
             let (address, _) = rpc_address(&config, &overrides)?;

@@ -184,3 +184,33 @@ fn graceful_stop(signal: &str, whole_group: bool) {
     let closes = std::fs::read_to_string(dir.path().join("closes.log")).unwrap();
     assert!(closes.contains(&uuid), "CLOSE delivered at shutdown");
 }
+
+#[test]
+fn version_names_server_protocol_features_and_the_extension_php_would_use() {
+    for flag in ["--version", "-V"] {
+        let out = pier().arg(flag).output().unwrap();
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines[0], format!("pier {}", env!("CARGO_PKG_VERSION")));
+        assert!(
+            lines[1].starts_with("relay protocol: goridge frames version 1, RoadRunner TCP"),
+            "{stdout}"
+        );
+        assert_eq!(
+            lines[2],
+            format!("features: {}", pier_server::FEATURES.join(","))
+        );
+        // Whatever this machine's PHP has, the report says it (loaded, not loaded, or why not).
+        assert!(
+            lines[3..]
+                .iter()
+                .any(|l| l.starts_with("extension in php (the php on PATH")),
+            "{stdout}"
+        );
+    }
+    // Without a command, pier says how to use it (as before --version existed).
+    let out = pier().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: pier"));
+}
