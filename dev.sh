@@ -30,6 +30,7 @@ PACKAGES=(
   php8.2-sqlite3     # examples/mqtt: the store the broker's workers share (PDO SQLite)
   mosquitto-clients  # e2e: mosquitto_pub/mosquitto_sub drive examples/mqtt
   python3-paho-mqtt  # e2e: Paho, a second MQTT client library against examples/mqtt
+  procps             # kill(1): the CLI tests signal pier as a user would
 )
 
 is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
@@ -191,6 +192,66 @@ test_e2e() {
   cargo test -p pier-e2e --quiet
 }
 
+# The standard PHP build (php-ext/config.m4): phpize, configure, make, then make install into a
+# temporary INSTALL_ROOT, and PHP loads the installed pier.so. `PIER_CARGO_PACKAGES=` makes cargo
+# build what `build` built (a lone `-p pier` unifies features differently and would rebuild).
+test_phpize() {
+  say "extension: phpize && ./configure && make && make install (temporary INSTALL_ROOT), then php -d extension="
+  local root log so want got
+  root=$(mktemp -d)
+  log=$root/build.log
+  if ! (cd php-ext && phpize && ./configure && make PIER_CARGO_PACKAGES= &&
+    make install INSTALL_ROOT="$root" PIER_CARGO_PACKAGES=) >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "error: the phpize route failed (log above)" >&2
+    exit 1
+  fi
+  so=$root$(php-config --extension-dir)/pier.so
+  [ -f "$so" ] || { echo "error: make install put no pier.so in $(dirname "$so")" >&2; exit 1; }
+  want="pier $(cargo pkgid -p pier | sed 's/.*[#@]//') $(php -n -d extension="$EXT" -r 'echo implode(",", Pier\features());')"
+  got=$(php -n -d extension="$so" -r 'echo "pier ", phpversion("pier"), " ", implode(",", Pier\features());')
+  [ "$got" = "$want" ] || { echo "error: the installed pier.so says '$got', expected '$want'" >&2; exit 1; }
+  say "extension: $so loads: $got"
+  # What PIE reads: php-ext/composer.json (Composer 2.5 does not know the php-ext section yet, so
+  # only publish-strictness is skipped), naming the module this build installs.
+  composer validate --no-check-publish --no-interaction --quiet -d php-ext
+  local name
+  name=$(php -r '$c = json_decode(file_get_contents("php-ext/composer.json"), true, 512, JSON_THROW_ON_ERROR);
+    echo $c["type"] === "php-ext" ? $c["php-ext"]["extension-name"] : "(type is not php-ext)";')
+  [ "$name" = pier ] && [ -f "$(dirname "$so")/$name.so" ] ||
+    { echo "error: php-ext/composer.json names extension '$name', make install built pier.so" >&2; exit 1; }
+  rm -rf "$root"
+}
+
+# `install`/`uninstall` into a temporary prefix, extension dir and ini dir (PHP_INI_SCAN_DIR, so
+# this machine's PHP is untouched): installed twice (harmless), `pier --version` from / shows the
+# extension PHP loads, `php -m` lists pier, and uninstall leaves nothing behind.
+test_install() {
+  say "install: ./dev.sh install twice into a temporary prefix and ini dir, pier --version, php -m, uninstall"
+  local tmp
+  tmp=$(mktemp -d)
+  mkdir "$tmp/ini"
+  (
+    export PHP_INI_SCAN_DIR="$tmp/ini" PIER_EXTENSION_DIR="$tmp/ext"
+    install_files "$tmp/prefix" 2>/dev/null
+    install_files "$tmp/prefix"
+    local version out left
+    version=$(cargo pkgid -p pier-server | sed 's/.*[#@]//')
+    out=$(cd / && PATH="$tmp/prefix/bin:$PATH" pier --version)
+    printf '%s\n' "$out" | sed 's/^/    /' >&2
+    if ! printf '%s\n' "$out" | grep -q "^extension in php .*: pier $version, features: " ||
+      printf '%s\n' "$out" | grep -q MISMATCH; then
+      echo "error: the installed pier --version does not show the installed extension $version" >&2
+      exit 1
+    fi
+    php -m | grep -qx pier || { echo "error: php -m does not list pier after install" >&2; exit 1; }
+    cmd_uninstall "$tmp/prefix"
+    left=$(cd "$tmp" && find . -mindepth 1 ! -path ./ini)
+    [ -z "$left" ] || { echo "error: uninstall left: $left" >&2; exit 1; }
+  )
+  rm -rf "$tmp"
+}
+
 cmd_test() {
   cmd_setup
   cmd_check_setup
@@ -198,6 +259,8 @@ cmd_test() {
   cmd_lint
   test_rust
   test_ext
+  test_phpize
+  test_install
   test_php
   test_e2e
   say "all tests passed"
@@ -213,6 +276,96 @@ cmd_demo() {
     nc -C 127.0.0.1 7778    # upper: CRLF-delimited lines come back in upper case
 DEMO
   exec ./target/release/pier serve -c examples/echo/.rr.yaml "$@"
+}
+
+# `install [PREFIX]`: pier into PREFIX/bin (default /usr/local), the extension into PHP's extension
+# dir (PIER_EXTENSION_DIR overrides it), and an ini that loads it: with PHP_INI_SCAN_DIR set, into
+# that directory; on Debian/Ubuntu, /etc/php/X.Y/mods-available + phpenmod; elsewhere, the scan dir
+# `php --ini` names. Everything it creates is listed in PREFIX/share/pier/install-manifest, which
+# `uninstall [PREFIX]` reads to remove exactly that. Re-running install is harmless.
+manifest_of() { printf '%s/share/pier/install-manifest' "$1"; }
+
+install_files() {
+  local prefix=$1 manifest php_bin ext_dir ini_line ini_dir ini phpver=""
+  manifest=$(manifest_of "$prefix")
+  local entries=()
+  # mkdir -p, remembering each directory it creates (uninstall removes them if empty).
+  make_dirs() {
+    local d=$1 missing=()
+    while [ ! -d "$d" ]; do missing=("$d" "${missing[@]}"); d=$(dirname "$d"); done
+    for d in "${missing[@]}"; do mkdir "$d" && entries+=("dir $d"); done
+  }
+  put() { # put MODE SOURCE DEST
+    make_dirs "$(dirname "$3")"
+    install -m "$1" "$2" "$3.pier-new" && mv -f "$3.pier-new" "$3"
+    entries+=("file $3")
+  }
+  put 0755 target/release/pier "$prefix/bin/pier"
+
+  php_bin=$(php-config --php-binary)
+  if [ -n "${PIER_EXTENSION_DIR:-}" ]; then
+    ext_dir=$PIER_EXTENSION_DIR
+    ini_line="extension=$ext_dir/pier.so"
+  else
+    ext_dir=$(php-config --extension-dir)
+    ini_line="extension=pier"
+  fi
+  put 0644 "$EXT" "$ext_dir/pier.so"
+
+  local tmp_ini
+  tmp_ini=$(mktemp)
+  printf '; the Pier extension (installed by pier'"'"'s ./dev.sh install)\n; priority=20\n%s\n' "$ini_line" >"$tmp_ini"
+  phpver=$("$php_bin" -r 'echo PHP_MAJOR_VERSION, ".", PHP_MINOR_VERSION;')
+  if [ -z "${PHP_INI_SCAN_DIR:-}" ] && command -v phpenmod >/dev/null && [ -d "/etc/php/$phpver/mods-available" ]; then
+    put 0644 "$tmp_ini" "/etc/php/$phpver/mods-available/pier.ini"
+    phpenmod -v "$phpver" pier
+    entries+=("phpenmod $phpver")
+  else
+    ini_dir=$("$php_bin" --ini | sed -n 's/^Scan for additional .ini files in: *//p')
+    case "$ini_dir" in
+      "" | "(none)")
+        rm -f "$tmp_ini"
+        echo "error: $php_bin has no ini scan dir: add '$ini_line' to its php.ini ($("$php_bin" --ini | sed -n 's/^Loaded Configuration File: *//p'))" >&2
+        exit 1 ;;
+    esac
+    ini_dir=${ini_dir%%:*} # several dirs: the first
+    put 0644 "$tmp_ini" "$ini_dir/20-pier.ini"
+  fi
+  rm -f "$tmp_ini"
+
+  make_dirs "$(dirname "$manifest")"
+  # Union with an earlier install's entries, so uninstall still finds those.
+  { [ -f "$manifest" ] && cat "$manifest"; printf '%s\n' "${entries[@]}"; } | awk '!seen[$0]++' >"$manifest.new"
+  mv -f "$manifest.new" "$manifest"
+  say "installed: $prefix/bin/pier, $ext_dir/pier.so, ini loading it (manifest: $manifest)"
+}
+
+cmd_install() {
+  local prefix=${1:-/usr/local}
+  cmd_build
+  install_files "$prefix"
+  (cd / && "$prefix/bin/pier" --version)
+  php -m | grep -qx pier || { echo "error: php -m does not list pier after install" >&2; exit 1; }
+}
+
+cmd_uninstall() {
+  local prefix=${1:-/usr/local} manifest kind path dirs=()
+  manifest=$(manifest_of "$prefix")
+  [ -f "$manifest" ] || { echo "nothing to uninstall: no $manifest" >&2; exit 1; }
+  # phpdismod (-p: forget its state too) before the ini goes; files; then the directories install
+  # created, deepest first, if nothing else was put in them since.
+  while read -r kind path; do
+    [ "$kind" = phpenmod ] && phpdismod -p -v "$path" pier
+  done <"$manifest"
+  while read -r kind path; do
+    case "$kind" in
+      file) rm -f "$path" ;;
+      dir) dirs+=("$path") ;;
+    esac
+  done <"$manifest"
+  rm -f "$manifest"
+  [ ${#dirs[@]} -eq 0 ] || printf '%s\n' "${dirs[@]}" | sort -r | while read -r path; do rmdir "$path" 2>/dev/null || true; done
+  say "uninstalled what $manifest listed"
 }
 
 # The comparison (bench/): raw tokio echo vs pier + extension vs pier + pure PHP, same run.
@@ -237,6 +390,9 @@ usage: ./dev.sh COMMAND
   test    build, fmt + clippy, cargo test, the PHP suites and the end-to-end suite
   demo    build, then run the echo example on 127.0.0.1:7777 (arguments go to `pier serve`)
   lint    cargo fmt --check and clippy -D warnings
+  install [PREFIX]    build, then install pier into PREFIX/bin (default /usr/local), the extension
+          into PHP's extension dir and an ini that loads it (Debian: mods-available + phpenmod)
+  uninstall [PREFIX]  remove exactly what install installed (its manifest in PREFIX/share/pier)
   bench   build, then compare raw / pier+ext / pier+php (--quick: 60 s smoke run; full: ~10 min,
           writes bench/results/<date>.md)
 HELP
@@ -244,6 +400,7 @@ HELP
 
 case "${1:-help}" in
   setup | build | test | lint | help) "cmd_$1" ;;
+  install | uninstall) cmd="cmd_$1"; shift; "$cmd" "$@" ;;
   demo) shift; cmd_demo "$@" ;;
   check-setup) cmd_check_setup ;;
   bench) shift; cmd_bench "$@" ;;
