@@ -243,3 +243,71 @@ fn control_commands_without_a_server_exit_1_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pier_reset_under_load_replaces_every_worker_and_fails_no_event() {
+    let mut h = start(3).await;
+    let config = config_for(&h);
+    // The resetter vectors: reset of tcp answers exactly the stock answer; an unknown plugin too.
+    assert_eq!(
+        raw_call(&h, vector("rpc_request_resetter_reset_unknown_json")).await,
+        vector("rpc_response_resetter_reset_unknown_json")
+    );
+    let pids = |out: &str| -> std::collections::BTreeSet<String> {
+        out.lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let (_, before, _) = pier(&["workers"], config.clone()).await;
+    let before = pids(&before);
+    assert_eq!(before.len(), 3);
+    // 12 clients keep asking while the workers are replaced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..12 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                let q = format!("c{i}-{n}");
+                assert_eq!(c.ask(&format!("{q}\r\n")).await, format!("s:{q}"));
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, out, err) = pier(&["reset"], config.clone()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("Resetting tcp: 3 workers"), "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Each client asserted every answer (a connection closed by the reset would have failed it).
+    for task in load {
+        assert!(
+            task.await.unwrap() > 0,
+            "every client was answered throughout"
+        );
+    }
+    let (_, after, _) = pier(&["workers"], config).await;
+    let after = pids(&after);
+    assert_eq!(after.len(), 3);
+    assert!(
+        before.is_disjoint(&after),
+        "every pid is new: {before:?} → {after:?}"
+    );
+    let (_, metrics) = h.http_get("metrics", "/metrics").await;
+    assert!(
+        metrics.contains("pier_worker_restarts_total{reason=\"reset\"} 3"),
+        "{metrics}"
+    );
+    // The stock client's resetter.Reset("tcp"): the answer is the captured one, byte for byte.
+    assert_eq!(
+        raw_call(&h, vector("rpc_request_resetter_reset_json")).await,
+        vector("rpc_response_resetter_reset_json")
+    );
+    h.shutdown().await;
+}

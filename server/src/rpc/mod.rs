@@ -3,7 +3,7 @@
 //!
 //! - [`codec`]: request frames → [`codec::Request`], answers, JSON / msgpack arguments and results.
 //! - [`methods`]: the method table ([`methods::Methods`]) and every method.
-//! - [`ops`]: RoadRunner's `informer` service (`rr workers`).
+//! - [`ops`]: RoadRunner's `resetter` and `informer` services (`rr reset`, `rr workers`).
 //! - [`client`]: the client `pier reset`, `pier workers` and `pier connections` use.
 //! - this file: the listener (`tcp://` or `unix://`) and one task per RPC connection, which reads
 //!   requests and answers them in order.

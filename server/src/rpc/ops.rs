@@ -1,5 +1,6 @@
-//! RoadRunner's `informer` service for the one plugin Pier has, `tcp`: what `rr workers` and
-//! spiral/roadrunner-worker's tools call, and what `pier workers` calls.
+//! RoadRunner's `resetter` and `informer` services for the one plugin Pier has, `tcp`: what
+//! `rr reset`, `rr workers` and spiral/roadrunner-worker's tools call, and what `pier reset` and
+//! `pier workers` call.
 //!
 //! `informer.Workers` answers RoadRunner's WorkerList (`{"workers":[{pid, status, numExecs,
 //! created, memoryUsage, CPUPercent, command, statusStr}]}`, in that key order) and adds one key
@@ -27,8 +28,23 @@ pub fn no_such_plugin(name: &str) -> String {
     format!("no such plugin: {name}")
 }
 
-/// Registers `informer.List` and `informer.Workers`.
+/// Registers `resetter.List`, `resetter.Reset`, `informer.List` and `informer.Workers`.
 pub fn register(m: &mut Methods) {
+    m.register("resetter.List", |_ctx, _arg: IgnoredAny| async move {
+        Ok(vec![PLUGIN])
+    });
+    m.register("resetter.Reset", |ctx, plugin: String| async move {
+        if plugin != PLUGIN {
+            return Err(MethodError::Failed(no_such_plugin(&plugin)));
+        }
+        let pool = ctx.pool()?.clone();
+        let replaced = pool
+            .reset()
+            .await
+            .map_err(|e| MethodError::Failed(format!("could not reset the tcp workers: {e}")))?;
+        tracing::info!(replaced, "workers reset over RPC (resetter.Reset)");
+        Ok(true)
+    });
     m.register("informer.List", |_ctx, _arg: IgnoredAny| async move {
         Ok(vec![PLUGIN])
     });
