@@ -42,7 +42,7 @@ use relay::RelayListener;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::run_on_init;
-pub use worker::{FEATURES, RR_VERSION};
+pub use worker::RR_VERSION;
 
 /// How many times one event is re-run after stop replies before the connection is given up.
 const MAX_RERUNS: usize = 8;

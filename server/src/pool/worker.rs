@@ -25,8 +25,6 @@ use crate::ops::RestartReason;
 /// The `RR_VERSION` workers see: the RoadRunner release whose TCP plugin Pier follows (the stock
 /// PHP packages only check that it is set).
 pub const RR_VERSION: &str = "2024.3.0";
-/// `PIER_FEATURES`: the Pier extensions this server offers its workers (see PROTOCOL.md).
-pub const FEATURES: &str = "state,push,idle_timeout,starttls";
 /// Largest frame accepted from a worker; a larger announced length is corruption.
 const MAX_WORKER_FRAME: u32 = 1 << 30;
 /// Bytes of a worker's stderr kept to explain a failed start.
@@ -496,7 +494,7 @@ pub(super) async fn spawn_worker(
         .env("RR_MODE", "tcp")
         .env("RR_VERSION", RR_VERSION)
         .env("PIER_VERSION", env!("CARGO_PKG_VERSION"))
-        .env("PIER_FEATURES", FEATURES)
+        .env("PIER_FEATURES", crate::FEATURES.join(","))
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
