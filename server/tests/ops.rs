@@ -387,11 +387,21 @@ async fn idle_timeout_closes_silent_clients_with_their_close_event() {
         ),
         2.0
     );
-    let closes: Vec<String> = h
-        .log("closes.log")
-        .iter()
-        .map(|l| l.split(' ').next().unwrap().to_owned())
-        .collect();
+    // The gauge drops when the socket closes; the CLOSE event runs just after it: wait for both.
+    let closed_uuids = || -> Vec<String> {
+        h.log("closes.log")
+            .iter()
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    };
+    for _ in 0..500 {
+        let closes = closed_uuids();
+        if closes.contains(&silent_uuid) && closes.contains(&slow_uuid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closes = closed_uuids();
     assert!(
         closes.contains(&silent_uuid) && closes.contains(&slow_uuid),
         "{closes:?}"
