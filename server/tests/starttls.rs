@@ -63,7 +63,8 @@ async fn starttls_upgrades_and_an_injected_command_is_never_executed() {
         client.rest().await.iter().all(|b| *b != b'\n'),
         "no line answered"
     );
-    assert_eq!(h.tls.refusals()[0], ("mail".to_owned(), 1, 0));
+    let refusals = h.refusals_when(|r| r[0].1 == 1).await;
+    assert_eq!(refusals[0], ("mail".to_owned(), 1, 0));
     h.shutdown().await;
 
     let frames = std::fs::read_to_string(h.dir.path().join("frames.log")).unwrap();

@@ -65,6 +65,23 @@ pub fn yaml(dir: &Path, command: &[&str], servers: &str, pool: &str, env: &str) 
 }
 
 impl Harness {
+    /// The listeners' refusal counts (server, TLS handshake failures, PROXY refusals) once
+    /// `settled` holds for them, waiting at most 5 s: a failed handshake drops its socket before it
+    /// is counted, so a client can see the close first.
+    pub async fn refusals_when(
+        &self,
+        settled: impl Fn(&[(String, u64, u64)]) -> bool,
+    ) -> Vec<(String, u64, u64)> {
+        for _ in 0..500 {
+            let refusals = self.tls.refusals();
+            if settled(&refusals) {
+                return refusals;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.tls.refusals()
+    }
+
     /// Starts a server running the Rust test worker.
     pub async fn rust(servers: &str, pool: &str) -> Harness {
         Self::rust_env(servers, pool, "").await
