@@ -166,6 +166,9 @@ pub struct Config {
     pub status: Option<StatusConfig>,
     /// `rpc`: where goridge RPC listens; `None` when `rpc.listen` is not set.
     pub rpc: Option<RpcConfig>,
+    /// `cluster` (Pier): the bus that joins several instances; `None` when `cluster.bus` is not
+    /// set (a single instance).
+    pub cluster: Option<ClusterConfig>,
     /// `endure.grace_period`: how long the whole graceful shutdown may take (RoadRunner's
     /// default 30 s); then workers are killed and pier exits with an error.
     pub grace_period: Duration,
@@ -265,6 +268,26 @@ pub struct RpcConfig {
     pub listen: String,
     /// Where to listen, parsed.
     pub addr: RpcAddr,
+}
+
+/// Default `cluster.prefix`: the first part of every channel name on the bus.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "pier";
+/// Default `cluster.request_timeout`: how long a cluster-wide query waits for the other nodes.
+pub const DEFAULT_CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest `cluster.node`, in bytes (it is in every bus message).
+pub const MAX_NODE_ID: usize = 64;
+
+/// The `cluster` section (Pier): several instances act as one over Redis or NATS (`cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `cluster.bus`: `redis://host:port[/db]` or `nats://host:port`.
+    pub bus: String,
+    /// `cluster.node`: this instance's id; `None` = generated at start (and logged).
+    pub node: Option<String>,
+    /// `cluster.prefix`: channel names start with it, so clusters can share one bus.
+    pub prefix: String,
+    /// `cluster.request_timeout`: how long list/count/info/groups wait for the other nodes.
+    pub request_timeout: Duration,
 }
 
 /// Where the RPC listener binds.
@@ -517,7 +540,7 @@ impl Config {
             top,
             "",
             &[
-                "version", "server", "tcp", "logs", "metrics", "status", "rpc", "endure",
+                "version", "server", "tcp", "logs", "metrics", "status", "rpc", "endure", "cluster",
             ],
             &[],
             &mut warnings,
@@ -582,6 +605,11 @@ impl Config {
 
         let rpc = match top.get(&key("rpc")) {
             Some(v) if !matches!(v, Yaml::Null) => rpc(hash(v, "rpc")?, &mut warnings)?,
+            _ => None,
+        };
+
+        let cluster = match top.get(&key("cluster")) {
+            Some(v) if !matches!(v, Yaml::Null) => cluster(hash(v, "cluster")?, &mut warnings)?,
             _ => None,
         };
 
@@ -752,6 +780,7 @@ impl Config {
             metrics,
             status,
             rpc,
+            cluster,
             grace_period,
             on_init,
             warnings,
@@ -1209,6 +1238,90 @@ fn rpc(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<RpcConfig>, Config
         return Err(ConfigError::RpcListen(listen));
     };
     Ok(Some(RpcConfig { listen, addr }))
+}
+
+/// The `cluster` section; `None` without `cluster.bus`. The bus URL's scheme is checked here (a
+/// typo is a config error, not a bus that never connects); the rest of it when the bus starts.
+fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>, ConfigError> {
+    check_keys(
+        h,
+        "cluster",
+        &["bus", "node", "prefix", "request_timeout"],
+        &[],
+        warnings,
+    );
+    let text = |field: &str| -> Result<Option<String>, ConfigError> {
+        match h.get(&key(field)) {
+            None => Ok(None),
+            Some(v) => {
+                let v = scalar_string(v, &format!("cluster.{field}"))?;
+                let v = v.trim();
+                Ok((!v.is_empty()).then(|| v.to_owned()))
+            }
+        }
+    };
+    let Some(bus) = text("bus")? else {
+        if !h.is_empty() {
+            warnings.push("cluster.bus is not set: this instance runs alone (the other cluster keys are ignored)".into());
+        }
+        return Ok(None);
+    };
+    let scheme_ok = ["redis://", "nats://"]
+        .iter()
+        .any(|s| bus.len() > s.len() && bus[..s.len()].eq_ignore_ascii_case(s));
+    if !scheme_ok {
+        return Err(ConfigError::Invalid {
+            key: "cluster.bus".into(),
+            problem: format!("{bus:?} is not redis://host:port[/db] or nats://host:port"),
+        });
+    }
+    // The id names the node in logs, rows and every bus message: printable, short, no spaces.
+    let node = text("node")?;
+    if let Some(node) = &node {
+        if node.len() > MAX_NODE_ID
+            || !node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::Invalid {
+                key: "cluster.node".into(),
+                problem: format!(
+                    "{node:?} is not 1..={MAX_NODE_ID} letters, digits, '.', '_' or '-'"
+                ),
+            });
+        }
+    }
+    // The prefix is one token of a NATS subject (and of a Redis channel name): no dots, spaces
+    // or wildcards.
+    let prefix = text("prefix")?.unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_owned());
+    if prefix.len() > MAX_NODE_ID
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    {
+        return Err(ConfigError::Invalid {
+            key: "cluster.prefix".into(),
+            problem: format!("{prefix:?} is not 1..={MAX_NODE_ID} letters, digits, '_' or '-'"),
+        });
+    }
+    let request_timeout = duration_or(
+        h,
+        "cluster",
+        "request_timeout",
+        DEFAULT_CLUSTER_REQUEST_TIMEOUT,
+    )?;
+    if request_timeout.is_zero() {
+        return Err(ConfigError::Invalid {
+            key: "cluster.request_timeout".into(),
+            problem: "0 would give the other nodes no time to answer".into(),
+        });
+    }
+    Ok(Some(ClusterConfig {
+        bus,
+        node,
+        prefix,
+        request_timeout,
+    }))
 }
 
 /// `tcp.servers.<name>.tls`. Files are only named here; they are read (and a missing one
@@ -2490,6 +2603,57 @@ tcp:
             let err = parse(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert_eq!(err.to_string(), want);
         }
+    }
+
+    #[test]
+    fn cluster_section() {
+        let with = |body: &str| parse(&format!("{MINIMAL}cluster:\n{body}"));
+        assert_eq!(parse(MINIMAL).unwrap().cluster, None);
+        let c = with("  bus: redis://127.0.0.1:6379\n").unwrap();
+        assert_eq!(
+            c.cluster,
+            Some(ClusterConfig {
+                bus: "redis://127.0.0.1:6379".into(),
+                node: None,
+                prefix: "pier".into(),
+                request_timeout: Duration::from_secs(1),
+            })
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = with("  bus: nats://10.0.0.5:4222\n  node: eu-1.a_b\n  prefix: chat-prod\n  request_timeout: 250ms\n  colour: red\n").unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node.as_deref(), Some("eu-1.a_b"));
+        assert_eq!(cluster.prefix, "chat-prod");
+        assert_eq!(cluster.request_timeout, Duration::from_millis(250));
+        assert_eq!(c.warnings, ["unknown key cluster.colour (ignored)"]);
+        // Keys without a bus: a single instance, said so.
+        let c = with("  node: a\n").unwrap();
+        assert_eq!(c.cluster, None);
+        assert!(
+            c.warnings[0].contains("cluster.bus is not set"),
+            "{:?}",
+            c.warnings
+        );
+        for (body, key) in [
+            ("  bus: http://x:1\n", "cluster.bus"),
+            ("  bus: redis://\n", "cluster.bus"),
+            ("  bus: redis://h:1\n  node: a b\n", "cluster.node"),
+            ("  bus: redis://h:1\n  node: a*\n", "cluster.node"),
+            ("  bus: redis://h:1\n  prefix: a.b\n", "cluster.prefix"),
+            (
+                "  bus: redis://h:1\n  request_timeout: 0\n",
+                "cluster.request_timeout",
+            ),
+            (
+                "  bus: redis://h:1\n  request_timeout: soon\n",
+                "cluster.request_timeout",
+            ),
+        ] {
+            let err = with(body).unwrap_err().to_string();
+            assert!(err.contains(key), "{body}: {err}");
+        }
+        let long = "n".repeat(MAX_NODE_ID + 1);
+        assert!(with(&format!("  bus: redis://h:1\n  node: {long}\n")).is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Pier's server: RoadRunner TCP configs, correct framing, a supervised PHP worker pool.
 //!
 //! # Layout
+//! - [`cluster`]: several instances as one over Redis or NATS: node ids and the uuid tag that
+//!   routes an operation to the node owning the connection, the bus envelope.
 //! - [`config`]: `.rr.yaml` (RoadRunner v3 layout): YAML tree, `${VAR}` expansion, `-o`
 //!   overrides, unknown-key warnings, validation into [`config::Config`].
 //! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
@@ -38,6 +40,7 @@
 //! then kill. Workers still on the event they had when shutdown began are killed after
 //! `destroy_timeout`, so their connections get their CLOSE on other workers.
 
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod ctl;
@@ -169,6 +172,10 @@ impl Server {
             Metrics::off()
         };
         let registry = Registry::new();
+        if let Some(cluster) = &config.cluster {
+            // The transport lands separately (cluster/bus.rs); until then say so loudly.
+            error!(bus = %cluster.bus, "config: cluster.bus is set, but this build cannot join a cluster yet: running alone");
+        }
         // Filled once the workers run; the RPC methods that need them answer an error before.
         let pool_slot = Arc::new(std::sync::OnceLock::new());
         let mut listeners = Vec::new();

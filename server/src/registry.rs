@@ -23,7 +23,7 @@ use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use pier_protocol::command::Command;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
@@ -57,7 +57,7 @@ pub struct Filter<'a> {
 }
 
 /// A connection as `pier.List` / `pier.Info` describe it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnInfo {
     /// UUID v4 text.
     pub uuid: String,
@@ -73,10 +73,13 @@ pub struct ConnInfo {
     pub bytes_out: u64,
     /// Its groups, sorted.
     pub groups: Vec<String>,
+    /// In a cluster, the node that holds it (`cluster.node`); absent on a single instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A group and how many connections are in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupInfo {
     /// The name.
     pub group: String,
@@ -418,5 +421,6 @@ fn info(entry: &Entry) -> ConnInfo {
         bytes_in: link.bytes_in(),
         bytes_out: link.bytes_out(),
         groups,
+        node: None,
     }
 }
