@@ -53,8 +53,11 @@ fn call<R: for<'de> Deserialize<'de>>(
     })
 }
 
-/// `pier reset`: asks for a rolling reset of the tcp workers and prints what happened.
-pub fn reset(address: &str, out: &mut dyn Write) -> Result<(), CtlError> {
+/// `pier reset`: asks for a rolling reset of the tcp workers, which also re-reads the TLS
+/// certificates of the servers that have `tls` (`tls_servers`, from the config: named in the
+/// output), and prints what happened. A bad certificate file makes it fail with the server's
+/// message (the workers are reset all the same; that server keeps its current certificates).
+pub fn reset(address: &str, tls_servers: &[String], out: &mut dyn Write) -> Result<(), CtlError> {
     let mut client = connect(address, CALL_TIMEOUT)?;
     let plugins: Vec<String> = call(&mut client, "resetter.List", json!(true))?;
     if !plugins.iter().any(|p| p == PLUGIN) {
@@ -82,6 +85,14 @@ pub fn reset(address: &str, out: &mut dyn Write) -> Result<(), CtlError> {
         pids(&after).join(" ")
     )
     .map_err(CtlError::Output)?;
+    if !tls_servers.is_empty() {
+        writeln!(
+            out,
+            "TLS certificates reloaded: {} (open connections keep theirs)",
+            tls_servers.join(", ")
+        )
+        .map_err(CtlError::Output)?;
+    }
     Ok(())
 }
 

@@ -211,6 +211,9 @@ impl Server {
                     registry: registry.clone(),
                     pool: pool_slot.clone(),
                     metrics: metrics.clone(),
+                    tls: TlsReloader {
+                        listeners: listeners.iter().map(|(l, _)| l.clone()).collect(),
+                    },
                 };
                 let server = RpcServer::bind(rpc, Methods::standard(), context).await?;
                 // As RoadRunner: workers find RPC in RR_RPC (the real port when the config said 0),
@@ -469,7 +472,7 @@ impl TlsReloader {
 }
 
 /// Shows an error with its causes on one line (`a: b: c`).
-struct ErrorChain<'a>(&'a dyn std::error::Error);
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -486,13 +489,18 @@ impl std::fmt::Display for ErrorChain<'_> {
 /// Binds, starts the workers, serves until `shutdown` completes, stops gracefully. SIGHUP
 /// reloads the TLS certificates.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    // Registered before anything listens: SIGHUP's default action would end pier, so one sent
+    // as soon as the servers are up must already find this handler.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = Server::bind(config).await?;
     let reloader = server.tls_reloader();
     let hangups = tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            warn!("could not listen for SIGHUP: TLS certificates cannot be reloaded by signal");
-            return;
+        let mut hup = match hup {
+            Ok(hup) => hup,
+            Err(e) => {
+                warn!(error = %e, "could not listen for SIGHUP: TLS certificates cannot be reloaded by signal");
+                return;
+            }
         };
         while hup.recv().await.is_some() {
             info!("SIGHUP received: reloading TLS certificates");

@@ -40,7 +40,8 @@ enum Cmd {
         overrides: Vec<String>,
     },
     /// Ask the running server (rpc.listen of the config) to replace every worker, one at a time,
-    /// so new PHP code is picked up while connections stay open (RoadRunner's `rr reset`).
+    /// so new PHP code is picked up while connections stay open (RoadRunner's `rr reset`), and to
+    /// re-read its TLS certificates (open connections keep theirs).
     Reset {
         /// The config file of the running server.
         #[arg(short = 'c', long = "config", default_value = ".rr.yaml")]
@@ -123,7 +124,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve { config, overrides } => (config, overrides),
         Cmd::Reset { config, overrides } => {
             let (address, _) = rpc_address(&config, &overrides)?;
-            return Ok(ctl::reset(&address, &mut std::io::stdout())?);
+            // The servers whose certificates the reset re-reads, to say so.
+            let tls: Vec<String> = Config::load(&config, &overrides)?
+                .servers
+                .into_iter()
+                .filter(|s| s.tls.is_some())
+                .map(|s| s.name)
+                .collect();
+            return Ok(ctl::reset(&address, &tls, &mut std::io::stdout())?);
         }
         Cmd::Workers {
             config,

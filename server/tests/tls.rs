@@ -1,5 +1,6 @@
 //! TLS per server with real peers: `openssl s_client` (TLS 1.2 and 1.3, SNI, client certificates),
-//! plaintext and stalled handshakes, and certificate reload while connections are busy.
+//! plaintext and stalled handshakes, certificate reload while connections are busy, and reload in
+//! the real `pier serve` binary by `pier reset` and SIGHUP.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::pki::{sha256_hex, tls_connect, Issued, Pki};
+use support::process::PierProcess;
 use support::{Harness, HANG};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -385,4 +387,120 @@ async fn a_missing_certificate_file_stops_the_server_naming_key_and_file() {
     let message = anyhow_like(&err);
     assert!(message.contains("tcp.servers.s.tls.cert"), "{message}");
     assert!(message.contains("/nonexistent/pier-test.crt"), "{message}");
+}
+
+/// The subject of the certificate `pier` serves at `addr` to `openssl s_client` (SNI localhost,
+/// verified against the test CA).
+async fn served_subject(addr: std::net::SocketAddr, ca: &Path) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .args(["-servername", "localhost", "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(HANG, out)
+        .await
+        .expect("s_client finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or_else(|| panic!("no subject in {stdout}"))
+        .to_owned()
+}
+
+/// A `pier serve` process with one TLS server `s` serving `cert`, and RPC on a free port.
+fn tls_binary(scratch: &Path, cert: &Issued) -> PierProcess {
+    let config = scratch.join("rr.yaml");
+    let text = support::yaml(
+        scratch,
+        &[&support::test_worker()],
+        &tls_yaml("s", cert, ""),
+        "    num_workers: 1\n",
+        "",
+    ) + "rpc:\n  listen: tcp://127.0.0.1:0\n";
+    std::fs::write(&config, text).unwrap();
+    PierProcess::start(&config, &["s"])
+}
+
+/// A TLS connection that has had its greeting, for checking it survives a reload.
+async fn open_tls(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+) -> BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let stream = tls_connect(addr, ca, "localhost", None).await.unwrap();
+    assert!(leaf_cn(&stream).await.contains("CN=old.test"));
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("hello s "), "{line}");
+    stream
+}
+
+/// One echo on an open connection: the worker answers `s:<packet>`.
+async fn echo(stream: &mut BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>) {
+    stream.get_mut().write_all(b"still-here\n").await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(HANG, stream.read_line(&mut line))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(line, "s:still-here\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pier_reset_reloads_the_certificates_of_a_running_pier_keeping_connections() {
+    let scratch = tempfile::tempdir().unwrap();
+    let pki = Pki::new(scratch.path());
+    let live = pki.server("live", &["old.test", "localhost"], false);
+    let fresh = pki.server("fresh", &["new.test", "localhost"], false);
+    let pier = tls_binary(scratch.path(), &live);
+    let addr = pier.addrs["s"];
+    assert!(served_subject(addr, &pki.ca_file)
+        .await
+        .contains("old.test"));
+    let mut open = open_tls(addr, &pki.ca_file).await;
+
+    // A broken key file: the workers are reset all the same, the server keeps its certificate,
+    // and both `pier reset` and the server's log say which key and file.
+    std::fs::write(&live.key, "not a key").unwrap();
+    let (code, stdout, stderr) = pier.ctl(&["reset"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let key = live.key.display().to_string();
+    for text in [
+        "tcp.servers.s.tls.key",
+        &key,
+        "the current certificates stay in use",
+    ] {
+        assert!(stderr.contains(text), "{text} in {stderr}");
+    }
+    let logged = pier.wait_log("TLS certificates not reloaded", 1);
+    assert!(logged[0].contains(&key), "{logged:?}");
+    assert!(served_subject(addr, &pki.ca_file)
+        .await
+        .contains("old.test"));
+    echo(&mut open).await;
+
+    // Good files: new handshakes get the new certificate, the open connection keeps working.
+    replace_files(&fresh, &live);
+    let (code, stdout, stderr) = pier.ctl(&["reset"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("TLS certificates reloaded: s"), "{stdout}");
+    assert!(served_subject(addr, &pki.ca_file)
+        .await
+        .contains("new.test"));
+    echo(&mut open).await;
+    assert!(leaf_cn(open.get_ref()).await.contains("CN=old.test"));
+    drop(open);
+    pier.stop();
 }

@@ -53,6 +53,8 @@ pub struct Context {
     pub pool: Arc<OnceLock<Pool>>,
     /// Where calls are counted.
     pub metrics: Metrics,
+    /// Re-reads the servers' TLS certificates: `resetter.Reset` reloads them with the workers.
+    pub tls: crate::TlsReloader,
 }
 
 impl Context {

@@ -29,6 +29,9 @@ pub fn no_such_plugin(name: &str) -> String {
 }
 
 /// Registers `resetter.List`, `resetter.Reset`, `informer.List` and `informer.Workers`.
+/// `resetter.Reset("tcp")` also re-reads every server's TLS certificates (as SIGHUP does); a
+/// server whose files are bad keeps its current ones, and the call answers an error naming the
+/// key and the file once the workers are reset.
 pub fn register(m: &mut Methods) {
     m.register("resetter.List", |_ctx, _arg: IgnoredAny| async move {
         Ok(vec![PLUGIN])
@@ -38,12 +41,36 @@ pub fn register(m: &mut Methods) {
             return Err(MethodError::Failed(no_such_plugin(&plugin)));
         }
         let pool = ctx.pool()?.clone();
-        let replaced = pool
-            .reset()
-            .await
-            .map_err(|e| MethodError::Failed(format!("could not reset the tcp workers: {e}")))?;
+        // The certificates first: a reload takes milliseconds, and a bad file is then reported
+        // with what the worker reset did (each server that failed keeps its current ones).
+        let tls_failed = ctx.tls.reload();
+        let tls_failed = (!tls_failed.is_empty()).then(|| {
+            let servers: Vec<String> = tls_failed
+                .iter()
+                .map(|(server, e)| format!("server {server}: {}", crate::ErrorChain(e)))
+                .collect();
+            format!(
+                "could not reload the TLS certificates of {} (the current certificates stay in use)",
+                servers.join("; ")
+            )
+        });
+        let replaced = match pool.reset().await {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                let mut text = format!("could not reset the tcp workers: {e}");
+                if let Some(tls) = tls_failed {
+                    text = format!("{text}; and {tls}");
+                }
+                return Err(MethodError::Failed(text));
+            }
+        };
         tracing::info!(replaced, "workers reset over RPC (resetter.Reset)");
-        Ok(true)
+        match tls_failed {
+            Some(tls) => Err(MethodError::Failed(format!(
+                "workers reset ({replaced} replaced), but {tls}"
+            ))),
+            None => Ok(true),
+        }
     });
     m.register("informer.List", |_ctx, _arg: IgnoredAny| async move {
         Ok(vec![PLUGIN])
