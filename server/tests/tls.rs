@@ -504,3 +504,37 @@ async fn pier_reset_reloads_the_certificates_of_a_running_pier_keeping_connectio
     drop(open);
     pier.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificates_of_a_running_pier_keeping_connections() {
+    let scratch = tempfile::tempdir().unwrap();
+    let pki = Pki::new(scratch.path());
+    let live = pki.server("live", &["old.test", "localhost"], false);
+    let fresh = pki.server("fresh", &["new.test", "localhost"], false);
+    let pier = tls_binary(scratch.path(), &live);
+    let addr = pier.addrs["s"];
+    let mut open = open_tls(addr, &pki.ca_file).await;
+
+    // A broken certificate file: the current certificate stays, the log says which key and file.
+    std::fs::write(&live.cert, "not a certificate").unwrap();
+    pier.signal("-HUP");
+    let logged = pier.wait_log("TLS certificates not reloaded", 1);
+    let cert = live.cert.display().to_string();
+    assert!(logged[0].contains("tcp.servers.s.tls.cert"), "{logged:?}");
+    assert!(logged[0].contains(&cert), "{logged:?}");
+    assert!(served_subject(addr, &pki.ca_file)
+        .await
+        .contains("old.test"));
+    echo(&mut open).await;
+
+    // Good files: the next handshakes get the new certificate; nothing open is dropped.
+    replace_files(&fresh, &live);
+    pier.signal("-HUP");
+    pier.wait_log("TLS certificates reloaded", 1);
+    assert!(served_subject(addr, &pki.ca_file)
+        .await
+        .contains("new.test"));
+    echo(&mut open).await;
+    drop(open);
+    pier.stop();
+}
