@@ -158,3 +158,89 @@ async fn haproxy_send_proxy_v1_and_v2_give_the_worker_the_real_client_address() 
         "only proxied clients had events"
     );
 }
+
+/// A server config with metrics on loopback port 0.
+async fn with_metrics(servers: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let text = support::yaml(
+        dir.path(),
+        &[&support::test_worker()],
+        servers,
+        "    num_workers: 1\n",
+        "",
+    ) + "metrics:\n  address: 127.0.0.1:0\n";
+    Harness::start(dir, &text).await
+}
+
+/// Connects to `addr`, sends `send` (then half-closes when `close`), and reads until the server
+/// closes: nothing may come back.
+async fn refused(addr: SocketAddr, send: &[u8], close: bool) {
+    let mut direct = tokio::net::TcpStream::connect(addr).await.unwrap();
+    direct.write_all(send).await.unwrap();
+    if close {
+        direct.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(HANG, direct.read_to_end(&mut answer))
+        .await
+        .expect("closed by the server")
+        .ok();
+    assert!(answer.is_empty(), "{answer:?}");
+}
+
+/// The `/metrics` text once every line of `want` is in it, waiting at most 5 s (a refusal is
+/// counted around the time its socket closes, so a scrape right after the close may miss it).
+async fn metrics_when(h: &Harness, want: &[String]) -> String {
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = h.http_get("metrics", "/metrics").await.1;
+        if want.iter().all(|line| text.lines().any(|l| l == line)) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never got {want:?} in\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refusals_are_counted_per_server_and_reason_on_the_metrics_endpoint() {
+    let servers = "    proxied:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n      proxy_protocol:\n        trusted: [127.0.0.0/8]\n        timeout: 300ms\n\
+                   \x20   strict:\n      addr: 127.0.0.1:0\n      proxy_protocol:\n        trusted: [10.0.0.0/8]\n\
+                   \x20   plain:\n      addr: 127.0.0.1:0\n";
+    let mut h = with_metrics(servers).await;
+    let line = |server: &str, reason: &str, n: u64| {
+        format!("pier_proxy_refusals_total{{server=\"{server}\",reason=\"{reason}\"}} {n}")
+    };
+    // Zeros from the start for the servers with proxy_protocol; none for the others.
+    let reasons = ["untrusted", "missing", "malformed", "timeout"];
+    let zeros: Vec<String> = ["proxied", "strict"]
+        .iter()
+        .flat_map(|s| reasons.map(|r| line(s, r, 0)))
+        .collect();
+    let text = metrics_when(&h, &zeros).await;
+    assert!(
+        !text.contains("pier_proxy_refusals_total{server=\"plain\""),
+        "{text}"
+    );
+
+    refused(h.addrs["strict"], b"hello\n", false).await; // untrusted
+    refused(h.addrs["proxied"], b"EHLO me\r\n", false).await; // malformed
+    refused(h.addrs["proxied"], b"PROXY TCP4 192.0", true).await; // missing: closed mid-header
+    refused(h.addrs["proxied"], b"", false).await; // timeout
+    let want = [
+        line("strict", "untrusted", 1),
+        line("strict", "malformed", 0),
+        line("proxied", "untrusted", 0),
+        line("proxied", "malformed", 1),
+        line("proxied", "missing", 1),
+        line("proxied", "timeout", 1),
+    ];
+    metrics_when(&h, &want).await;
+    // A proper header still gets through.
+    let mut ok = Client::connect(h.addrs["proxied"]).await;
+    ok.send("PROXY TCP4 192.0.2.7 127.0.0.1 4000 25\r\n").await;
+    let (_, remote, _) = ok.hello().await;
+    assert_eq!(remote, "192.0.2.7:4000");
+    drop(ok);
+    h.shutdown().await;
+}

@@ -56,7 +56,8 @@ pub(crate) struct Listener {
     pub(crate) stats: ListenerStats,
     /// The server's counters (no-ops with metrics off).
     pub(crate) metrics: ServerMetrics,
-    /// The instance's metrics (`pier_tls_handshakes_total{server,result}`).
+    /// The instance's metrics (`pier_tls_handshakes_total{server,result}`,
+    /// `pier_proxy_refusals_total{server,reason}`).
     pub(crate) instance_metrics: Metrics,
     /// Connection limits checked at accept.
     pub(crate) admission: Arc<Admission>,
@@ -97,6 +98,9 @@ impl Listener {
             Some(t) => Some(tls::Tls::load(&config.name, t.clone())?),
             None => None,
         };
+        if config.proxy_protocol.is_some() {
+            instance_metrics.proxy_server(&config.name);
+        }
         Ok(Listener {
             config,
             read_buf_size,
@@ -154,6 +158,7 @@ impl Listener {
                 }
                 Err(e) => {
                     self.stats.proxy_refusals.fetch_add(1, Ordering::Relaxed);
+                    self.instance_metrics.proxy_refusal(server, e.refusal());
                     match e {
                         ProxyError::Untrusted => info!(%server, %peer, "connection refused: {e}"),
                         _ => warn!(%server, %peer, "connection refused: {e}"),

@@ -11,6 +11,7 @@ use ppp::{v1, v2, HeaderResult, PartialResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::config::ProxyProtocolConfig;
+use crate::ops::ProxyRefusal;
 
 /// Largest v2 header: 16 fixed bytes and a 16-bit length (v1 headers are at most 107 bytes).
 const MAX_HEADER: usize = 16 + u16::MAX as usize;
@@ -33,6 +34,18 @@ pub enum ProxyError {
     /// Reading failed.
     #[error("could not read the PROXY header")]
     Io(#[source] std::io::Error),
+}
+
+impl ProxyError {
+    /// The `reason` label this refusal is counted under.
+    pub fn refusal(&self) -> ProxyRefusal {
+        match self {
+            ProxyError::Untrusted => ProxyRefusal::Untrusted,
+            ProxyError::Missing(_) => ProxyRefusal::Timeout,
+            ProxyError::Closed(_) | ProxyError::Io(_) => ProxyRefusal::Missing,
+            ProxyError::Malformed(_) => ProxyRefusal::Malformed,
+        }
+    }
 }
 
 /// Whether `peer` may connect to a server with `config`.

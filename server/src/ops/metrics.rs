@@ -109,6 +109,39 @@ impl RejectReason {
     }
 }
 
+/// Why a connection was closed at its PROXY header, before any event (label `reason` of
+/// `pier_proxy_refusals_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The peer is not in `proxy_protocol.trusted`.
+    Untrusted,
+    /// The peer closed (or the read failed) before a complete header.
+    Missing,
+    /// The bytes are not a PROXY header (e.g. a client talking to the port directly).
+    Malformed,
+    /// No complete header within `proxy_protocol.timeout`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    const ALL: [ProxyRefusal; 4] = [
+        ProxyRefusal::Untrusted,
+        ProxyRefusal::Missing,
+        ProxyRefusal::Malformed,
+        ProxyRefusal::Timeout,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "untrusted",
+            ProxyRefusal::Missing => "missing",
+            ProxyRefusal::Malformed => "malformed",
+            ProxyRefusal::Timeout => "timeout",
+        }
+    }
+}
+
 /// Why a worker was replaced (label `reason` of `pier_worker_restarts_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartReason {
@@ -245,6 +278,8 @@ struct Inner {
     rpc_calls: Family<RpcLabels, Counter>,
     /// `pier_tls_handshakes_total{server,result}`.
     tls_handshakes: Family<ServerResultLabels, Counter>,
+    /// `pier_proxy_refusals_total{server,reason}`.
+    proxy_refusals: Family<ServerReasonLabels, Counter>,
 }
 
 /// The metrics of one server instance; cheap to clone. [`Metrics::off`] records nothing.
@@ -360,6 +395,12 @@ impl Metrics {
             "TLS handshakes, per server and result (ok, failed)",
             tls_handshakes.clone(),
         );
+        let proxy_refusals = Family::<ServerReasonLabels, Counter>::default();
+        registry.register(
+            "proxy_refusals",
+            "Connections closed at their PROXY header, before any event, per server and reason (untrusted, missing, malformed, timeout)",
+            proxy_refusals.clone(),
+        );
         // Label sets that exist from the start, so dashboards and rate() see zeros rather than
         // gaps.
         let event_seconds = ["connected", "data", "close"]
@@ -385,6 +426,7 @@ impl Metrics {
                 write_buffer,
                 rpc_calls,
                 tls_handshakes,
+                proxy_refusals,
             })),
         }
     }
@@ -497,6 +539,32 @@ impl Metrics {
                 .get_or_create(&ServerResultLabels {
                     server: server.to_owned(),
                     result: if ok { "ok" } else { "failed" },
+                })
+                .inc();
+        }
+    }
+
+    /// A server with `proxy_protocol`: its `pier_proxy_refusals_total` series exist from now on,
+    /// at zero (servers without it show none).
+    pub fn proxy_server(&self, server: &str) {
+        if let Some(m) = &self.inner {
+            for reason in ProxyRefusal::ALL {
+                m.proxy_refusals.get_or_create_owned(&ServerReasonLabels {
+                    server: server.to_owned(),
+                    reason: reason.as_str(),
+                });
+            }
+        }
+    }
+
+    /// A connection to `server` was closed at its PROXY header. Per refused connection, not on
+    /// the event path, so the label lookup is affordable.
+    pub fn proxy_refusal(&self, server: &str, reason: ProxyRefusal) {
+        if let Some(m) = &self.inner {
+            m.proxy_refusals
+                .get_or_create(&ServerReasonLabels {
+                    server: server.to_owned(),
+                    reason: reason.as_str(),
                 })
                 .inc();
         }

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-pub use metrics::{CloseReason, Metrics, PoolSnapshot, RejectReason, RestartReason, ServerMetrics};
+pub use metrics::{
+    CloseReason, Metrics, PoolSnapshot, ProxyRefusal, RejectReason, RestartReason, ServerMetrics,
+};
 
 use crate::config::{OpsListenerConfig, StatusConfig};
 use crate::pool::Pool;
