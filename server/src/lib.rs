@@ -22,7 +22,8 @@
 //!   outbound queue (replies and pushes in order, bounded by `max_write_buffer` /
 //!   `write_timeout`), written by that same task; at shutdown, packets already received still run.
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
-//!   rate), TCP keep-alive, the idle clock of a connection's reads.
+//!   rate; behind a PROXY balancer the per-address limits apply to the header's client address),
+//!   TCP keep-alive, the idle clock of a connection's reads.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
 //! - [`ctl`]: `pier reset`, `pier workers`, `pier connections`: a running server over its RPC.
 //! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
@@ -315,21 +316,21 @@ impl Server {
                     };
                     match accepted {
                         Ok((stream, peer)) => {
-                            // Over a limit: closed at once (dropped), logged and counted.
-                            let Ok(permit) = listener.admission.admit(peer.ip()) else {
+                            // Over a limit: closed at once (dropped), logged and counted. Behind
+                            // a PROXY balancer the per-address limits wait for the header.
+                            let per_address = listener.config.proxy_protocol.is_none();
+                            let Ok(permit) = listener.admission.admit(peer.ip(), per_address)
+                            else {
                                 continue;
                             };
-                            let serve = listener::serve(
+                            connections.spawn(listener::serve(
                                 stream,
                                 peer,
+                                permit,
                                 listener.clone(),
                                 pool.clone(),
                                 token.clone(),
-                            );
-                            connections.spawn(async move {
-                                serve.await;
-                                drop(permit);
-                            });
+                            ));
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: wait instead of spinning.

@@ -3,14 +3,20 @@
 //! idle clock of a connection's reads (`idle_timeout`).
 //!
 //! Admission runs before any event: a connection over a limit is closed at once (no CONNECTED,
-//! no CLOSE), logged (at most once a second per server and limit, with the number turned away,
-//! so a flood cannot flood the log) and counted in `pier_connections_rejected_total`. The open
-//! count is one atomic; the per-address table is touched only when a per-address limit is set,
-//! once at accept and once at close, and it holds only addresses with open connections or a
-//! bucket still refilling, so it stays bounded by what the limits let in.
+//! no CLOSE), logged (at most one line a second per server, with the number turned away per
+//! limit and the latest address, so a flood cannot flood the log) and counted in
+//! `pier_connections_rejected_total`. The open count is one atomic; the per-address table is
+//! touched only when a per-address limit is set, once at admission and once at close, and it
+//! holds only addresses with open connections or a bucket still refilling, so it stays bounded by
+//! what the limits let in.
+//!
+//! Behind a PROXY balancer (`proxy_protocol`) the socket's address is the balancer's, so the
+//! per-address limits wait for the header: [`Admission::admit`] checks `max_connections` at
+//! accept, [`Admission::admit_client`] the per-address limits on the header's client address
+//! (the socket's for v2 LOCAL and v1 UNKNOWN, as the events' `remote_addr`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::config::{KeepaliveConfig, LimitsConfig};
 use crate::ops::{RejectReason, ServerMetrics};
@@ -49,8 +55,8 @@ pub(crate) struct Admission {
     open: AtomicUsize,
     /// Per source address; used only when a per-address limit is set.
     by_ip: Mutex<HashMap<IpAddr, PerIp>>,
-    /// Rejections not yet logged, per reason, and when the last line was written.
-    log: Mutex<(Instant, [u64; 3])>,
+    /// Rejections not yet logged, per reason, and when the last line was written (`None`: never).
+    log: Mutex<(Option<Instant>, [u64; 3])>,
     /// Where rejections are counted.
     metrics: ServerMetrics,
 }
@@ -84,24 +90,58 @@ impl Admission {
             limits,
             open: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
-            log: Mutex::new((Instant::now(), [0; 3])),
+            log: Mutex::new((None, [0; 3])),
             metrics,
         })
     }
 
-    /// Admits a connection from `ip`, or says which limit it is over (logged and counted here).
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, RejectReason> {
-        match self.try_admit(ip, Instant::now()) {
-            Ok(permit) => Ok(permit),
-            Err(reason) => {
-                self.metrics.rejected(reason);
-                self.log_rejection(reason);
-                Err(reason)
-            }
-        }
+    /// Admits a connection accepted from `ip`, or says which limit it is over (logged and counted
+    /// here). `per_address`: check the per-address limits on `ip` now; false for servers behind
+    /// a PROXY balancer, whose per-address limits [`Admission::admit_client`] checks once the
+    /// header has named the client.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_address: bool,
+    ) -> Result<Permit, RejectReason> {
+        let now = Instant::now();
+        self.try_admit(ip, per_address, now)
+            .map_err(|reason| self.rejected(reason, ip, None, now))
     }
 
-    fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Permit, RejectReason> {
+    /// The per-address limits for a connection whose PROXY header (from the balancer at `peer`)
+    /// named `client`; on refusal the connection is to be closed (logged and counted here).
+    pub(crate) fn admit_client(
+        &self,
+        permit: &mut Permit,
+        client: IpAddr,
+        peer: SocketAddr,
+    ) -> Result<(), RejectReason> {
+        let now = Instant::now();
+        self.try_admit_address(permit, client, now).map_err(|reason| {
+            debug!(server = %self.server, %client, balancer = %peer, limit = reason.as_str(), "connection closed after its PROXY header: over a per-address limit");
+            self.rejected(reason, client, Some(peer), now)
+        })
+    }
+
+    fn rejected(
+        &self,
+        reason: RejectReason,
+        address: IpAddr,
+        balancer: Option<SocketAddr>,
+        now: Instant,
+    ) -> RejectReason {
+        self.metrics.rejected(reason);
+        self.log_rejection(reason, address, balancer, now);
+        reason
+    }
+
+    fn try_admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_address: bool,
+        now: Instant,
+    ) -> Result<Permit, RejectReason> {
         let max = self.limits.max_connections;
         let open = self.open.fetch_add(1, Ordering::Relaxed);
         // From here on the permit owns the count, so every early return gives it back.
@@ -112,13 +152,28 @@ impl Admission {
         if max > 0 && open >= max {
             return Err(RejectReason::MaxConnections);
         }
+        if per_address {
+            self.try_admit_address(&mut permit, ip, now)?;
+        }
+        Ok(permit)
+    }
+
+    /// Counts `permit` under `ip` when that address is within its per-address limits.
+    fn try_admit_address(
+        &self,
+        permit: &mut Permit,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), RejectReason> {
         let per_ip = self.limits.max_connections_per_ip;
         let rate = self.limits.accept_rate_per_ip;
         if per_ip == 0 && rate == 0 {
-            return Ok(permit);
+            return Ok(());
         }
+        // One entry per host whether it came as IPv4 or IPv4-mapped IPv6.
+        let ip = ip.to_canonical();
         let Ok(mut table) = self.by_ip.lock() else {
-            return Ok(permit);
+            return Ok(());
         };
         if table.len() >= PRUNE_AT {
             prune(&mut table, rate, now);
@@ -140,11 +195,20 @@ impl Admission {
         }
         entry.open += 1;
         permit.ip = Some(ip);
-        Ok(permit)
+        Ok(())
     }
 
-    /// Logs rejections at most once a second per server, with how many there were.
-    fn log_rejection(&self, reason: RejectReason) {
+    /// Logs rejections at most once a second per server: the first at once, the next ones with
+    /// the first rejection a second or more after the last line, with how many there were per
+    /// limit and the address of the one that wrote the line (the client's, and the balancer's
+    /// behind PROXY). Rejections after the last line of a flood are in the metrics only.
+    fn log_rejection(
+        &self,
+        reason: RejectReason,
+        address: IpAddr,
+        balancer: Option<SocketAddr>,
+        now: Instant,
+    ) {
         let Ok(mut log) = self.log.lock() else {
             return;
         };
@@ -154,12 +218,14 @@ impl Admission {
             RejectReason::AcceptRate => 2,
         };
         log.1[at] += 1;
-        let first = log.1.iter().sum::<u64>() == 1;
-        if !first && log.0.elapsed() < Duration::from_secs(1) {
+        if log
+            .0
+            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
+        {
             return;
         }
         let counts = std::mem::take(&mut log.1);
-        log.0 = Instant::now();
+        log.0 = Some(now);
         drop(log);
         let names = [
             RejectReason::MaxConnections,
@@ -172,6 +238,8 @@ impl Admission {
                     server = %self.server,
                     limit = reason.as_str(),
                     rejected = n,
+                    latest_address = %address,
+                    balancer = balancer.map(tracing::field::display),
                     max_connections = self.limits.max_connections,
                     max_connections_per_ip = self.limits.max_connections_per_ip,
                     accept_rate_per_ip = self.limits.accept_rate_per_ip,
@@ -314,14 +382,14 @@ mod tests {
     fn max_connections_frees_on_drop() {
         let a = admission(2, 0, 0);
         let now = Instant::now();
-        let p1 = a.try_admit(A, now).unwrap();
-        let _p2 = a.try_admit(B, now).unwrap();
+        let p1 = a.try_admit(A, true, now).unwrap();
+        let _p2 = a.try_admit(B, true, now).unwrap();
         assert_eq!(
-            a.try_admit(A, now).unwrap_err(),
+            a.try_admit(A, true, now).unwrap_err(),
             RejectReason::MaxConnections
         );
         drop(p1);
-        let _p3 = a.try_admit(A, now).unwrap();
+        let _p3 = a.try_admit(A, true, now).unwrap();
         assert_eq!(
             a.open.load(Ordering::Relaxed),
             2,
@@ -333,31 +401,71 @@ mod tests {
     fn per_ip_limit_counts_each_address() {
         let a = admission(0, 2, 0);
         let now = Instant::now();
-        let p1 = a.try_admit(A, now).unwrap();
-        let _p2 = a.try_admit(A, now).unwrap();
-        assert_eq!(a.try_admit(A, now).unwrap_err(), RejectReason::PerIpLimit);
-        let _b = a.try_admit(B, now).unwrap();
+        let p1 = a.try_admit(A, true, now).unwrap();
+        let _p2 = a.try_admit(A, true, now).unwrap();
+        assert_eq!(
+            a.try_admit(A, true, now).unwrap_err(),
+            RejectReason::PerIpLimit
+        );
+        let _b = a.try_admit(B, true, now).unwrap();
         drop(p1);
-        let _p3 = a.try_admit(A, now).unwrap();
+        let _p3 = a.try_admit(A, true, now).unwrap();
     }
 
     #[test]
     fn accept_rate_is_a_token_bucket_per_address() {
         let a = admission(0, 0, 3);
         let t0 = Instant::now();
-        let held: Vec<_> = (0..3).map(|_| a.try_admit(A, t0).unwrap()).collect();
-        assert_eq!(a.try_admit(A, t0).unwrap_err(), RejectReason::AcceptRate);
+        let held: Vec<_> = (0..3).map(|_| a.try_admit(A, true, t0).unwrap()).collect();
+        assert_eq!(
+            a.try_admit(A, true, t0).unwrap_err(),
+            RejectReason::AcceptRate
+        );
         assert!(
-            a.try_admit(B, t0).is_ok(),
+            a.try_admit(B, true, t0).is_ok(),
             "another address has its own bucket"
         );
         // One token back every third of a second.
         assert_eq!(
-            a.try_admit(A, t0 + Duration::from_millis(200)).unwrap_err(),
+            a.try_admit(A, true, t0 + Duration::from_millis(200))
+                .unwrap_err(),
             RejectReason::AcceptRate
         );
-        assert!(a.try_admit(A, t0 + Duration::from_millis(400)).is_ok());
+        assert!(a
+            .try_admit(A, true, t0 + Duration::from_millis(400))
+            .is_ok());
         drop(held);
+    }
+
+    #[test]
+    fn behind_a_balancer_each_client_address_has_its_own_limits() {
+        let a = admission(3, 1, 0);
+        let balancer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let lb = balancer.ip();
+        // At accept only max_connections counts: three from the balancer's one address.
+        let mut p1 = a.admit(lb, false).unwrap();
+        let mut p2 = a.admit(lb, false).unwrap();
+        let mut p3 = a.admit(lb, false).unwrap();
+        assert_eq!(
+            a.admit(lb, false).unwrap_err(),
+            RejectReason::MaxConnections
+        );
+        a.admit_client(&mut p1, A, balancer).unwrap();
+        a.admit_client(&mut p2, B, balancer).unwrap();
+        // The same client as IPv4-mapped IPv6 is the same address.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            a.admit_client(&mut p3, mapped, balancer).unwrap_err(),
+            RejectReason::PerIpLimit
+        );
+        // A refused connection and a closed one give their places back.
+        drop(p3);
+        drop(p1);
+        let mut p4 = a.admit(lb, false).unwrap();
+        a.admit_client(&mut p4, A, balancer).unwrap();
+        assert_eq!(a.open.load(Ordering::Relaxed), 2);
+        drop((p2, p4));
+        assert!(a.by_ip.lock().unwrap().values().all(|e| e.open == 0));
     }
 
     #[test]
@@ -366,10 +474,10 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..PRUNE_AT as u32 {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
-            drop(a.try_admit(ip, t0).unwrap());
+            drop(a.try_admit(ip, true, t0).unwrap());
         }
         // A second later every bucket is full again and nothing is open: all are dropped.
-        let _p = a.try_admit(A, t0 + Duration::from_secs(2)).unwrap();
+        let _p = a.try_admit(A, true, t0 + Duration::from_secs(2)).unwrap();
         assert_eq!(a.by_ip.lock().unwrap().len(), 1);
     }
 }

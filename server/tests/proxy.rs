@@ -1,5 +1,6 @@
 //! The PROXY protocol with a real balancer: haproxy with `send-proxy` (v1) and `send-proxy-v2`
-//! in front of pier, plaintext and TLS; untrusted, headerless and stalled peers are refused.
+//! in front of pier, plaintext and TLS; untrusted, headerless and stalled peers are refused and
+//! counted; per-address limits apply to the clients named by the headers.
 
 mod support;
 
@@ -8,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::pki::{tls_over, Pki};
+use support::process::PierProcess;
 use support::{Client, Harness, HANG};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -243,4 +245,90 @@ async fn proxy_refusals_are_counted_per_server_and_reason_on_the_metrics_endpoin
     assert_eq!(remote, "192.0.2.7:4000");
     drop(ok);
     h.shutdown().await;
+}
+
+/// A PROXY v2 header from a balancer on loopback: PROXY for `client` (IPv4), or LOCAL (`None`).
+fn v2_header(client: Option<std::net::SocketAddrV4>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+    match client {
+        Some(c) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&[127, 0, 0, 1]);
+            h.extend_from_slice(&c.port().to_be_bytes());
+            h.extend_from_slice(&25u16.to_be_bytes());
+        }
+        None => h.extend_from_slice(&[0x20, 0x00, 0, 0]),
+    }
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_apply_to_each_client_behind_a_trusted_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rr.yaml");
+    let text = support::yaml(
+        dir.path(),
+        &[&support::test_worker()],
+        "    proxied:\n      addr: 127.0.0.1:0\n      delimiter: \"\\n\"\n      max_connections_per_ip: 2\n      proxy_protocol:\n        trusted: [127.0.0.0/8]\n",
+        "    num_workers: 1\n",
+        "",
+    ) + "metrics:\n  address: 127.0.0.1:0\n";
+    std::fs::write(&config, text).unwrap();
+    let pier = PierProcess::start(&config, &["proxied"]);
+    let addr = pier.addrs["proxied"];
+    let connect = |client: Option<&str>| {
+        let header = v2_header(client.map(|c| c.parse().unwrap()));
+        async move {
+            let mut c = Client::connect(addr).await;
+            c.send(header).await;
+            c
+        }
+    };
+    // Every socket comes from the balancer's 127.0.0.1; two clients behind it get two each.
+    let mut open = Vec::new();
+    for client in ["192.0.2.1", "192.0.2.2"] {
+        for port in [1001, 1002] {
+            let client = format!("{client}:{port}");
+            let mut c = connect(Some(&client)).await;
+            let (_, remote, _) = c.hello().await;
+            assert_eq!(remote, client);
+            open.push(c);
+        }
+    }
+    // A third from the first client is closed after its header, before any event; the log names
+    // the client and the balancer.
+    let mut third = connect(Some("192.0.2.1:1003")).await;
+    assert!(third.rest().await.is_empty());
+    let line = pier.wait_log("over a connection limit", 1).remove(0);
+    assert!(line.contains("limit=\"max_connections_per_ip\""), "{line}");
+    assert!(line.contains("latest_address=192.0.2.1 "), "{line}");
+    assert!(line.contains("balancer=127.0.0.1:"), "{line}");
+    // v2 LOCAL (the balancer's own checks) counts under the socket's address, its remote_addr.
+    for _ in 0..2 {
+        let mut c = connect(None).await;
+        let (_, remote, _) = c.hello().await;
+        assert!(remote.starts_with("127.0.0.1:"), "{remote}");
+        open.push(c);
+    }
+    assert!(connect(None).await.rest().await.is_empty());
+    // Counted like every other refusal.
+    let want =
+        "pier_connections_rejected_total{server=\"proxied\",reason=\"max_connections_per_ip\"} 2";
+    let metrics = pier.metrics.unwrap();
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = support::http_get(metrics, "/metrics").await.1;
+        if text.lines().any(|l| l == want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(text.lines().any(|l| l == want), "{want} in\n{text}");
+    // The admitted ones are unaffected.
+    for c in &mut open {
+        assert_eq!(c.ask("ping\n").await, "proxied:ping");
+    }
+    drop(open);
+    pier.stop();
 }

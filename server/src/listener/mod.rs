@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{ServerConfig, TlsMode};
-use crate::limits::{self, Admission};
+use crate::limits::{self, Admission, Permit};
 use crate::ops::{Metrics, ServerMetrics};
 use crate::pool::Pool;
 use crate::registry::Registry;
@@ -59,7 +59,7 @@ pub(crate) struct Listener {
     /// The instance's metrics (`pier_tls_handshakes_total{server,result}`,
     /// `pier_proxy_refusals_total{server,reason}`).
     pub(crate) instance_metrics: Metrics,
-    /// Connection limits checked at accept.
+    /// Connection limits checked at accept (per-address ones behind PROXY: after the header).
     pub(crate) admission: Arc<Admission>,
     /// Where connections register so they can be reached by uuid.
     pub(crate) registry: Registry,
@@ -122,12 +122,14 @@ impl Listener {
         }
     }
 
-    /// The PROXY header (when configured) then the implicit TLS handshake (when configured).
-    /// `None` when the connection was refused; the reason is logged and counted.
+    /// The PROXY header (when configured; then the per-address limits on the client it names,
+    /// counted in `permit`) and the implicit TLS handshake (when configured). `None` when the
+    /// connection was refused; the reason is logged and counted.
     pub(crate) async fn accept(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        permit: &mut Permit,
         shutdown: &CancellationToken,
     ) -> Option<Accepted> {
         let server = &self.config.name;
@@ -153,6 +155,14 @@ impl Listener {
             };
             match header {
                 Ok((addr, rest)) => {
+                    // Refused here before any handshake work (logged and counted inside).
+                    if self
+                        .admission
+                        .admit_client(permit, addr.ip(), peer)
+                        .is_err()
+                    {
+                        return None;
+                    }
                     remote_addr = addr;
                     prefix = rest;
                 }
@@ -218,16 +228,19 @@ impl Listener {
     }
 }
 
-/// Serves one accepted socket: the listener's preamble, then the connection's events.
+/// Serves one accepted socket admitted with `permit` (held until the connection ends): the
+/// listener's preamble, then the connection's events.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    mut permit: Permit,
     listener: Arc<Listener>,
     pool: Pool,
     shutdown: CancellationToken,
 ) {
-    let Some(accepted) = listener.accept(stream, peer, &shutdown).await else {
+    let Some(accepted) = listener.accept(stream, peer, &mut permit, &shutdown).await else {
         return;
     };
     crate::connection::serve(accepted, listener, pool, shutdown).await;
+    drop(permit);
 }

@@ -22,6 +22,8 @@ pub struct PierProcess {
     pub addrs: HashMap<String, SocketAddr>,
     /// Where RPC listens (`tcp://…`), from its `RPC listening` line, when configured.
     pub rpc: Option<String>,
+    /// The metrics endpoint, from its `operations endpoint listening` line, when configured.
+    pub metrics: Option<SocketAddr>,
     /// The config it runs.
     pub config: PathBuf,
 }
@@ -53,6 +55,7 @@ impl PierProcess {
             log,
             addrs: HashMap::new(),
             rpc: None,
+            metrics: None,
             config: config.to_owned(),
         };
         let started = Instant::now();
@@ -70,6 +73,10 @@ impl PierProcess {
             for line in log.lines() {
                 if let Some(at) = line.find("listen=") {
                     pier.rpc = Some(line[at + 7..].split(' ').next().unwrap().to_owned());
+                }
+                if line.contains("operations endpoint listening") && line.contains("metrics=true") {
+                    let at = line.find("addr=").unwrap();
+                    pier.metrics = Some(line[at + 5..].split(' ').next().unwrap().parse().unwrap());
                 }
                 let (Some(s), Some(a)) = (line.find("server="), line.find("addr=")) else {
                     continue;
