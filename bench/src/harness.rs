@@ -942,6 +942,9 @@ pub struct TlsArgs {
     /// extension with one worker).
     #[command(flatten)]
     pub run: RunArgs,
+    /// Which rows to run (comma-separated: echo, connects, idle).
+    #[arg(long, value_delimiter = ',', default_value = "echo,connects,idle")]
+    pub rows: Vec<String>,
 }
 
 /// One row of the TLS comparison: what ran, on which server, and the report.
@@ -959,6 +962,8 @@ struct TlsRow {
 /// handshakes per second against plain connects per second, and RSS per idle connection. Writes
 /// `<out>/<date>-tls.md`.
 pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
+    let want = |part: &str| args.rows.iter().any(|r| r == part);
+    let (want_echo, want_connects, want_idle) = (want("echo"), want("connects"), want("idle"));
     let args = args.run;
     let env = environment(&args)?;
     check_files(&env, &[Kind::Ext])?;
@@ -967,7 +972,7 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
     let (warmup, duration, idle) = if args.quick {
         (0.3, 1.0, 200)
     } else {
-        (1.0, 3.0, 2000)
+        (1.0, 3.0, 10_000)
     };
     let cert = env.scratch.join("tls-cert.pem");
     let key = env.scratch.join("tls-key.pem");
@@ -1048,71 +1053,73 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
     .map(|s| s.to_string())
     .collect();
     let mut rows = Vec::new();
-    let mut run_row =
-        |server: &mut Server, plain: SocketAddr, tls: SocketAddr, what: &str, base: &[String]| {
-            for (transport, addr) in [("plaintext", plain), ("TLS 1.3", tls)] {
-                server.addr = addr;
-                let extra: Vec<String> = if transport == "plaintext" {
-                    base.to_vec()
-                } else {
-                    let base: Vec<&str> = base.iter().map(String::as_str).collect();
-                    tls_args(&base)
-                };
-                let result = load(&env, server, &extra);
-                say(&format!(
-                    "{what:<28} {transport:<10} {}",
-                    match &result {
-                        Ok(r) => format!(
-                            "{:>10.0}/s  p50 {:>7.0} µs  server {:>6.1} µs each  rss {} KiB",
-                            r.msg_per_s,
-                            r.p50_us,
-                            report::cpu_us_per_msg(r),
-                            r.server_rss_kib
-                        ),
-                        Err(e) => format!("failed: {e}"),
-                    }
-                ));
-                rows.push(TlsRow {
-                    what: what.to_owned(),
-                    transport,
-                    result,
-                });
-                settle(server.pid());
+    // Runs one row on `server`, for the transports asked (`plaintext`, `TLS 1.3`).
+    let mut run_row = |server: &mut Server,
+                       plain: SocketAddr,
+                       tls: SocketAddr,
+                       what: &str,
+                       base: &[String],
+                       transports: &[&'static str]| {
+        for (transport, addr) in [("plaintext", plain), ("TLS 1.3", tls)] {
+            if !transports.contains(&transport) {
+                continue;
             }
-        };
-    let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
-    run_row(
-        &mut server,
-        plain,
-        tls,
-        "echo c100 d1 32 B",
-        &window(100, 1, 32),
-    );
-    run_row(
-        &mut server,
-        plain,
-        tls,
-        "echo c100 d16 1 KiB",
-        &window(100, 16, 1024),
-    );
-    run_row(
-        &mut server,
-        plain,
-        tls,
-        "connects (16 at a time)",
-        &connects,
-    );
-    drop(server);
-    // Idle memory on a fresh server (see the main run for why).
-    let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
-    run_row(
-        &mut server,
-        plain,
-        tls,
-        &format!("{idle} idle connections"),
-        &idle_args,
-    );
-    drop(server);
+            server.addr = addr;
+            let extra: Vec<String> = if transport == "plaintext" {
+                base.to_vec()
+            } else {
+                let base: Vec<&str> = base.iter().map(String::as_str).collect();
+                tls_args(&base)
+            };
+            let result = load(&env, server, &extra);
+            say(&format!(
+                "{what:<28} {transport:<10} {}",
+                match &result {
+                    Ok(r) => format!(
+                        "{:>10.0}/s  p50 {:>7.0} µs  server {:>6.1} µs each  rss {} KiB",
+                        r.msg_per_s,
+                        r.p50_us,
+                        report::cpu_us_per_msg(r),
+                        r.server_rss_kib
+                    ),
+                    Err(e) => format!("failed: {e}"),
+                }
+            ));
+            rows.push(TlsRow {
+                what: what.to_owned(),
+                transport,
+                result,
+            });
+            settle(server.pid());
+        }
+    };
+    let both = ["plaintext", "TLS 1.3"];
+    if want_echo || want_connects {
+        let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
+        if want_echo {
+            let rows = [
+                ("echo c100 d1 32 B", window(100, 1, 32)),
+                ("echo c100 d16 1 KiB", window(100, 16, 1024)),
+            ];
+            for (what, base) in rows {
+                run_row(&mut server, plain, tls, what, &base, &both);
+            }
+        }
+        if want_connects {
+            let what = "connects (16 at a time)";
+            run_row(&mut server, plain, tls, what, &connects, &both);
+        }
+        drop(server);
+    }
+    // Idle memory: each transport on its own fresh server process. After other rows (or the
+    // other transport's idle row) the allocator keeps freed pages that new connections reuse
+    // unseen, which once made TLS look cheaper per connection than plaintext.
+    for transport in both.iter().filter(|_| want_idle) {
+        let (mut server, plain, tls) = start_tls_target(&env, &cert, &key)?;
+        let what = format!("{idle} idle connections");
+        run_row(&mut server, plain, tls, &what, &idle_args, &[transport]);
+        drop(server);
+    }
 
     let text = tls_markdown(&machine, &rows, warmup, duration, began.elapsed(), &env);
     report::print(&text);
@@ -1267,7 +1274,8 @@ fn tls_markdown(
          handshake). Closed loop, {warmup} s warm-up + {duration} s measured per row. \"connects\": 16 \
          tasks connect (and handshake), close, repeat; each connection also costs a CONNECTED and a \
          CLOSE event in PHP. Server CPU is the whole tree (pier + worker) per message, per connection \
-         or per handshake. Idle: RSS of the tree over the connections, per connection, on a fresh server.\n",
+         or per handshake. Idle: RSS of the tree over the connections, per connection, each transport \
+         on its own freshly started server process.\n",
         env.server_cpus.as_deref().unwrap_or("any"),
         env.client_cpus.as_deref().unwrap_or("any"),
     );
