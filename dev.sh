@@ -31,6 +31,7 @@ PACKAGES=(
   mosquitto-clients  # e2e: mosquitto_pub/mosquitto_sub drive examples/mqtt
   python3-paho-mqtt  # e2e: Paho, a second MQTT client library against examples/mqtt
   procps             # kill(1): the CLI tests signal pier as a user would
+  redis-server nats-server # the cluster tests' buses, started on loopback by the tests
 )
 
 is_debian() { command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
@@ -49,13 +50,14 @@ cmd_setup() {
   if ! is_debian; then
     # No package database to ask: name what is needed and stop if a tool is clearly absent.
     local tool absent=()
-    for tool in cc make php php-config phpize phpunit composer openssl swaks haproxy python3; do
+    for tool in cc make php php-config phpize phpunit composer openssl swaks haproxy python3 redis-server nats-server; do
       command -v "$tool" >/dev/null || absent+=("$tool")
     done
     [ ${#absent[@]} -eq 0 ] && return 0
     echo "Please install: a C toolchain and make, PHP 8.2 CLI and headers (php-config, phpize)," >&2
     echo "libclang (LIBCLANG_PATH=its directory if bindgen cannot find it), PHPUnit 9.6, Composer," >&2
-    echo "openssl, swaks, haproxy, python3 (the TLS/PROXY tests' peers)." >&2
+    echo "openssl, swaks, haproxy, python3 (the TLS/PROXY tests' peers), redis-server and" >&2
+    echo "nats-server (the cluster tests' buses)." >&2
     echo "Missing here: ${absent[*]}" >&2
     exit 1
   fi

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`cluster`]: several instances as one over Redis or NATS: node ids and the uuid tag that
-//!   routes an operation to the node owning the connection, the bus envelope.
+//!   routes an operation to the node owning the connection, the bus envelope; [`cluster::bus`]
+//!   is the transport (publish to a node or to all, reconnect, resubscribe).
 //! - [`config`]: `.rr.yaml` (RoadRunner v3 layout): YAML tree, `${VAR}` expansion, `-o`
 //!   overrides, unknown-key warnings, validation into [`config::Config`].
 //! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
@@ -567,7 +568,12 @@ pub fn init_logging(logs: &LogsConfig) -> Result<(), LogError> {
         LogOutput::Stdout => std::io::stdout().is_terminal(),
         LogOutput::File(_) => false,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&logs.level));
+    // async-nats logs every connection event at info level, a failed reconnect attempt every
+    // two seconds during an outage: the cluster's bus logs those transitions itself, rate-limited.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(&logs.level)
+            .add_directive("async_nats=warn".parse().expect("a valid directive"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod bus;
 pub mod pki;
 pub mod process;
 
