@@ -1844,60 +1844,75 @@ fn check_root(ids: RunAs, key: &str, name: &str) -> Result<RunAs, ConfigError> {
 
 /// (uid, primary gid) of a user name, through the system's user database (NSS).
 fn lookup_user(name: &str, key: &str) -> Result<(u32, u32), ConfigError> {
-    let missing = || ConfigError::NoSuchId {
-        key: key.into(),
-        kind: "user",
-        name: name.into(),
-    };
-    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: all-zero bytes are a valid `passwd` (integers and null pointers).
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `c_name` is NUL-terminated, `entry` and
-    // `found` are live locals, `buf` is writable for `buf.len()` bytes. The strings in `entry`
-    // point into `buf`, and only the integer ids are read after the call.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(missing());
-    }
-    Ok((entry.pw_uid, entry.pw_gid))
+    lookup_name(name, key, "user", libc::getpwnam_r, |e: &libc::passwd| {
+        (e.pw_uid, e.pw_gid)
+    })
 }
 
 /// The gid of a group name, through the system's group database (NSS).
 fn lookup_group(name: &str) -> Result<u32, ConfigError> {
+    lookup_name(
+        name,
+        "server.group",
+        "group",
+        libc::getgrnam_r,
+        |e: &libc::group| e.gr_gid,
+    )
+}
+
+/// The shape shared by `getpwnam_r` and `getgrnam_r`: name, entry, string buffer, its length,
+/// where the found entry goes.
+type GetByName<T> = unsafe extern "C" fn(
+    *const libc::c_char,
+    *mut T,
+    *mut libc::c_char,
+    libc::size_t,
+    *mut *mut T,
+) -> libc::c_int;
+
+/// Looks `name` up with one of the reentrant NSS calls and reads the ids wanted with `ids`. The
+/// entry's strings go in a buffer that grows while the call says it is too small (a group with
+/// many members), up to 1 MiB; `kind` and `key` name the lookup in the error.
+fn lookup_name<T, R>(
+    name: &str,
+    key: &str,
+    kind: &'static str,
+    get_by_name: GetByName<T>,
+    ids: impl FnOnce(&T) -> R,
+) -> Result<R, ConfigError> {
     let missing = || ConfigError::NoSuchId {
-        key: "server.group".into(),
-        kind: "group",
+        key: key.into(),
+        kind,
         name: name.into(),
     };
     let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
-    let mut buf = vec![0 as libc::c_char; 65536];
-    // SAFETY: all-zero bytes are a valid `group` (integers and null pointers).
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as in `lookup_user`: valid, live pointers; only the integer id is read after.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(missing());
+    let mut len = 16 * 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        let mut entry = std::mem::MaybeUninit::<T>::uninit();
+        let mut found: *mut T = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: `c_name` is NUL-terminated, `entry` and
+        // `found` are live locals, `buf` is writable for `buf.len()` bytes.
+        let rc = unsafe {
+            get_by_name(
+                c_name.as_ptr(),
+                entry.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && len < 1 << 20 {
+            len *= 4;
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return Err(missing());
+        }
+        // SAFETY: on success `found` points to `entry`, which the call filled in; its strings
+        // point into `buf`, still alive here.
+        return Ok(ids(unsafe { &*found }));
     }
-    Ok(entry.gr_gid)
 }
 
 /// Warns about keys in `h` that are neither `known` nor `unsupported` (RoadRunner keys Pier does
