@@ -39,6 +39,7 @@ use crate::ops::{Metrics, PoolSnapshot, RestartReason};
 use crate::registry::Registry;
 use queue::{Queue, Take, WaitError};
 use relay::RelayListener;
+use supervisor::Respawn;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::run_on_init;
@@ -281,7 +282,7 @@ struct Spec {
     /// Every live worker process by pid (from its handshake until it is reaped), so the
     /// supervisor, the shutdown and the reset can find workers whatever they are doing.
     registry: Mutex<HashMap<u32, Arc<Shared>>>,
-    /// Each reaped worker's pid, for the supervisor.
+    /// Each reaped worker's pid, for the supervisor (bounded by the pool's largest size).
     exits: worker::Exits,
     /// Where waits, event times and restarts are recorded.
     metrics: Metrics,
@@ -327,8 +328,8 @@ struct Inner {
     queue: Queue,
     /// The listener workers connect back to, on a socket relay.
     relay: Option<Arc<RelayListener>>,
-    /// Asks the supervisor for one replacement worker.
-    respawn: mpsc::UnboundedSender<()>,
+    /// Replacement workers asked of the supervisor.
+    respawn: Arc<Respawn>,
     /// Stopping workers and the supervisor, awaited at shutdown.
     tasks: TaskTracker,
     /// Cancelled at shutdown: no more respawns.
@@ -347,7 +348,10 @@ impl Pool {
             RelayConfig::Pipes => None,
             other => Some(RelayListener::bind(other, config.relay_timeout).await?),
         };
-        let (exits, exits_rx) = mpsc::unbounded_channel();
+        // Each reaped worker sends one pid; more than the pool's largest size at once only makes
+        // a reaper wait for room (see `reap`), nothing is dropped.
+        let most = config.num_workers.max(1) + config.dynamic.as_ref().map_or(0, |d| d.max_workers);
+        let (exits, exits_rx) = mpsc::channel(most);
         let spec = Arc::new(Spec {
             config,
             registry: Mutex::new(HashMap::new()),
@@ -356,13 +360,12 @@ impl Pool {
             waiting: AtomicUsize::new(0),
         });
         let n = spec.config.num_workers.max(1);
-        let (respawn, respawn_rx) = mpsc::unbounded_channel();
         let pool = Pool {
             inner: Arc::new(Inner {
                 spec: spec.clone(),
                 queue: Queue::new(spec.config.max_queue_size),
                 relay,
-                respawn,
+                respawn: Arc::new(Respawn::default()),
                 tasks: TaskTracker::new(),
                 closed: CancellationToken::new(),
                 generation: AtomicU64::new(0),
@@ -400,14 +403,12 @@ impl Pool {
         }
         if let Some(e) = first_error {
             warn!(error = %e, "worker failed to start; retrying with backoff");
-            for _ in started..n {
-                let _ = pool.inner.respawn.send(());
-            }
+            pool.inner.respawn.ask(n - started);
         }
         let supervisor = pool.clone();
         pool.inner
             .tasks
-            .spawn(supervisor::supervise(supervisor, respawn_rx, exits_rx));
+            .spawn(supervisor::supervise(supervisor, exits_rx));
         info!(workers = started, command = ?spec.config.command, "worker pool started");
         Ok(pool)
     }
@@ -415,7 +416,7 @@ impl Pool {
     /// Asks the supervisor for a replacement of a worker that is going away for `reason`.
     fn request_respawn(&self, reason: RestartReason) {
         self.inner.spec.metrics.worker_restart(reason);
-        let _ = self.inner.respawn.send(());
+        self.inner.respawn.ask(1);
     }
 
     /// Puts a new worker in service (or stops it again at shutdown).

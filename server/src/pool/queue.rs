@@ -95,7 +95,9 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         state.waiters.push_back(tx);
         drop(state);
-        if !self.demand.swap(true, Ordering::Relaxed) {
+        // A plain load first: while the flag is set (the supervisor has not looked yet, or there
+        // is nothing for it to do) a waiting event writes nothing shared and wakes nobody.
+        if !self.demand.load(Ordering::Relaxed) && !self.demand.swap(true, Ordering::Relaxed) {
             self.demand_signal.notify_one();
         }
         Take::Wait(Waiter { rx, queue: self })

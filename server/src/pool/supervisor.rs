@@ -8,11 +8,11 @@
 //! precision is `watch_tick`, as in RoadRunner.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -46,6 +46,32 @@ impl Backoff {
     }
 }
 
+/// Replacement workers asked for and not yet seen by the supervisor: a count and a wake-up, so
+/// however many workers leave at once the requests take one word (a channel would queue one
+/// message each).
+#[derive(Debug, Default)]
+pub(super) struct Respawn {
+    /// Replacements asked for since the supervisor last looked.
+    wanted: AtomicUsize,
+    /// Wakes the supervisor; a wake-up while it is busy is kept for its next wait.
+    wake: Notify,
+}
+
+impl Respawn {
+    /// Asks for `n` replacement workers.
+    pub(super) fn ask(&self, n: usize) {
+        if n > 0 {
+            self.wanted.fetch_add(n, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes every request made so far.
+    fn take(&self) -> usize {
+        self.wanted.swap(0, Ordering::Acquire)
+    }
+}
+
 /// The supervisor's own state; only its task touches it.
 #[derive(Debug)]
 struct Supervisor {
@@ -67,18 +93,15 @@ struct Supervisor {
     last_demand: Instant,
 }
 
-/// Runs until the pool shuts down. `respawns` carries one message per replacement wanted; `exits`
-/// the pid of every reaped worker.
-pub(super) async fn supervise(
-    pool: Pool,
-    mut respawns: mpsc::UnboundedReceiver<()>,
-    mut exits: mpsc::UnboundedReceiver<u32>,
-) {
+/// Runs until the pool shuts down. Replacements are asked for through the pool's [`Respawn`];
+/// `exits` carries the pid of every reaped worker.
+pub(super) async fn supervise(pool: Pool, mut exits: mpsc::Receiver<u32>) {
     let watch_tick = pool.inner.spec.config.supervisor.watch_tick;
     let mut tick = tokio::time::interval(watch_tick.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closed = pool.inner.closed.clone();
     let demand = pool.inner.queue.demand_signal.clone();
+    let respawn = pool.inner.respawn.clone();
     let mut sup = Supervisor {
         pool,
         pending: 0,
@@ -96,16 +119,20 @@ pub(super) async fn supervise(
                 sup.starts.abort_all();
                 return;
             }
-            Some(()) = respawns.recv() => sup.pending += 1,
+            _ = respawn.wake.notified() => sup.pending += respawn.take(),
             Some(pid) = exits.recv() => sup.exited(pid),
             _ = demand.notified() => sup.grow(),
-            Some(result) = sup.starts.join_next(), if !sup.starts.is_empty() => match result {
-                Ok(result) => sup.started(result),
-                Err(join) => {
-                    error!(error = %join, "worker start task failed");
-                    sup.pending += 1;
+            Some(result) = sup.starts.join_next(), if !sup.starts.is_empty() => {
+                match result {
+                    Ok(result) => sup.started(result),
+                    Err(join) => {
+                        error!(error = %join, "worker start task failed");
+                        sup.pending += 1;
+                    }
                 }
-            },
+                // A round of the dynamic allocator may have ended with events still waiting.
+                sup.grow();
+            }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => sup.retry_at = None,
             _ = tick.tick() => sup.watch(),
@@ -168,17 +195,22 @@ impl Supervisor {
 
     /// Events are waiting: the dynamic allocator starts up to `spawn_rate` extra workers (at most
     /// `max_workers` extras), one round at a time.
+    ///
+    /// The demand flag is cleared only when a round starts. While the allocator is off, a round is
+    /// under way or every extra runs, it stays set, so the events that wait meanwhile do not wake
+    /// this task one by one (that cost hundreds of instructions per event when every worker was
+    /// busy); a finished start and each tick look again.
     fn grow(&mut self) {
-        if !self.pool.inner.queue.take_demand() {
-            return;
-        }
-        self.last_demand = Instant::now();
         let Some(dynamic) = &self.pool.inner.spec.config.dynamic else {
             return;
         };
         if self.pending > 0 || !self.starts.is_empty() || self.extras >= dynamic.max_workers {
             return;
         }
+        if !self.pool.inner.queue.take_demand() {
+            return;
+        }
+        self.last_demand = Instant::now();
         let n = dynamic.spawn_rate.min(dynamic.max_workers - self.extras);
         if n == 0 {
             return;
@@ -203,6 +235,9 @@ impl Supervisor {
             // Re-arm: the allocator looks again now that its previous round may have finished.
             inner.queue.mark_demand();
             self.grow();
+        } else if self.pool.inner.spec.config.dynamic.is_some() && inner.queue.take_demand() {
+            // Events waited since the last tick (the flag stayed set while a round ran).
+            self.last_demand = now;
         }
         let workers: Vec<Arc<Shared>> = match inner.spec.registry.lock() {
             Ok(registry) => registry.values().cloned().collect(),

@@ -672,7 +672,9 @@ async fn reap(mut child: Child, shared: Arc<Shared>, spec: Arc<Spec>) {
         Ok(status) => debug!(pid, %status, "worker exited"),
         Err(e) => warn!(pid, error = %e, "could not reap worker"),
     }
-    let _ = spec.exits.send(pid);
+    // Waits for room when more workers than the pool's largest size end at once (stopping ones
+    // count too); fails only once the supervisor is gone (shutdown).
+    let _ = spec.exits.send(pid).await;
 }
 
 /// Logs a worker's output line by line with its pid; keeps the first bytes to explain a failed
@@ -710,8 +712,9 @@ async fn log_lines(
     }
 }
 
-/// The registry's exit notifications: pids of reaped workers, for the supervisor.
-pub(super) type Exits = mpsc::UnboundedSender<u32>;
+/// The registry's exit notifications: pids of reaped workers, for the supervisor. Bounded by the
+/// pool's largest size (`num_workers` + the dynamic allocator's `max_workers`).
+pub(super) type Exits = mpsc::Sender<u32>;
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: the kernel's last tick, read from the vDSO without the
 /// time-stamp counter arithmetic of `Instant::now()`; a few ms resolution.
