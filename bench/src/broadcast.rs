@@ -217,7 +217,7 @@ async fn scenario(
 }
 
 /// The server tree's usage; retried, since a process of the tree can vanish while it is read.
-fn usage(pid: u32) -> Result<procstat::TreeUsage, String> {
+pub(crate) fn usage(pid: u32) -> Result<procstat::TreeUsage, String> {
     let mut last = String::new();
     for _ in 0..5 {
         match procstat::tree_usage(pid) {
@@ -240,7 +240,7 @@ fn call(rpc: &mut StdStream, seq: u32, data: &str) -> Result<u64, String> {
 }
 
 /// One JSON goridge RPC call whose result is a count.
-fn count(
+pub(crate) fn count(
     rpc: &mut StdStream,
     seq: u32,
     method: &str,
@@ -289,10 +289,10 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// Stops the server (SIGTERM via kill(1) would need libc; the child is killed).
-struct Stop(Child);
+pub(crate) struct Stop(pub(crate) Child);
 
 impl Stop {
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -2,6 +2,7 @@
 //! runs the comparison (`./dev.sh bench`).
 
 mod broadcast;
+mod cluster;
 mod echo;
 mod harness;
 mod loadgen;
@@ -102,6 +103,38 @@ enum Command {
         workers: usize,
         /// Scratch directory (config, server log).
         #[arg(long, default_value = "target/bench/broadcast")]
+        scratch: PathBuf,
+    },
+    /// The push path across instances: broadcast to N clients spread over two instances and
+    /// one-to-one sends between instances, over Redis and over NATS, next to one instance alone
+    /// (one JSON line per setup).
+    Cluster {
+        /// `pier` binary.
+        #[arg(long, default_value = "target/release/pier")]
+        pier: PathBuf,
+        /// Worker (its greeting carries the connection's uuid).
+        #[arg(long, default_value = "target/release/pier-test-worker")]
+        worker: PathBuf,
+        /// Setups, comma-separated: single, redis, nats.
+        #[arg(long, default_value = "single,redis,nats", value_delimiter = ',')]
+        setups: Vec<String>,
+        /// Idle connections receiving each broadcast.
+        #[arg(long, short = 'c', default_value_t = 10_000)]
+        connections: usize,
+        /// Broadcasts per setup.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Message size in bytes, newline included.
+        #[arg(long, short = 's', default_value_t = 64)]
+        size: usize,
+        /// Sender/target connection pairs of the sends phase.
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// Lines each sender sends its target.
+        #[arg(long, default_value_t = 2_000)]
+        sends: usize,
+        /// Scratch directory (configs, logs).
+        #[arg(long, default_value = "target/bench/cluster")]
         scratch: PathBuf,
     },
     /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
@@ -297,6 +330,37 @@ fn main() -> anyhow::Result<()> {
             .context("broadcast run failed")?;
             let line = serde_json::to_string(&report).context("could not encode the report")?;
             writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+        }
+        Command::Cluster {
+            pier,
+            worker,
+            setups,
+            connections,
+            rounds,
+            size,
+            pairs,
+            sends,
+            scratch,
+        } => {
+            anyhow::ensure!(size >= 2, "--size must be at least 2");
+            let reports = cluster::run(&cluster::ClusterOptions {
+                pier,
+                worker,
+                setups,
+                connections,
+                rounds,
+                size,
+                pairs,
+                sends,
+                scratch,
+            })
+            .map_err(anyhow::Error::msg)
+            .context("cluster run failed")?;
+            let mut out = std::io::stdout().lock();
+            for report in reports {
+                let line = serde_json::to_string(&report).context("could not encode the report")?;
+                writeln!(out, "{line}").context("could not print the report")?;
+            }
         }
         Command::Port => {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
