@@ -78,6 +78,59 @@ struct ContextIn<'a> {
     tls: Option<Box<TlsFacts<'a>>>,
 }
 
+impl<'a> ContextIn<'a> {
+    /// Reads the context the way Pier and RoadRunner write it (compact, keys in this order,
+    /// strings without escapes) with a few prefix comparisons instead of a JSON parser: the JSON
+    /// parse was the biggest cost of a worker's event. `None` for any other shape; serde_json then
+    /// reads it (escapes, other key orders, whitespace, unknown keys) or reports the error.
+    fn plain(context: &'a [u8]) -> Option<Self> {
+        let rest = context.strip_prefix(br#"{"remote_addr":""#)?;
+        let (remote_addr, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix(br#","server":""#)?;
+        let (server, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix(br#","uuid":""#)?;
+        let (uuid, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix(br#","event":""#)?;
+        let (event, rest) = plain_string(rest)?;
+        (rest == b"}").then_some(ContextIn {
+            remote_addr: Cow::Borrowed(remote_addr),
+            server: Cow::Borrowed(server),
+            uuid: Cow::Borrowed(uuid),
+            event: Cow::Borrowed(event),
+            tls: None,
+        })
+    }
+}
+
+/// The text of a JSON string up to its closing quote and the bytes after that quote, when it has
+/// no escape and no control character (those are left to serde_json, which rejects or unescapes
+/// them).
+fn plain_string(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if bytes[end] != b'"' {
+        return None;
+    }
+    let text = std::str::from_utf8(&bytes[..end]).ok()?;
+    Some((text, &bytes[end + 1..]))
+}
+
+/// Whether the fast context reader agrees with serde_json on `context` (it either declines or
+/// reads exactly what serde_json reads). For the fuzz target and tests.
+#[doc(hidden)]
+pub fn plain_context_agrees(context: &[u8]) -> bool {
+    let Some(fast) = ContextIn::plain(context) else {
+        return true;
+    };
+    let Ok(slow) = serde_json::from_slice::<ContextIn<'_>>(context) else {
+        return false;
+    };
+    slow.tls.is_none()
+        && (fast.remote_addr, fast.server, fast.uuid, fast.event)
+            == (slow.remote_addr, slow.server, slow.uuid, slow.event)
+}
+
 /// The parts of a job payload: context ‖ state ‖ body.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Parts<'a> {
@@ -131,8 +184,10 @@ impl<'a> TcpEvent<'a> {
     /// Reads an event from a (non-control) frame the server sent.
     pub fn decode(frame: &Frame<'a>) -> Result<Self, MessageError> {
         let parts = split_parts(frame)?;
-        let ctx: ContextIn<'a> =
-            serde_json::from_slice(parts.context).map_err(MessageError::ContextJson)?;
+        let ctx = match ContextIn::plain(parts.context) {
+            Some(ctx) => ctx,
+            None => serde_json::from_slice(parts.context).map_err(MessageError::ContextJson)?,
+        };
         Ok(TcpEvent {
             remote_addr: ctx.remote_addr,
             server: ctx.server,
@@ -206,21 +261,63 @@ pub fn encode_event_with_context(
     state: &[u8],
     body: &[u8],
 ) -> Result<(), EncodeError> {
-    let with_state = !state.is_empty();
-    let placeholder: &[u32] = if with_state { &[0, 0] } else { &[0] };
-    dst.reserve(
-        HEADER_LEN
-            + 8
-            + 128
-            + remote_addr.len()
-            + server.len()
-            + uuid.len()
-            + extra_context.len()
-            + state.len()
-            + body.len(),
+    let start = begin_event(
+        dst,
+        remote_addr.len() + server.len() + uuid.len() + extra_context.len() + 128,
+        state,
+        body,
     );
-    let start = begin_header(dst, 0, placeholder);
-    let context_start = dst.len();
+    push_context_prefix(dst, remote_addr, server, uuid);
+    finish_event(dst, start, event, extra_context, state, body)
+}
+
+/// The part of a connection's event context that never changes while it lives (everything up to
+/// the event name), JSON-escaped once when the connection opens instead of once per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextPrefix {
+    /// `{"remote_addr":…,"server":…,"uuid":…,"event":"` exactly as [`encode_event`] writes it.
+    bytes: Vec<u8>,
+}
+
+impl ContextPrefix {
+    /// Encodes the constant part of the context of a connection's events.
+    pub fn new(remote_addr: &str, server: &str, uuid: &str) -> Self {
+        let mut bytes = Vec::with_capacity(remote_addr.len() + server.len() + uuid.len() + 48);
+        push_context_prefix(&mut bytes, remote_addr, server, uuid);
+        ContextPrefix { bytes }
+    }
+}
+
+/// Appends an event frame whose context starts with `prefix`: byte-identical to
+/// [`encode_event_with_context`] with the prefix's remote address, server and uuid, minus the
+/// per-event JSON escaping.
+pub fn encode_event_prefixed(
+    dst: &mut Vec<u8>,
+    prefix: &ContextPrefix,
+    event: EventKind,
+    extra_context: &[u8],
+    state: &[u8],
+    body: &[u8],
+) -> Result<(), EncodeError> {
+    let start = begin_event(
+        dst,
+        prefix.bytes.len() + extra_context.len() + 16,
+        state,
+        body,
+    );
+    dst.extend_from_slice(&prefix.bytes);
+    finish_event(dst, start, event, extra_context, state, body)
+}
+
+/// Reserves room for a whole event frame and begins its header (one option, two with state).
+fn begin_event(dst: &mut Vec<u8>, context: usize, state: &[u8], body: &[u8]) -> usize {
+    let placeholder: &[u32] = if state.is_empty() { &[0] } else { &[0, 0] };
+    dst.reserve(HEADER_LEN + 8 + context + state.len() + body.len());
+    begin_header(dst, 0, placeholder)
+}
+
+/// Writes `{"remote_addr":…,"server":…,"uuid":…,"event":"`.
+fn push_context_prefix(dst: &mut Vec<u8>, remote_addr: &str, server: &str, uuid: &str) {
     dst.extend_from_slice(br#"{"remote_addr":"#);
     push_json_string(dst, remote_addr);
     dst.extend_from_slice(br#","server":"#);
@@ -228,14 +325,27 @@ pub fn encode_event_with_context(
     dst.extend_from_slice(br#","uuid":"#);
     push_json_string(dst, uuid);
     dst.extend_from_slice(br#","event":""#);
+}
+
+/// Ends the context after its prefix (event name, `extra_context`, closing brace), appends state
+/// and body and patches the header begun at `start`.
+fn finish_event(
+    dst: &mut Vec<u8>,
+    start: usize,
+    event: EventKind,
+    extra_context: &[u8],
+    state: &[u8],
+    body: &[u8],
+) -> Result<(), EncodeError> {
     dst.extend_from_slice(event.as_str().as_bytes());
     dst.push(b'"');
     dst.extend_from_slice(extra_context);
     dst.push(b'}');
-    let context_len = dst.len() - context_start;
+    let header_len = HEADER_LEN + if state.is_empty() { 4 } else { 8 };
+    let context_len = dst.len() - start - header_len;
     let context_len =
         u32::try_from(context_len).map_err(|_| EncodeError::PayloadTooLarge(context_len as u64))?;
-    if !with_state {
+    if state.is_empty() {
         dst.extend_from_slice(body);
         return finish_header(dst, start, &[context_len]);
     }
@@ -437,6 +547,76 @@ mod tests {
         let mut stock = Vec::new();
         encode_event(&mut stock, "a", "s", "u", EventKind::Close, b"").unwrap();
         assert_eq!(plain, stock);
+    }
+
+    #[test]
+    fn prefixed_events_are_byte_identical() {
+        let addrs = [
+            ("127.0.0.1:5000", "tcp", "4b1c2d"),
+            ("[::1]:1", "we\"ird<\\>&\u{1}\u{2028}é", ""),
+        ];
+        for (remote_addr, server, uuid) in addrs {
+            let prefix = ContextPrefix::new(remote_addr, server, uuid);
+            for kind in [EventKind::Connected, EventKind::Data, EventKind::Close] {
+                for (state, body) in [(&b""[..], &b""[..]), (b"", b"hi\n"), (b"\x00st", b"x")] {
+                    let mut want = vec![7];
+                    encode_event_with_state(
+                        &mut want,
+                        remote_addr,
+                        server,
+                        uuid,
+                        kind,
+                        state,
+                        body,
+                    )
+                    .unwrap();
+                    let mut got = vec![7];
+                    encode_event_prefixed(&mut got, &prefix, kind, b"", state, body).unwrap();
+                    assert_eq!(got, want, "{server:?} {kind:?} {state:?}");
+                    let tls = br#","tls":{"version":"TLSv1.3"}"#;
+                    let mut want = vec![7];
+                    encode_event_with_context(
+                        &mut want,
+                        remote_addr,
+                        server,
+                        uuid,
+                        kind,
+                        tls,
+                        state,
+                        body,
+                    )
+                    .unwrap();
+                    let mut got = vec![7];
+                    encode_event_prefixed(&mut got, &prefix, kind, tls, state, body).unwrap();
+                    assert_eq!(got, want, "{server:?} {kind:?} {state:?} with tls");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_context_reader_declines_what_it_cannot_read_exactly() {
+        // (context, read by the fast path)
+        let cases: &[(&[u8], bool)] = &[
+            (br#"{"remote_addr":"1.2.3.4:5","server":"s","uuid":"u","event":"DATA"}"#, true),
+            (br#"{"remote_addr":"","server":"","uuid":"","event":""}"#, true),
+            ("{\"remote_addr\":\"é\",\"server\":\"s\",\"uuid\":\"u\",\"event\":\"X\"}".as_bytes(), true),
+            (br#"{"remote_addr":"a\"b","server":"s","uuid":"u","event":"DATA"}"#, false),
+            (br#"{"remote_addr":"a\u003c","server":"s","uuid":"u","event":"DATA"}"#, false),
+            (br#"{"server":"s","remote_addr":"a","uuid":"u","event":"DATA"}"#, false),
+            (br#"{"remote_addr":"a", "server":"s","uuid":"u","event":"DATA"}"#, false),
+            (br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA","x":1}"#, false),
+            (br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA","tls":{"version":"v","cipher":"c"}}"#, false),
+            (br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA"} "#, false),
+            (br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA""#, false),
+            (b"{\"remote_addr\":\"\xff\",\"server\":\"s\",\"uuid\":\"u\",\"event\":\"D\"}", false),
+            (b"{\"remote_addr\":\"\x01\",\"server\":\"s\",\"uuid\":\"u\",\"event\":\"D\"}", false),
+        ];
+        for &(context, fast) in cases {
+            let text = String::from_utf8_lossy(context);
+            assert_eq!(ContextIn::plain(context).is_some(), fast, "{text}");
+            assert!(plain_context_agrees(context), "{text}");
+        }
     }
 
     #[test]
