@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
-use pier_protocol::tcp::EventKind;
+use pier_protocol::tcp::{ContextPrefix, EventKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -66,6 +66,9 @@ pub struct Link {
     pub(crate) uuid: Uuid,
     /// The id as sent in events.
     uuid_text: String,
+    /// Client address, server name and id as events carry them, JSON-encoded once here rather
+    /// than per event.
+    context: ContextPrefix,
     /// The listener it came from (server name, bounds).
     listener: Arc<Listener>,
     /// Client address as sent in events.
@@ -376,11 +379,14 @@ pub(crate) async fn serve(
     async move {
         let metrics = &listener.metrics;
         let (reader, writer) = stream::split(accepted.transport);
+        let uuid_text = uuid.to_string();
+        let remote_addr = accepted.remote_addr.to_string();
         let link = Arc::new(Link {
             uuid,
-            uuid_text: uuid.to_string(),
+            context: ContextPrefix::new(&remote_addr, &listener.config.name, &uuid_text),
+            uuid_text,
             listener: listener.clone(),
-            remote_addr: accepted.remote_addr.to_string(),
+            remote_addr,
             connected_at: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -636,8 +642,7 @@ impl Conn<'_> {
         link.listener.metrics.event(kind);
         self.pool
             .exec(&Event {
-                remote_addr: &link.remote_addr,
-                server: link.server(),
+                context: &link.context,
                 uuid: link.uuid_text(),
                 kind,
                 state: &self.state,

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pier_protocol::frame::FrameError;
-use pier_protocol::tcp::EventKind;
+use pier_protocol::tcp::{ContextPrefix, EventKind};
 use pier_protocol::MessageError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -256,11 +256,10 @@ pub struct Reply {
 /// One event to run; borrowed from the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    /// The client's address.
-    pub remote_addr: &'a str,
-    /// The server name.
-    pub server: &'a str,
-    /// The connection id.
+    /// The connection's constant part of the context (client address, server name, connection
+    /// id), JSON-encoded once when the connection opened.
+    pub context: &'a ContextPrefix,
+    /// The connection id (also inside `context`), for the per-worker status.
     pub uuid: &'a str,
     /// What happened.
     pub kind: EventKind,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, BytesMut};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
-use pier_protocol::tcp::{encode_event_with_context, ReplyKind};
+use pier_protocol::tcp::{encode_event_prefixed, ReplyKind};
 use pier_protocol::WorkerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
@@ -234,11 +234,9 @@ impl Worker {
     pub(super) async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
-        encode_event_with_context(
+        encode_event_prefixed(
             &mut self.wbuf,
-            event.remote_addr,
-            event.server,
-            event.uuid,
+            event.context,
             event.kind,
             event.tls,
             event.state,
