@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
 /// Default `tcp.servers.<name>.write_timeout`: how long queued bytes may wait for a client that
 /// reads nothing at all before it is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most `tcp.io_threads` accepted: a typo like `10000` is refused rather than spawning threads.
+const MAX_IO_THREADS: usize = 1024;
 /// Default `tcp.read_buf_size`, in MB as RoadRunner counts it.
 pub const DEFAULT_READ_BUF_SIZE_MB: usize = 1;
 /// Default `allocate_timeout`, `destroy_timeout`, `reset_timeout`, `relay_timeout` and
@@ -156,6 +158,10 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// Read chunk size for client sockets, in bytes (`tcp.read_buf_size` is in MB).
     pub read_buf_size: usize,
+    /// Threads serving sockets and worker pipes (`tcp.io_threads`, Pier): 1 runs everything on
+    /// one thread (tokio's current-thread runtime, the cheapest per message, measured in
+    /// `bench/results/`); more starts tokio's multi-thread runtime with that many threads.
+    pub io_threads: usize,
     /// How workers are started and supervised.
     pub pool: PoolConfig,
     /// The `logs` section.
@@ -618,7 +624,7 @@ impl Config {
         check_keys(
             tcp,
             "tcp",
-            &["servers", "read_buf_size", "pool"],
+            &["servers", "read_buf_size", "io_threads", "pool"],
             &[],
             &mut warnings,
         );
@@ -633,6 +639,22 @@ impl Config {
                 key: "tcp.read_buf_size".into(),
                 problem: "too large".into(),
             })?;
+
+        let io_threads = match tcp.get(&key("io_threads")) {
+            Some(v) => number(v, "tcp.io_threads")?,
+            None => 1,
+        };
+        let io_threads = if io_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            usize::try_from(io_threads)
+                .ok()
+                .filter(|&n| n <= MAX_IO_THREADS)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "tcp.io_threads".into(),
+                    problem: format!("{io_threads} is more than {MAX_IO_THREADS} threads"),
+                })?
+        };
 
         let mut servers = Vec::new();
         if let Some(v) = tcp.get(&key("servers")) {
@@ -761,6 +783,7 @@ impl Config {
         Ok(Config {
             servers,
             read_buf_size,
+            io_threads,
             pool: PoolConfig {
                 command,
                 env,
@@ -2169,6 +2192,7 @@ mod tests {
         assert_eq!(c.pool.max_jobs, 0);
         assert!(c.pool.num_workers >= 1);
         assert_eq!(c.read_buf_size, 1 << 20);
+        assert_eq!(c.io_threads, 1);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
@@ -2184,6 +2208,7 @@ server:
 logs: { level: debug, encoding: json }
 tcp:
   read_buf_size: 2
+  io_threads: 3
   servers:
     a: { addr: "tcp://127.0.0.1:${PORT}", delimiter: "--end--", max_packet_size: 64, max_state_size: 9, max_write_buffer: 4096, write_timeout: 2s }
     b: { addr: "[::1]:0", delimiter: "\n" }
@@ -2207,6 +2232,7 @@ tcp:
         assert_eq!(c.pool.allocate_timeout, Duration::from_secs(90));
         assert_eq!(c.pool.destroy_timeout, Duration::from_millis(500));
         assert_eq!(c.read_buf_size, 2 << 20);
+        assert_eq!(c.io_threads, 3);
         assert_eq!(c.logs.level, "debug");
         assert_eq!(c.logs.encoding, LogEncoding::Json);
         let addrs: Vec<_> = c.servers.iter().map(|s| s.addr.as_str()).collect();

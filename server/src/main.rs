@@ -168,7 +168,17 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("config: {warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread by default: with PHP doing the work in other processes, the server's share per
+    // message is small, and the multi-thread scheduler's bookkeeping and cross-thread wake-ups
+    // cost more than a second thread gains (bench/results/2026-11-29.md).
+    let mut runtime = if config.io_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.io_threads);
+        builder
+    };
+    let runtime = runtime
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
