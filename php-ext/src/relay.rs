@@ -291,6 +291,14 @@ impl Relay {
         }
     }
 
+    /// Whether a whole frame after the one handed out is already buffered, i.e. whether the next
+    /// [`Relay::read_frame`] returns without reading from the transport. A session uses this to
+    /// hold its answers back while more events are waiting (they then leave in one write).
+    pub fn frame_buffered(&self) -> bool {
+        let rest = &self.buf[self.start + self.handed_out..self.end];
+        matches!(frame::decode(rest, MAX_PAYLOAD), Ok(Some(_)))
+    }
+
     /// Reads at least one more byte, making room for a frame of `need` bytes; `false` on EOF.
     fn fill(&mut self, need: usize) -> Result<bool, RelayError> {
         let have = self.end - self.start;
@@ -316,8 +324,8 @@ impl Relay {
         }
     }
 
-    /// Sends one whole frame with a single write call (retried only for what the kernel did not
-    /// take, so frames never interleave with anything).
+    /// Sends whole frames (one or several) with a single write call (retried only for what the
+    /// kernel did not take, so frames never interleave with anything).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), RelayError> {
         self.transport
             .write_all(frame)
@@ -388,6 +396,26 @@ mod tests {
         assert_eq!(relay.read_frame().unwrap().unwrap().payload, b"second");
         writer.join().unwrap();
         assert!(relay.read_frame().unwrap().is_none(), "clean EOF");
+    }
+
+    #[test]
+    fn knows_whether_the_next_frame_is_buffered() {
+        let (mut relay, mut peer) = pair();
+        let first = frame_bytes(b"first");
+        let second = frame_bytes(b"second");
+        let mut both = first.clone();
+        both.extend_from_slice(&second[..5]);
+        peer.write_all(&both).unwrap();
+        assert!(!relay.frame_buffered(), "nothing read yet");
+        assert_eq!(relay.read_frame().unwrap().unwrap().payload, b"first");
+        assert!(!relay.frame_buffered(), "only part of the second frame");
+        peer.write_all(&second[5..]).unwrap();
+        peer.write_all(&first).unwrap();
+        // The partial frame makes read_frame read; that read brings both remaining frames.
+        assert_eq!(relay.read_frame().unwrap().unwrap().payload, b"second");
+        assert!(relay.frame_buffered());
+        assert_eq!(relay.read_frame().unwrap().unwrap().payload, b"first");
+        assert!(!relay.frame_buffered());
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! One worker's conversation with the server: what the PHP classes do, without PHP.
 //!
 //! It answers pid handshakes, turns frames into events, enforces the answer discipline (exactly
-//! one answer per request) and encodes every answer as one frame sent in one write.
+//! one answer per request) and encodes every answer as one frame.
+//!
+//! Answers are batched without delaying anyone: an answer is written at once unless the next
+//! event is already buffered (the server sent several; see "Several events in flight" in
+//! PROTOCOL.md). Then it waits in `out` while that event is handled, and the answers of the batch
+//! leave together in one write, at the latest when the worker would block reading, stops, or
+//! holds [`MAX_HELD`] bytes. With one event at a time (RoadRunner, or a Pier server with free
+//! workers) every answer is written as soon as it is given, as before.
 
 use pier_protocol::control::{self, Control};
 use pier_protocol::frame::{flags, EncodeError};
@@ -12,6 +19,10 @@ use std::borrow::Cow;
 
 use crate::push::{self, Command, PushError};
 use crate::relay::{Relay, RelayError};
+
+/// Answer bytes held back for a batch before they are written anyway, so a long batch of large
+/// answers neither grows memory nor overruns the pipe's buffer in one go.
+const MAX_HELD: usize = 64 * 1024;
 
 /// The environment variable Pier sets with the extensions it supports.
 pub const FEATURES_ENV: &str = "PIER_FEATURES";
@@ -158,7 +169,8 @@ pub struct Session {
     turn: Turn,
     /// State to attach to the next answer (`setState`), if any.
     state: Option<Vec<u8>>,
-    /// Reused buffer for outgoing frames, so steady-state answers do not allocate.
+    /// Outgoing frames not written yet (answers of a batch while its next event is buffered);
+    /// reused, so steady-state answers do not allocate.
     out: Vec<u8>,
     /// Our pid, for the handshake.
     pid: u32,
@@ -197,8 +209,15 @@ impl Session {
             return Err(SessionError::Unanswered);
         }
         loop {
+            if !self.out.is_empty() && !self.relay.frame_buffered() {
+                // About to block on the relay: the batch's answers go first.
+                self.flush()?;
+            }
             let Some(frame) = self.relay.read_frame()? else {
                 self.ended = true;
+                // The server closed the relay: the held answers are only sent in case it still
+                // reads (it closed its write side only).
+                let _ = self.flush_held();
                 return Ok(Incoming::End);
             };
             if !frame.has(flags::CONTROL) {
@@ -208,13 +227,13 @@ impl Session {
             match Control::parse(frame.payload).map_err(SessionError::Message)? {
                 Control::Stop => {
                     self.ended = true;
+                    self.flush_held()?;
                     return Ok(Incoming::End);
                 }
                 Control::Pid(_) => {
-                    self.out.clear();
+                    let at = self.out.len();
                     control::encode_pid_reply(&mut self.out, self.pid)
-                        .map_err(SessionError::Encode)?;
-                    self.flush()?;
+                        .map_err(|e| self.unwind(at, e))?;
                 }
             }
         }
@@ -238,7 +257,7 @@ impl Session {
             Turn::Answered => return Err(SessionError::AnswerTwice),
             Turn::Pending => {}
         }
-        self.out.clear();
+        let at = self.out.len();
         let state = self.state.take();
         TcpReply {
             kind,
@@ -246,24 +265,34 @@ impl Session {
             body,
         }
         .encode(&mut self.out)
-        .map_err(SessionError::Encode)?;
+        .map_err(|e| self.unwind(at, e))?;
         self.turn = Turn::Answered;
-        self.flush()
+        self.send_or_hold()
     }
 
     /// Sends the error frame; always allowed, answers the pending request.
     pub fn error(&mut self, message: &[u8]) -> Result<(), SessionError> {
-        self.out.clear();
-        control::encode_error(&mut self.out, message).map_err(SessionError::Encode)?;
+        let at = self.out.len();
+        control::encode_error(&mut self.out, message).map_err(|e| self.unwind(at, e))?;
+        self.settle();
+        self.send_or_hold()
+    }
+
+    /// Sends the `{"stop":true}` reply, with any answers still held; always allowed, answers the
+    /// pending request.
+    pub fn stop(&mut self) -> Result<(), SessionError> {
+        let at = self.out.len();
+        control::encode_worker_stop(&mut self.out).map_err(|e| self.unwind(at, e))?;
         self.settle();
         self.flush()
     }
 
-    /// Sends the `{"stop":true}` reply; always allowed, answers the pending request.
-    pub fn stop(&mut self) -> Result<(), SessionError> {
-        self.out.clear();
-        control::encode_worker_stop(&mut self.out).map_err(SessionError::Encode)?;
-        self.settle();
+    /// Writes the answers held back for the batch, if any. Called when the worker ends (the
+    /// session is dropped) so that a worker leaving mid-batch loses no answer it gave.
+    pub fn flush_held(&mut self) -> Result<(), SessionError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         self.flush()
     }
 
@@ -296,12 +325,14 @@ impl Session {
         }
     }
 
+    /// Sends a command frame behind the answers held for the batch (the server sees every frame
+    /// in order), with the same hold-or-send rule as answers.
     fn command(&mut self, command: &Command<'_>) -> Result<(), SessionError> {
-        self.out.clear();
+        let at = self.out.len();
         command
             .encode(&mut self.out)
-            .map_err(SessionError::Encode)?;
-        self.flush()
+            .map_err(|e| self.unwind(at, e))?;
+        self.send_or_hold()
     }
 
     /// `setIdleTimeout($ms)`: the idle timeout of the pending request's connection (None = the
@@ -414,12 +445,35 @@ impl Session {
         self.state = None;
     }
 
+    /// Writes `out` now, unless the next event is already buffered and less than [`MAX_HELD`]
+    /// is held: then the answer leaves with the batch's next ones.
+    fn send_or_hold(&mut self) -> Result<(), SessionError> {
+        if self.out.len() < MAX_HELD && self.relay.frame_buffered() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// Drops a partly encoded frame from `out` (frames held before it stay).
+    fn unwind(&mut self, at: usize, e: EncodeError) -> SessionError {
+        self.out.truncate(at);
+        SessionError::Encode(e)
+    }
+
     fn flush(&mut self) -> Result<(), SessionError> {
-        self.relay.send(&self.out)?;
+        let sent = self.relay.send(&self.out);
+        self.out.clear();
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::new();
         }
-        Ok(())
+        Ok(sent?)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Best effort: the relay may be gone already, and there is nobody left to tell.
+        let _ = self.flush_held();
     }
 }
 
@@ -476,13 +530,16 @@ mod tests {
             }
             Incoming::End => panic!("expected an event"),
         }
+        s.reply(ReplyKind::Write, b"ok").unwrap();
+        // Everything arrived at once, so the handshake answer and the reply were held for the
+        // batch; the stop request sends them.
+        assert!(matches!(s.wait().unwrap(), Incoming::End));
         let reply = read_frame(&mut peer);
         let (frame, _) = decode(&reply, 1024).unwrap().unwrap();
         assert_eq!(
             WorkerMessage::from_frame(&frame).unwrap(),
             WorkerMessage::Pid(std::process::id())
         );
-        s.reply(ReplyKind::Write, b"ok").unwrap();
         let mut want = Vec::new();
         TcpReply {
             kind: ReplyKind::Write,
@@ -492,11 +549,94 @@ mod tests {
         .encode(&mut want)
         .unwrap();
         assert_eq!(read_frame(&mut peer), want);
-        assert!(matches!(s.wait().unwrap(), Incoming::End));
         // After the stop request nothing more is read, even if the server sent more.
         peer.write_all(&event(EventKind::Data, b"", b"late"))
             .unwrap();
         assert!(matches!(s.wait().unwrap(), Incoming::End));
+    }
+
+    /// Whether the peer has nothing to read right now (a byte it does read is lost, which only
+    /// happens when the assertion using this fails anyway).
+    fn nothing_to_read(mut peer: &UnixStream) -> bool {
+        peer.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let empty = matches!(peer.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        peer.set_nonblocking(false).unwrap();
+        empty
+    }
+
+    fn reply_bytes(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        TcpReply {
+            kind: ReplyKind::Write,
+            state: None,
+            body,
+        }
+        .encode(&mut out)
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn answers_of_a_batch_leave_together_and_a_lone_event_is_answered_at_once() {
+        let (mut s, mut peer) = session(Features::default());
+        let mut batch = Vec::new();
+        for body in [&b"a"[..], b"b", b"c"] {
+            batch.extend(event(EventKind::Data, b"", body));
+        }
+        peer.write_all(&batch).unwrap();
+        let mut want = Vec::new();
+        for body in [&b"a"[..], b"b", b"c"] {
+            assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+            assert!(nothing_to_read(&peer), "held while the next event is buffered");
+            s.reply(ReplyKind::Write, body).unwrap();
+            want.extend(reply_bytes(body));
+        }
+        // The last event of the batch: all three answers in one write.
+        let mut got = vec![0u8; want.len() + 64];
+        let n = peer.read(&mut got).unwrap();
+        assert_eq!(&got[..n], &want[..]);
+
+        // A lone event is answered at once.
+        peer.write_all(&event(EventKind::Data, b"", b"d")).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.reply(ReplyKind::Write, b"d").unwrap();
+        assert_eq!(read_frame(&mut peer), reply_bytes(b"d"));
+    }
+
+    #[test]
+    fn held_answers_are_sent_before_blocking_on_a_partial_frame_at_stop_and_at_drop() {
+        // The next event is only partly there: the answer is not held (reading would block).
+        let (mut s, mut peer) = session(Features::default());
+        let mut bytes = event(EventKind::Data, b"", b"a");
+        let second = event(EventKind::Data, b"", b"b");
+        bytes.extend_from_slice(&second[..10]);
+        peer.write_all(&bytes).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.reply(ReplyKind::Write, b"a").unwrap();
+        assert_eq!(read_frame(&mut peer), reply_bytes(b"a"));
+
+        // Held answers go out before the stop request ends the loop.
+        let (mut s, mut peer) = session(Features::default());
+        let mut bytes = event(EventKind::Data, b"", b"a");
+        control::encode_stop_request(&mut bytes).unwrap();
+        peer.write_all(&bytes).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.reply(ReplyKind::Write, b"a").unwrap();
+        assert!(nothing_to_read(&peer));
+        assert!(matches!(s.wait().unwrap(), Incoming::End));
+        assert_eq!(read_frame(&mut peer), reply_bytes(b"a"));
+
+        // A worker that leaves mid-batch (exit() in the script) still sends what it answered.
+        let (mut s, mut peer) = session(Features::default());
+        let mut bytes = event(EventKind::Data, b"", b"a");
+        bytes.extend(event(EventKind::Data, b"", b"b"));
+        peer.write_all(&bytes).unwrap();
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        s.reply(ReplyKind::Write, b"a").unwrap();
+        assert!(nothing_to_read(&peer));
+        drop(s);
+        assert_eq!(read_frame(&mut peer), reply_bytes(b"a"));
     }
 
     #[test]

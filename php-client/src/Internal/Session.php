@@ -12,12 +12,20 @@ use Pier\Exception\RelayException;
  * request, and the rule that each request gets exactly one answer. {@see \Pier\Worker} and
  * {@see \Pier\Tcp\TcpWorker} share one, so error()/stop() and respond() see the same pending request.
  *
+ * Answers are batched without delaying anyone: an answer is written at once unless the next event is
+ * already buffered (the server sent several; PROTOCOL.md "Several events in flight"); then it waits
+ * while that event is handled, and the batch's answers leave in one write, at the latest when the
+ * worker would block reading, stops, ends, or holds {@see self::MAX_HELD} bytes.
+ *
  * @internal not part of Pier's API
  */
 final class Session
 {
     /** Smallest read from the relay: one read usually brings a whole event. */
     private const READ_SIZE = 65536;
+
+    /** Answer bytes held for a batch before they are written anyway. */
+    private const MAX_HELD = 65536;
 
     /** The message setState() throws when the server does not support connection state. */
     public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
@@ -55,6 +63,9 @@ final class Session
     /** The server of the request being handled (a broadcast without a group goes to its connections). */
     private string $server = '';
 
+    /** Frames written by this worker and not sent yet: the answers of a batch. */
+    private string $held = '';
+
     /**
      * @param Relay $relay    the transport to the server
      * @param bool  $hasState whether the server supports connection state (PIER_FEATURES has "state")
@@ -68,6 +79,30 @@ final class Session
         private readonly bool $hasPush = false,
         private readonly bool $hasIdleTimeout = false,
     ) {
+        // A worker that leaves mid-batch (exit, a fatal error) still sends what it answered;
+        // shutdown functions run in both cases, destructors not after a fatal error.
+        $self = \WeakReference::create($this);
+        register_shutdown_function(static function () use ($self): void {
+            try {
+                $self->get()?->flush();
+            } catch (\Throwable) {
+                // The relay is gone; there is nobody left to tell.
+            }
+        });
+    }
+
+    /**
+     * Writes the answers held for the batch, if any.
+     *
+     * @throws RelayException
+     */
+    public function flush(): void
+    {
+        if ($this->held !== '') {
+            $held = $this->held;
+            $this->held = '';
+            $this->relay->write($held);
+        }
     }
 
     /**
@@ -183,7 +218,8 @@ final class Session
      */
     public function command(string $header, string $data): void
     {
-        $this->relay->write(Frame::encode(Frame::CODEC_JSON, [\strlen($header)], $header . $data));
+        // Behind the answers held for the batch, so the server sees every frame in order.
+        $this->send(Frame::encode(Frame::CODEC_JSON, [\strlen($header)], $header . $data));
     }
 
     /**
@@ -202,6 +238,11 @@ final class Session
             $frame = $this->receive();
             if ($frame === null) {
                 $this->finished = true;
+                try {
+                    $this->flush();
+                } catch (RelayException) {
+                    // The server closed the relay; the answers were only sent in case it still reads.
+                }
                 break;
             }
             if (($frame->flags & Frame::CONTROL) === 0) {
@@ -229,7 +270,7 @@ final class Session
         $state = $this->state;
         $this->phase = Phase::Answered;
         $this->state = null;
-        $this->relay->write($state === null
+        $this->send($state === null
             ? Frame::encode(0, [\strlen($context)], $context . $body)
             : Frame::encode(0, [\strlen($context), \strlen($state)], $context . $state . $body));
     }
@@ -270,7 +311,7 @@ final class Session
     public function error(string $message): void
     {
         $this->settle();
-        $this->relay->write(Frame::encode(Frame::ERROR, [], $message));
+        $this->send(Frame::encode(Frame::ERROR, [], $message));
     }
 
     /**
@@ -281,7 +322,34 @@ final class Session
     public function stop(): void
     {
         $this->settle();
-        $this->relay->write(Frame::encode(0, [13], '{"stop":true}'));
+        $this->held .= Frame::encode(0, [13], '{"stop":true}');
+        $this->flush();
+    }
+
+    /**
+     * Holds $frame for the batch when the next event is already buffered, else writes it with
+     * whatever is held.
+     *
+     * @throws RelayException
+     */
+    private function send(string $frame): void
+    {
+        $this->held .= $frame;
+        if (\strlen($this->held) >= self::MAX_HELD || !$this->frameBuffered()) {
+            $this->flush();
+        }
+    }
+
+    /** Whether a whole frame is buffered, so the next receive() returns without reading. */
+    private function frameBuffered(): bool
+    {
+        $available = \strlen($this->buffer) - $this->offset;
+        try {
+            return $available >= Frame::HEADER_SIZE && $available >= Frame::sizeAt($this->buffer, $this->offset);
+        } catch (ProtocolException) {
+            // Corrupt bytes: send now; the next receive() reports them.
+            return false;
+        }
     }
 
     private function settle(): void
@@ -324,11 +392,12 @@ final class Session
         }
         if (!empty($command['stop'])) {
             $this->finished = true;
+            $this->flush();
 
             return;
         }
         if (\array_key_exists('pid', $command)) {
-            $this->relay->write(Frame::encode(Frame::CONTROL, [], json_encode(['pid' => getmypid()], JSON_THROW_ON_ERROR)));
+            $this->send(Frame::encode(Frame::CONTROL, [], json_encode(['pid' => getmypid()], JSON_THROW_ON_ERROR)));
         }
     }
 
@@ -352,6 +421,8 @@ final class Session
 
                 return $frame;
             }
+            // About to block on the relay: the batch's answers go first.
+            $this->flush();
             $chunk = $this->relay->read(max(self::READ_SIZE, ($size ?? 0) - $available));
             if ($chunk === '') {
                 if ($available === 0) {

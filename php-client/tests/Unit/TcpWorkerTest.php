@@ -297,6 +297,44 @@ final class TcpWorkerTest extends TestCase
         self::assertCount(1, $relay->writes());
     }
 
+    public function testTheAnswersOfEventsReadTogetherLeaveInOneWrite(): void
+    {
+        [$tcp, $relay] = self::worker([
+            Vectors::event('DATA', "a\n") . Vectors::event('DATA', "b\n") . Vectors::event('DATA', "c\n"),
+            Vectors::event('DATA', "d\n"),
+        ]);
+
+        foreach (["a\n", "b\n", "c\n"] as $body) {
+            self::assertSame($body, $tcp->waitRequest()?->body);
+            self::assertSame([], $relay->writes(), 'held while the next event is buffered');
+            $tcp->respond($body);
+        }
+        $batch = Vectors::frame(0, [5], "WRITEa\n") . Vectors::frame(0, [5], "WRITEb\n") . Vectors::frame(0, [5], "WRITEc\n");
+        self::assertSame([$batch], $relay->writes());
+
+        // A lone event is answered at once.
+        self::assertSame("d\n", $tcp->waitRequest()?->body);
+        $tcp->respond('D');
+        self::assertSame([$batch, Vectors::frame(0, [5], 'WRITED')], $relay->writes());
+    }
+
+    public function testHeldAnswersGoOutWithTheStopReplyAndWhenTheServerStops(): void
+    {
+        [$tcp, $relay] = self::worker([Vectors::event('DATA', "a\n") . Vectors::event('DATA', "b\n")]);
+        $tcp->waitRequest();
+        $tcp->respond('a');
+        self::assertSame([], $relay->writes());
+        $tcp->getWorker()->stop();
+        self::assertSame([Vectors::frame(0, [5], 'WRITEa') . Vectors::bytes('worker_stop')], $relay->writes());
+
+        [$tcp, $relay] = self::worker([Vectors::event('DATA', "a\n") . Vectors::bytes('server_stop')]);
+        $tcp->waitRequest();
+        $tcp->respond('a');
+        self::assertSame([], $relay->writes());
+        self::assertNull($tcp->waitRequest());
+        self::assertSame([Vectors::frame(0, [5], 'WRITEa')], $relay->writes());
+    }
+
     public function testErrorAndStopAnswerThePendingRequest(): void
     {
         [$tcp, $relay] = self::pending();
