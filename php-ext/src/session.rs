@@ -714,6 +714,14 @@ mod tests {
             s.set_state(b"late"),
             Err(SessionError::StateAfterAnswer)
         ));
+        // The state does not stick to the next request's answer.
+        match s.wait().unwrap() {
+            Incoming::Event(e) => assert_eq!(e.state, b""),
+            Incoming::End => panic!("expected an event"),
+        }
+        s.set_state(b"").unwrap();
+        s.reply(ReplyKind::Continue, b"").unwrap();
+        // Both events arrived together: both answers leave now, in order.
         let bytes = read_frame(&mut peer);
         let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(f.options.as_slice(), &[5, 5]);
@@ -725,13 +733,6 @@ mod tests {
                 body: b"out"
             })
         );
-        // The state does not stick to the next request's answer.
-        match s.wait().unwrap() {
-            Incoming::Event(e) => assert_eq!(e.state, b""),
-            Incoming::End => panic!("expected an event"),
-        }
-        s.set_state(b"").unwrap();
-        s.reply(ReplyKind::Continue, b"").unwrap();
         let bytes = read_frame(&mut peer);
         let (f, _) = decode(&bytes, 1024).unwrap().unwrap();
         assert_eq!(f.options.as_slice(), &[8, 0], "empty state clears");
