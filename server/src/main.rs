@@ -170,7 +170,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     // One thread by default: with PHP doing the work in other processes, the server's share per
     // message is small, and the multi-thread scheduler's bookkeeping and cross-thread wake-ups
-    // cost more than a second thread gains (bench/results/2026-11-29.md).
+    // cost more than a second thread gains (bench/results/2026-11-29-pipeline.md).
     let mut runtime = if config.io_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

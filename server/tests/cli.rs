@@ -92,19 +92,20 @@ fn a_worker_that_cannot_start_exits_1_with_its_stderr() {
     );
 }
 
+/// Also the multi-thread runtime (`tcp.io_threads` > 1); the other test runs the default one.
 #[test]
 fn sigterm_stops_gracefully_with_exit_0_and_worker_stderr_is_logged() {
-    graceful_stop("-TERM", false);
+    graceful_stop("-TERM", false, 2);
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group: the workers must not die
 /// with pier, or the open connections' CLOSE events would be lost.
 #[test]
 fn sigint_to_the_process_group_still_delivers_close() {
-    graceful_stop("-INT", true);
+    graceful_stop("-INT", true, 1);
 }
 
-fn graceful_stop(signal: &str, whole_group: bool) {
+fn graceful_stop(signal: &str, whole_group: bool, io_threads: usize) {
     let dir = tempfile::tempdir().unwrap();
     let text = yaml(
         dir.path(),
@@ -119,6 +120,8 @@ fn graceful_stop(signal: &str, whole_group: bool) {
     command
         .args(["serve", "-c"])
         .arg(&path)
+        .arg("-o")
+        .arg(format!("tcp.io_threads={io_threads}"))
         .stderr(Stdio::piped());
     // Its own group, as a shell gives a foreground job.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
