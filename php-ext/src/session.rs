@@ -560,7 +560,8 @@ mod tests {
     fn nothing_to_read(mut peer: &UnixStream) -> bool {
         peer.set_nonblocking(true).unwrap();
         let mut byte = [0u8; 1];
-        let empty = matches!(peer.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let empty =
+            matches!(peer.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         peer.set_nonblocking(false).unwrap();
         empty
     }
@@ -588,7 +589,10 @@ mod tests {
         let mut want = Vec::new();
         for body in [&b"a"[..], b"b", b"c"] {
             assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
-            assert!(nothing_to_read(&peer), "held while the next event is buffered");
+            assert!(
+                nothing_to_read(&peer),
+                "held while the next event is buffered"
+            );
             s.reply(ReplyKind::Write, body).unwrap();
             want.extend(reply_bytes(body));
         }
