@@ -80,7 +80,7 @@ ir() { # callgrind file → Ir per message
 PIER_IR=- PHP_IR=-
 for f in "$OUT"/callgrind.*; do
   case "$f" in *.1) ;; *) [ -e "$f.1" ] && continue ;; esac
-  if grep -q '^cmd:.*php' "$f"; then PHP_IR=$(ir "$f"); else PIER_IR=$(ir "$f"); fi
+  if grep -qE '^cmd: *[^ ]*php[0-9.]* ' "$f"; then PHP_IR=$(ir "$f"); else PIER_IR=$(ir "$f"); fi
 done
 
 # strace -c on the server (all threads) and on its worker, separately.

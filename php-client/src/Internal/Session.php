@@ -334,6 +334,12 @@ final class Session
      */
     private function send(string $frame): void
     {
+        if ($this->held === '' && \strlen($this->buffer) - $this->offset < Frame::HEADER_SIZE) {
+            // Nothing held, no next event buffered (one event at a time): straight out.
+            $this->relay->write($frame);
+
+            return;
+        }
         $this->held .= $frame;
         if (\strlen($this->held) >= self::MAX_HELD || !$this->frameBuffered()) {
             $this->flush();
@@ -422,7 +428,9 @@ final class Session
                 return $frame;
             }
             // About to block on the relay: the batch's answers go first.
-            $this->flush();
+            if ($this->held !== '') {
+                $this->flush();
+            }
             $chunk = $this->relay->read(max(self::READ_SIZE, ($size ?? 0) - $available));
             if ($chunk === '') {
                 if ($available === 0) {

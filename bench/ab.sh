@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Wall-clock A/B of two pier builds in one run: both servers (1 PHP worker each) start once, pinned
+# to CPU 0, and every cell runs on A then on B, round after round, with the load generator on
+# CPU 1, so drift of the machine hits both alike. Prints a markdown table: msg/s, p50, p99 and
+# server CPU per message (the server's whole process tree, from schedstat).
+#
+# Usage: bench/ab.sh LABEL_A PIER_A WORKER_A TREE_A LABEL_B PIER_B WORKER_B TREE_B
+#   WORKER: the extension (libpier.so) or `php` (pure-PHP package); TREE: the checkout whose
+#   bench/php and php-client/src the worker runs.
+# Env: CELLS ("1x1 100x1 100x16 1000x1"), ROUNDS (2), WARMUP (1), DURATION (3), SIZE (32).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BENCH="$ROOT/target/release/pier-bench"
+CELLS=${CELLS:-"1x1 100x1 100x16 1000x1"} ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-1} DURATION=${DURATION:-3} SIZE=${SIZE:-32}
+OUT="$ROOT/target/bench/ab"
+mkdir -p "$OUT"
+ulimit -n 65536 2>/dev/null || true
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+unset PHP_INI_SCAN_DIR
+pin() { if [ "$(nproc)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+
+declare -A ADDR SERVER
+start() { # label pier worker tree
+  local label=$1 pier worker=$3 tree port command
+  pier=$(realpath "$2") tree=$(realpath "$4") port=$("$BENCH" port)
+  if [ "$worker" = php ]; then
+    command="php $tree/bench/php/worker-php.php 0"
+  else
+    command="php -d extension=$(realpath "$worker") $tree/bench/php/worker-ext.php 0"
+  fi
+  cat >"$OUT/$label.rr.yaml" <<YAML
+version: "3"
+server:
+  command: "$command"
+tcp:
+  servers:
+    bench:
+      addr: "127.0.0.1:$port"
+      delimiter: "\n"
+  pool:
+    num_workers: 1
+YAML
+  pin 0 "$pier" serve -c "$OUT/$label.rr.yaml" >"$OUT/$label.log" 2>&1 &
+  SERVER[$label]=$!
+  PIDS+=($!)
+  ADDR[$label]=127.0.0.1:$port
+  local i
+  for i in $(seq 1 240); do
+    if "$BENCH" load --addr "127.0.0.1:$port" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "$label never answered" >&2
+  exit 1
+}
+start "$1" "$2" "$3" "$4"
+start "$5" "$6" "$7" "$8"
+echo "| cell | build | round | msg/s | p50 µs | p99 µs | server CPU µs/msg |"
+echo "|---|---|--:|--:|--:|--:|--:|"
+for cell in $CELLS; do
+  c=${cell%x*} d=${cell#*x}
+  for round in $(seq 1 "$ROUNDS"); do
+    for label in "$1" "$5"; do
+      json=$(pin 1 "$BENCH" load --addr "${ADDR[$label]}" -c "$c" -d "$d" -s "$SIZE" --warmup "$WARMUP" --duration "$DURATION" --watch-pid "${SERVER[$label]}")
+      echo "$json" >>"$OUT/$label-$cell.jsonl"
+      echo "$json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+cpu = r["server_cpu_ns"] / 1000 / max(r["messages"], 1)
+print(f"| {sys.argv[1]} | {sys.argv[2]} | {sys.argv[3]} | {r[\"msg_per_s\"]:.0f} | {r[\"p50_us\"]:.0f} | {r[\"p99_us\"]:.0f} | {cpu:.1f} |")' "$c × $d" "$label" "$round"
+    done
+  done
+done
