@@ -70,7 +70,7 @@ for cell in $CELLS; do
 import json, sys
 r = json.load(sys.stdin)
 cpu = r["server_cpu_ns"] / 1000 / max(r["messages"], 1)
-print(f"| {sys.argv[1]} | {sys.argv[2]} | {sys.argv[3]} | {r[\"msg_per_s\"]:.0f} | {r[\"p50_us\"]:.0f} | {r[\"p99_us\"]:.0f} | {cpu:.1f} |")' "$c × $d" "$label" "$round"
+print("| %s | %s | %s | %.0f | %.0f | %.0f | %.1f |" % (sys.argv[1], sys.argv[2], sys.argv[3], r["msg_per_s"], r["p50_us"], r["p99_us"], cpu))' "$c × $d" "$label" "$round"
     done
   done
 done
