@@ -246,7 +246,7 @@ test_install() {
       echo "error: the installed pier --version does not show the installed extension $version" >&2
       exit 1
     fi
-    php -m | grep -qx pier || { echo "error: php -m does not list pier after install" >&2; exit 1; }
+    php -m | grep -x pier >/dev/null || { echo "error: php -m does not list pier after install" >&2; exit 1; }
     cmd_uninstall "$tmp/prefix"
     left=$(cd "$tmp" && find . -mindepth 1 ! -path ./ini)
     [ -z "$left" ] || { echo "error: uninstall left: $left" >&2; exit 1; }
@@ -347,7 +347,7 @@ cmd_install() {
   cmd_build
   install_files "$prefix"
   (cd / && "$prefix/bin/pier" --version)
-  php -m | grep -qx pier || { echo "error: php -m does not list pier after install" >&2; exit 1; }
+  php -m | grep -x pier >/dev/null || { echo "error: php -m does not list pier after install" >&2; exit 1; }
 }
 
 cmd_uninstall() {
