@@ -374,7 +374,8 @@ pub(crate) async fn serve(
     pool: Pool,
     shutdown: CancellationToken,
 ) {
-    let uuid = Uuid::new_v4();
+    // In a cluster the uuid names this node (its tag), so other nodes can route to it.
+    let uuid = listener.registry.new_uuid();
     let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
     async move {
         let metrics = &listener.metrics;

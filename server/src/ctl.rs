@@ -178,6 +178,9 @@ pub struct Connection {
     pub bytes_out: u64,
     /// Groups.
     pub groups: Vec<String>,
+    /// In a cluster, the node holding it.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// `pier.List`'s result.
@@ -187,6 +190,9 @@ struct Page {
     total: usize,
     /// This page.
     connections: Vec<Connection>,
+    /// In a cluster, the nodes that did not answer in time.
+    #[serde(default)]
+    missing: Vec<String>,
 }
 
 /// What `pier connections` lists.
@@ -234,11 +240,35 @@ pub fn connections(
             page.total
         ));
     }
+    if !page.missing.is_empty() {
+        text.push_str(&format!(
+            "(not counted: cluster nodes {} did not answer in time)\n",
+            page.missing.join(", ")
+        ));
+    }
     out.write_all(text.as_bytes()).map_err(CtlError::Output)
 }
 
-/// Connections as a table.
+/// Connections as a table; with a NODE column when they come from a cluster.
 pub fn connections_table(list: &[Connection], now: SystemTime) -> String {
+    let table = plain_table(list, now);
+    if list.iter().all(|c| c.node.is_none()) {
+        return table;
+    }
+    // The node goes last: the columns before it keep their place.
+    let nodes =
+        std::iter::once("NODE").chain(list.iter().map(|c| c.node.as_deref().unwrap_or("-")));
+    let lines: Vec<&str> = table.lines().collect();
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (line, node) in lines.iter().zip(nodes) {
+        let pad = width - line.chars().count() + 2;
+        out.push_str(&format!("{line}{}{node}\n", " ".repeat(pad)));
+    }
+    out
+}
+
+fn plain_table(list: &[Connection], now: SystemTime) -> String {
     let now = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -357,6 +387,30 @@ mod tests {
              PID   STATUS   EVENTS  MEMORY    CPU    AGE    RUNNING NOW\n\
              4242  ready    17      20.0 MiB  0.5 %  1m40s  -\n\
              4243  working  17      20.0 MiB  0.5 %  1m40s  6ba7b810-9dad-41d1-80b4-00c04fd430c8 for 1.2s\n"
+        );
+    }
+
+    #[test]
+    fn cluster_rows_get_a_node_column() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let row = |uuid: &str, node: Option<&str>, groups: &[&str]| Connection {
+            uuid: uuid.into(),
+            server: "s".into(),
+            remote_addr: "127.0.0.1:5000".into(),
+            connected_at: 990.0,
+            bytes_in: 10,
+            bytes_out: 2048,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            node: node.map(str::to_owned),
+        };
+        let single = [row("u1", None, &[])];
+        assert!(!connections_table(&single, now).contains("NODE"));
+        let cluster = [row("u1", Some("n0"), &["room"]), row("u2", Some("n1"), &[])];
+        assert_eq!(
+            connections_table(&cluster, now),
+            "UUID  SERVER  REMOTE          AGE    IN    OUT      GROUPS  NODE\n\
+             u1    s       127.0.0.1:5000  10.0s  10 B  2.0 KiB  room    n0\n\
+             u2    s       127.0.0.1:5000  10.0s  10 B  2.0 KiB  -       n1\n"
         );
     }
 

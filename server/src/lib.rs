@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`cluster`]: several instances as one over Redis or NATS: node ids and the uuid tag that
-//!   routes an operation to the node owning the connection, the bus envelope; [`cluster::bus`]
-//!   is the transport (publish to a node or to all, reconnect, resubscribe).
+//!   routes an operation to the node owning the connection, the bus envelope, forwarding the
+//!   registry's operations, cluster-wide list/count/groups/info; [`cluster::bus`] is the
+//!   transport (publish to a node or to all, reconnect, resubscribe).
 //! - [`config`]: `.rr.yaml` (RoadRunner v3 layout): YAML tree, `${VAR}` expansion, `-o`
 //!   overrides, unknown-key warnings, validation into [`config::Config`].
 //! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
@@ -80,6 +81,9 @@ use crate::rpc::{RpcError, RpcServer};
 /// end-to-end suite checks a release build, and `pier --version` flags an extension that lacks one.
 pub const FEATURES: &[&str] = &["state", "push", "idle_timeout", "starttls"];
 
+/// How long the cluster's bus gets to say bye and close at the end of a shutdown.
+const CLUSTER_STOP: Duration = Duration::from_secs(2);
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -112,6 +116,9 @@ pub enum ServeError {
     /// `rpc.listen` could not be bound.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// `cluster.bus` names a bus the transport cannot use.
+    #[error(transparent)]
+    Cluster(cluster::StartError),
     /// The graceful shutdown did not finish within `endure.grace_period`; workers were killed.
     #[error("could not shut down gracefully within endure.grace_period ({0:?}); workers killed")]
     GracePeriod(Duration),
@@ -148,6 +155,8 @@ pub struct Server {
     rpc: Option<RpcServer>,
     /// Live connections by uuid.
     registry: Registry,
+    /// This node's part of a cluster (`cluster.bus`); stopped after the graceful shutdown.
+    cluster: Option<cluster::Handle>,
     /// `endure.grace_period`: bound of the whole shutdown.
     grace_period: Duration,
     /// SIGUSR1, registered first thing in [`Server::bind`] (its default action would end pier).
@@ -174,10 +183,14 @@ impl Server {
             Metrics::off()
         };
         let registry = Registry::new();
-        if let Some(cluster) = &config.cluster {
-            // The transport lands separately (cluster/bus.rs); until then say so loudly.
-            error!(bus = %cluster.bus, "config: cluster.bus is set, but this build cannot join a cluster yet: running alone");
-        }
+        // Before any listener serves: every connection's uuid must carry this node's tag.
+        let cluster = match &config.cluster {
+            Some(c) => Some(
+                cluster::Cluster::start(c, &registry, metrics.clone())
+                    .map_err(ServeError::Cluster)?,
+            ),
+            None => None,
+        };
         // Filled once the workers run; the RPC methods that need them answer an error before.
         let pool_slot = Arc::new(std::sync::OnceLock::new());
         let mut listeners = Vec::new();
@@ -243,6 +256,7 @@ impl Server {
             metrics,
             rpc,
             registry,
+            cluster,
             grace_period: config.grace_period,
             usr1,
         })
@@ -365,6 +379,9 @@ impl Server {
         } else {
             Ok(())
         };
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop(CLUSTER_STOP).await;
+        }
         ops_stop.cancel();
         ops_tasks.close();
         ops_tasks.wait().await;

@@ -6,11 +6,12 @@
 //! (applied by the pool in the order written) and RPC methods (`rpc`). Both go through the same
 //! five methods ([`Registry::send`], [`Registry::close`], [`Registry::join`], [`Registry::leave`],
 //! [`Registry::broadcast`]), which take uuids, group and server names as text and data as shared
-//! bytes, and answer from local state only. That is the seam for a later cluster issue: an op
-//! that does not resolve locally (an unknown uuid) or that concerns everyone (a broadcast) can be
-//! published there, as the same plain arguments, to a message bus whose other Pier instances
-//! apply it to their own registries; list/count/info would merge their answers. Nothing here
-//! waits: an op locks the registry briefly and appends to outbound queues; the connections' own
+//! bytes. On a single instance they answer from local state. In a cluster (`cluster`, attached
+//! at start) an op on a uuid another node owns (its tag says which) is forwarded to that node,
+//! which applies it with the same methods' local halves (`*_local`); a broadcast is applied here
+//! and published once for the others. list/count/info/groups stay local here: the RPC methods
+//! ask the cluster for the cluster-wide answers. Nothing here waits: an op locks the registry
+//! briefly and appends to outbound queues (or queues one bus message); the connections' own
 //! tasks do the writing.
 //!
 //! One `RwLock` guards the maps: connects, disconnects, joins and leaves take it for writing,
@@ -18,7 +19,7 @@
 //! while it appends one shared `Bytes` to each member's queue: no copy, no syscall).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
@@ -27,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
+use crate::cluster::envelope::Msg;
+use crate::cluster::{Cluster, ClusterError};
 use crate::connection::Link;
 
 /// Longest group name, in bytes.
@@ -34,9 +37,21 @@ pub const MAX_GROUP_NAME: usize = 128;
 /// Most groups one connection may be in at once.
 pub const MAX_GROUPS_PER_CONNECTION: usize = 64;
 
-/// Why an operation was refused (the caller's input, never the registry's state).
+/// Why an operation was refused (the caller's input) or, in a cluster, could not reach the other
+/// nodes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
+    /// The connection is on another node and the bus could not take the operation.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A broadcast reached this node's connections, but not the other nodes.
+    #[error("queued on {queued} connections of this node, but {source}")]
+    Partial {
+        /// Connections of this node that took it.
+        queued: usize,
+        /// Why the others did not.
+        source: ClusterError,
+    },
     /// The group name is empty or longer than [`MAX_GROUP_NAME`] bytes.
     #[error("could not use group name of {0} bytes: it must be 1..={MAX_GROUP_NAME} bytes")]
     GroupName(usize),
@@ -92,6 +107,8 @@ pub struct GroupInfo {
 pub struct Registry {
     /// The maps, shared.
     inner: Arc<RwLock<Maps>>,
+    /// The cluster this instance is part of, once attached (before any connection).
+    cluster: Arc<OnceLock<Cluster>>,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +143,31 @@ impl Registry {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes this registry part of `cluster`: new connections carry its node tag and operations
+    /// on other nodes' connections are forwarded. Once, before the first connection.
+    pub(crate) fn attach(&self, cluster: Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster, when this instance is part of one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// A new connection id: in a cluster, one that names this node as its owner.
+    pub(crate) fn new_uuid(&self) -> Uuid {
+        match self.cluster() {
+            Some(cluster) => cluster.node().new_uuid(),
+            None => Uuid::new_v4(),
+        }
+    }
+
+    /// The cluster and the owner's tag when another node owns `uuid`.
+    fn remote(&self, uuid: &str) -> Option<(&Cluster, u32)> {
+        let cluster = self.cluster()?;
+        Some((cluster, cluster.remote_owner(uuid)?))
+    }
+
     /// Adds a connection that was just accepted.
     pub(crate) fn register(&self, link: Arc<Link>) {
         let uuid = link.uuid;
@@ -155,23 +197,47 @@ impl Registry {
     pub(crate) fn apply(&self, command: &Command<'_>, pid: u32) {
         match command {
             Command::Send { uuid, data } => {
-                if !self.send(uuid, Bytes::copy_from_slice(data)) {
-                    debug!(pid, target = %uuid, "send: no such connection (or it is closing)");
+                let sent = match self.remote(uuid) {
+                    // Encoded straight from the worker's frame: no copy into a Bytes first.
+                    Some((cluster, owner)) => cluster
+                        .forward(
+                            owner,
+                            Msg::Send {
+                                uuid: uuid.as_ref().into(),
+                                data,
+                            },
+                        )
+                        .map(|()| true),
+                    None => Ok(self.send_local(uuid, Bytes::copy_from_slice(data))),
+                };
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        debug!(pid, target = %uuid, "send: no such connection (or it is closing)")
+                    }
+                    // Logged (rate-limited) and counted by the cluster.
+                    Err(e) => debug!(pid, target = %uuid, error = %e, "send not forwarded"),
                 }
             }
-            Command::Close { uuid } => {
-                if !self.close(uuid) {
-                    debug!(pid, target = %uuid, "close: no such connection");
-                }
-            }
+            Command::Close { uuid } => match self.close(uuid) {
+                Ok(true) => {}
+                Ok(false) => debug!(pid, target = %uuid, "close: no such connection"),
+                Err(e) => debug!(pid, target = %uuid, error = %e, "close not forwarded"),
+            },
             Command::Join { uuid, group } => match self.join(uuid, group) {
                 Ok(true) => {}
                 Ok(false) => debug!(pid, target = %uuid, %group, "join: no such connection"),
+                Err(e @ RegistryError::Cluster(_)) => {
+                    debug!(pid, target = %uuid, error = %e, "join not forwarded")
+                }
                 Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: join refused"),
             },
             Command::Leave { uuid, group } => match self.leave(uuid, group) {
                 Ok(true) => {}
                 Ok(false) => debug!(pid, target = %uuid, %group, "leave: no such connection"),
+                Err(e @ RegistryError::Cluster(_)) => {
+                    debug!(pid, target = %uuid, error = %e, "leave not forwarded")
+                }
                 Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: leave refused"),
             },
             Command::Broadcast {
@@ -187,6 +253,9 @@ impl Registry {
                 };
                 match self.broadcast(&Bytes::copy_from_slice(data), filter, &except) {
                     Ok(n) => debug!(pid, queued = n, "broadcast"),
+                    Err(e @ RegistryError::Partial { .. }) => {
+                        debug!(pid, error = %e, "broadcast not forwarded")
+                    }
                     Err(e) => warn!(pid, error = %e, "worker error: broadcast refused"),
                 }
             }
@@ -207,8 +276,22 @@ impl Registry {
         }
     }
 
-    /// Queues `data` for `uuid`: true when the connection exists and took the bytes.
-    pub fn send(&self, uuid: &str, data: Bytes) -> bool {
+    /// Queues `data` for `uuid`: true when the connection exists and took the bytes, or, for
+    /// another node's connection, when the message to that node is on its way.
+    pub fn send(&self, uuid: &str, data: Bytes) -> Result<bool, RegistryError> {
+        if let Some((cluster, owner)) = self.remote(uuid) {
+            let msg = Msg::Send {
+                uuid: uuid.into(),
+                data: &data,
+            };
+            cluster.forward(owner, msg)?;
+            return Ok(true);
+        }
+        Ok(self.send_local(uuid, data))
+    }
+
+    /// [`Registry::send`] on this node's connections only.
+    pub(crate) fn send_local(&self, uuid: &str, data: Bytes) -> bool {
         let Some(uuid) = parse(uuid) else {
             return false;
         };
@@ -216,8 +299,18 @@ impl Registry {
         link.is_some_and(|link| link.push(data))
     }
 
-    /// Closes `uuid` once what is queued for it is written: true when the connection existed.
-    pub fn close(&self, uuid: &str) -> bool {
+    /// Closes `uuid` once what is queued for it is written: true when the connection existed
+    /// (for another node's connection: when the message to that node is on its way).
+    pub fn close(&self, uuid: &str) -> Result<bool, RegistryError> {
+        if let Some((cluster, owner)) = self.remote(uuid) {
+            cluster.forward(owner, Msg::Close { uuid: uuid.into() })?;
+            return Ok(true);
+        }
+        Ok(self.close_local(uuid))
+    }
+
+    /// [`Registry::close`] on this node's connections only.
+    pub(crate) fn close_local(&self, uuid: &str) -> bool {
         let Some(uuid) = parse(uuid) else {
             return false;
         };
@@ -228,8 +321,24 @@ impl Registry {
         })
     }
 
-    /// Adds `uuid` to `group`: true when the connection exists (already a member is fine).
+    /// Adds `uuid` to `group`: true when the connection exists (already a member is fine), or,
+    /// for another node's connection, when the message to that node is on its way (that node
+    /// logs a refusal: too many groups).
     pub fn join(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        check_group(group)?;
+        if let Some((cluster, owner)) = self.remote(uuid) {
+            let msg = Msg::Join {
+                uuid: uuid.into(),
+                group: group.into(),
+            };
+            cluster.forward(owner, msg)?;
+            return Ok(true);
+        }
+        self.join_local(uuid, group)
+    }
+
+    /// [`Registry::join`] on this node's connections only.
+    pub(crate) fn join_local(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
         check_group(group)?;
         let Some(id) = parse(uuid) else {
             return Ok(false);
@@ -254,8 +363,23 @@ impl Registry {
         Ok(true)
     }
 
-    /// Removes `uuid` from `group`: true when the connection exists (not a member is fine).
+    /// Removes `uuid` from `group`: true when the connection exists (not a member is fine), or,
+    /// for another node's connection, when the message to that node is on its way.
     pub fn leave(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        check_group(group)?;
+        if let Some((cluster, owner)) = self.remote(uuid) {
+            let msg = Msg::Leave {
+                uuid: uuid.into(),
+                group: group.into(),
+            };
+            cluster.forward(owner, msg)?;
+            return Ok(true);
+        }
+        self.leave_local(uuid, group)
+    }
+
+    /// [`Registry::leave`] on this node's connections only.
+    pub(crate) fn leave_local(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
         check_group(group)?;
         let Some(id) = parse(uuid) else {
             return Ok(false);
@@ -273,17 +397,41 @@ impl Registry {
     }
 
     /// Queues `data` on every connection `filter` selects but those in `except`; returns how many
-    /// took it.
+    /// of this node's connections took it. In a cluster it is also published once for the other
+    /// nodes, which apply it to theirs; when that fails, this node's connections have it and the
+    /// error says so ([`RegistryError::Partial`]).
     pub fn broadcast(
         &self,
         data: &Bytes,
         filter: Filter<'_>,
         except: &[String],
     ) -> Result<usize, RegistryError> {
+        let queued = self.broadcast_local(data, filter, except)?;
+        if let Some(cluster) = self.cluster() {
+            let msg = Msg::Broadcast {
+                group: filter.group.map(Into::into),
+                server: filter.server.map(Into::into),
+                except: except.iter().map(|u| u.as_str().into()).collect(),
+                data,
+            };
+            if let Err(source) = cluster.publish_all(msg) {
+                return Err(RegistryError::Partial { queued, source });
+            }
+        }
+        Ok(queued)
+    }
+
+    /// [`Registry::broadcast`] on this node's connections only.
+    pub(crate) fn broadcast_local<S: AsRef<str>>(
+        &self,
+        data: &Bytes,
+        filter: Filter<'_>,
+        except: &[S],
+    ) -> Result<usize, RegistryError> {
         if let Some(group) = filter.group {
             check_group(group)?;
         }
-        let except: HashSet<Uuid> = except.iter().filter_map(|u| parse(u)).collect();
+        let except: HashSet<Uuid> = except.iter().filter_map(|u| parse(u.as_ref())).collect();
         let maps = self.read();
         let mut queued = 0;
         maps.each(filter, |uuid, entry| {

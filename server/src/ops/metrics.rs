@@ -239,6 +239,23 @@ struct RpcLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterMessageLabels {
+    direction: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterFailureLabels {
+    op: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BusLabel {
+    bus: &'static str,
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(SECONDS_BUCKETS)
 }
@@ -280,6 +297,14 @@ struct Inner {
     tls_handshakes: Family<ServerResultLabels, Counter>,
     /// `pier_proxy_refusals_total{server,reason}`.
     proxy_refusals: Family<ServerReasonLabels, Counter>,
+    /// `pier_cluster_messages_total{direction,op}`: bus messages sent and received.
+    cluster_messages: Family<ClusterMessageLabels, Counter>,
+    /// `pier_cluster_failures_total{op,reason}`: cross-instance operations that failed.
+    cluster_failures: Family<ClusterFailureLabels, Counter>,
+    /// `pier_cluster_bus_up{bus}`: 1 while the bus is connected (no series without a cluster).
+    cluster_bus_up: Family<BusLabel, Gauge>,
+    /// `pier_cluster_nodes{bus}`: nodes known alive, this one included.
+    cluster_nodes: Family<BusLabel, Gauge>,
 }
 
 /// The metrics of one server instance; cheap to clone. [`Metrics::off`] records nothing.
@@ -401,6 +426,30 @@ impl Metrics {
             "Connections closed at their PROXY header, before any event, per server and reason (untrusted, missing, malformed, timeout)",
             proxy_refusals.clone(),
         );
+        let cluster_messages = Family::<ClusterMessageLabels, Counter>::default();
+        registry.register(
+            "cluster_messages",
+            "Cluster bus messages, per direction (sent, received) and op (send, close, join, leave, broadcast, query, reply, hello, bye)",
+            cluster_messages.clone(),
+        );
+        let cluster_failures = Family::<ClusterFailureLabels, Counter>::default();
+        registry.register(
+            "cluster_failures",
+            "Cross-instance operations that failed, per op and reason (bus_down, queue_full, too_large: not sent; no_answer: a node did not answer a query in time; undecodable: a bus message this node cannot read; refused: the owner refused a join)",
+            cluster_failures.clone(),
+        );
+        let cluster_bus_up = Family::<BusLabel, Gauge>::default();
+        registry.register(
+            "cluster_bus_up",
+            "1 while the cluster bus (redis, nats) is connected, else 0",
+            cluster_bus_up.clone(),
+        );
+        let cluster_nodes = Family::<BusLabel, Gauge>::default();
+        registry.register(
+            "cluster_nodes",
+            "Cluster nodes known alive (heard from within the peer timeout), this one included",
+            cluster_nodes.clone(),
+        );
         // Label sets that exist from the start, so dashboards and rate() see zeros rather than
         // gaps.
         let event_seconds = ["connected", "data", "close"]
@@ -427,6 +476,10 @@ impl Metrics {
                 rpc_calls,
                 tls_handshakes,
                 proxy_refusals,
+                cluster_messages,
+                cluster_failures,
+                cluster_bus_up,
+                cluster_nodes,
             })),
         }
     }
@@ -567,6 +620,39 @@ impl Metrics {
                     reason: reason.as_str(),
                 })
                 .inc();
+        }
+    }
+
+    /// A cluster bus message was sent (`sent`) or received; `op` as in the envelope.
+    pub fn cluster_message(&self, sent: bool, op: &'static str) {
+        if let Some(m) = &self.inner {
+            m.cluster_messages
+                .get_or_create(&ClusterMessageLabels {
+                    direction: if sent { "sent" } else { "received" },
+                    op,
+                })
+                .inc();
+        }
+    }
+
+    /// A cross-instance operation failed (see `pier_cluster_failures_total` for the reasons).
+    pub fn cluster_failure(&self, op: &'static str, reason: &'static str) {
+        if let Some(m) = &self.inner {
+            m.cluster_failures
+                .get_or_create(&ClusterFailureLabels { op, reason })
+                .inc();
+        }
+    }
+
+    /// The cluster bus `bus` is up or down now, and `nodes` nodes are known alive.
+    pub fn cluster_state(&self, bus: &'static str, up: bool, nodes: usize) {
+        if let Some(m) = &self.inner {
+            m.cluster_bus_up
+                .get_or_create(&BusLabel { bus })
+                .set(i64::from(up));
+            m.cluster_nodes
+                .get_or_create(&BusLabel { bus })
+                .set(i64::try_from(nodes).unwrap_or(i64::MAX));
         }
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::codec::{Codec, CodecError};
+use crate::cluster::ClusterError;
 use crate::ops::Metrics;
 use crate::pool::Pool;
 use crate::registry::{ConnInfo, Filter, GroupInfo, Registry, RegistryError};
@@ -34,9 +35,13 @@ pub enum MethodError {
     /// The argument decoded, but a value in it is not usable.
     #[error("invalid argument: {0}")]
     Invalid(String),
-    /// The registry refused the operation (group name, groups per connection).
+    /// The registry refused the operation (group name, groups per connection), or could not
+    /// reach another node with it.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A cluster-wide question could not be answered (bus down, a node did not answer).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The call could not be done; the text is the whole answer (RoadRunner's own words where
     /// it has them, e.g. `no such plugin: http`).
     #[error("{0}")]
@@ -98,14 +103,15 @@ impl Methods {
         let mut m = Methods::new();
         super::ops::register(&mut m);
         m.register("tcp.Close", |ctx, arg: UuidArg| async move {
-            // RoadRunner: always true, an unknown uuid is not an error.
-            ctx.registry.close(arg.uuid());
+            // RoadRunner: always true, an unknown uuid is not an error. In a cluster, a bus that
+            // cannot take the close of another node's connection is one.
+            ctx.registry.close(arg.uuid())?;
             Ok(true)
         });
         m.register("rpc.Version", |_, _: IgnoredAny| async { Ok(VERSION) });
         m.register("pier.Send", |ctx, arg: SendArgs| async move {
             let data = arg.data.bytes()?;
-            Ok(ctx.registry.send(&arg.uuid, data))
+            Ok(ctx.registry.send(&arg.uuid, data)?)
         });
         m.register("pier.Broadcast", |ctx, arg: BroadcastArgs| async move {
             let data = arg.data.bytes()?;
@@ -122,7 +128,7 @@ impl Methods {
             Ok(ctx.registry.leave(&arg.uuid, &arg.group)?)
         });
         m.register("pier.Close", |ctx, arg: UuidObject| async move {
-            Ok(ctx.registry.close(&arg.uuid))
+            Ok(ctx.registry.close(&arg.uuid)?)
         });
         m.register("pier.List", |ctx, arg: ListArgs| async move {
             let limit = arg.limit.unwrap_or(DEFAULT_LIST_LIMIT);
@@ -135,20 +141,52 @@ impl Methods {
                 server: arg.server.as_deref(),
                 group: arg.group.as_deref(),
             };
-            let (total, connections) = ctx.registry.list(filter, arg.offset.unwrap_or(0), limit);
-            Ok(ListResult { total, connections })
+            let offset = arg.offset.unwrap_or(0);
+            let registry = &ctx.registry;
+            Ok(match registry.cluster() {
+                Some(cluster) => {
+                    let page = cluster.list(registry, filter, offset, limit).await?;
+                    ListResult {
+                        total: page.total,
+                        connections: page.connections,
+                        missing: Some(page.missing),
+                    }
+                }
+                None => {
+                    let (total, connections) = registry.list(filter, offset, limit);
+                    ListResult {
+                        total,
+                        connections,
+                        missing: None,
+                    }
+                }
+            })
         });
         m.register("pier.Info", |ctx, arg: UuidObject| async move {
-            Ok(ctx.registry.info(&arg.uuid))
+            let registry = &ctx.registry;
+            Ok(match registry.cluster() {
+                Some(cluster) => cluster.info(registry, &arg.uuid).await?,
+                None => registry.info(&arg.uuid),
+            })
         });
         m.register("pier.Count", |ctx, arg: FilterArgs| async move {
-            Ok(ctx.registry.count(Filter {
+            let filter = Filter {
                 server: arg.server.as_deref(),
                 group: arg.group.as_deref(),
-            }))
+            };
+            let registry = &ctx.registry;
+            Ok(match registry.cluster() {
+                Some(cluster) => cluster.count(registry, filter).await?,
+                None => registry.count(filter),
+            })
         });
         m.register("pier.Groups", |ctx, arg: ServerArg| async move {
-            Ok::<Vec<GroupInfo>, MethodError>(ctx.registry.groups(arg.server.as_deref()))
+            let registry = &ctx.registry;
+            let server = arg.server.as_deref();
+            Ok::<Vec<GroupInfo>, MethodError>(match registry.cluster() {
+                Some(cluster) => cluster.groups(registry, server).await?,
+                None => registry.groups(server),
+            })
         });
         m
     }
@@ -333,4 +371,8 @@ struct ListResult {
     total: usize,
     /// This page of them.
     connections: Vec<ConnInfo>,
+    /// In a cluster: the nodes that did not answer in time (their connections are missing from
+    /// `total` and the page). Absent on a single instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing: Option<Vec<String>>,
 }

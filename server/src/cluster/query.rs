@@ -1,0 +1,356 @@
+//! Cluster-wide questions: `pier.List`, `Count`, `Groups` and `Info` across the nodes.
+//!
+//! The asker publishes one [`Query`] on `All` (or, for one connection, to its owner's channel)
+//! under a request id; every node answers from its own registry to the asker's channel, in
+//! parts of bounded size, the last one marked; the asker adds its own answer and waits for the
+//! nodes it knew alive when it asked, at most `cluster.request_timeout`. Rows carry their node.
+//! A node that did not answer is never silently missing: `pier.List` names it in `missing`;
+//! `pier.Count` and `pier.Groups`, whose answers have no room for that, fail with an error
+//! naming it. While the bus is down every cluster-wide question fails at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use super::bus::Channel;
+use super::envelope::{self, Answer, Msg, Query};
+use super::{node, Cluster, ClusterError};
+use crate::registry::{ConnInfo, Filter, GroupInfo, Registry};
+
+/// `pier.List` across the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListPage {
+    /// How many connections the filter selects on the nodes that answered.
+    pub total: usize,
+    /// This page of them, ordered by connect time then uuid across nodes, each with its node.
+    pub connections: Vec<ConnInfo>,
+    /// The nodes known alive that did not answer in time (their connections are not counted).
+    pub missing: Vec<String>,
+}
+
+/// A question waiting for answers.
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// The nodes whose last part completes it; `None`: the first node's last part does.
+    want: Option<HashSet<String>>,
+    /// Nodes whose last part arrived.
+    answered: HashSet<String>,
+    /// Every part so far, with its node.
+    parts: Vec<(String, Answer)>,
+    /// Wakes the asker when complete.
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// What came back.
+#[derive(Debug)]
+struct Gathered {
+    /// Every part, with its node.
+    parts: Vec<(String, Answer)>,
+    /// Nodes asked that did not finish their answer in time.
+    missing: Vec<String>,
+}
+
+impl Cluster {
+    /// `pier.List`: `limit` connections from `offset`, across the cluster.
+    pub async fn list(
+        &self,
+        registry: &Registry,
+        filter: Filter<'_>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<ListPage, ClusterError> {
+        let upto = offset.saturating_add(limit);
+        let asked = self
+            .ask(
+                None,
+                Query::List {
+                    server: filter.server.map(str::to_owned),
+                    group: filter.group.map(str::to_owned),
+                    upto,
+                },
+            )
+            .await?;
+        let (total, mut rows) = registry.list(filter, 0, upto);
+        let mut totals: HashMap<String, usize> = HashMap::new();
+        let me = &self.node().id;
+        totals.insert(me.clone(), total);
+        for row in &mut rows {
+            row.node = Some(me.clone());
+        }
+        for (node, answer) in asked.parts {
+            if let Answer::List {
+                total,
+                rows: theirs,
+            } = answer
+            {
+                totals.insert(node, total);
+                rows.extend(theirs);
+            }
+        }
+        rows.sort_by(|a, b| {
+            a.connected_at
+                .total_cmp(&b.connected_at)
+                .then_with(|| a.uuid.cmp(&b.uuid))
+        });
+        Ok(ListPage {
+            total: totals.values().sum(),
+            connections: rows.into_iter().skip(offset).take(limit).collect(),
+            missing: asked.missing,
+        })
+    }
+
+    /// `pier.Count` across the cluster; an error when a node did not answer.
+    pub async fn count(
+        &self,
+        registry: &Registry,
+        filter: Filter<'_>,
+    ) -> Result<usize, ClusterError> {
+        let asked = self
+            .ask(
+                None,
+                Query::Count {
+                    server: filter.server.map(str::to_owned),
+                    group: filter.group.map(str::to_owned),
+                },
+            )
+            .await?;
+        self.complete("count the connections", &asked)?;
+        let mut n = registry.count(filter);
+        for (_, answer) in asked.parts {
+            if let Answer::Count(theirs) = answer {
+                n += theirs;
+            }
+        }
+        Ok(n)
+    }
+
+    /// `pier.Groups` across the cluster (member counts summed); an error when a node did not
+    /// answer.
+    pub async fn groups(
+        &self,
+        registry: &Registry,
+        server: Option<&str>,
+    ) -> Result<Vec<GroupInfo>, ClusterError> {
+        let asked = self
+            .ask(
+                None,
+                Query::Groups {
+                    server: server.map(str::to_owned),
+                },
+            )
+            .await?;
+        self.complete("list the groups", &asked)?;
+        let mut merged: BTreeMap<String, usize> = BTreeMap::new();
+        let theirs = asked
+            .parts
+            .into_iter()
+            .flat_map(|(_, answer)| match answer {
+                Answer::Groups(groups) => groups,
+                _ => Vec::new(),
+            });
+        for g in registry.groups(server).into_iter().chain(theirs) {
+            *merged.entry(g.group).or_default() += g.members;
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(group, members)| GroupInfo { group, members })
+            .collect())
+    }
+
+    /// `pier.Info`: asks the owner of `uuid` only. `None` when no node owns it now (no live
+    /// node has its tag); an error when its node did not answer in time.
+    pub async fn info(
+        &self,
+        registry: &Registry,
+        uuid: &str,
+    ) -> Result<Option<ConnInfo>, ClusterError> {
+        let Some(owner) = self.remote_owner(uuid) else {
+            return Ok(registry.info(uuid).map(|mut info| {
+                info.node = Some(self.node().id.clone());
+                info
+            }));
+        };
+        let Some(node) = self.peers_lock().by_tag(owner).map(str::to_owned) else {
+            // Its node is gone (and its connections with it), or it never existed.
+            return Ok(None);
+        };
+        let asked = self
+            .ask(
+                Some(owner),
+                Query::Info {
+                    uuid: uuid.to_owned(),
+                },
+            )
+            .await?;
+        for (_, answer) in asked.parts {
+            if let Answer::Info(info) = answer {
+                return Ok(info);
+            }
+        }
+        self.inner.metrics.cluster_failure("query", "no_answer");
+        Err(ClusterError::NoAnswer {
+            what: "look the connection up",
+            nodes: node,
+            timeout: self.inner.request_timeout,
+        })
+    }
+
+    /// An error naming the nodes that did not answer, if any.
+    fn complete(&self, what: &'static str, asked: &Gathered) -> Result<(), ClusterError> {
+        if asked.missing.is_empty() {
+            return Ok(());
+        }
+        Err(ClusterError::NoAnswer {
+            what,
+            nodes: asked.missing.join(", "),
+            timeout: self.inner.request_timeout,
+        })
+    }
+
+    /// Asks `query` of every node known alive (`owner` `None`) or of the node with tag `owner`,
+    /// and gathers the answers until all are in or `cluster.request_timeout` passed.
+    async fn ask(&self, owner: Option<u32>, query: Query) -> Result<Gathered, ClusterError> {
+        let inner = &self.inner;
+        if !inner.bus.is_up() {
+            let e = ClusterError::Down {
+                bus: inner.bus.kind(),
+            };
+            self.failed("query", "bus_down", &e);
+            return Err(e);
+        }
+        let want = match owner {
+            Some(_) => None,
+            None => {
+                let ids: HashSet<String> = self.peers().into_iter().collect();
+                if ids.is_empty() {
+                    // Alone (as far as anyone said hello): nothing to wait for.
+                    return Ok(Gathered {
+                        parts: Vec::new(),
+                        missing: Vec::new(),
+                    });
+                }
+                Some(ids)
+            }
+        };
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        self.pending_lock().insert(
+            id,
+            Pending {
+                want,
+                answered: HashSet::new(),
+                parts: Vec::new(),
+                done: Some(done),
+            },
+        );
+        let to = match owner {
+            Some(tag) => Channel::Node(node::channel(tag)),
+            None => Channel::All,
+        };
+        if let Err(e) = self.publish(to, Msg::Query { id, query }) {
+            self.pending_lock().remove(&id);
+            return Err(e);
+        }
+        let _ = tokio::time::timeout(inner.request_timeout, wait).await;
+        let Some(pending) = self.pending_lock().remove(&id) else {
+            return Ok(Gathered {
+                parts: Vec::new(),
+                missing: Vec::new(),
+            });
+        };
+        let mut missing: Vec<String> = pending
+            .want
+            .map(|want| want.difference(&pending.answered).cloned().collect())
+            .unwrap_or_default();
+        missing.sort_unstable();
+        for node in &missing {
+            inner.metrics.cluster_failure("query", "no_answer");
+            debug!(%node, request = id, "cluster query: no answer in time");
+        }
+        Ok(Gathered {
+            parts: pending.parts,
+            missing,
+        })
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One part of an answer to request `id` arrived from `from`.
+    pub(super) fn gathered(&self, from: &str, id: u64, answer: Answer, last: bool) {
+        let mut pending = self.pending_lock();
+        let Some(p) = pending.get_mut(&id) else {
+            debug!(node = %from, request = id, "cluster query: answer after the timeout dropped");
+            return;
+        };
+        p.parts.push((from.to_owned(), answer));
+        if !last {
+            return;
+        }
+        p.answered.insert(from.to_owned());
+        let complete = match &p.want {
+            None => true,
+            Some(want) => want.iter().all(|n| p.answered.contains(n)),
+        };
+        if complete {
+            if let Some(done) = p.done.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Answers node `from`'s question `id` from the local registry, to its channel.
+    pub(super) fn answer(&self, registry: &Registry, from: &str, id: u64, query: Query) {
+        let me = &self.node().id;
+        let mark = |mut info: ConnInfo| {
+            info.node = Some(me.clone());
+            info
+        };
+        let answers: Vec<Answer> = match query {
+            Query::List {
+                server,
+                group,
+                upto,
+            } => {
+                let filter = Filter {
+                    server: server.as_deref(),
+                    group: group.as_deref(),
+                };
+                let (total, rows) = registry.list(filter, 0, upto);
+                let rows = rows.into_iter().map(mark).collect();
+                envelope::parts(rows, envelope::row_size)
+                    .into_iter()
+                    .map(|rows| Answer::List { total, rows })
+                    .collect()
+            }
+            Query::Count { server, group } => vec![Answer::Count(registry.count(Filter {
+                server: server.as_deref(),
+                group: group.as_deref(),
+            }))],
+            Query::Groups { server } => {
+                envelope::parts(registry.groups(server.as_deref()), |g| g.group.len() + 16)
+                    .into_iter()
+                    .map(Answer::Groups)
+                    .collect()
+            }
+            Query::Info { uuid } => vec![Answer::Info(registry.info(&uuid).map(mark))],
+        };
+        let to = node::channel(node::tag(from));
+        let n = answers.len();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let msg = Msg::Reply {
+                id,
+                answer,
+                last: i + 1 == n,
+            };
+            if self.publish(Channel::Node(to.clone()), msg).is_err() {
+                // Counted and logged; the asker reports this node as not answering.
+                return;
+            }
+        }
+    }
+}

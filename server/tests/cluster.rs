@@ -1,0 +1,737 @@
+//! Several `pier` processes as one cluster over a real bus (redis-server, nats-server on
+//! loopback, started here): every test runs once with Redis and once with NATS.
+//!
+//! - three nodes, 300 clients spread over them in 5 groups: group broadcasts from a worker on
+//!   each node reach every member exactly once and nobody else; send, close, join by uuid across
+//!   nodes from workers and from RPC; pushes from one sender arrive in order; list, count, info
+//!   and groups are cluster-wide and mark rows by node; a node that stops answering is named;
+//! - the bus killed and restarted in the middle of traffic: local traffic goes on untouched,
+//!   cross-node operations fail visibly (RPC error, metric) without blocking the worker, and
+//!   resume by themselves.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::bus::{BusKind, BusServer};
+use support::{test_worker, Client, HANG};
+
+/// How long a node may take to start, to see the others, or to recover after the bus is back.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One `pier serve` process with the Rust test worker, RPC and metrics on loopback.
+struct Node {
+    /// `cluster.node`.
+    id: String,
+    /// The process.
+    child: Child,
+    /// Server `s`.
+    addr: SocketAddr,
+    /// RPC (`host:port`).
+    rpc: SocketAddr,
+    /// Metrics and status (`host:port`).
+    ops: SocketAddr,
+    /// Every JSON log line so far (stderr, read by a thread).
+    logs: Arc<Mutex<Vec<Value>>>,
+    /// Config and worker files.
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(bus: &str, id: &str, prefix: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n",
+            worker = test_worker(),
+            dir = dir.path().display().to_string(),
+        );
+        let path = dir.path().join(".rr.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pier"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let mut node = Node {
+            id: id.to_owned(),
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            rpc: SocketAddr::from(([0, 0, 0, 0], 0)),
+            ops: SocketAddr::from(([0, 0, 0, 0], 0)),
+            logs,
+            _dir: dir,
+        };
+        let field = |node: &Node, message: &str, key: &str| -> Option<String> {
+            node.logs.lock().unwrap().iter().find_map(|l| {
+                (l["fields"]["message"] == message)
+                    .then(|| l["fields"][key].as_str())?
+                    .map(str::to_owned)
+            })
+        };
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let addr = field(&node, "listening", "addr");
+            let rpc = field(&node, "RPC listening", "listen");
+            let ops = field(&node, "operations endpoint listening", "addr");
+            if let (Some(addr), Some(rpc), Some(ops)) = (addr, rpc, ops) {
+                node.addr = addr.parse().unwrap();
+                node.rpc = rpc.trim_start_matches("tcp://").parse().unwrap();
+                node.ops = ops.parse().unwrap();
+                return node;
+            }
+            if let Some(status) = node.child.try_wait().unwrap() {
+                panic!(
+                    "node {id} exited ({status}): {:#?}",
+                    node.logs.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not start: {:#?}",
+                node.logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a log line with this message (and `node` field, when given) was written.
+    fn logged(&self, message: &str, node: Option<&str>) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| {
+            l["fields"]["message"] == message
+                && node.is_none_or(|n| l["fields"]["node"].as_str() == Some(n))
+        })
+    }
+
+    /// The cluster's log lines, for failure messages.
+    fn cluster_logs(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.to_string().contains("cluster") || l.to_string().contains("bus"))
+            .cloned()
+            .collect()
+    }
+
+    async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    async fn rpc(&self) -> Rpc {
+        Rpc(tokio::time::timeout(HANG, TcpStream::connect(self.rpc))
+            .await
+            .unwrap()
+            .unwrap())
+    }
+
+    /// The value of one metric series (0 when absent).
+    async fn metric(&self, series: &str) -> f64 {
+        let (code, body) = support::http_get(self.ops, "/metrics").await;
+        assert_eq!(code, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill {signal} {}", self.id);
+    }
+
+    /// SIGSTOP, and waits (bounded) until every thread of the process is stopped: kill(2)
+    /// returns before the signal has reached them all.
+    fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let running = std::fs::read_dir(&tasks)
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                .filter(|stat| {
+                    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                    !state.is_some_and(|s| s.starts_with('T') || s.starts_with('t'))
+                })
+                .count();
+            if running == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} did not stop", self.id);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node {} exited with {status}", self.id);
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} did not stop", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A goridge RPC connection speaking JSON.
+struct Rpc(TcpStream);
+
+impl Rpc {
+    /// The answer, or the error text the server answered.
+    async fn call(&mut self, method: &str, arg: Value) -> Result<Value, String> {
+        use pier_protocol::frame::{self, flags};
+        let arg = serde_json::to_vec(&arg).unwrap();
+        let mut request = Vec::new();
+        frame::encode(
+            &mut request,
+            flags::CODEC_JSON,
+            0,
+            &[1, method.len() as u32],
+            &[method.as_bytes(), &arg],
+        )
+        .unwrap();
+        self.0.write_all(&request).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            if let Some((answer, _)) = frame::decode(&buf, u32::MAX).unwrap() {
+                let body = &answer.payload[method.len()..];
+                if answer.flags & flags::ERROR != 0 {
+                    return Err(String::from_utf8_lossy(body).into_owned());
+                }
+                return Ok(serde_json::from_slice(body).unwrap());
+            }
+            let n = tokio::time::timeout(HANG, self.0.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "RPC connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn ok(&mut self, method: &str, arg: Value) -> Value {
+        self.call(method, arg.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {arg}: {e}"))
+    }
+}
+
+/// Starts `n` nodes on `bus` and waits (bounded) until each has heard from every other.
+fn nodes(bus: &BusServer, n: usize, prefix: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| Node::start(&bus.url(), &format!("n{i}"), prefix))
+        .collect();
+    wait_joined(&nodes);
+    nodes
+}
+
+fn wait_joined(nodes: &[Node]) {
+    let deadline = Instant::now() + SETTLE;
+    for a in nodes {
+        for b in nodes.iter().filter(|b| b.id != a.id) {
+            while !a.logged("cluster: node joined", Some(&b.id)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never heard from {}",
+                    a.id,
+                    b.id
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Waits (bounded by [`SETTLE`]) until `cond` (an expression that may `.await`) holds.
+macro_rules! eventually {
+    ($what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + SETTLE;
+        while !$cond {
+            assert!(Instant::now() < deadline, "never: {}", $what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+/// The soft open-files limit raised to the hard one (300 clients in this process).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A client of the cluster test: its node index, group and uuid.
+struct Member {
+    client: Client,
+    node: usize,
+    group: usize,
+    uuid: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_three_nodes_act_as_one() {
+    three_nodes_act_as_one(BusKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_three_nodes_act_as_one() {
+    three_nodes_act_as_one(BusKind::Nats).await;
+}
+
+async fn three_nodes_act_as_one(kind: BusKind) {
+    raise_fd_limit();
+    let bus = BusServer::start(kind);
+    let nodes = nodes(&bus, 3, "act");
+    // 300 clients, client i on node i % 3 in group g(i % 5): 20 of each group on each node.
+    let mut members = Vec::new();
+    for i in 0..300 {
+        let node = i % 3;
+        let mut client = nodes[node].connect().await;
+        let (_, _, uuid) = client.hello().await;
+        client.send(format!("join g{}\r\n", i % 5)).await;
+        members.push(Member {
+            client,
+            node,
+            group: i % 5,
+            uuid,
+        });
+    }
+    for m in &mut members {
+        assert_eq!(m.client.line().await.unwrap(), "joined");
+    }
+    // A node's uuids all carry its tag: the same first 8 hex digits.
+    for node in 0..3 {
+        let tags: HashSet<&str> = members
+            .iter()
+            .filter(|m| m.node == node)
+            .map(|m| &m.uuid[..8])
+            .collect();
+        assert_eq!(tags.len(), 1, "node {node}: {tags:?}");
+    }
+    let mut rpc = Vec::new();
+    for node in &nodes {
+        rpc.push(node.rpc().await);
+    }
+
+    // Cluster-wide counts, from every node (controllers are not connected yet).
+    for r in &mut rpc {
+        assert_eq!(r.ok("pier.Count", json!({})).await, json!(300));
+        assert_eq!(r.ok("pier.Count", json!({"group": "g3"})).await, json!(60));
+        let groups = r.ok("pier.Groups", json!({})).await;
+        let want: Vec<Value> = (0..5)
+            .map(|g| json!({"group": format!("g{g}"), "members": 60}))
+            .collect();
+        assert_eq!(groups, Value::Array(want));
+    }
+
+    // Group broadcasts from a worker on each node (the controller is in no group).
+    let mut controllers = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        c.hello().await;
+        controllers.push(c);
+    }
+    for (j, c) in controllers.iter_mut().enumerate() {
+        for g in 0..5 {
+            assert_eq!(c.ask(&format!("bcast g{g} from{j}-g{g}\r\n")).await, "sent");
+        }
+    }
+    // Then one broadcast to everyone over RPC from each node: each sender's messages arrive in
+    // order, so a member that has read the three barriers has read everything the three senders
+    // sent it, duplicates and strays included.
+    for (j, r) in rpc.iter_mut().enumerate() {
+        let local = r
+            .ok("pier.Broadcast", json!({"data": format!("barrier{j}\n")}))
+            .await;
+        assert_eq!(
+            local,
+            json!(101),
+            "node {j}: its 100 members and its controller"
+        );
+    }
+    for m in &mut members {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(m.client.line().await.unwrap());
+        }
+        got.sort();
+        let mut want: Vec<String> = (0..3).map(|j| format!("barrier{j}")).collect();
+        want.extend((0..3).map(|j| format!("from{j}-g{}", m.group)));
+        want.sort();
+        assert_eq!(got, want, "member {} of node {}", m.uuid, m.node);
+    }
+    for c in &mut controllers {
+        let mut got: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            got.push(c.line().await.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, ["barrier0", "barrier1", "barrier2"]);
+    }
+
+    // Send by uuid across nodes: from RPC on node 0 to a member of node 1, in order.
+    let target = members.iter().position(|m| m.node == 1).unwrap();
+    let uuid = members[target].uuid.clone();
+    for i in 0..200 {
+        let sent = rpc[0]
+            .ok(
+                "pier.Send",
+                json!({"uuid": uuid, "data": format!("seq {i}\n")}),
+            )
+            .await;
+        assert_eq!(sent, json!(true));
+    }
+    for i in 0..200 {
+        assert_eq!(
+            members[target].client.line().await.unwrap(),
+            format!("seq {i}")
+        );
+    }
+    // From a worker on node 2 to a member of node 0, and back to node 2 from node 0.
+    let on0 = members.iter().position(|m| m.node == 0).unwrap();
+    let on2 = members.iter().position(|m| m.node == 2).unwrap();
+    let (uuid0, uuid2) = (members[on0].uuid.clone(), members[on2].uuid.clone());
+    assert_eq!(
+        controllers[2]
+            .ask(&format!("push {uuid0} hi from 2\r\n"))
+            .await,
+        "pushed"
+    );
+    assert_eq!(members[on0].client.line().await.unwrap(), "hi from 2");
+    assert_eq!(
+        controllers[0]
+            .ask(&format!("push {uuid2} hi from 0\r\n"))
+            .await,
+        "pushed"
+    );
+    assert_eq!(members[on2].client.line().await.unwrap(), "hi from 0");
+
+    // Join by uuid across nodes (RPC on node 0, member of node 1), seen cluster-wide.
+    assert_eq!(
+        rpc[0]
+            .ok("pier.Join", json!({"uuid": uuid, "group": "extra"}))
+            .await,
+        json!(true)
+    );
+    let mut r2 = nodes[2].rpc().await;
+    eventually!(
+        "the remote join is counted",
+        r2.ok("pier.Count", json!({"group": "extra"})).await == json!(1)
+    );
+    assert_eq!(
+        rpc[2]
+            .ok(
+                "pier.Broadcast",
+                json!({"group": "extra", "data": "extra!\n"})
+            )
+            .await,
+        json!(0)
+    );
+    assert_eq!(members[target].client.line().await.unwrap(), "extra!");
+
+    // List and info, cluster-wide, rows marked by node.
+    let page = rpc[1]
+        .ok("pier.List", json!({"group": "g1", "limit": 1000}))
+        .await;
+    assert_eq!(page["total"], json!(60));
+    assert_eq!(page["missing"], json!([]));
+    let rows = page["connections"].as_array().unwrap();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for row in rows {
+        *per_node
+            .entry(row["node"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node,
+        BTreeMap::from([("n0".into(), 20), ("n1".into(), 20), ("n2".into(), 20)])
+    );
+    let listed: HashSet<&str> = rows.iter().map(|r| r["uuid"].as_str().unwrap()).collect();
+    let want: HashSet<&str> = members
+        .iter()
+        .filter(|m| m.group == 1)
+        .map(|m| m.uuid.as_str())
+        .collect();
+    assert_eq!(listed, want);
+    // Pages across nodes: in connect order, none twice.
+    let mut paged = Vec::new();
+    for offset in (0..60).step_by(25) {
+        let page = rpc[0]
+            .ok(
+                "pier.List",
+                json!({"group": "g1", "offset": offset, "limit": 25}),
+            )
+            .await;
+        paged.extend(
+            page["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["uuid"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(paged.len(), 60);
+    assert_eq!(paged.iter().collect::<HashSet<_>>().len(), 60);
+    let info = rpc[0].ok("pier.Info", json!({"uuid": uuid})).await;
+    assert_eq!(info["node"], json!("n1"));
+    assert_eq!(
+        info["groups"],
+        json!(["extra", format!("g{}", members[target].group)])
+    );
+    let gone = format!("{}-0000-4000-8000-000000000000", &uuid[..8]);
+    assert_eq!(
+        rpc[0].ok("pier.Info", json!({"uuid": gone})).await,
+        Value::Null
+    );
+
+    // Close by uuid across nodes: RPC on node 2 closes a member of node 0; a worker on node 0
+    // kicks a member of node 1. Both get EOF, and the cluster counts them out.
+    let kick0 = members
+        .iter()
+        .position(|m| m.node == 0 && m.uuid != uuid0)
+        .unwrap();
+    let kick1 = members
+        .iter()
+        .position(|m| m.node == 1 && m.uuid != uuid)
+        .unwrap();
+    let uuid_kick0 = members[kick0].uuid.clone();
+    assert_eq!(
+        rpc[2].ok("pier.Close", json!({"uuid": uuid_kick0})).await,
+        json!(true)
+    );
+    assert_eq!(rpc[2].ok("tcp.Close", json!(uuid_kick0)).await, json!(true));
+    let uuid_kick1 = members[kick1].uuid.clone();
+    assert_eq!(
+        controllers[0].ask(&format!("kick {uuid_kick1}\r\n")).await,
+        "kicked"
+    );
+    assert!(members[kick0].client.rest().await.is_empty());
+    assert!(members[kick1].client.rest().await.is_empty());
+    let mut r0 = nodes[0].rpc().await;
+    eventually!(
+        "the closed connections leave the count",
+        r0.ok("pier.Count", json!({})).await == json!(300 + 3 - 2)
+    );
+
+    // A node that stops answering is named, not silently left out.
+    nodes[2].freeze();
+    let page = rpc[0].ok("pier.List", json!({"limit": 1})).await;
+    assert_eq!(
+        page["missing"],
+        json!(["n2"]),
+        "{page}\n{:#?}",
+        nodes[0].cluster_logs()
+    );
+    assert_eq!(page["total"], json!(2 * 101 - 2));
+    let err = rpc[0].call("pier.Count", json!({})).await.unwrap_err();
+    assert!(err.contains("no answer from node n2"), "{err}");
+    nodes[2].signal(libc::SIGCONT);
+    assert!(
+        nodes[0]
+            .metric("pier_cluster_failures_total{op=\"query\",reason=\"no_answer\"}")
+            .await
+            >= 2.0
+    );
+
+    drop(members);
+    drop(controllers);
+    for node in nodes {
+        node.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bus_restart_in_the_middle_of_traffic() {
+    bus_restart_in_the_middle_of_traffic(BusKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_bus_restart_in_the_middle_of_traffic() {
+    bus_restart_in_the_middle_of_traffic(BusKind::Nats).await;
+}
+
+async fn bus_restart_in_the_middle_of_traffic(kind: BusKind) {
+    let mut bus = BusServer::start(kind);
+    let nodes = nodes(&bus, 2, "restart");
+    let mut a = nodes[0].connect().await;
+    let (_, _, uuid_a) = a.hello().await;
+    let mut b = nodes[1].connect().await;
+    let (_, _, uuid_b) = b.hello().await;
+    let mut rpc_a = nodes[0].rpc().await;
+    let mut rpc_b = nodes[1].rpc().await;
+    assert_eq!(a.ask("join room\r\n").await, "joined");
+    assert_eq!(b.ask("join room\r\n").await, "joined");
+
+    // Local traffic on node 0 the whole time: every answer right, none ever held up.
+    let stop_traffic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut local = nodes[0].connect().await;
+    local.hello().await;
+    let stop = stop_traffic.clone();
+    let traffic = tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut slowest = Duration::ZERO;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+            let started = Instant::now();
+            assert_eq!(
+                local.ask(&format!("ping{n}\r\n")).await,
+                format!("s:ping{n}")
+            );
+            slowest = slowest.max(started.elapsed());
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (n, slowest)
+    });
+
+    // Cross-node before: fine.
+    assert_eq!(
+        rpc_a
+            .ok("pier.Send", json!({"uuid": uuid_b, "data": "before\n"}))
+            .await,
+        json!(true)
+    );
+    assert_eq!(b.line().await.unwrap(), "before");
+
+    bus.stop();
+    // Cross-node operations fail visibly once the nodes see the bus gone...
+    eventually!(
+        "an RPC send to another node's connection fails",
+        match rpc_a
+            .call("pier.Send", json!({"uuid": uuid_b, "data": "lost\n"}))
+            .await
+        {
+            Ok(_) => false,
+            Err(e) => {
+                assert!(e.contains("down"), "{e}");
+                true
+            }
+        }
+    );
+    let err = rpc_a.call("pier.Count", json!({})).await.unwrap_err();
+    assert!(err.contains("down"), "{err}");
+    let err = rpc_a
+        .call(
+            "pier.Broadcast",
+            json!({"group": "room", "data": "partial\n"}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("queued on 1 connections of this node"),
+        "{err}"
+    );
+    assert_eq!(a.line().await.unwrap(), "partial");
+    // ...a worker's command to another node is not blocked (its answer comes), only counted...
+    assert_eq!(
+        a.ask(&format!("push {uuid_b} lost too\r\n")).await,
+        "pushed"
+    );
+    assert!(
+        nodes[0]
+            .metric("pier_cluster_failures_total{op=\"send\",reason=\"bus_down\"}")
+            .await
+            >= 2.0
+    );
+    let up = format!("pier_cluster_bus_up{{bus=\"{}\"}}", kind.name());
+    eventually!("the bus is shown down", nodes[0].metric(&up).await == 0.0);
+    // ...and local operations go on: a send to a local uuid over RPC, local count and a reply.
+    assert_eq!(
+        rpc_a
+            .ok("pier.Send", json!({"uuid": uuid_a, "data": "local\n"}))
+            .await,
+        json!(true)
+    );
+    assert_eq!(a.line().await.unwrap(), "local");
+    assert_eq!(a.ask("still\r\n").await, "s:still");
+
+    bus.restart();
+    // Everything resumes without a restart of pier.
+    eventually!(
+        "a cross-node send works again",
+        rpc_a
+            .call("pier.Send", json!({"uuid": uuid_b, "data": "after\n"}))
+            .await
+            .is_ok()
+    );
+    // Sends accepted just before the node noticed the outage may arrive late (the NATS client
+    // flushes what it had buffered when it reconnects), but before what was sent after them.
+    let mut line = b.line().await.unwrap();
+    while line.starts_with("lost") {
+        line = b.line().await.unwrap();
+    }
+    assert_eq!(line, "after");
+    eventually!(
+        "both nodes count each other's connections",
+        rpc_b.call("pier.Count", json!({})).await == Ok(json!(3))
+    );
+    assert_eq!(
+        rpc_b
+            .ok(
+                "pier.Broadcast",
+                json!({"group": "room", "data": "all again\n"})
+            )
+            .await,
+        json!(1)
+    );
+    assert_eq!(b.line().await.unwrap(), "all again");
+    assert_eq!(a.line().await.unwrap(), "all again");
+    assert_eq!(a.ask(&format!("push {uuid_b} from a\r\n")).await, "pushed");
+    assert_eq!(b.line().await.unwrap(), "from a");
+
+    stop_traffic.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, slowest) = traffic.await.unwrap();
+    assert!(n > 10, "local traffic ran ({n} round trips)");
+    // Not a timing assertion on speed: a reply held up by the bus outage would wait for seconds.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a local reply waited {slowest:?}"
+    );
+    eventually!("the bus is shown up", nodes[0].metric(&up).await == 1.0);
+    drop((a, b));
+    for node in nodes {
+        node.stop();
+    }
+}
