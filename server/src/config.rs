@@ -1301,32 +1301,22 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
     // The id names the node in logs, rows and every bus message: printable, short, no spaces.
     let node = text("node")?;
     if let Some(node) = &node {
-        if node.len() > MAX_NODE_ID
-            || !node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(ConfigError::Invalid {
-                key: "cluster.node".into(),
-                problem: format!(
-                    "{node:?} is not 1..={MAX_NODE_ID} letters, digits, '.', '_' or '-'"
-                ),
-            });
-        }
+        name_chars(
+            node,
+            "cluster.node",
+            "letters, digits, '.', '_' or '-'",
+            b"._-",
+        )?;
     }
     // The prefix is one token of a NATS subject (and of a Redis channel name): no dots, spaces
     // or wildcards.
     let prefix = text("prefix")?.unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_owned());
-    if prefix.len() > MAX_NODE_ID
-        || !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
-    {
-        return Err(ConfigError::Invalid {
-            key: "cluster.prefix".into(),
-            problem: format!("{prefix:?} is not 1..={MAX_NODE_ID} letters, digits, '_' or '-'"),
-        });
-    }
+    name_chars(
+        &prefix,
+        "cluster.prefix",
+        "letters, digits, '_' or '-'",
+        b"_-",
+    )?;
     let request_timeout = duration_or(
         h,
         "cluster",
@@ -1345,6 +1335,22 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
         prefix,
         request_timeout,
     }))
+}
+
+/// Refuses a name longer than [`MAX_NODE_ID`] or with bytes other than ASCII letters, digits and
+/// `extra` (`allowed` says which, for the message).
+fn name_chars(value: &str, key: &str, allowed: &str, extra: &[u8]) -> Result<(), ConfigError> {
+    let ok = value.len() <= MAX_NODE_ID
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+    if ok {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        problem: format!("{value:?} is not 1..={MAX_NODE_ID} {allowed}"),
+    })
 }
 
 /// `tcp.servers.<name>.tls`. Files are only named here; they are read (and a missing one

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::bus::{BusKind, BusServer};
-use support::{test_worker, Client, HANG};
+use support::{raise_fd_limit, test_worker, Client, HANG};
 
 /// How long a node may take to start, to see the others, or to recover after the bus is back.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -286,21 +286,6 @@ macro_rules! eventually {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }};
-}
-
-/// The soft open-files limit raised to the hard one (300 clients in this process).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// A client of the cluster test: its node index, group and uuid.

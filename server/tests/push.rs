@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-use support::{Harness, HANG};
+use support::{raise_fd_limit, Harness, HANG};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
@@ -23,22 +23,6 @@ async fn wait_for(mut ok: impl FnMut() -> bool) {
     while !ok() {
         assert!(Instant::now() < deadline, "condition never held");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The soft open-files limit raised to the hard one: 1,000 connections are 2,000 descriptors in
-/// this process (both ends).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed, which lives on our stack.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 

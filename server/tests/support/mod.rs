@@ -278,6 +278,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body.to_owned())
 }
 
+/// The soft open-files limit raised to the hard one: tests with hundreds of connections hold two
+/// descriptors per connection in this process (both ends).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed, which lives on our stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Waits (bounded) until the workers created the marker file `name` in the harness's directory.
 pub async fn wait_for_marker(h: &Harness, name: &str) {
     let marker = h.dir.path().join(name);
