@@ -199,15 +199,13 @@ impl Registry {
             Command::Send { uuid, data } => {
                 let sent = match self.remote(uuid) {
                     // Encoded straight from the worker's frame: no copy into a Bytes first.
-                    Some((cluster, owner)) => cluster
-                        .forward(
-                            owner,
-                            Msg::Send {
-                                uuid: uuid.as_ref().into(),
-                                data,
-                            },
-                        )
-                        .map(|()| true),
+                    Some((cluster, owner)) => cluster.forward(
+                        owner,
+                        Msg::Send {
+                            uuid: uuid.as_ref().into(),
+                            data,
+                        },
+                    ),
                     None => Ok(self.send_local(uuid, Bytes::copy_from_slice(data))),
                 };
                 match sent {
@@ -277,15 +275,15 @@ impl Registry {
     }
 
     /// Queues `data` for `uuid`: true when the connection exists and took the bytes, or, for
-    /// another node's connection, when the message to that node is on its way.
+    /// another node's connection, when the message to that node is on its way (false when that
+    /// node is gone).
     pub fn send(&self, uuid: &str, data: Bytes) -> Result<bool, RegistryError> {
         if let Some((cluster, owner)) = self.remote(uuid) {
             let msg = Msg::Send {
                 uuid: uuid.into(),
                 data: &data,
             };
-            cluster.forward(owner, msg)?;
-            return Ok(true);
+            return Ok(cluster.forward(owner, msg)?);
         }
         Ok(self.send_local(uuid, data))
     }
@@ -303,8 +301,7 @@ impl Registry {
     /// (for another node's connection: when the message to that node is on its way).
     pub fn close(&self, uuid: &str) -> Result<bool, RegistryError> {
         if let Some((cluster, owner)) = self.remote(uuid) {
-            cluster.forward(owner, Msg::Close { uuid: uuid.into() })?;
-            return Ok(true);
+            return Ok(cluster.forward(owner, Msg::Close { uuid: uuid.into() })?);
         }
         Ok(self.close_local(uuid))
     }
@@ -331,8 +328,7 @@ impl Registry {
                 uuid: uuid.into(),
                 group: group.into(),
             };
-            cluster.forward(owner, msg)?;
-            return Ok(true);
+            return Ok(cluster.forward(owner, msg)?);
         }
         self.join_local(uuid, group)
     }
@@ -372,8 +368,7 @@ impl Registry {
                 uuid: uuid.into(),
                 group: group.into(),
             };
-            cluster.forward(owner, msg)?;
-            return Ok(true);
+            return Ok(cluster.forward(owner, msg)?);
         }
         self.leave_local(uuid, group)
     }

@@ -511,6 +511,25 @@ async fn three_nodes_act_as_one(kind: BusKind) {
         rpc[0].ok("pier.Info", json!({"uuid": gone})).await,
         Value::Null
     );
+    // A uuid of no live node: nothing to send it to, nobody to ask.
+    let nowhere = "ffffffff-0000-4000-8000-000000000000";
+    assert!(members.iter().all(|m| !m.uuid.starts_with("ffffffff")));
+    // (Once the node list can be trusted: the bus has been up for a moment.)
+    eventually!(
+        "a send to a uuid of no live node answers false",
+        rpc[0]
+            .ok("pier.Send", json!({"uuid": nowhere, "data": "x"}))
+            .await
+            == json!(false)
+    );
+    assert_eq!(
+        rpc[0].ok("pier.Close", json!({"uuid": nowhere})).await,
+        json!(false)
+    );
+    assert_eq!(
+        rpc[0].ok("pier.Info", json!({"uuid": nowhere})).await,
+        Value::Null
+    );
 
     // Close by uuid across nodes: RPC on node 2 closes a member of node 0; a worker on node 0
     // kicks a member of node 1. Both get EOF, and the cluster counts them out.
@@ -674,12 +693,21 @@ async fn bus_restart_in_the_middle_of_traffic(kind: BusKind) {
 
     bus.restart();
     // Everything resumes without a restart of pier.
+    // Each node reconnects on its own: a message published before the other has resubscribed is
+    // lost (pub/sub keeps nothing for an absent subscriber). Node a asking node b about b's
+    // connection is a round trip through both subscriptions.
     eventually!(
-        "a cross-node send works again",
+        "node a reaches node b again",
         rpc_a
-            .call("pier.Send", json!({"uuid": uuid_b, "data": "after\n"}))
+            .call("pier.Info", json!({"uuid": uuid_b}))
             .await
-            .is_ok()
+            .is_ok_and(|info| info["node"] == "n1")
+    );
+    assert_eq!(
+        rpc_a
+            .ok("pier.Send", json!({"uuid": uuid_b, "data": "after\n"}))
+            .await,
+        json!(true)
     );
     // Sends accepted just before the node noticed the outage may arrive late (the NATS client
     // flushes what it had buffered when it reconnects), but before what was sent after them.

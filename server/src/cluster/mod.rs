@@ -60,6 +60,10 @@ const WATCH: Duration = Duration::from_millis(250);
 const BYE_GRACE: Duration = Duration::from_millis(100);
 /// A repeated failure is logged at most this often (the metric counts every one).
 const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Once the bus has been up this long, every live node has said hello (they answer a node whose
+/// bus comes up at once, and say hello every [`HEARTBEAT`] anyway): a tag no known node has is
+/// then a node that is gone, and its uuids are connections that are gone.
+const WARM: Duration = Duration::from_secs(2);
 
 /// Why the cluster could not start (config's fault: the bus URL).
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +138,8 @@ struct Inner {
     metrics: Metrics,
     /// When a failure was last logged, and how many were not logged since.
     quiet: Mutex<(Option<Instant>, u64)>,
+    /// Since when the bus is up without a break, as the heartbeat saw it (`None`: down).
+    up_since: Mutex<Option<Instant>>,
 }
 
 /// A started cluster and what stops it: [`Handle::stop`] after the server's graceful shutdown,
@@ -204,6 +210,7 @@ impl Cluster {
                 next_id: AtomicU64::new(1),
                 metrics,
                 quiet: Mutex::new((None, 0)),
+                up_since: Mutex::new(None),
             }),
         };
         registry.attach(cluster.clone());
@@ -237,9 +244,26 @@ impl Cluster {
         node::owner(uuid).filter(|tag| *tag != self.inner.node.tag)
     }
 
-    /// Sends `msg` to the node with tag `owner`.
-    pub(crate) fn forward(&self, owner: u32, msg: Msg<'_>) -> Result<(), ClusterError> {
-        self.publish(Channel::Node(node::channel(owner)), msg)
+    /// Sends `msg` to the node with tag `owner`: `Ok(false)` (nothing sent) when that node is
+    /// known to be gone, so its connections are too.
+    pub(crate) fn forward(&self, owner: u32, msg: Msg<'_>) -> Result<bool, ClusterError> {
+        if self.gone(owner) {
+            return Ok(false);
+        }
+        self.publish(Channel::Node(node::channel(owner)), msg)?;
+        Ok(true)
+    }
+
+    /// Whether no live node has tag `owner`, while the node list can be trusted (the bus has
+    /// been up for [`WARM`]).
+    pub(crate) fn gone(&self, owner: u32) -> bool {
+        let warm = self
+            .inner
+            .up_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|since| since.elapsed() >= WARM);
+        warm && self.peers_lock().by_tag(owner).is_none()
     }
 
     /// Sends `msg` to every other node.
@@ -423,6 +447,9 @@ async fn heartbeat(cluster: Cluster, stop: CancellationToken, bus_stop: Cancella
                 inner.metrics.cluster_message(true, "hello");
                 last_hello = now;
             }
+        }
+        if up != was_up {
+            *inner.up_since.lock().unwrap_or_else(|e| e.into_inner()) = up.then_some(now);
         }
         if was_up && !up {
             warn!(bus = kind, "cluster: bus down; operations on other nodes' connections fail until it is back (local ones go on)");

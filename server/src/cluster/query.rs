@@ -173,10 +173,14 @@ impl Cluster {
                 info
             }));
         };
-        let Some(node) = self.peers_lock().by_tag(owner).map(str::to_owned) else {
+        if self.gone(owner) {
             // Its node is gone (and its connections with it), or it never existed.
             return Ok(None);
-        };
+        }
+        let node = self
+            .peers_lock()
+            .by_tag(owner)
+            .map_or_else(|| node::channel(owner), str::to_owned);
         let asked = self
             .ask(
                 Some(owner),
