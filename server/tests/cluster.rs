@@ -456,6 +456,24 @@ async fn three_nodes_act_as_one(kind: BusKind) {
         json!(0)
     );
     assert_eq!(members[target].client.line().await.unwrap(), "extra!");
+    // One sender's sends (to the owner's channel) and group broadcasts (on everyone's channel)
+    // reach a member in the order sent.
+    for i in 0..50 {
+        let send = json!({"uuid": uuid, "data": format!("s{i}\n")});
+        assert_eq!(rpc[0].ok("pier.Send", send).await, json!(true));
+        let bcast = json!({"group": "extra", "data": format!("b{i}\n")});
+        assert_eq!(rpc[0].ok("pier.Broadcast", bcast).await, json!(0));
+    }
+    for i in 0..50 {
+        assert_eq!(
+            members[target].client.line().await.unwrap(),
+            format!("s{i}")
+        );
+        assert_eq!(
+            members[target].client.line().await.unwrap(),
+            format!("b{i}")
+        );
+    }
 
     // List and info, cluster-wide, rows marked by node.
     let page = rpc[1]
