@@ -17,17 +17,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
 use pier_protocol::tcp::{ContextPrefix, EventKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::config::ServerConfig;
-use crate::framing::{FrameCodec, FramingError};
+use crate::framing::{self, FrameCodec, FramingError};
 use crate::limits::{self, Reader};
 use crate::listener::proxy::Rewind;
 use crate::listener::stream::{self, ReadSide, WriteSide};
@@ -39,8 +37,8 @@ use crate::pool::{Action, Event, Pool, PoolError, Reply};
 /// almost surely a unit mistake (seconds for milliseconds); it is refused as a worker error.
 const MAX_WORKER_IDLE_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 
-/// Largest initial read buffer of a connection, whatever `tcp.read_buf_size` says.
-const INITIAL_READ_BUFFER: usize = 64 * 1024;
+/// Most bytes one read of a client takes, whatever `tcp.read_buf_size` says.
+const INITIAL_READ_BUFFER: usize = framing::packets::SCRATCH_SIZE;
 /// Most queued chunks handed to one `writev(2)`.
 const MAX_IOVECS: usize = 64;
 
@@ -57,7 +55,7 @@ enum Flow {
 }
 
 /// A connection's packets, read through the idle clock.
-type Packets = FramedRead<Reader<ReadSide>, FrameCodec>;
+type Packets = framing::Packets<Reader<ReadSide>>;
 
 /// A live connection as the registry and pushers see it: ids, stats, the outbound queue.
 #[derive(Debug)]
@@ -436,8 +434,9 @@ pub(crate) async fn serve(
             loop {
                 if flow == Flow::StartTls {
                     flow = Flow::Read;
-                    match start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown).await
-                    {
+                    // Boxed, as every rare path: an idle connection's task does not carry them.
+                    let upgrade = start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown);
+                    match Box::pin(upgrade).await {
                         Ok(upgraded) => packets = upgraded,
                         Err(stopped) => {
                             conn.reason = CloseReason::Protocol;
@@ -456,7 +455,7 @@ pub(crate) async fn serve(
                         debug!("server shutting down; running the packets already received");
                         conn.reason = CloseReason::Shutdown;
                         let budget = listener.config.max_packet_size + INITIAL_READ_BUFFER;
-                        stop = conn.drain(packets, &mut writer, write_timeout, budget).await;
+                        stop = Box::pin(conn.drain(packets, &mut writer, write_timeout, budget)).await;
                         break;
                     }
                     s = writer.drive(&link, write_timeout, !idle) => {
@@ -548,9 +547,9 @@ pub(crate) async fn serve(
             Some(stop @ (Stop::Overflow { .. } | Stop::Timeout { .. } | Stop::Io(_))) => stop,
             Some(Stop::Flushed) if conn.reason == CloseReason::Worker => {
                 conn.reason = CloseReason::Requested;
-                finish(&mut writer, &link, write_timeout, &shutdown).await
+                Box::pin(finish(&mut writer, &link, write_timeout, &shutdown)).await
             }
-            _ => finish(&mut writer, &link, write_timeout, &shutdown).await,
+            _ => Box::pin(finish(&mut writer, &link, write_timeout, &shutdown)).await,
         };
         match &stop {
             Stop::Overflow { .. } | Stop::Timeout { .. } => conn.reason = CloseReason::SlowClient,
@@ -683,8 +682,7 @@ impl Conn<'_> {
         use futures_util::FutureExt;
         use tokio::io::AsyncReadExt;
         use tokio_util::codec::Decoder;
-        let parts = packets.into_parts();
-        let (mut reader, mut buf, mut codec) = (parts.io, parts.read_buf, parts.codec);
+        let (mut reader, mut buf, mut codec) = packets.into_parts();
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(packet)) => {
@@ -828,11 +826,9 @@ impl Conn<'_> {
 /// Packets of `reader`, framed as the server's config says.
 fn framed(listener: &Listener, reader: ReadSide, idle_clock: bool) -> Packets {
     let codec = FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
-    // Start small so that thousands of idle connections stay cheap; the buffer grows (up to
-    // max_packet_size) only for connections that send big packets.
-    let capacity = listener.read_buf_size.min(INITIAL_READ_BUFFER);
+    let read_size = listener.read_buf_size.min(INITIAL_READ_BUFFER);
     let reader = Reader::new(reader, idle_clock, listener.metrics.clone());
-    FramedRead::with_capacity(reader, codec, capacity)
+    Packets::new(reader, codec, read_size)
 }
 
 /// STARTTLS once the worker's answer is queued: everything queued (that answer included) is
@@ -856,17 +852,17 @@ async fn start_tls(
     if !matches!(drained, Stop::Drained) {
         return Err(Some(drained));
     }
-    let parts = packets.into_parts();
-    if !parts.read_buf.is_empty() {
+    let (reader, pending, _) = packets.into_parts();
+    if !pending.is_empty() {
         warn!(
             remote_addr = %link.remote_addr,
-            bytes = parts.read_buf.len(),
+            bytes = pending.len(),
             "client error: bytes sent after STARTTLS before the handshake discarded (command injection, CVE-2011-0411)"
         );
     }
     let half = std::mem::replace(&mut writer.half, WriteSide::Gone);
     let tls = listener.tls.as_ref().ok_or(None)?;
-    let socket = stream::reunite(parts.io.into_inner(), half).ok_or(None)?;
+    let socket = stream::reunite(reader.into_inner(), half).ok_or(None)?;
     let io = Rewind::new(bytes::BytesMut::new(), socket);
     let (tls_stream, facts) = listener
         .handshake(tls, io, &link.remote_addr, shutdown)

@@ -64,7 +64,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, LogEncoding, LogOutput, LogsConfig};
 use crate::limits::Admission;
@@ -316,6 +316,10 @@ impl Server {
         if let Some(rpc) = self.rpc {
             accept_loops.push(tokio::spawn(rpc.serve(token.clone())));
         }
+        debug!(
+            bytes = listener::task_size(),
+            "size of a connection's task (held by every connection, idle or not)"
+        );
         for (listener, socket) in std::mem::take(&mut self.listeners) {
             if let Ok(addr) = socket.local_addr() {
                 info!(server = %listener.config.name, %addr, "listening");
@@ -338,6 +342,8 @@ impl Server {
                             else {
                                 continue;
                             };
+                            // Spawned as it is: a wrapping `async` block awaiting it would
+                            // store the connection's future twice (RSS per idle connection).
                             connections.spawn(listener::serve(
                                 stream,
                                 peer,

@@ -9,11 +9,13 @@
 //! - [`fixed`]: every packet is N bytes;
 //! - [`raw`]: every read is a packet (the worker frames the stream itself).
 //!
-//! [`FrameCodec`] picks the codec a server's [`Framing`] asks for; the connection only sees it.
+//! [`FrameCodec`] picks the codec a server's [`Framing`] asks for; the connection only sees it,
+//! through [`Packets`], which reads a connection's packets without holding a buffer while it idles.
 
 pub mod delimiter;
 pub mod fixed;
 pub mod length_field;
+pub mod packets;
 pub mod raw;
 pub mod varint;
 
@@ -23,6 +25,7 @@ use tokio_util::codec::Decoder;
 pub use delimiter::DelimiterCodec;
 pub use fixed::FixedCodec;
 pub use length_field::LengthFieldCodec;
+pub use packets::Packets;
 pub use raw::RawCodec;
 pub use varint::VarintCodec;
 
