@@ -48,9 +48,15 @@ struct Node {
 
 impl Node {
     fn start(bus: &str, id: &str, prefix: &str) -> Node {
+        Node::start_with(bus, id, prefix, "")
+    }
+
+    /// [`Node::start`] with `server` (YAML lines indented for server `s`'s section) added to
+    /// server `s`.
+    fn start_with(bus: &str, id: &str, prefix: &str, server: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n",
+            "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n{server}  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n",
             worker = test_worker(),
             dir = dir.path().display().to_string(),
         );
@@ -762,6 +768,112 @@ async fn bus_restart_in_the_middle_of_traffic(kind: BusKind) {
     );
     eventually!("the bus is shown up", nodes[0].metric(&up).await == 1.0);
     drop((a, b));
+    for node in nodes {
+        node.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_haproxy_in_front_of_two_nodes() {
+    haproxy_in_front_of_two_nodes(BusKind::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_haproxy_in_front_of_two_nodes() {
+    haproxy_in_front_of_two_nodes(BusKind::Nats).await
+}
+
+/// haproxy in front of two nodes (`balance roundrobin`, `send-proxy-v2`): clients see one
+/// service — a push from one client's worker reaches a client held by the other node, a
+/// broadcast reaches every client — and the workers, and the cluster-wide registry, see each
+/// client's own address, not haproxy's.
+async fn haproxy_in_front_of_two_nodes(kind: BusKind) {
+    const CLIENTS: usize = 6;
+    let bus = BusServer::start(kind);
+    let proxied = "      proxy_protocol:\n        trusted: [127.0.0.1/32]\n";
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start_with(&bus.url(), &format!("n{i}"), "haproxy", proxied))
+        .collect();
+    wait_joined(&nodes);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let front = SocketAddr::from(([127, 0, 0, 1], support::bus::free_port()));
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend pier\n  bind {front}\n  default_backend nodes\n\
+         backend nodes\n  balance roundrobin\n  server n0 {} send-proxy-v2\n  server n1 {} send-proxy-v2\n",
+        nodes[0].addr, nodes[1].addr
+    );
+    let file = scratch.path().join("haproxy.cfg");
+    std::fs::write(&file, config).unwrap();
+    let _haproxy = tokio::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy (Debian package haproxy)");
+    // Ready once the frontend is bound (a probe connection would reach a node as a client).
+    let started = Instant::now();
+    while std::net::TcpListener::bind(front).is_ok() {
+        assert!(started.elapsed() < HANG, "haproxy did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every client is greeted by a worker that sees the client's own address.
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = Client::connect(front).await;
+        let (server, remote, uuid) = client.hello().await;
+        assert_eq!(server, "s");
+        assert_eq!(remote, client.local.to_string(), "the worker's remote_addr");
+        clients.push((client, uuid));
+    }
+    // Where each one landed, from the cluster-wide registry (asked on n0): both nodes hold
+    // clients, each recorded with the client's own address.
+    let mut rpc = nodes[0].rpc().await;
+    let mut on: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+    for (i, (client, uuid)) in clients.iter().enumerate() {
+        let info = rpc.ok("pier.Info", json!({ "uuid": uuid })).await;
+        assert_eq!(
+            info["remote_addr"],
+            json!(client.local.to_string()),
+            "{info}"
+        );
+        on[usize::from(info["node"] == "n1")].push(i);
+    }
+    assert_eq!(on[0].len() + on[1].len(), CLIENTS);
+    assert!(
+        !on[0].is_empty() && !on[1].is_empty(),
+        "haproxy spread them: {on:?}"
+    );
+
+    // One service: a client on n0 reaches one on n1 by uuid, and back.
+    let (a, b) = (on[0][0], on[1][0]);
+    let (uuid_a, uuid_b) = (clients[a].1.clone(), clients[b].1.clone());
+    let pushed = clients[a]
+        .0
+        .ask(&format!("push {uuid_b} from-n0\r\n"))
+        .await;
+    assert_eq!(pushed, "pushed");
+    assert_eq!(clients[b].0.line().await.unwrap(), "from-n0");
+    let pushed = clients[b]
+        .0
+        .ask(&format!("push {uuid_a} from-n1\r\n"))
+        .await;
+    assert_eq!(pushed, "pushed");
+    assert_eq!(clients[a].0.line().await.unwrap(), "from-n1");
+
+    // A broadcast from n1's worker reaches every client once (the sender's own connection gets
+    // it before the worker's answer).
+    clients[b].0.send("bcast - everyone\r\n").await;
+    for (i, (client, _)) in clients.iter_mut().enumerate() {
+        assert_eq!(client.line().await.unwrap(), "everyone", "client {i}");
+    }
+    assert_eq!(clients[b].0.line().await.unwrap(), "sent");
+
+    drop(clients);
     for node in nodes {
         node.stop();
     }
