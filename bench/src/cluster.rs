@@ -390,6 +390,8 @@ impl BusServer {
         let port = addr.port().to_string();
         let dir = scratch.join(format!("{kind}-server"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // Absolute: redis-server changes into --dir before it opens --logfile.
+        let dir = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
         let log = dir.join("server.log");
         let (binary, args): (&str, Vec<String>) = match kind {
             "redis" => (
