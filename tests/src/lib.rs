@@ -193,6 +193,17 @@ impl Pier {
         Self::start_retrying(config, servers, worker, env, true, &[])
     }
 
+    /// [`Pier::start_with_rpc`] with `-o dotted.key=value` overrides.
+    pub fn start_with_rpc_and(
+        config: &str,
+        servers: &[&str],
+        worker: WorkerImpl,
+        env: &[(&str, &OsStr)],
+        overrides: &[&str],
+    ) -> Result<Pier, HarnessError> {
+        Self::start_retrying(config, servers, worker, env, true, overrides)
+    }
+
     fn start_retrying(
         config: &str,
         servers: &[&str],

@@ -229,3 +229,162 @@ fn chat_with_the_extension() {
 fn chat_with_the_package() {
     chat(WorkerImpl::Package);
 }
+
+/// The bus servers the cluster runs use: redis-server or nats-server on a free loopback port
+/// (shared with the server's own cluster tests).
+#[path = "../../server/tests/support/bus.rs"]
+#[allow(dead_code)]
+mod bus;
+
+/// One chat instance of a two-instance cluster on `bus_url`.
+fn cluster_node(worker: WorkerImpl, bus_url: &str, node: &str) -> Pier {
+    let overrides = [
+        format!("cluster.bus={bus_url}"),
+        format!("cluster.node={node}"),
+    ];
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let pier =
+        Pier::start_with_rpc_and("examples/chat/.rr.yaml", &["chat"], worker, &[], &overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
+        "no worker said \"{}\"; pier's output:\n{}",
+        worker.banner(),
+        pier.output()
+    );
+    pier
+}
+
+/// The chat example on two instances joined by a bus: people on different instances share the
+/// lobby, see each other's nicknames taken, talk (each speaker's lines in order), whisper, list
+/// the room, hear an announcement made on one instance, and see each other leave.
+fn chat_across_two_instances(kind: bus::BusKind) {
+    // The pure-PHP package (the extension's chat runs in the single-instance tests above).
+    let worker = WorkerImpl::Package;
+    let server = bus::BusServer::start(kind);
+    let one = cluster_node(worker, &server.url(), "one");
+    let two = cluster_node(worker, &server.url(), "two");
+    for (pier, other) in [(&one, "two"), (&two, "one")] {
+        assert!(
+            pier.wait_for_output(
+                &format!("cluster: node joined node={other}"),
+                Duration::from_secs(30)
+            ),
+            "the instances did not see each other over {}; output:\n{}",
+            kind.name(),
+            pier.output()
+        );
+    }
+
+    let mut alice = Client::join(&one, "alice");
+    let mut bob = Client::join(&two, "bob");
+    alice.expect("* bob joined lobby\n");
+    let mut carol = Client::join(&one, "carol");
+    alice.expect("* carol joined lobby\n");
+    bob.expect("* carol joined lobby\n");
+
+    // A nickname held on the other instance is taken too.
+    let stream = two.connect("chat").unwrap();
+    let mut dave = Client {
+        name: "dave".into(),
+        writer: stream.try_clone().unwrap(),
+        reader: BufReader::new(stream),
+    };
+    dave.expect_bytes(PROMPT);
+    dave.send("alice");
+    dave.expect_bytes("alice is taken. Your nickname: ");
+    dave.send("dave");
+    dave.expect(&format!("Hi dave, you are in lobby. {HELP}"));
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.expect("* dave joined lobby\n");
+    }
+
+    // alice (instance one) and bob (instance two) talk at once, 40 lines each, pipelined: every
+    // member on either instance gets all 80, each speaker's in the order said.
+    const LINES: usize = 40;
+    let a: String = (0..LINES).map(|i| format!("a{i}\n")).collect();
+    let b: String = (0..LINES).map(|i| format!("b{i}\n")).collect();
+    let (mut aw, mut bw) = (
+        alice.writer.try_clone().unwrap(),
+        bob.writer.try_clone().unwrap(),
+    );
+    let ta = thread::spawn(move || aw.write_all(a.as_bytes()).unwrap());
+    let tb = thread::spawn(move || bw.write_all(b.as_bytes()).unwrap());
+    ta.join().unwrap();
+    tb.join().unwrap();
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        let got: Vec<String> = (0..2 * LINES).map(|_| c.line()).collect();
+        for (who, sender) in [("a", "alice"), ("b", "bob")] {
+            let mine: Vec<&String> = got
+                .iter()
+                .filter(|l| l.starts_with(&format!("[lobby] {sender}: ")))
+                .collect();
+            let want: Vec<String> = (0..LINES)
+                .map(|i| format!("[lobby] {sender}: {who}{i}\n"))
+                .collect();
+            assert_eq!(
+                mine,
+                want.iter().collect::<Vec<_>>(),
+                "{}'s view of {sender} (all: {got:?})",
+                c.name
+            );
+        }
+    }
+
+    // /who lists the room across both instances; /msg reaches the other instance only for bob.
+    bob.send("/who");
+    bob.expect("In lobby: alice, bob, carol, dave\n");
+    alice.send("/msg bob psst");
+    alice.expect("[you -> bob] psst\n");
+    bob.expect("[alice -> you] psst\n");
+    dave.send("/msg carol hi from two");
+    dave.expect("[you -> carol] hi from two\n");
+    carol.expect("[dave -> you] hi from two\n");
+
+    // An announcement over instance one's RPC reaches every connection of both.
+    let out = php(worker)
+        .arg("examples/chat/announce.php")
+        .arg("maintenance at noon")
+        .env("RR_RPC", one.rpc_address())
+        .output()
+        .expect("run announce.php");
+    assert!(
+        out.status.success(),
+        "announce.php failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        c.expect("*** maintenance at noon\n");
+    }
+
+    // Leaving on one instance is heard on the other.
+    bob.send("/quit");
+    assert_eq!(bob.rest(), "Bye, bob.\n");
+    for c in [&mut alice, &mut carol, &mut dave] {
+        c.expect("* bob left lobby\n");
+    }
+    drop(alice);
+    for c in [&mut carol, &mut dave] {
+        c.expect("* alice left lobby\n");
+    }
+    dave.send("/who");
+    dave.expect("In lobby: carol, dave\n");
+
+    for pier in [one, two] {
+        let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            status.success(),
+            "pier serve exited with {status}; output:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn chat_across_two_instances_over_redis() {
+    chat_across_two_instances(bus::BusKind::Redis);
+}
+
+#[test]
+fn chat_across_two_instances_over_nats() {
+    chat_across_two_instances(bus::BusKind::Nats);
+}
