@@ -280,6 +280,16 @@ pub struct ContextPrefix {
 }
 
 impl ContextPrefix {
+    /// Its length in bytes (to size an event's frame before encoding it).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never: it always holds at least the keys.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Encodes the constant part of the context of a connection's events.
     pub fn new(remote_addr: &str, server: &str, uuid: &str) -> Self {
         let mut bytes = Vec::with_capacity(remote_addr.len() + server.len() + uuid.len() + 48);

@@ -25,6 +25,12 @@ pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
 /// Default `tcp.servers.<name>.write_timeout`: how long queued bytes may wait for a client that
 /// reads nothing at all before it is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `tcp.pool.max_in_flight`: events written to one busy worker at once. Enough to batch
+/// the relay's reads and writes at saturation (bench/results/), few enough that a crash costs
+/// little.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Most `tcp.pool.max_in_flight` accepted.
+const MAX_IN_FLIGHT: usize = 1024;
 /// Most `tcp.io_threads` accepted: a typo like `10000` is refused rather than spawning threads.
 const MAX_IO_THREADS: usize = 1024;
 /// Default `tcp.read_buf_size`, in MB as RoadRunner counts it.
@@ -386,6 +392,9 @@ pub struct PoolConfig {
     pub reset_timeout: Duration,
     /// `max_queue_size`: how many events may wait for a worker at once; 0 = no limit.
     pub max_queue_size: usize,
+    /// `max_in_flight` (Pier): events written to one worker at once when every worker is busy
+    /// (answered in order); 1 = one at a time. Bounds what a crashing worker takes down with it.
+    pub max_in_flight: usize,
     /// `server.relay`: how workers talk to pier.
     pub relay: RelayConfig,
     /// `server.relay_timeout`: how long a worker on a socket relay may take to connect back.
@@ -682,6 +691,7 @@ impl Config {
                 "destroy_timeout",
                 "reset_timeout",
                 "max_queue_size",
+                "max_in_flight",
                 "supervisor",
                 "dynamic_allocator",
             ],
@@ -722,6 +732,16 @@ impl Config {
                 }
             })?,
             None => 0,
+        };
+        let max_in_flight = match pool_tree.get(&key("max_in_flight")) {
+            Some(v) => usize::try_from(number(v, "tcp.pool.max_in_flight")?)
+                .ok()
+                .filter(|n| (1..=MAX_IN_FLIGHT).contains(n))
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "tcp.pool.max_in_flight".into(),
+                    problem: format!("must be 1 to {MAX_IN_FLIGHT}"),
+                })?,
+            None => DEFAULT_MAX_IN_FLIGHT,
         };
         let supervisor = match pool_tree.get(&key("supervisor")) {
             Some(v) => supervisor(hash(v, "tcp.pool.supervisor")?, &mut warnings)?,
@@ -793,6 +813,7 @@ impl Config {
                 destroy_timeout,
                 reset_timeout,
                 max_queue_size,
+                max_in_flight,
                 relay,
                 relay_timeout,
                 supervisor,
@@ -2196,6 +2217,7 @@ mod tests {
         assert_eq!(c.pool.command, ["php", "worker.php"]);
         assert_eq!(c.pool.allocate_timeout, Duration::from_secs(60));
         assert_eq!(c.pool.max_jobs, 0);
+        assert_eq!(c.pool.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
         assert!(c.pool.num_workers >= 1);
         assert_eq!(c.read_buf_size, 1 << 20);
         assert_eq!(c.io_threads, 1);
@@ -2270,6 +2292,7 @@ tcp:
   servers: { a: { addr: "127.0.0.1:0" } }
   pool:
     max_queue_size: 12
+    max_in_flight: 4
     reset_timeout: 3s
     supervisor: { watch_tick: 100ms, ttl: 1h, idle_ttl: 10s, exec_ttl: 2s, max_worker_memory: 64 }
     dynamic_allocator: { max_workers: 5, spawn_rate: 2, idle_timeout: 30s }
@@ -2280,6 +2303,7 @@ tcp:
         assert_eq!(p.relay, RelayConfig::Unix("/tmp/pier.sock".into()));
         assert_eq!(p.relay_timeout, Duration::from_secs(5));
         assert_eq!(p.max_queue_size, 12);
+        assert_eq!(p.max_in_flight, 4);
         assert_eq!(p.reset_timeout, Duration::from_secs(3));
         assert_eq!(
             p.supervisor,
@@ -2366,6 +2390,10 @@ tcp:
             (
                 "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {allocate_timeout: 6o s}}\n",
                 "invalid duration for tcp.pool.allocate_timeout: \"6o s\"",
+            ),
+            (
+                "version: '3'\nserver: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {max_in_flight: 0}}\n",
+                "invalid value for tcp.pool.max_in_flight: must be 1 to 1024",
             ),
             (
                 "version: '2.7'\n",

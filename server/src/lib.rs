@@ -11,10 +11,11 @@
 //!   varint, fixed size, raw) that cuts client bytes into packets under any chunking, bounded by
 //!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's.
 //! - [`pool`]: the worker pool, one concept per file: `pool/worker.rs` (a process and its relay,
-//!   pid handshake, reaper), `pool/relay.rs` (socket relays), `pool/queue.rs` (fair FIFO waiting,
-//!   `max_queue_size`), `pool/supervisor.rs` (replacements, `tcp.pool.supervisor`, dynamic
+//!   pid handshake, reaper), `pool/line.rs` (several events in flight on a busy worker, answered
+//!   in order), `pool/relay.rs` (socket relays), `pool/queue.rs` (fair FIFO waiting with one
+//!   timer, `max_queue_size`), `pool/supervisor.rs` (replacements, `tcp.pool.supervisor`, dynamic
 //!   allocator), `pool/reset.rs` (rolling reset), `pool/on_init.rs` (`server.on_init`);
-//!   `pool/mod.rs` runs one event on one worker.
+//!   `pool/mod.rs` runs one event: an idle worker alone, or a place in a busy worker's line.
 //! - [`listener`]: between accept and the first event: the PROXY header of trusted balancers
 //!   ([`listener::proxy`]), TLS with SNI, client certificates and reload ([`listener::tls`]), the
 //!   handshake timeout; also the handshake of a worker-commanded STARTTLS.

@@ -12,6 +12,8 @@ declare(strict_types=1);
  *   leak <mb>          → keeps <mb> MB more memory, answers "<pid>"
  *   echo               → `echo`es a stray line during the event, then answers "<pid>"
  *   stdout             → answers "<pid>", then writes a stray line straight to fd 1 while idle
+ *   stoponce           → the first time in a test: asks pier to stop this worker (the event and
+ *                        those behind it are re-run elsewhere) and exits; after that "resumed <pid>"
  *   anything else      → the line back
  *   CLOSE              → appends "<uuid>" to $FAULTS_DIR/closes.log
  */
@@ -47,6 +49,13 @@ while ($request = $tcp->waitRequest()) {
         case 'sleep':
             usleep(1000 * (int) ($words[1] ?? 10));
             $tcp->respond('slept ' . $pid . ' ' . ($words[2] ?? '') . "\n");
+            break;
+        case 'stoponce':
+            if (@mkdir("{$dir}/stopped")) {
+                $tcp->getWorker()->stop();
+                exit(0);
+            }
+            $tcp->respond("resumed {$pid}\n");
             break;
         case 'hang':
             while (true) {

@@ -1,18 +1,18 @@
 //! The supervised pool of PHP workers: start, hand out fairly, rotate, replace, reset, stop.
 //!
-//! - [`worker`]: one worker process and its relay (pipes or socket), the pid handshake, one event
-//!   to its answer, the idle check, and the reaper task that notices a death while idle at once.
+//! - [`worker`]: one worker process and its relay (pipes or socket), the pid handshake, reading an
+//!   event's answer, the idle check, and the reaper task that notices a death while idle at once.
+//! - [`line`]: several events in flight on a busy worker, written together, answered in order.
 //! - [`relay`]: the listener workers connect back to on `server.relay: tcp://…|unix://…`.
-//! - [`queue`]: idle workers and the events waiting for one, strictly first come, first served,
-//!   bounded by `max_queue_size`.
+//! - [`queue`]: idle workers and the events waiting for one (or for room in a line), strictly
+//!   first come, first served, bounded by `max_queue_size`, timed out by one timer.
 //! - [`supervisor`]: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
 //!   the dynamic allocator.
 //! - [`reset`]: the rolling reset behind `pier reset` and SIGUSR1.
-//! - this file: [`Pool`], and running one event ([`Pool::exec`]): take a worker, run, give back.
-//!
-//! An event runs on one worker exclusively; the dispatch is written around that one worker so that
-//! several events in flight per worker can be added to it later.
+//! - this file: [`Pool`], and running one event ([`Pool::exec`]): take an idle worker or a place in
+//!   a busy one's line, read the answer, hand the worker on or give it back.
 
+mod line;
 mod on_init;
 mod queue;
 mod relay;
@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pier_protocol::frame::FrameError;
-use pier_protocol::tcp::{ContextPrefix, EventKind};
+use pier_protocol::tcp::{encode_event_prefixed, ContextPrefix, EventKind};
 use pier_protocol::MessageError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,13 +37,17 @@ use tracing::{debug, error, info, warn};
 use crate::config::{PoolConfig, RelayConfig};
 use crate::ops::{Metrics, PoolSnapshot, RestartReason};
 use crate::registry::Registry;
-use queue::{Queue, Take, WaitError};
+use line::{Handoff, Joined, Passed};
+use queue::{Assignment, Queue, Take, WaitError};
 use relay::RelayListener;
 use supervisor::Respawn;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::run_on_init;
 pub use worker::RR_VERSION;
+
+/// An event running this long on a worker keeps others from joining its line.
+const LONG_EVENT: Duration = Duration::from_millis(500);
 
 /// How many times one event is re-run after stop replies before the connection is given up.
 const MAX_RERUNS: usize = 8;
@@ -164,6 +168,15 @@ pub enum PoolError {
         #[source]
         source: Option<std::io::Error>,
     },
+    /// The worker failed (died, misbehaved, was killed) while this event was in flight behind the
+    /// one it was running (several events in flight, `tcp.pool.max_in_flight`); it is replaced.
+    #[error("worker pid {pid} failed with this event in flight ({cause})")]
+    Abandoned {
+        /// The worker.
+        pid: u32,
+        /// What happened to the event it was running.
+        cause: String,
+    },
     /// The event could not be written to the worker (it is gone): the worker never read it, so the
     /// event is run on another worker.
     #[error("could not hand the event to worker pid {pid}")]
@@ -271,6 +284,22 @@ pub struct Event<'a> {
     pub connections: &'a Registry,
     /// The connection's TLS facts as a context fragment (Pier extension `tls`); empty = plaintext.
     pub tls: &'a [u8],
+}
+
+impl Event<'_> {
+    /// Its frame's size, estimated from above (a line's byte budget counts it).
+    fn frame_bytes(&self) -> usize {
+        // Header and options, the event name and the context's closing bytes.
+        64 + self.context.len() + self.tls.len() + self.state.len() + self.body.len()
+    }
+}
+
+/// What `acquire` found for an event.
+enum Got {
+    /// An idle worker (checked): the event is written to it alone.
+    Worker(Box<Worker>),
+    /// A place reserved in this busy worker's line.
+    Slot(Arc<Shared>),
 }
 
 /// How to start a worker; shared by the pool, its supervisor and every worker.
@@ -408,6 +437,14 @@ impl Pool {
         pool.inner
             .tasks
             .spawn(supervisor::supervise(supervisor, exits_rx));
+        let expiry = pool.clone();
+        pool.inner.tasks.spawn(async move {
+            let inner = &expiry.inner;
+            inner
+                .queue
+                .expire(inner.spec.config.allocate_timeout, inner.closed.clone())
+                .await;
+        });
         info!(workers = started, command = ?spec.config.command, "worker pool started");
         Ok(pool)
     }
@@ -428,21 +465,32 @@ impl Pool {
     /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
     pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, PoolError> {
         let spec = &self.inner.spec;
+        let bytes = event.frame_bytes();
         for _ in 0..MAX_RERUNS {
-            let mut worker = self.acquire().await?;
+            let (mut worker, alone) = match self.acquire(bytes).await? {
+                Got::Worker(worker) => (worker, true),
+                Got::Slot(shared) => match self.join(&shared, event, bytes).await? {
+                    Some(worker) => (worker, false),
+                    None => continue,
+                },
+            };
             let started = spec.metrics.clock();
             worker.begin(event.uuid);
-            let outcome = worker.exec(event).await;
+            let outcome = if alone {
+                self.run_alone(&mut worker, event, bytes).await
+            } else {
+                worker.answer(event).await
+            };
             worker.end();
             spec.metrics.ran(event.kind, started);
             match outcome {
                 Ok(Outcome::Reply(reply)) => {
-                    self.release(worker);
+                    self.pass_on(worker);
                     return Ok(reply);
                 }
                 Ok(Outcome::Error(message)) => {
                     let pid = worker.pid;
-                    self.release(worker);
+                    self.pass_on(worker);
                     return Err(PoolError::WorkerError { pid, message });
                 }
                 Ok(Outcome::Stop) => {
@@ -450,6 +498,8 @@ impl Pool {
                         pid = worker.pid,
                         "worker asked to stop; re-running the event on another worker"
                     );
+                    // The events behind it were not answered either: they go elsewhere too.
+                    worker.shared.line.end(|| Handoff::Rerun);
                     let replace = worker.shared.retire.load(Ordering::Relaxed) != RETIRE_REMOVE;
                     self.retire(worker);
                     if replace {
@@ -457,18 +507,24 @@ impl Pool {
                     }
                 }
                 Err(e @ PoolError::Undelivered { .. }) => {
-                    // The worker never read the event (it died after the idle check): run it on
-                    // another one.
+                    // The worker never read the event (it died after the idle check), and nothing
+                    // else was in flight: run it on another one.
                     warn!(error = %e, "worker gone; running the event on another worker");
                     self.kill_and_replace(worker, RestartReason::Crash);
                 }
                 Err(e @ PoolError::Encode(_)) => {
-                    // Nothing reached the worker: it is fine.
-                    worker.jobs = worker.jobs.saturating_sub(1);
+                    // Nothing reached the worker (taken idle): it is fine.
                     self.release(worker);
                     return Err(e);
                 }
                 Err(e) => {
+                    let (pid, cause) = (worker.pid, e.to_string());
+                    worker.shared.line.end(|| {
+                        Handoff::Failed(PoolError::Abandoned {
+                            pid,
+                            cause: cause.clone(),
+                        })
+                    });
                     self.kill_and_replace(worker, restart_reason(&e));
                     return Err(e);
                 }
@@ -477,27 +533,143 @@ impl Pool {
         Err(PoolError::TooManyReruns(MAX_RERUNS))
     }
 
-    /// Takes an idle worker, in strict arrival order, waiting up to `allocate_timeout`. A worker
-    /// that died or wrote to its relay while idle is killed and replaced here, before any event is
-    /// handed to it (see [`Worker::check_idle`]), so the event loses nothing.
-    async fn acquire(&self) -> Result<Box<Worker>, PoolError> {
+    /// Runs an event on a worker taken idle: writes it alone, opens the worker's line behind it
+    /// (room for waiting events now), and reads the answer.
+    async fn run_alone(
+        &self,
+        worker: &mut Worker,
+        event: &Event<'_>,
+        bytes: usize,
+    ) -> Result<Outcome, PoolError> {
+        worker.send(event).await?;
+        let shared = worker.shared.clone();
+        shared.line.activate(bytes, worker.jobs);
+        self.admit_waiting(&shared);
+        worker.answer(event).await
+    }
+
+    /// Joins `shared`'s line at the place reserved for the event: its frame goes to the outbox,
+    /// written by the first event that joined since the last write, after the other events ready
+    /// now have added theirs. Returns the worker once the event's answer is next; `None` when the
+    /// event must run elsewhere (the line ended first, the worker asked to stop).
+    async fn join(
+        &self,
+        shared: &Arc<Shared>,
+        event: &Event<'_>,
+        bytes: usize,
+    ) -> Result<Option<Box<Worker>>, PoolError> {
+        let line = &shared.line;
+        let joined = line.join(bytes, |buf| {
+            encode_event_prefixed(
+                buf,
+                event.context,
+                event.kind,
+                event.tls,
+                event.state,
+                event.body,
+            )
+        });
+        let (turn, writer) = match joined {
+            Ok(Joined::Closed) => return Ok(None),
+            Err((e, parked)) => {
+                if let Some(worker) = parked {
+                    self.release(worker);
+                }
+                return Err(PoolError::Encode(e));
+            }
+            Ok(Joined::Now { worker, writer }) => {
+                // The worker waits for this frame: write at once.
+                if let Some(writer) = writer {
+                    if line.flush(writer).await.is_err() {
+                        // Its answer read next fails as for a crash.
+                        shared.kill(KillReason::None);
+                    }
+                }
+                return Ok(Some(worker));
+            }
+            Ok(Joined::Queued { turn, writer }) => (turn, writer),
+        };
+        if let Some(writer) = writer {
+            // The worker is busy: let the other events ready in this turn of the scheduler join
+            // first, and write them all at once.
+            tokio::task::yield_now().await;
+            if line.flush(writer).await.is_err() {
+                shared.kill(KillReason::None);
+            }
+        }
+        match turn.await {
+            Ok(Handoff::Worker(worker)) => Ok(Some(worker)),
+            Ok(Handoff::Rerun) => Ok(None),
+            Ok(Handoff::Failed(e)) => Err(e),
+            // Whoever held the worker was dropped (only at a forced shutdown).
+            Err(_) => Err(PoolError::Closed),
+        }
+    }
+
+    /// The event's answer is in: the worker goes to the next event of its line, or back to the
+    /// pool when the line is empty.
+    fn pass_on(&self, mut worker: Box<Worker>) {
+        worker.jobs += 1;
+        let shared = worker.shared.clone();
+        match shared.line.pass_on(worker) {
+            Passed::On => self.admit_waiting(&shared),
+            Passed::Back(worker) => self.release(worker),
+            Passed::Orphaned(worker) => {
+                warn!(
+                    pid = worker.pid,
+                    "an event in the worker's line was dropped; replacing the worker"
+                );
+                let pid = worker.pid;
+                shared.line.end(|| {
+                    Handoff::Failed(PoolError::Abandoned {
+                        pid,
+                        cause: "an event before it was dropped".into(),
+                    })
+                });
+                self.kill_and_replace(worker, RestartReason::Crash);
+            }
+        }
+    }
+
+    /// Room was made in `shared`'s line: waiting events get places in it.
+    fn admit_waiting(&self, shared: &Arc<Shared>) {
+        if self.inner.spec.waiting.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(worker) = self.inner.queue.admit(shared) {
+            self.release(worker);
+        }
+    }
+
+    /// Takes an idle worker, in strict arrival order, or a place in a busy worker's line when
+    /// none is idle, waiting up to `allocate_timeout` when no line has room. A worker that died
+    /// or wrote to its relay while idle is killed and replaced here, before any event is handed
+    /// to it (see [`Worker::check_idle`]), so the event loses nothing.
+    async fn acquire(&self, bytes: usize) -> Result<Got, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         let metrics = &self.inner.spec.metrics;
         loop {
-            let mut worker = match self.inner.queue.take() {
+            let mut worker = match self.inner.queue.take(bytes, || self.find_line(bytes)) {
                 // No clock read for the wait metric on this, the usual, path.
                 Take::Ready(worker) => {
                     metrics.no_wait();
                     worker
                 }
+                Take::Joined(shared) => {
+                    metrics.no_wait();
+                    return Ok(Got::Slot(shared));
+                }
                 Take::Wait(waiter) => {
                     let _waiting = Waiting::new(&self.inner.spec.waiting);
                     let since = metrics.clock();
-                    let got = waiter.wait(timeout).await;
+                    let got = waiter.wait().await;
                     metrics.waited(since);
                     match got {
-                        Ok(worker) => worker,
-                        Err(WaitError::Timeout) => return Err(PoolError::NoFreeWorkers(timeout)),
+                        Ok(Assignment::Worker(worker)) => worker,
+                        Ok(Assignment::Slot(shared)) => return Ok(Got::Slot(shared)),
+                        Ok(Assignment::Expired) | Err(WaitError::Timeout) => {
+                            return Err(PoolError::NoFreeWorkers(timeout))
+                        }
                         Err(WaitError::Closed) => return Err(PoolError::Closed),
                     }
                 }
@@ -505,7 +677,7 @@ impl Pool {
                 Take::Closed => return Err(PoolError::Closed),
             };
             let reason = match worker.check_idle() {
-                Ok(()) => return Ok(worker),
+                Ok(()) => return Ok(Got::Worker(worker)),
                 Err(e) => {
                     // Nothing was handed to it: the event waits for another worker.
                     warn!(error = %e, "replacing worker; the event goes to another worker");
@@ -516,10 +688,39 @@ impl Pool {
         }
     }
 
+    /// Reserves a place for an event of `bytes` in the shortest line with room (called with the
+    /// queue locked, when no worker is idle and no event waits).
+    fn find_line(&self, bytes: usize) -> Option<Arc<Shared>> {
+        if self.inner.spec.config.max_in_flight <= 1 {
+            return None;
+        }
+        let registry = self.inner.spec.registry.lock().ok()?;
+        let now = worker::coarse_now_ns();
+        let mut best: Option<(&Arc<Shared>, usize)> = None;
+        for shared in registry.values() {
+            // A worker that has been on one event for long takes no more: what joined it would
+            // wait for that event (or fail with it at exec_ttl) while other workers free up.
+            let running = now.saturating_sub(shared.event_started.load(Ordering::Relaxed));
+            if running > LONG_EVENT.as_nanos() as u64 {
+                continue;
+            }
+            let Some(depth) = shared.line.room(bytes, shared.retiring()) else {
+                continue;
+            };
+            if best.is_none_or(|(_, d)| depth < d) {
+                best = Some((shared, depth));
+            }
+        }
+        let (shared, _) = best?;
+        shared
+            .line
+            .reserve(bytes, shared.retiring())
+            .then(|| shared.clone())
+    }
+
     /// Puts a worker back, or replaces it after max_jobs events or when the supervisor marked it
     /// (ttl, memory) during its event.
-    fn release(&self, mut worker: Box<Worker>) {
-        worker.jobs += 1;
+    fn release(&self, worker: Box<Worker>) {
         let max_jobs = self.inner.spec.config.max_jobs;
         if max_jobs > 0 && worker.jobs >= max_jobs {
             debug!(

@@ -1,8 +1,11 @@
 //! Idle workers and the events waiting for one, strictly first come, first served.
 //!
 //! A freed worker goes to the oldest waiting event, never to a newer arrival: an event only takes
-//! an idle worker directly when nobody is waiting. `max_queue_size` bounds the waiting events
-//! (RoadRunner's meaning); the wait itself is bounded by `allocate_timeout`.
+//! an idle worker directly when nobody is waiting. With no worker idle, an event joins the
+//! shortest line of a busy worker that has room (see [`super::line`]); only when none has does it
+//! wait, and room freed in a line goes to the oldest waiting event too. `max_queue_size` bounds
+//! the waiting events (RoadRunner's meaning); `allocate_timeout` bounds the wait, kept by one task
+//! for the whole queue ([`Queue::expire`]) instead of a timer per waiting event.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::worker::Worker;
+use super::worker::{Shared, Worker};
 
 /// The queue's shared state, behind one short-held lock.
 #[derive(Debug, Default)]
@@ -19,9 +24,31 @@ struct State {
     /// Idle workers, oldest first (so consecutive events of a connection spread over them).
     idle: VecDeque<Box<Worker>>,
     /// Events waiting for a worker, in arrival order.
-    waiters: VecDeque<oneshot::Sender<Box<Worker>>>,
+    waiters: VecDeque<Waiting>,
     /// Set at shutdown: nothing is handed out or taken back any more.
     closed: bool,
+}
+
+/// A waiting event.
+#[derive(Debug)]
+struct Waiting {
+    /// Where its worker or place in a line arrives.
+    tx: oneshot::Sender<Assignment>,
+    /// Its frame's size estimate, for joining a line.
+    bytes: usize,
+    /// When it started waiting, for `allocate_timeout`.
+    since: Instant,
+}
+
+/// What a waiting event gets.
+#[derive(Debug)]
+pub(super) enum Assignment {
+    /// A free worker.
+    Worker(Box<Worker>),
+    /// A place reserved in this worker's line.
+    Slot(Arc<Shared>),
+    /// `allocate_timeout` passed.
+    Expired,
 }
 
 /// Idle workers and waiting events.
@@ -35,6 +62,8 @@ pub(super) struct Queue {
     demand: AtomicBool,
     /// Wakes the supervisor when `demand` is set.
     pub(super) demand_signal: Arc<Notify>,
+    /// Wakes [`Queue::expire`] when an event starts waiting with nobody waiting before it.
+    expiry: Notify,
 }
 
 /// What `take` found.
@@ -42,6 +71,8 @@ pub(super) struct Queue {
 pub(super) enum Take<'a> {
     /// An idle worker, nobody was waiting before us.
     Ready(Box<Worker>),
+    /// A place reserved in this busy worker's line (no worker idle, nobody waiting).
+    Joined(Arc<Shared>),
     /// Our place in line.
     Wait(Waiter<'a>),
     /// `max_queue_size` events are already waiting.
@@ -66,6 +97,7 @@ impl Queue {
             max_waiting,
             demand: AtomicBool::new(false),
             demand_signal: Arc::new(Notify::new()),
+            expiry: Notify::new(),
         }
     }
 
@@ -74,8 +106,13 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes an idle worker if nobody waits before us, or joins the end of the line.
-    pub(super) fn take(&self) -> Take<'_> {
+    /// Takes an idle worker if nobody waits before us, else a place in a busy worker's line
+    /// (`join` reserves one, for an event of `bytes`), else joins the end of the wait.
+    pub(super) fn take(
+        &self,
+        bytes: usize,
+        join: impl FnOnce() -> Option<Arc<Shared>>,
+    ) -> Take<'_> {
         let mut state = self.lock();
         if state.closed {
             return Take::Closed;
@@ -84,23 +121,93 @@ impl Queue {
             if let Some(worker) = state.idle.pop_front() {
                 return Take::Ready(worker);
             }
+            if let Some(shared) = join() {
+                return Take::Joined(shared);
+            }
         }
         if self.max_waiting > 0 && state.waiters.len() >= self.max_waiting {
             // Waiters that gave up (timed out, connection gone) no longer count.
-            state.waiters.retain(|tx| !tx.is_closed());
+            state.waiters.retain(|w| !w.tx.is_closed());
             if state.waiters.len() >= self.max_waiting {
                 return Take::Full(self.max_waiting);
             }
         }
         let (tx, rx) = oneshot::channel();
-        state.waiters.push_back(tx);
+        let first = state.waiters.is_empty();
+        state.waiters.push_back(Waiting {
+            tx,
+            bytes,
+            since: Instant::now(),
+        });
         drop(state);
+        if first {
+            self.expiry.notify_one();
+        }
         // A plain load first: while the flag is set (the supervisor has not looked yet, or there
         // is nothing for it to do) a waiting event writes nothing shared and wakes nobody.
         if !self.demand.load(Ordering::Relaxed) && !self.demand.swap(true, Ordering::Relaxed) {
             self.demand_signal.notify_one();
         }
-        Take::Wait(Waiter { rx, queue: self })
+        Take::Wait(Waiter {
+            rx,
+            bytes,
+            queue: self,
+        })
+    }
+
+    /// Room was made in `shared`'s line: the oldest waiting events get places in it, as many as
+    /// fit. Returns a worker left idle by an event that gave up its place at that moment (the
+    /// caller puts it back).
+    pub(super) fn admit(&self, shared: &Arc<Shared>) -> Option<Box<Worker>> {
+        let mut state = self.lock();
+        while let Some(front) = state.waiters.front() {
+            if front.tx.is_closed() {
+                state.waiters.pop_front();
+                continue;
+            }
+            if !shared.line.reserve(front.bytes, shared.retiring()) {
+                break;
+            }
+            let Some(waiting) = state.waiters.pop_front() else {
+                break;
+            };
+            if waiting.tx.send(Assignment::Slot(shared.clone())).is_err() {
+                if let Some(worker) = shared.line.unreserve(waiting.bytes) {
+                    return Some(worker);
+                }
+            }
+        }
+        None
+    }
+
+    /// Fails the waiting events that have waited `timeout`; returns when the next one falls due.
+    fn expire_due(&self, now: Instant, timeout: Duration) -> Option<Instant> {
+        let mut state = self.lock();
+        while let Some(front) = state.waiters.front() {
+            let due = front.since + timeout;
+            if due > now && !front.tx.is_closed() {
+                return Some(due);
+            }
+            if let Some(waiting) = state.waiters.pop_front() {
+                // Err: it gave up meanwhile.
+                let _ = waiting.tx.send(Assignment::Expired);
+            }
+        }
+        None
+    }
+
+    /// Keeps `allocate_timeout` for every waiting event with one timer: sleeps until the oldest
+    /// falls due (waiting events are in arrival order), or until an event waits at all. Runs
+    /// until `closed`.
+    pub(super) async fn expire(&self, timeout: Duration, closed: CancellationToken) {
+        loop {
+            let next = self.expire_due(Instant::now(), timeout);
+            tokio::select! {
+                _ = closed.cancelled() => return,
+                _ = self.expiry.notified(), if next.is_none() => {}
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {}
+            }
+        }
     }
 
     /// Gives a worker to the oldest waiting event, or puts it in the idle list. Returns it when
@@ -111,11 +218,12 @@ impl Queue {
             return Err(worker);
         }
         let mut worker = worker;
-        while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.send(worker) {
+        while let Some(waiting) = state.waiters.pop_front() {
+            match waiting.tx.send(Assignment::Worker(worker)) {
                 Ok(()) => return Ok(()),
                 // That event gave up meanwhile: the next one.
-                Err(back) => worker = back,
+                Err(Assignment::Worker(back)) => worker = back,
+                Err(_) => unreachable!("a worker was sent"),
             }
         }
         state.idle.push_back(worker);
@@ -140,7 +248,7 @@ impl Queue {
     /// Events waiting right now.
     pub(super) fn waiting(&self) -> usize {
         let mut state = self.lock();
-        state.waiters.retain(|tx| !tx.is_closed());
+        state.waiters.retain(|w| !w.tx.is_closed());
         state.waiters.len()
     }
 
@@ -178,27 +286,26 @@ impl Queue {
     }
 }
 
-/// An event's place in line. Dropping it (the connection went away) gives up the place; a worker
-/// handed to it in that very moment goes back to the queue, so none is lost.
+/// An event's place in the wait. Dropping it (the connection went away) gives up the place; a
+/// worker or line place handed to it in that very moment goes back, so none is lost.
 #[derive(Debug)]
 pub(super) struct Waiter<'a> {
-    /// Where the worker arrives.
-    rx: oneshot::Receiver<Box<Worker>>,
+    /// Where the worker or place arrives.
+    rx: oneshot::Receiver<Assignment>,
+    /// The event's frame size estimate (a place reserved for it counts it).
+    bytes: usize,
     /// To give back a worker that arrives as we give up.
     queue: &'a Queue,
 }
 
 impl Waiter<'_> {
-    /// Waits for a worker, at most `timeout`.
-    pub(super) async fn wait(mut self, timeout: Duration) -> Result<Box<Worker>, WaitError> {
-        match tokio::time::timeout(timeout, &mut self.rx).await {
-            Ok(Ok(worker)) => Ok(worker),
-            Ok(Err(_)) => Err(WaitError::Closed),
-            Err(_) => {
-                // A worker handed over in the same instant is still ours.
-                self.rx.close();
-                self.rx.try_recv().map_err(|_| WaitError::Timeout)
-            }
+    /// Waits for a worker or a place in a line, at most `allocate_timeout` (see
+    /// [`Queue::expire`]).
+    pub(super) async fn wait(mut self) -> Result<Assignment, WaitError> {
+        match (&mut self.rx).await {
+            Ok(Assignment::Expired) => Err(WaitError::Timeout),
+            Ok(assignment) => Ok(assignment),
+            Err(_) => Err(WaitError::Closed),
         }
     }
 }
@@ -206,7 +313,12 @@ impl Waiter<'_> {
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         self.rx.close();
-        if let Ok(worker) = self.rx.try_recv() {
+        let worker = match self.rx.try_recv() {
+            Ok(Assignment::Worker(worker)) => Some(worker),
+            Ok(Assignment::Slot(shared)) => shared.line.unreserve(self.bytes),
+            Ok(Assignment::Expired) | Err(_) => None,
+        };
+        if let Some(worker) = worker {
             // Dropped at shutdown: the worker is killed with it.
             let _ = self.queue.put(worker);
         }

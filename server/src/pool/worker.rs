@@ -1,6 +1,7 @@
 //! One worker process and its relay: spawn (pipes or a socket it connects back on), the pid
-//! handshake, running one event to its answer, the idle check, and the reaper task that owns the
-//! process, so a worker that dies while idle is noticed at once (no system call per event).
+//! handshake, reading an event's answer, the idle check, and the reaper task that owns the
+//! process, so a worker that dies while idle is noticed at once (no system call per event). What is
+//! written to the worker goes through its [`Line`].
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -13,11 +14,12 @@ use pier_protocol::frame::decode;
 use pier_protocol::tcp::{encode_event_prefixed, ReplyKind};
 use pier_protocol::WorkerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
+use super::line::Line;
 use super::relay::RelayListener;
 use super::{Action, Event, PoolError, Reply, Spec};
 use crate::ops::RestartReason;
@@ -96,6 +98,8 @@ pub(super) struct Shared {
     kill: Notify,
     /// Becomes true once the reaper has reaped the process.
     exited: watch::Sender<bool>,
+    /// The events written to it and waiting for their answers, and the relay's write half.
+    pub(super) line: Line,
 }
 
 impl Shared {
@@ -106,6 +110,12 @@ impl Shared {
         }
         self.leaving.store(true, Ordering::Relaxed);
         self.kill.notify_one();
+    }
+
+    /// Whether it leaves service after its events (supervisor limit, reset, stopping): no event
+    /// joins its line any more.
+    pub(super) fn retiring(&self) -> bool {
+        self.retire.load(Ordering::Relaxed) != 0 || self.leaving.load(Ordering::Relaxed)
     }
 
     /// Why the pool killed it, if it did.
@@ -157,12 +167,86 @@ impl Relay {
         }
     }
 
+    /// Splits it: answers are read by whoever runs the event being answered, while events are
+    /// written by those queued behind it (see [`Line`]).
+    fn split(self) -> (RelayRead, RelayWrite) {
+        match self {
+            Relay::Pipes { stdin, stdout } => (RelayRead::Pipe(stdout), RelayWrite::Pipe(stdin)),
+            Relay::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (RelayRead::Tcp(r), RelayWrite::Tcp(w))
+            }
+            Relay::Unix(s) => {
+                let (r, w) = s.into_split();
+                (RelayRead::Unix(r), RelayWrite::Unix(w))
+            }
+        }
+    }
+}
+
+/// The half of a worker's relay its answers are read from.
+#[derive(Debug)]
+pub(super) enum RelayRead {
+    /// The worker's stdout.
+    Pipe(ChildStdout),
+    /// A TCP relay's read half.
+    Tcp(tcp::OwnedReadHalf),
+    /// A unix relay's read half.
+    Unix(unix::OwnedReadHalf),
+}
+
+impl RelayRead {
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            RelayRead::Pipe(s) => s.read_buf(buf).await,
+            RelayRead::Tcp(s) => s.read_buf(buf).await,
+            RelayRead::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
     /// The descriptor frames are read from, for the idle check's non-blocking read.
     fn read_fd(&self) -> RawFd {
         match self {
-            Relay::Pipes { stdout, .. } => stdout.as_raw_fd(),
-            Relay::Tcp(s) => s.as_raw_fd(),
-            Relay::Unix(s) => s.as_raw_fd(),
+            RelayRead::Pipe(s) => s.as_raw_fd(),
+            RelayRead::Tcp(s) => s.as_ref().as_raw_fd(),
+            RelayRead::Unix(s) => s.as_ref().as_raw_fd(),
+        }
+    }
+}
+
+/// The half of a worker's relay events are written to.
+#[derive(Debug)]
+pub(super) enum RelayWrite {
+    /// The worker's stdin.
+    Pipe(ChildStdin),
+    /// A TCP relay's write half.
+    Tcp(tcp::OwnedWriteHalf),
+    /// A unix relay's write half.
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl RelayWrite {
+    pub(super) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            RelayWrite::Pipe(s) => s.write_all(bytes).await,
+            RelayWrite::Tcp(s) => s.write_all(bytes).await,
+            RelayWrite::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    /// How many bytes may be in flight towards the worker so that a write never waits for it to
+    /// read: half the pipe's capacity (a pipe can be as small as one page when the user's pipe
+    /// quota is used up), at most [`super::line::MAX_LINE_BYTES`] (a socket's buffers are larger).
+    fn budget(&self) -> usize {
+        let max = super::line::MAX_LINE_BYTES;
+        match self {
+            RelayWrite::Pipe(s) => {
+                // SAFETY: F_GETPIPE_SZ reads a property of the open descriptor `s` borrows; it
+                // touches no memory of ours.
+                let capacity = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETPIPE_SZ) };
+                usize::try_from(capacity).map_or(0, |c| (c / 2).min(max))
+            }
+            RelayWrite::Tcp(_) | RelayWrite::Unix(_) => max,
         }
     }
 }
@@ -173,11 +257,12 @@ impl Relay {
 pub(super) struct Worker {
     /// Process id, from the OS.
     pub(super) pid: u32,
-    /// Frames to and from the worker.
-    relay: Relay,
-    /// Bytes read from the relay, not yet consumed; reused across events.
+    /// Frames from the worker (they go to it through `shared.line`).
+    relay: RelayRead,
+    /// Bytes read from the relay, not yet consumed; reused across events (answers of events
+    /// behind the current one wait here for their turn).
     rbuf: BytesMut,
-    /// Each outgoing frame is encoded here and written with one write; reused across events.
+    /// An event taken on an idle worker is encoded here and written with one write; reused.
     wbuf: Vec<u8>,
     /// Events handled, for max_jobs.
     pub(super) jobs: u64,
@@ -230,8 +315,8 @@ impl Worker {
         self.shared.execs.store(self.seq / 2, Ordering::Relaxed);
     }
 
-    /// Sends the event and reads frames until the worker answers it.
-    pub(super) async fn exec(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+    /// Writes the event to this worker, which has nothing else in flight (taken while idle).
+    pub(super) async fn send(&mut self, event: &Event<'_>) -> Result<(), PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
         encode_event_prefixed(
@@ -243,10 +328,16 @@ impl Worker {
             event.body,
         )
         .map_err(PoolError::Encode)?;
-        self.relay
-            .write_all(&self.wbuf)
+        self.shared
+            .line
+            .write_alone(&self.wbuf)
             .await
-            .map_err(|source| PoolError::Undelivered { pid, source })?;
+            .map_err(|source| PoolError::Undelivered { pid, source })
+    }
+
+    /// Reads frames until the worker answers the event, whose answer is the next one to come.
+    pub(super) async fn answer(&mut self, event: &Event<'_>) -> Result<Outcome, PoolError> {
+        let pid = self.pid;
         // Commands for the event's own connection, applied with the answer (the last one wins).
         let mut idle_timeout = None;
         let mut starttls = false;
@@ -380,7 +471,7 @@ impl Worker {
         let pid = self.pid;
         let shared = self.shared.clone();
         let graceful = tokio::time::timeout(destroy_timeout, async {
-            let _ = self.relay.write_all(&self.wbuf).await;
+            let _ = shared.line.write_alone(&self.wbuf).await;
             let mut sink = BytesMut::with_capacity(4096);
             loop {
                 sink.clear();
@@ -552,6 +643,7 @@ pub(super) async fn spawn_worker(
     match connected {
         Ok(Ok(relay)) => {
             debug!(pid, "worker started");
+            let (relay, writer) = relay.split();
             let (exited, _) = watch::channel(false);
             let shared = Arc::new(Shared {
                 pid,
@@ -567,6 +659,12 @@ pub(super) async fn spawn_worker(
                 reason: AtomicU8::new(KillReason::None as u8),
                 kill: Notify::new(),
                 exited,
+                line: Line::new(
+                    writer.budget(),
+                    writer,
+                    config.max_in_flight,
+                    config.max_jobs,
+                ),
             });
             if let Ok(mut registry) = spec.registry.lock() {
                 registry.insert(pid, shared.clone());

@@ -1,0 +1,323 @@
+//! Several events in flight on one worker: its line.
+//!
+//! While every worker is busy, an event does not wait for one to become free: it is written to a
+//! busy worker right behind the events already there (the shortest line), and its answer is read
+//! after theirs, in order. The worker reads them together and answers them together (PROTOCOL.md
+//! "Several events in flight"), so one relay write and one read serve a batch. While a worker is
+//! free, an event never joins a line: a crash then still costs only the event that was running.
+//!
+//! Whoever runs the event being answered owns the worker ([`Worker`], its read half and read
+//! buffer) and reads; when its answer is in, it hands the worker to the next event of the line
+//! ([`Handoff`]), which finds its own answer in the buffer or reads on. Events joining the line
+//! append their frames to the line's outbox; the first of them takes the write half and writes the
+//! outbox once the other events ready in this turn of the scheduler have added theirs. A line
+//! holds at most `max_in_flight` events and a budget of bytes smaller than the relay's buffer, so
+//! a write never waits for the worker (which could be waiting for its answers to be read).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::worker::{RelayWrite, Worker};
+use super::PoolError;
+use pier_protocol::frame::EncodeError;
+
+/// Most bytes of events in flight on one worker (their frames, estimated from above): room for
+/// ~200 short events, and well inside a pipe's 64 KiB.
+pub(super) const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// What an event in a line learns when its turn comes.
+#[derive(Debug)]
+pub(super) enum Handoff {
+    /// Its answer is the worker's next one: read it.
+    Worker(Box<Worker>),
+    /// The worker asked to stop before answering it: run it on another worker.
+    Rerun,
+    /// The worker failed (died, misbehaved, was killed) with this event in flight.
+    Failed(PoolError),
+}
+
+/// An event of the line waiting for its turn.
+#[derive(Debug)]
+struct Turn {
+    /// Where the worker is handed over.
+    tx: oneshot::Sender<Handoff>,
+    /// Its frame's size estimate, counted in [`LineState::bytes`].
+    bytes: usize,
+}
+
+/// A worker's line.
+#[derive(Debug)]
+pub(super) struct Line {
+    /// Most frame bytes in flight (see [`RelayWrite`]'s budget).
+    budget: usize,
+    /// `tcp.pool.max_in_flight`.
+    max_in_flight: usize,
+    /// `tcp.pool.max_jobs` (0 = unlimited): no more events are handed to the worker than that.
+    max_jobs: u64,
+    /// Everything else, behind one short lock.
+    state: Mutex<LineState>,
+}
+
+#[derive(Debug)]
+struct LineState {
+    /// Someone runs an event on the worker (or the worker is parked here for a reserved slot):
+    /// events may join. False while it is idle, being stopped, or after it failed.
+    active: bool,
+    /// Events on the worker: the one answered now, those in `queued`, the reserved slots.
+    depth: usize,
+    /// Their frames' size estimates.
+    bytes: usize,
+    /// The size estimate of the event answered now.
+    current: usize,
+    /// Events handed to the worker in its life (for `max_jobs`).
+    dispatched: u64,
+    /// Slots reserved for events that have not written their frame yet.
+    reserved: usize,
+    /// Events written (or in the outbox) behind the one answered now, in order.
+    queued: VecDeque<Turn>,
+    /// The worker, when its last answer is in but a reserved slot's event has not joined yet.
+    parked: Option<Box<Worker>>,
+    /// The relay's write half; `None` while someone writes with it.
+    writer: Option<RelayWrite>,
+    /// Frames of joined events not written yet.
+    outbox: Vec<u8>,
+    /// A spare buffer swapped with the outbox by the writer (no allocation per batch).
+    spare: Vec<u8>,
+}
+
+/// How joining a line went ([`Line::join`]).
+#[derive(Debug)]
+pub(super) enum Joined {
+    /// The line ended before the event joined (its worker failed or asked to stop): run it
+    /// elsewhere; nothing was written.
+    Closed,
+    /// The frame is queued; the turn comes through `turn`. `writer`: this event writes the
+    /// outbox (nobody else is writing).
+    Queued {
+        /// The handoff.
+        turn: oneshot::Receiver<Handoff>,
+        /// The write half, when this event has to write the outbox.
+        writer: Option<RelayWrite>,
+    },
+    /// The worker was parked for this slot: its answer is next.
+    Now {
+        /// The worker.
+        worker: Box<Worker>,
+        /// The write half, when this event has to write the outbox.
+        writer: Option<RelayWrite>,
+    },
+}
+
+/// What happened to the worker when an event's answer was in ([`Line::pass_on`]).
+#[derive(Debug)]
+pub(super) enum Passed {
+    /// Handed to the next event of the line (or parked for a reserved slot).
+    On,
+    /// The line is empty: the worker goes back to the pool.
+    Back(Box<Worker>),
+    /// The next event's runner is gone (its task was dropped): nobody would read its answer.
+    Orphaned(Box<Worker>),
+}
+
+impl Line {
+    pub(super) fn new(
+        budget: usize,
+        writer: RelayWrite,
+        max_in_flight: usize,
+        max_jobs: u64,
+    ) -> Line {
+        Line {
+            budget,
+            max_in_flight,
+            max_jobs,
+            state: Mutex::new(LineState {
+                active: false,
+                depth: 0,
+                bytes: 0,
+                current: 0,
+                dispatched: 0,
+                reserved: 0,
+                queued: VecDeque::new(),
+                parked: None,
+                writer: Some(writer),
+                outbox: Vec::new(),
+                spare: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LineState> {
+        // Plain fields, no panicking paths while held.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes a frame while nothing else is in flight (an event taken on an idle worker, the
+    /// stop request). Fails when the write half is gone (an earlier write failed: the worker is
+    /// being killed).
+    pub(super) async fn write_alone(&self, frame: &[u8]) -> std::io::Result<()> {
+        let Some(mut writer) = self.lock().writer.take() else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        let result = writer.write_all(frame).await;
+        if result.is_ok() {
+            self.lock().writer = Some(writer);
+        }
+        result
+    }
+
+    /// The event written with [`Line::write_alone`] runs: events may join behind it from now on.
+    /// `jobs`: the events the worker finished before it.
+    pub(super) fn activate(&self, bytes: usize, jobs: u64) {
+        let mut st = self.lock();
+        st.active = true;
+        st.depth = 1;
+        st.bytes = bytes;
+        st.current = bytes;
+        st.dispatched = jobs + 1;
+    }
+
+    /// The line's length when one more event of `bytes` may join it; `retiring`: the worker leaves
+    /// after its events (no more join).
+    pub(super) fn room(&self, bytes: usize, retiring: bool) -> Option<usize> {
+        let st = self.lock();
+        self.fits(&st, bytes, retiring).then_some(st.depth)
+    }
+
+    fn fits(&self, st: &LineState, bytes: usize, retiring: bool) -> bool {
+        st.active
+            && !retiring
+            && st.depth < self.max_in_flight
+            && st.bytes + bytes <= self.budget
+            && (self.max_jobs == 0 || st.dispatched < self.max_jobs)
+    }
+
+    /// Reserves a place for an event of `bytes` if it fits; the event then calls [`Line::join`]
+    /// (or [`Line::unreserve`]).
+    pub(super) fn reserve(&self, bytes: usize, retiring: bool) -> bool {
+        let mut st = self.lock();
+        if !self.fits(&st, bytes, retiring) {
+            return false;
+        }
+        st.reserved += 1;
+        st.depth += 1;
+        st.bytes += bytes;
+        st.dispatched += 1;
+        true
+    }
+
+    /// Gives a reserved place back unused. Returns the worker when it was parked for it alone
+    /// (then idle: the caller puts it back).
+    pub(super) fn unreserve(&self, bytes: usize) -> Option<Box<Worker>> {
+        let mut st = self.lock();
+        st.reserved -= 1;
+        st.depth -= 1;
+        st.bytes -= bytes;
+        st.dispatched = st.dispatched.saturating_sub(1);
+        if st.reserved == 0 && st.queued.is_empty() {
+            if let Some(worker) = st.parked.take() {
+                st.active = false;
+                return Some(worker);
+            }
+        }
+        None
+    }
+
+    /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
+    /// already there. An encoding error gives the place back and returns the worker if it was
+    /// parked for it (see [`Line::unreserve`]).
+    pub(super) fn join(
+        &self,
+        bytes: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+    ) -> Result<Joined, (EncodeError, Option<Box<Worker>>)> {
+        let mut st = self.lock();
+        if !st.active {
+            st.reserved -= 1;
+            st.depth -= 1;
+            st.bytes -= bytes;
+            st.dispatched = st.dispatched.saturating_sub(1);
+            return Ok(Joined::Closed);
+        }
+        let mark = st.outbox.len();
+        if let Err(e) = encode(&mut st.outbox) {
+            st.outbox.truncate(mark);
+            drop(st);
+            return Err((e, self.unreserve(bytes)));
+        }
+        st.reserved -= 1;
+        let writer = st.writer.take();
+        if let Some(worker) = st.parked.take() {
+            st.current = bytes;
+            return Ok(Joined::Now { worker, writer });
+        }
+        let (tx, turn) = oneshot::channel();
+        st.queued.push_back(Turn { tx, bytes });
+        Ok(Joined::Queued { turn, writer })
+    }
+
+    /// Writes the outbox until it is empty, then puts the write half back. On a write error the
+    /// half is dropped: the caller kills the worker, whose line then fails.
+    pub(super) async fn flush(&self, mut writer: RelayWrite) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            {
+                let mut st = self.lock();
+                if st.outbox.is_empty() {
+                    st.writer = Some(writer);
+                    if st.spare.capacity() < buf.capacity() {
+                        buf.clear();
+                        st.spare = buf;
+                    }
+                    return Ok(());
+                }
+                if buf.capacity() == 0 {
+                    buf = std::mem::take(&mut st.spare);
+                }
+                std::mem::swap(&mut st.outbox, &mut buf);
+            }
+            writer.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+
+    /// The current event's answer is in: hands the worker to the next event of the line, parks
+    /// it for a reserved slot, or gives it back when the line is empty.
+    pub(super) fn pass_on(&self, worker: Box<Worker>) -> Passed {
+        let mut st = self.lock();
+        st.depth -= 1;
+        st.bytes -= st.current;
+        st.current = 0;
+        if let Some(next) = st.queued.pop_front() {
+            st.current = next.bytes;
+            drop(st);
+            return match next.tx.send(Handoff::Worker(worker)) {
+                Ok(()) => Passed::On,
+                Err(Handoff::Worker(worker)) => Passed::Orphaned(worker),
+                Err(_) => unreachable!("a worker was sent"),
+            };
+        }
+        if st.reserved > 0 {
+            st.parked = Some(worker);
+            return Passed::On;
+        }
+        st.active = false;
+        Passed::Back(worker)
+    }
+
+    /// Ends the line (the worker failed or asked to stop): every event queued in it learns
+    /// `handoff()`; reserved slots find the line closed when they join.
+    pub(super) fn end(&self, handoff: impl Fn() -> Handoff) {
+        let mut st = self.lock();
+        st.active = false;
+        let queued = std::mem::take(&mut st.queued);
+        st.depth = st.reserved;
+        st.bytes -= st.current + queued.iter().map(|t| t.bytes).sum::<usize>();
+        st.current = 0;
+        drop(st);
+        for turn in queued {
+            let _ = turn.tx.send(handoff());
+        }
+    }
+}
