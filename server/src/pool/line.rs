@@ -306,6 +306,11 @@ impl Line {
         Passed::Back(worker)
     }
 
+    /// Events in the line behind the one being answered (they wait for the worker too).
+    pub(super) fn behind(&self) -> usize {
+        self.lock().depth.saturating_sub(1)
+    }
+
     /// Ends the line (the worker failed or asked to stop): every event queued in it learns
     /// `handoff()`; reserved slots find the line closed when they join.
     pub(super) fn end(&self, handoff: impl Fn() -> Handoff) {

@@ -839,19 +839,20 @@ impl Pool {
 
     /// Counts for the gauges and the status checks; cheap (one short lock, no system call).
     pub fn snapshot(&self) -> PoolSnapshot {
-        let (workers, busy) = match self.inner.spec.registry.lock() {
+        let (workers, busy, behind) = match self.inner.spec.registry.lock() {
             Ok(registry) => {
                 let serving = registry
                     .values()
                     .filter(|w| !w.leaving.load(Ordering::Relaxed));
-                let (mut workers, mut busy) = (0, 0);
+                let (mut workers, mut busy, mut behind) = (0, 0, 0);
                 for w in serving {
                     workers += 1;
                     busy += usize::from(w.activity.load(Ordering::Relaxed) % 2 == 1);
+                    behind += w.line.behind();
                 }
-                (workers, busy)
+                (workers, busy, behind)
             }
-            Err(_) => (0, 0),
+            Err(_) => (0, 0, 0),
         };
         PoolSnapshot {
             workers,
@@ -859,7 +860,8 @@ impl Pool {
             // The idle queue can briefly hold a worker that is being checked or retired; never
             // more than the live workers.
             idle: self.inner.queue.idle().min(workers - busy),
-            waiting: self.inner.spec.waiting.load(Ordering::Relaxed),
+            // Events queued in a busy worker's line wait for it as much as those in the queue.
+            waiting: self.inner.spec.waiting.load(Ordering::Relaxed) + behind,
         }
     }
 
