@@ -25,10 +25,11 @@ pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
 /// Default `tcp.servers.<name>.write_timeout`: how long queued bytes may wait for a client that
 /// reads nothing at all before it is closed.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `tcp.pool.max_in_flight`: events written to one busy worker at once. Enough to batch
-/// the relay's reads and writes at saturation (bench/results/), few enough that a crash costs
-/// little.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// Default `tcp.pool.max_in_flight`: events written to one busy worker at once. 1 (one event per
+/// worker, RoadRunner's behaviour) until `max_queue_size` and the dynamic allocator account for
+/// events queued in a worker's line (server/tests/pool.rs pins both); 16 is what
+/// bench/results/2026-11-29-pipeline-phase2.md measured.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
 /// Most `tcp.pool.max_in_flight` accepted.
 const MAX_IN_FLIGHT: usize = 1024;
 /// Most `tcp.io_threads` accepted: a typo like `10000` is refused rather than spawning threads.

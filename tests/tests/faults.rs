@@ -217,7 +217,11 @@ fn events_in_flight_on_one_worker_are_answered_in_order_within_max_jobs() {
     const MAX_JOBS: usize = 25;
     let (pier, _dir) = start(
         WorkerImpl::Extension,
-        &["tcp.pool.num_workers=1", "tcp.pool.max_jobs=25"],
+        &[
+            "tcp.pool.num_workers=1",
+            "tcp.pool.max_jobs=25",
+            "tcp.pool.max_in_flight=16",
+        ],
     );
     let clients: Vec<_> = (0..30)
         .map(|c| {
@@ -264,7 +268,10 @@ fn events_in_flight_on_one_worker_are_answered_in_order_within_max_jobs() {
 /// it run on its replacement; no connection notices.
 #[test]
 fn a_stop_reply_with_events_in_flight_behind_it_reruns_them_all() {
-    let (pier, _dir) = start(WorkerImpl::Extension, &["tcp.pool.num_workers=1"]);
+    let (pier, _dir) = start(
+        WorkerImpl::Extension,
+        &["tcp.pool.num_workers=1", "tcp.pool.max_in_flight=16"],
+    );
     let mut first = Conn::open(&pier);
     let mut stopper = Conn::open(&pier);
     let mut behind: Vec<Conn> = (0..4).map(|_| Conn::open(&pier)).collect();
@@ -300,6 +307,7 @@ fn exec_ttl_with_events_in_flight_closes_each_of_their_connections() {
         WorkerImpl::Extension,
         &[
             "tcp.pool.num_workers=1",
+            "tcp.pool.max_in_flight=16",
             "tcp.pool.supervisor.exec_ttl=500ms",
         ],
     );
