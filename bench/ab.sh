@@ -22,6 +22,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 unset PHP_INI_SCAN_DIR
 pin() { if [ "$(nproc)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 declare -A ADDR SERVER
 start() { # label pier worker tree
@@ -48,13 +50,7 @@ YAML
   SERVER[$label]=$!
   PIDS+=($!)
   ADDR[$label]=127.0.0.1:$port
-  local i
-  for i in $(seq 1 240); do
-    if "$BENCH" load --addr "127.0.0.1:$port" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  echo "$label never answered" >&2
-  exit 1
+  wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
 }
 start "$1" "$2" "$3" "$4"
 start "$5" "$6" "$7" "$8"

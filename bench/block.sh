@@ -33,16 +33,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# Waits (bounded) until one round trip succeeds.
-wait_ready() {
-  local i
-  for i in $(seq 1 240); do
-    if "$BENCH" load --addr "$1" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  echo "server on $1 never answered (log: $OUT/$2.log)" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # target name → address, pid
 declare -A ADDR PID
@@ -79,7 +71,7 @@ YAML
     start "$name" "$pier" serve -c "$OUT/$name.rr.yaml"
   done
 done
-for name in "${NAMES[@]}"; do wait_ready "${ADDR[$name]}" "$name"; done
+for name in "${NAMES[@]}"; do wait_ready "${ADDR[$name]}" "$OUT/$name.log"; done
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/loadavg.txt" >&2
 for run in $(seq 1 "$RUNS"); do

@@ -43,15 +43,8 @@ tcp:
     num_workers: 1
 YAML
 }
-wait_ready() { # Waits (bounded) until one round trip succeeds.
-  local i
-  for i in $(seq 1 240); do
-    if "$BENCH" load --addr "$1" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  echo "server on $1 never answered" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 SERVER=
 cleanup() { [ -z "$SERVER" ] || kill -TERM "$SERVER" 2>/dev/null || true; }
 trap cleanup EXIT

@@ -1,0 +1,13 @@
+# Shell helpers the bench scripts share (sourced; needs $BENCH, the pier-bench binary).
+
+# wait_ready ADDR [LOG]: waits (bounded: 240 tries, 0.5 s apart) until one round trip to ADDR
+# succeeds; otherwise says so, naming LOG if given, and fails.
+wait_ready() {
+  local i
+  for i in $(seq 1 240); do
+    if "$BENCH" load --addr "$1" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  echo "server on $1 never answered${2:+ (log: $2)}" >&2
+  return 1
+}
