@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Wall-clock A/B of two pier builds in one run: both servers (1 PHP worker each) start once, pinned
-# to CPU 0, and every cell runs on A then on B, round after round, with the load generator on
-# CPU 1, so drift of the machine hits both alike. Prints a markdown table: msg/s, p50, p99 and
+# Wall-clock A/B of pier builds in one run: every server (1 PHP worker each) starts once, pinned
+# to CPU 0, and every cell runs on each target in turn, round after round, with the load generator
+# on CPU 1, so drift of the machine hits all alike. Prints a markdown table: msg/s, p50, p99 and
 # server CPU per message (the server's whole process tree, from schedstat).
 #
-# Usage: bench/ab.sh LABEL_A PIER_A WORKER_A TREE_A LABEL_B PIER_B WORKER_B TREE_B
+# Usage: bench/ab.sh LABEL PIER WORKER TREE [LABEL PIER WORKER TREE]...   (one or more builds)
 #   WORKER: the extension (libpier.so) or `php` (pure-PHP package); TREE: the checkout whose
-#   bench/php and php-client/src the worker runs.
-# Env: CELLS ("1x1 100x1 100x16 1000x1"), ROUNDS (2), WARMUP (1), DURATION (3), SIZE (32).
+#   bench/php and php-client/src the worker runs. The same binary may appear twice with two
+#   workers (extension and package).
+# Env: CELLS ("1x1 100x1 100x16 1000x1"), ROUNDS (2), WARMUP (1), DURATION (3), SIZE (32),
+#   RAW=1 adds pier-bench's raw tokio echo server (no PHP, one thread: the ceiling) as target `raw`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -52,14 +54,28 @@ YAML
   ADDR[$label]=127.0.0.1:$port
   wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
 }
-start "$1" "$2" "$3" "$4"
-start "$5" "$6" "$7" "$8"
+[ $# -ge 4 ] && [ $(($# % 4)) -eq 0 ] || { sed -n '7,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+LABELS=()
+if [ "${RAW:-0}" = 1 ]; then
+  port=$("$BENCH" port)
+  pin 0 "$BENCH" echo --addr "127.0.0.1:$port" >"$OUT/raw.log" 2>&1 &
+  SERVER[raw]=$!
+  PIDS+=($!)
+  ADDR[raw]=127.0.0.1:$port
+  wait_ready "127.0.0.1:$port" "$OUT/raw.log" || exit 1
+  LABELS+=(raw)
+fi
+while [ $# -gt 0 ]; do
+  start "$1" "$2" "$3" "$4"
+  LABELS+=("$1")
+  shift 4
+done
 echo "| cell | build | round | msg/s | p50 µs | p99 µs | server CPU µs/msg |"
 echo "|---|---|--:|--:|--:|--:|--:|"
 for cell in $CELLS; do
   c=${cell%x*} d=${cell#*x}
   for round in $(seq 1 "$ROUNDS"); do
-    for label in "$1" "$5"; do
+    for label in "${LABELS[@]}"; do
       json=$(pin 1 "$BENCH" load --addr "${ADDR[$label]}" -c "$c" -d "$d" -s "$SIZE" --warmup "$WARMUP" --duration "$DURATION" --watch-pid "${SERVER[$label]}")
       echo "$json" >>"$OUT/$label-$cell.jsonl"
       echo "$json" | python3 -c '
