@@ -183,6 +183,41 @@ async fn over_max_queue_size_an_event_fails_at_once_and_the_queued_one_is_served
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_a_busy_workers_line_count_as_waiting_until_their_turn() {
+    let mut h = Harness::rust(ONE, &pool(1, "    max_in_flight: 16\n")).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        queued.push(c);
+    }
+    busy.send("sleep 400\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    for (i, c) in queued.iter_mut().enumerate() {
+        c.send(format!("q{i}\r\n")).await;
+    }
+    // Written behind the sleeping event, they wait for the worker: /ready, the gauge and the
+    // stats see them.
+    eventually(
+        Duration::from_secs(5),
+        "3 events waiting in the line",
+        || h.pool.snapshot().waiting == 3 && h.pool.stats().waiting == 3,
+    )
+    .await;
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    for (i, c) in queued.iter_mut().enumerate() {
+        assert_eq!(c.line().await.unwrap(), format!("s:q{i}"));
+    }
+    eventually(Duration::from_secs(5), "nothing waiting any more", || {
+        h.pool.snapshot().waiting == 0 && h.pool.stats().waiting == 0
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dynamic_allocator_adds_workers_while_events_wait_and_stops_them_when_idle() {
     let extra = "    supervisor:\n      watch_tick: 50ms\n    dynamic_allocator:\n      max_workers: 2\n      spawn_rate: 2\n      idle_timeout: 300ms\n";
     let mut h = Harness::rust(ONE, &pool(1, extra)).await;

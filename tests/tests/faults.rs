@@ -116,7 +116,7 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 /// worker was running.
 #[test]
 fn sigkill_of_random_workers_under_load_closes_only_the_connections_in_flight() {
-    kill_storm(1);
+    kill_storm(WorkerImpl::Extension, 1);
 }
 
 /// 50 busy connections on 4 workers with several events in flight per worker: a kill fails at
@@ -124,13 +124,20 @@ fn sigkill_of_random_workers_under_load_closes_only_the_connections_in_flight() 
 /// order, and each closed connection gets its CLOSE on another worker.
 #[test]
 fn sigkill_with_several_events_in_flight_fails_at_most_those_events() {
-    kill_storm(4);
+    kill_storm(WorkerImpl::Extension, 4);
+}
+
+/// The same with the pure-PHP package, which reads the events in flight together and answers them
+/// in one write (the default `max_in_flight`).
+#[test]
+fn sigkill_with_events_in_flight_on_the_pure_php_package_fails_at_most_those_events() {
+    kill_storm(WorkerImpl::Package, 16);
 }
 
 /// 20 SIGKILLs of random workers, 100 ms apart, under 50 connections asking in a loop.
-fn kill_storm(max_in_flight: usize) {
+fn kill_storm(worker: WorkerImpl, max_in_flight: usize) {
     let in_flight = format!("tcp.pool.max_in_flight={max_in_flight}");
-    let (pier, dir) = start(WorkerImpl::Extension, &[&in_flight]);
+    let (pier, dir) = start(worker, &[&in_flight]);
     eventually(&pier, "4 workers", || pier.worker_pids().len() == 4);
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -334,6 +341,56 @@ fn exec_ttl_with_events_in_flight_closes_each_of_their_connections() {
     assert!(status.success(), "{status}\n{output}");
 }
 
+/// `max_queue_size` bounds the events waiting for the one busy worker, those written behind its
+/// event (its line) included: one more fails at once, the waiting ones are answered in order.
+/// On the pure-PHP package, which answers the events of its line together.
+#[test]
+fn max_queue_size_counts_the_events_in_a_busy_workers_line() {
+    let (pier, dir) = start(
+        WorkerImpl::Package,
+        &[
+            "tcp.pool.num_workers=1",
+            "tcp.pool.max_in_flight=16",
+            "tcp.pool.max_queue_size=3",
+        ],
+    );
+    let mut busy = Conn::open(&pier);
+    let mut queued: Vec<Conn> = (0..3).map(|_| Conn::open(&pier)).collect();
+    let mut rejected = Conn::open(&pier);
+    let pid = busy.ask("pid").expect("answered");
+    busy.send("sleep 400 busy").unwrap();
+    thread::sleep(Duration::from_millis(50));
+    for (i, conn) in queued.iter_mut().enumerate() {
+        conn.send(&format!("sleep 1 q{i}")).unwrap();
+        thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Instant::now();
+    rejected.send("sleep 1 r").unwrap();
+    assert_eq!(rejected.line(), None, "over max_queue_size: closed");
+    assert!(
+        sent.elapsed() < Duration::from_millis(300),
+        "rejected at once, not after the busy event: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(busy.line(), Some(format!("slept {pid} busy")));
+    for (i, conn) in queued.iter_mut().enumerate() {
+        assert_eq!(conn.line(), Some(format!("slept {pid} q{i}")));
+    }
+    assert!(
+        pier.output().contains("wait queue is full"),
+        "{}",
+        pier.output()
+    );
+    eventually(&pier, "a CLOSE for the rejected connection", || {
+        closes(&dir).contains(&rejected.uuid)
+    });
+    // Nothing waits any more: the bound is free again.
+    let mut fresh = Conn::open(&pier);
+    assert_eq!(fresh.ask("free again").as_deref(), Some("free again"));
+    let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status}\n{output}");
+}
+
 #[test]
 fn workers_killed_while_idle_are_replaced_without_any_traffic() {
     let (pier, _dir) = start(WorkerImpl::Extension, &["tcp.pool.num_workers=3"]);
@@ -434,9 +491,29 @@ fn stray_output_from_the_pure_php_package_costs_no_connection() {
     assert!(status.success(), "{status}\n{output}");
 }
 
+/// With several events in flight per worker (the default `max_in_flight`), on 2 workers.
 #[test]
 fn sigterm_under_load_answers_every_packet_that_reached_pier_then_closes_each_connection() {
-    let (pier, dir) = start(WorkerImpl::Extension, &["tcp.pool.num_workers=2"]);
+    sigterm_drain(&["tcp.pool.num_workers=2"]);
+}
+
+/// One event per worker at a time: the others wait in pier's queue through the drain.
+#[test]
+fn sigterm_under_load_with_one_event_per_worker_answers_every_packet_then_closes() {
+    sigterm_drain(&["tcp.pool.num_workers=2", "tcp.pool.max_in_flight=1"]);
+}
+
+/// All 20 events in flight on one worker (its line) when the signal comes: each is answered,
+/// then its connection closed, and each gets one CLOSE.
+#[test]
+fn sigterm_with_every_event_in_flight_on_one_worker_answers_each_then_closes() {
+    sigterm_drain(&["tcp.pool.num_workers=1", "tcp.pool.max_in_flight=32"]);
+}
+
+/// SIGTERM while 20 connections each wait for a 50 ms answer: every packet that reached pier is
+/// answered, then each connection is closed and gets one CLOSE.
+fn sigterm_drain(overrides: &[&str]) {
+    let (pier, dir) = start(WorkerImpl::Extension, overrides);
     let mut conns: Vec<Conn> = (0..20).map(|_| Conn::open(&pier)).collect();
     // 20 requests of 50 ms on 2 workers: most wait, in pier or still in their socket.
     for (i, conn) in conns.iter_mut().enumerate() {

@@ -13,9 +13,13 @@
 //! outbox once the other events ready in this turn of the scheduler have added theirs. A line
 //! holds at most `max_in_flight` events and a budget of bytes smaller than the relay's buffer, so
 //! a write never waits for the worker (which could be waiting for its answers to be read).
+//!
+//! An event in a line, reserved or queued behind the one being answered, still waits for the
+//! worker: the pool counts it with the waiting events (see [`super::queue`]).
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -56,6 +60,10 @@ pub(super) struct Line {
     max_in_flight: usize,
     /// `tcp.pool.max_jobs` (0 = unlimited): no more events are handed to the worker than that.
     max_jobs: u64,
+    /// The pool's count of events waiting in lines (reserved or queued behind the event being
+    /// answered, over every worker): they count toward `max_queue_size` and the dynamic
+    /// allocator's demand like events waiting in the queue.
+    waiting: Arc<AtomicUsize>,
     /// Everything else, behind one short lock.
     state: Mutex<LineState>,
 }
@@ -127,11 +135,13 @@ impl Line {
         writer: RelayWrite,
         max_in_flight: usize,
         max_jobs: u64,
+        waiting: Arc<AtomicUsize>,
     ) -> Line {
         Line {
             budget,
             max_in_flight,
             max_jobs,
+            waiting,
             state: Mutex::new(LineState {
                 active: false,
                 depth: 0,
@@ -148,13 +158,24 @@ impl Line {
         }
     }
 
+    /// `n` more events wait in this line.
+    fn more_waiting(&self, n: usize) {
+        self.waiting.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` events of this line stopped waiting (their turn came, or they left it).
+    fn less_waiting(&self, n: usize) {
+        if n > 0 {
+            self.waiting.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LineState> {
         // Plain fields, no panicking paths while held.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes a frame while nothing else is in flight (an event taken on an idle worker, the
-    /// stop request). Fails when the write half is gone (an earlier write failed: the worker is
+    /// Writes a frame while nothing else is in flight (the stop request). Fails when the write half is gone (an earlier write failed: the worker is
     /// being killed).
     pub(super) async fn write_alone(&self, frame: &[u8]) -> std::io::Result<()> {
         let Some(mut writer) = self.lock().writer.take() else {
@@ -167,15 +188,34 @@ impl Line {
         result
     }
 
-    /// The event written with [`Line::write_alone`] runs: events may join behind it from now on.
-    /// `jobs`: the events the worker finished before it.
-    pub(super) fn activate(&self, bytes: usize, jobs: u64) {
-        let mut st = self.lock();
-        st.active = true;
-        st.depth = 1;
-        st.bytes = bytes;
-        st.current = bytes;
-        st.dispatched = jobs + 1;
+    /// Writes the event taken on an idle worker and opens the line behind it: events may join from
+    /// now on (frames that join during this write wait in the outbox and go out right after it).
+    /// `bytes`: its frame's size estimate; `jobs`: the events the worker finished before it. Fails
+    /// when the write half is gone (an earlier write failed: the worker is being killed); the
+    /// caller then ends the line.
+    pub(super) async fn open(&self, frame: &[u8], bytes: usize, jobs: u64) -> std::io::Result<()> {
+        let mut writer = {
+            let mut st = self.lock();
+            let Some(writer) = st.writer.take() else {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            };
+            st.active = true;
+            st.depth = 1;
+            st.bytes = bytes;
+            st.current = bytes;
+            st.dispatched = jobs + 1;
+            writer
+        };
+        writer.write_all(frame).await?;
+        {
+            // Usually nobody joined meanwhile (no flush and its future to go through).
+            let mut st = self.lock();
+            if st.outbox.is_empty() {
+                st.writer = Some(writer);
+                return Ok(());
+            }
+        }
+        self.flush(writer).await
     }
 
     /// The line's length when one more event of `bytes` may join it; `retiring`: the worker leaves
@@ -204,6 +244,7 @@ impl Line {
         st.depth += 1;
         st.bytes += bytes;
         st.dispatched += 1;
+        self.more_waiting(1);
         true
     }
 
@@ -215,6 +256,7 @@ impl Line {
         st.depth -= 1;
         st.bytes -= bytes;
         st.dispatched = st.dispatched.saturating_sub(1);
+        self.less_waiting(1);
         if st.reserved == 0 && st.queued.is_empty() {
             if let Some(worker) = st.parked.take() {
                 st.active = false;
@@ -238,6 +280,7 @@ impl Line {
             st.depth -= 1;
             st.bytes -= bytes;
             st.dispatched = st.dispatched.saturating_sub(1);
+            self.less_waiting(1);
             return Ok(Joined::Closed);
         }
         let mark = st.outbox.len();
@@ -249,7 +292,9 @@ impl Line {
         st.reserved -= 1;
         let writer = st.writer.take();
         if let Some(worker) = st.parked.take() {
+            // Its turn, at once.
             st.current = bytes;
+            self.less_waiting(1);
             return Ok(Joined::Now { worker, writer });
         }
         let (tx, turn) = oneshot::channel();
@@ -292,6 +337,7 @@ impl Line {
         if let Some(next) = st.queued.pop_front() {
             st.current = next.bytes;
             drop(st);
+            self.less_waiting(1);
             return match next.tx.send(Handoff::Worker(worker)) {
                 Ok(()) => Passed::On,
                 Err(Handoff::Worker(worker)) => Passed::Orphaned(worker),
@@ -306,11 +352,6 @@ impl Line {
         Passed::Back(worker)
     }
 
-    /// Events in the line behind the one being answered (they wait for the worker too).
-    pub(super) fn behind(&self) -> usize {
-        self.lock().depth.saturating_sub(1)
-    }
-
     /// Ends the line (the worker failed or asked to stop): every event queued in it learns
     /// `handoff()`; reserved slots find the line closed when they join.
     pub(super) fn end(&self, handoff: impl Fn() -> Handoff) {
@@ -321,6 +362,7 @@ impl Line {
         st.bytes -= st.current + queued.iter().map(|t| t.bytes).sum::<usize>();
         st.current = 0;
         drop(st);
+        self.less_waiting(queued.len());
         for turn in queued {
             let _ = turn.tx.send(handoff());
         }

@@ -5,7 +5,8 @@
 //! - [`line`]: several events in flight on a busy worker, written together, answered in order.
 //! - [`relay`]: the listener workers connect back to on `server.relay: tcp://…|unix://…`.
 //! - [`queue`]: idle workers and the events waiting for one (or for room in a line), strictly
-//!   first come, first served, bounded by `max_queue_size`, timed out by one timer.
+//!   first come, first served, bounded by `max_queue_size` together with the events waiting in
+//!   lines, timed out by one timer.
 //! - [`supervisor`]: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
 //!   the dynamic allocator.
 //! - [`reset`]: the rolling reset behind `pier reset` and SIGUSR1.
@@ -316,6 +317,8 @@ struct Spec {
     metrics: Metrics,
     /// Events waiting for a free worker now.
     waiting: AtomicUsize,
+    /// Events waiting in busy workers' lines now (see [`queue`]'s "waiting"), kept by the lines.
+    in_lines: Arc<AtomicUsize>,
 }
 
 /// One worker as `informer.Workers` and `pier workers` show it.
@@ -386,12 +389,17 @@ impl Pool {
             exits,
             metrics,
             waiting: AtomicUsize::new(0),
+            in_lines: Arc::new(AtomicUsize::new(0)),
         });
         let n = spec.config.num_workers.max(1);
         let pool = Pool {
             inner: Arc::new(Inner {
                 spec: spec.clone(),
-                queue: Queue::new(spec.config.max_queue_size),
+                queue: Queue::new(
+                    spec.config.max_queue_size,
+                    spec.in_lines.clone(),
+                    supervisor::lines_open(&spec.config, 0, false),
+                ),
                 relay,
                 respawn: Arc::new(Respawn::default()),
                 tasks: TaskTracker::new(),
@@ -467,7 +475,8 @@ impl Pool {
         let spec = &self.inner.spec;
         let bytes = event.frame_bytes();
         for _ in 0..MAX_RERUNS {
-            let (mut worker, alone) = match self.acquire(bytes).await? {
+            let bounded = event.kind != EventKind::Close;
+            let (mut worker, alone) = match self.acquire(bytes, bounded).await? {
                 Got::Worker(worker) => (worker, true),
                 Got::Slot(shared) => match self.join(&shared, event, bytes).await? {
                     Some(worker) => (worker, false),
@@ -507,9 +516,10 @@ impl Pool {
                     }
                 }
                 Err(e @ PoolError::Undelivered { .. }) => {
-                    // The worker never read the event (it died after the idle check), and nothing
-                    // else was in flight: run it on another one.
+                    // The worker never read the event (it died after the idle check), nor any
+                    // event that joined behind it meanwhile: run them all on other workers.
                     warn!(error = %e, "worker gone; running the event on another worker");
+                    worker.shared.line.end(|| Handoff::Rerun);
                     self.kill_and_replace(worker, RestartReason::Crash);
                 }
                 Err(e @ PoolError::Encode(_)) => {
@@ -541,10 +551,8 @@ impl Pool {
         event: &Event<'_>,
         bytes: usize,
     ) -> Result<Outcome, PoolError> {
-        worker.send(event).await?;
-        let shared = worker.shared.clone();
-        shared.line.activate(bytes, worker.jobs);
-        self.admit_waiting(&shared);
+        worker.send(event, bytes).await?;
+        self.admit_waiting(&worker.shared);
         worker.answer(event).await
     }
 
@@ -645,11 +653,15 @@ impl Pool {
     /// none is idle, waiting up to `allocate_timeout` when no line has room. A worker that died
     /// or wrote to its relay while idle is killed and replaced here, before any event is handed
     /// to it (see [`Worker::check_idle`]), so the event loses nothing.
-    async fn acquire(&self, bytes: usize) -> Result<Got, PoolError> {
+    async fn acquire(&self, bytes: usize, bounded: bool) -> Result<Got, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         let metrics = &self.inner.spec.metrics;
         loop {
-            let mut worker = match self.inner.queue.take(bytes, || self.find_line(bytes)) {
+            let mut worker = match self
+                .inner
+                .queue
+                .take(bytes, bounded, || self.find_line(bytes))
+            {
                 // No clock read for the wait metric on this, the usual, path.
                 Take::Ready(worker) => {
                     metrics.no_wait();
@@ -839,20 +851,19 @@ impl Pool {
 
     /// Counts for the gauges and the status checks; cheap (one short lock, no system call).
     pub fn snapshot(&self) -> PoolSnapshot {
-        let (workers, busy, behind) = match self.inner.spec.registry.lock() {
+        let (workers, busy) = match self.inner.spec.registry.lock() {
             Ok(registry) => {
                 let serving = registry
                     .values()
                     .filter(|w| !w.leaving.load(Ordering::Relaxed));
-                let (mut workers, mut busy, mut behind) = (0, 0, 0);
+                let (mut workers, mut busy) = (0, 0);
                 for w in serving {
                     workers += 1;
                     busy += usize::from(w.activity.load(Ordering::Relaxed) % 2 == 1);
-                    behind += w.line.behind();
                 }
-                (workers, busy, behind)
+                (workers, busy)
             }
-            Err(_) => (0, 0, 0),
+            Err(_) => (0, 0),
         };
         PoolSnapshot {
             workers,
@@ -861,7 +872,7 @@ impl Pool {
             // more than the live workers.
             idle: self.inner.queue.idle().min(workers - busy),
             // Events queued in a busy worker's line wait for it as much as those in the queue.
-            waiting: self.inner.spec.waiting.load(Ordering::Relaxed) + behind,
+            waiting: self.inner.spec.waiting.load(Ordering::Relaxed) + self.inner.queue.in_lines(),
         }
     }
 
@@ -930,7 +941,7 @@ impl Pool {
 pub struct PoolStats {
     /// Worker processes alive and serving.
     pub workers: usize,
-    /// Events waiting for a worker.
+    /// Events waiting for a worker: in the queue, and in busy workers' lines.
     pub waiting: usize,
 }
 

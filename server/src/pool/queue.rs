@@ -3,12 +3,20 @@
 //! A freed worker goes to the oldest waiting event, never to a newer arrival: an event only takes
 //! an idle worker directly when nobody is waiting. With no worker idle, an event joins the
 //! shortest line of a busy worker that has room (see [`super::line`]); only when none has does it
-//! wait, and room freed in a line goes to the oldest waiting event too. `max_queue_size` bounds
-//! the waiting events (RoadRunner's meaning); `allocate_timeout` bounds the wait, kept by one task
-//! for the whole queue ([`Queue::expire`]) instead of a timer per waiting event.
+//! wait, and room freed in a line goes to the oldest waiting event too.
+//!
+//! An event in a busy worker's line waits as much as one here: it waits for that worker, only its
+//! frame is written already. So "waiting" counts both, the events here and those in lines behind
+//! the event each worker is answering: `max_queue_size` bounds them together (RoadRunner's meaning,
+//! whatever `max_in_flight` is), and either kind is demand for the dynamic allocator. While the
+//! allocator may still start workers, no event joins a line: it waits here for the first worker
+//! that is free or new, as with one event per worker (an event committed to a busy worker could
+//! not move to a new one). `allocate_timeout` bounds the wait here, kept by one task for the whole
+//! queue ([`Queue::expire`]) instead of a timer per waiting event; an event in a line has been
+//! handed to its worker and fails with it (`exec_ttl`, a crash).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -56,8 +64,14 @@ pub(super) enum Assignment {
 pub(super) struct Queue {
     /// Idle workers and waiters.
     state: Mutex<State>,
-    /// `max_queue_size`: how many events may wait at once; 0 = no limit.
+    /// `max_queue_size`: how many events may wait at once, here and in lines; 0 = no limit.
     max_waiting: usize,
+    /// Events waiting in busy workers' lines (kept by each [`super::line::Line`]); they are only
+    /// ever added with this queue locked, so the bound holds.
+    in_lines: Arc<AtomicUsize>,
+    /// Whether events may join lines: false while the dynamic allocator may still start workers
+    /// (set by the supervisor), and with `max_in_flight: 1`.
+    lines_open: AtomicBool,
     /// Set when an event had to wait; cleared by the supervisor when it looks (dynamic allocator).
     demand: AtomicBool,
     /// Wakes the supervisor when `demand` is set.
@@ -91,10 +105,12 @@ pub(super) enum WaitError {
 }
 
 impl Queue {
-    pub(super) fn new(max_waiting: usize) -> Queue {
+    pub(super) fn new(max_waiting: usize, in_lines: Arc<AtomicUsize>, lines_open: bool) -> Queue {
         Queue {
             state: Mutex::new(State::default()),
             max_waiting,
+            in_lines,
+            lines_open: AtomicBool::new(lines_open),
             demand: AtomicBool::new(false),
             demand_signal: Arc::new(Notify::new()),
             expiry: Notify::new(),
@@ -107,10 +123,13 @@ impl Queue {
     }
 
     /// Takes an idle worker if nobody waits before us, else a place in a busy worker's line
-    /// (`join` reserves one, for an event of `bytes`), else joins the end of the wait.
+    /// (`join` reserves one, for an event of `bytes`), else joins the end of the wait. Either
+    /// kind of waiting is refused past `max_queue_size` when `bounded` (not for a `CLOSE`: a
+    /// connection's last event is never dropped, and there is at most one per connection).
     pub(super) fn take(
         &self,
         bytes: usize,
+        bounded: bool,
         join: impl FnOnce() -> Option<Arc<Shared>>,
     ) -> Take<'_> {
         let mut state = self.lock();
@@ -121,15 +140,19 @@ impl Queue {
             if let Some(worker) = state.idle.pop_front() {
                 return Take::Ready(worker);
             }
-            if let Some(shared) = join() {
-                return Take::Joined(shared);
-            }
         }
-        if self.max_waiting > 0 && state.waiters.len() >= self.max_waiting {
+        if bounded && self.max_waiting > 0 && self.waiting_locked(&state) >= self.max_waiting {
             // Waiters that gave up (timed out, connection gone) no longer count.
             state.waiters.retain(|w| !w.tx.is_closed());
-            if state.waiters.len() >= self.max_waiting {
+            if self.waiting_locked(&state) >= self.max_waiting {
                 return Take::Full(self.max_waiting);
+            }
+        }
+        if state.waiters.is_empty() && self.lines_open.load(Ordering::Relaxed) {
+            if let Some(shared) = join() {
+                drop(state);
+                self.note_demand();
+                return Take::Joined(shared);
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -143,11 +166,7 @@ impl Queue {
         if first {
             self.expiry.notify_one();
         }
-        // A plain load first: while the flag is set (the supervisor has not looked yet, or there
-        // is nothing for it to do) a waiting event writes nothing shared and wakes nobody.
-        if !self.demand.load(Ordering::Relaxed) && !self.demand.swap(true, Ordering::Relaxed) {
-            self.demand_signal.notify_one();
-        }
+        self.note_demand();
         Take::Wait(Waiter {
             rx,
             bytes,
@@ -155,10 +174,39 @@ impl Queue {
         })
     }
 
+    /// Events wait here and in lines, as `max_queue_size` counts them.
+    fn waiting_locked(&self, state: &State) -> usize {
+        state.waiters.len() + self.in_lines.load(Ordering::Relaxed)
+    }
+
+    /// An event waits (here or in a line): tells the dynamic allocator.
+    fn note_demand(&self) {
+        // A plain load first: while the flag is set (the supervisor has not looked yet, or there
+        // is nothing for it to do) a waiting event writes nothing shared and wakes nobody.
+        if !self.demand.load(Ordering::Relaxed) && !self.demand.swap(true, Ordering::Relaxed) {
+            self.demand_signal.notify_one();
+        }
+    }
+
+    /// Whether events may join lines now (see [`Queue::open_lines`]).
+    pub(super) fn lines_open(&self) -> bool {
+        self.lines_open.load(Ordering::Relaxed)
+    }
+
+    /// Lets events join lines, or not (the dynamic allocator may still start workers).
+    pub(super) fn open_lines(&self, open: bool) {
+        if self.lines_open.load(Ordering::Relaxed) != open {
+            self.lines_open.store(open, Ordering::Relaxed);
+        }
+    }
+
     /// Room was made in `shared`'s line: the oldest waiting events get places in it, as many as
     /// fit. Returns a worker left idle by an event that gave up its place at that moment (the
     /// caller puts it back).
     pub(super) fn admit(&self, shared: &Arc<Shared>) -> Option<Box<Worker>> {
+        if !self.lines_open() {
+            return None;
+        }
         let mut state = self.lock();
         while let Some(front) = state.waiters.front() {
             if front.tx.is_closed() {
@@ -245,11 +293,16 @@ impl Queue {
         self.demand.store(true, Ordering::Relaxed);
     }
 
-    /// Events waiting right now.
+    /// Events waiting right now, here and in lines.
     pub(super) fn waiting(&self) -> usize {
         let mut state = self.lock();
         state.waiters.retain(|w| !w.tx.is_closed());
-        state.waiters.len()
+        self.waiting_locked(&state)
+    }
+
+    /// Events waiting in lines right now (no lock).
+    pub(super) fn in_lines(&self) -> usize {
+        self.in_lines.load(Ordering::Relaxed)
     }
 
     /// Removes idle workers matching `pick` (at most `limit`), e.g. one that exited or is due for

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::worker::{spawn_worker, KillReason, Shared, Worker, RETIRE_MEMORY, RETIRE_TTL};
 use super::{Pool, PoolError};
+use crate::config::PoolConfig;
 use crate::ops::RestartReason;
 
 /// First respawn delay after a failed start; doubles up to [`BACKOFF_MAX`].
@@ -138,7 +139,24 @@ pub(super) async fn supervise(pool: Pool, mut exits: mpsc::Receiver<u32>) {
             _ = tick.tick() => sup.watch(),
         }
         sup.launch();
+        sup.pool.inner.queue.open_lines(lines_open(
+            &sup.pool.inner.spec.config,
+            sup.extras,
+            sup.pending > 0 || !sup.starts.is_empty(),
+        ));
     }
+}
+
+/// Whether events may join busy workers' lines (`max_in_flight` over 1): not while the dynamic
+/// allocator may still start workers (`extras` of its `max_workers` counted, `starting`: starts
+/// asked for or under way), so that a waiting event goes to the first worker that is free or new,
+/// as with one event per worker; an event in a line could not move to a new worker.
+pub(super) fn lines_open(config: &PoolConfig, extras: usize, starting: bool) -> bool {
+    config.max_in_flight > 1
+        && config
+            .dynamic
+            .as_ref()
+            .is_none_or(|d| extras >= d.max_workers && !starting)
 }
 
 impl Supervisor {

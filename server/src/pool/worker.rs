@@ -315,8 +315,9 @@ impl Worker {
         self.shared.execs.store(self.seq / 2, Ordering::Relaxed);
     }
 
-    /// Writes the event to this worker, which has nothing else in flight (taken while idle).
-    pub(super) async fn send(&mut self, event: &Event<'_>) -> Result<(), PoolError> {
+    /// Writes the event to this worker, which has nothing else in flight (taken while idle), and
+    /// opens its line behind it (`bytes`: the frame's size estimate).
+    pub(super) async fn send(&mut self, event: &Event<'_>, bytes: usize) -> Result<(), PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
         encode_event_prefixed(
@@ -330,7 +331,7 @@ impl Worker {
         .map_err(PoolError::Encode)?;
         self.shared
             .line
-            .write_alone(&self.wbuf)
+            .open(&self.wbuf, bytes, self.jobs)
             .await
             .map_err(|source| PoolError::Undelivered { pid, source })
     }
@@ -664,6 +665,7 @@ pub(super) async fn spawn_worker(
                     writer,
                     config.max_in_flight,
                     config.max_jobs,
+                    spec.in_lines.clone(),
                 ),
             });
             if let Ok(mut registry) = spec.registry.lock() {
