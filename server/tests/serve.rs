@@ -272,6 +272,11 @@ async fn an_event_that_waits_longer_than_allocate_timeout_closes_its_connection(
     busy.send("sleep 3000\r\n").await;
     // The only worker is busy once it has written its marker (bounded wait, not a timing assertion).
     wait_for_marker(&h, "sleeping").await;
+    // Past the first 500 ms of an event its worker takes no more events behind it
+    // (`max_in_flight`): from then on a new event waits for a free worker, bounded by
+    // allocate_timeout. (One written behind the event earlier has been handed to that worker: it
+    // waits for it, as the event running there does; see PROTOCOL.md "Several events in flight".)
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let mut late = Client::connect(h.addrs["s"]).await;
     assert_eq!(late.rest().await, b"", "no greeting: no free worker");
     assert_eq!(busy.line().await.unwrap(), "slept");
