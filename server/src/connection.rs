@@ -4,21 +4,30 @@
 //!
 //! The queue ([`Link`]) is shared with the registry; the connection's own task is its only writer
 //! (no writer task per connection: an idle connection is one task). Pushers append a `Bytes` and
-//! wake the task; they never wait, and a client that does not read costs them nothing: past
-//! `max_write_buffer` queued bytes, or after `write_timeout` without the client reading any, the
-//! connection is closed with a logged reason and gets its CLOSE event. Replies are always queued
-//! (the connection reads its next packet only once everything queued is written, so a client is
-//! paced by its own reading, as before); only pushes are bounded.
+//! raise the link's signal, which wakes the task; they never wait, and a client that does not
+//! read costs them nothing: past `max_write_buffer` queued bytes, or after `write_timeout`
+//! without the client reading any, the connection is closed with a logged reason and gets its
+//! CLOSE event. Replies are always queued (the connection reads its next packet only once
+//! everything queued is written, so a client is paced by its own reading, as before); only pushes
+//! are bounded.
+//!
+//! Echo traffic never pushes, so the push path must cost it (almost) nothing: while nothing is
+//! queued the task only watches the signal (one atomic load, and a waker registration while it
+//! waits), with no lock and no waiter list; a reply with nothing queued before it is written at
+//! once. The writer's full loop ([`Writer::drive`], boxed) runs only once bytes are queued or a
+//! close is asked for.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use pier_protocol::tcp::{ContextPrefix, EventKind};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -79,9 +88,14 @@ pub struct Link {
     bytes_out: AtomicU64,
     /// Bytes waiting to be written, in the order accepted.
     queue: Mutex<Queue>,
-    /// Wakes the connection's task when the queue gains bytes or a close is asked for (a stored
-    /// permit, so a wake-up between its check and its wait is not lost).
-    wake: Notify,
+    /// Raised when the writer must look at the queue: bytes went into an empty queue, or a close
+    /// was asked for; taken by the writer just before it locks the queue (so anything after that
+    /// raises it again). While it is down and the writer holds nothing, nothing is queued: the
+    /// connection's task checks that without the lock, which is all an echo event pays for push.
+    signal: AtomicBool,
+    /// The connection's task while it waits for `signal` (its writer is the only waiter: one
+    /// slot, no waiter list to join and leave around every event, as `Notify` had).
+    waker: AtomicWaker,
 }
 
 /// The shared part of the outbound queue.
@@ -176,7 +190,7 @@ impl Link {
                 adding: data.len(),
             };
             drop(q);
-            self.wake.notify_one();
+            self.raise();
             return false;
         }
         if data.is_empty() {
@@ -187,8 +201,10 @@ impl Link {
         self.listener.metrics.queued(data.len());
         q.chunks.push_back(data);
         drop(q);
+        // Into a non-empty queue: the writer holds bytes or has the signal already, and takes
+        // the whole queue each time it looks.
         if was_empty {
-            self.wake.notify_one();
+            self.raise();
         }
         true
     }
@@ -214,7 +230,41 @@ impl Link {
             q.closing = Closing::AfterFlush;
         }
         drop(q);
-        self.wake.notify_one();
+        self.raise();
+    }
+
+    /// Tells the writer to look at the queue, and wakes the task if it waits for that. Called
+    /// after the queue's lock is released.
+    fn raise(&self) {
+        self.signal.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the writer must look at the queue.
+    fn signalled(&self) -> bool {
+        self.signal.load(Ordering::Acquire)
+    }
+
+    /// Takes the signal; the caller then locks the queue and handles all it finds.
+    fn take_signal(&self) -> bool {
+        self.signalled() && self.signal.swap(false, Ordering::AcqRel)
+    }
+
+    /// Waits until the signal is raised, without taking it. Cancel-safe: dropping it loses
+    /// nothing (the waker stays registered; a later wake-up of an idle task is harmless).
+    fn wait_signal(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.signalled() {
+                return Poll::Ready(());
+            }
+            // Registered, then checked again: a raise between the two wakes the new waker.
+            self.waker.register(cx.waker());
+            if self.signalled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -226,14 +276,21 @@ struct Writer {
     /// Chunks taken from the shared queue and being written, front first; counted in `queued`.
     inflight: VecDeque<Bytes>,
     /// Since when the socket has refused bytes while some waited (`write_timeout` runs from here);
-    /// `None` while writes make progress.
+    /// `None` while writes make progress and once nothing is left.
     stalled_since: Option<Instant>,
 }
 
 impl Writer {
-    /// Whether nothing at all waits to be written.
+    /// Whether the writer holds bytes of its own: taken from the queue and not yet written, or
+    /// (TLS) not yet flushed.
+    fn holds(&self) -> bool {
+        !self.inflight.is_empty() || self.stalled_since.is_some() || self.half.unflushed()
+    }
+
+    /// Whether nothing at all waits to be written. No lock: the signal is down only while the
+    /// queue is empty and no close is asked for (see [`Link::signal`]).
     fn idle(&self, link: &Link) -> bool {
-        self.inflight.is_empty() && link.lock().queued == 0 && !self.half.unflushed()
+        !self.holds() && !link.signalled()
     }
 
     /// A reply's body: written at once when nothing is queued before it (the common case: no
@@ -245,41 +302,51 @@ impl Writer {
                 return Ok(());
             }
             link.listener.metrics.queued(body.len());
-            if q.queued > 0 || !self.inflight.is_empty() {
-                q.queued += body.len();
+            let behind = q.queued > 0 || self.holds();
+            // Counted while it is written, so that pushes meanwhile queue behind it.
+            q.queued += body.len();
+            if behind {
                 q.chunks.push_back(body);
+                drop(q);
+                // No wake-up needed (this is the connection's task); the read loop sees the
+                // signal and writes the queue before it reads on.
+                link.signal.store(true, Ordering::Release);
                 return Ok(());
             }
-            q.queued += body.len();
         }
         self.inflight.push_back(body);
         self.write_now(link).map(|_| ())
     }
 
-    /// Writes what it can without waiting: `Ok(true)` when nothing is left.
+    /// Moves the whole shared queue into `inflight` (O(1): pushers start a fresh one); false
+    /// when it is empty.
+    fn take_queue(inflight: &mut VecDeque<Bytes>, q: &mut Queue) -> bool {
+        if q.chunks.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut q.chunks, inflight);
+        true
+    }
+
+    /// Writes what it can without waiting: `Ok(true)` when nothing is left. One lock per write.
     fn write_now(&mut self, link: &Link) -> std::io::Result<bool> {
+        if self.inflight.is_empty() && !Self::take_queue(&mut self.inflight, &mut link.lock()) {
+            return self.flushed();
+        }
         loop {
-            if self.inflight.is_empty() {
-                let mut q = link.lock();
-                if q.chunks.is_empty() {
-                    drop(q);
-                    // TLS: the bytes count as written once rustls handed its records over.
-                    if self.half.try_flush()? {
-                        return Ok(true);
-                    }
-                    self.stalled_since.get_or_insert_with(Instant::now);
-                    return Ok(false);
+            let result = if let [chunk] = self.inflight.as_slices().0 {
+                // One chunk (a reply): no 64-slot array to fill.
+                self.half.try_write_vectored(&[IoSlice::new(chunk)])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&self.inflight) {
+                    *slot = IoSlice::new(chunk);
+                    n += 1;
                 }
-                // O(1): the writer takes the whole queue; pushers start a fresh one.
-                std::mem::swap(&mut q.chunks, &mut self.inflight);
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut n = 0;
-            for (slot, chunk) in slices.iter_mut().zip(&self.inflight) {
-                *slot = IoSlice::new(chunk);
-                n += 1;
-            }
-            let written = match self.half.try_write_vectored(&slices[..n]) {
+                self.half.try_write_vectored(&slices[..n])
+            };
+            let written = match result {
                 Ok(written) => written,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.stalled_since.get_or_insert_with(Instant::now);
@@ -306,13 +373,65 @@ impl Writer {
             link.listener.metrics.sent(written, true);
             let mut q = link.lock();
             q.queued = q.queued.saturating_sub(written);
+            if self.inflight.is_empty() && !Self::take_queue(&mut self.inflight, &mut q) {
+                drop(q);
+                return self.flushed();
+            }
         }
     }
 
+    /// Everything is handed to the socket: `Ok(true)` once it is flushed too.
+    fn flushed(&mut self) -> std::io::Result<bool> {
+        // TLS: the bytes count as written once rustls handed its records over.
+        if self.half.try_flush()? {
+            self.stalled_since = None;
+            return Ok(true);
+        }
+        self.stalled_since.get_or_insert_with(Instant::now);
+        Ok(false)
+    }
+
+    /// The writer while the connection waits for its next packet: while nothing is queued
+    /// (`idle`), waits for the signal only (`None`: go round, and write); else writes everything
+    /// queued as the client takes it (`None` once all is written). `Some`: the connection closes.
+    /// Cancel-safe.
+    async fn settle(&mut self, link: &Link, write_timeout: Duration, idle: bool) -> Option<Stop> {
+        if idle {
+            link.wait_signal().await;
+            return None;
+        }
+        // Boxed: only pushes and slow clients get here; an idle connection's task does not carry
+        // the writer's loop (RSS per idle connection), and an echo event does not build it.
+        match Box::pin(self.drive(link, write_timeout, true)).await {
+            Stop::Drained => None,
+            stop => Some(stop),
+        }
+    }
+
+    /// The writer while the connection's event runs: waits for the signal without the lock (an
+    /// echo event pays only this), then writes the queue as the client takes it. Returns only
+    /// when the connection must close. Cancel-safe.
+    async fn run(&mut self, link: &Link, write_timeout: Duration) -> Stop {
+        if self.idle(link) {
+            link.wait_signal().await;
+        }
+        // Boxed as in `settle`.
+        Box::pin(self.drive(link, write_timeout, false)).await
+    }
+
     /// Writes the queue as the client takes it, waiting for bytes and for room, until the
-    /// connection must close (or, with `until_drained`, until nothing is left). Cancel-safe.
+    /// connection must close (or, with `until_drained`, until nothing is left). Cancel-safe: the
+    /// signal is taken only right before the queue is looked at, with no wait in between.
     async fn drive(&mut self, link: &Link, write_timeout: Duration, until_drained: bool) -> Stop {
         loop {
+            if !link.take_signal() && !self.holds() {
+                // Nothing queued, no close asked for.
+                if until_drained {
+                    return Stop::Drained;
+                }
+                link.wait_signal().await;
+                continue;
+            }
             let closing = link.lock().closing;
             if let Closing::Overflow { queued, adding } = closing {
                 return Stop::Overflow { queued, adding };
@@ -323,10 +442,7 @@ impl Writer {
                     if closing == Closing::AfterFlush {
                         return Stop::Flushed;
                     }
-                    if until_drained {
-                        return Stop::Drained;
-                    }
-                    link.wake.notified().await;
+                    // Round again: a push or close since the signal was taken raised it.
                 }
                 Ok(false) => {
                     let stalled = self.stalled_since.unwrap_or_else(Instant::now);
@@ -337,7 +453,7 @@ impl Writer {
                                 return Stop::Io(e);
                             }
                         }
-                        _ = link.wake.notified() => {}
+                        () = link.wait_signal() => {}
                         _ = tokio::time::sleep_until(deadline), if !write_timeout.is_zero() => {
                             return Stop::Timeout { queued: link.lock().queued };
                         }
@@ -390,7 +506,8 @@ pub(crate) async fn serve(
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
+            signal: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         let registry = &listener.registry;
         registry.register(link.clone());
@@ -458,10 +575,9 @@ pub(crate) async fn serve(
                         stop = Box::pin(conn.drain(packets, &mut writer, write_timeout, budget)).await;
                         break;
                     }
-                    s = writer.drive(&link, write_timeout, !idle) => {
-                        if matches!(s, Stop::Drained) {
-                            continue;
-                        }
+                    s = writer.settle(&link, write_timeout, idle) => {
+                        // Signalled (then, round again: not idle) or all written: read on.
+                        let Some(s) = s else { continue };
                         stop = Some(s);
                         break;
                     }
@@ -630,7 +746,7 @@ impl Conn<'_> {
         let stopped = tokio::select! {
             biased;
             reply = &mut exec => return (reply, None),
-            s = writer.drive(self.link, write_timeout, false) => s,
+            s = writer.run(self.link, write_timeout) => s,
         };
         let reply = exec.await;
         (reply, Some(stopped))
