@@ -12,21 +12,20 @@
 //! are bounded.
 //!
 //! Echo traffic never pushes, so the push path must cost it (almost) nothing: while nothing is
-//! queued the task only watches the signal (one atomic load, and a waker registration while it
-//! waits), with no lock and no waiter list; a reply with nothing queued before it is written at
-//! once. The writer's full loop ([`Writer::drive`], boxed) runs only once bytes are queued or a
-//! close is asked for.
+//! queued the task only watches the signal (one atomic load per poll; its waker is handed to the
+//! queue once, not per event), with no lock and no waiter list; a reply with nothing queued
+//! before it is written at once. The writer's full loop ([`Writer::drive`], boxed) runs only once
+//! bytes are queued or a close is asked for.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
-use futures_util::task::AtomicWaker;
 use pier_protocol::tcp::{ContextPrefix, EventKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -93,9 +92,6 @@ pub struct Link {
     /// raises it again). While it is down and the writer holds nothing, nothing is queued: the
     /// connection's task checks that without the lock, which is all an echo event pays for push.
     signal: AtomicBool,
-    /// The connection's task while it waits for `signal` (its writer is the only waiter: one
-    /// slot, no waiter list to join and leave around every event, as `Notify` had).
-    waker: AtomicWaker,
 }
 
 /// The shared part of the outbound queue.
@@ -107,6 +103,10 @@ struct Queue {
     queued: usize,
     /// Whether the connection is closing, and how.
     closing: Closing,
+    /// The connection's task, woken when the signal is raised. Kept, not taken, by a wake-up:
+    /// its writer hands it over once (again only if the task's waker changes), not around every
+    /// event as a `Notify` waiter or an `AtomicWaker` registration would be.
+    waker: Option<Waker>,
 }
 
 /// How a connection is asked to close through its queue.
@@ -189,8 +189,7 @@ impl Link {
                 queued: q.queued,
                 adding: data.len(),
             };
-            drop(q);
-            self.raise();
+            self.raise(&q);
             return false;
         }
         if data.is_empty() {
@@ -200,11 +199,10 @@ impl Link {
         q.queued += data.len();
         self.listener.metrics.queued(data.len());
         q.chunks.push_back(data);
-        drop(q);
         // Into a non-empty queue: the writer holds bytes or has the signal already, and takes
         // the whole queue each time it looks.
         if was_empty {
-            self.raise();
+            self.raise(&q);
         }
         true
     }
@@ -216,6 +214,8 @@ impl Link {
             q.closing = Closing::AfterFlush;
         }
         q.chunks = VecDeque::new();
+        // The task ends: the registry's last holders of this link must not keep it alive.
+        q.waker = None;
         let dropped = std::mem::take(&mut q.queued);
         drop(q);
         if dropped > 0 {
@@ -229,15 +229,16 @@ impl Link {
         if q.closing == Closing::No {
             q.closing = Closing::AfterFlush;
         }
-        drop(q);
-        self.raise();
+        self.raise(&q);
     }
 
-    /// Tells the writer to look at the queue, and wakes the task if it waits for that. Called
-    /// after the queue's lock is released.
-    fn raise(&self) {
+    /// Tells the writer to look at the queue, and wakes its task. Under the queue's lock, so a
+    /// writer handing over a new waker either sees the signal or is woken.
+    fn raise(&self, q: &Queue) {
         self.signal.store(true, Ordering::Release);
-        self.waker.wake();
+        if let Some(waker) = &q.waker {
+            waker.wake_by_ref();
+        }
     }
 
     /// Whether the writer must look at the queue.
@@ -248,23 +249,6 @@ impl Link {
     /// Takes the signal; the caller then locks the queue and handles all it finds.
     fn take_signal(&self) -> bool {
         self.signalled() && self.signal.swap(false, Ordering::AcqRel)
-    }
-
-    /// Waits until the signal is raised, without taking it. Cancel-safe: dropping it loses
-    /// nothing (the waker stays registered; a later wake-up of an idle task is harmless).
-    fn wait_signal(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.signalled() {
-                return Poll::Ready(());
-            }
-            // Registered, then checked again: a raise between the two wakes the new waker.
-            self.waker.register(cx.waker());
-            if self.signalled() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
     }
 }
 
@@ -278,9 +262,37 @@ struct Writer {
     /// Since when the socket has refused bytes while some waited (`write_timeout` runs from here);
     /// `None` while writes make progress and once nothing is left.
     stalled_since: Option<Instant>,
+    /// The waker last handed to the queue (`Queue::waker`): while the task's waker is still
+    /// this one, waiting for the signal takes no lock.
+    registered: Option<Waker>,
+}
+
+/// Ready once the link's signal is raised, without taking it: one atomic load while the task's
+/// waker is the one the queue holds, else the new one is handed over first (and the signal
+/// checked again: a raise before that woke the old one). Cancel-safe: nothing is taken.
+fn poll_signal(link: &Link, registered: &mut Option<Waker>, cx: &mut Context<'_>) -> Poll<()> {
+    if link.signalled() {
+        return Poll::Ready(());
+    }
+    if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        return Poll::Pending;
+    }
+    let waker = cx.waker().clone();
+    link.lock().waker = Some(waker.clone());
+    *registered = Some(waker);
+    if link.signalled() {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
 }
 
 impl Writer {
+    /// Waits until the link's signal is raised (see [`poll_signal`]).
+    fn wait_signal<'a>(&'a mut self, link: &'a Link) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| poll_signal(link, &mut self.registered, cx))
+    }
+
     /// Whether the writer holds bytes of its own: taken from the queue and not yet written, or
     /// (TLS) not yet flushed.
     fn holds(&self) -> bool {
@@ -397,7 +409,7 @@ impl Writer {
     /// Cancel-safe.
     async fn settle(&mut self, link: &Link, write_timeout: Duration, idle: bool) -> Option<Stop> {
         if idle {
-            link.wait_signal().await;
+            self.wait_signal(link).await;
             return None;
         }
         // Boxed: only pushes and slow clients get here; an idle connection's task does not carry
@@ -413,7 +425,7 @@ impl Writer {
     /// when the connection must close. Cancel-safe.
     async fn run(&mut self, link: &Link, write_timeout: Duration) -> Stop {
         if self.idle(link) {
-            link.wait_signal().await;
+            self.wait_signal(link).await;
         }
         // Boxed as in `settle`.
         Box::pin(self.drive(link, write_timeout, false)).await
@@ -429,7 +441,7 @@ impl Writer {
                 if until_drained {
                     return Stop::Drained;
                 }
-                link.wait_signal().await;
+                self.wait_signal(link).await;
                 continue;
             }
             let closing = link.lock().closing;
@@ -453,7 +465,7 @@ impl Writer {
                                 return Stop::Io(e);
                             }
                         }
-                        () = link.wait_signal() => {}
+                        () = std::future::poll_fn(|cx| poll_signal(link, &mut self.registered, cx)) => {}
                         _ = tokio::time::sleep_until(deadline), if !write_timeout.is_zero() => {
                             return Stop::Timeout { queued: link.lock().queued };
                         }
@@ -507,7 +519,6 @@ pub(crate) async fn serve(
             bytes_out: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
             signal: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
         });
         let registry = &listener.registry;
         registry.register(link.clone());
@@ -515,6 +526,7 @@ pub(crate) async fn serve(
             half: writer,
             inflight: VecDeque::new(),
             stalled_since: None,
+            registered: None,
         };
         let mut conn = Conn {
             pool: &pool,
@@ -743,13 +755,27 @@ impl Conn<'_> {
         // task; inline, every idle connection would carry its size for nothing (RSS per idle
         // connection). One allocation per event is noise next to the pipe round trip.
         let mut exec = Box::pin(self.event_only(kind, body));
-        let stopped = tokio::select! {
-            biased;
-            reply = &mut exec => return (reply, None),
-            s = writer.run(self.link, write_timeout) => s,
-        };
-        let reply = exec.await;
-        (reply, Some(stopped))
+        // The writer, polled after the worker's side each time (the answer wins), until it stops.
+        // Written out rather than `tokio::select!`: this runs around every event, and the macro's
+        // task-budget check and extra moves of the answer cost an echo event ~190 instructions
+        // (callgrind, 1 connection; the worker's side checks the budget itself where it waits).
+        let mut run = std::pin::pin!(writer.run(self.link, write_timeout));
+        let mut stopped = None;
+        let reply = std::future::poll_fn(|cx| {
+            if let Poll::Ready(reply) = exec.as_mut().poll(cx) {
+                return Poll::Ready(reply);
+            }
+            if stopped.is_none() {
+                if let Poll::Ready(stop) = run.as_mut().poll(cx) {
+                    // The connection closes once the answer is applied; the worker's side
+                    // registered its wake-up when it returned Pending above.
+                    stopped = Some(stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        (reply, stopped)
     }
 
     /// Runs an event on a worker; nothing is written meanwhile.

@@ -59,6 +59,32 @@ async fn own_pushes_come_before_the_reply_and_close_keeps_the_last_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_a_connection_while_its_own_event_runs() {
+    let mut h = Harness::rust(ONE, &pool(2)).await;
+    let mut busy = h.connect("s").await;
+    let (_, _, uuid) = busy.hello().await;
+    let mut pusher = h.connect("s").await;
+    pusher.hello().await;
+    // The connection's own event holds its worker for 3 s; the push, served by the other
+    // worker, must not wait for it (the writer is woken while the event runs).
+    let started = Instant::now();
+    busy.send("sleep 3000\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    assert_eq!(
+        pusher.ask(&format!("push {uuid} meanwhile\r\n")).await,
+        "pushed"
+    );
+    assert_eq!(busy.line().await.unwrap(), "meanwhile");
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "the push waited for the event: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_and_replies_from_several_workers_never_interleave() {
     let mut h = Harness::rust(ONE, &pool(4)).await;
     let mut target = h.connect("s").await;
