@@ -194,19 +194,29 @@ impl Line {
     /// when the write half is gone (an earlier write failed: the worker is being killed); the
     /// caller then ends the line.
     pub(super) async fn open(&self, frame: &[u8], bytes: usize, jobs: u64) -> std::io::Result<()> {
-        let mut writer = {
+        let (mut writer, written) = {
             let mut st = self.lock();
-            let Some(writer) = st.writer.take() else {
+            let Some(writer) = st.writer.as_ref() else {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
             };
+            // Usually the whole frame fits in the relay at once: written here, under the lock
+            // (nobody joins before the line is active), the event needs no write future and no
+            // second lock.
+            let written = writer.write_now(frame)?;
             st.active = true;
             st.depth = 1;
             st.bytes = bytes;
             st.current = bytes;
             st.dispatched = jobs + 1;
-            writer
+            if written == frame.len() {
+                return Ok(());
+            }
+            let Some(writer) = st.writer.take() else {
+                unreachable!("checked above, under the same lock");
+            };
+            (writer, written)
         };
-        writer.write_all(frame).await?;
+        writer.write_all(&frame[written..]).await?;
         {
             // Usually nobody joined meanwhile (no flush and its future to go through).
             let mut st = self.lock();

@@ -234,6 +234,30 @@ impl RelayWrite {
         }
     }
 
+    /// One non-blocking `write(2)` of what fits now (0 when the relay is full), bypassing tokio's
+    /// readiness cache: the descriptor is `O_NONBLOCK`, and a later async write of the rest checks
+    /// readiness itself. An event taken on an idle worker almost always fits at once: this spares
+    /// it the write future and a second lock of its line (254 Ir per message at 1x1, callgrind).
+    pub(super) fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let fd = match self {
+            RelayWrite::Pipe(s) => s.as_raw_fd(),
+            RelayWrite::Tcp(s) => s.as_ref().as_raw_fd(),
+            RelayWrite::Unix(s) => s.as_ref().as_raw_fd(),
+        };
+        // SAFETY: `fd` belongs to the relay `self` borrows for the whole call, so it stays open;
+        // `bytes` is a live slice of exactly `bytes.len()` bytes that write(2) only reads. SIGPIPE
+        // is ignored by the Rust runtime, so a closed relay answers EPIPE.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        Ok(n as usize)
+    }
+
     /// How many bytes may be in flight towards the worker so that a write never waits for it to
     /// read: half the pipe's capacity (a pipe can be as small as one page when the user's pipe
     /// quota is used up), at most [`super::line::MAX_LINE_BYTES`] (a socket's buffers are larger).
