@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
+use crate::log_scope::{self, debug, error, info, warn};
 use bytes::{Buf, Bytes};
 use pier_protocol::tcp::{ContextPrefix, EventKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::ServerConfig;
@@ -503,7 +504,10 @@ pub(crate) async fn serve(
     // In a cluster the uuid names this node (its tag), so other nodes can route to it.
     let uuid = listener.registry.new_uuid();
     let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
-    async move {
+    // Entered by the crate's log macros when they log, not on every poll (see `log_scope`);
+    // the rare STARTTLS path enters it as a whole, for what rustls logs too.
+    let tls_span = span.clone();
+    log_scope::scoped(span, async move {
         let metrics = &listener.metrics;
         let (reader, writer) = stream::split(accepted.transport);
         let uuid_text = uuid.to_string();
@@ -565,7 +569,7 @@ pub(crate) async fn serve(
                     flow = Flow::Read;
                     // Boxed, as every rare path: an idle connection's task does not carry them.
                     let upgrade = start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown);
-                    match Box::pin(upgrade).await {
+                    match Box::pin(upgrade.instrument(tls_span.clone())).await {
                         Ok(upgraded) => packets = upgraded,
                         Err(stopped) => {
                             conn.reason = CloseReason::Protocol;
@@ -692,8 +696,7 @@ pub(crate) async fn serve(
         if let Err(e) = Box::pin(conn.event_only(EventKind::Close, &[])).await {
             log_exec_error(&e, "CLOSE");
         }
-    }
-    .instrument(span)
+    })
     .await;
 }
 

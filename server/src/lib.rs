@@ -27,6 +27,8 @@
 //! - `limits`: per-server admission at accept (`max_connections`, per-address count and accept
 //!   rate; behind a PROXY balancer the per-address limits apply to the header's client address),
 //!   TCP keep-alive, the idle clock of a connection's reads.
+//! - `log_scope`: a connection's log context (`conn{server, uuid}`), entered only when a line
+//!   is logged (the crate's `debug!`/`info!`/`warn!`/`error!`), not on every poll of its task.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
 //! - [`ctl`]: `pier reset`, `pier workers`, `pier connections`: a running server over its RPC.
 //! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
@@ -51,6 +53,7 @@ pub mod ctl;
 pub mod framing;
 mod limits;
 pub mod listener;
+mod log_scope;
 pub mod ops;
 pub mod pool;
 pub mod registry;
@@ -62,10 +65,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log_scope::{debug, error, info, warn};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, LogEncoding, LogOutput, LogsConfig};
 use crate::limits::Admission;

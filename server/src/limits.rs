@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::log_scope::{debug, warn};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
 
 use crate::config::{KeepaliveConfig, LimitsConfig};
 use crate::ops::{RejectReason, ServerMetrics};

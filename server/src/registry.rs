@@ -22,10 +22,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::UNIX_EPOCH;
 
+use crate::log_scope::{debug, error, warn};
 use bytes::Bytes;
 use pier_protocol::command::Command;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::cluster::envelope::Msg;

@@ -657,3 +657,39 @@ async fn binary_framings_cut_packets_and_a_bad_header_closes_only_its_connection
         assert!(closes.iter().any(|l| l.starts_with(&uuid)), "{closes:?}");
     }
 }
+
+/// The real binary's log: a line logged on behalf of a connection names its server and uuid
+/// (the `conn` span, entered only when a line is logged: `log_scope`), and a line logged
+/// outside any connection does not carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_warning_in_the_log_names_its_server_and_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rr.yaml");
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      max_packet_size: 16\n";
+    std::fs::write(
+        &config,
+        yaml(dir.path(), &[&test_worker()], servers, &pool(1, ""), ""),
+    )
+    .unwrap();
+    let pier = support::process::PierProcess::start(&config, &["s"]);
+    // Two connections: each warning names its own uuid, not the other's.
+    let mut uuids = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(pier.addrs["s"]).await;
+        let (_, _, uuid) = c.hello().await;
+        assert_eq!(c.ask("short\r\n").await, "s:short");
+        c.send([b'x'; 64]).await;
+        assert_eq!(c.rest().await, b"");
+        uuids.push(uuid);
+    }
+    let lines = pier.wait_log("client error: invalid packet", 2);
+    for (line, uuid) in lines.iter().zip(&uuids) {
+        assert!(
+            line.contains(&format!("conn{{server=s uuid={uuid}}}")),
+            "{line}"
+        );
+    }
+    let listening = pier.wait_log(" listening", 1).remove(0);
+    assert!(!listening.contains("conn{"), "{listening}");
+    pier.stop();
+}

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::log_scope::warn;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 /// Payloads that may wait to be published. A burst beyond it means the bus (or the network to it)
 /// is slower than the traffic for long enough that queueing more would only add latency.
@@ -306,14 +306,14 @@ impl Shared {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         match log.since.take() {
-            Some(since) => tracing::info!(
+            Some(since) => crate::log_scope::info!(
                 bus = self.kind,
                 url = %self.url,
                 down_for = ?since.elapsed(),
                 attempts = log.attempts,
                 "bus back up, {detail}"
             ),
-            None => tracing::info!(bus = self.kind, url = %self.url, "bus up, {detail}"),
+            None => crate::log_scope::info!(bus = self.kind, url = %self.url, "bus up, {detail}"),
         }
         log.ever_up = true;
         log.attempts = 0;
@@ -341,7 +341,7 @@ impl Shared {
                 "bus down: {why}; cross-instance operations fail until it is back"
             );
         } else {
-            tracing::debug!(bus = self.kind, url = %self.url, retry_in = ?retry_in, "bus still down: {why}");
+            crate::log_scope::debug!(bus = self.kind, url = %self.url, retry_in = ?retry_in, "bus still down: {why}");
         }
     }
 

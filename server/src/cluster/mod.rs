@@ -39,11 +39,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::log_scope::{debug, error, info, warn};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
 
 pub use self::bus::{Bus, BusError, BusStats, Channel};
 use self::envelope::{Envelope, Msg, VERSION};

@@ -152,18 +152,18 @@ fn on_event(
         Event::Disconnected => shared.set_down(&"the connection closed", None),
         Event::Closed => shared.set_down(&"the client closed", None),
         Event::ClientError(err) => shared.set_down(&format!("could not connect: {err}"), None),
-        Event::SlowConsumer(sid) => tracing::warn!(
+        Event::SlowConsumer(sid) => crate::log_scope::warn!(
             bus = shared.kind,
             sid,
             "bus payloads dropped by the NATS client: a subscription's queue is full"
         ),
         Event::ServerError(err) => {
-            tracing::warn!(
+            crate::log_scope::warn!(
                 bus = shared.kind,
                 "the NATS server reported an error: {err}"
             )
         }
-        Event::LameDuckMode => tracing::warn!(
+        Event::LameDuckMode => crate::log_scope::warn!(
             bus = shared.kind,
             "the NATS server is shutting down (lame duck mode): it will be reconnected"
         ),
@@ -415,7 +415,7 @@ impl Merge {
 /// Splits the stamp off a received payload; None (logged) for one no Pier bus sent.
 fn unstamp(mut wire: Bytes) -> Option<Stamped> {
     if wire.len() < STAMP {
-        tracing::warn!(
+        crate::log_scope::warn!(
             bus = "nats",
             len = wire.len(),
             "bus message ignored: too short to carry a Pier stamp (another client publishing on Pier's subjects?)"

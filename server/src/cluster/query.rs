@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
+use crate::log_scope::debug;
 use serde::Serialize;
 use tokio::sync::oneshot;
-use tracing::debug;
 
 use super::bus::Channel;
 use super::envelope::{self, Answer, Msg, Query};

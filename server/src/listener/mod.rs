@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::log_scope::{debug, info, warn};
 use bytes::BytesMut;
 use pier_protocol::TlsFacts;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
 use crate::config::{ServerConfig, TlsMode};
 use crate::limits::{self, Admission, Permit};

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::log_scope::{debug, error, info, warn};
 use bytes::Bytes;
 use pier_protocol::frame::FrameError;
 use pier_protocol::tcp::{encode_event_prefixed, ContextPrefix, EventKind};
@@ -33,7 +34,6 @@ use pier_protocol::MessageError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
 
 use crate::config::{PoolConfig, RelayConfig};
 use crate::ops::{Metrics, PoolSnapshot, RestartReason};

@@ -4,9 +4,9 @@
 
 use std::process::Stdio;
 
+use crate::log_scope::{error, info};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
-use tracing::{error, info};
 
 use crate::config::OnInit;
 

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::log_scope::warn;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::warn;
 
 use super::worker::{handshake, HandshakeFailure, Relay, READ_CHUNK};
 use super::PoolError;

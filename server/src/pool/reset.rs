@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log_scope::{info, warn};
 use tokio::time::Instant;
-use tracing::{info, warn};
 
 use super::worker::{spawn_worker, Shared, RETIRE_REMOVE, RETIRE_RESET};
 use super::{Pool, PoolError};

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::log_scope::{debug, error, info, warn};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
 
 use super::worker::{spawn_worker, KillReason, Shared, Worker, RETIRE_MEMORY, RETIRE_TTL};
 use super::{Pool, PoolError};

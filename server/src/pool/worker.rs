@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::log_scope::{debug, info, warn};
 use bytes::{Buf, BytesMut};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
@@ -17,7 +18,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{debug, info, warn};
 
 use super::line::Line;
 use super::relay::RelayListener;

@@ -21,6 +21,7 @@ pub mod ops;
 
 use std::sync::Arc;
 
+use crate::log_scope::{debug, info, warn};
 use bytes::BytesMut;
 use pier_protocol::frame::decode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -28,7 +29,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::Instrument;
 
 use crate::config::{RpcAddr, RpcConfig};
 use codec::Request;

@@ -64,7 +64,7 @@ pub fn register(m: &mut Methods) {
                 return Err(MethodError::Failed(text));
             }
         };
-        tracing::info!(replaced, "workers reset over RPC (resetter.Reset)");
+        crate::log_scope::info!(replaced, "workers reset over RPC (resetter.Reset)");
         match tls_failed {
             Some(tls) => Err(MethodError::Failed(format!(
                 "workers reset ({replaced} replaced), but {tls}"
