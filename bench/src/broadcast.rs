@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pier_protocol::frame::{self, flags, Frame};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -18,6 +19,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::loadgen::settle;
 use crate::procstat;
+
+/// Largest RPC answer accepted (a count is a few bytes; anything near this is a broken server).
+const MAX_ANSWER: u32 = 1 << 20;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -239,53 +243,41 @@ fn call(rpc: &mut StdStream, seq: u32, data: &str) -> Result<u64, String> {
     )
 }
 
-/// One JSON goridge RPC call whose result is a count.
+/// One JSON goridge RPC call whose result is a count. The frames are pier-protocol's, as pier's
+/// own RPC client (`pier_server::rpc::client`) builds and reads them.
 pub(crate) fn count(
     rpc: &mut StdStream,
     seq: u32,
     method: &str,
     arg: serde_json::Value,
 ) -> Result<u64, String> {
-    let arg = serde_json::to_vec(&arg).map_err(|e| e.to_string())?;
     let mut payload = method.as_bytes().to_vec();
-    payload.extend_from_slice(&arg);
-    let mut frame = vec![0x15, 0x08];
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32(&frame[..6]).to_le_bytes());
-    frame.extend_from_slice(&[0, 0]);
-    frame.extend_from_slice(&seq.to_le_bytes());
-    frame.extend_from_slice(&(method.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&payload);
-    rpc.write_all(&frame).map_err(|e| e.to_string())?;
-    let mut header = [0u8; 20];
-    rpc.read_exact(&mut header).map_err(|e| e.to_string())?;
-    let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
-    let mut body = vec![0u8; len];
-    rpc.read_exact(&mut body).map_err(|e| e.to_string())?;
-    if header[1] & 0x40 != 0 {
-        return Err(format!("RPC error: {}", String::from_utf8_lossy(&body)));
-    }
-    let result = &body[method.len()..];
-    std::str::from_utf8(result)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .ok_or_else(|| format!("unexpected answer {:?}", String::from_utf8_lossy(result)))
-}
-
-/// CRC32-IEEE (the goridge header checksum).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+    serde_json::to_writer(&mut payload, &arg).map_err(|e| e.to_string())?;
+    let name_len = u32::try_from(method.len()).map_err(|_| "method name too long".to_owned())?;
+    let request = Frame::new(flags::CODEC_JSON, &[seq, name_len], &payload)
+        .ok_or_else(|| "too many options".to_owned())?;
+    let mut out = Vec::new();
+    request.encode(&mut out).map_err(|e| e.to_string())?;
+    rpc.write_all(&out).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((answer, _)) = frame::decode(&buf, MAX_ANSWER).map_err(|e| e.to_string())? {
+            let result = answer.payload.get(method.len()..).unwrap_or_default();
+            if answer.has(flags::ERROR) {
+                return Err(format!("RPC error: {}", String::from_utf8_lossy(result)));
+            }
+            return std::str::from_utf8(result)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| format!("unexpected answer {:?}", String::from_utf8_lossy(result)));
         }
+        let mut chunk = [0u8; 4096];
+        let n = rpc.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the RPC connection closed before the answer".to_owned());
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
-    !crc
 }
 
 /// Stops the server (SIGTERM via kill(1) would need libc; the child is killed).
