@@ -36,18 +36,7 @@ start() { # label pier worker tree
   else
     command="php -d extension=$(realpath "$worker") $tree/bench/php/worker-ext.php 0"
   fi
-  cat >"$OUT/$label.rr.yaml" <<YAML
-version: "3"
-server:
-  command: "$command"
-tcp:
-  servers:
-    bench:
-      addr: "127.0.0.1:$port"
-      delimiter: "\n"
-  pool:
-    num_workers: 1
-YAML
+  echo_config "$OUT/$label.rr.yaml" "$port" "$command"
   pin 0 "$pier" serve -c "$OUT/$label.rr.yaml" >"$OUT/$label.log" 2>&1 &
   SERVER[$label]=$!
   PIDS+=($!)

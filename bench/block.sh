@@ -56,18 +56,7 @@ for w in $WORKERS; do
     port=$("$BENCH" port)
     name="$label-x$w"
     ADDR[$name]="127.0.0.1:$port"
-    cat >"$OUT/$name.rr.yaml" <<YAML
-version: "3"
-server:
-  command: "php -d extension=$EXT $ROOT/bench/php/worker-ext.php $BLOCK_US"
-tcp:
-  servers:
-    bench:
-      addr: "127.0.0.1:$port"
-      delimiter: "\n"
-  pool:
-    num_workers: $w
-YAML
+    echo_config "$OUT/$name.rr.yaml" "$port" "php -d extension=$EXT $ROOT/bench/php/worker-ext.php $BLOCK_US" "$w"
     start "$name" "$pier" serve -c "$OUT/$name.rr.yaml"
   done
 done

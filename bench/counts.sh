@@ -28,21 +28,7 @@ if [ "$WORKER" = php ]; then
 else
   COMMAND="php -d extension=$(realpath "$WORKER") $TREE/bench/php/worker-ext.php 0"
 fi
-config() { # port → config file
-  cat >"$OUT/pier.rr.yaml" <<YAML
-version: "3"
-server:
-  command: "$COMMAND"
-tcp:
-  ${IO_THREADS:+io_threads: $IO_THREADS}
-  servers:
-    bench:
-      addr: "127.0.0.1:$1"
-      delimiter: "\n"
-  pool:
-    num_workers: 1
-YAML
-}
+config() { echo_config "$OUT/pier.rr.yaml" "$1" "$COMMAND" 1 "${IO_THREADS:-}"; } # port → config file
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 SERVER=

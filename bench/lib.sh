@@ -11,3 +11,22 @@ wait_ready() {
   echo "server on $1 never answered${2:+ (log: $2)}" >&2
   return 1
 }
+
+# echo_config FILE PORT COMMAND [WORKERS] [IO_THREADS]: writes the pier config the bench scripts
+# run: one server `bench` on 127.0.0.1:PORT framed by "\n", WORKERS PHP workers (default 1) running
+# COMMAND, and tcp.io_threads only when IO_THREADS is given (else the build's default).
+echo_config() {
+  cat >"$1" <<YAML
+version: "3"
+server:
+  command: "$3"
+tcp:
+  ${5:+io_threads: $5}
+  servers:
+    bench:
+      addr: "127.0.0.1:$2"
+      delimiter: "\n"
+  pool:
+    num_workers: ${4:-1}
+YAML
+}

@@ -28,18 +28,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 
 config() { # port → config file
-  cat >"$OUT/pier.rr.yaml" <<YAML
-version: "3"
-server:
-  command: "php -d extension=$EXT $ROOT/bench/php/worker-ext.php 0"
-tcp:
-  servers:
-    bench:
-      addr: "127.0.0.1:$1"
-      delimiter: "\n"
-  pool:
-    num_workers: 1
-YAML
+  echo_config "$OUT/pier.rr.yaml" "$1" "php -d extension=$EXT $ROOT/bench/php/worker-ext.php 0"
   # METRICS=1: the same with Prometheus metrics on, to price them (instructions per message).
   if [ -n "${METRICS:-}" ]; then
     printf 'metrics:\n  address: "127.0.0.1:%s"\n' "$("$BENCH" port)" >>"$OUT/pier.rr.yaml"
