@@ -804,22 +804,7 @@ async fn haproxy_in_front_of_two_nodes(kind: BusKind) {
          backend nodes\n  balance roundrobin\n  server n0 {} send-proxy-v2\n  server n1 {} send-proxy-v2\n",
         nodes[0].addr, nodes[1].addr
     );
-    let file = scratch.path().join("haproxy.cfg");
-    std::fs::write(&file, config).unwrap();
-    let _haproxy = tokio::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&file)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian package haproxy)");
-    // Ready once the frontend is bound (a probe connection would reach a node as a client).
-    let started = Instant::now();
-    while std::net::TcpListener::bind(front).is_ok() {
-        assert!(started.elapsed() < HANG, "haproxy did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _haproxy = support::haproxy::start(scratch.path(), &config, &[front]).await;
 
     // Every client is greeted by a worker that sees the client's own address.
     let mut clients = Vec::new();

@@ -5,22 +5,13 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::bus::free_port;
 use support::pki::{tls_over, Pki};
 use support::process::PierProcess;
 use support::{Client, Harness, HANG};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-/// A port free right now on 127.0.0.1 (haproxy binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// haproxy in the foreground, killed when dropped.
 struct Haproxy {
@@ -42,24 +33,8 @@ impl Haproxy {
             ));
             fronts.push((*name, front));
         }
-        let file = dir.join("haproxy.cfg");
-        std::fs::write(&file, config).unwrap();
-        let child = tokio::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("haproxy (Debian package haproxy)");
-        // Ready once every frontend is bound (a probe connection would reach pier as a client).
-        for (_, front) in &fronts {
-            let started = std::time::Instant::now();
-            while std::net::TcpListener::bind(front).is_ok() {
-                assert!(started.elapsed() < HANG, "haproxy did not start");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let fronts_bound: Vec<SocketAddr> = fronts.iter().map(|(_, front)| *front).collect();
+        let child = support::haproxy::start(dir, &config, &fronts_bound).await;
         Haproxy {
             _child: child,
             fronts,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod haproxy;
 pub mod pki;
 pub mod process;
 
