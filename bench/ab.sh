@@ -10,6 +10,9 @@
 #   workers (extension and package).
 # Env: CELLS ("1x1 100x1 100x16 1000x1"), ROUNDS (2), WARMUP (1), DURATION (3), SIZE (32),
 #   RAW=1 adds pier-bench's raw tokio echo server (no PHP, one thread: the ceiling) as target `raw`.
+#   PEERS: other "\n"-echo servers to run side by side, one per line, "LABEL COMMAND", where COMMAND
+#   serves on the port written {port} (e.g. bench/peers/swoole-echo.php, bench/peers/workerman-echo.php);
+#   each is pinned to CPU 0 like pier and measured over its whole process tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -23,7 +26,10 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 unset PHP_INI_SCAN_DIR
-pin() { if [ "$(nproc)" -ge 2 ]; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# pin CPU COMMAND...: runs COMMAND on CPU (when there are two). It execs, so call it only in a
+# subshell (`pin … &` or `$(pin …)`): then $! is the server itself, and cleanup's TERM reaches it
+# rather than a subshell whose child outlives the script.
+pin() { if [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 
@@ -54,6 +60,17 @@ if [ "${RAW:-0}" = 1 ]; then
   wait_ready "127.0.0.1:$port" "$OUT/raw.log" || exit 1
   LABELS+=(raw)
 fi
+while IFS= read -r peer; do
+  [ -n "${peer// /}" ] || continue
+  label=${peer%% *} command=${peer#* }
+  port=$("$BENCH" port)
+  pin 0 bash -c "exec ${command//\{port\}/$port}" >"$OUT/$label.log" 2>&1 &
+  SERVER[$label]=$!
+  PIDS+=($!)
+  ADDR[$label]=127.0.0.1:$port
+  wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
+  LABELS+=("$label")
+done <<<"${PEERS:-}"
 while [ $# -gt 0 ]; do
   start "$1" "$2" "$3" "$4"
   LABELS+=("$1")
