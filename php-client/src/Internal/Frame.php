@@ -49,9 +49,22 @@ final class Frame
      */
     public static function encode(int $flags, array $options, string $payload): string
     {
-        $head = pack('CCV', 0x10 | (self::MIN_WORDS + \count($options)), $flags, \strlen($payload));
+        return self::head($flags, $options, \strlen($payload)) . $payload;
+    }
 
-        return $head . pack('V', crc32($head)) . "\0\0" . ($options === [] ? '' : pack('V*', ...$options)) . $payload;
+    /**
+     * The bytes of a frame before its payload: header, CRC32 of its first six bytes, options.
+     *
+     * @param int<0, 255>       $flags
+     * @param list<int<0, max>> $options at most 10
+     *
+     * @return non-empty-string
+     */
+    public static function head(int $flags, array $options, int $payloadLength): string
+    {
+        $head = pack('CCV', 0x10 | (self::MIN_WORDS + \count($options)), $flags, $payloadLength);
+
+        return $head . pack('V', crc32($head)) . "\0\0" . ($options === [] ? '' : pack('V*', ...$options));
     }
 
     /**

@@ -27,6 +27,9 @@ final class Session
     /** Answer bytes held for a batch before they are written anyway. */
     private const MAX_HELD = 65536;
 
+    /** Most frame headers (and reply heads per context) remembered; past it the memo starts afresh. */
+    private const MAX_HEADERS = 256;
+
     /** The message setState() throws when the server does not support connection state. */
     public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
 
@@ -57,14 +60,14 @@ final class Session
     /** Set once the server asked to stop or closed the relay: waitRequest() keeps returning null. */
     private bool $finished = false;
 
-    /** The uuid of the connection whose request is being handled (push commands default to it). */
-    private string $uuid = '';
-
-    /** The server of the request being handled (a broadcast without a group goes to its connections). */
-    private string $server = '';
-
     /** Frames written by this worker and not sent yet: the answers of a batch. */
     private string $held = '';
+
+    /** @var array<string, int> frame headers already checked (12 bytes) => the size of their frame */
+    private array $sizes = [];
+
+    /** @var array<string, array<int, string>> reply context => body length => the reply's bytes before the body */
+    private array $replyHeads = [];
 
     /**
      * @param Relay $relay    the transport to the server
@@ -164,31 +167,6 @@ final class Session
     }
 
     /**
-     * Remembers which connection and server the pending request belongs to (the push commands' defaults).
-     */
-    public function handling(string $uuid, string $server): void
-    {
-        $this->uuid = $uuid;
-        $this->server = $server;
-    }
-
-    /**
-     * The uuid of the connection whose request is being handled.
-     */
-    public function currentUuid(): string
-    {
-        return $this->uuid;
-    }
-
-    /**
-     * The server of the request being handled.
-     */
-    public function currentServer(): string
-    {
-        return $this->server;
-    }
-
-    /**
      * Checks that a push command may be sent now: the server supports push and a request is pending.
      *
      * @param non-empty-string $what the method, for the message ("send", "join", …)
@@ -223,13 +201,13 @@ final class Session
     }
 
     /**
-     * The next frame that is not a control frame, answering pid handshakes on the way; null when the
-     * server asked the worker to stop or closed the relay.
+     * The next frame that is not a control frame, whole (header included, checked), answering pid
+     * handshakes on the way; null when the server asked the worker to stop or closed the relay.
      *
      * @throws ProtocolException when the previous request is still unanswered, or a frame is corrupt
      * @throws RelayException    when the relay fails or closes in the middle of a frame
      */
-    public function nextRequest(): ?Frame
+    public function nextEvent(): ?string
     {
         if ($this->phase === Phase::Pending) {
             throw new ProtocolException('could not wait for a request: the pending request has no answer yet (respond, read, close, error or stop first)');
@@ -245,12 +223,12 @@ final class Session
                 }
                 break;
             }
-            if (($frame->flags & Frame::CONTROL) === 0) {
+            if ((\ord($frame[1]) & Frame::CONTROL) === 0) {
                 $this->phase = Phase::Pending;
 
                 return $frame;
             }
-            $this->control($frame);
+            $this->control(Frame::at($frame, 0, \strlen($frame)));
         }
 
         return null;
@@ -266,13 +244,40 @@ final class Session
      */
     public function answer(string $context, string $body): void
     {
-        $this->requirePending('answering');
-        $state = $this->state;
+        if ($this->phase !== Phase::Pending) {
+            $this->requirePending('answering');
+        }
         $this->phase = Phase::Answered;
-        $this->state = null;
-        $this->send($state === null
-            ? Frame::encode(0, [\strlen($context)], $context . $body)
-            : Frame::encode(0, [\strlen($context), \strlen($state)], $context . $state . $body));
+        if ($this->state !== null) {
+            $state = $this->state;
+            $this->state = null;
+            $this->send(Frame::encode(0, [\strlen($context), \strlen($state)], $context . $state . $body));
+
+            return;
+        }
+        // A hot path: a stock reply's bytes before its body (header, CRC32, option, context) depend
+        // only on the context and the body's length, which repeat; each pair is encoded once.
+        $length = \strlen($body);
+        $this->send(($this->replyHeads[$context][$length] ?? $this->replyHead($context, $length)) . $body);
+    }
+
+    /**
+     * Encodes and remembers the bytes before the body of a stock reply ({@see answer()}); at most
+     * {@see self::MAX_HEADERS} per context.
+     *
+     * @param non-empty-string $context
+     *
+     * @return non-empty-string
+     */
+    private function replyHead(string $context, int $bodyLength): string
+    {
+        $contextLength = \strlen($context);
+        $head = Frame::head(0, [$contextLength], $contextLength + $bodyLength) . $context;
+        if (\count($this->replyHeads[$context] ?? []) >= self::MAX_HEADERS) {
+            $this->replyHeads[$context] = [];
+        }
+
+        return $this->replyHeads[$context][$bodyLength] = $head;
     }
 
     /**
@@ -351,7 +356,7 @@ final class Session
     {
         $available = \strlen($this->buffer) - $this->offset;
         try {
-            return $available >= Frame::HEADER_SIZE && $available >= Frame::sizeAt($this->buffer, $this->offset);
+            return $available >= Frame::HEADER_SIZE && $available >= $this->frameSize();
         } catch (ProtocolException) {
             // Corrupt bytes: send now; the next receive() reports them.
             return false;
@@ -408,30 +413,31 @@ final class Session
     }
 
     /**
-     * The next frame off the relay; null at a clean end of stream (between frames).
+     * The next frame off the relay, whole (header included) and with its header checked; null at a
+     * clean end of stream (between frames).
      *
      * @throws ProtocolException
      * @throws RelayException when the relay ends in the middle of a frame
      */
-    private function receive(): ?Frame
+    private function receive(): ?string
     {
-        $size = null;
         while (true) {
             $available = \strlen($this->buffer) - $this->offset;
-            if ($size === null && $available >= Frame::HEADER_SIZE) {
-                $size = Frame::sizeAt($this->buffer, $this->offset);
-            }
-            if ($size !== null && $available >= $size) {
-                $frame = Frame::at($this->buffer, $this->offset, $size);
-                $this->offset += $size;
+            $size = 0;
+            if ($available >= Frame::HEADER_SIZE) {
+                $size = $this->frameSize();
+                if ($available >= $size) {
+                    $frame = substr($this->buffer, $this->offset, $size);
+                    $this->offset += $size;
 
-                return $frame;
+                    return $frame;
+                }
             }
             // About to block on the relay: the batch's answers go first.
             if ($this->held !== '') {
                 $this->flush();
             }
-            $chunk = $this->relay->read(max(self::READ_SIZE, ($size ?? 0) - $available));
+            $chunk = $this->relay->read(max(self::READ_SIZE, $size - $available));
             if ($chunk === '') {
                 if ($available === 0) {
                     return null;
@@ -445,5 +451,28 @@ final class Session
             }
             $this->buffer .= $chunk;
         }
+    }
+
+    /**
+     * The size of the frame whose 12 header bytes are buffered at $offset.
+     *
+     * A hot path: checking a header (version, length, CRC32) costs more than the rest of reading the
+     * frame. The server's headers repeat (one per payload length), so each distinct one is checked
+     * once and its size remembered; the memo holds at most {@see self::MAX_HEADERS}.
+     *
+     * @throws ProtocolException when the header is not a goridge v3 header
+     */
+    private function frameSize(): int
+    {
+        $header = substr($this->buffer, $this->offset, Frame::HEADER_SIZE);
+        if (isset($this->sizes[$header])) {
+            return $this->sizes[$header];
+        }
+        $size = Frame::sizeAt($header, 0);
+        if (\count($this->sizes) >= self::MAX_HEADERS) {
+            $this->sizes = [];
+        }
+
+        return $this->sizes[$header] = $size;
     }
 }

@@ -26,8 +26,23 @@ final class TcpWorker
     /** The longest group name the server accepts, in bytes (PROTOCOL.md, "push"). */
     private const MAX_GROUP = 128;
 
+    /** Most event contexts remembered by {@see request()}; past it the memo starts afresh. */
+    private const MAX_CONTEXTS = 4096;
+
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
     private readonly Session $session;
+
+    /**
+     * @var array<string, array{string, TcpEvent, string, string, ?array<string, ?string>}> the context of
+     *      a DATA event (its JSON bytes) => what it says: remote address, event, uuid, server, TLS facts
+     */
+    private array $contexts = [];
+
+    /**
+     * The last request waitRequest() returned: push commands default to its connection, and a
+     * broadcast without a group to its server's connections.
+     */
+    private ?TcpRequest $current = null;
 
     public function __construct(
         private readonly Worker $worker,
@@ -59,14 +74,11 @@ final class TcpWorker
      */
     public function waitRequest(): ?TcpRequest
     {
-        $frame = $this->session->nextRequest();
+        $frame = $this->session->nextEvent();
         if ($frame === null) {
             return null;
         }
-        $request = self::request($frame);
-        $this->session->handling($request->connectionUuid, $request->server);
-
-        return $request;
+        return $this->current = $this->request($frame);
     }
 
     /**
@@ -163,7 +175,7 @@ final class TcpWorker
         $this->session->requirePush('broadcast');
         $header = ['op' => 'broadcast'];
         if ($group === null) {
-            $header['server'] = $this->session->currentServer();
+            $header['server'] = $this->current?->server ?? '';
         } else {
             $header['group'] = self::group('broadcast', $group);
         }
@@ -222,7 +234,7 @@ final class TcpWorker
     {
         $this->session->requirePush($op);
         $group = self::group($op, $group);
-        $uuid = $uuid === null ? $this->session->currentUuid() : self::uuid($op, $uuid);
+        $uuid = $uuid === null ? ($this->current?->connectionUuid ?? '') : self::uuid($op, $uuid);
         $this->session->command(self::header(['op' => $op, 'uuid' => $uuid, 'group' => $group]), '');
     }
 
@@ -285,22 +297,66 @@ final class TcpWorker
     }
 
     /**
+     * The request an event frame (whole, header checked: {@see Session::nextEvent()}) carries.
+     *
+     * A hot path, run for every packet. Decoding the context's JSON is most of its cost, and a
+     * connection's DATA events all have the same context (PROTOCOL.md, "TCP events": only the event
+     * name changes, TLS facts are fixed once TLS is on), so what a DATA context says is decoded once
+     * and remembered by its bytes: the same bytes always decode the same way.
+     *
      * @throws ProtocolException when the event frame is not a TCP event
      */
-    private static function request(Frame $frame): TcpRequest
+    private function request(string $frame): TcpRequest
     {
-        $options = $frame->options;
-        $contextLength = $options[0] ?? null;
-        $stateLength = $options[1] ?? 0;
-        if ($contextLength === null || \count($options) > 2 || $contextLength + $stateLength > \strlen($frame->payload)) {
+        // Options: the context's length, and the state's when the connection has one.
+        $words = \ord($frame[0]) & 0x0F;
+        $stateLength = 0;
+        if ($words === 4) {
+            $contextLength = unpack('V', $frame, Frame::HEADER_SIZE)[1];
+        } elseif ($words === 5) {
+            [1 => $contextLength, 2 => $stateLength] = unpack('V2', $frame, Frame::HEADER_SIZE);
+        } else {
+            $contextLength = null;
+        }
+        $payloadAt = $words * 4;
+        $payloadLength = \strlen($frame) - $payloadAt;
+        if ($contextLength === null || $contextLength + $stateLength > $payloadLength) {
             throw new ProtocolException(sprintf(
                 'could not read a TCP event: %d options for a %d-byte payload (expected context length [, state length])',
-                \count($options),
-                \strlen($frame->payload),
+                $words - 3,
+                $payloadLength,
             ));
         }
+        $context = substr($frame, $payloadAt, $contextLength);
+        [$remoteAddr, $event, $uuid, $server, $tls] = $this->contexts[$context] ?? $this->context($context);
+        $bodyAt = $payloadAt + $contextLength + $stateLength;
+        $request = new TcpRequest(
+            $remoteAddr,
+            $event,
+            $bodyAt === \strlen($frame) ? '' : substr($frame, $bodyAt),
+            $uuid,
+            $server,
+            $stateLength === 0 ? '' : substr($frame, $payloadAt + $contextLength, $stateLength),
+        );
+        if ($tls !== null) {
+            /** @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $tls */
+            Access::setTls($request, $tls);
+        }
+
+        return $request;
+    }
+
+    /**
+     * Decodes an event's context; remembers it when it is a DATA event's ({@see request()}).
+     *
+     * @return array{string, TcpEvent, string, string, ?array<string, ?string>}
+     *
+     * @throws ProtocolException when the context is not a TCP event's
+     */
+    private function context(string $json): array
+    {
         try {
-            $context = json_decode(substr($frame->payload, 0, $contextLength), true, 4, JSON_THROW_ON_ERROR);
+            $context = json_decode($json, true, 4, JSON_THROW_ON_ERROR);
         } catch (\JsonException $e) {
             throw new ProtocolException('could not read a TCP event: its context is not JSON: ' . $e->getMessage(), 0, $e);
         }
@@ -313,14 +369,7 @@ final class TcpWorker
             }
         }
         /** @var array{remote_addr: string, server: string, uuid: string, event: string, tls?: mixed} $context */
-        $request = new TcpRequest(
-            $context['remote_addr'],
-            TcpEvent::tryFrom($context['event']) ?? TcpEvent::Unknown,
-            substr($frame->payload, $contextLength + $stateLength),
-            $context['uuid'],
-            $context['server'],
-            substr($frame->payload, $contextLength, $stateLength),
-        );
+        $facts = null;
         $tls = $context['tls'] ?? null;
         if (\is_array($tls)) {
             $facts = [];
@@ -330,10 +379,17 @@ final class TcpWorker
             }
             $facts['version'] ??= '';
             $facts['cipher'] ??= '';
-            /** @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $facts */
-            Access::setTls($request, $facts);
+        }
+        $event = TcpEvent::tryFrom($context['event']) ?? TcpEvent::Unknown;
+        $decoded = [$context['remote_addr'], $event, $context['uuid'], $context['server'], $facts];
+        // CONNECTED and CLOSE come once per connection: only DATA contexts are worth remembering.
+        if ($event === TcpEvent::Data) {
+            if (\count($this->contexts) >= self::MAX_CONTEXTS) {
+                $this->contexts = [];
+            }
+            $this->contexts[$json] = $decoded;
         }
 
-        return $request;
+        return $decoded;
     }
 }
