@@ -425,7 +425,7 @@ final class Session
             $available = \strlen($this->buffer) - $this->offset;
             $size = 0;
             if ($available >= Frame::HEADER_SIZE) {
-                $size = $this->frameSize();
+                $size = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize();
                 if ($available >= $size) {
                     $frame = substr($this->buffer, $this->offset, $size);
                     $this->offset += $size;
@@ -454,11 +454,12 @@ final class Session
     }
 
     /**
-     * The size of the frame whose 12 header bytes are buffered at $offset.
+     * The size of the frame whose 12 header bytes are buffered at $offset. receive() looks in the
+     * memo first itself (this is a hot path).
      *
-     * A hot path: checking a header (version, length, CRC32) costs more than the rest of reading the
-     * frame. The server's headers repeat (one per payload length), so each distinct one is checked
-     * once and its size remembered; the memo holds at most {@see self::MAX_HEADERS}.
+     * Checking a header (version, length, CRC32) costs more than the rest of reading the frame. The
+     * server's headers repeat (one per payload length), so each distinct one is checked once and its
+     * size remembered; the memo holds at most {@see self::MAX_HEADERS}.
      *
      * @throws ProtocolException when the header is not a goridge v3 header
      */

@@ -446,4 +446,53 @@ final class TcpWorkerTest extends TestCase
 
         $tcp->setState('s');
     }
+
+    /**
+     * The worker remembers decoded DATA contexts, checked frame headers and encoded reply heads (a hot
+     * path): every request and answer must still be exactly its own, across more connections and
+     * lengths than those memos hold, with state and TLS facts mixed in.
+     */
+    public function testManyConnectionsAndLengthsDecodeAndEncodeAsTheirOwn(): void
+    {
+        $tls = ['version' => 'TLSv1.3', 'cipher' => 'TLS13_AES_128_GCM_SHA256', 'sni' => 'a.example', 'client_subject' => null, 'client_sha256' => null];
+        $events = [];
+        for ($i = 0; $i < 5000; ++$i) {
+            $uuid = sprintf('00000000-0000-4000-8000-%012d', $i % 4500);
+            $events[] = [
+                $uuid,
+                str_repeat('b', $i % 300) . "\n",
+                $i % 7 === 0 ? "s{$i}" : '',
+                $i % 11 === 0 ? $tls : null,
+                $i % 13 === 0 ? 'CLOSE' : 'DATA',
+            ];
+        }
+        $bytes = '';
+        foreach ($events as [$uuid, $body, $state, $facts, $event]) {
+            $bytes .= Vectors::event($event, $body, $state, $uuid, $facts);
+        }
+        [$tcp, $relay] = self::worker(str_split($bytes, 65536), true);
+
+        $expected = [];
+        foreach ($events as $n => [$uuid, $body, $state, $facts, $event]) {
+            $request = $tcp->waitRequest();
+            self::assertNotNull($request);
+            self::assertSame(
+                [$uuid, $body, $state, $facts, $event, Vectors::SERVER, Vectors::REMOTE_ADDR],
+                [$request->connectionUuid, $request->body, $request->state, $request->getTls(), $request->event->value, $request->server, $request->remoteAddr],
+                "request {$n}",
+            );
+            $answer = strrev($body);
+            if ($n % 5 === 0) {
+                $tcp->setState("t{$n}");
+                $tcp->respond($answer, TcpResponse::RespondClose);
+                $expected[] = Vectors::frame(0, [10, \strlen("t{$n}")], "WRITECLOSEt{$n}" . $answer);
+            } else {
+                $tcp->respond($answer);
+                $expected[] = Vectors::frame(0, [5], 'WRITE' . $answer);
+            }
+        }
+        self::assertNull($tcp->waitRequest());
+
+        self::assertSame(implode('', $expected), implode('', $relay->writes()));
+    }
 }
