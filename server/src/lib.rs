@@ -370,6 +370,8 @@ impl Server {
         shutdown.await;
         info!(grace_period = ?self.grace_period, "shutting down: running packets already received, then closing connections");
         token.cancel();
+        // Connections waiting for a packet watch the registry's flag, not the token.
+        self.registry.stop_connections();
         resets.abort();
         let grace_period = self.grace_period;
         let pool = self.pool.clone();

@@ -19,6 +19,7 @@
 //! while it appends one shared `Bytes` to each member's queue: no copy, no syscall).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::UNIX_EPOCH;
 
@@ -109,6 +110,9 @@ pub struct Registry {
     inner: Arc<RwLock<Maps>>,
     /// The cluster this instance is part of, once attached (before any connection).
     cluster: Arc<OnceLock<Cluster>>,
+    /// Set when the server shuts down ([`Registry::stop_connections`]): connections run the
+    /// packets they already received and close.
+    stopping: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +182,24 @@ impl Registry {
                 groups: Vec::new(),
             },
         );
+    }
+
+    /// Shutdown: every connection stops reading, runs the packets it already received and
+    /// closes. A connection checks [`Registry::stopping`] each time its task is woken while it
+    /// waits for a packet (one atomic load, where polling a `CancellationToken` took a mutex
+    /// around every packet); this wakes every registered one through its outbound queue's
+    /// signal. One registered after this pass (the lock orders the two) sees the flag at its
+    /// first check.
+    pub(crate) fn stop_connections(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for entry in self.read().conns.values() {
+            entry.link.wake();
+        }
+    }
+
+    /// Whether the server is shutting down (see [`Registry::stop_connections`]).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Removes a connection (its socket is closing) and its group memberships.
