@@ -180,6 +180,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     };
     let runtime = runtime
         .enable_all()
+        // The reactor just polled epoll: the pool's next idle check may trust tokio's readiness.
+        .on_thread_unpark(pier_server::pool::reactor_polled)
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(async {

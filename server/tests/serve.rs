@@ -203,13 +203,30 @@ async fn garbage_on_worker_stdout_replaces_the_worker() {
     h.shutdown().await;
 }
 
-/// Waits (bounded) until a worker created `name` in the test directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_echo_from_an_idle_worker_costs_no_connection() {
+    stray_echo_costs_no_connection().await;
+}
+
+/// The same on the runtime `pier` runs: one thread, with the unpark hook that lets the first
+/// idle check after the reactor polled epoll trust tokio's readiness instead of reading.
+#[test]
+fn a_stray_echo_from_an_idle_worker_is_caught_on_pier_s_own_runtime() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_unpark(pier_server::pool::reactor_polled)
+        .build()
+        .unwrap()
+        .block_on(stray_echo_costs_no_connection());
+}
+
+async fn stray_echo_costs_no_connection() {
     let mut h = Harness::rust(ONE, &pool(1, "")).await;
     let mut c = h.connect("s").await;
     let (_, _, uuid) = c.hello().await;
-    let pid = c.ask("echo-later\r\n").await;
+    // Written 50 ms after the reply: the idle check has to find it on the relay (not in the
+    // bytes read with the reply).
+    let pid = c.ask("echo-later 50\r\n").await;
     // The only worker is idle and has written its stray line.
     wait_for_marker(&h, "echoed").await;
     let next = c.ask("pid\r\n").await;

@@ -12,8 +12,8 @@
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
 //!   `stderr` → two lines on stderr, answers `ok`; `env <NAME>` → that variable;
 //!   `idle <ms>|default` → the `idle_timeout`
-//!   command for its connection, then `idle <ms>|default`; `echo-later` → answers `<pid>`, then (idle)
-//!   writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
+//!   command for its connection, then `idle <ms>|default`; `echo-later [ms]` → answers `<pid>`, then
+//!   (idle, after `ms`, default 0) writes a stray line to stdout and creates `$TW_DIR/echoed`; `echo-trailing` → answers `<pid>`
 //!   with a stray line right behind the reply, in the same write; `tls` → `tls none` or
 //!   `tls <version> <cipher> <sni|-> <sha256|-> <subject|->` (the event's TLS facts);
 //!   `starttls` → a `starttls` command, then `go ahead`; `starttls-quit` → the command, then
@@ -284,10 +284,14 @@ fn data(
             write(out, "slept\n".into(), None);
         }
         "echo-later" => {
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
             write(out, format!("{pid}\n"), None);
             stdout.write_all(out).unwrap();
             stdout.flush().unwrap();
             out.clear();
+            // With a delay, pier has surely read the reply alone: the stray line comes as
+            // bytes on an idle relay, not behind the reply in its read.
+            std::thread::sleep(std::time::Duration::from_millis(ms));
             // As a PHP timer or destructor echoing between events would.
             stdout
                 .write_all(b"Notice: stray echo while idle\n")

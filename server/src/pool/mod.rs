@@ -45,7 +45,7 @@ use supervisor::Respawn;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::run_on_init;
-pub use worker::RR_VERSION;
+pub use worker::{reactor_polled, RR_VERSION};
 
 /// An event running this long on a worker keeps others from joining its line.
 const LONG_EVENT: Duration = Duration::from_millis(500);

@@ -15,8 +15,9 @@ use pier_protocol::frame::decode;
 use pier_protocol::tcp::{encode_event_prefixed, ReplyKind};
 use pier_protocol::WorkerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::line::Line;
@@ -141,8 +142,9 @@ pub(super) enum Relay {
     Pipes {
         /// Frames to the worker.
         stdin: ChildStdin,
-        /// Frames from the worker.
-        stdout: ChildStdout,
+        /// Frames from the worker: its stdout, as a tokio pipe (which, unlike `ChildStdout`,
+        /// tells its readiness without a syscall: see [`Worker::check_idle`]).
+        stdout: pipe::Receiver,
     },
     /// `server.relay: tcp://…`.
     Tcp(TcpStream),
@@ -188,7 +190,7 @@ impl Relay {
 #[derive(Debug)]
 pub(super) enum RelayRead {
     /// The worker's stdout.
-    Pipe(ChildStdout),
+    Pipe(pipe::Receiver),
     /// A TCP relay's read half.
     Tcp(tcp::OwnedReadHalf),
     /// A unix relay's read half.
@@ -201,6 +203,16 @@ impl RelayRead {
             RelayRead::Pipe(s) => s.read_buf(buf).await,
             RelayRead::Tcp(s) => s.read_buf(buf).await,
             RelayRead::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    /// One read of what tokio knows to be there: `WouldBlock` without a syscall while the
+    /// reactor saw no bytes come.
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RelayRead::Pipe(s) => s.try_read(buf),
+            RelayRead::Tcp(s) => s.try_read(buf),
+            RelayRead::Unix(s) => s.try_read(buf),
         }
     }
 
@@ -463,6 +475,11 @@ impl Worker {
     ///
     /// A real syscall rather than tokio's cached readiness: the cache only learns about bytes when
     /// the reactor next polls epoll, which under load can be after the event is handed over.
+    /// Except for the first check after the reactor polled epoll on this thread ([`reactor_polled`]):
+    /// the cache is then as fresh as the syscall would be, short of the microseconds since, and
+    /// is asked instead (no syscall unless it says bytes came). That is every event at one
+    /// connection (the packet's own wake-up is that poll), one system call of 7 per message;
+    /// under load, when the reactor is polled only between batches of tasks, the syscall stays.
     pub(super) fn check_idle(&mut self) -> Result<(), PoolError> {
         let pid = self.pid;
         if !self.rbuf.is_empty() {
@@ -472,7 +489,13 @@ impl Worker {
             });
         }
         let mut probe = [0u8; 64];
-        match read_now(self.relay.read_fd(), &mut probe) {
+        let probed = if FRESH.replace(false) {
+            // `WouldBlock` without a syscall unless tokio saw the relay become readable.
+            self.relay.try_read(&mut probe)
+        } else {
+            read_now(self.relay.read_fd(), &mut probe)
+        };
+        match probed {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Ok(0) => Err(PoolError::IdleExited { pid, source: None }),
             Ok(n) => Err(PoolError::IdleGarbage {
@@ -516,6 +539,19 @@ impl Worker {
         }
         // Dropping it kills it if it is still there.
     }
+}
+
+thread_local! {
+    /// Set by [`reactor_polled`] when the reactor has just polled epoll on this thread; taken by
+    /// the next idle check here (see [`Worker::check_idle`]).
+    static FRESH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The runtime's `on_thread_unpark` hook (`main` installs it): the thread comes back from the
+/// reactor, which polled epoll, so tokio's readiness of every relay is up to date; the next idle
+/// check on this thread trusts it instead of reading. Without the hook every check reads.
+pub fn reactor_polled() {
+    FRESH.set(true);
 }
 
 /// One non-blocking `read(2)` on a worker's relay, bypassing tokio's readiness cache. tokio made
@@ -639,6 +675,13 @@ pub(super) async fn spawn_worker(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let connected = match relay {
         None => {
+            let stdout = stdout
+                .into_owned_fd()
+                .and_then(pipe::Receiver::from_owned_fd)
+                .map_err(|source| PoolError::Spawn {
+                    command: config.command[0].clone(),
+                    source,
+                })?;
             let mut pipes = Relay::Pipes { stdin, stdout };
             let answer =
                 tokio::time::timeout(config.allocate_timeout, handshake(&mut pipes, &mut rbuf))
