@@ -31,7 +31,7 @@
 //!   is logged (the crate's `debug!`/`info!`/`warn!`/`error!`), not on every poll of its task.
 //! - [`ops`]: Prometheus metrics (`metrics.address`) and health/readiness (`status.address`).
 //! - [`ctl`]: `pier reset`, `pier workers`, `pier connections`: a running server over its RPC.
-//! - [`registry`]: live connections by uuid and their groups; the operations (send, close, join,
+//! - [`registry`]: live connections by uuid and their groups, woken at shutdown; the operations (send, close, join,
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
 //!   its method table.
