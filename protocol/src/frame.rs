@@ -169,6 +169,86 @@ impl<'a> Frame<'a> {
 /// so garbage is rejected without waiting for twelve bytes; the payload length is checked against
 /// `max_payload` only after the header checksum, and before anything is buffered for it.
 pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    decode_with(buf, max_payload, None)
+}
+
+/// [`decode`] with a memo of the headers already checked: a header byte-identical to one that
+/// passed before skips the CRC32 (the same bytes pass the same checks). Every result, error
+/// included, is the one [`decode`] gives for the same bytes.
+pub fn decode_memo<'a>(
+    buf: &'a [u8],
+    max_payload: u32,
+    memo: &mut HeaderMemo,
+) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
+    decode_with(buf, max_payload, Some(memo))
+}
+
+/// The length of the whole frame at the start of `buf` once it is all there (`Ok(None)` before):
+/// the checks of [`decode_memo`] without building the frame, to ask whether one is buffered.
+pub fn whole_len(
+    buf: &[u8],
+    max_payload: u32,
+    memo: &mut HeaderMemo,
+) -> Result<Option<usize>, FrameError> {
+    Ok(check_header(buf, max_payload, Some(memo))?
+        .and_then(|(_, total)| (buf.len() >= total).then_some(total)))
+}
+
+/// Frame headers that passed the checks of [`decode`] (version, header length, CRC32), so that a
+/// header seen again is not checksummed again: a server's headers repeat (one per payload length
+/// and option count). Bounded by construction: a direct-mapped table of [`HeaderMemo::SLOTS`]
+/// headers indexed by their checksum, a new header replacing the one in its slot. Only headers
+/// that passed are stored and a hit needs all the bytes the checks read to be equal (0..10:
+/// version and length nibbles, flags, payload length, checksum; not the stream byte nor the
+/// reserved one), so a corrupt header is never taken for a good one.
+#[derive(Clone)]
+pub struct HeaderMemo {
+    /// Checked header bytes 0..8 and 8..10 (compared as two words), or zero (a header that never
+    /// passes: version 0).
+    slots: Box<[(u64, u16); HeaderMemo::SLOTS]>,
+}
+
+impl HeaderMemo {
+    /// How many headers the memo holds at most (a power of two).
+    pub const SLOTS: usize = 64;
+
+    /// An empty memo.
+    pub fn new() -> Self {
+        HeaderMemo {
+            slots: Box::new([(0, 0); Self::SLOTS]),
+        }
+    }
+
+    /// The slot of a header (low bits of its checksum, which already mixes bytes 0..6) and the
+    /// value stored there once it passed.
+    fn key(header: &[u8; HEADER_LEN]) -> (usize, (u64, u16)) {
+        let slot = usize::from(header[6]) & (Self::SLOTS - 1);
+        let low = u64::from_le_bytes(*header.first_chunk::<8>().expect("8 < 12"));
+        let high = u16::from_le_bytes([header[8], header[9]]);
+        (slot, (low, high))
+    }
+}
+
+impl Default for HeaderMemo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HeaderMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let used = self.slots.iter().filter(|s| s.0 != 0).count();
+        write!(f, "HeaderMemo({used}/{} headers)", Self::SLOTS)
+    }
+}
+
+/// Checks the header at the start of `buf`: `Ok(None)` until its twelve bytes are there, then
+/// the header length in bytes and the whole frame's length.
+fn check_header(
+    buf: &[u8],
+    max_payload: u32,
+    memo: Option<&mut HeaderMemo>,
+) -> Result<Option<(usize, usize)>, FrameError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -180,13 +260,20 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>
     if !(MIN_HEADER_WORDS..=MAX_HEADER_WORDS).contains(&words) {
         return Err(FrameError::HeaderLength(words));
     }
-    let Some(header) = buf.get(..HEADER_LEN) else {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(None);
     };
-    let found = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
-    let computed = crc32fast::hash(&header[..6]);
-    if found != computed {
-        return Err(FrameError::Checksum { found, computed });
+    let (slot, checked) = HeaderMemo::key(header);
+    let known = memo.as_ref().is_some_and(|m| m.slots[slot] == checked);
+    if !known {
+        let found = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+        let computed = crc32fast::hash(&header[..6]);
+        if found != computed {
+            return Err(FrameError::Checksum { found, computed });
+        }
+        if let Some(memo) = memo {
+            memo.slots[slot] = checked;
+        }
     }
     let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
     if len > max_payload {
@@ -196,10 +283,21 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>
         });
     }
     let header_len = usize::from(words) * 4;
-    let total = header_len + len as usize;
+    Ok(Some((header_len, header_len + len as usize)))
+}
+
+fn decode_with<'a>(
+    buf: &'a [u8],
+    max_payload: u32,
+    memo: Option<&mut HeaderMemo>,
+) -> Result<Option<(Frame<'a>, usize)>, FrameError> {
+    let Some((header_len, total)) = check_header(buf, max_payload, memo)? else {
+        return Ok(None);
+    };
     if buf.len() < total {
         return Ok(None);
     }
+    let words = (header_len / 4) as u8;
     let mut options = Options {
         len: words - MIN_HEADER_WORDS,
         ..Options::default()
@@ -212,8 +310,8 @@ pub fn decode(buf: &[u8], max_payload: u32) -> Result<Option<(Frame<'_>, usize)>
         *slot = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     }
     let frame = Frame {
-        flags: header[1],
-        stream: header[10],
+        flags: buf[1],
+        stream: buf[10],
         options,
         payload: &buf[header_len..total],
     };
@@ -374,6 +472,47 @@ mod tests {
         for (name, bytes, want) in cases {
             assert_eq!(decode(&bytes, 1024), Err(want), "{name}");
         }
+    }
+
+    #[test]
+    fn the_header_memo_never_changes_a_result() {
+        // Every byte of a good header flipped, each twice (the second time the first result may
+        // be remembered), with and without the memo; then the good frame again.
+        let good = sample();
+        let mut memo = HeaderMemo::new();
+        for round in 0..2 {
+            assert_eq!(
+                decode_memo(&good, 1024, &mut memo),
+                decode(&good, 1024),
+                "{round}"
+            );
+            for at in 0..HEADER_LEN {
+                for bit in [0x01, 0x80] {
+                    let mut bad = good.clone();
+                    bad[at] ^= bit;
+                    let want = decode(&bad, 1024);
+                    assert_eq!(decode_memo(&bad, 1024, &mut memo), want, "byte {at}");
+                    let whole = want.map(|f| f.map(|(_, used)| used));
+                    assert_eq!(whole_len(&bad, 1024, &mut memo), whole, "byte {at}");
+                }
+            }
+            // The limit is checked on every call, remembered header or not.
+            assert!(matches!(
+                decode_memo(&good, 3, &mut memo),
+                Err(FrameError::PayloadTooLarge { len: 10, max: 3 })
+            ));
+            for cut in 0..good.len() {
+                assert_eq!(decode_memo(&good[..cut], 1024, &mut memo), Ok(None));
+                assert_eq!(whole_len(&good[..cut], 1024, &mut memo), Ok(None));
+            }
+        }
+        // More distinct headers than slots: each still decodes, the memo stays its size.
+        for len in 0..300u32 {
+            let mut buf = Vec::new();
+            encode(&mut buf, 0, 0, &[], &[&vec![1u8; len as usize]]).unwrap();
+            assert_eq!(decode_memo(&buf, 1024, &mut memo), decode(&buf, 1024));
+        }
+        assert!(format!("{memo:?}").ends_with("/64 headers)"));
     }
 
     #[test]

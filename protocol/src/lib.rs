@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`frame`]: goridge v3 frames: incremental [`frame::decode`] that borrows the payload, and
 //!   [`frame::encode`] that writes a whole frame into one buffer. Flag and stream-bit constants.
+//!   [`frame::HeaderMemo`] remembers the headers already checked.
 //! - [`control`]: control frames: the pid handshake and the stop request (server → worker), the
 //!   pid reply (worker → server).
 //! - [`tcp`]: the TCP plugin's messages: events (`CONNECTED`/`DATA`/`CLOSE`, server → worker) and
@@ -13,6 +14,8 @@
 //! - [`command`]: Pier command frames (worker → server, during an event, before its answer):
 //!   `push` ops and the generic framing other extensions' ops use.
 //! - [`tls`]: the TLS facts of a connection, the `tls` key of event contexts (Pier extension).
+//! - [`memo`]: what a worker remembers between events to skip repeated work, each memo bounded
+//!   and byte-exact: the decoded context of each connection, the head of each stock reply.
 //! - [`message`]: classifies a decoded frame into everything a worker may say
 //!   ([`message::WorkerMessage`]) or a server may say ([`message::ServerMessage`]).
 //!
@@ -21,6 +24,7 @@
 pub mod command;
 pub mod control;
 pub mod frame;
+pub mod memo;
 pub mod message;
 pub mod tcp;
 pub mod tls;

@@ -327,7 +327,7 @@ fn begin_event(dst: &mut Vec<u8>, context: usize, state: &[u8], body: &[u8]) -> 
 }
 
 /// Writes `{"remote_addr":…,"server":…,"uuid":…,"event":"`.
-fn push_context_prefix(dst: &mut Vec<u8>, remote_addr: &str, server: &str, uuid: &str) {
+pub(crate) fn push_context_prefix(dst: &mut Vec<u8>, remote_addr: &str, server: &str, uuid: &str) {
     dst.extend_from_slice(br#"{"remote_addr":"#);
     push_json_string(dst, remote_addr);
     dst.extend_from_slice(br#","server":"#);

@@ -237,3 +237,61 @@ fn no_state_is_byte_identical_to_the_vectors() {
     encode_reply(&mut out, ReplyKind::Write, None, b"hello\r\n").unwrap();
     assert_eq!(out, v["worker_respond_write_hello"]);
 }
+
+/// The memos a worker keeps (checked headers, decoded contexts, stock reply heads) change no byte
+/// and no result: every vector, and every corruption of its header, decodes the same with them as
+/// without, twice in a row (the second time from the memo); every reply vector is encoded to its
+/// exact bytes from a remembered head.
+#[test]
+fn the_memos_give_the_same_results_for_every_vector() {
+    use pier_protocol::frame::{decode_memo, whole_len, HeaderMemo};
+    use pier_protocol::memo::{ContextMemo, ReplyHeads};
+    let v = vectors();
+    let mut headers = HeaderMemo::new();
+    let mut contexts = ContextMemo::new();
+    for round in 0..2 {
+        for (name, bytes) in &v {
+            let want = decode(bytes, MAX);
+            assert_eq!(
+                decode_memo(bytes, MAX, &mut headers),
+                want,
+                "{name} {round}"
+            );
+            let whole = want.clone().map(|f| f.map(|(_, used)| used));
+            assert_eq!(whole_len(bytes, MAX, &mut headers), whole, "{name}");
+            for at in 0..12 {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x40;
+                assert_eq!(
+                    decode_memo(&bad, MAX, &mut headers),
+                    decode(&bad, MAX),
+                    "{name} byte {at}"
+                );
+            }
+            let frame = frame_of(bytes);
+            if name.starts_with("server_event") {
+                let plain = TcpEvent::decode(&frame).unwrap();
+                assert_eq!(contexts.decode(&frame).unwrap(), plain, "{name} {round}");
+            }
+        }
+    }
+    let mut heads = ReplyHeads::new();
+    let cases: [(&str, ReplyKind<'_>, &[u8]); 5] = [
+        ("worker_respond_write_hello", ReplyKind::Write, b"hello\r\n"),
+        (
+            "worker_respond_writeclose_bye",
+            ReplyKind::WriteClose,
+            b"goodbye\r\n",
+        ),
+        ("worker_read_continue", ReplyKind::Continue, b""),
+        ("worker_close", ReplyKind::Close, b""),
+        ("worker_respond_binary", ReplyKind::Write, b"\x00\xff\r\n"),
+    ];
+    for round in 0..2 {
+        for (name, kind, body) in cases {
+            let mut out = Vec::new();
+            heads.encode_reply(&mut out, kind, None, body).unwrap();
+            assert_eq!(out, v[name], "{name} {round}");
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! What a worker remembers between events so that it does not decode or encode the same bytes
+//! again: the decoded context of each connection ([`ContextMemo`]) and the head of each stock
+//! reply ([`ReplyHeads`]); frame headers already checked are [`crate::frame::HeaderMemo`]'s.
+//!
+//! Each memo is bounded whatever the server sends, and each gives exactly what decoding or
+//! encoding without it gives: a memo entry is only used for bytes equal to the ones it was made
+//! from.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use memchr::memmem::Finder;
+
+use crate::frame::{self, EncodeError, Frame, HEADER_LEN};
+use crate::message::MessageError;
+use crate::tcp::{push_context_prefix, split_parts, EventKind, ReplyKind, TcpEvent};
+use crate::tls::TlsFacts;
+
+/// Where the constant part of a context ends: the uuid's closing quote and the `"event"` key.
+const EVENT_KEY: &[u8] = br#"","event":""#;
+
+/// The context of one connection's events, decoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Context {
+    /// `remote_addr`.
+    remote_addr: String,
+    /// `server`.
+    server: String,
+    /// `uuid`.
+    uuid: String,
+    /// `tls` (Pier extension), `None` on plaintext connections.
+    tls: Option<TlsFacts<'static>>,
+}
+
+/// The known event names as the last bytes of a plaintext context, DATA (the common one) first.
+const EVENT_NAMES: &[(&[u8], EventKind)] = &[
+    (b"DATA\"}", EventKind::Data),
+    (b"CONNECTED\"}", EventKind::Connected),
+    (b"CLOSE\"}", EventKind::Close),
+];
+
+/// One connection's decoded context and the exact bytes it was decoded from.
+#[derive(Debug)]
+struct Entry {
+    /// The constant part: `{"remote_addr":…,"server":…,"uuid":…,"event":"`.
+    prefix: Box<[u8]>,
+    /// What follows the event name: `"}`, or `","tls":{…}}` once the connection speaks TLS.
+    tail: Box<[u8]>,
+    /// What those bytes (with any known event name between them) decode to.
+    context: Context,
+}
+
+/// The decoded contexts of the connections a worker serves, so that each connection's context is
+/// decoded once and not per event (PROTOCOL.md, "The event context": the server writes everything
+/// but the event name once per connection).
+///
+/// A context is split at its `"event"` key into the constant part (the key of the memo: one entry
+/// per connection), the event name and the tail (TLS facts). An entry is made only when the
+/// decoded context re-encodes to exactly the bytes it came from (what Pier and RoadRunner write),
+/// and used only when the constant part and the tail are byte-equal and the event name is one
+/// this codec knows: those bytes are then the encoding of the entry's fields, which decodes to
+/// them. Anything else (another key order, escapes a server need not write, unknown event names)
+/// is decoded in full every time, as without the memo. A changed tail (STARTTLS) replaces the
+/// connection's entry; its `CLOSE` removes it.
+///
+/// Bounded: at most [`ContextMemo::MAX_ENTRIES`] connections (past it the memo starts afresh) and
+/// contexts of at most [`ContextMemo::MAX_CONTEXT`] bytes.
+pub struct ContextMemo {
+    /// Entries by the hash of their constant part.
+    entries: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
+    /// Searches for [`EVENT_KEY`].
+    finder: Finder<'static>,
+    /// Scratch space to re-encode a decoded context (reused).
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for ContextMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContextMemo({} connections)", self.entries.len())
+    }
+}
+
+impl Default for ContextMemo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ContextMemo {
+    /// Most connections remembered; a worker serving more starts afresh when it meets one more.
+    pub const MAX_ENTRIES: usize = 4096;
+    /// Largest context remembered, in bytes (a plaintext one is about 100, one with TLS facts and
+    /// a client certificate a few hundred); larger ones are decoded every time.
+    pub const MAX_CONTEXT: usize = 2048;
+
+    /// An empty memo.
+    pub fn new() -> Self {
+        ContextMemo {
+            entries: HashMap::default(),
+            finder: Finder::new(EVENT_KEY),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// How many connections it remembers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it remembers none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// [`TcpEvent::decode`], with the context taken from the memo when its bytes were seen before.
+    /// The same event, or the same error, as [`TcpEvent::decode`] for every frame.
+    pub fn decode<'a>(&'a mut self, frame: &Frame<'a>) -> Result<TcpEvent<'a>, MessageError> {
+        let parts = split_parts(frame)?;
+        let context = parts.context;
+        let state = parts.state.unwrap_or_default();
+        let body = parts.body;
+        let Some((prefix, kind, tail)) = self.split(context) else {
+            return TcpEvent::decode(frame);
+        };
+        let key = hash(prefix);
+        let hit = self
+            .entries
+            .get(&key)
+            .is_some_and(|e| *e.prefix == *prefix && *e.tail == *tail);
+        if hit {
+            if kind == EventKind::Close {
+                // The connection's last event: its entry is not needed any more.
+                let entry = self.entries.remove(&key).expect("just found");
+                let Context {
+                    remote_addr,
+                    server,
+                    uuid,
+                    tls,
+                } = entry.context;
+                return Ok(TcpEvent {
+                    remote_addr: Cow::Owned(remote_addr),
+                    server: Cow::Owned(server),
+                    uuid: Cow::Owned(uuid),
+                    event: kind,
+                    state,
+                    body,
+                    tls: tls.map(Box::new),
+                });
+            }
+            let context = &self.entries.get(&key).expect("just found").context;
+            return Ok(TcpEvent {
+                remote_addr: Cow::Borrowed(&context.remote_addr),
+                server: Cow::Borrowed(&context.server),
+                uuid: Cow::Borrowed(&context.uuid),
+                event: kind,
+                state,
+                body,
+                tls: context.tls.as_ref().map(|t| Box::new(borrowed(t))),
+            });
+        }
+        let event = TcpEvent::decode(frame)?;
+        if kind != EventKind::Close
+            && context.len() <= Self::MAX_CONTEXT
+            && event.event == kind
+            && self.encodes_to(&event, prefix, tail)
+        {
+            if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
+                self.entries.clear();
+            }
+            let entry = Entry {
+                prefix: prefix.into(),
+                tail: tail.into(),
+                context: Context {
+                    remote_addr: event.remote_addr.to_string(),
+                    server: event.server.to_string(),
+                    uuid: event.uuid.to_string(),
+                    tls: event.tls.as_deref().map(owned),
+                },
+            };
+            self.entries.insert(key, entry);
+        }
+        Ok(event)
+    }
+
+    /// The constant part, the event kind and the tail of `context`, when its event name is one
+    /// this codec knows; `None` for any other shape.
+    fn split<'c>(&self, context: &'c [u8]) -> Option<(&'c [u8], EventKind, &'c [u8])> {
+        // A plaintext context ends with its event name (a few comparisons); one with TLS facts
+        // after the name is searched.
+        for (name, kind) in EVENT_NAMES {
+            if let Some(head) = context.strip_suffix(*name) {
+                if head.ends_with(EVENT_KEY) {
+                    return Some((head, *kind, &context[context.len() - 2..]));
+                }
+            }
+        }
+        let prefix_len = self.finder.find(context)? + EVENT_KEY.len();
+        let rest = &context[prefix_len..];
+        let name_len = memchr::memchr(b'"', rest)?;
+        let kind = match &rest[..name_len] {
+            b"DATA" => EventKind::Data,
+            b"CONNECTED" => EventKind::Connected,
+            b"CLOSE" => EventKind::Close,
+            _ => return None,
+        };
+        Some((&context[..prefix_len], kind, &rest[name_len..]))
+    }
+
+    /// Whether `event`'s context encodes to exactly `prefix`, its event name and `tail`.
+    fn encodes_to(&mut self, event: &TcpEvent<'_>, prefix: &[u8], tail: &[u8]) -> bool {
+        self.scratch.clear();
+        push_context_prefix(
+            &mut self.scratch,
+            &event.remote_addr,
+            &event.server,
+            &event.uuid,
+        );
+        if *self.scratch != *prefix {
+            return false;
+        }
+        self.scratch.clear();
+        self.scratch.push(b'"');
+        if let Some(tls) = &event.tls {
+            self.scratch.extend_from_slice(&tls.context_fragment());
+        }
+        self.scratch.push(b'}');
+        *self.scratch == *tail
+    }
+}
+
+/// TLS facts borrowed from the memo.
+fn borrowed<'a>(t: &'a TlsFacts<'static>) -> TlsFacts<'a> {
+    let borrow = |s: &'a Option<Cow<'static, str>>| s.as_deref().map(Cow::Borrowed);
+    TlsFacts {
+        version: Cow::Borrowed(&t.version),
+        cipher: Cow::Borrowed(&t.cipher),
+        sni: borrow(&t.sni),
+        client_subject: borrow(&t.client_subject),
+        client_sha256: borrow(&t.client_sha256),
+    }
+}
+
+/// TLS facts that outlive the frame they were decoded from.
+fn owned(t: &TlsFacts<'_>) -> TlsFacts<'static> {
+    let own = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| Cow::Owned(s.to_owned()));
+    TlsFacts {
+        version: Cow::Owned(t.version.to_string()),
+        cipher: Cow::Owned(t.cipher.to_string()),
+        sni: own(&t.sni),
+        client_subject: own(&t.client_subject),
+        client_sha256: own(&t.client_sha256),
+    }
+}
+
+/// A cheap hash of a context's constant part: its length, its first and its last sixteen bytes
+/// (with Pier's and RoadRunner's layout: the client's address and port, the end of the uuid),
+/// mixed as FxHash does. Two constant parts with the same hash only replace each other's entry: a
+/// hit still needs equal bytes.
+fn hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        let part = bytes.get(at..).unwrap_or_default();
+        let n = part.len().min(8);
+        w[..n].copy_from_slice(&part[..n]);
+        u64::from_le_bytes(w)
+    };
+    let end = bytes.len().saturating_sub(16);
+    let mut h = mix(bytes.len() as u64, word(16));
+    h = mix(h, word(24));
+    h = mix(h, word(end));
+    h = mix(h, word(end + 8));
+    h ^ (h >> 29)
+}
+
+/// The hasher of a map whose keys are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are u64); fold anything else in anyway.
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// The bytes of a stock reply before its body (header, the context-length option, the context),
+/// encoded once per reply kind and body length instead of once per answer: a worker's answers
+/// repeat a few lengths. A direct-mapped table of [`ReplyHeads::SLOTS`] heads indexed by the
+/// payload length; a head is used only for the same payload length and context.
+pub struct ReplyHeads {
+    /// Encoded heads; `len == 0` marks an empty slot.
+    slots: Box<[ReplyHead; ReplyHeads::SLOTS]>,
+}
+
+/// One remembered reply head.
+#[derive(Clone, Copy)]
+struct ReplyHead {
+    /// Payload length (context ‖ body) it was encoded for.
+    payload_len: u32,
+    /// Length of the head: header, one option and the context.
+    len: u8,
+    /// The head's bytes (12-byte header, 4-byte option, context of at most 10 bytes).
+    bytes: [u8; HEAD_MAX],
+}
+
+/// The longest stock reply head: header, one option, `WRITECLOSE`.
+const HEAD_MAX: usize = HEADER_LEN + 4 + 10;
+
+impl std::fmt::Debug for ReplyHeads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let used = self.slots.iter().filter(|s| s.len != 0).count();
+        write!(f, "ReplyHeads({used}/{})", Self::SLOTS)
+    }
+}
+
+impl Default for ReplyHeads {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyHeads {
+    /// How many heads it holds at most (a power of two).
+    pub const SLOTS: usize = 64;
+
+    /// An empty memo.
+    pub fn new() -> Self {
+        let empty = ReplyHead {
+            payload_len: 0,
+            len: 0,
+            bytes: [0; HEAD_MAX],
+        };
+        ReplyHeads {
+            slots: Box::new([empty; Self::SLOTS]),
+        }
+    }
+
+    /// [`crate::tcp::encode_reply`]: the same bytes, with a stock reply's head (no state, a
+    /// known kind) taken from the memo when it was encoded before.
+    pub fn encode_reply(
+        &mut self,
+        dst: &mut Vec<u8>,
+        kind: ReplyKind<'_>,
+        state: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<(), EncodeError> {
+        let context = kind.as_bytes();
+        let payload_len = context.len() + body.len();
+        let stock = state.is_none() && !matches!(kind, ReplyKind::Unknown(_));
+        let Some(payload_len) = u32::try_from(payload_len).ok().filter(|_| stock) else {
+            return crate::tcp::encode_reply(dst, kind, state, body);
+        };
+        let head_len = HEADER_LEN + 4 + context.len();
+        let slot = &mut self.slots[payload_len as usize & (Self::SLOTS - 1)];
+        let fresh = slot.payload_len == payload_len
+            && usize::from(slot.len) == head_len
+            && slot.bytes[HEADER_LEN + 4..head_len] == *context;
+        if !fresh {
+            let mut head = Vec::with_capacity(HEAD_MAX + body.len());
+            frame::encode(&mut head, 0, 0, &[context.len() as u32], &[context, body])?;
+            slot.bytes[..head_len].copy_from_slice(&head[..head_len]);
+            slot.len = head_len as u8;
+            slot.payload_len = payload_len;
+        }
+        dst.reserve(head_len + body.len());
+        dst.extend_from_slice(&slot.bytes[..head_len]);
+        dst.extend_from_slice(body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::decode;
+    use crate::tcp::{encode_event_with_context, encode_reply, TcpReply};
+
+    fn event_frame(
+        remote_addr: &str,
+        uuid: &str,
+        kind: EventKind,
+        tls: Option<&TlsFacts<'_>>,
+        state: &[u8],
+        body: &[u8],
+    ) -> Vec<u8> {
+        let fragment = tls.map(TlsFacts::context_fragment).unwrap_or_default();
+        let mut out = Vec::new();
+        encode_event_with_context(
+            &mut out,
+            remote_addr,
+            "srv",
+            uuid,
+            kind,
+            &fragment,
+            state,
+            body,
+        )
+        .unwrap();
+        out
+    }
+
+    /// Decodes `bytes` with and without the memo and asserts both agree.
+    fn both(memo: &mut ContextMemo, bytes: &[u8]) -> Result<TcpEvent<'static>, String> {
+        let (frame, _) = decode(bytes, u32::MAX).unwrap().unwrap();
+        let plain = TcpEvent::decode(&frame).map_err(|e| e.to_string());
+        let memoized = memo.decode(&frame).map_err(|e| e.to_string());
+        let owned = |e: TcpEvent<'_>| TcpEvent {
+            remote_addr: e.remote_addr.into_owned().into(),
+            server: e.server.into_owned().into(),
+            uuid: e.uuid.into_owned().into(),
+            event: e.event,
+            state: e.state.to_vec().leak(),
+            body: e.body.to_vec().leak(),
+            tls: e.tls.map(|t| Box::new(owned(&t))),
+        };
+        let plain = plain.map(owned);
+        assert_eq!(memoized.map(owned), plain);
+        plain
+    }
+
+    #[test]
+    fn a_connection_is_decoded_once_and_every_event_agrees() {
+        let tls = TlsFacts {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            sni: Some("mail.example".into()),
+            client_subject: Some("CN=a<b>".into()),
+            client_sha256: None,
+        };
+        let mut memo = ContextMemo::new();
+        for round in 0..3 {
+            for conn in 0..5 {
+                let addr = format!("10.0.0.{conn}:5{conn}");
+                let uuid = format!("uuid-{conn}");
+                // STARTTLS on connection 1 in round 2: its tail changes, the entry is replaced.
+                let facts = (conn == 1 && round == 2).then_some(&tls);
+                let kind = if round == 0 {
+                    EventKind::Connected
+                } else {
+                    EventKind::Data
+                };
+                let state = if round == 1 { &b"st"[..] } else { b"" };
+                let e = both(
+                    &mut memo,
+                    &event_frame(&addr, &uuid, kind, facts, state, b"x\n"),
+                )
+                .unwrap();
+                assert_eq!((e.uuid.as_ref(), e.event, e.state), (&*uuid, kind, state));
+                assert_eq!(e.tls.is_some(), facts.is_some());
+            }
+        }
+        assert_eq!(memo.len(), 5, "one entry per connection");
+        for conn in 0..5 {
+            let facts = (conn == 1).then_some(&tls);
+            let bytes = event_frame(
+                &format!("10.0.0.{conn}:5{conn}"),
+                &format!("uuid-{conn}"),
+                EventKind::Close,
+                facts,
+                b"",
+                b"",
+            );
+            both(&mut memo, &bytes).unwrap();
+        }
+        assert!(memo.is_empty(), "CLOSE forgets the connection");
+    }
+
+    #[test]
+    fn contexts_it_cannot_vouch_for_are_decoded_in_full() {
+        let mut memo = ContextMemo::new();
+        let contexts: &[&[u8]] = &[
+            // Another key order, escapes Pier does not write, unknown names, whitespace, junk.
+            br#"{"server":"s","remote_addr":"a","uuid":"u","event":"DATA"}"#,
+            br#"{"remote_addr":"\u0061","server":"s","uuid":"u","event":"DATA"}"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"PING"}"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA" }"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA","x":1}"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA"}junk"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA"#,
+            br#"{"remote_addr":"a","server":"s","uuid":"u","event":"DATA"}"#,
+            b"{\"remote_addr\":\"\xff\",\"server\":\"s\",\"uuid\":\"u\",\"event\":\"DATA\"}",
+        ];
+        for _ in 0..2 {
+            for context in contexts {
+                let mut bytes = Vec::new();
+                frame::encode(&mut bytes, 0, 0, &[context.len() as u32], &[context, b"b"]).unwrap();
+                let _ = both(&mut memo, &bytes);
+            }
+        }
+        assert_eq!(memo.len(), 1, "only the canonical context is remembered");
+        // A bad context length fails the same way with the memo.
+        let mut bytes = Vec::new();
+        frame::encode(&mut bytes, 0, 0, &[9], &[b"{}"]).unwrap();
+        assert!(both(&mut memo, &bytes).is_err());
+    }
+
+    #[test]
+    fn the_memo_is_bounded() {
+        let mut memo = ContextMemo::new();
+        for conn in 0..ContextMemo::MAX_ENTRIES + 10 {
+            let bytes = event_frame("a:1", &conn.to_string(), EventKind::Data, None, b"", b"");
+            both(&mut memo, &bytes).unwrap();
+            assert!(memo.len() <= ContextMemo::MAX_ENTRIES);
+        }
+        let long = "x".repeat(ContextMemo::MAX_CONTEXT);
+        let mut memo = ContextMemo::new();
+        both(
+            &mut memo,
+            &event_frame(&long, "u", EventKind::Data, None, b"", b""),
+        )
+        .unwrap();
+        assert!(memo.is_empty(), "contexts over MAX_CONTEXT are not kept");
+    }
+
+    #[test]
+    fn reply_heads_give_the_bytes_of_encode_reply() {
+        let mut heads = ReplyHeads::new();
+        let kinds = [
+            ReplyKind::Write,
+            ReplyKind::Continue,
+            ReplyKind::WriteClose,
+            ReplyKind::Close,
+            ReplyKind::Unknown(b"SHOUT"),
+        ];
+        let bodies: Vec<Vec<u8>> = (0..200).map(|n| vec![b'z'; n % 90]).collect();
+        for state in [None, Some(&b""[..]), Some(b"st")] {
+            for (i, body) in bodies.iter().enumerate() {
+                let kind = kinds[i % kinds.len()];
+                let mut want = vec![1];
+                encode_reply(&mut want, kind, state, body).unwrap();
+                let mut got = vec![1];
+                heads.encode_reply(&mut got, kind, state, body).unwrap();
+                assert_eq!(got, want, "{kind:?} {state:?} {}", body.len());
+                let (frame, _) = decode(&got[1..], u32::MAX).unwrap().unwrap();
+                assert_eq!(
+                    TcpReply::decode(&frame).unwrap(),
+                    TcpReply { kind, state, body }
+                );
+            }
+        }
+    }
+}
