@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use pier_protocol::frame::{self, Frame, FrameError};
+use pier_protocol::frame::{self, Frame, FrameError, HeaderMemo};
 
 /// Largest payload we accept from the server. Pier bounds packets far below this; the limit only
 /// keeps a corrupt length from making the worker allocate gigabytes before failing.
@@ -224,6 +224,12 @@ pub struct Relay {
     /// Length of the frame handed out by the last `read_frame`, consumed at the next call (the
     /// frame borrows the buffer until then).
     handed_out: usize,
+    /// Length of the whole, checked frame after the one handed out, once [`Relay::frame_buffered`]
+    /// found it (0: not known yet), so that [`Relay::advance`] does not check it again.
+    next: usize,
+    /// Frame headers already checked: the server's headers repeat (one per payload length), so
+    /// each distinct one is checksummed once.
+    headers: HeaderMemo,
 }
 
 impl Relay {
@@ -235,6 +241,8 @@ impl Relay {
             start: 0,
             end: 0,
             handed_out: 0,
+            next: 0,
+            headers: HeaderMemo::new(),
         }
     }
 
@@ -242,7 +250,21 @@ impl Relay {
     ///
     /// The frame borrows the relay's buffer; it is released by the next call.
     pub fn read_frame(&mut self) -> Result<Option<Frame<'_>>, RelayError> {
+        if !self.advance()? {
+            return Ok(None);
+        }
+        self.current_frame().map(Some)
+    }
+
+    /// Moves to the next frame, reading until it is all buffered; `false` when the relay ended
+    /// cleanly between frames. [`Relay::current_frame`] then gives it.
+    pub fn advance(&mut self) -> Result<bool, RelayError> {
         self.start += std::mem::take(&mut self.handed_out);
+        let next = std::mem::take(&mut self.next);
+        if next != 0 {
+            self.handed_out = next;
+            return Ok(true);
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -251,39 +273,40 @@ impl Relay {
             }
         }
         loop {
-            // Decode against a copy of the indices so the borrow ends before we read more.
-            let need = match frame::decode(&self.buf[self.start..self.end], MAX_PAYLOAD) {
-                Ok(Some((_, used))) => {
+            let buffered = &self.buf[self.start..self.end];
+            let need = match frame::whole_len(buffered, MAX_PAYLOAD, &mut self.headers) {
+                Ok(Some(used)) => {
                     self.handed_out = used;
-                    break;
+                    return Ok(true);
                 }
-                Ok(None) => needed_len(&self.buf[self.start..self.end]),
+                Ok(None) => needed_len(buffered),
                 Err(e) => return Err(RelayError::Frame(e)),
             };
             if !self.fill(need)? {
                 let buffered = self.end - self.start;
                 return if buffered == 0 {
-                    Ok(None)
+                    Ok(false)
                 } else {
                     Err(RelayError::Truncated { buffered })
                 };
             }
         }
-        match frame::decode(&self.buf[self.start..self.end], MAX_PAYLOAD) {
-            Ok(Some((frame, _))) => Ok(Some(frame)),
-            // Unreachable: the same bytes decoded a line above. Report rather than panic.
-            Ok(None) => Err(RelayError::Truncated {
-                buffered: self.end - self.start,
-            }),
-            Err(e) => Err(RelayError::Frame(e)),
-        }
     }
 
-    /// The frame the last [`Relay::read_frame`] handed out, decoded again from the buffer.
-    pub fn current_frame(&self) -> Result<Frame<'_>, RelayError> {
+    /// The flags byte of the frame [`Relay::advance`] moved to (0 before any).
+    pub fn current_flags(&self) -> u8 {
+        if self.handed_out == 0 {
+            return 0;
+        }
+        self.buf[self.start + 1]
+    }
+
+    /// The frame [`Relay::advance`] moved to, decoded from the buffer (its header was checked).
+    pub fn current_frame(&mut self) -> Result<Frame<'_>, RelayError> {
         let bytes = &self.buf[self.start..self.start + self.handed_out];
-        match frame::decode(bytes, MAX_PAYLOAD) {
+        match frame::decode_memo(bytes, MAX_PAYLOAD, &mut self.headers) {
             Ok(Some((frame, _))) => Ok(frame),
+            // Unreachable: `advance` checked that these bytes are one whole frame.
             Ok(None) => Err(RelayError::Truncated {
                 buffered: bytes.len(),
             }),
@@ -292,11 +315,20 @@ impl Relay {
     }
 
     /// Whether a whole frame after the one handed out is already buffered, i.e. whether the next
-    /// [`Relay::read_frame`] returns without reading from the transport. A session uses this to
+    /// [`Relay::advance`] returns without reading from the transport. A session uses this to
     /// hold its answers back while more events are waiting (they then leave in one write).
-    pub fn frame_buffered(&self) -> bool {
+    pub fn frame_buffered(&mut self) -> bool {
+        if self.next != 0 {
+            return true;
+        }
         let rest = &self.buf[self.start + self.handed_out..self.end];
-        matches!(frame::decode(rest, MAX_PAYLOAD), Ok(Some(_)))
+        match frame::whole_len(rest, MAX_PAYLOAD, &mut self.headers) {
+            Ok(Some(len)) => {
+                self.next = len;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Reads at least one more byte, making room for a frame of `need` bytes; `false` on EOF.

@@ -12,7 +12,8 @@
 
 use pier_protocol::control::{self, Control};
 use pier_protocol::frame::{flags, EncodeError};
-use pier_protocol::tcp::{ReplyKind, TcpEvent, TcpReply};
+use pier_protocol::memo::{ContextMemo, ReplyHeads};
+use pier_protocol::tcp::{ReplyKind, TcpEvent};
 use pier_protocol::MessageError;
 
 use std::borrow::Cow;
@@ -182,6 +183,10 @@ pub struct Session {
     /// The server of the request being handled (a broadcast without a group goes to its
     /// connections); reused between events.
     server: String,
+    /// Each connection's context, decoded once (not per event).
+    contexts: ContextMemo,
+    /// Stock reply heads, encoded once per kind and body length.
+    heads: ReplyHeads,
 }
 
 impl Session {
@@ -197,6 +202,8 @@ impl Session {
             ended: false,
             uuid: String::new(),
             server: String::new(),
+            contexts: ContextMemo::new(),
+            heads: ReplyHeads::new(),
         }
     }
 
@@ -213,17 +220,18 @@ impl Session {
                 // About to block on the relay: the batch's answers go first.
                 self.flush()?;
             }
-            let Some(frame) = self.relay.read_frame()? else {
+            if !self.relay.advance()? {
                 self.ended = true;
                 // The server closed the relay: the held answers are only sent in case it still
                 // reads (it closed its write side only).
                 let _ = self.flush_held();
                 return Ok(Incoming::End);
-            };
-            if !frame.has(flags::CONTROL) {
+            }
+            if self.relay.current_flags() & flags::CONTROL == 0 {
                 break;
             }
             // Handshakes are answered here, whenever one arrives.
+            let frame = self.relay.current_frame()?;
             match Control::parse(frame.payload).map_err(SessionError::Message)? {
                 Control::Stop => {
                     self.ended = true;
@@ -237,10 +245,12 @@ impl Session {
                 }
             }
         }
-        // The event is decoded from the frame the loop stopped at (returning a borrow from inside
-        // the loop is something the borrow checker cannot see through yet).
+        // The event is decoded from the frame the loop stopped at, once.
         let frame = self.relay.current_frame()?;
-        let event = TcpEvent::decode(&frame).map_err(SessionError::Message)?;
+        let event = self
+            .contexts
+            .decode(&frame)
+            .map_err(SessionError::Message)?;
         self.turn = Turn::Pending;
         self.state = None;
         self.uuid.clear();
@@ -259,13 +269,9 @@ impl Session {
         }
         let at = self.out.len();
         let state = self.state.take();
-        TcpReply {
-            kind,
-            state: state.as_deref(),
-            body,
-        }
-        .encode(&mut self.out)
-        .map_err(|e| self.unwind(at, e))?;
+        self.heads
+            .encode_reply(&mut self.out, kind, state.as_deref(), body)
+            .map_err(|e| self.unwind(at, e))?;
         self.turn = Turn::Answered;
         self.send_or_hold()
     }
@@ -482,7 +488,7 @@ mod tests {
     use super::*;
     use crate::relay::Transport;
     use pier_protocol::frame::decode;
-    use pier_protocol::tcp::{encode_event_with_state, EventKind};
+    use pier_protocol::tcp::{encode_event_with_state, EventKind, TcpReply};
     use pier_protocol::WorkerMessage;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
