@@ -24,6 +24,7 @@ use ext_php_rs::types::{ZendClassObject, ZendHashTable, ZendStr, Zval};
 use ext_php_rs::zend::{ce, ClassEntry};
 
 use pier_protocol::tcp::{EventKind, ReplyKind};
+use pier_protocol::TcpEvent as Event;
 use pier_protocol::TlsFacts;
 
 use crate::relay::{self, Relay, RelayError, RelaySpec};
@@ -37,6 +38,7 @@ pub fn register(module: ModuleBuilder<'_>) -> ModuleBuilder<'_> {
         .function(wrap_function!(features))
         .startup_function(register_exceptions)
         .request_startup_function(declare_like_php)
+        .request_shutdown_function(forget_connections)
         .enumeration::<TcpEvent>()
         .enumeration::<TcpResponse>()
         .class::<Worker>()
@@ -756,6 +758,98 @@ impl TcpRequest {
     }
 }
 
+/// The PHP strings of one connection's remote address, uuid and server name.
+#[derive(Debug)]
+struct ConnectionStrings {
+    /// `remoteAddr`.
+    remote_addr: PhpString,
+    /// `connectionUuid`.
+    uuid: PhpString,
+    /// `server`.
+    server: PhpString,
+}
+
+/// Slots of [`CONNECTIONS`] (a power of two).
+const CONNECTION_SLOTS: usize = 1024;
+
+/// Longest remote address, uuid and server name together that [`CONNECTIONS`] keeps.
+const CONNECTION_STRINGS_MAX: usize = 512;
+
+thread_local! {
+    /// The PHP strings of the connections this worker serves, so that a connection's every event
+    /// shares three strings instead of allocating and copying them again: a direct-mapped table
+    /// indexed by the end of the uuid, a slot used only when its three strings equal the event's
+    /// (so a collision only costs new strings). Emptied at a connection's CLOSE and at request
+    /// shutdown (the strings live in the request's memory).
+    static CONNECTIONS: RefCell<Vec<Option<ConnectionStrings>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Request shutdown (RSHUTDOWN): drops the cached connection strings while the request's memory
+/// they live in still exists.
+///
+/// # Safety
+///
+/// Called by PHP at request shutdown as `request_shutdown_func`; never call it yourself.
+pub unsafe extern "C" fn forget_connections(_type: i32, _module_number: i32) -> i32 {
+    CONNECTIONS.with(|c| *c.borrow_mut() = Vec::new());
+    0
+}
+
+/// The bytes of a PHP string.
+fn bytes_of(s: &PhpString) -> &[u8] {
+    s.0.zend_str().map(|z| z.as_bytes()).unwrap_or_default()
+}
+
+/// `event`'s remote address, uuid and server as PHP strings, shared with the connection's
+/// earlier events when they are the same.
+fn connection_strings(event: &Event<'_>) -> (PhpString, PhpString, PhpString) {
+    let (remote_addr, uuid, server) = (
+        event.remote_addr.as_bytes(),
+        event.uuid.as_bytes(),
+        event.server.as_bytes(),
+    );
+    let fresh = || (string(remote_addr), string(uuid), string(server));
+    if remote_addr.len() + uuid.len() + server.len() > CONNECTION_STRINGS_MAX {
+        return fresh();
+    }
+    let tail = &uuid[uuid.len().saturating_sub(8)..];
+    let mut key = [0u8; 8];
+    key[..tail.len()].copy_from_slice(tail);
+    let slot = (u64::from_le_bytes(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
+        & (CONNECTION_SLOTS - 1);
+    CONNECTIONS.with(|c| {
+        let mut slots = c.borrow_mut();
+        if slots.is_empty() {
+            slots.resize_with(CONNECTION_SLOTS, || None);
+        }
+        let same = slots[slot].as_ref().is_some_and(|s| {
+            bytes_of(&s.uuid) == uuid
+                && bytes_of(&s.remote_addr) == remote_addr
+                && bytes_of(&s.server) == server
+        });
+        if !same {
+            let (remote_addr, uuid, server) = fresh();
+            slots[slot] = Some(ConnectionStrings {
+                remote_addr,
+                uuid,
+                server,
+            });
+        }
+        let s = if event.event == EventKind::Close {
+            // The connection's last event: its slot is not needed any more.
+            slots[slot].take().expect("filled above")
+        } else {
+            let s = slots[slot].as_ref().expect("filled above");
+            ConnectionStrings {
+                remote_addr: s.remote_addr.share(),
+                uuid: s.uuid.share(),
+                server: s.server.share(),
+            }
+        };
+        (s.remote_addr, s.uuid, s.server)
+    })
+}
+
 /// TLS facts that outlive the relay buffer they were decoded from.
 fn owned_tls(t: &TlsFacts<'_>) -> TlsFacts<'static> {
     let own = |s: &Option<std::borrow::Cow<'_, str>>| s.as_ref().map(|s| s.to_string().into());
@@ -829,15 +923,18 @@ impl TcpWorker {
         let mut session = self.session.borrow_mut();
         match session.wait().map_err(throwable)? {
             Incoming::End => Ok(None),
-            Incoming::Event(e) => Ok(Some(TcpRequest {
-                remote_addr: string(e.remote_addr.as_bytes()),
-                event: e.event.into(),
-                body: string(e.body),
-                connection_uuid: string(e.uuid.as_bytes()),
-                server: string(e.server.as_bytes()),
-                state: string(e.state),
-                tls: e.tls.map(|t| Box::new(owned_tls(&t))),
-            })),
+            Incoming::Event(e) => {
+                let (remote_addr, connection_uuid, server) = connection_strings(&e);
+                Ok(Some(TcpRequest {
+                    remote_addr,
+                    event: e.event.into(),
+                    body: string(e.body),
+                    connection_uuid,
+                    server,
+                    state: string(e.state),
+                    tls: e.tls.map(|t| Box::new(owned_tls(&t))),
+                }))
+            }
         }
     }
 

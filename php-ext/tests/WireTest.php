@@ -61,6 +61,50 @@ final class WireTest extends TestCase
         );
     }
 
+    /**
+     * The extension keeps each connection's context and its strings between events: connections
+     * whose uuids end alike, a connection coming back under another server name, and one whose
+     * uuid returns after its CLOSE each still get exactly their own remote address, uuid and server.
+     */
+    public function testEachConnectionGetsItsOwnStringsAcrossInterleavedEvents(): void
+    {
+        $tail = '-4d2c-9a51-0e6f3b2a7c10';
+        $events = [
+            ['CONNECTED', '10.0.0.1:1001', "aaaaaaaa-4b7e$tail", 'smtp'],
+            ['CONNECTED', '10.0.0.2:1002', "bbbbbbbb-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.1:1001', "aaaaaaaa-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.2:1002', "bbbbbbbb-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.1:1001', "aaaaaaaa-4b7e$tail", 'imap'],
+            ['CLOSE', '10.0.0.2:1002', "bbbbbbbb-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.3:1003', "bbbbbbbb-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.1:1001', "aaaaaaaa-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.9:1009', "aaaaaaaa-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.9:1009', "aaaaaaaa-4b7e$tail", 'smtp'],
+            ['DATA', '10.0.0.9:1009', "cccccccc-4b7e$tail", 'smtp'],
+        ];
+        $input = '';
+        $script = [];
+        $want = [];
+        foreach ($events as $i => [$event, $addr, $uuid, $server]) {
+            $input .= Frames::event($event, "line $i\n", '', $server, $addr, $uuid);
+            $script[] = ['wait'];
+            $script[] = ['read'];
+            $want[] = ['remote_addr' => $addr, 'uuid' => $uuid, 'server' => $server, 'body' => bin2hex("line $i\n")];
+            $want[] = ['done' => 'read'];
+        }
+        $script[] = ['wait'];
+        $run = Child::run('scripted.php', $script, $input);
+
+        self::assertCleanExit($run);
+        $got = [];
+        foreach (\array_slice($run->steps, 0, -2) as $step) {
+            $got[] = isset($step['uuid'])
+                ? ['remote_addr' => $step['remote_addr'], 'uuid' => $step['uuid'], 'server' => $step['server'], 'body' => $step['body']]
+                : $step;
+        }
+        self::assertSame($want, $got);
+    }
+
     public function testEveryReplyIsByteIdenticalToTheReferenceWorker(): void
     {
         $steps = [

@@ -51,10 +51,16 @@ final class Frames
     }
 
     /** A server event, with the state in option 1 when it is non-empty (Pier extension). */
-    public static function event(string $event, string $body, string $state = '', string $server = 'smtp'): string
-    {
+    public static function event(
+        string $event,
+        string $body,
+        string $state = '',
+        string $server = 'smtp',
+        string $remoteAddr = '127.0.0.1:50412',
+        string $uuid = self::UUID,
+    ): string {
         $context = json_encode(
-            ['remote_addr' => '127.0.0.1:50412', 'server' => $server, 'uuid' => self::UUID, 'event' => $event],
+            ['remote_addr' => $remoteAddr, 'server' => $server, 'uuid' => $uuid, 'event' => $event],
             JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR,
         );
         $options = $state === '' ? [\strlen($context)] : [\strlen($context), \strlen($state)];
