@@ -770,7 +770,7 @@ struct ConnectionStrings {
 }
 
 /// Slots of [`CONNECTIONS`] (a power of two).
-const CONNECTION_SLOTS: usize = 1024;
+const CONNECTION_SLOTS: usize = 4096;
 
 /// Longest remote address, uuid and server name together that [`CONNECTIONS`] keeps.
 const CONNECTION_STRINGS_MAX: usize = 512;
@@ -815,7 +815,7 @@ fn connection_strings(event: &Event<'_>) -> (PhpString, PhpString, PhpString) {
     let tail = &uuid[uuid.len().saturating_sub(8)..];
     let mut key = [0u8; 8];
     key[..tail.len()].copy_from_slice(tail);
-    let slot = (u64::from_le_bytes(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
+    let slot = (u64::from_le_bytes(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
         & (CONNECTION_SLOTS - 1);
     CONNECTIONS.with(|c| {
         let mut slots = c.borrow_mut();
