@@ -52,8 +52,8 @@ struct Entry {
 }
 
 /// The decoded contexts of the connections a worker serves, so that each connection's context is
-/// decoded once and not per event (PROTOCOL.md, "The event context": the server writes everything
-/// but the event name once per connection).
+/// decoded once and not per event (PROTOCOL.md, "TCP events": everything before the event name is
+/// the same in all of a connection's events, and the `tls` key after it changes only at STARTTLS).
 ///
 /// A context is split at its `"event"` key into the constant part (the key of the memo: one entry
 /// per connection), the event name and the tail (TLS facts). An entry is made only when the
