@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace Pier\Internal;
 
+use Pier\Tcp\TcpEvent;
 use Pier\Tcp\TcpRequest;
 use Pier\Worker;
 
@@ -34,16 +35,43 @@ final class Access
     }
 
     /**
-     * Gives a request its TLS facts (TcpRequest's constructor stays exactly the extension's).
+     * A request of one connection without its body and state: what a DATA event's context says, built
+     * once per connection by TcpWorker and completed per event by {@see requestCompleter()} (cloning
+     * it costs less than a `new TcpRequest` with six arguments). TcpRequest's constructor stays exactly
+     * the extension's, so this one is built around it; it never leaves the package incomplete.
      *
-     * @param array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $tls
+     * @param array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null $tls
      */
-    public static function setTls(TcpRequest $request, array $tls): void
+    public static function requestTemplate(string $remoteAddr, TcpEvent $event, string $connectionUuid, string $server, ?array $tls): TcpRequest
     {
-        /** @var \Closure(TcpRequest, array<string, ?string>): void $set */
-        $set = \Closure::bind(static function (TcpRequest $r, array $t): void {
-            $r->tls = $t;
+        $template = (new \ReflectionClass(TcpRequest::class))->newInstanceWithoutConstructor();
+        /** @var \Closure(TcpRequest): void $init */
+        $init = \Closure::bind(static function (TcpRequest $r) use ($remoteAddr, $event, $connectionUuid, $server, $tls): void {
+            $r->remoteAddr = $remoteAddr;
+            $r->event = $event;
+            $r->connectionUuid = $connectionUuid;
+            $r->server = $server;
+            $r->tls = $tls;
         }, null, TcpRequest::class);
-        $set($request, $tls);
+        $init($template);
+
+        return $template;
+    }
+
+    /**
+     * The function that completes a {@see requestTemplate()} into one event's request: a clone with
+     * the event's body and state (readonly properties left unset by the template, so set once here).
+     *
+     * @return \Closure(TcpRequest, string, string): TcpRequest
+     */
+    public static function requestCompleter(): \Closure
+    {
+        return \Closure::bind(static function (TcpRequest $template, string $body, string $state): TcpRequest {
+            $request = clone $template;
+            $request->body = $body;
+            $request->state = $state;
+
+            return $request;
+        }, null, TcpRequest::class);
     }
 }

@@ -51,6 +51,9 @@ final class Session
     /** Where the next frame starts in $buffer. */
     private int $offset = 0;
 
+    /** The size of the frame at $offset once send() has looked its header up; 0 = not looked up. */
+    private int $nextSize = 0;
+
     /** @var Phase where the request/answer cycle is */
     private Phase $phase = Phase::Idle;
 
@@ -332,35 +335,35 @@ final class Session
     }
 
     /**
-     * Holds $frame for the batch when the next event is already buffered, else writes it with
-     * whatever is held.
+     * Holds $frame for the batch when the next event is already buffered (it is handled before the
+     * worker could block), else writes it at once with whatever is held.
      *
      * @throws RelayException
      */
     private function send(string $frame): void
     {
-        if ($this->held === '' && \strlen($this->buffer) - $this->offset < Frame::HEADER_SIZE) {
-            // Nothing held, no next event buffered (one event at a time): straight out.
+        $available = \strlen($this->buffer) - $this->offset;
+        if ($available >= Frame::HEADER_SIZE && \strlen($this->held) + \strlen($frame) < self::MAX_HELD) {
+            // Is the next frame whole? (The memo lookup is receive()'s, inlined: a hot path.)
+            try {
+                $next = $this->nextSize = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize();
+            } catch (ProtocolException) {
+                $next = PHP_INT_MAX; // Corrupt bytes: send now; the next receive() reports them.
+            }
+            if ($available >= $next) {
+                $this->held .= $frame;
+
+                return;
+            }
+        }
+        if ($this->held === '') {
             $this->relay->write($frame);
 
             return;
         }
-        $this->held .= $frame;
-        if (\strlen($this->held) >= self::MAX_HELD || !$this->frameBuffered()) {
-            $this->flush();
-        }
-    }
-
-    /** Whether a whole frame is buffered, so the next receive() returns without reading. */
-    private function frameBuffered(): bool
-    {
-        $available = \strlen($this->buffer) - $this->offset;
-        try {
-            return $available >= Frame::HEADER_SIZE && $available >= $this->frameSize();
-        } catch (ProtocolException) {
-            // Corrupt bytes: send now; the next receive() reports them.
-            return false;
-        }
+        $out = $this->held . $frame;
+        $this->held = '';
+        $this->relay->write($out);
     }
 
     private function settle(): void
@@ -425,10 +428,12 @@ final class Session
             $available = \strlen($this->buffer) - $this->offset;
             $size = 0;
             if ($available >= Frame::HEADER_SIZE) {
-                $size = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize();
+                // send() may have looked this header up already.
+                $size = $this->nextSize ?: ($this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize());
                 if ($available >= $size) {
                     $frame = substr($this->buffer, $this->offset, $size);
                     $this->offset += $size;
+                    $this->nextSize = 0;
 
                     return $frame;
                 }

@@ -33,10 +33,13 @@ final class TcpWorker
     private readonly Session $session;
 
     /**
-     * @var array<string, array{string, TcpEvent, string, string, ?array<string, ?string>}> the context of
-     *      a DATA event (its JSON bytes) => what it says: remote address, event, uuid, server, TLS facts
+     * @var array<string, TcpRequest> the context of a DATA event (its JSON bytes) => what it says, as a
+     *      request without body and state ({@see Access::requestTemplate()})
      */
     private array $contexts = [];
+
+    /** @var \Closure(TcpRequest, string, string): TcpRequest {@see Access::requestCompleter()} */
+    private readonly \Closure $complete;
 
     /**
      * The last request waitRequest() returned: push commands default to its connection, and a
@@ -48,6 +51,7 @@ final class TcpWorker
         private readonly Worker $worker,
     ) {
         $this->session = Access::session($worker);
+        $this->complete = Access::requestCompleter();
     }
 
     /**
@@ -302,7 +306,8 @@ final class TcpWorker
      * A hot path, run for every packet. Decoding the context's JSON is most of its cost, and a
      * connection's DATA events all have the same context (PROTOCOL.md, "TCP events": only the event
      * name changes, TLS facts are fixed once TLS is on), so what a DATA context says is decoded once
-     * and remembered by its bytes: the same bytes always decode the same way.
+     * and remembered by its bytes (the same bytes always decode the same way), as a request template
+     * that each event completes with its body and state.
      *
      * @throws ProtocolException when the event frame is not a TCP event
      */
@@ -328,32 +333,21 @@ final class TcpWorker
             ));
         }
         $context = substr($frame, $payloadAt, $contextLength);
-        [$remoteAddr, $event, $uuid, $server, $tls] = $this->contexts[$context] ?? $this->context($context);
-        $bodyAt = $payloadAt + $contextLength + $stateLength;
-        $request = new TcpRequest(
-            $remoteAddr,
-            $event,
-            $bodyAt === \strlen($frame) ? '' : substr($frame, $bodyAt),
-            $uuid,
-            $server,
+
+        return ($this->complete)(
+            $this->contexts[$context] ?? $this->context($context),
+            substr($frame, $payloadAt + $contextLength + $stateLength),
             $stateLength === 0 ? '' : substr($frame, $payloadAt + $contextLength, $stateLength),
         );
-        if ($tls !== null) {
-            /** @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string} $tls */
-            Access::setTls($request, $tls);
-        }
-
-        return $request;
     }
 
     /**
-     * Decodes an event's context; remembers it when it is a DATA event's ({@see request()}).
-     *
-     * @return array{string, TcpEvent, string, string, ?array<string, ?string>}
+     * Decodes an event's context into a request template; remembers it when it is a DATA event's
+     * ({@see request()}).
      *
      * @throws ProtocolException when the context is not a TCP event's
      */
-    private function context(string $json): array
+    private function context(string $json): TcpRequest
     {
         try {
             $context = json_decode($json, true, 4, JSON_THROW_ON_ERROR);
@@ -381,15 +375,16 @@ final class TcpWorker
             $facts['cipher'] ??= '';
         }
         $event = TcpEvent::tryFrom($context['event']) ?? TcpEvent::Unknown;
-        $decoded = [$context['remote_addr'], $event, $context['uuid'], $context['server'], $facts];
+        /** @var array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null $facts */
+        $template = Access::requestTemplate($context['remote_addr'], $event, $context['uuid'], $context['server'], $facts);
         // CONNECTED and CLOSE come once per connection: only DATA contexts are worth remembering.
         if ($event === TcpEvent::Data) {
             if (\count($this->contexts) >= self::MAX_CONTEXTS) {
                 $this->contexts = [];
             }
-            $this->contexts[$json] = $decoded;
+            $this->contexts[$json] = $template;
         }
 
-        return $decoded;
+        return $template;
     }
 }
