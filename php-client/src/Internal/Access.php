@@ -38,7 +38,8 @@ final class Access
      * A request of one connection without its body and state: what a DATA event's context says, built
      * once per connection by TcpWorker and completed per event by {@see requestCompleter()} (cloning
      * it costs less than a `new TcpRequest` with six arguments). TcpRequest's constructor stays exactly
-     * the extension's, so this one is built around it; it never leaves the package incomplete.
+     * the extension's, so the template is built around it; an incomplete request never leaves the
+     * package.
      *
      * @param array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null $tls
      */

@@ -344,9 +344,9 @@ final class Session
     {
         $available = \strlen($this->buffer) - $this->offset;
         if ($available >= Frame::HEADER_SIZE && \strlen($this->held) + \strlen($frame) < self::MAX_HELD) {
-            // Is the next frame whole? (The memo lookup is receive()'s, inlined: a hot path.)
+            // Is the next frame whole? (Its size is remembered for receive().)
             try {
-                $next = $this->nextSize = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize();
+                $next = $this->nextSize = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->checkHeader();
             } catch (ProtocolException) {
                 $next = PHP_INT_MAX; // Corrupt bytes: send now; the next receive() reports them.
             }
@@ -429,7 +429,7 @@ final class Session
             $size = 0;
             if ($available >= Frame::HEADER_SIZE) {
                 // send() may have looked this header up already.
-                $size = $this->nextSize ?: ($this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->frameSize());
+                $size = $this->nextSize ?: ($this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->checkHeader());
                 if ($available >= $size) {
                     $frame = substr($this->buffer, $this->offset, $size);
                     $this->offset += $size;
@@ -459,21 +459,18 @@ final class Session
     }
 
     /**
-     * The size of the frame whose 12 header bytes are buffered at $offset. receive() looks in the
-     * memo first itself (this is a hot path).
+     * Checks the frame header buffered at $offset (version, length, CRC32) and returns its frame's
+     * size, remembering it in $sizes.
      *
-     * Checking a header (version, length, CRC32) costs more than the rest of reading the frame. The
-     * server's headers repeat (one per payload length), so each distinct one is checked once and its
-     * size remembered; the memo holds at most {@see self::MAX_HEADERS}.
+     * Checking a header costs more than the rest of reading the frame, and the server's headers repeat
+     * (one per payload length), so receive() and send() look a header up in $sizes first and call this
+     * only for one not seen yet. The memo holds at most {@see self::MAX_HEADERS}.
      *
      * @throws ProtocolException when the header is not a goridge v3 header
      */
-    private function frameSize(): int
+    private function checkHeader(): int
     {
         $header = substr($this->buffer, $this->offset, Frame::HEADER_SIZE);
-        if (isset($this->sizes[$header])) {
-            return $this->sizes[$header];
-        }
         $size = Frame::sizeAt($header, 0);
         if (\count($this->sizes) >= self::MAX_HEADERS) {
             $this->sizes = [];
