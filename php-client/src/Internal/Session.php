@@ -450,11 +450,15 @@ final class Session
 
                 throw new RelayException(sprintf('could not read a frame: the relay closed in the middle of one (%d bytes of it received)', $available));
             }
-            if ($this->offset > 0) {
-                $this->buffer = substr($this->buffer, $this->offset);
-                $this->offset = 0;
+            if ($available === 0) {
+                $this->buffer = $chunk; // The usual case: every buffered frame was taken.
+            } else {
+                if ($this->offset > 0) {
+                    $this->buffer = substr($this->buffer, $this->offset);
+                }
+                $this->buffer .= $chunk;
             }
-            $this->buffer .= $chunk;
+            $this->offset = 0;
         }
     }
 

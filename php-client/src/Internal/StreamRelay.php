@@ -96,8 +96,11 @@ final class StreamRelay implements Relay
     {
         // fwrite on a blocking stream writes everything at once; the loop only guards against a partial
         // write (a signal), so the frame is never cut.
-        while ($frame !== '') {
+        while (true) {
             $written = @fwrite($this->out, $frame);
+            if ($written === \strlen($frame)) {
+                return;
+            }
             if ($written === false || $written === 0) {
                 throw new RelayException('could not write to the relay: ' . self::lastError());
             }
