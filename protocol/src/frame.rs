@@ -13,6 +13,14 @@ const MIN_HEADER_WORDS: u8 = 3;
 /// Largest header length in 32-bit words (ten options).
 const MAX_HEADER_WORDS: u8 = MIN_HEADER_WORDS + MAX_OPTIONS as u8;
 
+/// CRC-32 (IEEE), table built at compile time: the header's checksum covers its first 6 bytes.
+const HEADER_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// The checksum of a header's first 6 bytes.
+fn header_crc(bytes: &[u8]) -> u32 {
+    HEADER_CRC.checksum(bytes)
+}
+
 /// Frame flags (byte 1 of the header).
 pub mod flags {
     /// A control frame (pid handshake, stop); never a job payload.
@@ -267,7 +275,7 @@ fn check_header(
     let known = memo.as_ref().is_some_and(|m| m.slots[slot] == checked);
     if !known {
         let found = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
-        let computed = crc32fast::hash(&header[..6]);
+        let computed = header_crc(&header[..6]);
         if found != computed {
             return Err(FrameError::Checksum { found, computed });
         }
@@ -363,7 +371,7 @@ pub(crate) fn finish_header(
     let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge(len as u64))?;
     let header = &mut dst[start..start + header_len];
     header[2..6].copy_from_slice(&len32.to_le_bytes());
-    let crc = crc32fast::hash(&header[..6]);
+    let crc = header_crc(&header[..6]);
     header[6..10].copy_from_slice(&crc.to_le_bytes());
     for (raw, value) in header[HEADER_LEN..].chunks_exact_mut(4).zip(options) {
         raw.copy_from_slice(&value.to_le_bytes());
@@ -377,7 +385,7 @@ fn put_header(dst: &mut Vec<u8>, flags: u8, stream: u8, options: &[u32], len: u3
     header[0] = (VERSION << 4) | words;
     header[1] = flags;
     header[2..6].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32fast::hash(&header[..6]);
+    let crc = header_crc(&header[..6]);
     header[6..10].copy_from_slice(&crc.to_le_bytes());
     header[10] = stream;
     dst.extend_from_slice(&header);
@@ -427,6 +435,16 @@ mod tests {
         h.extend_from_slice(&crc.to_le_bytes());
         h.extend_from_slice(&[0, 0]);
         h
+    }
+
+    #[test]
+    fn header_crc_is_crc32_ieee() {
+        for first in [0x13u8, 0x1d, 0xff, 0] {
+            for len in [0u32, 1, 33, 1 << 20, u32::MAX] {
+                let h = header(first, len);
+                assert_eq!(header_crc(&h[..6]), crc32fast::hash(&h[..6]));
+            }
+        }
     }
 
     #[test]
