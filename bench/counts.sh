@@ -4,6 +4,11 @@
 # pier process and in its one PHP worker. Wall-clock numbers come from `pier-bench run`; these
 # counts do not depend on what else the machine is doing.
 #
+# Per message means the marginal cost: each count is also taken over a run of one batch per
+# connection (its connect, CONNECTED, one message, CLOSE, the accept) and subtracted, so that
+# setting up the connections inside the window does not count as work per message. At 1000×1
+# with 4 messages per connection, connects were more than half of the system calls in the window.
+#
 # Usage: bench/counts.sh LABEL PIER WORKER [TREE]
 #   PIER    the pier binary
 #   WORKER  the extension (path to libpier.so), or `php` for the pure-PHP package
@@ -47,19 +52,25 @@ wait_ready "127.0.0.1:$PORT"
 "$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 50 --duration 120 >/dev/null
 PIDS=("$SERVER" $(pgrep -P "$SERVER" || true))
 callgrind_control -i on "${PIDS[@]}" >/dev/null
+# Part 1 (dumped on its own): the connections alone, with one message each.
+"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 1 --duration 300 >"$OUT/callgrind-connect.json"
+callgrind_control -d "${PIDS[@]}" >/dev/null
+# Part 2: the same connections with the measured messages.
 "$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches $((MESSAGES / (CONNS * DEPTH))) --duration 900 >"$OUT/callgrind-load.json"
 callgrind_control -i off "${PIDS[@]}" >/dev/null
 callgrind_control -d "${PIDS[@]}" >/dev/null
 kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
-measured=$(sed -E 's/.*"messages":([0-9]+).*/\1/' "$OUT/callgrind-load.json")
-ir() { # callgrind file → Ir per message
-  callgrind_annotate "$1" 2>/dev/null |
-    awk -v n="$measured" '/PROGRAM TOTALS/ && !done {gsub(",","",$1); printf "%d", $1 / n; done = 1}'
+messages() { sed -E 's/.*"messages":([0-9]+).*/\1/' "$1"; }
+extra=$(($(messages "$OUT/callgrind-load.json") - $(messages "$OUT/callgrind-connect.json")))
+ir() { # callgrind output of a process → marginal Ir per message (part 2 − part 1)
+  local t1 t2
+  t1=$(sed -n 's/^totals: //p' "$1.1") t2=$(sed -n 's/^totals: //p' "$1.2")
+  echo $(((t2 - t1) / extra))
 }
 PIER_IR=- PHP_IR=-
-for f in "$OUT"/callgrind.*; do
-  case "$f" in *.1) ;; *) [ -e "$f.1" ] && continue ;; esac
-  if grep -qE '^cmd: *[^ ]*php[0-9.]* ' "$f"; then PHP_IR=$(ir "$f"); else PIER_IR=$(ir "$f"); fi
+for f in "$OUT"/callgrind.*.1; do
+  f=${f%.1}
+  if grep -qE '^cmd: *[^ ]*php[0-9.]* ' "$f.1"; then PHP_IR=$(ir "$f"); else PIER_IR=$(ir "$f"); fi
 done
 
 # strace -c on the server (all threads) and on its worker, separately.
@@ -70,14 +81,24 @@ SERVER=$!
 wait_ready "127.0.0.1:$PORT"
 "$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 50 --duration 120 >/dev/null
 W=$(pgrep -P "$SERVER" | head -1)
-strace -c -f -o "$OUT/strace-pier.txt" -p "$SERVER" 2>/dev/null &
-S1=$!
-strace -c -o "$OUT/strace-worker.txt" -p "$W" 2>/dev/null &
-S2=$!
-sleep 1
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches $((STRACE_MESSAGES / (CONNS * DEPTH))) --duration 300 >"$OUT/strace-load.json"
-kill -INT "$S1" "$S2"; wait "$S1" "$S2" || true
+# strace_run NAME BATCHES: counts of pier (all threads) and of its worker, separately, over a load.
+strace_run() {
+  strace -c -f -o "$OUT/strace-pier-$1.txt" -p "$SERVER" 2>/dev/null &
+  local s1=$!
+  strace -c -o "$OUT/strace-worker-$1.txt" -p "$W" 2>/dev/null &
+  local s2=$!
+  sleep 1
+  "$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches "$2" --duration 300 >"$OUT/strace-$1.json"
+  kill -INT "$s1" "$s2"
+  wait "$s1" "$s2" || true
+}
+strace_run connect 1
+strace_run load $((STRACE_MESSAGES / (CONNS * DEPTH)))
 kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
-smeasured=$(sed -E 's/.*"messages":([0-9]+).*/\1/' "$OUT/strace-load.json")
-calls() { awk -v n="$smeasured" '$NF == "total" { printf "%.2f", $4 / n }' "$1"; }
-echo "| $LABEL | ${CONNS}×${DEPTH} | $PIER_IR | $PHP_IR | $(calls "$OUT/strace-pier.txt") | $(calls "$OUT/strace-worker.txt") |"
+sextra=$(($(messages "$OUT/strace-load.json") - $(messages "$OUT/strace-connect.json")))
+total() { awk '$NF == "total" { print $4 }' "$1"; }
+calls() { # who → marginal system calls per message
+  awk -v a="$(total "$OUT/strace-$1-load.txt")" -v b="$(total "$OUT/strace-$1-connect.txt")" -v n="$sextra" \
+    'BEGIN { printf "%.2f", (a - b) / n }'
+}
+echo "| $LABEL | ${CONNS}×${DEPTH} | $PIER_IR | $PHP_IR | $(calls pier) | $(calls worker) |"
