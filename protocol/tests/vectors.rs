@@ -34,6 +34,21 @@ fn vectors() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// The stock worker's reply vectors: name, kind and body (shared by the plain and the memo tests).
+fn reply_cases() -> [(&'static str, ReplyKind<'static>, &'static [u8]); 5] {
+    [
+        ("worker_respond_write_hello", ReplyKind::Write, b"hello\r\n"),
+        (
+            "worker_respond_writeclose_bye",
+            ReplyKind::WriteClose,
+            b"goodbye\r\n",
+        ),
+        ("worker_read_continue", ReplyKind::Continue, b""),
+        ("worker_close", ReplyKind::Close, b""),
+        ("worker_respond_binary", ReplyKind::Write, b"\x00\xff\r\n"),
+    ]
+}
+
 fn frame_of(bytes: &[u8]) -> pier_protocol::Frame<'_> {
     let (frame, used) = decode(bytes, MAX).unwrap().expect("a whole frame");
     assert_eq!(used, bytes.len(), "the vector is exactly one frame");
@@ -96,17 +111,7 @@ fn every_vector_is_covered() {
 #[test]
 fn worker_replies() {
     let v = vectors();
-    let cases: [(&str, ReplyKind<'_>, &[u8]); 5] = [
-        ("worker_respond_write_hello", ReplyKind::Write, b"hello\r\n"),
-        (
-            "worker_respond_writeclose_bye",
-            ReplyKind::WriteClose,
-            b"goodbye\r\n",
-        ),
-        ("worker_read_continue", ReplyKind::Continue, b""),
-        ("worker_close", ReplyKind::Close, b""),
-        ("worker_respond_binary", ReplyKind::Write, b"\x00\xff\r\n"),
-    ];
+    let cases = reply_cases();
     for (name, kind, body) in cases {
         let bytes = &v[name];
         assert_eq!(
@@ -276,17 +281,7 @@ fn the_memos_give_the_same_results_for_every_vector() {
         }
     }
     let mut heads = ReplyHeads::new();
-    let cases: [(&str, ReplyKind<'_>, &[u8]); 5] = [
-        ("worker_respond_write_hello", ReplyKind::Write, b"hello\r\n"),
-        (
-            "worker_respond_writeclose_bye",
-            ReplyKind::WriteClose,
-            b"goodbye\r\n",
-        ),
-        ("worker_read_continue", ReplyKind::Continue, b""),
-        ("worker_close", ReplyKind::Close, b""),
-        ("worker_respond_binary", ReplyKind::Write, b"\x00\xff\r\n"),
-    ];
+    let cases = reply_cases();
     for round in 0..2 {
         for (name, kind, body) in cases {
             let mut out = Vec::new();
