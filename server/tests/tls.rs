@@ -189,8 +189,11 @@ async fn client_certificates_reach_the_worker_and_bad_ones_are_refused() {
         tls_yaml("opt", &server, &optional)
     );
     let mut h = Harness::rust(&servers, "    num_workers: 1\n").await;
-    let cert_args = |c: &Issued| {
+    // s_client's arguments for a client presenting `c` to "localhost".
+    let with_cert = |c: &Issued| {
         vec![
+            "-servername".to_owned(),
+            "localhost".to_owned(),
             "-cert".to_owned(),
             c.cert.display().to_string(),
             "-key".to_owned(),
@@ -198,8 +201,7 @@ async fn client_certificates_reach_the_worker_and_bad_ones_are_refused() {
         ]
     };
     for server in ["req", "opt"] {
-        let mut args = vec!["-servername".to_owned(), "localhost".to_owned()];
-        args.extend(cert_args(&alice));
+        let args = with_cert(&alice);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = s_client(h.addrs[server], &args, "tls\nquit\n").await;
         assert!(out.ok, "{server}: {}", out.stderr);
@@ -218,8 +220,7 @@ async fn client_certificates_reach_the_worker_and_bad_ones_are_refused() {
     let out = s_client(h.addrs["req"], &["-servername", "localhost"], "tls\n").await;
     assert!(!out.stdout.contains("hello"), "{}", out.stdout);
     for server in ["req", "opt"] {
-        let mut args = vec!["-servername".to_owned(), "localhost".to_owned()];
-        args.extend(cert_args(&expired));
+        let args = with_cert(&expired);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = s_client(h.addrs[server], &args, "tls\n").await;
         assert!(!out.stdout.contains("hello"), "{server}: {}", out.stdout);
