@@ -289,6 +289,12 @@ pub const DEFAULT_CLUSTER_PREFIX: &str = "pier";
 pub const DEFAULT_CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest `cluster.node`, in bytes (it is in every bus message).
 pub const MAX_NODE_ID: usize = 64;
+/// Default `cluster.max_nodes`: other nodes one node keeps track of. Far above the instances a
+/// real cluster runs; small enough that a full table costs little memory and the owner lookup
+/// per cross-node operation (a scan of the table) stays cheap.
+pub const DEFAULT_CLUSTER_MAX_NODES: usize = 256;
+/// Largest `cluster.max_nodes` accepted.
+pub const MAX_CLUSTER_MAX_NODES: usize = 4096;
 
 /// The `cluster` section (Pier): several instances act as one over Redis or NATS (`cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +307,9 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// `cluster.request_timeout`: how long list/count/info/groups wait for the other nodes.
     pub request_timeout: Duration,
+    /// `cluster.max_nodes`: most other nodes this node keeps track of; a new node id heard on
+    /// the bus while that many are known is ignored (logged, counted).
+    pub max_nodes: usize,
 }
 
 /// Where the RPC listener binds.
@@ -1292,7 +1301,7 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
     check_keys(
         h,
         "cluster",
-        &["bus", "node", "prefix", "request_timeout"],
+        &["bus", "node", "prefix", "request_timeout", "max_nodes"],
         &[],
         warnings,
     );
@@ -1352,11 +1361,27 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
             problem: "0 would give the other nodes no time to answer".into(),
         });
     }
+    let max_nodes = match h.get(&key("max_nodes")) {
+        None => DEFAULT_CLUSTER_MAX_NODES,
+        Some(v) => {
+            let n = number(v, "cluster.max_nodes")?;
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_CLUSTER_MAX_NODES).contains(n))
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "cluster.max_nodes".into(),
+                    problem: format!(
+                        "{n} is not 1..={MAX_CLUSTER_MAX_NODES} (the other nodes this one keeps track of)"
+                    ),
+                })?
+        }
+    };
     Ok(Some(ClusterConfig {
         bus,
         node,
         prefix,
         request_timeout,
+        max_nodes,
     }))
 }
 
@@ -2694,11 +2719,13 @@ tcp:
                 node: None,
                 prefix: "pier".into(),
                 request_timeout: Duration::from_secs(1),
+                max_nodes: DEFAULT_CLUSTER_MAX_NODES,
             })
         );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-        let c = with("  bus: nats://10.0.0.5:4222\n  node: eu-1.a_b\n  prefix: chat-prod\n  request_timeout: 250ms\n  colour: red\n").unwrap();
+        let c = with("  bus: nats://10.0.0.5:4222\n  node: eu-1.a_b\n  prefix: chat-prod\n  request_timeout: 250ms\n  max_nodes: 7\n  colour: red\n").unwrap();
         let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.max_nodes, 7);
         assert_eq!(cluster.node.as_deref(), Some("eu-1.a_b"));
         assert_eq!(cluster.prefix, "chat-prod");
         assert_eq!(cluster.request_timeout, Duration::from_millis(250));
@@ -2724,6 +2751,18 @@ tcp:
             (
                 "  bus: redis://h:1\n  request_timeout: soon\n",
                 "cluster.request_timeout",
+            ),
+            (
+                "  bus: redis://h:1\n  max_nodes: 0\n",
+                "invalid value for cluster.max_nodes: 0 is not 1..=4096",
+            ),
+            (
+                "  bus: redis://h:1\n  max_nodes: 5000\n",
+                "invalid value for cluster.max_nodes: 5000 is not 1..=4096",
+            ),
+            (
+                "  bus: redis://h:1\n  max_nodes: many\n",
+                "invalid value for cluster.max_nodes: \"many\" is not a non-negative integer",
             ),
         ] {
             let err = with(body).unwrap_err().to_string();

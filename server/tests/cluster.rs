@@ -7,7 +7,9 @@
 //!   and groups are cluster-wide and mark rows by node; a node that stops answering is named;
 //! - the bus killed and restarted in the middle of traffic: local traffic goes on untouched,
 //!   cross-node operations fail visibly (RPC error, metric) without blocking the worker, and
-//!   resume by themselves.
+//!   resume by themselves;
+//! - a process on the bus saying hello under hundreds of node ids: the node table stays at
+//!   `cluster.max_nodes` (logged, counted) and the real nodes go on routing.
 
 mod support;
 
@@ -54,9 +56,14 @@ impl Node {
     /// [`Node::start`] with `server` (YAML lines indented for server `s`'s section) added to
     /// server `s`.
     fn start_with(bus: &str, id: &str, prefix: &str, server: &str) -> Node {
+        Node::start_full(bus, id, prefix, server, "")
+    }
+
+    /// [`Node::start_with`] with `cluster` (YAML lines indented for the `cluster` section) added.
+    fn start_full(bus: &str, id: &str, prefix: &str, server: &str, cluster: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n{server}  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n",
+            "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n{server}  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n{cluster}",
             worker = test_worker(),
             dir = dir.path().display().to_string(),
         );
@@ -292,6 +299,21 @@ macro_rules! eventually {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }};
+}
+
+/// Lines of `node`'s log whose message starts with `start`.
+fn log_lines(node: &Node, start: &str) -> Vec<Value> {
+    node.logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(start))
+        })
+        .cloned()
+        .collect()
 }
 
 /// A client of the cluster test: its node index, group and uuid.
@@ -859,6 +881,127 @@ async fn haproxy_in_front_of_two_nodes(kind: BusKind) {
     assert_eq!(clients[b].0.line().await.unwrap(), "sent");
 
     drop(clients);
+    for node in nodes {
+        node.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_flood_of_node_ids_stops_at_max_nodes() {
+    a_flood_of_node_ids_stops_at_max_nodes(BusKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_flood_of_node_ids_stops_at_max_nodes() {
+    a_flood_of_node_ids_stops_at_max_nodes(BusKind::Nats).await;
+}
+
+/// Every id heard on the bus takes a place in a node's table for 4 s: a process saying hello
+/// under ever new ids must fill it to `cluster.max_nodes` and no further, while the nodes
+/// already in it keep routing sends and broadcasts.
+async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
+    use std::borrow::Cow;
+
+    use bytes::Bytes;
+    use pier_server::cluster::envelope::{self, Envelope, Msg, VERSION};
+    use pier_server::cluster::{Bus, Channel};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    const FAKES: u64 = 500;
+    let bus = BusServer::start(kind);
+    // Room for the two real peers and one more.
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            Node::start_full(
+                &bus.url(),
+                &format!("n{i}"),
+                "flood",
+                "",
+                "  max_nodes: 3\n",
+            )
+        })
+        .collect();
+    wait_joined(&nodes);
+    let gauge = format!("pier_cluster_nodes{{bus=\"{}\"}}", kind.name());
+    for node in &nodes {
+        eventually!("3 nodes counted", node.metric(&gauge).await == 3.0);
+    }
+
+    // The flood, through pier's own bus client and envelope, as a misbehaving node would send it.
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let (flood, _inbox) = Bus::start(&bus.url(), "flood", "intruder", &tracker, stop.clone())
+        .expect("a valid bus URL");
+    eventually!("the flood's bus link is up", flood.is_up());
+    for i in 0..FAKES {
+        let hello = envelope::encode(&Envelope {
+            v: VERSION,
+            from: Cow::Owned(format!("fake-{i}")),
+            instance: i,
+            msg: Msg::Hello { answer: false },
+        });
+        flood.publish(Channel::All, Bytes::from(hello)).unwrap();
+    }
+
+    // Each node took the first fake id into its one free place and refused the others.
+    let refused = "pier_cluster_failures_total{op=\"hello\",reason=\"node_table_full\"}";
+    for node in &nodes {
+        eventually!(
+            format!("{}: {} hellos refused", node.id, FAKES - 1),
+            node.metric(refused).await == (FAKES - 1) as f64
+        );
+        assert!(
+            node.logged("cluster: node joined", Some("fake-0")),
+            "{:#?}",
+            node.cluster_logs()
+        );
+        assert!(!node.logged("cluster: node joined", Some("fake-1")));
+        // The gauge follows every 250 ms, so it is waited for.
+        eventually!(
+            format!("{}: 4 nodes counted (itself + max_nodes)", node.id),
+            node.metric(&gauge).await == 4.0
+        );
+        // Logged once for the burst (again at most every 5 s), with who caused it.
+        let lines = log_lines(node, "cluster bus: node table full");
+        assert!((1..=2).contains(&lines.len()), "{}: {lines:#?}", node.id);
+        assert_eq!(lines[0]["fields"]["node"], "fake-1", "{lines:#?}");
+        assert_eq!(lines[0]["fields"]["max_nodes"], 3, "{lines:#?}");
+        assert_eq!(lines[0]["fields"]["bus"], kind.name(), "{lines:#?}");
+    }
+
+    // The real nodes still route: a send by uuid from node 0 to a client of node 1, and a
+    // broadcast from node 2 to everyone.
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut c = node.connect().await;
+        let (_, _, uuid) = c.hello().await;
+        clients.push((c, uuid));
+    }
+    let mut rpc0 = nodes[0].rpc().await;
+    let sent = rpc0
+        .ok(
+            "pier.Send",
+            json!({"uuid": clients[1].1, "data": "to n1\n"}),
+        )
+        .await;
+    assert_eq!(sent, json!(true));
+    assert_eq!(clients[1].0.line().await.unwrap(), "to n1");
+    let mut rpc2 = nodes[2].rpc().await;
+    let local = rpc2.ok("pier.Broadcast", json!({"data": "all\n"})).await;
+    assert_eq!(local, json!(1));
+    for (c, uuid) in &mut clients {
+        assert_eq!(c.line().await.unwrap(), "all", "{uuid}");
+    }
+    for node in &nodes {
+        assert_eq!(node.metric(&gauge).await, 4.0, "{}", node.id);
+    }
+
+    stop.cancel();
+    tracker.close();
+    tokio::time::timeout(SETTLE, tracker.wait())
+        .await
+        .expect("the flood's bus task ends");
     for node in nodes {
         node.stop();
     }

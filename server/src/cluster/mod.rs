@@ -136,8 +136,10 @@ struct Inner {
     next_id: AtomicU64,
     /// Where messages and failures are counted.
     metrics: Metrics,
-    /// When a failure was last logged, and how many were not logged since.
-    quiet: Mutex<(Option<Instant>, u64)>,
+    /// Rate-limits the log of failed cross-instance operations.
+    quiet: Quiet,
+    /// Rate-limits the log of messages ignored because the node table is full.
+    quiet_full: Quiet,
     /// Since when the bus is up without a break, as the heartbeat saw it (`None`: down).
     up_since: Mutex<Option<Instant>>,
 }
@@ -205,11 +207,12 @@ impl Cluster {
                 node,
                 bus,
                 request_timeout: config.request_timeout,
-                peers: Mutex::new(Peers::default()),
+                peers: Mutex::new(Peers::new(config.max_nodes)),
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 metrics,
-                quiet: Mutex::new((None, 0)),
+                quiet: Quiet::default(),
+                quiet_full: Quiet::default(),
                 up_since: Mutex::new(None),
             }),
         };
@@ -303,16 +306,27 @@ impl Cluster {
     /// worker broadcasting in a loop while the bus is down must not flood the log).
     fn failed(&self, op: &'static str, reason: &'static str, e: &dyn std::fmt::Display) {
         self.inner.metrics.cluster_failure(op, reason);
-        let mut quiet = self.inner.quiet.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if quiet.0.is_some_and(|at| now - at < LOG_EVERY) {
-            quiet.1 += 1;
-            return;
+        if let Some(not_logged) = self.inner.quiet.due() {
+            warn!(op, reason, error = %e, not_logged, "cluster: a cross-instance operation failed (not_logged: failures since the last such line)");
         }
-        let not_logged = std::mem::take(&mut quiet.1);
-        quiet.0 = Some(now);
-        drop(quiet);
-        warn!(op, reason, error = %e, not_logged, "cluster: a cross-instance operation failed (not_logged: failures since the last such line)");
+    }
+
+    /// A message from node `from`, which the full node table could not take: counted, logged at
+    /// most every [`LOG_EVERY`] (a process sending under ever new ids must not flood the log),
+    /// and otherwise ignored — a node this one does not track is not part of its cluster.
+    fn refused(&self, from: &str, op: &'static str) {
+        self.inner.metrics.cluster_failure(op, "node_table_full");
+        if let Some(not_logged) = self.inner.quiet_full.due() {
+            let max_nodes = self.peers_lock().max();
+            warn!(
+                bus = self.inner.bus.kind(),
+                node = %from,
+                op,
+                max_nodes,
+                not_logged,
+                "cluster bus: node table full; messages from node ids not in it are ignored (a process on the bus sends under many ids, or cluster.max_nodes is below the cluster's size; not_logged: ignored since the last such line)"
+            );
+        }
     }
 
     fn peers_lock(&self) -> MutexGuard<'_, Peers> {
@@ -346,6 +360,7 @@ impl Cluster {
                 Seen::New => info!(node = %from, "cluster: node joined"),
                 Seen::OtherInstance => info!(node = %from, "cluster: node restarted"),
                 Seen::Known => {}
+                Seen::Refused => return self.refused(from, op),
             }
             // Said once per (other) process, not per message.
             if seen != Seen::Known && from == me.id {
@@ -407,8 +422,28 @@ impl Cluster {
                 }
             }
             Msg::Query { id, query } => self.answer(registry, from, id, query),
-            Msg::Reply { id, answer, last } => self.gathered(from, id, answer, last),
+            Msg::Reply { id, answer, last } => self.gathered(from, id, answer, last, payload.len()),
         }
+    }
+}
+
+/// A log line that repeats at most every [`LOG_EVERY`]: when it was last written, and how many
+/// were left out since.
+#[derive(Debug, Default)]
+struct Quiet(Mutex<(Option<Instant>, u64)>);
+
+impl Quiet {
+    /// `Some(left out since the last line)` when a line is due now; otherwise counts one more
+    /// left out.
+    fn due(&self) -> Option<u64> {
+        let mut quiet = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if quiet.0.is_some_and(|at| now - at < LOG_EVERY) {
+            quiet.1 += 1;
+            return None;
+        }
+        quiet.0 = Some(now);
+        Some(std::mem::take(&mut quiet.1))
     }
 }
 

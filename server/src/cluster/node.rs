@@ -10,6 +10,11 @@
 //! The other nodes ([`Peers`]) are known from their messages (every node says hello on the
 //! `All` channel each [`HEARTBEAT`]); a node silent for [`PEER_TTL`] is gone. Cluster-wide
 //! queries wait for the nodes known when they start, and name those that did not answer.
+//!
+//! The table is bounded (`cluster.max_nodes`): every id heard on the bus takes an entry for at
+//! least [`PEER_TTL`], so a process on the bus saying hello under ever new ids would otherwise
+//! grow it without limit. When it is full a new id is refused ([`Seen::Refused`]) and the nodes
+//! already in it keep working; a slot frees when a node says bye or falls silent.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -156,18 +161,37 @@ pub enum Seen {
     /// A known id from another process: the node restarted with the same id, or two processes
     /// share an id.
     OtherInstance,
+    /// A new id while the table holds its maximum: not added.
+    Refused,
 }
 
-/// The other nodes, by id.
-#[derive(Debug, Default)]
+/// The other nodes, by id; at most `max`.
+#[derive(Debug)]
 pub struct Peers {
     /// Id → what is known.
     nodes: HashMap<String, Peer>,
+    /// `cluster.max_nodes`: most entries in `nodes`.
+    max: usize,
 }
 
 impl Peers {
-    /// A message from node `id` (process `instance`) arrived at `now`.
+    /// An empty table that holds at most `max` nodes.
+    pub fn new(max: usize) -> Peers {
+        Peers {
+            nodes: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The most nodes the table holds.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A message from node `id` (process `instance`) arrived at `now`. A new id is
+    /// [`Seen::Refused`] (and not remembered) while the table is full.
     pub fn seen(&mut self, id: &str, instance: u64, now: Instant) -> Seen {
+        let full = self.nodes.len() >= self.max;
         match self.nodes.get_mut(id) {
             Some(peer) => {
                 peer.seen = now;
@@ -178,6 +202,7 @@ impl Peers {
                     Seen::OtherInstance
                 }
             }
+            None if full => Seen::Refused,
             None => {
                 self.nodes.insert(
                     id.to_owned(),
@@ -289,7 +314,7 @@ mod tests {
     #[test]
     fn peers_join_restart_and_expire() {
         let t0 = Instant::now();
-        let mut peers = Peers::default();
+        let mut peers = Peers::new(8);
         assert_eq!(peers.seen("b", 1, t0), Seen::New);
         assert_eq!(peers.seen("c", 2, t0), Seen::New);
         assert_eq!(peers.seen("b", 1, t0 + HEARTBEAT), Seen::Known);
@@ -302,5 +327,30 @@ mod tests {
         assert_eq!(peers.ids(), ["b"]);
         assert!(peers.remove("b"));
         assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_ids_and_keeps_the_known_ones() {
+        let t0 = Instant::now();
+        let mut peers = Peers::new(3);
+        for id in ["a", "b", "c"] {
+            assert_eq!(peers.seen(id, 1, t0), Seen::New);
+        }
+        for i in 0..1000 {
+            assert_eq!(peers.seen(&format!("x{i}"), 1, t0), Seen::Refused);
+        }
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers.by_tag(tag("x7")), None);
+        // The known ones go on: seen again, restarted, found by tag.
+        assert_eq!(peers.seen("a", 1, t0 + HEARTBEAT), Seen::Known);
+        assert_eq!(peers.seen("b", 2, t0 + HEARTBEAT), Seen::OtherInstance);
+        assert_eq!(peers.by_tag(tag("c")), Some("c"));
+        // A slot frees when a node leaves, or falls silent.
+        assert!(peers.remove("a"));
+        assert_eq!(peers.seen("x1", 1, t0 + HEARTBEAT), Seen::New);
+        assert_eq!(peers.seen("x2", 1, t0 + HEARTBEAT), Seen::Refused);
+        assert_eq!(peers.expire(t0 + PEER_TTL), ["c"]);
+        assert_eq!(peers.seen("x2", 1, t0 + PEER_TTL), Seen::New);
+        assert_eq!(peers.ids(), ["b", "x1", "x2"]);
     }
 }

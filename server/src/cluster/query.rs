@@ -7,11 +7,16 @@
 //! A node that did not answer is never silently missing: `pier.List` names it in `missing`;
 //! `pier.Count` and `pier.Groups`, whose answers have no room for that, fail with an error
 //! naming it. While the bus is down every cluster-wide question fails at once.
+//!
+//! What is gathered is bounded: parts are taken only from the nodes asked (each until its last
+//! part; the nodes asked are the node table's, itself bounded by `cluster.max_nodes`), and at most
+//! [`MAX_ANSWER_BYTES`] from each; a node whose answer is larger is dropped and named as not
+//! answering. Nothing is kept past `cluster.request_timeout`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
-use crate::log_scope::debug;
+use crate::log_scope::{debug, warn};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -31,13 +36,32 @@ pub struct ListPage {
     pub missing: Vec<String>,
 }
 
+/// Most bytes of bus messages taken from one node for one question. Far above a legitimate
+/// answer to any question `pier.*` asks with its limits (1,000 rows of at most ~9 KiB), except a
+/// `pier.List` with an offset deep in a node of hundreds of thousands of connections: such a
+/// node is reported as not answering rather than filling memory.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Whose answers a question waits for.
+#[derive(Debug)]
+enum Want {
+    /// These nodes' (every node known alive when it was asked).
+    Nodes(HashSet<String>),
+    /// The one node with this tag (the owner of a connection).
+    Owner(u32),
+}
+
 /// A question waiting for answers.
 #[derive(Debug)]
 pub(super) struct Pending {
-    /// The nodes whose last part completes it; `None`: the first node's last part does.
-    want: Option<HashSet<String>>,
+    /// The nodes whose last parts complete it.
+    want: Want,
     /// Nodes whose last part arrived.
     answered: HashSet<String>,
+    /// Nodes whose answer passed [`MAX_ANSWER_BYTES`]: dropped, and named as not answering.
+    dropped: HashSet<String>,
+    /// Bytes received so far from each node asked.
+    bytes: HashMap<String, usize>,
     /// Every part so far, with its node.
     parts: Vec<(String, Answer)>,
     /// Wakes the asker when complete.
@@ -226,7 +250,7 @@ impl Cluster {
             return Err(e);
         }
         let want = match owner {
-            Some(_) => None,
+            Some(tag) => Want::Owner(tag),
             None => {
                 let ids: HashSet<String> = self.peers().into_iter().collect();
                 if ids.is_empty() {
@@ -236,7 +260,7 @@ impl Cluster {
                         missing: Vec::new(),
                     });
                 }
-                Some(ids)
+                Want::Nodes(ids)
             }
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -246,6 +270,8 @@ impl Cluster {
             Pending {
                 want,
                 answered: HashSet::new(),
+                dropped: HashSet::new(),
+                bytes: HashMap::new(),
                 parts: Vec::new(),
                 done: Some(done),
             },
@@ -265,10 +291,11 @@ impl Cluster {
                 missing: Vec::new(),
             });
         };
-        let mut missing: Vec<String> = pending
-            .want
-            .map(|want| want.difference(&pending.answered).cloned().collect())
-            .unwrap_or_default();
+        let mut missing: Vec<String> = match pending.want {
+            Want::Nodes(want) => want.difference(&pending.answered).cloned().collect(),
+            // Said by the caller, which names the owner.
+            Want::Owner(_) => Vec::new(),
+        };
         missing.sort_unstable();
         for node in &missing {
             inner.metrics.cluster_failure("query", "no_answer");
@@ -284,21 +311,41 @@ impl Cluster {
         self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One part of an answer to request `id` arrived from `from`.
-    pub(super) fn gathered(&self, from: &str, id: u64, answer: Answer, last: bool) {
+    /// One part of an answer to request `id` arrived from `from`, in a bus message of `size`
+    /// bytes.
+    pub(super) fn gathered(&self, from: &str, id: u64, answer: Answer, last: bool, size: usize) {
         let mut pending = self.pending_lock();
         let Some(p) = pending.get_mut(&id) else {
             debug!(node = %from, request = id, "cluster query: answer after the timeout dropped");
             return;
         };
-        p.parts.push((from.to_owned(), answer));
-        if !last {
+        let asked = match &p.want {
+            Want::Nodes(want) => want.contains(from),
+            Want::Owner(tag) => node::tag(from) == *tag,
+        };
+        if !asked || p.answered.contains(from) || p.dropped.contains(from) {
+            debug!(node = %from, request = id, "cluster query: a part from a node not asked, or after its last part, dropped");
             return;
         }
-        p.answered.insert(from.to_owned());
+        let bytes = p.bytes.entry(from.to_owned()).or_default();
+        *bytes = bytes.saturating_add(size);
+        if *bytes > MAX_ANSWER_BYTES {
+            p.parts.retain(|(node, _)| node != from);
+            p.dropped.insert(from.to_owned());
+            self.inner.metrics.cluster_failure("query", "too_large");
+            warn!(node = %from, request = id, max = MAX_ANSWER_BYTES, "cluster query: a node's answer is larger than any question asks for; dropped, the node is named as not answering");
+        } else {
+            p.parts.push((from.to_owned(), answer));
+            if !last {
+                return;
+            }
+            p.answered.insert(from.to_owned());
+        }
         let complete = match &p.want {
-            None => true,
-            Some(want) => want.iter().all(|n| p.answered.contains(n)),
+            Want::Nodes(want) => want
+                .iter()
+                .all(|n| p.answered.contains(n) || p.dropped.contains(n)),
+            Want::Owner(_) => true,
         };
         if complete {
             if let Some(done) = p.done.take() {
@@ -356,5 +403,79 @@ impl Cluster {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterConfig;
+    use crate::ops::Metrics;
+
+    /// A cluster whose bus never connects (nothing listens on port 1): enough to gather by hand.
+    fn cluster() -> (super::super::Handle, Registry) {
+        let registry = Registry::new();
+        let config = ClusterConfig {
+            bus: "redis://127.0.0.1:1".into(),
+            node: Some("me".into()),
+            prefix: "t".into(),
+            request_timeout: std::time::Duration::from_secs(1),
+            max_nodes: 8,
+        };
+        let handle = Cluster::start(&config, &registry, Metrics::off()).unwrap();
+        (handle, registry)
+    }
+
+    fn pending(cluster: &Cluster, id: u64, want: Want) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        cluster.pending_lock().insert(
+            id,
+            Pending {
+                want,
+                answered: HashSet::new(),
+                dropped: HashSet::new(),
+                bytes: HashMap::new(),
+                parts: Vec::new(),
+                done: Some(done),
+            },
+        );
+        wait
+    }
+
+    #[tokio::test]
+    async fn only_the_nodes_asked_add_parts_each_up_to_its_bound() {
+        let (handle, _registry) = cluster();
+        let c = &handle.cluster;
+        let want = Want::Nodes(["a".to_owned(), "b".to_owned()].into());
+        let mut wait = pending(c, 1, want);
+        // Parts from nodes not asked, however many ids, are not kept.
+        for i in 0..1000 {
+            c.gathered(&format!("x{i}"), 1, Answer::Count(1), true, 10);
+        }
+        c.gathered("a", 1, Answer::Count(1), false, 10);
+        c.gathered("a", 1, Answer::Count(2), true, 10);
+        // After its last part, a node adds nothing.
+        c.gathered("a", 1, Answer::Count(3), true, 10);
+        // b's answer grows past the bound: dropped; b counts as not answering.
+        c.gathered("b", 1, Answer::Count(4), false, MAX_ANSWER_BYTES);
+        assert!(wait.try_recv().is_err(), "b is not done yet");
+        c.gathered("b", 1, Answer::Count(5), false, 1);
+        c.gathered("b", 1, Answer::Count(6), true, 1);
+        assert!(wait.try_recv().is_ok(), "complete: a answered, b dropped");
+        let p = c.pending_lock().remove(&1).unwrap();
+        let parts: Vec<(&str, &Answer)> = p.parts.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        assert_eq!(parts, [("a", &Answer::Count(1)), ("a", &Answer::Count(2))]);
+        assert_eq!(p.answered, HashSet::from(["a".to_owned()]));
+        assert_eq!(p.dropped, HashSet::from(["b".to_owned()]));
+
+        // A question to one owner takes parts from that owner only.
+        let mut wait = pending(c, 2, Want::Owner(node::tag("o")));
+        c.gathered("p", 2, Answer::Count(1), true, 10);
+        assert!(wait.try_recv().is_err());
+        c.gathered("o", 2, Answer::Count(7), true, 10);
+        assert!(wait.try_recv().is_ok());
+        let p = c.pending_lock().remove(&2).unwrap();
+        assert_eq!(p.parts.len(), 1);
+        handle.stop(std::time::Duration::from_secs(5)).await;
     }
 }

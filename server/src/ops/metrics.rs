@@ -435,7 +435,7 @@ impl Metrics {
         let cluster_failures = Family::<ClusterFailureLabels, Counter>::default();
         registry.register(
             "cluster_failures",
-            "Cross-instance operations that failed, per op and reason (bus_down, queue_full, too_large: not sent; no_answer: a node did not answer a query in time; undecodable: a bus message this node cannot read; refused: the owner refused a join)",
+            "Cross-instance operations that failed, per op and reason (bus_down, queue_full, too_large: not sent; no_answer: a node did not answer a query in time; undecodable: a bus message this node cannot read; refused: the owner refused a join; node_table_full: a message from a node id the full node table could not take, ignored)",
             cluster_failures.clone(),
         );
         let cluster_bus_up = Family::<BusLabel, Gauge>::default();
