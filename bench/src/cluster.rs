@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pier_devkit::bus::{BusKind, BusServer};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
@@ -121,13 +122,17 @@ struct Instance {
 fn run_setup(o: &ClusterOptions, setup: &str) -> Result<ClusterReport, String> {
     let (bus, instances) = match setup {
         "single" => (None, 1),
-        "redis" | "nats" => (Some(BusServer::start(setup, &o.scratch)?), 2),
+        "redis" | "nats" => {
+            let kind = BusKind::from_name(setup).expect("redis or nats");
+            let bus = BusServer::try_start(kind).map_err(|e| e.to_string())?;
+            (Some(bus), 2)
+        }
         other => return Err(format!("unknown setup {other} (single, redis, nats)")),
     };
-    let mut pids: Vec<u32> = bus.iter().map(|b| b.process.0.id()).collect();
+    let mut pids: Vec<u32> = bus.iter().filter_map(BusServer::pid).collect();
     let mut nodes = Vec::new();
     for i in 0..instances {
-        let instance = start_instance(o, setup, i, bus.as_ref().map(|b| b.url.as_str()))?;
+        let instance = start_instance(o, setup, i, bus.as_ref().map(BusServer::url).as_deref())?;
         pids.push(instance.process.0.id());
         nodes.push(instance);
     }
@@ -375,85 +380,6 @@ async fn greeted(addr: SocketAddr) -> Result<(AsyncBufReader<TcpStream>, String)
         .ok_or_else(|| format!("unexpected greeting {line:?}"))?
         .to_owned();
     Ok((reader, uuid))
-}
-
-/// A bus server process for one setup (killed on drop).
-struct BusServer {
-    /// `redis://127.0.0.1:PORT` or `nats://…`.
-    url: String,
-    process: Stop,
-}
-
-impl BusServer {
-    fn start(kind: &str, scratch: &Path) -> Result<BusServer, String> {
-        let addr = free_addr()?;
-        let port = addr.port().to_string();
-        let dir = scratch.join(format!("{kind}-server"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        // Absolute: redis-server changes into --dir before it opens --logfile.
-        let dir = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
-        let log = dir.join("server.log");
-        let (binary, args): (&str, Vec<String>) = match kind {
-            "redis" => (
-                "redis-server",
-                [
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([
-                    "--dir".into(),
-                    dir.display().to_string(),
-                    "--logfile".into(),
-                    log.display().to_string(),
-                ])
-                .collect(),
-            ),
-            _ => (
-                "nats-server",
-                vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.clone(),
-                    "-l".into(),
-                    log.display().to_string(),
-                ],
-            ),
-        };
-        let child = Command::new(find_binary(binary)?)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("could not start {binary}: {e}"))?;
-        let mut process = Stop(child);
-        wait_accepting(addr, &mut process.0, &log)?;
-        Ok(BusServer {
-            url: format!("{kind}://{addr}"),
-            process,
-        })
-    }
-}
-
-/// `name` on the PATH or in the sbin directories (Debian's nats-server is in /usr/sbin).
-fn find_binary(name: &str) -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| format!("{name} is not installed (./dev.sh setup installs it)"))
 }
 
 fn free_addr() -> Result<SocketAddr, String> {

@@ -1,14 +1,14 @@
 //! The cluster's transport against real servers: each test runs with redis-server and with
-//! nats-server, started on loopback by the test (support/bus.rs).
+//! nats-server, started on loopback by the test (pier_devkit::bus).
 
 mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use pier_devkit::bus::{free_port, url, BusKind, BusServer};
 use pier_server::cluster::bus::{INBOX, QUEUE};
 use pier_server::cluster::{Bus, BusError, Channel};
-use support::bus::{free_port, url, BusKind, BusServer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::bus::{BusKind, BusServer};
+use pier_devkit::bus::{BusKind, BusServer};
 use support::{raise_fd_limit, test_worker, Client, HANG};
 
 /// How long a node may take to start, to see the others, or to recover after the bus is back.
@@ -819,7 +819,7 @@ async fn haproxy_in_front_of_two_nodes(kind: BusKind) {
     wait_joined(&nodes);
 
     let scratch = tempfile::tempdir().unwrap();
-    let front = SocketAddr::from(([127, 0, 0, 1], support::bus::free_port()));
+    let front = SocketAddr::from(([127, 0, 0, 1], pier_devkit::bus::free_port()));
     let config = format!(
         "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          frontend pier\n  bind {front}\n  default_backend nodes\n\

@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::bus::free_port;
+use pier_devkit::bus::free_port;
 use support::pki::{tls_over, Pki};
 use support::process::PierProcess;
 use support::{Client, Harness, HANG};

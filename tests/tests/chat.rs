@@ -7,6 +7,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
+use pier_devkit::bus;
 use pier_e2e::{repo_root, Pier, WorkerImpl};
 
 const PROMPT: &str = "Welcome to Pier chat. Your nickname: ";
@@ -229,12 +230,6 @@ fn chat_with_the_extension() {
 fn chat_with_the_package() {
     chat(WorkerImpl::Package);
 }
-
-/// The bus servers the cluster runs use: redis-server or nats-server on a free loopback port
-/// (shared with the server's own cluster tests).
-#[path = "../../server/tests/support/bus.rs"]
-#[allow(dead_code)]
-mod bus;
 
 /// One chat instance of a two-instance cluster on `bus_url`.
 fn cluster_node(worker: WorkerImpl, bus_url: &str, node: &str) -> Pier {

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod bus;
 pub mod haproxy;
 pub mod pki;
 pub mod process;
