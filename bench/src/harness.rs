@@ -976,31 +976,8 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
     };
     let cert = env.scratch.join("tls-cert.pem");
     let key = env.scratch.join("tls-key.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        // An end-entity certificate: rustls (webpki) refuses a CA certificate as a server's.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|source| HarnessError::Spawn {
-            what: "openssl req".into(),
-            source,
-        })?;
-    if !made.success() {
+    if let Err(e) = pier_devkit::tls::self_signed_localhost(&cert, &key, 1) {
+        say(&format!("{e}"));
         return Err(HarnessError::Missing {
             what: "a test certificate",
             path: cert,

@@ -544,29 +544,7 @@ pub fn smtp_tls_env(dir: &Path) -> io::Result<Vec<(&'static str, std::ffi::OsStr
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let users = dir.join("users");
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        return Err(io::Error::other(
-            "openssl req could not make the certificate",
-        ));
-    }
+    pier_devkit::tls::self_signed_localhost(&cert, &key, 2)?;
     let hash = Command::new("php")
         .args([
             "-r",
