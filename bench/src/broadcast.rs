@@ -23,22 +23,40 @@ use crate::procstat;
 /// Largest RPC answer accepted (a count is a few bytes; anything near this is a broken server).
 const MAX_ANSWER: u32 = 1 << 20;
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct BroadcastOptions {
-    /// `pier` binary.
+/// The flags `broadcast` and `cluster` share: which `pier`, and the broadcast's shape.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PushArgs {
+    /// The `pier` binary.
+    #[arg(long, default_value = "target/release/pier")]
     pub pier: PathBuf,
-    /// Worker command (PHP and its script).
-    pub worker: String,
-    /// Connections to broadcast to.
+    /// Idle connections that receive each broadcast (with `cluster`, spread over the instances).
+    #[arg(long, short = 'c', default_value_t = 10_000)]
     pub connections: usize,
     /// Broadcasts.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Message size, newline included.
+    /// Message size in bytes, newline included.
+    #[arg(long, short = 's', default_value_t = 64)]
     pub size: usize,
+}
+
+/// What to run (`pier-bench broadcast`'s flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BroadcastOptions {
+    /// The pier binary and the broadcast's shape.
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Worker command.
+    #[arg(
+        long,
+        default_value = "php -d extension=target/release/libpier.so bench/php/worker-ext.php 0"
+    )]
+    pub worker: String,
     /// PHP workers.
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Scratch directory for the config and the server log.
+    /// Scratch directory (config, server log).
+    #[arg(long, default_value = "target/bench/broadcast")]
     pub scratch: PathBuf,
 }
 
@@ -89,7 +107,7 @@ pub fn run(o: &BroadcastOptions) -> Result<BroadcastReport, String> {
     );
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(o.scratch.join("broadcast.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&o.pier)
+    let child = Command::new(&o.push.pier)
         .arg("serve")
         .arg("-c")
         .arg(&config)
@@ -98,7 +116,7 @@ pub fn run(o: &BroadcastOptions) -> Result<BroadcastReport, String> {
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("could not start {}: {e}", o.pier.display()))?;
+        .map_err(|e| format!("could not start {}: {e}", o.push.pier.display()))?;
     let mut server = Stop(child);
     let pid = server.0.id();
     let until = Instant::now() + Duration::from_secs(20);
@@ -132,14 +150,14 @@ async fn scenario(
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     let gate = Arc::new(Semaphore::new(32));
     let mut connects = tokio::task::JoinSet::new();
-    for _ in 0..o.connections {
+    for _ in 0..o.push.connections {
         let gate = gate.clone();
         connects.spawn(async move {
             let _permit = gate.acquire_owned().await;
             TcpStream::connect(addr).await
         });
     }
-    let mut streams = Vec::with_capacity(o.connections);
+    let mut streams = Vec::with_capacity(o.push.connections);
     while let Some(r) = connects.join_next().await {
         let s = r
             .map_err(|e| e.to_string())?
@@ -148,7 +166,7 @@ async fn scenario(
     }
     for mut s in streams {
         let tx = tx.clone();
-        let size = o.size;
+        let size = o.push.size;
         tokio::spawn(async move {
             let mut buf = vec![0u8; size];
             while s.read_exact(&mut buf).await.is_ok() {
@@ -167,35 +185,35 @@ async fn scenario(
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let held = count(&mut rpc, 1000, "pier.Count", serde_json::json!({}))?;
-        if held as usize >= o.connections {
+        if held as usize >= o.push.connections {
             break;
         }
         if Instant::now() > until {
             return Err(format!(
                 "the server holds {held} of {} connections",
-                o.connections
+                o.push.connections
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     settle(Some(pid)).await;
     let idle = usage(pid)?;
-    let mut data = "x".repeat(o.size - 1);
+    let mut data = "x".repeat(o.push.size - 1);
     data.push('\n');
     let mut rounds = Vec::new();
-    for seq in 1..=o.rounds as u32 {
+    for seq in 1..=o.push.rounds as u32 {
         let cpu0 = usage(pid)?.cpu_ns;
         let t0 = Instant::now();
         let queued = call(&mut rpc, seq, &data)?;
         let answered = t0.elapsed();
         let mut last = t0;
-        for got in 0..o.connections {
+        for got in 0..o.push.connections {
             let at = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
                 .map_err(|_| {
                     format!(
                         "round {seq}: {got} of {} clients got the broadcast (server queued {queued})",
-                        o.connections
+                        o.push.connections
                     )
                 })?
                 .ok_or("readers gone")?;
@@ -206,13 +224,13 @@ async fn scenario(
             queued,
             answer_us: answered.as_micros() as u64,
             last_read_us: (last - t0).as_micros() as u64,
-            cpu_ns_per_msg: cpu1.saturating_sub(cpu0) as f64 / o.connections as f64,
+            cpu_ns_per_msg: cpu1.saturating_sub(cpu0) as f64 / o.push.connections as f64,
         });
         settle(Some(pid)).await;
     }
     Ok(BroadcastReport {
-        connections: o.connections,
-        size: o.size,
+        connections: o.push.connections,
+        size: o.push.size,
         rss_base_kib: base.rss_kib,
         rss_idle_kib: idle.rss_kib,
         root_rss_kib: (base.root_rss_kib, idle.root_rss_kib),

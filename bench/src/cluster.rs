@@ -28,29 +28,29 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::broadcast::{count, usage, Stop};
+use crate::broadcast::{count, usage, PushArgs, Stop};
 use crate::loadgen::settle;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (`pier-bench cluster`'s flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ClusterOptions {
-    /// `pier` binary.
-    pub pier: PathBuf,
-    /// Worker command (`pier-test-worker`).
+    /// The pier binary and the broadcast's shape (`--size` also sizes the sends' lines).
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// Worker (its greeting carries the connection's uuid).
+    #[arg(long, default_value = "target/release/pier-test-worker")]
     pub worker: PathBuf,
-    /// Setups to run, among `single`, `redis`, `nats`.
+    /// Setups, comma-separated: single, redis, nats.
+    #[arg(long, default_value = "single,redis,nats", value_delimiter = ',')]
     pub setups: Vec<String>,
-    /// Idle connections to broadcast to (spread over the instances).
-    pub connections: usize,
-    /// Broadcasts.
-    pub rounds: usize,
-    /// Message size, newline included.
-    pub size: usize,
-    /// Sender/target pairs.
+    /// Sender/target connection pairs of the sends phase.
+    #[arg(long, default_value_t = 10)]
     pub pairs: usize,
     /// Lines each sender sends its target.
+    #[arg(long, default_value_t = 2_000)]
     pub sends: usize,
-    /// Scratch directory for configs and logs.
+    /// Scratch directory (configs, pier logs).
+    #[arg(long, default_value = "target/bench/cluster")]
     pub scratch: PathBuf,
 }
 
@@ -172,7 +172,7 @@ fn start_instance(
     );
     std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.join("pier.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(&o.pier)
+    let child = Command::new(&o.push.pier)
         .arg("serve")
         .arg("-c")
         .arg(&config)
@@ -180,7 +180,7 @@ fn start_instance(
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("could not start {}: {e}", o.pier.display()))?;
+        .map_err(|e| format!("could not start {}: {e}", o.push.pier.display()))?;
     let mut process = Stop(child);
     wait_accepting(rpc, &mut process.0, &dir.join("pier.log"))?;
     Ok(Instance { addr, rpc, process })
@@ -208,7 +208,7 @@ async fn scenario(
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
     let gate = Arc::new(Semaphore::new(32));
     let mut connects = tokio::task::JoinSet::new();
-    for i in 0..o.connections {
+    for i in 0..o.push.connections {
         let gate = gate.clone();
         let addr = nodes[i % nodes.len()].addr;
         let tx = tx.clone();
@@ -244,10 +244,10 @@ async fn scenario(
 
     let mut rpc = StdStream::connect(nodes[0].rpc).map_err(|e| e.to_string())?;
     rpc.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut data = "x".repeat(o.size - 1);
+    let mut data = "x".repeat(o.push.size - 1);
     data.push('\n');
     let mut rounds = Vec::new();
-    for seq in 1..=o.rounds as u32 {
+    for seq in 1..=o.push.rounds as u32 {
         let cpu0 = cpu()?;
         let t0 = Instant::now();
         count(
@@ -258,13 +258,13 @@ async fn scenario(
         )?;
         let answered = t0.elapsed();
         let mut last = t0;
-        for got in 0..o.connections {
+        for got in 0..o.push.connections {
             let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
                 .await
                 .map_err(|_| {
                     format!(
                         "round {seq}: {got} of {} clients got the broadcast",
-                        o.connections
+                        o.push.connections
                     )
                 })?
                 .ok_or("readers gone")?;
@@ -274,7 +274,7 @@ async fn scenario(
         rounds.push(Round {
             answer_us: answered.as_micros() as u64,
             last_read_us: (last - t0).as_micros() as u64,
-            cpu_ns_per_msg: cpu1.saturating_sub(cpu0) as f64 / o.connections as f64,
+            cpu_ns_per_msg: cpu1.saturating_sub(cpu0) as f64 / o.push.connections as f64,
         });
         settle_all().await;
     }
@@ -283,8 +283,8 @@ async fn scenario(
     Ok(ClusterReport {
         setup: setup.to_owned(),
         instances: nodes.len(),
-        connections: o.connections,
-        size: o.size,
+        connections: o.push.connections,
+        size: o.push.size,
         rounds,
         sends,
     })
@@ -312,7 +312,7 @@ async fn sends(
     let t0 = Instant::now();
     let mut readers = tokio::task::JoinSet::new();
     for mut reader in targets {
-        let (n, size) = (o.sends, o.size);
+        let (n, size) = (o.sends, o.push.size);
         readers.spawn(async move {
             let mut line = String::new();
             for i in 0..n {
@@ -330,7 +330,7 @@ async fn sends(
         });
     }
     for (sender, uuid) in senders.iter_mut().zip(&uuids) {
-        let request = format!("spam {uuid} x {} {}\n", o.size, o.sends);
+        let request = format!("spam {uuid} x {} {}\n", o.push.size, o.sends);
         sender
             .get_mut()
             .write_all(request.as_bytes())

@@ -12,7 +12,6 @@ mod report;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -79,64 +78,11 @@ enum Command {
     },
     /// Broadcast over RPC to many idle connections of a `pier serve` it starts (push path: time to
     /// the last read, server CPU per delivered message, RSS per idle connection); one JSON line.
-    Broadcast {
-        /// The `pier` binary.
-        #[arg(long, default_value = "target/release/pier")]
-        pier: PathBuf,
-        /// Worker command.
-        #[arg(
-            long,
-            default_value = "php -d extension=target/release/libpier.so bench/php/worker-ext.php 0"
-        )]
-        worker: String,
-        /// Connections.
-        #[arg(long, short = 'c', default_value_t = 10_000)]
-        connections: usize,
-        /// Broadcasts.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Message size in bytes, newline included.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-        /// PHP workers.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Scratch directory (config, server log).
-        #[arg(long, default_value = "target/bench/broadcast")]
-        scratch: PathBuf,
-    },
+    Broadcast(broadcast::BroadcastOptions),
     /// The push path across instances: broadcast to N clients spread over two instances and
     /// one-to-one sends between instances, over Redis and over NATS, next to one instance alone
     /// (one JSON line per setup).
-    Cluster {
-        /// `pier` binary.
-        #[arg(long, default_value = "target/release/pier")]
-        pier: PathBuf,
-        /// Worker (its greeting carries the connection's uuid).
-        #[arg(long, default_value = "target/release/pier-test-worker")]
-        worker: PathBuf,
-        /// Setups, comma-separated: single, redis, nats.
-        #[arg(long, default_value = "single,redis,nats", value_delimiter = ',')]
-        setups: Vec<String>,
-        /// Idle connections receiving each broadcast.
-        #[arg(long, short = 'c', default_value_t = 10_000)]
-        connections: usize,
-        /// Broadcasts per setup.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Message size in bytes, newline included.
-        #[arg(long, short = 's', default_value_t = 64)]
-        size: usize,
-        /// Sender/target connection pairs of the sends phase.
-        #[arg(long, default_value_t = 10)]
-        pairs: usize,
-        /// Lines each sender sends its target.
-        #[arg(long, default_value_t = 2_000)]
-        sends: usize,
-        /// Scratch directory (configs, logs).
-        #[arg(long, default_value = "target/bench/cluster")]
-        scratch: PathBuf,
-    },
+    Cluster(cluster::ClusterOptions),
     /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
     Port,
     /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
@@ -307,55 +253,19 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => harness::run(args)?,
         Command::Tls(args) => harness::run_tls(args)?,
-        Command::Broadcast {
-            pier,
-            worker,
-            connections,
-            rounds,
-            size,
-            workers,
-            scratch,
-        } => {
-            anyhow::ensure!(size >= 1, "--size must be at least 1");
-            let report = broadcast::run(&broadcast::BroadcastOptions {
-                pier,
-                worker,
-                connections,
-                rounds,
-                size,
-                workers,
-                scratch,
-            })
-            .map_err(anyhow::Error::msg)
-            .context("broadcast run failed")?;
+        Command::Broadcast(options) => {
+            anyhow::ensure!(options.push.size >= 1, "--size must be at least 1");
+            let report = broadcast::run(&options)
+                .map_err(anyhow::Error::msg)
+                .context("broadcast run failed")?;
             let line = serde_json::to_string(&report).context("could not encode the report")?;
             writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
         }
-        Command::Cluster {
-            pier,
-            worker,
-            setups,
-            connections,
-            rounds,
-            size,
-            pairs,
-            sends,
-            scratch,
-        } => {
-            anyhow::ensure!(size >= 2, "--size must be at least 2");
-            let reports = cluster::run(&cluster::ClusterOptions {
-                pier,
-                worker,
-                setups,
-                connections,
-                rounds,
-                size,
-                pairs,
-                sends,
-                scratch,
-            })
-            .map_err(anyhow::Error::msg)
-            .context("cluster run failed")?;
+        Command::Cluster(options) => {
+            anyhow::ensure!(options.push.size >= 2, "--size must be at least 2");
+            let reports = cluster::run(&options)
+                .map_err(anyhow::Error::msg)
+                .context("cluster run failed")?;
             let mut out = std::io::stdout().lock();
             for report in reports {
                 let line = serde_json::to_string(&report).context("could not encode the report")?;
