@@ -68,6 +68,20 @@ pub(super) struct Pending {
     done: Option<oneshot::Sender<()>>,
 }
 
+impl Pending {
+    /// Waiting for `want`; `done` wakes the asker.
+    fn new(want: Want, done: oneshot::Sender<()>) -> Pending {
+        Pending {
+            want,
+            answered: HashSet::new(),
+            dropped: HashSet::new(),
+            bytes: HashMap::new(),
+            parts: Vec::new(),
+            done: Some(done),
+        }
+    }
+}
+
 /// What came back.
 #[derive(Debug)]
 struct Gathered {
@@ -265,17 +279,7 @@ impl Cluster {
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
-        self.pending_lock().insert(
-            id,
-            Pending {
-                want,
-                answered: HashSet::new(),
-                dropped: HashSet::new(),
-                bytes: HashMap::new(),
-                parts: Vec::new(),
-                done: Some(done),
-            },
-        );
+        self.pending_lock().insert(id, Pending::new(want, done));
         let to = match owner {
             Some(tag) => Channel::Node(node::channel(tag)),
             None => Channel::All,
@@ -428,17 +432,7 @@ mod tests {
 
     fn pending(cluster: &Cluster, id: u64, want: Want) -> oneshot::Receiver<()> {
         let (done, wait) = oneshot::channel();
-        cluster.pending_lock().insert(
-            id,
-            Pending {
-                want,
-                answered: HashSet::new(),
-                dropped: HashSet::new(),
-                bytes: HashMap::new(),
-                parts: Vec::new(),
-                done: Some(done),
-            },
-        );
+        cluster.pending_lock().insert(id, Pending::new(want, done));
         wait
     }
 
