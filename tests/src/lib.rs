@@ -158,6 +158,15 @@ pub struct Pier {
     rpc: Option<SocketAddr>,
 }
 
+/// What [`Pier::start_with`] adds to [`Pier::start`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StartOptions<'a> {
+    /// Move the config's `rpc.listen` to a free port on 127.0.0.1 too (see [`Pier::rpc_address`]).
+    pub rpc: bool,
+    /// `-o dotted.key=value` overrides.
+    pub overrides: &'a [&'a str],
+}
+
 impl Pier {
     /// Runs `target/release/pier serve -c <config>` from the repository root, every server in
     /// `servers` moved to a free port on 127.0.0.1, the workers forced onto `worker`, with `env`
@@ -168,40 +177,18 @@ impl Pier {
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
     ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, false, &[])
+        Self::start_with(config, servers, worker, env, StartOptions::default())
     }
 
-    /// [`Pier::start`] with `-o dotted.key=value` overrides.
+    /// [`Pier::start`] with what `options` adds (RPC on a free port, `-o` overrides).
     pub fn start_with(
         config: &str,
         servers: &[&str],
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
-        overrides: &[&str],
+        options: StartOptions<'_>,
     ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, false, overrides)
-    }
-
-    /// [`Pier::start`], with the config's `rpc.listen` moved to a free port on 127.0.0.1 too (see
-    /// [`Pier::rpc_address`]).
-    pub fn start_with_rpc(
-        config: &str,
-        servers: &[&str],
-        worker: WorkerImpl,
-        env: &[(&str, &OsStr)],
-    ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, true, &[])
-    }
-
-    /// [`Pier::start_with_rpc`] with `-o dotted.key=value` overrides.
-    pub fn start_with_rpc_and(
-        config: &str,
-        servers: &[&str],
-        worker: WorkerImpl,
-        env: &[(&str, &OsStr)],
-        overrides: &[&str],
-    ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, true, overrides)
+        Self::start_retrying(config, servers, worker, env, options.rpc, options.overrides)
     }
 
     fn start_retrying(
@@ -333,11 +320,11 @@ impl Pier {
     }
 
     /// The RPC listener's address as `rpc.listen` and `RR_RPC` write it (`tcp://127.0.0.1:PORT`);
-    /// only after [`Pier::start_with_rpc`].
+    /// only when started with [`StartOptions::rpc`].
     pub fn rpc_address(&self) -> String {
         match self.rpc {
             Some(addr) => format!("tcp://{addr}"),
-            None => panic!("the test did not start pier with start_with_rpc"),
+            None => panic!("the test did not start pier with StartOptions::rpc"),
         }
     }
 

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use pier_devkit::bus;
-use pier_e2e::{repo_root, Pier, WorkerImpl};
+use pier_e2e::{repo_root, Pier, StartOptions, WorkerImpl};
 
 const PROMPT: &str = "Welcome to Pier chat. Your nickname: ";
 const HELP: &str =
@@ -80,8 +80,14 @@ impl Client {
     }
 }
 
-fn start(worker: WorkerImpl) -> Pier {
-    let pier = Pier::start_with_rpc("examples/chat/.rr.yaml", &["chat"], worker, &[])
+/// The chat example on `worker`, RPC on a free port, `overrides` applied; returns once a worker
+/// said it runs.
+fn start(worker: WorkerImpl, overrides: &[&str]) -> Pier {
+    let options = StartOptions {
+        rpc: true,
+        overrides,
+    };
+    let pier = Pier::start_with("examples/chat/.rr.yaml", &["chat"], worker, &[], options)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
@@ -236,7 +242,7 @@ fn scenario(worker: WorkerImpl, one: &Pier, two: &Pier) {
 }
 
 fn chat(worker: WorkerImpl) {
-    let pier = start(worker);
+    let pier = start(worker, &[]);
     scenario(worker, &pier, &pier);
     stop(pier);
 }
@@ -258,16 +264,7 @@ fn cluster_node(worker: WorkerImpl, bus_url: &str, node: &str) -> Pier {
         format!("cluster.node={node}"),
     ];
     let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
-    let pier =
-        Pier::start_with_rpc_and("examples/chat/.rr.yaml", &["chat"], worker, &[], &overrides)
-            .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
-        "no worker said \"{}\"; pier's output:\n{}",
-        worker.banner(),
-        pier.output()
-    );
-    pier
+    start(worker, &overrides)
 }
 
 /// The chat example on two instances joined by a bus: people on different instances share the

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pier_e2e::{fresh_dir, raise_fd_limit, Pier, WorkerImpl};
+use pier_e2e::{fresh_dir, raise_fd_limit, Pier, StartOptions, WorkerImpl};
 
 const CONFIG: &str = "tests/faults/.rr.yaml";
 /// Bound of every wait for pier to reach a state (never a timing assertion).
@@ -24,8 +24,12 @@ fn start(worker: WorkerImpl, overrides: &[&str]) -> (Pier, PathBuf) {
     let env = format!("server.env.FAULTS_DIR={}", dir.display());
     let mut all = vec![env.as_str()];
     all.extend_from_slice(overrides);
-    let pier =
-        Pier::start_with(CONFIG, &["faults"], worker, &[], &all).unwrap_or_else(|e| panic!("{e}"));
+    let options = StartOptions {
+        overrides: &all,
+        ..StartOptions::default()
+    };
+    let pier = Pier::start_with(CONFIG, &["faults"], worker, &[], options)
+        .unwrap_or_else(|e| panic!("{e}"));
     // Listening starts before the pool has started: one greeting means the workers are up.
     drop(Conn::open(&pier));
     (pier, dir)

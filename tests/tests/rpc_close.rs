@@ -6,15 +6,20 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use pier_e2e::{read_exactly, read_to_close, repo_root, Pier, WorkerImpl};
+use pier_e2e::{read_exactly, read_to_close, repo_root, Pier, StartOptions, WorkerImpl};
 
 #[test]
 fn tcp_close_from_the_package_rpc_client() {
-    let pier = Pier::start_with_rpc(
+    let rpc = StartOptions {
+        rpc: true,
+        ..StartOptions::default()
+    };
+    let pier = Pier::start_with(
         "tests/php/rpc_close.rr.yaml",
         &["lines"],
         WorkerImpl::Package,
         &[],
+        rpc,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut clients = Vec::new();
