@@ -481,27 +481,7 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
         client_cpus: env.client_cpus.clone(),
     };
     let text = report::markdown(&machine, &settings, &rows, &mqtt_rows);
-    report::print(&text);
-    let out = args.out.clone().unwrap_or_else(|| {
-        if args.quick {
-            env.root.join("target/bench")
-        } else {
-            env.root.join("bench/results")
-        }
-    });
-    fs::create_dir_all(&out).map_err(|source| HarnessError::Write {
-        path: out.clone(),
-        source,
-    })?;
-    let file = out.join(format!(
-        "{}{}.md",
-        machine.date,
-        if args.quick { "-quick" } else { "" }
-    ));
-    fs::write(&file, text).map_err(|source| HarnessError::Write {
-        path: file.clone(),
-        source,
-    })?;
+    let file = publish(&args, &env, &format!("{}.md", machine.date), text)?;
     say(&format!(
         "wrote {} ({:.0} s)",
         file.display(),
@@ -519,6 +499,33 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
         });
     }
     Ok(())
+}
+
+/// Prints the report `text` and writes it as `name` (`<date>.md`, `<date>-tls.md`) to `--out`,
+/// or by default to bench/results (target/bench with `--quick`, as `<date>-quick.md`).
+fn publish(args: &RunArgs, env: &Env, name: &str, text: String) -> Result<PathBuf, HarnessError> {
+    report::print(&text);
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            env.root.join("target/bench")
+        } else {
+            env.root.join("bench/results")
+        }
+    });
+    fs::create_dir_all(&out).map_err(|source| HarnessError::Write {
+        path: out.clone(),
+        source,
+    })?;
+    let name = match name.strip_suffix(".md") {
+        Some(stem) if args.quick => format!("{stem}-quick.md"),
+        _ => name.to_owned(),
+    };
+    let file = out.join(name);
+    fs::write(&file, text).map_err(|source| HarnessError::Write {
+        path: file.clone(),
+        source,
+    })?;
+    Ok(file)
 }
 
 fn closed_args(cell: &Cell, plan: &Plan) -> Vec<String> {
@@ -1099,27 +1106,7 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
     }
 
     let text = tls_markdown(&machine, &rows, warmup, duration, began.elapsed(), &env);
-    report::print(&text);
-    let out = args.out.clone().unwrap_or_else(|| {
-        if args.quick {
-            env.root.join("target/bench")
-        } else {
-            env.root.join("bench/results")
-        }
-    });
-    fs::create_dir_all(&out).map_err(|source| HarnessError::Write {
-        path: out.clone(),
-        source,
-    })?;
-    let file = out.join(format!(
-        "{}-tls{}.md",
-        machine.date,
-        if args.quick { "-quick" } else { "" }
-    ));
-    fs::write(&file, text).map_err(|source| HarnessError::Write {
-        path: file.clone(),
-        source,
-    })?;
+    let file = publish(&args, &env, &format!("{}-tls.md", machine.date), text)?;
     say(&format!("wrote {}", file.display()));
     let failed = rows
         .iter()
