@@ -53,29 +53,7 @@ enum Command {
     Load(LoadArgs),
     /// MQTT fan-out against an MQTT broker (examples/mqtt): one publisher, N subscribers, QoS 0;
     /// prints one JSON report line.
-    Mqtt {
-        /// Broker address (loopback).
-        #[arg(long)]
-        addr: SocketAddr,
-        /// Subscriber connections.
-        #[arg(long, default_value_t = 100)]
-        subscribers: usize,
-        /// Messages to publish.
-        #[arg(long, default_value_t = 2000)]
-        messages: u64,
-        /// Messages per window (then every delivery of the window is awaited).
-        #[arg(long, default_value_t = 16)]
-        window: u64,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Server pid whose process tree is sampled for CPU.
-        #[arg(long)]
-        watch_pid: Option<u32>,
-        /// Seconds allowed for the whole run.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
-    },
+    Mqtt(mqtt::Options),
     /// Broadcast over RPC to many idle connections of a `pier serve` it starts (push path: time to
     /// the last read, server CPU per delivered message, RSS per idle connection); one JSON line.
     Broadcast(broadcast::BroadcastOptions),
@@ -170,6 +148,12 @@ pub fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
+/// Prints one JSON report line on stdout (the result; progress goes to stderr).
+fn print_line(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    let line = serde_json::to_string(report).context("could not encode the report")?;
+    writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")
+}
+
 fn secs(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).context("durations must be non-negative seconds")
 }
@@ -226,30 +210,11 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let report = loadgen::run(shape, mode).context("load generation failed")?;
-            let line = serde_json::to_string(&report).context("could not encode the report")?;
-            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+            print_line(&report)?;
         }
-        Command::Mqtt {
-            addr,
-            subscribers,
-            messages,
-            window,
-            size,
-            watch_pid,
-            timeout,
-        } => {
-            let report = mqtt::run(mqtt::Options {
-                addr,
-                subscribers,
-                messages,
-                window,
-                size,
-                watch_pid,
-                timeout: secs(timeout)?,
-            })
-            .context("MQTT load failed")?;
-            let line = serde_json::to_string(&report).context("could not encode the report")?;
-            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+        Command::Mqtt(options) => {
+            let report = mqtt::run(options).context("MQTT load failed")?;
+            print_line(&report)?;
         }
         Command::Run(args) => harness::run(args)?,
         Command::Tls(args) => harness::run_tls(args)?,
@@ -258,18 +223,15 @@ fn main() -> anyhow::Result<()> {
             let report = broadcast::run(&options)
                 .map_err(anyhow::Error::msg)
                 .context("broadcast run failed")?;
-            let line = serde_json::to_string(&report).context("could not encode the report")?;
-            writeln!(std::io::stdout().lock(), "{line}").context("could not print the report")?;
+            print_line(&report)?;
         }
         Command::Cluster(options) => {
             anyhow::ensure!(options.push.size >= 2, "--size must be at least 2");
             let reports = cluster::run(&options)
                 .map_err(anyhow::Error::msg)
                 .context("cluster run failed")?;
-            let mut out = std::io::stdout().lock();
-            for report in reports {
-                let line = serde_json::to_string(&report).context("could not encode the report")?;
-                writeln!(out, "{line}").context("could not print the report")?;
+            for report in &reports {
+                print_line(report)?;
             }
         }
         Command::Port => {

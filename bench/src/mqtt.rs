@@ -41,23 +41,30 @@ pub enum MqttError {
     },
 }
 
-/// Traffic shape.
-#[derive(Debug, Clone)]
+/// Traffic shape (`pier-bench mqtt`'s flags).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Broker address (loopback).
+    #[arg(long)]
     pub addr: SocketAddr,
     /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
-    /// Messages published in the measured run.
+    /// Messages to publish.
+    #[arg(long, default_value_t = 2000)]
     pub messages: u64,
-    /// Messages per window (published back to back, then all deliveries awaited).
+    /// Messages per window (then every delivery of the window is awaited).
+    #[arg(long, default_value_t = 16)]
     pub window: u64,
     /// Payload bytes.
+    #[arg(long, default_value_t = 32)]
     pub size: usize,
-    /// Server pid whose process tree is sampled.
+    /// Server pid whose process tree is sampled for CPU.
+    #[arg(long)]
     pub watch_pid: Option<u32>,
-    /// Bound on the whole run.
-    pub timeout: Duration,
+    /// Seconds allowed for the whole run.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
 }
 
 /// One run's numbers.
@@ -147,13 +154,19 @@ pub fn run(opts: Options) -> Result<MqttReport, MqttError> {
             "subscribers, window and messages must be at least 1".into(),
         ));
     }
+    let timeout = Duration::try_from_secs_f64(opts.timeout).map_err(|_| {
+        MqttError::Options(format!(
+            "--timeout {} is not a non-negative number of seconds",
+            opts.timeout
+        ))
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
         .enable_all()
         .build()
         .map_err(MqttError::Runtime)?;
     rt.block_on(async move {
-        let deadline = Instant::now() + opts.timeout;
+        let deadline = Instant::now() + timeout;
         let client = |what: String| move |source| MqttError::Client { what, source };
         let publish = packet(0x30, &[str16(TOPIC), vec![b'm'; opts.size]].concat());
         let delivered = Arc::new(AtomicU64::new(0));
