@@ -47,17 +47,8 @@ fn config_for(h: &Harness) -> PathBuf {
 async fn pier(args: &[&str], config: PathBuf) -> (i32, String, String) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(&args)
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::process::run_pier(&args, &config)
     })
     .await
     .unwrap()

@@ -263,13 +263,7 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> Client {
         .await
         .unwrap()
         .unwrap();
-    let local = stream.local_addr().unwrap();
-    let (r, w) = stream.into_split();
-    Client {
-        reader: tokio::io::BufReader::new(r),
-        writer: w,
-        local,
-    }
+    Client::over(stream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,11 @@ impl Client {
             .await
             .unwrap()
             .unwrap();
+        Client::over(stream)
+    }
+
+    /// A client over a connected `stream`.
+    pub fn over(stream: TcpStream) -> Client {
         let local = stream.local_addr().unwrap();
         let (r, w) = stream.into_split();
         Client {

@@ -138,17 +138,7 @@ impl PierProcess {
         let config = self.config.with_extension("ctl.yaml");
         let rpc = self.rpc.as_deref().unwrap_or("tcp://127.0.0.1:0");
         std::fs::write(&config, text.replace("tcp://127.0.0.1:0", rpc)).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_pier"))
-            .args(args)
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run_pier(args, &config)
     }
 
     /// SIGTERM, then waits (bounded) for exit 0.
@@ -177,4 +167,19 @@ impl Drop for PierProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `pier ARGS -c CONFIG` to its end: (exit code, stdout, stderr).
+pub fn run_pier(args: &[&str], config: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
