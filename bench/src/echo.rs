@@ -185,13 +185,19 @@ mod tests {
         addr
     }
 
+    /// A blocking client of the server at `addr` whose reads give up after 5 s.
+    fn client(addr: SocketAddr) -> std::net::TcpStream {
+        let s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    }
+
     #[test]
     fn echoes_whole_packets_under_any_chunking() {
         use std::io::{Read, Write};
         let addr = start(Duration::ZERO);
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        let mut s = client(addr);
         // Two packets in one write, then a third split inside its delimiter.
         s.write_all(b"one\r\ntwo\r\nthr").expect("write");
         s.write_all(b"ee\r").expect("write");
@@ -207,9 +213,7 @@ mod tests {
     fn echoes_length_prefixed_frames_whole_and_refuses_a_length_over_the_bound() {
         use std::io::{Read, Write};
         let addr = start_framed(Duration::ZERO, true);
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        let mut s = client(addr);
         // Two frames in one write, then a third split inside its length.
         s.write_all(b"\0\0\0\x01a\0\0\0\x02bc\0\0").expect("write");
         std::thread::sleep(Duration::from_millis(50));
@@ -227,9 +231,7 @@ mod tests {
     fn a_packet_over_the_bound_closes_the_connection() {
         use std::io::{Read, Write};
         let addr = start(Duration::ZERO);
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        let mut s = client(addr);
         s.write_all(&[b'x'; 4096]).expect("write");
         let mut buf = [0u8; 16];
         // EOF (0) or a reset: either way, no echo of the oversized data.

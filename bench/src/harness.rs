@@ -492,6 +492,11 @@ pub fn run(args: RunArgs) -> Result<(), HarnessError> {
             .iter()
             .filter(|(_, r)| !r.as_ref().is_ok_and(|r| r.error.is_none()))
             .count();
+    outcome(&env, failed)
+}
+
+/// The run's result: an error naming where the logs are when `failed` rows failed.
+fn outcome(env: &Env, failed: usize) -> Result<(), HarnessError> {
     if failed > 0 {
         return Err(HarnessError::RowsFailed {
             count: failed,
@@ -1116,13 +1121,7 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
                 .map_or(true, |r| r.errors > 0 || r.connections == 0)
         })
         .count();
-    if failed > 0 {
-        return Err(HarnessError::RowsFailed {
-            count: failed,
-            logs: env.scratch.clone(),
-        });
-    }
-    Ok(())
+    outcome(&env, failed)
 }
 
 /// pier + extension, one echo worker, serving `plain` and `tls` (implicit TLS) from one process.

@@ -188,23 +188,12 @@ impl Pier {
         env: &[(&str, &OsStr)],
         options: StartOptions<'_>,
     ) -> Result<Pier, HarnessError> {
-        Self::start_retrying(config, servers, worker, env, options.rpc, options.overrides)
-    }
-
-    fn start_retrying(
-        config: &str,
-        servers: &[&str],
-        worker: WorkerImpl,
-        env: &[(&str, &OsStr)],
-        rpc: bool,
-        overrides: &[&str],
-    ) -> Result<Pier, HarnessError> {
         // A port is free when picked but another process may take it before pier binds it: then
         // pier exits saying "could not listen", and new ports are tried (a bounded number of times).
         let mut attempts = 3;
         loop {
             attempts -= 1;
-            match Self::start_once(config, servers, worker, env, rpc, overrides) {
+            match Self::start_once(config, servers, worker, env, options) {
                 Err(HarnessError::ExitedEarly { output, .. })
                     if attempts > 0 && output.contains("could not listen") => {}
                 result => return result,
@@ -217,8 +206,7 @@ impl Pier {
         servers: &[&str],
         worker: WorkerImpl,
         env: &[(&str, &OsStr)],
-        rpc: bool,
-        overrides: &[&str],
+        StartOptions { rpc, overrides }: StartOptions<'_>,
     ) -> Result<Pier, HarnessError> {
         let root = repo_root();
         let binary = root.join("target/release/pier");
