@@ -20,6 +20,25 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::loadgen::settle;
 use crate::procstat;
 
+/// Waits for one read time from each of `clients` readers (each sends when it has read the
+/// whole broadcast); the latest, not before `t0`. `Err(readers heard from)` when one does not
+/// come within `within` of the previous one, or the readers are gone.
+pub async fn last_read(
+    rx: &mut mpsc::UnboundedReceiver<Instant>,
+    clients: usize,
+    t0: Instant,
+    within: Duration,
+) -> Result<Instant, usize> {
+    let mut last = t0;
+    for got in 0..clients {
+        match tokio::time::timeout(within, rx.recv()).await {
+            Ok(Some(at)) => last = last.max(at),
+            Ok(None) | Err(_) => return Err(got),
+        }
+    }
+    Ok(last)
+}
+
 /// Largest RPC answer accepted (a count is a few bytes; anything near this is a broken server).
 const MAX_ANSWER: u32 = 1 << 20;
 
@@ -206,19 +225,14 @@ async fn scenario(
         let t0 = Instant::now();
         let queued = call(&mut rpc, seq, &data)?;
         let answered = t0.elapsed();
-        let mut last = t0;
-        for got in 0..o.push.connections {
-            let at = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "round {seq}: {got} of {} clients got the broadcast (server queued {queued})",
-                        o.push.connections
-                    )
-                })?
-                .ok_or("readers gone")?;
-            last = last.max(at);
-        }
+        let last = last_read(&mut rx, o.push.connections, t0, Duration::from_secs(20))
+            .await
+            .map_err(|got| {
+                format!(
+                    "round {seq}: {got} of {} clients got the broadcast (server queued {queued})",
+                    o.push.connections
+                )
+            })?;
         let cpu1 = usage(pid)?.cpu_ns;
         rounds.push(Round {
             queued,

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::broadcast::{count, usage, PushArgs, Stop};
+use crate::broadcast::{count, last_read, usage, PushArgs, Stop};
 use crate::loadgen::settle;
 
 /// What to run (`pier-bench cluster`'s flags).
@@ -257,19 +257,14 @@ async fn scenario(
             serde_json::json!({ "data": data }),
         )?;
         let answered = t0.elapsed();
-        let mut last = t0;
-        for got in 0..o.push.connections {
-            let at = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "round {seq}: {got} of {} clients got the broadcast",
-                        o.push.connections
-                    )
-                })?
-                .ok_or("readers gone")?;
-            last = last.max(at);
-        }
+        let last = last_read(&mut rx, o.push.connections, t0, Duration::from_secs(30))
+            .await
+            .map_err(|got| {
+                format!(
+                    "round {seq}: {got} of {} clients got the broadcast",
+                    o.push.connections
+                )
+            })?;
         let cpu1 = cpu()?;
         rounds.push(Round {
             answer_us: answered.as_micros() as u64,
