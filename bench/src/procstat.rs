@@ -36,31 +36,10 @@ pub struct TreeUsage {
     pub processes: usize,
 }
 
-/// Parent pid of every process, from `/proc/<pid>/stat`.
+/// Parent pid of every process.
 fn parents() -> Result<HashMap<u32, u32>, ProcError> {
-    let mut map = HashMap::new();
-    for entry in fs::read_dir("/proc").map_err(ProcError::List)? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may exit between listing and reading: skip it.
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The command name may contain spaces and parentheses: fields start after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            map.insert(pid, ppid);
-        }
-    }
-    Ok(map)
+    let all = pier_devkit::procs::processes().map_err(ProcError::List)?;
+    Ok(all.into_iter().map(|p| (p.pid, p.ppid)).collect())
 }
 
 /// `root` and all its descendants.

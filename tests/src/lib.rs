@@ -424,34 +424,14 @@ impl Drop for Pier {
     }
 }
 
-/// The live (not zombie) child processes of `parent`, from `/proc/<pid>/stat`.
+/// The live (not zombie) child processes of `parent`, sorted.
 pub fn children_of(parent: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …": comm may hold spaces and parentheses; split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) && state != Some("Z") {
-            pids.push(pid);
-        }
-    }
+    let mut pids: Vec<u32> = pier_devkit::procs::processes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.ppid == parent && p.state != 'Z')
+        .map(|p| p.pid)
+        .collect();
     pids.sort_unstable();
     pids
 }
