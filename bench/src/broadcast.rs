@@ -4,14 +4,13 @@
 //! of the whole message, and the server tree's CPU per delivered message. Also the server's RSS per
 //! idle connection (registry included). Prints one JSON line.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream as StdStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pier_protocol::frame::{self, flags, Frame};
+use pier_server::rpc::client::Client;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -39,8 +38,8 @@ pub async fn last_read(
     Ok(last)
 }
 
-/// Largest RPC answer accepted (a count is a few bytes; anything near this is a broken server).
-const MAX_ANSWER: u32 = 1 << 20;
+/// How long one RPC call may take (a broadcast to 10,000 connections answers in milliseconds).
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The flags `broadcast` and `cluster` share: which `pier`, and the broadcast's shape.
 #[derive(Debug, Clone, clap::Args)]
@@ -197,13 +196,12 @@ async fn scenario(
     }
     settle(Some(pid)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut rpc = StdStream::connect(rpc).map_err(|e| e.to_string())?;
-    rpc.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut rpc = rpc_client(rpc)?;
     // Accepting can lag the clients' connects (a full accept queue retries the handshake
     // later): wait until the server holds every connection.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let held = count(&mut rpc, 1000, "pier.Count", serde_json::json!({}))?;
+        let held = count(&mut rpc, "pier.Count", serde_json::json!({}))?;
         if held as usize >= o.push.connections {
             break;
         }
@@ -223,7 +221,11 @@ async fn scenario(
     for seq in 1..=o.push.rounds as u32 {
         let cpu0 = usage(pid)?.cpu_ns;
         let t0 = Instant::now();
-        let queued = call(&mut rpc, seq, &data)?;
+        let queued = count(
+            &mut rpc,
+            "pier.Broadcast",
+            serde_json::json!({ "data": data }),
+        )?;
         let answered = t0.elapsed();
         let last = last_read(&mut rx, o.push.connections, t0, Duration::from_secs(20))
             .await
@@ -265,51 +267,26 @@ pub(crate) fn usage(pid: u32) -> Result<procstat::TreeUsage, String> {
     Err(last)
 }
 
-/// One `pier.Broadcast` over JSON goridge RPC; returns how many connections took it.
-fn call(rpc: &mut StdStream, seq: u32, data: &str) -> Result<u64, String> {
-    count(
-        rpc,
-        seq,
-        "pier.Broadcast",
-        serde_json::json!({ "data": data }),
-    )
+/// A connection to pier's RPC at `addr`, through pier's own RPC client (the one `pier reset` and
+/// `pier connections` use).
+pub(crate) fn rpc_client(addr: SocketAddr) -> Result<Client, String> {
+    Client::connect(&addr.to_string(), RPC_TIMEOUT).map_err(|e| chain(&e))
 }
 
-/// One JSON goridge RPC call whose result is a count. The frames are pier-protocol's, as pier's
-/// own RPC client (`pier_server::rpc::client`) builds and reads them.
-pub(crate) fn count(
-    rpc: &mut StdStream,
-    seq: u32,
-    method: &str,
-    arg: serde_json::Value,
-) -> Result<u64, String> {
-    let mut payload = method.as_bytes().to_vec();
-    serde_json::to_writer(&mut payload, &arg).map_err(|e| e.to_string())?;
-    let name_len = u32::try_from(method.len()).map_err(|_| "method name too long".to_owned())?;
-    let request = Frame::new(flags::CODEC_JSON, &[seq, name_len], &payload)
-        .ok_or_else(|| "too many options".to_owned())?;
-    let mut out = Vec::new();
-    request.encode(&mut out).map_err(|e| e.to_string())?;
-    rpc.write_all(&out).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    loop {
-        if let Some((answer, _)) = frame::decode(&buf, MAX_ANSWER).map_err(|e| e.to_string())? {
-            let result = answer.payload.get(method.len()..).unwrap_or_default();
-            if answer.has(flags::ERROR) {
-                return Err(format!("RPC error: {}", String::from_utf8_lossy(result)));
-            }
-            return std::str::from_utf8(result)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .ok_or_else(|| format!("unexpected answer {:?}", String::from_utf8_lossy(result)));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = rpc.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the RPC connection closed before the answer".to_owned());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// One JSON goridge RPC call whose result is a count.
+pub(crate) fn count(rpc: &mut Client, method: &str, arg: serde_json::Value) -> Result<u64, String> {
+    rpc.call(method, &arg).map_err(|e| chain(&e))
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
     }
+    text
 }
 
 /// Stops the server (SIGTERM via kill(1) would need libc; the child is killed).

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::broadcast::{count, last_read, usage, PushArgs, Stop};
+use crate::broadcast::{count, last_read, rpc_client, usage, PushArgs, Stop};
 use crate::loadgen::settle;
 
 /// What to run (`pier-bench cluster`'s flags).
@@ -242,8 +242,7 @@ async fn scenario(
     settle_all().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut rpc = StdStream::connect(nodes[0].rpc).map_err(|e| e.to_string())?;
-    rpc.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut rpc = rpc_client(nodes[0].rpc)?;
     let mut data = "x".repeat(o.push.size - 1);
     data.push('\n');
     let mut rounds = Vec::new();
@@ -252,7 +251,6 @@ async fn scenario(
         let t0 = Instant::now();
         count(
             &mut rpc,
-            seq,
             "pier.Broadcast",
             serde_json::json!({ "data": data }),
         )?;
