@@ -21,11 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use pier_devkit::bus::{BusKind, BusServer};
-use support::{raise_fd_limit, test_worker, Client, HANG};
+use support::{raise_fd_limit, test_worker, Client, Rpc};
 
 /// How long a node may take to start, to see the others, or to recover after the bus is back.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -154,10 +152,7 @@ impl Node {
     }
 
     async fn rpc(&self) -> Rpc {
-        Rpc(tokio::time::timeout(HANG, TcpStream::connect(self.rpc))
-            .await
-            .unwrap()
-            .unwrap())
+        Rpc::connect(self.rpc).await
     }
 
     /// The value of one metric series (0 when absent).
@@ -217,50 +212,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A goridge RPC connection speaking JSON.
-struct Rpc(TcpStream);
-
-impl Rpc {
-    /// The answer, or the error text the server answered.
-    async fn call(&mut self, method: &str, arg: Value) -> Result<Value, String> {
-        use pier_protocol::frame::{self, flags};
-        let arg = serde_json::to_vec(&arg).unwrap();
-        let mut request = Vec::new();
-        frame::encode(
-            &mut request,
-            flags::CODEC_JSON,
-            0,
-            &[1, method.len() as u32],
-            &[method.as_bytes(), &arg],
-        )
-        .unwrap();
-        self.0.write_all(&request).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 65536];
-        loop {
-            if let Some((answer, _)) = frame::decode(&buf, u32::MAX).unwrap() {
-                let body = &answer.payload[method.len()..];
-                if answer.flags & flags::ERROR != 0 {
-                    return Err(String::from_utf8_lossy(body).into_owned());
-                }
-                return Ok(serde_json::from_slice(body).unwrap());
-            }
-            let n = tokio::time::timeout(HANG, self.0.read(&mut chunk))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "RPC connection closed");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn ok(&mut self, method: &str, arg: Value) -> Value {
-        self.call(method, arg.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{method} {arg}: {e}"))
     }
 }
 

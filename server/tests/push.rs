@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-use support::{raise_fd_limit, Harness, HANG};
+use support::{raise_fd_limit, Harness, Rpc, HANG};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
@@ -149,9 +149,11 @@ async fn broadcast_reaches_every_member_of_1000_connections_in_10_groups_exactly
     // Everyone but the sender, from a worker; then everyone, over RPC.
     assert_eq!(ctl.ask("bcast-others - to all\r\n").await, "sent");
     let mut rpc = support_rpc(&h).await;
-    let n = rpc_call(&mut rpc, "pier.Broadcast", json!({"data": "over rpc\n"})).await;
+    let n = rpc
+        .ok("pier.Broadcast", json!({"data": "over rpc\n"}))
+        .await;
     assert_eq!(n, json!(1001));
-    let n = rpc_call(&mut rpc, "pier.Count", json!({"group": "g7"})).await;
+    let n = rpc.ok("pier.Count", json!({"group": "g7"})).await;
     assert_eq!(n, json!(100));
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(
@@ -172,13 +174,13 @@ async fn broadcast_reaches_every_member_of_1000_connections_in_10_groups_exactly
     // Membership dies with the connection.
     drop(clients);
     loop {
-        let n = rpc_call(&mut rpc, "pier.Count", json!({})).await;
+        let n = rpc.ok("pier.Count", json!({})).await;
         if n == json!(1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let groups = rpc_call(&mut rpc, "pier.Groups", json!({})).await;
+    let groups = rpc.ok("pier.Groups", json!({})).await;
     assert_eq!(groups, json!([]));
     h.shutdown().await;
 }
@@ -231,7 +233,7 @@ async fn a_client_that_does_not_read_is_closed_at_the_bound_while_others_keep_go
     };
     let mut rpc = support_rpc(&h).await;
     assert_eq!(
-        rpc_call(&mut rpc, "pier.Info", json!({ "uuid": uuid })).await,
+        rpc.ok("pier.Info", json!({ "uuid": uuid })).await,
         Value::Null,
         "the slow client is gone"
     );
@@ -240,10 +242,7 @@ async fn a_client_that_does_not_read_is_closed_at_the_bound_while_others_keep_go
     let mut got = Vec::new();
     let _ = tokio::time::timeout(HANG, slow.reader.read_to_end(&mut got)).await;
     assert!(got.len() < 8_000_000, "{} bytes", got.len());
-    assert_eq!(
-        rpc_call(&mut rpc, "pier.Count", json!({})).await,
-        json!(101)
-    );
+    assert_eq!(rpc.ok("pier.Count", json!({})).await, json!(101));
     h.shutdown().await;
 }
 
@@ -277,37 +276,7 @@ async fn a_client_that_reads_nothing_for_write_timeout_is_closed() {
 }
 
 /// A JSON RPC connection to the harness's server.
-async fn support_rpc(h: &Harness) -> tokio::net::TcpStream {
+async fn support_rpc(h: &Harness) -> Rpc {
     let addr = h.rpc.as_deref().unwrap().strip_prefix("tcp://").unwrap();
-    tokio::net::TcpStream::connect(addr).await.unwrap()
-}
-
-async fn rpc_call(stream: &mut tokio::net::TcpStream, method: &str, arg: Value) -> Value {
-    use tokio::io::AsyncWriteExt;
-    let arg = serde_json::to_vec(&arg).unwrap();
-    let mut frame = Vec::new();
-    pier_protocol::frame::encode(
-        &mut frame,
-        pier_protocol::frame::flags::CODEC_JSON,
-        0,
-        &[1, method.len() as u32],
-        &[method.as_bytes(), &arg],
-    )
-    .unwrap();
-    stream.write_all(&frame).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 65536];
-    loop {
-        if let Some((frame, _)) = pier_protocol::frame::decode(&buf, u32::MAX).unwrap() {
-            assert_eq!(frame.flags, pier_protocol::frame::flags::CODEC_JSON);
-            let body = &frame.payload[method.len()..];
-            return serde_json::from_slice(body).unwrap();
-        }
-        let n = tokio::time::timeout(HANG, stream.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    Rpc::connect(addr.parse().unwrap()).await
 }

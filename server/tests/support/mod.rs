@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use pier_server::config::Config;
 use pier_server::{Server, TlsReloader};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -309,4 +310,58 @@ pub async fn wait_for_marker(h: &Harness, name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     panic!("the worker never created {name}");
+}
+
+/// A goridge RPC connection speaking JSON.
+pub struct Rpc(TcpStream);
+
+impl Rpc {
+    /// Connects to the RPC listener at `addr`.
+    pub async fn connect(addr: SocketAddr) -> Rpc {
+        Rpc(tokio::time::timeout(HANG, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap())
+    }
+
+    /// The answer, or the error text the server answered.
+    pub async fn call(&mut self, method: &str, arg: Value) -> Result<Value, String> {
+        use pier_protocol::frame::{self, flags};
+        let arg = serde_json::to_vec(&arg).unwrap();
+        let mut request = Vec::new();
+        frame::encode(
+            &mut request,
+            flags::CODEC_JSON,
+            0,
+            &[1, method.len() as u32],
+            &[method.as_bytes(), &arg],
+        )
+        .unwrap();
+        self.0.write_all(&request).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            if let Some((answer, _)) = frame::decode(&buf, u32::MAX).unwrap() {
+                let body = &answer.payload[method.len()..];
+                if answer.flags & flags::ERROR != 0 {
+                    return Err(String::from_utf8_lossy(body).into_owned());
+                }
+                assert_eq!(answer.flags, flags::CODEC_JSON, "{method}: answer flags");
+                return Ok(serde_json::from_slice(body).unwrap());
+            }
+            let n = tokio::time::timeout(HANG, self.0.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "RPC connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The answer; panics on an error answer.
+    pub async fn ok(&mut self, method: &str, arg: Value) -> Value {
+        self.call(method, arg.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {arg}: {e}"))
+    }
 }
