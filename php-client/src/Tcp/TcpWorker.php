@@ -26,7 +26,7 @@ final class TcpWorker
     /** The longest group name the server accepts, in bytes (PROTOCOL.md, "push"). */
     private const MAX_GROUP = 128;
 
-    /** Most event contexts remembered by {@see request()}; past it the memo starts afresh. */
+    /** Most event contexts remembered by {@see waitRequest()}; past it the memo starts afresh. */
     private const MAX_CONTEXTS = 4096;
 
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
@@ -74,6 +74,7 @@ final class TcpWorker
      * the server asks the worker to stop or closes the relay: leave the loop and let the script end.
      *
      * @throws ProtocolException when the previous request has no answer yet, or the server's frame is corrupt
+     *                           or not a TCP event
      * @throws RelayException    when the relay fails or ends in the middle of a frame
      */
     public function waitRequest(): ?TcpRequest
@@ -82,7 +83,40 @@ final class TcpWorker
         if ($frame === null) {
             return null;
         }
-        return $this->current = $this->request($frame);
+        // A hot path, run for every packet, so the frame is decoded here and not in a method of
+        // its own (a PHP call costs about as much as the checks below). Decoding the context's JSON
+        // would be most of its cost, and a connection's DATA events all have the same context
+        // (PROTOCOL.md, "TCP events": only the event name changes, TLS facts are fixed once TLS is
+        // on), so what a DATA context says is decoded once and remembered by its bytes (the same
+        // bytes always decode the same way), as a request template that each event completes with
+        // its body and state.
+        //
+        // Options: the context's length, and the state's when the connection has one.
+        $words = \ord($frame[0]) & 0x0F;
+        $stateLength = 0;
+        if ($words === 4) {
+            $contextLength = unpack('V', $frame, Frame::HEADER_SIZE)[1];
+        } elseif ($words === 5) {
+            [1 => $contextLength, 2 => $stateLength] = unpack('V2', $frame, Frame::HEADER_SIZE);
+        } else {
+            $contextLength = null;
+        }
+        $payloadAt = $words * 4;
+        $payloadLength = \strlen($frame) - $payloadAt;
+        if ($contextLength === null || $contextLength + $stateLength > $payloadLength) {
+            throw new ProtocolException(sprintf(
+                'could not read a TCP event: %d options for a %d-byte payload (expected context length [, state length])',
+                $words - 3,
+                $payloadLength,
+            ));
+        }
+        $context = substr($frame, $payloadAt, $contextLength);
+
+        return $this->current = ($this->complete)(
+            $this->contexts[$context] ?? $this->context($context),
+            substr($frame, $payloadAt + $contextLength + $stateLength),
+            $stateLength === 0 ? '' : substr($frame, $payloadAt + $contextLength, $stateLength),
+        );
     }
 
     /**
@@ -301,49 +335,8 @@ final class TcpWorker
     }
 
     /**
-     * The request an event frame (whole, header checked: {@see Session::nextEvent()}) carries.
-     *
-     * A hot path, run for every packet. Decoding the context's JSON is most of its cost, and a
-     * connection's DATA events all have the same context (PROTOCOL.md, "TCP events": only the event
-     * name changes, TLS facts are fixed once TLS is on), so what a DATA context says is decoded once
-     * and remembered by its bytes (the same bytes always decode the same way), as a request template
-     * that each event completes with its body and state.
-     *
-     * @throws ProtocolException when the event frame is not a TCP event
-     */
-    private function request(string $frame): TcpRequest
-    {
-        // Options: the context's length, and the state's when the connection has one.
-        $words = \ord($frame[0]) & 0x0F;
-        $stateLength = 0;
-        if ($words === 4) {
-            $contextLength = unpack('V', $frame, Frame::HEADER_SIZE)[1];
-        } elseif ($words === 5) {
-            [1 => $contextLength, 2 => $stateLength] = unpack('V2', $frame, Frame::HEADER_SIZE);
-        } else {
-            $contextLength = null;
-        }
-        $payloadAt = $words * 4;
-        $payloadLength = \strlen($frame) - $payloadAt;
-        if ($contextLength === null || $contextLength + $stateLength > $payloadLength) {
-            throw new ProtocolException(sprintf(
-                'could not read a TCP event: %d options for a %d-byte payload (expected context length [, state length])',
-                $words - 3,
-                $payloadLength,
-            ));
-        }
-        $context = substr($frame, $payloadAt, $contextLength);
-
-        return ($this->complete)(
-            $this->contexts[$context] ?? $this->context($context),
-            substr($frame, $payloadAt + $contextLength + $stateLength),
-            $stateLength === 0 ? '' : substr($frame, $payloadAt + $contextLength, $stateLength),
-        );
-    }
-
-    /**
      * Decodes an event's context into a request template; remembers it when it is a DATA event's
-     * ({@see request()}).
+     * ({@see waitRequest()}).
      *
      * @throws ProtocolException when the context is not a TCP event's
      */
