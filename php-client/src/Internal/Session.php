@@ -87,6 +87,20 @@ final class Session
     private array $replyHeads = [];
 
     /**
+     * The relay's streams when it is a {@see StreamRelay} (every real worker's relay), which the
+     * hot paths read and write themselves: a call to the relay's read() or write() costs about as
+     * much as the rest of a one-event read. Those methods still handle everything that is not a
+     * plain whole read or write (an error, the end of the stream, an interrupted call, a short
+     * write), and null (other relays: memory, tests) sends everything through them.
+     *
+     * @var resource|null
+     */
+    private readonly mixed $in;
+
+    /** @var resource|null {@see $in} */
+    private readonly mixed $out;
+
+    /**
      * @param Relay $relay    the transport to the server
      * @param bool  $hasState whether the server supports connection state (PIER_FEATURES has "state")
      * @param bool  $hasPush  whether the server supports server push (PIER_FEATURES has "push")
@@ -99,6 +113,8 @@ final class Session
         private readonly bool $hasPush = false,
         private readonly bool $hasIdleTimeout = false,
     ) {
+        $this->in = $relay instanceof StreamRelay ? $relay->in : null;
+        $this->out = $relay instanceof StreamRelay ? $relay->out : null;
         // A worker that leaves mid-batch (exit, a fatal error) still sends what it answered;
         // shutdown functions run in both cases, destructors not after a fatal error.
         $self = \WeakReference::create($this);
@@ -256,7 +272,12 @@ final class Session
             if ($this->held !== '') {
                 $this->flush();
             }
-            $chunk = $this->relay->read($size - $available > self::READ_SIZE ? $size - $available : self::READ_SIZE);
+            $want = $size - $available > self::READ_SIZE ? $size - $available : self::READ_SIZE;
+            // The stream itself ({@see $in}); the relay's read() when that did not simply return bytes.
+            $chunk = $this->in === null ? '' : @fread($this->in, $want);
+            if ($chunk === '' || $chunk === false) {
+                $chunk = $this->relay->read($want);
+            }
             if ($chunk === '') {
                 if ($available !== 0) {
                     throw new RelayException(sprintf('could not read a frame: the relay closed in the middle of one (%d bytes of it received)', $available));
@@ -312,7 +333,12 @@ final class Session
         // Nothing held and no next event buffered (one event at a time, the light-load case): out at
         // once, without the call to send() and its batching checks.
         if ($this->held === '' && $this->offset === \strlen($this->buffer)) {
-            $this->relay->write($frame);
+            // The stream itself ({@see $out}); the relay's write() for the rest of a short write,
+            // a failed one (it reports it) or another relay.
+            $written = $this->out === null ? 0 : @fwrite($this->out, $frame);
+            if ($written !== \strlen($frame)) {
+                $this->relay->write($written > 0 ? substr($frame, $written) : $frame);
+            }
 
             return;
         }

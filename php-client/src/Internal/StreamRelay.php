@@ -14,12 +14,13 @@ use Pier\Exception\RelayException;
 final class StreamRelay implements Relay
 {
     /**
-     * @param resource $in  where the server's frames arrive
-     * @param resource $out where this worker's frames go
+     * @param resource $in  where the server's frames arrive ({@see Session} reads it directly on its
+     *                      hot path and calls read() for everything else)
+     * @param resource $out where this worker's frames go (written directly by Session the same way)
      */
     public function __construct(
-        private readonly mixed $in,
-        private readonly mixed $out,
+        public readonly mixed $in,
+        public readonly mixed $out,
     ) {
     }
 
