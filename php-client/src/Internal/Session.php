@@ -259,7 +259,8 @@ final class Session
                     $frame = substr($this->buffer, $this->offset, $size);
                     $this->offset += $size;
                     $this->nextSize = 0;
-                    if ((\ord($frame[1]) & Frame::CONTROL) === 0) {
+                    // Flags 0, a plain event (what the server sends), needs no ord() call.
+                    if ($frame[1] === "\0" || (\ord($frame[1]) & Frame::CONTROL) === 0) {
                         $this->phase = self::PENDING;
 
                         return $frame;
