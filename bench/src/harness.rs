@@ -1139,14 +1139,6 @@ fn start_tls_target(
     let plain = free_port()?;
     let tls = free_port()?;
     let log = env.scratch.join("tls-pier.log");
-    let log_file = fs::File::create(&log).map_err(|source| HarnessError::Write {
-        path: log.clone(),
-        source,
-    })?;
-    let log_err = log_file.try_clone().map_err(|source| HarnessError::Write {
-        path: log.clone(),
-        source,
-    })?;
     let config = env.scratch.join("tls.rr.yaml");
     let yaml = format!(
         "version: \"3\"\n\
@@ -1166,45 +1158,8 @@ fn start_tls_target(
         source,
     })?;
     let mut cmd = pinned(&env.server_cpus, &env.pier);
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&config)
-        .env_remove("PHP_INI_SCAN_DIR")
-        .current_dir(&env.root)
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err);
-    let child = cmd.spawn().map_err(|source| HarnessError::Spawn {
-        what: "pier (TLS bench)".into(),
-        source,
-    })?;
-    let mut server = Server {
-        id,
-        addr: plain,
-        child,
-        log: log.clone(),
-    };
-    let until = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&plain, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(HarnessError::NotReady {
-                target: "pier (TLS bench)".into(),
-                addr: plain,
-                why: format!("it exited ({status})"),
-                log,
-            });
-        }
-        if Instant::now() > until {
-            return Err(HarnessError::NotReady {
-                target: "pier (TLS bench)".into(),
-                addr: plain,
-                why: "nothing listening after 20 s".into(),
-                log,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    settle(server.pid());
+    cmd.arg("serve").arg("-c").arg(&config);
+    let server = launch(id, plain, cmd, log, &env.root)?;
     Ok((server, plain, tls))
 }
 
