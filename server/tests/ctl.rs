@@ -127,14 +127,8 @@ async fn pier_workers_shows_each_worker_and_the_event_it_runs() {
     let mut busy = h.connect("s").await;
     let (_, _, uuid) = busy.hello().await;
     busy.send("sleep 3000\r\n").await;
-    let marker = h.dir.path().join("sleeping");
-    for _ in 0..1000 {
-        if marker.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let busy_pid = std::fs::read_to_string(&marker).unwrap();
+    support::wait_for_marker(&h, "sleeping").await;
+    let busy_pid = std::fs::read_to_string(h.dir.path().join("sleeping")).unwrap();
     let (code, out, err) = pier(&["workers"], config_for(&h)).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();

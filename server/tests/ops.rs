@@ -173,13 +173,7 @@ async fn ready_turns_503_while_events_wait_for_the_only_worker() {
     let mut busy = h.connect("s").await;
     busy.hello().await;
     busy.send("sleep 3000\r\n").await;
-    let marker = h.dir.path().join("sleeping");
-    for _ in 0..1000 {
-        if marker.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_for_marker(&h, "sleeping").await;
     // The only worker is busy, nothing waits: the pool can still take an event.
     assert_eq!(h.http_get("status", "/ready?plugin=tcp").await.0, 200);
     // An event now waits for it: not ready; still healthy.
