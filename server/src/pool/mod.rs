@@ -273,8 +273,10 @@ pub struct Event<'a> {
     /// The connection's constant part of the context (client address, server name, connection
     /// id), JSON-encoded once when the connection opened.
     pub context: &'a ContextPrefix,
-    /// The connection id (also inside `context`), for the per-worker status.
-    pub uuid: &'a str,
+    /// The connection id (also inside `context`), for the per-worker status: the 16-byte value,
+    /// not its text (the text lives on the heap, a cache line of its own per connection that an
+    /// event would read only for the status).
+    pub uuid: uuid::Uuid,
     /// What happened.
     pub kind: EventKind,
     /// The connection's state (empty = none).
@@ -896,7 +898,7 @@ impl Pool {
                     let uuid = info
                         .event_uuid
                         .lock()
-                        .map(|u| u.clone())
+                        .map(|u| u.to_string())
                         .unwrap_or_default();
                     (uuid, Duration::from_nanos(now.saturating_sub(started)))
                 });

@@ -84,7 +84,7 @@ pub(super) struct Shared {
     /// When the running event started ([`coarse_now_ns`]) (informer).
     pub(super) event_started: AtomicU64,
     /// The running (or last) event's connection uuid (informer).
-    pub(super) event_uuid: Mutex<String>,
+    pub(super) event_uuid: Mutex<uuid::Uuid>,
     /// The pool's reset generation it was started in (see `Pool::reset`).
     pub(super) generation: u64,
     /// Set while it runs an event to take it out of service when the event ends:
@@ -332,13 +332,12 @@ impl Worker {
     /// future. The start time is the coarse clock (a few ms resolution, no time-stamp counter
     /// arithmetic): the informer shows seconds, and `Instant::now()` here cost ~260 instructions
     /// per event (callgrind).
-    pub(super) fn begin(&mut self, uuid: &str) {
+    pub(super) fn begin(&mut self, uuid: uuid::Uuid) {
         self.shared
             .event_started
             .store(coarse_now_ns(), Ordering::Relaxed);
         if let Ok(mut current) = self.shared.event_uuid.lock() {
-            current.clear();
-            current.push_str(uuid);
+            *current = uuid;
         }
         self.seq += 1;
         self.shared.activity.store(self.seq, Ordering::Relaxed);
@@ -720,7 +719,7 @@ pub(super) async fn spawn_worker(
                 created: SystemTime::now(),
                 execs: AtomicU64::new(0),
                 event_started: AtomicU64::new(0),
-                event_uuid: Mutex::new(String::with_capacity(36)),
+                event_uuid: Mutex::new(uuid::Uuid::nil()),
                 generation,
                 retire: AtomicU8::new(0),
                 leaving: AtomicBool::new(false),
