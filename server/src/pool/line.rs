@@ -15,7 +15,9 @@
 //! a write never waits for the worker (which could be waiting for its answers to be read).
 //!
 //! An event in a line, reserved or queued behind the one being answered, still waits for the
-//! worker: the pool counts it with the waiting events (see [`super::queue`]).
+//! worker: the pool counts it with the waiting events (see [`super::queue`]). An event that waited
+//! in the queue with its frame encoded is entered into a line by the queue ([`Line::enter`]), on
+//! its runner's behalf; the runner then learns its turn on the channel it waited on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
+use super::queue::Assignment;
 use super::worker::{RelayWrite, Worker};
 use super::PoolError;
 use pier_protocol::frame::EncodeError;
@@ -45,8 +48,8 @@ pub(super) enum Handoff {
 /// An event of the line waiting for its turn.
 #[derive(Debug)]
 struct Turn {
-    /// Where the worker is handed over.
-    tx: oneshot::Sender<Handoff>,
+    /// Where the worker is handed over ([`Assignment::Turn`]).
+    tx: oneshot::Sender<Assignment>,
     /// Its frame's size estimate, counted in [`LineState::bytes`].
     bytes: usize,
 }
@@ -104,8 +107,8 @@ pub(super) enum Joined {
     /// The frame is queued; the turn comes through `turn`. `writer`: this event writes the
     /// outbox (nobody else is writing).
     Queued {
-        /// The handoff.
-        turn: oneshot::Receiver<Handoff>,
+        /// The handoff ([`Assignment::Turn`]).
+        turn: oneshot::Receiver<Assignment>,
         /// The write half, when this event has to write the outbox.
         writer: Option<RelayWrite>,
     },
@@ -116,6 +119,19 @@ pub(super) enum Joined {
         /// The write half, when this event has to write the outbox.
         writer: Option<RelayWrite>,
     },
+}
+
+/// How entering an encoded event went ([`Line::enter`]).
+#[derive(Debug)]
+pub(super) enum Entered {
+    /// Its frame is in the outbox and its turn comes through its channel. The write half, when
+    /// the caller has to write the outbox (nobody else is writing).
+    Queued(Option<RelayWrite>),
+    /// It does not fit (or the line is not open): its channel back.
+    Full(oneshot::Sender<Assignment>),
+    /// A worker is parked for a reserved place: its channel back, the event is to reserve and
+    /// join itself (so that the parked worker goes to whoever joins first, as usual).
+    Parked(oneshot::Sender<Assignment>),
 }
 
 /// What happened to the worker when an event's answer was in ([`Line::pass_on`]).
@@ -276,6 +292,32 @@ impl Line {
         None
     }
 
+    /// Enters an event whose frame is already encoded, on behalf of its runner waiting on `tx`
+    /// (the queue admits it, under the queue's lock): as [`Line::reserve`] and [`Line::join`] in
+    /// one, without the runner. `bytes`: its frame's size estimate.
+    pub(super) fn enter(
+        &self,
+        frame: &[u8],
+        bytes: usize,
+        retiring: bool,
+        tx: oneshot::Sender<Assignment>,
+    ) -> Entered {
+        let mut st = self.lock();
+        if !self.fits(&st, bytes, retiring) {
+            return Entered::Full(tx);
+        }
+        if st.parked.is_some() {
+            return Entered::Parked(tx);
+        }
+        st.depth += 1;
+        st.bytes += bytes;
+        st.dispatched += 1;
+        self.more_waiting(1);
+        st.outbox.extend_from_slice(frame);
+        st.queued.push_back(Turn { tx, bytes });
+        Entered::Queued(st.writer.take())
+    }
+
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
     /// already there. An encoding error gives the place back and returns the worker if it was
     /// parked for it (see [`Line::unreserve`]).
@@ -337,6 +379,24 @@ impl Line {
         }
     }
 
+    /// Writes the outbox as far as it goes without waiting (see [`RelayWrite::write_now`]): the
+    /// frames the queue entered are written by whoever made room, which then goes on with its
+    /// own answer without an await (a write future in its event's state is one more cache line
+    /// to touch per event at 1000 connections). Returns the write half when bytes are left: the
+    /// caller then [`Line::flush`]es them. On a write error the half is dropped, as in `flush`.
+    pub(super) fn flush_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
+        let mut st = self.lock();
+        while !st.outbox.is_empty() {
+            let written = writer.write_now(&st.outbox)?;
+            if written == 0 {
+                return Ok(Some(writer));
+            }
+            st.outbox.drain(..written);
+        }
+        st.writer = Some(writer);
+        Ok(None)
+    }
+
     /// The current event's answer is in: hands the worker to the next event of the line, parks
     /// it for a reserved slot, or gives it back when the line is empty.
     pub(super) fn pass_on(&self, worker: Box<Worker>) -> Passed {
@@ -348,9 +408,9 @@ impl Line {
             st.current = next.bytes;
             drop(st);
             self.less_waiting(1);
-            return match next.tx.send(Handoff::Worker(worker)) {
+            return match next.tx.send(Assignment::Turn(Handoff::Worker(worker))) {
                 Ok(()) => Passed::On,
-                Err(Handoff::Worker(worker)) => Passed::Orphaned(worker),
+                Err(Assignment::Turn(Handoff::Worker(worker))) => Passed::Orphaned(worker),
                 Err(_) => unreachable!("a worker was sent"),
             };
         }
@@ -374,7 +434,7 @@ impl Line {
         drop(st);
         self.less_waiting(queued.len());
         for turn in queued {
-            let _ = turn.tx.send(handoff());
+            let _ = turn.tx.send(Assignment::Turn(handoff()));
         }
     }
 }

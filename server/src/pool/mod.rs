@@ -303,6 +303,8 @@ enum Got {
     Worker(Box<Worker>),
     /// A place reserved in this busy worker's line.
     Slot(Arc<Shared>),
+    /// The event waited with its frame and the queue entered it into a line: its turn.
+    Turn(Handoff),
 }
 
 /// How to start a worker; shared by the pool, its supervisor and every worker.
@@ -317,8 +319,6 @@ struct Spec {
     exits: worker::Exits,
     /// Where waits, event times and restarts are recorded.
     metrics: Metrics,
-    /// Events waiting for a free worker now.
-    waiting: AtomicUsize,
     /// Events waiting in busy workers' lines now (see [`queue`]'s "waiting"), kept by the lines.
     in_lines: Arc<AtomicUsize>,
 }
@@ -390,7 +390,6 @@ impl Pool {
             registry: Mutex::new(HashMap::new()),
             exits,
             metrics,
-            waiting: AtomicUsize::new(0),
             in_lines: Arc::new(AtomicUsize::new(0)),
         });
         let n = spec.config.num_workers.max(1);
@@ -478,12 +477,15 @@ impl Pool {
         let bytes = event.frame_bytes();
         for _ in 0..MAX_RERUNS {
             let bounded = event.kind != EventKind::Close;
-            let (mut worker, alone) = match self.acquire(bytes, bounded).await? {
+            let (mut worker, alone) = match self.acquire(event, bytes, bounded).await? {
                 Got::Worker(worker) => (worker, true),
                 Got::Slot(shared) => match self.join(&shared, event, bytes).await? {
                     Some(worker) => (worker, false),
                     None => continue,
                 },
+                Got::Turn(Handoff::Worker(worker)) => (worker, false),
+                Got::Turn(Handoff::Rerun) => continue,
+                Got::Turn(Handoff::Failed(e)) => return Err(e),
             };
             let started = spec.metrics.clock();
             worker.begin(event.uuid);
@@ -608,11 +610,12 @@ impl Pool {
             }
         }
         match turn.await {
-            Ok(Handoff::Worker(worker)) => Ok(Some(worker)),
-            Ok(Handoff::Rerun) => Ok(None),
-            Ok(Handoff::Failed(e)) => Err(e),
-            // Whoever held the worker was dropped (only at a forced shutdown).
-            Err(_) => Err(PoolError::Closed),
+            Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Some(worker)),
+            Ok(Assignment::Turn(Handoff::Rerun)) => Ok(None),
+            Ok(Assignment::Turn(Handoff::Failed(e))) => Err(e),
+            // Whoever held the worker was dropped (only at a forced shutdown); a line's turn
+            // carries nothing else.
+            Ok(_) | Err(_) => Err(PoolError::Closed),
         }
     }
 
@@ -641,13 +644,33 @@ impl Pool {
         }
     }
 
-    /// Room was made in `shared`'s line: waiting events get places in it.
+    /// Room was made in `shared`'s line: waiting events get places in it. Those the queue
+    /// entered with their frames are written here, together, without waiting (see [`queue`]);
+    /// what the relay does not take at once is written by a task of its own (a line's budget
+    /// keeps that rare).
     fn admit_waiting(&self, shared: &Arc<Shared>) {
-        if self.inner.spec.waiting.load(Ordering::Relaxed) == 0 {
+        if self.inner.queue.waiting_here() == 0 {
             return;
         }
-        if let Some(worker) = self.inner.queue.admit(shared) {
+        let admitted = self.inner.queue.admit(shared, &self.inner.spec.metrics);
+        if let Some(worker) = admitted.worker {
             self.release(worker);
+        }
+        let Some(writer) = admitted.writer else {
+            return;
+        };
+        match shared.line.flush_now(writer) {
+            Ok(None) => {}
+            Ok(Some(writer)) => {
+                let shared = shared.clone();
+                self.inner.tasks.spawn(async move {
+                    if shared.line.flush(writer).await.is_err() {
+                        shared.kill(KillReason::None);
+                    }
+                });
+            }
+            // The events' answers, read next, fail as for a crash.
+            Err(_) => shared.kill(KillReason::None),
         }
     }
 
@@ -655,41 +678,64 @@ impl Pool {
     /// none is idle, waiting up to `allocate_timeout` when no line has room. A worker that died
     /// or wrote to its relay while idle is killed and replaced here, before any event is handed
     /// to it (see [`Worker::check_idle`]), so the event loses nothing.
-    async fn acquire(&self, bytes: usize, bounded: bool) -> Result<Got, PoolError> {
+    async fn acquire(
+        &self,
+        event: &Event<'_>,
+        bytes: usize,
+        bounded: bool,
+    ) -> Result<Got, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         let metrics = &self.inner.spec.metrics;
+        let encode = || {
+            let mut frame = Vec::with_capacity(bytes);
+            encode_event_prefixed(
+                &mut frame,
+                event.context,
+                event.kind,
+                event.tls,
+                event.state,
+                event.body,
+            )
+            .ok()
+            .map(|()| frame)
+        };
         loop {
-            let mut worker = match self
-                .inner
-                .queue
-                .take(bytes, bounded, || self.find_line(bytes))
-            {
-                // No clock read for the wait metric on this, the usual, path.
-                Take::Ready(worker) => {
-                    metrics.no_wait();
-                    worker
-                }
-                Take::Joined(shared) => {
-                    metrics.no_wait();
-                    return Ok(Got::Slot(shared));
-                }
-                Take::Wait(waiter) => {
-                    let _waiting = Waiting::new(&self.inner.spec.waiting);
-                    let since = metrics.clock();
-                    let got = waiter.wait().await;
-                    metrics.waited(since);
-                    match got {
-                        Ok(Assignment::Worker(worker)) => worker,
-                        Ok(Assignment::Slot(shared)) => return Ok(Got::Slot(shared)),
-                        Ok(Assignment::Expired) | Err(WaitError::Timeout) => {
-                            return Err(PoolError::NoFreeWorkers(timeout))
-                        }
-                        Err(WaitError::Closed) => return Err(PoolError::Closed),
+            let mut worker =
+                match self
+                    .inner
+                    .queue
+                    .take(bytes, bounded, || self.find_line(bytes), encode)
+                {
+                    // No clock read for the wait metric on this, the usual, path.
+                    Take::Ready(worker) => {
+                        metrics.no_wait();
+                        worker
                     }
-                }
-                Take::Full(max) => return Err(PoolError::QueueFull(max)),
-                Take::Closed => return Err(PoolError::Closed),
-            };
+                    Take::Joined(shared) => {
+                        metrics.no_wait();
+                        return Ok(Got::Slot(shared));
+                    }
+                    Take::Wait(waiter) => {
+                        let since = metrics.clock();
+                        let got = waiter.wait().await;
+                        match got {
+                            // Its wait ended when the queue entered it into the line.
+                            Ok(Assignment::Turn(handoff)) => return Ok(Got::Turn(handoff)),
+                            _ => metrics.waited(since),
+                        }
+                        match got {
+                            Ok(Assignment::Turn(_)) => unreachable!("returned above"),
+                            Ok(Assignment::Worker(worker)) => worker,
+                            Ok(Assignment::Slot(shared)) => return Ok(Got::Slot(shared)),
+                            Ok(Assignment::Expired) | Err(WaitError::Timeout) => {
+                                return Err(PoolError::NoFreeWorkers(timeout))
+                            }
+                            Err(WaitError::Closed) => return Err(PoolError::Closed),
+                        }
+                    }
+                    Take::Full(max) => return Err(PoolError::QueueFull(max)),
+                    Take::Closed => return Err(PoolError::Closed),
+                };
             let reason = match worker.check_idle() {
                 Ok(()) => return Ok(Got::Worker(worker)),
                 Err(e) => {
@@ -874,7 +920,7 @@ impl Pool {
             // more than the live workers.
             idle: self.inner.queue.idle().min(workers - busy),
             // Events queued in a busy worker's line wait for it as much as those in the queue.
-            waiting: self.inner.spec.waiting.load(Ordering::Relaxed) + self.inner.queue.in_lines(),
+            waiting: self.inner.queue.waiting_here() + self.inner.queue.in_lines(),
         }
     }
 
@@ -945,23 +991,6 @@ pub struct PoolStats {
     pub workers: usize,
     /// Events waiting for a worker: in the queue, and in busy workers' lines.
     pub waiting: usize,
-}
-
-/// Counts an event waiting for a free worker for as long as it lives (also when the waiting
-/// future is dropped).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// The metrics' name for why a worker that failed this way is replaced.

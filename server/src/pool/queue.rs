@@ -14,6 +14,14 @@
 //! not move to a new one). `allocate_timeout` bounds the wait here, kept by one task for the whole
 //! queue ([`Queue::expire`]) instead of a timer per waiting event; an event in a line has been
 //! handed to its worker and fails with it (`exec_ttl`, a crash).
+//!
+//! A waiting event whose frame is small ([`PRE_ENCODED`]) waits with its frame already encoded,
+//! made when the packet was read (while it and the connection's state were in cache). Room in a
+//! line then takes it in without waking its connection: [`Queue::admit`] appends the frame to the
+//! line's outbox and hands the line the event's channel, on which its runner learns its turn
+//! ([`Assignment::Turn`]). At 1000 connections on one worker, ~1000 events wait between a
+//! packet's read and its dispatch; each wake-up in between touched that connection's state again
+//! after it had left the core's L2 (bench/results/2026-11-30-pipeline.md).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,7 +32,14 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::{Shared, Worker};
+use super::line::{Entered, Handoff};
+use super::worker::{RelayWrite, Shared, Worker};
+use crate::ops::Metrics;
+
+/// Largest frame (its size estimate) a waiting event keeps encoded while it waits (see the
+/// module's doc); a larger one is encoded when its place in a line comes. Bounds the second copy
+/// of the packet a waiting event holds.
+pub(super) const PRE_ENCODED: usize = 2048;
 
 /// The queue's shared state, behind one short-held lock.
 #[derive(Debug, Default)]
@@ -46,6 +61,9 @@ struct Waiting {
     bytes: usize,
     /// When it started waiting, for `allocate_timeout`.
     since: Instant,
+    /// Its frame, encoded when it started waiting (small events only, lines open): it can enter
+    /// a line without its runner.
+    frame: Option<Vec<u8>>,
 }
 
 /// What a waiting event gets.
@@ -55,8 +73,22 @@ pub(super) enum Assignment {
     Worker(Box<Worker>),
     /// A place reserved in this worker's line.
     Slot(Arc<Shared>),
+    /// The event waited with its frame encoded and was entered into a line
+    /// ([`Queue::admit`]), or joined one itself: what it learns when its turn comes.
+    Turn(Handoff),
     /// `allocate_timeout` passed.
     Expired,
+}
+
+/// What [`Queue::admit`] leaves to its caller.
+#[derive(Debug, Default)]
+pub(super) struct Admitted {
+    /// A worker left idle by an event that gave up its reserved place at that moment: put it
+    /// back.
+    pub(super) worker: Option<Box<Worker>>,
+    /// The line's write half, when frames went to its outbox and nobody was writing it: write
+    /// the outbox with it ([`super::line::Line::flush`]).
+    pub(super) writer: Option<RelayWrite>,
 }
 
 /// Idle workers and waiting events.
@@ -69,6 +101,8 @@ pub(super) struct Queue {
     /// Events waiting in busy workers' lines (kept by each [`super::line::Line`]); they are only
     /// ever added with this queue locked, so the bound holds.
     in_lines: Arc<AtomicUsize>,
+    /// `waiters.len()`, readable without the lock (kept under it).
+    waiting: AtomicUsize,
     /// Whether events may join lines: false while the dynamic allocator may still start workers
     /// (set by the supervisor), and with `max_in_flight: 1`.
     lines_open: AtomicBool,
@@ -110,6 +144,7 @@ impl Queue {
             state: Mutex::new(State::default()),
             max_waiting,
             in_lines,
+            waiting: AtomicUsize::new(0),
             lines_open: AtomicBool::new(lines_open),
             demand: AtomicBool::new(false),
             demand_signal: Arc::new(Notify::new()),
@@ -122,15 +157,28 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Publishes how many events wait here (call with the lock held, after changing `waiters`).
+    fn counted(&self, state: &State) {
+        self.waiting.store(state.waiters.len(), Ordering::Relaxed);
+    }
+
+    /// Events waiting here for a worker or a place in a line (no lock; may lag by a moment).
+    pub(super) fn waiting_here(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Takes an idle worker if nobody waits before us, else a place in a busy worker's line
     /// (`join` reserves one, for an event of `bytes`), else joins the end of the wait. Either
     /// kind of waiting is refused past `max_queue_size` when `bounded` (not for a `CLOSE`: a
     /// connection's last event is never dropped, and there is at most one per connection).
+    /// `encode` gives the event's frame, asked for only when the event waits, lines are open and
+    /// the frame is small (see the module's doc).
     pub(super) fn take(
         &self,
         bytes: usize,
         bounded: bool,
         join: impl FnOnce() -> Option<Arc<Shared>>,
+        encode: impl FnOnce() -> Option<Vec<u8>>,
     ) -> Take<'_> {
         let mut state = self.lock();
         if state.closed {
@@ -144,6 +192,7 @@ impl Queue {
         if bounded && self.max_waiting > 0 && self.waiting_locked(&state) >= self.max_waiting {
             // Waiters that gave up (timed out, connection gone) no longer count.
             state.waiters.retain(|w| !w.tx.is_closed());
+            self.counted(&state);
             if self.waiting_locked(&state) >= self.max_waiting {
                 return Take::Full(self.max_waiting);
             }
@@ -157,11 +206,16 @@ impl Queue {
         }
         let (tx, rx) = oneshot::channel();
         let first = state.waiters.is_empty();
+        let frame = (bytes <= PRE_ENCODED && self.lines_open())
+            .then(encode)
+            .flatten();
         state.waiters.push_back(Waiting {
             tx,
             bytes,
             since: Instant::now(),
+            frame,
         });
+        self.counted(&state);
         drop(state);
         if first {
             self.expiry.notify_one();
@@ -201,11 +255,13 @@ impl Queue {
     }
 
     /// Room was made in `shared`'s line: the oldest waiting events get places in it, as many as
-    /// fit. Returns a worker left idle by an event that gave up its place at that moment (the
-    /// caller puts it back).
-    pub(super) fn admit(&self, shared: &Arc<Shared>) -> Option<Box<Worker>> {
+    /// fit. An event waiting with its frame is entered into the line at once (its runner is not
+    /// woken until its turn); any other gets a reserved place and joins itself. See [`Admitted`]
+    /// for what the caller then does. `metrics`: the wait of each entered event ends here.
+    pub(super) fn admit(&self, shared: &Arc<Shared>, metrics: &Metrics) -> Admitted {
+        let mut admitted = Admitted::default();
         if !self.lines_open() {
-            return None;
+            return admitted;
         }
         let mut state = self.lock();
         while let Some(front) = state.waiters.front() {
@@ -213,19 +269,50 @@ impl Queue {
                 state.waiters.pop_front();
                 continue;
             }
-            if !shared.line.reserve(front.bytes, shared.retiring()) {
-                break;
-            }
-            let Some(waiting) = state.waiters.pop_front() else {
+            let Some(mut waiting) = state.waiters.pop_front() else {
                 break;
             };
-            if waiting.tx.send(Assignment::Slot(shared.clone())).is_err() {
+            let tx = match waiting.frame.take() {
+                Some(frame) => {
+                    let entered =
+                        shared
+                            .line
+                            .enter(&frame, waiting.bytes, shared.retiring(), waiting.tx);
+                    match entered {
+                        Entered::Queued(writer) => {
+                            metrics.waited(Some(waiting.since.into_std()));
+                            if writer.is_some() {
+                                admitted.writer = writer;
+                            }
+                            continue;
+                        }
+                        Entered::Full(tx) => {
+                            waiting.tx = tx;
+                            waiting.frame = Some(frame);
+                            state.waiters.push_front(waiting);
+                            break;
+                        }
+                        // A worker is parked for a reserved place: the event joins itself
+                        // (whoever joins first gets the worker).
+                        Entered::Parked(tx) => tx,
+                    }
+                }
+                None => waiting.tx,
+            };
+            if !shared.line.reserve(waiting.bytes, shared.retiring()) {
+                waiting.tx = tx;
+                state.waiters.push_front(waiting);
+                break;
+            }
+            if tx.send(Assignment::Slot(shared.clone())).is_err() {
                 if let Some(worker) = shared.line.unreserve(waiting.bytes) {
-                    return Some(worker);
+                    admitted.worker = Some(worker);
+                    break;
                 }
             }
         }
-        None
+        self.counted(&state);
+        admitted
     }
 
     /// Fails the waiting events that have waited `timeout`; returns when the next one falls due.
@@ -240,6 +327,7 @@ impl Queue {
                 // Err: it gave up meanwhile.
                 let _ = waiting.tx.send(Assignment::Expired);
             }
+            self.counted(&state);
         }
         None
     }
@@ -267,6 +355,7 @@ impl Queue {
         }
         let mut worker = worker;
         while let Some(waiting) = state.waiters.pop_front() {
+            self.counted(&state);
             match waiting.tx.send(Assignment::Worker(worker)) {
                 Ok(()) => return Ok(()),
                 // That event gave up meanwhile: the next one.
@@ -297,6 +386,7 @@ impl Queue {
     pub(super) fn waiting(&self) -> usize {
         let mut state = self.lock();
         state.waiters.retain(|w| !w.tx.is_closed());
+        self.counted(&state);
         self.waiting_locked(&state)
     }
 
@@ -335,6 +425,7 @@ impl Queue {
         let mut state = self.lock();
         state.closed = true;
         state.waiters.clear();
+        self.counted(&state);
         state.idle.drain(..).collect()
     }
 }
@@ -369,7 +460,20 @@ impl Drop for Waiter<'_> {
         let worker = match self.rx.try_recv() {
             Ok(Assignment::Worker(worker)) => Some(worker),
             Ok(Assignment::Slot(shared)) => shared.line.unreserve(self.bytes),
-            Ok(Assignment::Expired) | Err(_) => None,
+            Ok(Assignment::Turn(Handoff::Worker(worker))) => {
+                // Its turn came as it gave up (only at a forced shutdown): nobody reads its
+                // answer, nor those behind it; as for an orphaned event, the worker goes.
+                let pid = worker.pid;
+                worker.shared.line.end(|| {
+                    Handoff::Failed(super::PoolError::Abandoned {
+                        pid,
+                        cause: "an event before it was dropped".into(),
+                    })
+                });
+                worker.shared.kill(super::worker::KillReason::None);
+                None
+            }
+            Ok(Assignment::Turn(_) | Assignment::Expired) | Err(_) => None,
         };
         if let Some(worker) = worker {
             // Dropped at shutdown: the worker is killed with it.
