@@ -34,7 +34,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::ServerConfig;
-use crate::framing::{self, FrameCodec, FramingError};
+use crate::framing::{self, FramingError};
 use crate::limits::{self, Reader};
 use crate::listener::proxy::Rewind;
 use crate::listener::stream::{self, ReadSide, WriteSide};
@@ -1020,7 +1020,7 @@ impl Conn<'_> {
 
 /// Packets of `reader`, framed as the server's config says.
 fn framed(listener: &Listener, reader: ReadSide, idle_clock: bool) -> Packets {
-    let codec = FrameCodec::new(&listener.config.framing, listener.config.max_packet_size);
+    let codec = listener.codec.clone();
     let read_size = listener.read_buf_size.min(INITIAL_READ_BUFFER);
     let reader = Reader::new(reader, idle_clock, listener.metrics.clone());
     Packets::new(reader, codec, read_size)

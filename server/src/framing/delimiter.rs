@@ -4,6 +4,8 @@
 //! has not scanned yet, so pipelined packets, delimiters split across reads and byte-at-a-time
 //! clients all frame the same, and a packet is bounded by `max_packet_size`.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use memchr::memmem::Finder;
 use tokio_util::codec::Decoder;
@@ -15,10 +17,12 @@ use super::FramingError;
 ///
 /// At EOF, bytes after the last delimiter are delivered as one last packet (without delimiter), so
 /// a client that sends `QUIT` and closes is still heard.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DelimiterCodec {
-    /// Precompiled substring searcher for the delimiter.
-    finder: Finder<'static>,
+    /// Precompiled substring searcher for the delimiter, shared by the clones of a server's
+    /// codec: 288 bytes that would otherwise sit in every connection's state, read on every
+    /// packet (see [`super::FrameCodec`]'s `Clone`).
+    finder: Arc<Finder<'static>>,
     /// Delimiter length, cached.
     delimiter_len: usize,
     /// Largest packet, delimiter included.
@@ -34,7 +38,7 @@ impl DelimiterCodec {
     /// A codec for `delimiter` (non-empty) and packets of at most `max` bytes.
     pub fn new(delimiter: &[u8], max: usize) -> Self {
         Self {
-            finder: Finder::new(delimiter).into_owned(),
+            finder: Arc::new(Finder::new(delimiter).into_owned()),
             delimiter_len: delimiter.len(),
             max,
             scanned: 0,

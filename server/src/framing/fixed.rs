@@ -7,7 +7,7 @@ use tokio_util::codec::Decoder;
 use super::{eof_after, FramingError};
 
 /// Cuts the stream every `size` bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FixedCodec {
     /// Bytes per packet (at least 1, at most `max_packet_size`: checked by the config).
     size: usize,

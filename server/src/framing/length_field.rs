@@ -21,7 +21,7 @@ use super::{eof_after, frame_size, Endian, FramingError, LengthField, Strip};
 
 /// Splits a stream into length-prefixed frames; each packet is the frame without its first
 /// `strip` bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LengthFieldCodec {
     /// tokio-util's codec, configured to cut exactly the frames the checks here allowed.
     inner: LengthDelimitedCodec,

@@ -8,7 +8,7 @@ use tokio_util::codec::Decoder;
 use super::FramingError;
 
 /// Hands over whatever was read, at most `max` bytes per packet.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RawCodec {
     /// `max_packet_size`: a larger read becomes several packets.
     max: usize,

@@ -9,7 +9,7 @@ use tokio_util::codec::Decoder;
 use super::{eof_after, frame_size, FramingError, Strip, Varint};
 
 /// Splits a stream into varint-prefixed frames.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VarintCodec {
     /// The layout.
     varint: Varint,

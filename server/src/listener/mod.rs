@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ServerConfig, TlsMode};
+use crate::framing::FrameCodec;
 use crate::limits::{self, Admission, Permit};
 use crate::ops::{Metrics, ServerMetrics};
 use crate::pool::Pool;
@@ -50,6 +51,8 @@ pub(crate) struct Listener {
     pub(crate) config: ServerConfig,
     /// `tcp.read_buf_size` in bytes: the read buffer starts at the smaller of it and 64 KiB.
     pub(crate) read_buf_size: usize,
+    /// The server's framing, cloned for each connection (see [`FrameCodec`]'s `Clone`).
+    pub(crate) codec: FrameCodec,
     /// Certificates and handshakes; `None` when the server has no `tls`.
     pub(crate) tls: Option<tls::Tls>,
     /// What went wrong before connections reached a worker.
@@ -102,6 +105,7 @@ impl Listener {
             instance_metrics.proxy_server(&config.name);
         }
         Ok(Listener {
+            codec: FrameCodec::new(&config.framing, config.max_packet_size),
             config,
             read_buf_size,
             tls,
