@@ -27,8 +27,11 @@ final class Session
     /** Answer bytes held for a batch before they are written anyway. */
     private const MAX_HELD = 65536;
 
-    /** Most frame headers (and reply heads per context) remembered; past it the memo starts afresh. */
+    /** Most frame leads (and reply heads per context) remembered; past it the memo starts afresh. */
     private const MAX_HEADERS = 256;
+
+    /** The bytes of a frame {@see $leads} is keyed by: its 12-byte header and its first option. */
+    public const LEAD_SIZE = 16;
 
     /** The message setState() throws when the server does not support connection state. */
     public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
@@ -60,8 +63,15 @@ final class Session
     /** Where the next frame starts in $buffer. */
     private int $offset = 0;
 
-    /** The size of the frame at $offset once send() has looked its header up; 0 = not looked up. */
-    private int $nextSize = 0;
+    /** @var array{int, int}|null what {@see $leads} says of the frame at $offset, once send() found it whole */
+    private ?array $next = null;
+
+    /**
+     * The option of the frame nextEvent() returned last when that frame has exactly one (a TCP
+     * event's context length), else -1. Decoded with the frame's header and remembered with it, so
+     * that TcpWorker needs no decoding of its own for it.
+     */
+    public int $option = -1;
 
     /**
      * Where the request/answer cycle is: IDLE, PENDING or ANSWERED. An int, not an enum: it is read
@@ -80,8 +90,12 @@ final class Session
     /** Frames written by this worker and not sent yet: the answers of a batch. */
     private string $held = '';
 
-    /** @var array<string, int> frame headers already checked (12 bytes) => the size of their frame */
-    private array $sizes = [];
+    /**
+     * @var array<string, array{int, int}> the first {@see LEAD_SIZE} bytes of frames already checked
+     *      (fewer when fewer were buffered) => [the frame's size, its option when it has exactly one
+     *      and it is among those bytes, else -1]
+     */
+    private array $leads = [];
 
     /** @var array<string, array<int, string>> reply context => body length => the reply's bytes before the body */
     private array $replyHeads = [];
@@ -253,15 +267,17 @@ final class Session
             $available = \strlen($this->buffer) - $this->offset;
             $size = 0;
             if ($available >= Frame::HEADER_SIZE) {
-                // send() may have looked this header up already.
-                $size = $this->nextSize ?: ($this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->checkHeader());
+                // send() may have looked this frame up already.
+                [$size, $option] = $this->next ?? $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
                 if ($available >= $size) {
                     $frame = substr($this->buffer, $this->offset, $size);
                     $this->offset += $size;
-                    $this->nextSize = 0;
+                    $this->next = null;
                     // Flags 0, a plain event (what the server sends), needs no ord() call.
                     if ($frame[1] === "\0" || (\ord($frame[1]) & Frame::CONTROL) === 0) {
                         $this->phase = self::PENDING;
+                        // Whole, so a one-option frame's option was among the looked-up bytes.
+                        $this->option = $option;
 
                         return $frame;
                     }
@@ -426,13 +442,14 @@ final class Session
     {
         $available = \strlen($this->buffer) - $this->offset;
         if ($available >= Frame::HEADER_SIZE && \strlen($this->held) + \strlen($frame) < self::MAX_HELD) {
-            // Is the next frame whole? (Its size is remembered for nextEvent().)
+            // Is the next frame whole? (Then what its lead says is remembered for nextEvent().)
             try {
-                $next = $this->nextSize = $this->sizes[substr($this->buffer, $this->offset, Frame::HEADER_SIZE)] ?? $this->checkHeader();
+                $next = $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
             } catch (ProtocolException) {
-                $next = PHP_INT_MAX; // Corrupt bytes: send now; the next nextEvent() reports them.
+                $next = [PHP_INT_MAX, -1]; // Corrupt bytes: send now; the next nextEvent() reports them.
             }
-            if ($available >= $next) {
+            if ($available >= $next[0]) {
+                $this->next = $next;
                 $this->held .= $frame;
 
                 return;
@@ -499,22 +516,29 @@ final class Session
 
     /**
      * Checks the frame header buffered at $offset (version, length, CRC32) and returns its frame's
-     * size, remembering it in $sizes.
+     * size and, for a frame with exactly one option whose bytes are buffered, that option (-1
+     * otherwise), remembering both in $leads under the frame's first {@see LEAD_SIZE} bytes (all
+     * there are when fewer are buffered: such a key can only come back when the frame is not
+     * whole, so its -1 is never taken for a one-option frame's option).
      *
-     * Checking a header costs more than the rest of reading the frame, and the server's headers repeat
-     * (one per payload length), so nextEvent() and send() look a header up in $sizes first and call this
-     * only for one not seen yet. The memo holds at most {@see self::MAX_HEADERS}.
+     * Checking a header costs more than the rest of reading the frame, and the server's leads repeat
+     * (one per payload and context length), so nextEvent() and send() look a lead up in $leads first
+     * and call this only for one not seen yet. The memo holds at most {@see self::MAX_HEADERS}.
+     *
+     * @return array{int, int}
      *
      * @throws ProtocolException when the header is not a goridge v3 header
      */
-    private function checkHeader(): int
+    private function checkLead(): array
     {
-        $header = substr($this->buffer, $this->offset, Frame::HEADER_SIZE);
-        $size = Frame::sizeAt($header, 0);
-        if (\count($this->sizes) >= self::MAX_HEADERS) {
-            $this->sizes = [];
+        $lead = substr($this->buffer, $this->offset, self::LEAD_SIZE);
+        $size = Frame::sizeAt($lead, 0);
+        // Version 1 with four header words (sizeAt() checked the version): one option.
+        $option = $lead[0] === "\x14" && \strlen($lead) === self::LEAD_SIZE ? unpack('V', $lead, Frame::HEADER_SIZE)[1] : -1;
+        if (\count($this->leads) >= self::MAX_HEADERS) {
+            $this->leads = [];
         }
 
-        return $this->sizes[$header] = $size;
+        return $this->leads[$lead] = [$size, $option];
     }
 }

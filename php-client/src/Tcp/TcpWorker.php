@@ -29,12 +29,6 @@ final class TcpWorker
     /** Most event contexts remembered by {@see waitRequest()}; past it the memo starts afresh. */
     private const MAX_CONTEXTS = 4096;
 
-    /** The bytes of a one-option frame before its payload: the header and the context's length. */
-    private const LEAD_SIZE = 16;
-
-    /** Most frame leads remembered by {@see waitRequest()}; past it the memo starts afresh. */
-    private const MAX_LEADS = 256;
-
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
     private readonly Session $session;
 
@@ -43,12 +37,6 @@ final class TcpWorker
      *      request without body and state ({@see Access::requestTemplate()})
      */
     private array $contexts = [];
-
-    /**
-     * @var array<string, int> the first {@see LEAD_SIZE} bytes of a one-option event frame (its
-     *      header, checked, and its option) => the option: the context's length
-     */
-    private array $leads = [];
 
     /** @var \Closure(TcpRequest, string, string): TcpRequest {@see Access::requestCompleter()} */
     private readonly \Closure $complete;
@@ -103,23 +91,16 @@ final class TcpWorker
         // bytes always decode the same way), as a request template that each event completes with
         // its body and state.
         //
-        // Options: the context's length, and the state's when the connection has one. The first
-        // 16 bytes of a one-option frame (header and context length) repeat, and looking them up
-        // costs half of unpack()'s array.
-        $lead = substr($frame, 0, self::LEAD_SIZE);
-        $contextLength = $this->leads[$lead] ?? null;
-        $payloadAt = self::LEAD_SIZE;
+        // Options: the context's length, and the state's when the connection has one. A
+        // one-option frame's comes decoded with its header (Session::$option, remembered there).
+        $contextLength = $this->session->option;
+        $payloadAt = Session::LEAD_SIZE;
         $stateLength = 0;
-        if ($contextLength === null) {
+        if ($contextLength < 0) {
             $words = \ord($frame[0]) & 0x0F;
             $payloadAt = $words * 4;
-            if ($words === 4) {
-                $contextLength = unpack('V', $frame, Frame::HEADER_SIZE)[1];
-                if (\count($this->leads) >= self::MAX_LEADS) {
-                    $this->leads = [];
-                }
-                $this->leads[$lead] = $contextLength;
-            } elseif ($words === 5) {
+            $contextLength = null;
+            if ($words === 5) {
                 [1 => $contextLength, 2 => $stateLength] = unpack('V2', $frame, Frame::HEADER_SIZE);
             }
         }
