@@ -1,7 +1,8 @@
 //! Real bus servers for the cluster tests and the cluster bench: `redis-server` or `nats-server`
 //! (Debian packages installed by `./dev.sh setup`) on a free loopback port with its files in a
 //! scratch directory; stopped (killed, as a crash would), restarted on the same port, each start
-//! waited for (bounded) until the server answers.
+//! waited for (bounded) until the server answers. [`BusOptions`] adds TLS (server certificate,
+//! optionally client certificates required) and a password.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -97,11 +98,27 @@ pub enum BusServerError {
     },
 }
 
+/// How a bus server is started beyond the plain default.
+#[derive(Debug, Clone, Default)]
+pub struct BusOptions {
+    /// Serve TLS only with this PEM certificate chain and key: Redis on `--tls-port` with its
+    /// clear-text port off, NATS with a `tls {}` block (every client must upgrade). The URL
+    /// becomes `rediss://` / `tls://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: require a client certificate signed by this PEM CA.
+    pub client_ca: Option<PathBuf>,
+    /// Require this user and password. Redis: `requirepass` (the password of the user
+    /// `default`, so the user given here is only put in the URL); NATS: `authorization {}`.
+    pub auth: Option<(String, String)>,
+}
+
 /// A bus server process; killed when dropped.
 #[derive(Debug)]
 pub struct BusServer {
     /// Which server.
     pub kind: BusKind,
+    /// TLS and credentials it was started with.
+    pub options: BusOptions,
     /// Its loopback port, the same across restarts.
     pub port: u16,
     /// Its working directory and log (`server.log`).
@@ -129,12 +146,28 @@ impl BusServer {
 
     /// [`BusServer::start_on`], as a `Result`.
     pub fn try_start_on(kind: BusKind, port: u16) -> Result<BusServer, BusServerError> {
+        Self::try_start_with(kind, port, BusOptions::default())
+    }
+
+    /// Starts `kind` with `options` (TLS, a password) on a free loopback port and waits until it
+    /// answers; panics (with the server's log) when it does not.
+    pub fn start_with(kind: BusKind, options: BusOptions) -> BusServer {
+        Self::try_start_with(kind, free_port(), options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`BusServer::start_with`] on `port`, as a `Result`.
+    pub fn try_start_with(
+        kind: BusKind,
+        port: u16,
+        options: BusOptions,
+    ) -> Result<BusServer, BusServerError> {
         let dir = tempfile::tempdir().map_err(|source| BusServerError::Dir {
             binary: kind.binary(),
             source,
         })?;
         let mut server = BusServer {
             kind,
+            options,
             port,
             dir,
             child: None,
@@ -143,9 +176,27 @@ impl BusServer {
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT` or `nats://127.0.0.1:PORT`; `rediss://` / `tls://` with TLS;
+    /// with the user and password of [`BusOptions::auth`].
     pub fn url(&self) -> String {
-        url(self.kind, self.port)
+        let auth = self
+            .options
+            .auth
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        self.url_as(auth)
+    }
+
+    /// [`BusServer::url`] with other credentials (`None`: none).
+    pub fn url_as(&self, auth: Option<(&str, &str)>) -> String {
+        let scheme = match (self.kind, self.options.tls.is_some()) {
+            (BusKind::Redis, false) => "redis",
+            (BusKind::Redis, true) => "rediss",
+            (BusKind::Nats, false) => "nats",
+            (BusKind::Nats, true) => "tls",
+        };
+        let userinfo = auth.map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}", self.port)
     }
 
     /// Its process id while it runs.
@@ -174,30 +225,71 @@ impl BusServer {
         let log = self.dir.path().join("server.log");
         let port = self.port.to_string();
         let mut command = Command::new(find_binary(binary)?);
+        let options = &self.options;
         match self.kind {
-            BusKind::Redis => command
-                .args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                ])
-                // Absolute (a tempdir is): redis-server changes into --dir before it opens
-                // --logfile.
-                .arg("--dir")
-                .arg(self.dir.path())
-                .arg("--logfile")
-                .arg(&log),
-            BusKind::Nats => command
-                .args(["-a", "127.0.0.1", "-p", &port, "-l"])
-                .arg(&log),
-        };
+            BusKind::Redis => {
+                if let Some((cert, key)) = &options.tls {
+                    command
+                        .args(["--port", "0", "--tls-port", &port])
+                        .arg("--tls-cert-file")
+                        .arg(cert)
+                        .arg("--tls-key-file")
+                        .arg(key);
+                    match &options.client_ca {
+                        Some(ca) => command
+                            .args(["--tls-auth-clients", "yes", "--tls-ca-cert-file"])
+                            .arg(ca),
+                        None => command.args(["--tls-auth-clients", "no"]),
+                    };
+                } else {
+                    command.args(["--port", &port]);
+                }
+                if let Some((_, password)) = &options.auth {
+                    command.args(["--requirepass", password]);
+                }
+                command
+                    .args([
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--daemonize",
+                        "no",
+                    ])
+                    // Absolute (a tempdir is): redis-server changes into --dir before it opens
+                    // --logfile.
+                    .arg("--dir")
+                    .arg(self.dir.path())
+                    .arg("--logfile")
+                    .arg(&log);
+            }
+            BusKind::Nats => {
+                command
+                    .args(["-a", "127.0.0.1", "-p", &port, "-l"])
+                    .arg(&log);
+                let mut conf = String::new();
+                if let Some((cert, key)) = &options.tls {
+                    conf += &format!("tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n");
+                    if let Some(ca) = &options.client_ca {
+                        conf += &format!("  ca_file: {ca:?}\n  verify: true\n");
+                    }
+                    conf += "  timeout: 2\n}\n";
+                }
+                if let Some((user, password)) = &options.auth {
+                    conf += &format!(
+                        "authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n"
+                    );
+                }
+                if !conf.is_empty() {
+                    let file = self.dir.path().join("nats.conf");
+                    std::fs::write(&file, conf)
+                        .map_err(|source| BusServerError::Dir { binary, source })?;
+                    command.arg("-c").arg(file);
+                }
+            }
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -230,7 +322,7 @@ impl BusServer {
                     log,
                 });
             }
-            if answers(self.kind, addr) {
+            if answers(self.kind, &self.options, addr) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -262,19 +354,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Whether the server at `addr` answers as `kind` does.
-fn answers(kind: BusKind, addr: SocketAddr) -> bool {
+/// Whether the server at `addr` answers as `kind` does. Redis over TLS: it accepts (it listens
+/// only once it is ready to serve; a TLS client here would be a second stack for one check).
+fn answers(kind: BusKind, options: &BusOptions, addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     match kind {
+        BusKind::Redis if options.tls.is_some() => true,
         BusKind::Redis => {
-            if stream.write_all(b"PING\r\n").is_err() {
+            let (ask, want): (String, &[u8]) = match &options.auth {
+                Some((_, password)) => {
+                    (format!("AUTH {password}\r\nPING\r\n"), b"+OK\r\n+PONG\r\n")
+                }
+                None => ("PING\r\n".to_owned(), b"+PONG\r\n"),
+            };
+            if stream.write_all(ask.as_bytes()).is_err() {
                 return false;
             }
-            let mut answer = [0u8; 7];
-            stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+            let mut answer = vec![0u8; want.len()];
+            stream.read_exact(&mut answer).is_ok() && answer == want
         }
         BusKind::Nats => {
             let mut line = String::new();

@@ -299,8 +299,12 @@ pub const MAX_CLUSTER_MAX_NODES: usize = 4096;
 /// The `cluster` section (Pier): several instances act as one over Redis or NATS (`cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// `cluster.bus`: `redis://host:port[/db]` or `nats://host:port`.
+    /// `cluster.bus`: `redis://` / `rediss://` (TLS) `[user:pass@]host:port[/db]`, or
+    /// `nats://` / `tls://` (TLS) `[user:pass@ | token@]host:port`.
     pub bus: String,
+    /// `cluster.tls`: the bus connection's own CA and client certificate; `None` = a TLS scheme
+    /// trusts the system's roots and sends no client certificate.
+    pub tls: Option<BusTls>,
     /// `cluster.node`: this instance's id; `None` = generated at start (and logged).
     pub node: Option<String>,
     /// `cluster.prefix`: channel names start with it, so clusters can share one bus.
@@ -310,6 +314,19 @@ pub struct ClusterConfig {
     /// `cluster.max_nodes`: most other nodes this node keeps track of; a new node id heard on
     /// the bus while that many are known is ignored (logged, counted).
     pub max_nodes: usize,
+}
+
+/// `cluster.tls`: how the bus connection (`rediss://` or `tls://`) checks the server and proves
+/// who it is. The files are read and parsed at load (a bad one is a config error naming its key)
+/// and again by the bus client at each connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusTls {
+    /// `cluster.tls.ca`: PEM file of the CA(s) that sign the bus server's certificate, trusted
+    /// instead of the system's roots; `None` = the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `cluster.tls.cert` + `cluster.tls.key`: PEM client certificate chain and its private key,
+    /// for a bus that requires mutual TLS; `None` = no client certificate.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where the RPC listener binds.
@@ -1301,7 +1318,14 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
     check_keys(
         h,
         "cluster",
-        &["bus", "node", "prefix", "request_timeout", "max_nodes"],
+        &[
+            "bus",
+            "node",
+            "prefix",
+            "request_timeout",
+            "max_nodes",
+            "tls",
+        ],
         &[],
         warnings,
     );
@@ -1321,13 +1345,30 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
         }
         return Ok(None);
     };
-    let scheme_ok = ["redis://", "nats://"]
-        .iter()
-        .any(|s| bus.len() > s.len() && bus[..s.len()].eq_ignore_ascii_case(s));
-    if !scheme_ok {
+    let scheme = ["redis://", "rediss://", "nats://", "tls://"]
+        .into_iter()
+        .find(|s| {
+            bus.len() > s.len()
+                && bus.is_char_boundary(s.len())
+                && bus[..s.len()].eq_ignore_ascii_case(s)
+        });
+    let Some(scheme) = scheme else {
         return Err(ConfigError::Invalid {
             key: "cluster.bus".into(),
-            problem: format!("{bus:?} is not redis://host:port[/db] or nats://host:port"),
+            // The URL may hold a password: it is not repeated.
+            problem: "is not redis:// or rediss:// (TLS) host:port[/db], nor nats:// or tls:// (TLS) host:port".into(),
+        });
+    };
+    let tls = match h.get(&key("tls")) {
+        None | Some(Yaml::Null) => None,
+        Some(v) => Some(bus_tls(hash(v, "cluster.tls")?, warnings)?),
+    };
+    if tls.is_some() && matches!(scheme, "redis://" | "nats://") {
+        return Err(ConfigError::Invalid {
+            key: "cluster.tls".into(),
+            problem: format!(
+                "is set but cluster.bus is {scheme}… (clear text): use rediss:// or tls:// for a bus over TLS"
+            ),
         });
     }
     // The id names the node in logs, rows and every bus message: printable, short, no spaces.
@@ -1378,11 +1419,92 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
     };
     Ok(Some(ClusterConfig {
         bus,
+        tls,
         node,
         prefix,
         request_timeout,
         max_nodes,
     }))
+}
+
+/// `cluster.tls`: each file is read and parsed now, so a path that cannot be read, a file
+/// without a certificate, or a certificate without its key is a config error naming its key.
+fn bus_tls(h: &Hash, warnings: &mut Vec<String>) -> Result<BusTls, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    check_keys(h, "cluster.tls", &["ca", "cert", "key"], &[], warnings);
+    let file = |field: &str| -> Result<Option<PathBuf>, ConfigError> {
+        match h.get(&key(field)) {
+            None | Some(Yaml::Null) => Ok(None),
+            Some(v) => {
+                let v = scalar_string(v, &format!("cluster.tls.{field}"))?;
+                Ok((!v.trim().is_empty()).then(|| PathBuf::from(v.trim())))
+            }
+        }
+    };
+    let invalid = |field: &str, problem: String| ConfigError::Invalid {
+        key: format!("cluster.tls.{field}"),
+        problem,
+    };
+    let certs = |field: &str, path: &Path| -> Result<(), ConfigError> {
+        let found = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                invalid(
+                    field,
+                    format!(
+                        "could not read PEM certificates from {}: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+        if found.is_empty() {
+            return Err(invalid(
+                field,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Ok(())
+    };
+    let ca = file("ca")?;
+    if let Some(ca) = &ca {
+        certs("ca", ca)?;
+    }
+    let client = match (file("cert")?, file("key")?) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "key",
+                "missing: cluster.tls.cert needs the PEM private key of its certificate".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "cert",
+                "missing: cluster.tls.key needs the PEM client certificate it belongs to".into(),
+            ))
+        }
+        (Some(cert), Some(key_file)) => {
+            certs("cert", &cert)?;
+            PrivateKeyDer::from_pem_file(&key_file).map_err(|e| {
+                invalid(
+                    "key",
+                    format!(
+                        "could not read a PEM private key from {}: {e}",
+                        key_file.display()
+                    ),
+                )
+            })?;
+            Some((cert, key_file))
+        }
+    };
+    if ca.is_none() && client.is_none() {
+        warnings.push(
+            "cluster.tls names no file: the bus server is checked against the system's roots"
+                .into(),
+        );
+    }
+    Ok(BusTls { ca, client })
 }
 
 /// Refuses a name longer than [`MAX_NODE_ID`] or with bytes other than ASCII letters, digits and
@@ -2716,6 +2838,7 @@ tcp:
             c.cluster,
             Some(ClusterConfig {
                 bus: "redis://127.0.0.1:6379".into(),
+                tls: None,
                 node: None,
                 prefix: "pier".into(),
                 request_timeout: Duration::from_secs(1),
@@ -2770,6 +2893,84 @@ tcp:
         }
         let long = "n".repeat(MAX_NODE_ID + 1);
         assert!(with(&format!("  bus: redis://h:1\n  node: {long}\n")).is_err());
+        // A password in a bad URL is not repeated.
+        let err = with("  bus: http://u:s3cret@h:1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn cluster_tls_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["bus".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, crt, pem_key, empty) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("c.key"),
+            dir.path().join("empty.pem"),
+        );
+        std::fs::write(&ca, cert.pem()).unwrap();
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        std::fs::write(&empty, "").unwrap();
+        let with = |bus: &str, tls: &str| {
+            parse(&format!("{MINIMAL}cluster:\n  bus: {bus}\n  tls:\n{tls}"))
+        };
+        let c = with(
+            "rediss://:pw@h:6380",
+            &format!("    ca: {ca:?}\n    cert: {crt:?}\n    key: {pem_key:?}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.unwrap().tls,
+            Some(BusTls {
+                ca: Some(ca.clone()),
+                client: Some((crt.clone(), pem_key.clone())),
+            })
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = with("tls://h:4222", &format!("    ca: {ca:?}\n")).unwrap();
+        assert_eq!(c.cluster.unwrap().tls.unwrap().client, None);
+        // Without a bus URL scheme for TLS, and with files that are not usable: errors naming
+        // the key.
+        let missing = dir.path().join("missing.pem");
+        for (bus, tls, want) in [
+            ("redis://h:1", format!("    ca: {ca:?}\n"), "cluster.tls"),
+            ("nats://h:1", format!("    ca: {ca:?}\n"), "cluster.tls"),
+            (
+                "rediss://h:1",
+                format!("    ca: {missing:?}\n"),
+                "cluster.tls.ca",
+            ),
+            (
+                "rediss://h:1",
+                format!("    ca: {empty:?}\n"),
+                "cluster.tls.ca",
+            ),
+            (
+                "tls://h:1",
+                format!("    cert: {crt:?}\n"),
+                "cluster.tls.key",
+            ),
+            (
+                "tls://h:1",
+                format!("    key: {pem_key:?}\n"),
+                "cluster.tls.cert",
+            ),
+            (
+                "tls://h:1",
+                format!("    cert: {crt:?}\n    key: {ca:?}\n"),
+                "cluster.tls.key",
+            ),
+        ] {
+            let err = with(bus, &tls).unwrap_err().to_string();
+            assert!(err.contains(want), "{bus} {tls}: {err}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl Node {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
         let (bus, inbox) =
-            Bus::start(url, prefix, node, &tracker, stop.clone()).expect("a valid bus URL");
+            Bus::start(url, None, prefix, node, &tracker, stop.clone()).expect("a valid bus URL");
         Node {
             bus,
             inbox,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use pier_devkit::bus::{BusKind, BusServer};
+use pier_devkit::bus::{BusKind, BusOptions, BusServer};
 use support::{raise_fd_limit, test_worker, Client, Rpc};
 
 /// How long a node may take to start, to see the others, or to recover after the bus is back.
@@ -882,8 +882,15 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
     // The flood, through pier's own bus client and envelope, as a misbehaving node would send it.
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
-    let (flood, _inbox) = Bus::start(&bus.url(), "flood", "intruder", &tracker, stop.clone())
-        .expect("a valid bus URL");
+    let (flood, _inbox) = Bus::start(
+        &bus.url(),
+        None,
+        "flood",
+        "intruder",
+        &tracker,
+        stop.clone(),
+    )
+    .expect("a valid bus URL");
     eventually!("the flood's bus link is up", flood.is_up());
     for i in 0..FAKES {
         let hello = envelope::encode(&Envelope {
@@ -954,6 +961,137 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
         .await
         .expect("the flood's bus task ends");
     for node in nodes {
+        node.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_credentials() {
+    bus_over_tls_with_credentials(BusKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_with_credentials() {
+    bus_over_tls_with_credentials(BusKind::Nats).await;
+}
+
+/// The bus server takes TLS only (its certificate signed by a private CA), requires a client
+/// certificate and a password. Two nodes with the CA, a client certificate and the password route
+/// a send and a broadcast; a node trusting another CA, and one with a wrong password, each log a
+/// clear "bus down" reason and go on serving their own connections; no password is ever logged.
+async fn bus_over_tls_with_credentials(kind: BusKind) {
+    const SECRET: &str = "s3cret-bus-pw";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::Pki::new(dir.path());
+    let server = pki.server("bus", &["localhost", "127.0.0.1"], false);
+    let client = pki.client("pier", "pier-node", false);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = support::pki::Pki::new(other_dir.path());
+    let bus = BusServer::start_with(
+        kind,
+        BusOptions {
+            tls: Some((server.cert.clone(), server.key.clone())),
+            client_ca: Some(pki.ca_file.clone()),
+            auth: Some(("default".into(), SECRET.into())),
+        },
+    );
+    let url = bus.url();
+    assert!(
+        url.starts_with("rediss://") || url.starts_with("tls://"),
+        "{url}"
+    );
+    let tls = |ca: &std::path::Path| {
+        format!(
+            "  tls:\n    ca: {ca:?}\n    cert: {:?}\n    key: {:?}\n",
+            client.cert, client.key
+        )
+    };
+    let good = tls(&pki.ca_file);
+    let n0 = Node::start_full(&url, "t0", "tls", "", &good);
+    let n1 = Node::start_full(&url, "t1", "tls", "", &good);
+    let nodes = [n0, n1];
+    wait_joined(&nodes);
+    let wrong_ca = Node::start_full(&url, "t2", "tls", "", &tls(&other.ca_file));
+    let wrong_pw = Node::start_full(
+        &bus.url_as(Some(("default", "not-the-password"))),
+        "t3",
+        "tls",
+        "",
+        &good,
+    );
+
+    // A send by uuid and a broadcast across the two nodes, over TLS.
+    let mut a = nodes[0].connect().await;
+    let (_, _, uuid_a) = a.hello().await;
+    let mut b = nodes[1].connect().await;
+    let (_, _, uuid_b) = b.hello().await;
+    assert_eq!(
+        a.ask(&format!("push {uuid_b} over-tls\r\n")).await,
+        "pushed"
+    );
+    assert_eq!(b.line().await.unwrap(), "over-tls");
+    let mut rpc = nodes[1].rpc().await;
+    assert_eq!(
+        rpc.ok("pier.Send", json!({"uuid": uuid_a, "data": "back\n"}))
+            .await,
+        json!(true)
+    );
+    assert_eq!(a.line().await.unwrap(), "back");
+    b.send("bcast - everyone\r\n").await;
+    assert_eq!(a.line().await.unwrap(), "everyone");
+    assert_eq!(b.line().await.unwrap(), "everyone");
+    assert_eq!(b.line().await.unwrap(), "sent");
+
+    // The misconfigured nodes say why the bus is down, and serve their own connections.
+    let down_reason = |node: &Node| -> Option<String> {
+        log_lines(node, "bus down: ")
+            .first()
+            .and_then(|l| l["fields"]["message"].as_str().map(str::to_owned))
+    };
+    for (node, want) in [
+        (&wrong_ca, &["certificate", "UnknownIssuer"][..]),
+        (
+            &wrong_pw,
+            &["authentication failed", "authorization violation"][..],
+        ),
+    ] {
+        let deadline = Instant::now() + SETTLE;
+        let reason = loop {
+            if let Some(reason) = down_reason(node) {
+                break reason;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no bus down line: {:#?}",
+                node.id,
+                node.cluster_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("{} {}: {reason}", kind.name(), node.id);
+        assert!(
+            want.iter().any(|w| reason.contains(w)),
+            "{}: {reason}",
+            node.id
+        );
+        let mut own = node.connect().await;
+        own.hello().await;
+        assert_eq!(own.ask("still here\r\n").await, "s:still here");
+    }
+
+    // No log line of any node holds a password (the URL is logged redacted).
+    for node in nodes.iter().chain([&wrong_ca, &wrong_pw]) {
+        for line in node.logs.lock().unwrap().iter() {
+            let text = line.to_string();
+            assert!(
+                !text.contains(SECRET) && !text.contains("not-the-password"),
+                "{}: {text}",
+                node.id
+            );
+        }
+    }
+    drop((a, b));
+    for node in nodes.into_iter().chain([wrong_ca, wrong_pw]) {
         node.stop();
     }
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::BusTls;
 use crate::log_scope::warn;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -55,11 +56,19 @@ pub enum BusError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Neither `redis://` nor `nats://`.
-    #[error("could not use bus URL {url}: the scheme must be redis:// or nats://")]
+    /// Neither `redis://`, `rediss://`, `nats://` nor `tls://`.
+    #[error("could not use bus URL {url}: the scheme must be redis://, rediss:// (TLS), nats:// or tls:// (NATS over TLS)")]
     Scheme {
         /// The URL without its password.
         url: String,
+    },
+    /// `cluster.tls` with a clear-text URL, or a `cluster.tls` file the client cannot use.
+    #[error("could not set up TLS for bus URL {url}: {problem}")]
+    Tls {
+        /// The URL without its password.
+        url: String,
+        /// What is wrong (naming the `cluster.tls` key).
+        problem: String,
     },
     /// A prefix or node id that cannot be part of a channel name.
     #[error("could not use {what} {value:?} in bus channel names: use letters, digits, '-' and '_' (and '.' inside a prefix)")]
@@ -119,7 +128,9 @@ impl fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Parses `url` (`redis://host:port[/db]`, `nats://host:port`), starts the background task(s)
+    /// Parses `url` (`redis://` or `rediss://` `[user:pass@]host:port[/db]`, `nats://` or
+    /// `tls://` `[user:pass@|token@]host:port`; with `tls`, the CA and client certificate of a
+    /// TLS scheme), starts the background task(s)
     /// that keep one publishing and one subscribing connection alive (reconnect with backoff,
     /// resubscribe after every reconnect, logged), and returns the handle plus the stream of every
     /// payload received on `<prefix>.node.<node>` and `<prefix>.all` — its own `All` publishes
@@ -127,6 +138,7 @@ impl Bus {
     /// retried in the background. Must be called within a tokio runtime.
     pub fn start(
         url: &str,
+        tls: Option<&BusTls>,
         prefix: &str,
         node: &str,
         tracker: &TaskTracker,
@@ -135,13 +147,23 @@ impl Bus {
         check_name("prefix", prefix, true)?;
         check_name("node id", node, false)?;
         let shown = redact(url);
-        let kind = if url.starts_with("redis://") {
-            Kind::Redis
-        } else if url.starts_with("nats://") {
-            Kind::Nats
-        } else {
-            return Err(BusError::Scheme { url: shown });
+        let scheme = url
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        let (kind, secure) = match scheme.as_deref() {
+            Some("redis") => (Kind::Redis, false),
+            Some("rediss") => (Kind::Redis, true),
+            Some("nats") => (Kind::Nats, false),
+            Some("tls") => (Kind::Nats, true),
+            _ => return Err(BusError::Scheme { url: shown }),
         };
+        if tls.is_some() && !secure {
+            return Err(BusError::Tls {
+                url: shown,
+                problem: "cluster.tls is set but the URL is clear text (use rediss:// or tls://)"
+                    .into(),
+            });
+        }
         let (queue_tx, queue_rx) = mpsc::channel(QUEUE);
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
         let shared = Arc::new(Shared {
@@ -163,8 +185,8 @@ impl Bus {
             shutdown,
         };
         match kind {
-            Kind::Redis => super::redis::start(url, link, tracker)?,
-            Kind::Nats => super::nats::start(url, link, tracker)?,
+            Kind::Redis => super::redis::start(url, tls, link, tracker)?,
+            Kind::Nats => super::nats::start(url, tls, link, tracker)?,
         }
         Ok((Bus { shared }, inbox_rx))
     }
@@ -518,15 +540,24 @@ mod tests {
     async fn bad_urls_are_refused_at_start() {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
-        let err = Bus::start("http://x", "pier", "a", &tracker, stop.clone()).unwrap_err();
+        let err = Bus::start("http://x", None, "pier", "a", &tracker, stop.clone()).unwrap_err();
         assert!(matches!(err, BusError::Scheme { .. }), "{err}");
-        let err = Bus::start("redis://:pw@", "pier", "a", &tracker, stop.clone()).unwrap_err();
+        let err =
+            Bus::start("redis://:pw@", None, "pier", "a", &tracker, stop.clone()).unwrap_err();
         assert!(matches!(err, BusError::Url { .. }), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
-        let err =
-            Bus::start("nats://host:notaport", "pier", "a", &tracker, stop.clone()).unwrap_err();
+        let err = Bus::start(
+            "nats://host:notaport",
+            None,
+            "pier",
+            "a",
+            &tracker,
+            stop.clone(),
+        )
+        .unwrap_err();
         assert!(matches!(err, BusError::Url { .. }), "{err}");
-        let err = Bus::start("redis://127.0.0.1:1", "pi er", "a", &tracker, stop).unwrap_err();
+        let err =
+            Bus::start("redis://127.0.0.1:1", None, "pi er", "a", &tracker, stop).unwrap_err();
         assert!(matches!(err, BusError::Name { .. }), "{err}");
     }
 
@@ -535,8 +566,15 @@ mod tests {
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
         // Port 1 on loopback: nothing listens, the connection is refused and retried.
-        let (bus, _inbox) =
-            Bus::start("redis://127.0.0.1:1", "pier", "a", &tracker, stop.clone()).unwrap();
+        let (bus, _inbox) = Bus::start(
+            "redis://127.0.0.1:1",
+            None,
+            "pier",
+            "a",
+            &tracker,
+            stop.clone(),
+        )
+        .unwrap();
         assert!(!bus.is_up());
         assert!(matches!(
             bus.publish(Channel::All, Bytes::from_static(b"x")),

@@ -187,6 +187,7 @@ impl Cluster {
         let bus_stop = CancellationToken::new();
         let (bus, inbox) = Bus::start(
             &config.bus,
+            config.tls.as_ref(),
             &config.prefix,
             &node.channel(),
             &tasks,

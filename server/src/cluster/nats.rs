@@ -15,7 +15,7 @@
 //! connection's operations, so a subscription made before a publish is in place for it.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -24,6 +24,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
+
+use crate::config::BusTls;
 
 use super::bus::{backoff, redact, BusError, Link, Shared, FLUSH_GRACE, INBOX};
 
@@ -39,20 +41,187 @@ const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 const PROBE_BIT: u64 = 1 << 63;
 
 /// Checks the URL and starts the task that owns the client.
-pub(super) fn start(url: &str, link: Link, tracker: &TaskTracker) -> Result<(), BusError> {
-    let addr: ServerAddr = url.parse().map_err(|err| BusError::Url {
+pub(super) fn start(
+    url: &str,
+    tls: Option<&BusTls>,
+    link: Link,
+    tracker: &TaskTracker,
+) -> Result<(), BusError> {
+    let bad_url = |err: Box<dyn std::error::Error + Send + Sync>| BusError::Url {
         url: redact(url),
-        source: Box::new(err),
-    })?;
+        source: err,
+    };
+    let (addr, auth) = split_credentials(url).map_err(bad_url)?;
+    let addr: ServerAddr = addr
+        .parse()
+        .map_err(|err: std::io::Error| bad_url(Box::new(err)))?;
+    let mut options = ConnectOptions::new();
+    options = match auth {
+        Auth::None => options,
+        Auth::UserPassword(user, password) => options.user_and_password(user, password),
+        Auth::Token(token) => options.token(token),
+    };
+    let refused = Refused::default();
+    if addr.tls_required() || tls.is_some() {
+        let config = tls_config(tls, &refused).map_err(|problem| BusError::Tls {
+            url: redact(url),
+            problem,
+        })?;
+        options = options.require_tls(true).tls_client_config(config);
+    }
     link.shared
         .max_payload
         .store(DEFAULT_MAX_PAYLOAD - STAMP, Ordering::Relaxed);
-    tracker.spawn(run(addr, link));
+    tracker.spawn(run(addr, options, refused, link));
     Ok(())
 }
 
+/// The last reason the bus server's certificate was refused, kept by [`Noting`]: async-nats
+/// reports a failed connection as "IO error" only, which would leave the log without the cause.
+type Refused = Arc<Mutex<Option<String>>>;
+
+/// The TLS client config of a NATS bus: ring (the provider of every TLS connection here), the
+/// `cluster.tls.ca` roots or else the system's, the client certificate if any. Built here rather
+/// than from async-nats' file options so that the reason a server certificate is refused is
+/// kept ([`Noting`]) and a file that turned unusable since the config was loaded fails at start.
+fn tls_config(tls: Option<&BusTls>, refused: &Refused) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read_certs = |key: &str, file: &std::path::Path| {
+        CertificateDer::pem_file_iter(file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("could not read {key} file {}: {e}", file.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match tls.and_then(|t| t.ca.as_deref()) {
+        Some(ca) => {
+            let (added, _) = roots.add_parsable_certificates(read_certs("cluster.tls.ca", ca)?);
+            if added == 0 {
+                return Err(format!(
+                    "could not use cluster.tls.ca file {}: no usable CA certificate",
+                    ca.display()
+                ));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("could not use the bus' trusted roots: {e} (set cluster.tls.ca)"))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("could not set up TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Noting {
+            inner,
+            refused: refused.clone(),
+        }));
+    match tls.and_then(|t| t.client.as_ref()) {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = read_certs("cluster.tls.cert", cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!("could not read cluster.tls.key file {}: {e}", key.display())
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("could not use cluster.tls.cert with cluster.tls.key: {e}"))
+        }
+    }
+}
+
+/// The standard (webpki) check of the bus server's certificate, noting why it refused one.
+#[derive(Debug)]
+struct Noting {
+    /// Does the checking.
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    /// Where the reason of the last refusal goes.
+    refused: Refused,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Noting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .inspect_err(|err| {
+                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The credentials of a NATS URL's user info (percent-decoded).
+#[derive(Debug, PartialEq, Eq)]
+enum Auth {
+    None,
+    /// `nats://user:pass@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// Takes the user info out of `url`: async-nats 0.46 connects to a URL's host but ignores its
+/// `user:pass@` (the server then refuses the connection as unauthorized), so it goes to the
+/// client's options instead, and the address the client keeps (and may print) has none.
+fn split_credentials(
+    url: &str,
+) -> Result<(String, Auth), Box<dyn std::error::Error + Send + Sync>> {
+    let mut parsed = url::Url::parse(url)?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+    };
+    let user = decode(parsed.username())?;
+    let password = parsed.password().map(decode).transpose()?;
+    let auth = match (user.is_empty(), password) {
+        (true, None) => return Ok((url.to_owned(), Auth::None)),
+        (_, Some(password)) => Auth::UserPassword(user, password),
+        (false, None) => Auth::Token(user),
+    };
+    // Cannot fail for a URL with a host (one with user info has one).
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    Ok((parsed.to_string(), auth))
+}
+
 /// Connects (in the background), subscribes, and publishes from the queue until shutdown.
-async fn run(addr: ServerAddr, mut link: Link) {
+async fn run(addr: ServerAddr, options: ConnectOptions, refused: Refused, mut link: Link) {
     let shared = link.shared.clone();
     // The client, once `connect` returned it, for the event callback to read the server's
     // max_payload after each (re)connection.
@@ -63,11 +232,11 @@ async fn run(addr: ServerAddr, mut link: Link) {
         let shared = shared.clone();
         let client_cell = client_cell.clone();
         move |event: Event| {
-            on_event(&shared, &client_cell, &connected_tx, event);
+            on_event(&shared, &client_cell, &connected_tx, &refused, event);
             std::future::ready(())
         }
     };
-    let options = ConnectOptions::new()
+    let options = options
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -137,6 +306,7 @@ fn on_event(
     shared: &Shared,
     client: &OnceLock<Client>,
     connected: &watch::Sender<u64>,
+    refused: &Refused,
     event: Event,
 ) {
     match event {
@@ -151,7 +321,16 @@ fn on_event(
         }
         Event::Disconnected => shared.set_down(&"the connection closed", None),
         Event::Closed => shared.set_down(&"the client closed", None),
-        Event::ClientError(err) => shared.set_down(&format!("could not connect: {err}"), None),
+        Event::ClientError(err) => {
+            let refused = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let why = match refused {
+                Some(reason) => format!(
+                    "could not connect: {err}: the bus server's certificate was refused: {reason}"
+                ),
+                None => format!("could not connect: {err}"),
+            };
+            shared.set_down(&why, None);
+        }
         Event::SlowConsumer(sid) => crate::log_scope::warn!(
             bus = shared.kind,
             sid,
@@ -434,6 +613,27 @@ fn unstamp(mut wire: Bytes) -> Option<Stamped> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_leave_the_url() {
+        let split = |url: &str| split_credentials(url).unwrap();
+        assert_eq!(
+            split("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), Auth::None)
+        );
+        assert_eq!(
+            split("tls://app:p%40ss@bus.example:4443"),
+            (
+                "tls://bus.example:4443".into(),
+                Auth::UserPassword("app".into(), "p@ss".into())
+            )
+        );
+        assert_eq!(
+            split("nats://s3cret@h:4222"),
+            ("nats://h:4222".into(), Auth::Token("s3cret".into()))
+        );
+        assert!(split_credentials("nats://h:notaport").is_err());
+    }
 
     fn wire(publisher: u64, seq: u64) -> Bytes {
         stamped(publisher, seq, format!("{publisher}:{seq}").as_bytes())

@@ -421,6 +421,7 @@ mod tests {
         let registry = Registry::new();
         let config = ClusterConfig {
             bus: "redis://127.0.0.1:1".into(),
+            tls: None,
             node: Some("me".into()),
             prefix: "t".into(),
             request_timeout: std::time::Duration::from_secs(1),

@@ -14,12 +14,14 @@
 use std::time::Duration;
 
 use ::redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
-use ::redis::{AsyncConnectionConfig, Client};
+use ::redis::{AsyncConnectionConfig, Client, ClientTlsConfig, TlsCertificates};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::task::TaskTracker;
+
+use crate::config::BusTls;
 
 use super::bus::{backoff, redact, BusError, Link, Outgoing, Shared, BATCH, FLUSH_GRACE};
 
@@ -32,12 +34,50 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection is noticed even when no payload flows.
 const PING_EVERY: Duration = Duration::from_secs(10);
 
-/// Checks the URL and starts the task that keeps the connections.
-pub(super) fn start(url: &str, link: Link, tracker: &TaskTracker) -> Result<(), BusError> {
-    let client = Client::open(url).map_err(|err| BusError::Url {
+/// Checks the URL (and reads the `cluster.tls` files) and starts the task that keeps the
+/// connections. `rediss://` without `tls` trusts the system's roots; the URL's `user:pass@` is
+/// the client's AUTH (the client sends it on every connection).
+pub(super) fn start(
+    url: &str,
+    tls: Option<&BusTls>,
+    link: Link,
+    tracker: &TaskTracker,
+) -> Result<(), BusError> {
+    let bad_url = |err: ::redis::RedisError| BusError::Url {
         url: redact(url),
         source: Box::new(err),
-    })?;
+    };
+    let client = match tls {
+        None => Client::open(url).map_err(bad_url)?,
+        Some(tls) => {
+            let read = |key: &str, file: &std::path::Path| {
+                std::fs::read(file).map_err(|err| BusError::Tls {
+                    url: redact(url),
+                    problem: format!("could not read {key} file {}: {err}", file.display()),
+                })
+            };
+            let root_cert = tls
+                .ca
+                .as_deref()
+                .map(|ca| read("cluster.tls.ca", ca))
+                .transpose()?;
+            let client_tls = match &tls.client {
+                None => None,
+                Some((cert, key)) => Some(ClientTlsConfig {
+                    client_cert: read("cluster.tls.cert", cert)?,
+                    client_key: read("cluster.tls.key", key)?,
+                }),
+            };
+            let certificates = TlsCertificates {
+                client_tls,
+                root_cert,
+            };
+            Client::build_with_tls(url, certificates).map_err(|err| BusError::Tls {
+                url: redact(url),
+                problem: format!("could not use cluster.tls: {err}"),
+            })?
+        }
+    };
     tracker.spawn(run(client, link));
     Ok(())
 }
