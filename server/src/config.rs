@@ -1359,6 +1359,13 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
             problem: "is not redis:// or rediss:// (TLS) host:port[/db], nor nats:// or tls:// (TLS) host:port".into(),
         });
     };
+    if scheme == "rediss://" && bus.contains('#') {
+        // redis-rs reads `#insecure` as "do not check the certificate": not offered.
+        return Err(ConfigError::Invalid {
+            key: "cluster.bus".into(),
+            problem: "has a #fragment: the bus server's certificate is always checked (name its CA with cluster.tls.ca)".into(),
+        });
+    }
     let tls = match h.get(&key("tls")) {
         None | Some(Yaml::Null) => None,
         Some(v) => Some(bus_tls(hash(v, "cluster.tls")?, warnings)?),
@@ -2864,6 +2871,7 @@ tcp:
         for (body, key) in [
             ("  bus: http://x:1\n", "cluster.bus"),
             ("  bus: redis://\n", "cluster.bus"),
+            ("  bus: rediss://h:1/#insecure\n", "cluster.bus"),
             ("  bus: redis://h:1\n  node: a b\n", "cluster.node"),
             ("  bus: redis://h:1\n  node: a*\n", "cluster.node"),
             ("  bus: redis://h:1\n  prefix: a.b\n", "cluster.prefix"),

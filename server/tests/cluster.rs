@@ -9,7 +9,10 @@
 //!   cross-node operations fail visibly (RPC error, metric) without blocking the worker, and
 //!   resume by themselves;
 //! - a process on the bus saying hello under hundreds of node ids: the node table stays at
-//!   `cluster.max_nodes` (logged, counted) and the real nodes go on routing.
+//!   `cluster.max_nodes` (logged, counted) and the real nodes go on routing;
+//! - the bus over TLS (a private CA, client certificates) with a password: a send and a
+//!   broadcast across nodes; a wrong CA or password is a logged "bus down" with its reason, the
+//!   node serving its own connections, and no password in any log line.
 
 mod support;
 
@@ -59,6 +62,18 @@ impl Node {
 
     /// [`Node::start_with`] with `cluster` (YAML lines indented for the `cluster` section) added.
     fn start_full(bus: &str, id: &str, prefix: &str, server: &str, cluster: &str) -> Node {
+        Node::start_env(bus, id, prefix, server, cluster, &[])
+    }
+
+    /// [`Node::start_full`] with `env` added to pier's environment.
+    fn start_env(
+        bus: &str,
+        id: &str,
+        prefix: &str,
+        server: &str,
+        cluster: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "version: '3'\nserver:\n  command: [{worker:?}]\n  env:\n    TW_DIR: {dir:?}\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n{server}  pool:\n    num_workers: 2\n    allocate_timeout: 20s\n    destroy_timeout: 5s\nrpc:\n  listen: tcp://127.0.0.1:0\nmetrics:\n  address: 127.0.0.1:0\nlogs:\n  encoding: json\n  level: info\ncluster:\n  bus: {bus}\n  node: {id}\n  prefix: {prefix}\n  request_timeout: 1s\n{cluster}",
@@ -71,6 +86,7 @@ impl Node {
             .args(["serve", "-c"])
             .arg(&path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -979,6 +995,7 @@ async fn nats_over_tls_with_credentials() {
 /// certificate and a password. Two nodes with the CA, a client certificate and the password route
 /// a send and a broadcast; a node trusting another CA, and one with a wrong password, each log a
 /// clear "bus down" reason and go on serving their own connections; no password is ever logged.
+/// Then, against a TLS-only bus, a node without `cluster.tls` trusts the system's roots.
 async fn bus_over_tls_with_credentials(kind: BusKind) {
     const SECRET: &str = "s3cret-bus-pw";
     let dir = tempfile::tempdir().unwrap();
@@ -1094,4 +1111,32 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
     for node in nodes.into_iter().chain([wrong_ca, wrong_pw]) {
         node.stop();
     }
+
+    // Without cluster.tls the system's roots are trusted (here: OpenSSL's SSL_CERT_FILE, which
+    // the roots loader honours, naming the test CA).
+    let plain_tls = BusServer::start_with(
+        kind,
+        BusOptions {
+            tls: Some((server.cert.clone(), server.key.clone())),
+            ..BusOptions::default()
+        },
+    );
+    let system = Node::start_env(
+        &plain_tls.url(),
+        "t4",
+        "tls",
+        "",
+        "",
+        &[("SSL_CERT_FILE", &pki.ca_file)],
+    );
+    let deadline = Instant::now() + SETTLE;
+    while log_lines(&system, "bus up").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the bus never came up with the system's roots: {:#?}",
+            system.cluster_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.stop();
 }
