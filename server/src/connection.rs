@@ -67,41 +67,50 @@ enum Flow {
 type Packets = framing::Packets<Reader<ReadSide>>;
 
 /// A live connection as the registry and pushers see it: ids, stats, the outbound queue.
+///
+/// Laid out by hand, on cache-line boundaries: what every event reads in its first line, the
+/// queue and its signal (every reply) in the next, the rest after. At 1000 connections on one
+/// worker a connection's state has left the core's L2 by the time its next packet or answer
+/// comes, so each line an event touches is a miss (bench/results/2026-11-30-pipeline.md).
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Link {
-    /// The connection id (registry key).
-    pub(crate) uuid: Uuid,
-    /// The id as sent in events.
-    uuid_text: String,
+    /// The listener it came from (server name, bounds, metrics).
+    listener: Arc<Listener>,
     /// Client address, server name and id as events carry them, JSON-encoded once here rather
     /// than per event.
     context: ContextPrefix,
-    /// The listener it came from (server name, bounds).
-    listener: Arc<Listener>,
-    /// Client address as sent in events.
-    pub(crate) remote_addr: String,
-    /// When it was accepted.
-    pub(crate) connected_at: SystemTime,
+    /// The connection id (registry key).
+    pub(crate) uuid: Uuid,
     /// Packet bytes received, delimiters included.
     bytes_in: AtomicU64,
     /// Bytes written to the socket.
     bytes_out: AtomicU64,
-    /// Bytes waiting to be written, in the order accepted.
-    queue: Mutex<Queue>,
     /// Raised when the writer must look at the queue: bytes went into an empty queue, or a close
     /// was asked for; taken by the writer just before it locks the queue (so anything after that
     /// raises it again). While it is down and the writer holds nothing, nothing is queued: the
     /// connection's task checks that without the lock, which is all an echo event pays for push.
     signal: AtomicBool,
+    /// Bytes waiting to be written, in the order accepted.
+    queue: Mutex<Queue>,
+    /// The id as sent in events.
+    uuid_text: String,
+    /// Client address as sent in events.
+    pub(crate) remote_addr: String,
+    /// When it was accepted.
+    pub(crate) connected_at: SystemTime,
 }
 
-/// The shared part of the outbound queue.
+/// The shared part of the outbound queue. In this order, so that what a reply reads (the count,
+/// whether anything is queued, whether the connection is closing) shares the lock's cache line
+/// (see [`Link`]).
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Queue {
-    /// Chunks not yet taken by the writer, oldest first.
-    chunks: VecDeque<Bytes>,
     /// Bytes not yet written: these chunks plus those the writer holds.
     queued: usize,
+    /// Chunks not yet taken by the writer, oldest first.
+    chunks: VecDeque<Bytes>,
     /// Whether the connection is closing, and how.
     closing: Closing,
     /// The connection's task, woken when the signal is raised. Kept, not taken, by a wake-up:
