@@ -379,24 +379,6 @@ impl Line {
         }
     }
 
-    /// Writes the outbox as far as it goes without waiting (see [`RelayWrite::write_now`]): the
-    /// frames the queue entered are written by whoever made room, which then goes on with its
-    /// own answer without an await (a write future in its event's state is one more cache line
-    /// to touch per event at 1000 connections). Returns the write half when bytes are left: the
-    /// caller then [`Line::flush`]es them. On a write error the half is dropped, as in `flush`.
-    pub(super) fn flush_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
-        let mut st = self.lock();
-        while !st.outbox.is_empty() {
-            let written = writer.write_now(&st.outbox)?;
-            if written == 0 {
-                return Ok(Some(writer));
-            }
-            st.outbox.drain(..written);
-        }
-        st.writer = Some(writer);
-        Ok(None)
-    }
-
     /// The current event's answer is in: hands the worker to the next event of the line, parks
     /// it for a reserved slot, or gives it back when the line is empty.
     pub(super) fn pass_on(&self, worker: Box<Worker>) -> Passed {

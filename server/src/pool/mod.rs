@@ -644,10 +644,13 @@ impl Pool {
         }
     }
 
-    /// Room was made in `shared`'s line: waiting events get places in it. Those the queue
-    /// entered with their frames are written here, together, without waiting (see [`queue`]);
-    /// what the relay does not take at once is written by a task of its own (a line's budget
-    /// keeps that rare).
+    /// Room was made in `shared`'s line: waiting events get places in it. The frames of those
+    /// the queue entered (see [`queue`]) are written by a small task of their own, after the
+    /// other events ready in this turn of the scheduler (each answer of the worker's batch makes
+    /// room for one) have added theirs: one relay write for them all, as when events join a
+    /// line themselves ([`Pool::join`]). Written at once, each answer cost a relay write and the
+    /// worker a read of one event (1000x1: 0.9 more system calls per message in pier, 1.1 in
+    /// the worker).
     fn admit_waiting(&self, shared: &Arc<Shared>) {
         if self.inner.queue.waiting_here() == 0 {
             return;
@@ -659,19 +662,14 @@ impl Pool {
         let Some(writer) = admitted.writer else {
             return;
         };
-        match shared.line.flush_now(writer) {
-            Ok(None) => {}
-            Ok(Some(writer)) => {
-                let shared = shared.clone();
-                self.inner.tasks.spawn(async move {
-                    if shared.line.flush(writer).await.is_err() {
-                        shared.kill(KillReason::None);
-                    }
-                });
+        let shared = shared.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::task::yield_now().await;
+            if shared.line.flush(writer).await.is_err() {
+                // The events' answers, read next, fail as for a crash.
+                shared.kill(KillReason::None);
             }
-            // The events' answers, read next, fail as for a crash.
-            Err(_) => shared.kill(KillReason::None),
-        }
+        });
     }
 
     /// Takes an idle worker, in strict arrival order, or a place in a busy worker's line when
