@@ -993,7 +993,8 @@ async fn nats_over_tls_with_credentials() {
 
 /// The bus server takes TLS only (its certificate signed by a private CA), requires a client
 /// certificate and a password. Two nodes with the CA, a client certificate and the password route
-/// a send and a broadcast; a node trusting another CA, and one with a wrong password, each log a
+/// a send and a broadcast; a node trusting another CA, one without a client certificate, and one
+/// with a wrong password, each log a
 /// clear "bus down" reason and go on serving their own connections; no password is ever logged.
 /// Then, against a TLS-only bus, a node without `cluster.tls` trusts the system's roots.
 async fn bus_over_tls_with_credentials(kind: BusKind) {
@@ -1029,6 +1030,13 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
     let nodes = [n0, n1];
     wait_joined(&nodes);
     let wrong_ca = Node::start_full(&url, "t2", "tls", "", &tls(&other.ca_file));
+    let no_cert = Node::start_full(
+        &url,
+        "t5",
+        "tls",
+        "",
+        &format!("  tls:\n    ca: {:?}\n", pki.ca_file),
+    );
     let wrong_pw = Node::start_full(
         &bus.url_as(Some(("default", "not-the-password"))),
         "t3",
@@ -1068,6 +1076,10 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
     for (node, want) in [
         (&wrong_ca, &["certificate", "UnknownIssuer"][..]),
         (
+            &no_cert,
+            &["CertificateRequired", "asked for a client certificate"][..],
+        ),
+        (
             &wrong_pw,
             &["authentication failed", "authorization violation"][..],
         ),
@@ -1097,7 +1109,7 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
     }
 
     // No log line of any node holds a password (the URL is logged redacted).
-    for node in nodes.iter().chain([&wrong_ca, &wrong_pw]) {
+    for node in nodes.iter().chain([&wrong_ca, &no_cert, &wrong_pw]) {
         for line in node.logs.lock().unwrap().iter() {
             let text = line.to_string();
             assert!(
@@ -1108,7 +1120,7 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
         }
     }
     drop((a, b));
-    for node in nodes.into_iter().chain([wrong_ca, wrong_pw]) {
+    for node in nodes.into_iter().chain([wrong_ca, no_cert, wrong_pw]) {
         node.stop();
     }
 

@@ -76,9 +76,16 @@ pub(super) fn start(
     Ok(())
 }
 
-/// The last reason the bus server's certificate was refused, kept by [`Noting`]: async-nats
+/// What the last TLS handshake went wrong on, noted by [`Noting`] (the server's certificate
+/// refused) and [`NoClientCert`] (a client certificate asked for, none configured): async-nats
 /// reports a failed connection as "IO error" only, which would leave the log without the cause.
+/// Emptied at each connection.
 type Refused = Arc<Mutex<Option<String>>>;
+
+/// Notes `why` in `refused` for the next "could not connect" line.
+fn note(refused: &Refused, why: String) {
+    *refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+}
 
 /// The TLS client config of a NATS bus: ring (the provider of every TLS connection here), the
 /// `cluster.tls.ca` roots or else the system's, the client certificate if any. Built here rather
@@ -124,7 +131,9 @@ fn tls_config(tls: Option<&BusTls>, refused: &Refused) -> Result<rustls::ClientC
             refused: refused.clone(),
         }));
     match tls.and_then(|t| t.client.as_ref()) {
-        None => Ok(builder.with_no_client_auth()),
+        None => Ok(builder.with_client_cert_resolver(Arc::new(NoClientCert {
+            refused: refused.clone(),
+        }))),
         Some((cert, key)) => {
             let chain = read_certs("cluster.tls.cert", cert)?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
@@ -134,6 +143,33 @@ fn tls_config(tls: Option<&BusTls>, refused: &Refused) -> Result<rustls::ClientC
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| format!("could not use cluster.tls.cert with cluster.tls.key: {e}"))
         }
+    }
+}
+
+/// No client certificate (none configured), noting when the bus server asks for one: a server
+/// that requires one then ends the handshake with an alert the client reports as "IO error".
+#[derive(Debug)]
+struct NoClientCert {
+    /// Where the note goes.
+    refused: Refused,
+}
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        note(
+            &self.refused,
+            "the bus server asked for a client certificate and cluster.tls.cert / cluster.tls.key name none".into(),
+        );
+        None
+    }
+
+    /// True so that `resolve` is asked (and notes the request); it answers with no certificate.
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -158,7 +194,10 @@ impl rustls::client::danger::ServerCertVerifier for Noting {
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .inspect_err(|err| {
-                *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+                note(
+                    &self.refused,
+                    format!("the bus server's certificate was refused: {err}"),
+                )
             })
     }
 
@@ -311,6 +350,9 @@ fn on_event(
 ) {
     match event {
         Event::Connected => {
+            // A note of this handshake (a client certificate asked for but optional) explains
+            // no later failure.
+            refused.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(client) = client.get() {
                 let max = client.server_info().max_payload;
                 if max > STAMP {
@@ -324,9 +366,7 @@ fn on_event(
         Event::ClientError(err) => {
             let refused = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
             let why = match refused {
-                Some(reason) => format!(
-                    "could not connect: {err}: the bus server's certificate was refused: {reason}"
-                ),
+                Some(reason) => format!("could not connect: {err}: {reason}"),
                 None => format!("could not connect: {err}"),
             };
             shared.set_down(&why, None);
