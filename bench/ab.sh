@@ -37,11 +37,7 @@ declare -A ADDR SERVER
 start() { # label pier worker tree
   local label=$1 pier worker=$3 tree port command
   pier=$(realpath "$2") tree=$(realpath "$4") port=$("$BENCH" port)
-  if [ "$worker" = php ]; then
-    command="php $tree/bench/php/worker-php.php 0"
-  else
-    command="php -d extension=$(realpath "$worker") $tree/bench/php/worker-ext.php 0"
-  fi
+  command=$(worker_command "$worker" "$tree")
   echo_config "$OUT/$label.rr.yaml" "$port" "$command"
   pin 0 "$pier" serve -c "$OUT/$label.rr.yaml" >"$OUT/$label.log" 2>&1 &
   SERVER[$label]=$!

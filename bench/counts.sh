@@ -28,14 +28,10 @@ OUT=${OUT:-$ROOT/target/bench/counts}/$LABEL-c$CONNS-d$DEPTH
 command -v valgrind >/dev/null && command -v strace >/dev/null || { echo "needs valgrind and strace" >&2; exit 1; }
 rm -rf "$OUT"
 mkdir -p "$OUT"
-if [ "$WORKER" = php ]; then
-  COMMAND="php $TREE/bench/php/worker-php.php 0"
-else
-  COMMAND="php -d extension=$(realpath "$WORKER") $TREE/bench/php/worker-ext.php 0"
-fi
 config() { echo_config "$OUT/pier.rr.yaml" "$1" "$COMMAND" 1 "${IO_THREADS:-}"; } # port → config file
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+COMMAND=$(worker_command "$WORKER" "$TREE")
 SERVER=
 cleanup() { [ -z "$SERVER" ] || kill -TERM "$SERVER" 2>/dev/null || true; }
 trap cleanup EXIT

@@ -12,6 +12,16 @@ wait_ready() {
   return 1
 }
 
+# worker_command WORKER TREE: the command of the PHP worker the bench runs: WORKER is the extension
+# (path to libpier.so) or `php` (the pure-PHP package); TREE the checkout whose bench/php it runs.
+worker_command() {
+  if [ "$1" = php ]; then
+    echo "php $2/bench/php/worker-php.php 0"
+  else
+    echo "php -d extension=$(realpath "$1") $2/bench/php/worker-ext.php 0"
+  fi
+}
+
 # echo_config FILE PORT COMMAND [WORKERS] [IO_THREADS]: writes the pier config the bench scripts
 # run: one server `bench` on 127.0.0.1:PORT framed by "\n", WORKERS PHP workers (default 1) running
 # COMMAND, and tcp.io_threads only when IO_THREADS is given (else the build's default).
