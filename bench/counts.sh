@@ -45,19 +45,9 @@ valgrind --tool=callgrind --trace-children=yes --instr-atstart=no \
   --callgrind-out-file="$OUT/callgrind.%p" "$PIER" serve -c "$OUT/pier.rr.yaml" >"$OUT/callgrind-server.log" 2>&1 &
 SERVER=$!
 wait_ready "127.0.0.1:$PORT"
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 50 --duration 120 >/dev/null
 PIDS=("$SERVER" $(pgrep -P "$SERVER" || true))
-callgrind_control -i on "${PIDS[@]}" >/dev/null
-# Part 1 (dumped on its own): the connections alone, with one message each.
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 1 --duration 300 >"$OUT/callgrind-connect.json"
-callgrind_control -d "${PIDS[@]}" >/dev/null
-# Part 2: the same connections with the measured messages.
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches $((MESSAGES / (CONNS * DEPTH))) --duration 900 >"$OUT/callgrind-load.json"
-callgrind_control -i off "${PIDS[@]}" >/dev/null
-callgrind_control -d "${PIDS[@]}" >/dev/null
+callgrind_windows "127.0.0.1:$PORT" "${PIDS[@]}"
 kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
-messages() { sed -E 's/.*"messages":([0-9]+).*/\1/' "$1"; }
-extra=$(($(messages "$OUT/callgrind-load.json") - $(messages "$OUT/callgrind-connect.json")))
 ir() { # callgrind output of a process → marginal Ir per message (part 2 − part 1)
   local t1 t2
   t1=$(sed -n 's/^totals: //p' "$1.1") t2=$(sed -n 's/^totals: //p' "$1.2")

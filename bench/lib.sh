@@ -22,6 +22,28 @@ worker_command() {
   fi
 }
 
+# messages REPORT: the message count of a `pier-bench load` report (its JSON line).
+messages() { sed -E 's/.*"messages":([0-9]+).*/\1/' "$1"; }
+
+# callgrind_windows ADDR PIDS...: the two callgrind windows of a marginal count (counts.sh,
+# misses.sh), in processes PIDS started with --instr-atstart=no and serving ADDR: a warm-up, then
+# one batch per connection (dumped on its own: the *.1 files), then the measured messages (dumped:
+# the *.2 files). Sets $extra: how many messages the second window holds beyond the first
+# (a variable, not output, so that the calling script's `set -e` covers every step). Uses the
+# scripts' $load (the generator's options), $CONNS, $DEPTH, $MESSAGES and $OUT.
+callgrind_windows() {
+  local addr=$1
+  shift
+  "$BENCH" load --addr "$addr" "${load[@]}" --batches 50 --duration 120 >/dev/null
+  callgrind_control -i on "$@" >/dev/null 2>&1
+  "$BENCH" load --addr "$addr" "${load[@]}" --batches 1 --duration 300 >"$OUT/callgrind-connect.json"
+  callgrind_control -d "$@" >/dev/null 2>&1
+  "$BENCH" load --addr "$addr" "${load[@]}" --batches $((MESSAGES / (CONNS * DEPTH))) --duration 900 >"$OUT/callgrind-load.json"
+  callgrind_control -i off "$@" >/dev/null 2>&1
+  callgrind_control -d "$@" >/dev/null 2>&1
+  extra=$(($(messages "$OUT/callgrind-load.json") - $(messages "$OUT/callgrind-connect.json")))
+}
+
 # echo_config FILE PORT COMMAND [WORKERS] [IO_THREADS]: writes the pier config the bench scripts
 # run: one server `bench` on 127.0.0.1:PORT framed by "\n", WORKERS PHP workers (default 1) running
 # COMMAND, and tcp.io_threads only when IO_THREADS is given (else the build's default).

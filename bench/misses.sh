@@ -38,16 +38,8 @@ valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=524288,8,64 --ins
   --callgrind-out-file="$OUT/callgrind.%p" "$PIER" serve -c "$OUT/pier.rr.yaml" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 wait_ready "127.0.0.1:$PORT"
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 50 --duration 120 >/dev/null
-callgrind_control -i on "$SERVER" >/dev/null 2>&1
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches 1 --duration 300 >"$OUT/connect.json"
-callgrind_control -d "$SERVER" >/dev/null 2>&1
-"$BENCH" load --addr "127.0.0.1:$PORT" "${load[@]}" --batches $((MESSAGES / (CONNS * DEPTH))) --duration 900 >"$OUT/load.json"
-callgrind_control -i off "$SERVER" >/dev/null 2>&1
-callgrind_control -d "$SERVER" >/dev/null 2>&1
+callgrind_windows "127.0.0.1:$PORT" "$SERVER"
 kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
-messages() { sed -E 's/.*"messages":([0-9]+).*/\1/' "$1"; }
-extra=$(($(messages "$OUT/load.json") - $(messages "$OUT/connect.json")))
 f="$OUT/callgrind.$(cd "$OUT" && ls callgrind.*.1 | head -1 | cut -d. -f2)"
 # totals: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw (the order of callgrind's `events:` line)
 awk -v n="$extra" -v label="$LABEL" -v cell="${CONNS}×${DEPTH}" '

@@ -62,7 +62,7 @@ callgrind_control -d "${PIDS[@]}" >/dev/null
 kill -TERM "$SERVER"
 wait "$SERVER" || true
 SERVER=
-MEASURED=$(sed -E 's/.*"messages":([0-9]+).*/\1/' "$OUT/callgrind-load.json")
+MEASURED=$(messages "$OUT/callgrind-load.json")
 
 # --- 2. perf cpu-clock, native speed, pinned like the harness ----------------------------------
 PORT=$("$BENCH" port)
