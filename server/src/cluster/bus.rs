@@ -94,6 +94,27 @@ pub enum BusError {
     },
 }
 
+impl BusError {
+    /// [`BusError::Url`] for `url`, shown without its password.
+    pub(super) fn url(
+        url: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        BusError::Url {
+            url: redact(url),
+            source: source.into(),
+        }
+    }
+
+    /// [`BusError::Tls`] for `url`, shown without its password.
+    pub(super) fn tls(url: &str, problem: impl Into<String>) -> Self {
+        BusError::Tls {
+            url: redact(url),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Counters since start, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusStats {

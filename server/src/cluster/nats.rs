@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BusTls;
 
-use super::bus::{backoff, redact, BusError, Link, Shared, FLUSH_GRACE, INBOX};
+use super::bus::{backoff, BusError, Link, Shared, FLUSH_GRACE, INBOX};
 
 /// Connecting (TCP and the INFO/CONNECT handshake) may take this long per attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,14 +47,10 @@ pub(super) fn start(
     link: Link,
     tracker: &TaskTracker,
 ) -> Result<(), BusError> {
-    let bad_url = |err: Box<dyn std::error::Error + Send + Sync>| BusError::Url {
-        url: redact(url),
-        source: err,
-    };
-    let (addr, auth) = split_credentials(url).map_err(bad_url)?;
+    let (addr, auth) = split_credentials(url).map_err(|err| BusError::url(url, err))?;
     let addr: ServerAddr = addr
         .parse()
-        .map_err(|err: std::io::Error| bad_url(Box::new(err)))?;
+        .map_err(|err: std::io::Error| BusError::url(url, err))?;
     let mut options = ConnectOptions::new();
     options = match auth {
         Auth::None => options,
@@ -63,10 +59,7 @@ pub(super) fn start(
     };
     let refused = Refused::default();
     if addr.tls_required() || tls.is_some() {
-        let config = tls_config(tls, &refused).map_err(|problem| BusError::Tls {
-            url: redact(url),
-            problem,
-        })?;
+        let config = tls_config(tls, &refused).map_err(|problem| BusError::tls(url, problem))?;
         options = options.require_tls(true).tls_client_config(config);
     }
     link.shared

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::BusTls;
 
-use super::bus::{backoff, redact, BusError, Link, Outgoing, Shared, BATCH, FLUSH_GRACE};
+use super::bus::{backoff, BusError, Link, Outgoing, Shared, BATCH, FLUSH_GRACE};
 
 /// Connecting (TCP and the handshake) may take this long before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,17 +43,15 @@ pub(super) fn start(
     link: Link,
     tracker: &TaskTracker,
 ) -> Result<(), BusError> {
-    let bad_url = |err: ::redis::RedisError| BusError::Url {
-        url: redact(url),
-        source: Box::new(err),
-    };
     let client = match tls {
-        None => Client::open(url).map_err(bad_url)?,
+        None => Client::open(url).map_err(|err| BusError::url(url, err))?,
         Some(tls) => {
             let read = |key: &str, file: &std::path::Path| {
-                std::fs::read(file).map_err(|err| BusError::Tls {
-                    url: redact(url),
-                    problem: format!("could not read {key} file {}: {err}", file.display()),
+                std::fs::read(file).map_err(|err| {
+                    BusError::tls(
+                        url,
+                        format!("could not read {key} file {}: {err}", file.display()),
+                    )
                 })
             };
             let root_cert = tls
@@ -72,10 +70,8 @@ pub(super) fn start(
                 client_tls,
                 root_cert,
             };
-            Client::build_with_tls(url, certificates).map_err(|err| BusError::Tls {
-                url: redact(url),
-                problem: format!("could not use cluster.tls: {err}"),
-            })?
+            Client::build_with_tls(url, certificates)
+                .map_err(|err| BusError::tls(url, format!("could not use cluster.tls: {err}")))?
         }
     };
     tracker.spawn(run(client, link));
