@@ -107,8 +107,10 @@ pub struct BusOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// With `tls`: require a client certificate signed by this PEM CA.
     pub client_ca: Option<PathBuf>,
-    /// Require this user and password. Redis: `requirepass` (the password of the user
-    /// `default`, so the user given here is only put in the URL); NATS: `authorization {}`.
+    /// Require this user and password. Redis: for the user `default`, `requirepass` (its
+    /// password); for any other user, an ACL user with only the commands pier documents it needs
+    /// (`on >password &* -@all +publish +subscribe +ping`: no keys, every channel) and `default`
+    /// off, so only that user gets in. NATS: `authorization {}`.
     pub auth: Option<(String, String)>,
 }
 
@@ -244,8 +246,18 @@ impl BusServer {
                 } else {
                     command.args(["--port", &port]);
                 }
-                if let Some((_, password)) = &options.auth {
-                    command.args(["--requirepass", password]);
+                match &options.auth {
+                    Some((user, password)) if user == "default" => {
+                        command.args(["--requirepass", password]);
+                    }
+                    Some((user, password)) => {
+                        // redis-server joins the words after `--user` into one `user` line.
+                        command
+                            .args(["--user", user, "on", &format!(">{password}")])
+                            .args(["&*", "-@all", "+publish", "+subscribe", "+ping"])
+                            .args(["--user", "default", "off"]);
+                    }
+                    None => {}
                 }
                 command
                     .args([
@@ -365,9 +377,10 @@ fn answers(kind: BusKind, options: &BusOptions, addr: SocketAddr) -> bool {
         BusKind::Redis if options.tls.is_some() => true,
         BusKind::Redis => {
             let (ask, want): (String, &[u8]) = match &options.auth {
-                Some((_, password)) => {
-                    (format!("AUTH {password}\r\nPING\r\n"), b"+OK\r\n+PONG\r\n")
-                }
+                Some((user, password)) => (
+                    format!("AUTH {user} {password}\r\nPING\r\n"),
+                    b"+OK\r\n+PONG\r\n",
+                ),
                 None => ("PING\r\n".to_owned(), b"+PONG\r\n"),
             };
             if stream.write_all(ask.as_bytes()).is_err() {

@@ -12,7 +12,9 @@
 //!   `cluster.max_nodes` (logged, counted) and the real nodes go on routing;
 //! - the bus over TLS (a private CA, client certificates) with a password: a send and a
 //!   broadcast across nodes; a wrong CA or password is a logged "bus down" with its reason, the
-//!   node serving its own connections, and no password in any log line.
+//!   node serving its own connections, and no password in any log line;
+//! - Redis with an ACL user other than `default` (`redis://user:pass@`, and `rediss://`): the
+//!   same routing; a wrong password or the disabled `default` user is a logged "bus down".
 
 mod support;
 
@@ -1045,34 +1047,9 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
         &good,
     );
 
-    // A send by uuid and a broadcast across the two nodes, over TLS.
-    let mut a = nodes[0].connect().await;
-    let (_, _, uuid_a) = a.hello().await;
-    let mut b = nodes[1].connect().await;
-    let (_, _, uuid_b) = b.hello().await;
-    assert_eq!(
-        a.ask(&format!("push {uuid_b} over-tls\r\n")).await,
-        "pushed"
-    );
-    assert_eq!(b.line().await.unwrap(), "over-tls");
-    let mut rpc = nodes[1].rpc().await;
-    assert_eq!(
-        rpc.ok("pier.Send", json!({"uuid": uuid_a, "data": "back\n"}))
-            .await,
-        json!(true)
-    );
-    assert_eq!(a.line().await.unwrap(), "back");
-    b.send("bcast - everyone\r\n").await;
-    assert_eq!(a.line().await.unwrap(), "everyone");
-    assert_eq!(b.line().await.unwrap(), "everyone");
-    assert_eq!(b.line().await.unwrap(), "sent");
+    route_across(&nodes).await;
 
     // The misconfigured nodes say why the bus is down, and serve their own connections.
-    let down_reason = |node: &Node| -> Option<String> {
-        log_lines(node, "bus down: ")
-            .first()
-            .and_then(|l| l["fields"]["message"].as_str().map(str::to_owned))
-    };
     for (node, want) in [
         (&wrong_ca, &["certificate", "UnknownIssuer"][..]),
         (
@@ -1084,42 +1061,15 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
             &["authentication failed", "authorization violation"][..],
         ),
     ] {
-        let deadline = Instant::now() + SETTLE;
-        let reason = loop {
-            if let Some(reason) = down_reason(node) {
-                break reason;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no bus down line: {:#?}",
-                node.id,
-                node.cluster_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        eprintln!("{} {}: {reason}", kind.name(), node.id);
-        assert!(
-            want.iter().any(|w| reason.contains(w)),
-            "{}: {reason}",
-            node.id
-        );
-        let mut own = node.connect().await;
-        own.hello().await;
-        assert_eq!(own.ask("still here\r\n").await, "s:still here");
+        bus_down_serving_own(node, want).await;
     }
 
     // No log line of any node holds a password (the URL is logged redacted).
-    for node in nodes.iter().chain([&wrong_ca, &no_cert, &wrong_pw]) {
-        for line in node.logs.lock().unwrap().iter() {
-            let text = line.to_string();
-            assert!(
-                !text.contains(SECRET) && !text.contains("not-the-password"),
-                "{}: {text}",
-                node.id
-            );
-        }
-    }
-    drop((a, b));
+    let all: Vec<&Node> = nodes
+        .iter()
+        .chain([&wrong_ca, &no_cert, &wrong_pw])
+        .collect();
+    never_logged(&all, &[SECRET, "not-the-password"]);
     for node in nodes.into_iter().chain([wrong_ca, no_cert, wrong_pw]) {
         node.stop();
     }
@@ -1151,4 +1101,122 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     system.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_acl_user() {
+    redis_acl_user_over(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_acl_user() {
+    redis_acl_user_over(true).await;
+}
+
+/// Redis with an ACL user other than `default`, and `default` off: two nodes whose bus URL names
+/// that user (`redis://pier:…@`, or `rediss://` with `tls`) route a send and a broadcast; a node
+/// with a wrong password, and one logging in as `default` with the right password, each log a
+/// clear "bus down" reason while serving their own connections; no password in any log line.
+async fn redis_acl_user_over(tls: bool) {
+    const SECRET: &str = "acl-user-pw";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::Pki::new(dir.path());
+    let server = pki.server("bus", &["localhost", "127.0.0.1"], false);
+    let bus = BusServer::start_with(
+        BusKind::Redis,
+        BusOptions {
+            tls: tls.then(|| (server.cert.clone(), server.key.clone())),
+            client_ca: None,
+            auth: Some(("pier".into(), SECRET.into())),
+        },
+    );
+    let url = bus.url();
+    let scheme = if tls { "rediss" } else { "redis" };
+    assert!(url.starts_with(&format!("{scheme}://pier:")), "{url}");
+    let cluster = match tls {
+        true => format!("  tls:\n    ca: {:?}\n", pki.ca_file),
+        false => String::new(),
+    };
+    let start = |url: &str, id: &str| Node::start_full(url, id, "acl", "", &cluster);
+    let nodes = [start(&url, "a0"), start(&url, "a1")];
+    wait_joined(&nodes);
+    let wrong_pw = start(&bus.url_as(Some(("pier", "not-the-password"))), "a2");
+    let as_default = start(&bus.url_as(Some(("default", SECRET))), "a3");
+
+    route_across(&nodes).await;
+    for (node, user) in [(&wrong_pw, "pier"), (&as_default, "default")] {
+        let reason = bus_down_serving_own(node, &["Password authentication failed"]).await;
+        assert!(reason.contains(&format!("as user {user}:")), "{reason}");
+    }
+    let all: Vec<&Node> = nodes.iter().chain([&wrong_pw, &as_default]).collect();
+    never_logged(&all, &[SECRET, "not-the-password"]);
+    for node in nodes.into_iter().chain([wrong_pw, as_default]) {
+        node.stop();
+    }
+}
+
+/// Across the two nodes: a send by uuid from a worker on the first, one by RPC on the second,
+/// and a broadcast from the second that reaches both.
+async fn route_across(nodes: &[Node; 2]) {
+    let mut a = nodes[0].connect().await;
+    let (_, _, uuid_a) = a.hello().await;
+    let mut b = nodes[1].connect().await;
+    let (_, _, uuid_b) = b.hello().await;
+    assert_eq!(a.ask(&format!("push {uuid_b} across\r\n")).await, "pushed");
+    assert_eq!(b.line().await.unwrap(), "across");
+    let mut rpc = nodes[1].rpc().await;
+    assert_eq!(
+        rpc.ok("pier.Send", json!({"uuid": uuid_a, "data": "back\n"}))
+            .await,
+        json!(true)
+    );
+    assert_eq!(a.line().await.unwrap(), "back");
+    b.send("bcast - everyone\r\n").await;
+    assert_eq!(a.line().await.unwrap(), "everyone");
+    assert_eq!(b.line().await.unwrap(), "everyone");
+    assert_eq!(b.line().await.unwrap(), "sent");
+}
+
+/// Waits (bounded) for `node`'s first "bus down: …" line, checks that its reason holds one of
+/// `want`, and that the node still serves a connection of its own; returns the line.
+async fn bus_down_serving_own(node: &Node, want: &[&str]) -> String {
+    let deadline = Instant::now() + SETTLE;
+    let reason = loop {
+        let first = log_lines(node, "bus down: ").into_iter().next();
+        if let Some(reason) = first.and_then(|l| l["fields"]["message"].as_str().map(str::to_owned))
+        {
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: no bus down line: {:#?}",
+            node.id,
+            node.cluster_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("{}: {reason}", node.id);
+    assert!(
+        want.iter().any(|w| reason.contains(w)),
+        "{}: {reason}",
+        node.id
+    );
+    let mut own = node.connect().await;
+    own.hello().await;
+    assert_eq!(own.ask("still here\r\n").await, "s:still here");
+    reason
+}
+
+/// No log line of any of `nodes` holds any of `secrets` (the bus URL is logged redacted).
+fn never_logged(nodes: &[&Node], secrets: &[&str]) {
+    for node in nodes {
+        for line in node.logs.lock().unwrap().iter() {
+            let text = line.to_string();
+            assert!(
+                !secrets.iter().any(|s| text.contains(s)),
+                "{}: {text}",
+                node.id
+            );
+        }
+    }
 }

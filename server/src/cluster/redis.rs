@@ -142,17 +142,24 @@ async fn connect(
     client: &Client,
     link: &Link,
 ) -> Result<(MultiplexedConnection, PubSubSink, PubSubStream), String> {
+    // Named in a failure (an ACL user's wrong password says which user); never the password.
+    let user = match client.get_connection_info().redis_settings().username() {
+        Some(user) => format!(" as user {user}"),
+        None => String::new(),
+    };
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(REPLY_TIMEOUT));
     let publisher = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|err| format!("could not connect: {err}"))?;
+        .map_err(|err| format!("could not connect{user}: {err}"))?;
     let pubsub = timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
-        .map_err(|_| format!("could not connect the subscriber: no answer in {CONNECT_TIMEOUT:?}"))?
-        .map_err(|err| format!("could not connect the subscriber: {err}"))?;
+        .map_err(|_| {
+            format!("could not connect the subscriber{user}: no answer in {CONNECT_TIMEOUT:?}")
+        })?
+        .map_err(|err| format!("could not connect the subscriber{user}: {err}"))?;
     let (mut sink, stream) = pubsub.split();
     timeout(
         REPLY_TIMEOUT,
