@@ -317,16 +317,34 @@ pub struct ClusterConfig {
 }
 
 /// `cluster.tls`: how the bus connection (`rediss://` or `tls://`) checks the server and proves
-/// who it is. The files are read and parsed at load (a bad one is a config error naming its key)
-/// and again by the bus client at each connection.
+/// who it is. Each file is read once, at load, and checked there (a bad one is a config error
+/// naming its key); the bus client uses that text for every connection it makes. Reading them
+/// again when the bus starts (moments later) would pick up nothing new, and neither client could
+/// re-read them at a reconnect: a renewed bus certificate takes a restart of pier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusTls {
     /// `cluster.tls.ca`: PEM file of the CA(s) that sign the bus server's certificate, trusted
     /// instead of the system's roots; `None` = the system's roots.
-    pub ca: Option<PathBuf>,
+    pub ca: Option<PemFile>,
     /// `cluster.tls.cert` + `cluster.tls.key`: PEM client certificate chain and its private key,
     /// for a bus that requires mutual TLS; `None` = no client certificate.
-    pub client: Option<(PathBuf, PathBuf)>,
+    pub client: Option<(PemFile, PemFile)>,
+}
+
+/// A `cluster.tls` file as read at load.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemFile {
+    /// Where it was read from, for messages.
+    pub path: PathBuf,
+    /// Its PEM text, checked to hold what its key needs (certificates, or a private key).
+    pub pem: Vec<u8>,
+}
+
+/// The path only: a key file's text is a secret, and a certificate's is noise in a log.
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PemFile({})", self.path.display())
+    }
 }
 
 /// Where the RPC listener binds.
@@ -1434,8 +1452,9 @@ fn cluster(h: &Hash, warnings: &mut Vec<String>) -> Result<Option<ClusterConfig>
     }))
 }
 
-/// `cluster.tls`: each file is read and parsed now, so a path that cannot be read, a file
-/// without a certificate, or a certificate without its key is a config error naming its key.
+/// `cluster.tls`: each file is read and parsed now (and kept, see [`BusTls`]), so a path that
+/// cannot be read, a file without a certificate, or a certificate without its key is a config
+/// error naming its key.
 fn bus_tls(h: &Hash, warnings: &mut Vec<String>) -> Result<BusTls, ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -1453,30 +1472,37 @@ fn bus_tls(h: &Hash, warnings: &mut Vec<String>) -> Result<BusTls, ConfigError> 
         key: format!("cluster.tls.{field}"),
         problem,
     };
-    let certs = |field: &str, path: &Path| -> Result<(), ConfigError> {
-        let found = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let read = |field: &str, path: PathBuf| -> Result<PemFile, ConfigError> {
+        match std::fs::read(&path) {
+            Ok(pem) => Ok(PemFile { path, pem }),
+            Err(e) => Err(invalid(
+                field,
+                format!("could not read {}: {e}", path.display()),
+            )),
+        }
+    };
+    let certs = |field: &str, path: PathBuf| -> Result<PemFile, ConfigError> {
+        let file = read(field, path)?;
+        let found = CertificateDer::pem_slice_iter(&file.pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 invalid(
                     field,
                     format!(
                         "could not read PEM certificates from {}: {e}",
-                        path.display()
+                        file.path.display()
                     ),
                 )
             })?;
         if found.is_empty() {
             return Err(invalid(
                 field,
-                format!("{} holds no PEM certificate", path.display()),
+                format!("{} holds no PEM certificate", file.path.display()),
             ));
         }
-        Ok(())
+        Ok(file)
     };
-    let ca = file("ca")?;
-    if let Some(ca) = &ca {
-        certs("ca", ca)?;
-    }
+    let ca = file("ca")?.map(|ca| certs("ca", ca)).transpose()?;
     let client = match (file("cert")?, file("key")?) {
         (None, None) => None,
         (Some(_), None) => {
@@ -1492,13 +1518,14 @@ fn bus_tls(h: &Hash, warnings: &mut Vec<String>) -> Result<BusTls, ConfigError> 
             ))
         }
         (Some(cert), Some(key_file)) => {
-            certs("cert", &cert)?;
-            PrivateKeyDer::from_pem_file(&key_file).map_err(|e| {
+            let cert = certs("cert", cert)?;
+            let key_file = read("key", key_file)?;
+            PrivateKeyDer::from_pem_slice(&key_file.pem).map_err(|e| {
                 invalid(
                     "key",
                     format!(
                         "could not read a PEM private key from {}: {e}",
-                        key_file.display()
+                        key_file.path.display()
                     ),
                 )
             })?;
@@ -2934,13 +2961,23 @@ tcp:
             &format!("    ca: {ca:?}\n    cert: {crt:?}\n    key: {pem_key:?}\n"),
         )
         .unwrap();
-        assert_eq!(
-            c.cluster.unwrap().tls,
-            Some(BusTls {
-                ca: Some(ca.clone()),
-                client: Some((crt.clone(), pem_key.clone())),
-            })
-        );
+        // Each file as read at load: the bus client uses this text, it reads no file itself.
+        let BusTls {
+            ca: Some(ca_file),
+            client: Some((cert_file, key_file)),
+        } = c.cluster.unwrap().tls.unwrap()
+        else {
+            panic!("cluster.tls without its CA or client certificate");
+        };
+        for (file, path, text) in [
+            (&ca_file, &ca, cert.pem()),
+            (&cert_file, &crt, cert.pem()),
+            (&key_file, &pem_key, key.serialize_pem()),
+        ] {
+            assert_eq!((&file.path, &file.pem[..]), (path, text.as_bytes()));
+            // Debug shows where a file came from, never its text (a key is secret).
+            assert_eq!(format!("{file:?}"), format!("PemFile({})", path.display()));
+        }
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let c = with("tls://h:4222", &format!("    ca: {ca:?}\n")).unwrap();
         assert_eq!(c.cluster.unwrap().tls.unwrap().client, None);

@@ -25,7 +25,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::config::BusTls;
+use crate::config::{BusTls, PemFile};
 
 use super::bus::{backoff, BusError, Link, Shared, FLUSH_GRACE, INBOX};
 
@@ -87,25 +87,25 @@ fn note(refused: &Refused, why: String) {
 }
 
 /// The TLS client config of a NATS bus: ring (the provider of every TLS connection here), the
-/// `cluster.tls.ca` roots or else the system's, the client certificate if any. Built here rather
-/// than from async-nats' file options so that the reason a server certificate is refused is
-/// kept ([`Noting`]) and a file that turned unusable since the config was loaded fails at start.
+/// `cluster.tls.ca` roots or else the system's, the client certificate if any, from the files'
+/// text read at load. Built here rather than from async-nats' file options so that the reason a
+/// server certificate is refused is kept ([`Noting`]).
 fn tls_config(tls: Option<&BusTls>, refused: &Refused) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let read_certs = |key: &str, file: &std::path::Path| {
-        CertificateDer::pem_file_iter(file)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("could not read {key} file {}: {e}", file.display()))
+    let certs = |key: &str, file: &PemFile| {
+        CertificateDer::pem_slice_iter(&file.pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("could not use {key} file {}: {e}", file.path.display()))
     };
     let mut roots = rustls::RootCertStore::empty();
-    match tls.and_then(|t| t.ca.as_deref()) {
+    match tls.and_then(|t| t.ca.as_ref()) {
         Some(ca) => {
-            let (added, _) = roots.add_parsable_certificates(read_certs("cluster.tls.ca", ca)?);
+            let (added, _) = roots.add_parsable_certificates(certs("cluster.tls.ca", ca)?);
             if added == 0 {
                 return Err(format!(
                     "could not use cluster.tls.ca file {}: no usable CA certificate",
-                    ca.display()
+                    ca.path.display()
                 ));
             }
         }
@@ -134,9 +134,12 @@ fn tls_config(tls: Option<&BusTls>, refused: &Refused) -> Result<rustls::ClientC
             refused: refused.clone(),
         }))),
         Some((cert, key)) => {
-            let chain = read_certs("cluster.tls.cert", cert)?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!("could not read cluster.tls.key file {}: {e}", key.display())
+            let chain = certs("cluster.tls.cert", cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&key.pem).map_err(|e| {
+                format!(
+                    "could not use cluster.tls.key file {}: {e}",
+                    key.path.display()
+                )
             })?;
             builder
                 .with_client_auth_cert(chain, key_der)

@@ -34,8 +34,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection is noticed even when no payload flows.
 const PING_EVERY: Duration = Duration::from_secs(10);
 
-/// Checks the URL (and reads the `cluster.tls` files) and starts the task that keeps the
-/// connections. `rediss://` without `tls` trusts the system's roots; the URL's `user:pass@` is
+/// Checks the URL (and the `cluster.tls` files, as read at load) and starts the task that keeps
+/// the connections. `rediss://` without `tls` trusts the system's roots; the URL's `user:pass@` is
 /// the client's AUTH (the client sends it on every connection).
 pub(super) fn start(
     url: &str,
@@ -46,26 +46,11 @@ pub(super) fn start(
     let client = match tls {
         None => Client::open(url).map_err(|err| BusError::url(url, err))?,
         Some(tls) => {
-            let read = |key: &str, file: &std::path::Path| {
-                std::fs::read(file).map_err(|err| {
-                    BusError::tls(
-                        url,
-                        format!("could not read {key} file {}: {err}", file.display()),
-                    )
-                })
-            };
-            let root_cert = tls
-                .ca
-                .as_deref()
-                .map(|ca| read("cluster.tls.ca", ca))
-                .transpose()?;
-            let client_tls = match &tls.client {
-                None => None,
-                Some((cert, key)) => Some(ClientTlsConfig {
-                    client_cert: read("cluster.tls.cert", cert)?,
-                    client_key: read("cluster.tls.key", key)?,
-                }),
-            };
+            let client_tls = tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
+                client_cert: cert.pem.clone(),
+                client_key: key.pem.clone(),
+            });
+            let root_cert = tls.ca.as_ref().map(|ca| ca.pem.clone());
             let certificates = TlsCertificates {
                 client_tls,
                 root_cert,
