@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
 
@@ -16,6 +17,33 @@ const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
 fn pool(workers: usize, extra: &str) -> String {
     format!("    num_workers: {workers}\n{extra}")
+}
+
+/// Config text: server `s` with `workers` Rust test workers, `env` lines in `server.env`, and the
+/// pool's `timeout` (`allocate_timeout` or `destroy_timeout`, which the harness sets long) at
+/// 300 ms.
+fn short(timeout: &str, dir: &Path, workers: usize, env: &str) -> String {
+    let text = yaml(dir, &[&test_worker()], ONE, &pool(workers, ""), env);
+    let line = format!("\n    {timeout}: ");
+    let at = text.find(&line).expect("the harness sets this timeout") + line.len();
+    let end = at + text[at..].find('\n').unwrap();
+    format!("{}300ms{}", &text[..at], &text[end..])
+}
+
+/// [`short`] started.
+async fn start_short(timeout: &str, workers: usize, env: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let text = short(timeout, dir.path(), workers, env);
+    Harness::start(dir, &text).await
+}
+
+/// How many CLOSE events the worker logged for `uuid`; read after [`Harness::shutdown`], when the
+/// workers are gone and the log is complete.
+fn closes_of(h: &Harness, uuid: &str) -> usize {
+    h.log("closes.log")
+        .iter()
+        .filter(|l| l.starts_with(uuid))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,12 +129,10 @@ async fn writeclose_and_close_end_the_connection_with_one_close_event() {
     c2.send("close\r\n").await;
     assert_eq!(c2.rest().await, b"");
     h.shutdown().await;
-    let closes = h.log("closes.log");
     for uuid in [u1, u2] {
-        let count = closes.iter().filter(|l| l.starts_with(&uuid)).count();
-        assert_eq!(count, 1, "one CLOSE for {uuid}: {closes:?}");
+        assert_eq!(closes_of(&h, &uuid), 1, "one CLOSE for {uuid}");
     }
-    assert_eq!(closes.len(), 2);
+    assert_eq!(h.log("closes.log").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +153,7 @@ async fn worker_error_closes_the_connection_and_the_worker_stays() {
     );
     drop(c2);
     h.shutdown().await;
-    assert!(h.log("closes.log").iter().any(|l| l.starts_with(&u1)));
+    assert_eq!(closes_of(&h, &u1), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +209,9 @@ async fn crash_mid_event_closes_only_that_connection() {
     fresh.hello().await;
     drop((other, fresh));
     h.shutdown().await;
-    assert!(
-        h.log("closes.log").iter().any(|l| l.starts_with(&uuid)),
+    assert_eq!(
+        closes_of(&h, &uuid),
+        1,
         "the crashed connection still gets its CLOSE"
     );
 }
@@ -253,9 +280,8 @@ async fn stray_echo_costs_no_connection() {
     c.send("close\r\n").await;
     assert_eq!(c.rest().await, b"");
     h.shutdown().await;
-    let closes = h.log("closes.log");
-    assert_eq!(closes.len(), 1, "{closes:?}");
-    assert!(closes[0].starts_with(&uuid));
+    assert_eq!(h.log("closes.log").len(), 1, "the only connection's CLOSE");
+    assert_eq!(closes_of(&h, &uuid), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,16 +300,7 @@ async fn a_stray_echo_from_an_idle_worker_moves_the_event_to_a_healthy_worker() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_waits_longer_than_allocate_timeout_closes_its_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(
-        dir.path(),
-        &[&test_worker()],
-        ONE,
-        "    num_workers: 1\n",
-        "",
-    )
-    .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = start_short("allocate_timeout", 1, "").await;
     let mut busy = h.connect("s").await;
     busy.hello().await;
     busy.send("sleep 3000\r\n").await;
@@ -308,14 +325,8 @@ async fn workers_that_cannot_start_fail_the_server_with_their_stderr() {
         ("garbage", "bad handshake answer"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let text = yaml(
-            dir.path(),
-            &[&test_worker()],
-            ONE,
-            "    num_workers: 2\n",
-            &format!("    TW_BOOT: {boot}\n"),
-        )
-        .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
+        let env = format!("    TW_BOOT: {boot}\n");
+        let text = short("allocate_timeout", dir.path(), 2, &env);
         let config = Config::parse(&text, &[], &|_| None).unwrap();
         let err = Server::bind(config).await.unwrap_err();
         assert!(matches!(err, ServeError::Pool(_)), "{boot}: {err}");
@@ -345,16 +356,8 @@ async fn graceful_shutdown_delivers_close_to_every_open_connection() {
     for c in &mut clients {
         assert_eq!(c.rest().await, b"", "socket closed");
     }
-    let closes = h.log("closes.log");
     for uuid in &uuids {
-        assert_eq!(
-            closes
-                .iter()
-                .filter(|l| l.starts_with(uuid.as_str()))
-                .count(),
-            1,
-            "{closes:?}"
-        );
+        assert_eq!(closes_of(&h, uuid), 1, "{:?}", h.log("closes.log"));
     }
 }
 
@@ -368,7 +371,7 @@ async fn oversized_packet_closes_the_connection_with_a_close_event() {
     c.send([b'x'; 64]).await;
     assert_eq!(c.rest().await, b"");
     h.shutdown().await;
-    assert!(h.log("closes.log").iter().any(|l| l.starts_with(&uuid)));
+    assert_eq!(closes_of(&h, &uuid), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,8 +475,9 @@ async fn shutdown_does_not_wait_for_a_client_that_never_reads() {
     probe.hello().await;
     drop(probe);
     h.shutdown().await;
-    assert!(
-        h.log("closes.log").iter().any(|l| l.starts_with(&uuid)),
+    assert_eq!(
+        closes_of(&h, &uuid),
+        1,
         "the blocked connection still got its CLOSE before the workers stopped"
     );
 }
@@ -531,16 +535,7 @@ async fn frames_to_workers_are_byte_identical_to_roadrunner_without_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacements_that_cannot_start_leave_the_server_up_and_stoppable() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(
-        dir.path(),
-        &[&test_worker()],
-        ONE,
-        "    num_workers: 1\n",
-        "    TW_BOOT: die-after-first\n",
-    )
-    .replace("allocate_timeout: 20s", "allocate_timeout: 300ms");
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = start_short("allocate_timeout", 1, "    TW_BOOT: die-after-first\n").await;
     let mut c = h.connect("s").await;
     c.hello().await;
     c.send("crash\r\n").await;
@@ -589,16 +584,7 @@ async fn ipv6_loopback_servers_serve_and_report_the_client_address() {
 /// was the stuck one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_delivers_close_for_an_event_stuck_longer_than_destroy_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(
-        dir.path(),
-        &[&test_worker()],
-        ONE,
-        "    num_workers: 1\n",
-        "",
-    )
-    .replace("destroy_timeout: 10s", "destroy_timeout: 300ms");
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = start_short("destroy_timeout", 1, "").await;
     let mut stuck = h.connect("s").await;
     let (_, _, uuid) = stuck.hello().await;
     stuck.send("sleep 600000\r\n").await;
@@ -609,11 +595,10 @@ async fn shutdown_delivers_close_for_an_event_stuck_longer_than_destroy_timeout(
         .unwrap();
     h.shutdown().await;
     assert_eq!(stuck.rest().await, b"", "closed without an answer");
-    let closes = h.log("closes.log");
     assert_eq!(
-        closes.iter().filter(|l| l.starts_with(&uuid)).count(),
+        closes_of(&h, &uuid),
         1,
-        "the stuck connection got its CLOSE: {closes:?}"
+        "the stuck connection got its CLOSE"
     );
     let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_or(true, |s| s.split(' ').nth(2) == Some("Z"));
@@ -669,9 +654,8 @@ async fn binary_framings_cut_packets_and_a_bad_header_closes_only_its_connection
         "the fixed-size client is still served: {pid}"
     );
     h.shutdown().await;
-    let closes = h.log("closes.log");
     for uuid in [lf_uuid, mq_uuid] {
-        assert!(closes.iter().any(|l| l.starts_with(&uuid)), "{closes:?}");
+        assert_eq!(closes_of(&h, &uuid), 1, "{:?}", h.log("closes.log"));
     }
 }
 
