@@ -114,6 +114,7 @@ fn pier_exception() -> &'static ClassEntry {
 ///
 /// Called by PHP once, during module startup (MINIT), as `startup_func`; never call it yourself.
 pub unsafe extern "C" fn register_exceptions(_type: i32, _module_number: i32) -> i32 {
+    intern_request_names();
     let registered = ClassBuilder::new("Pier\\Exception\\PierException")
         .extends((runtime_exception, "\\RuntimeException"))
         .registration(|ce, _| PIER_EXCEPTION.store(ce, Ordering::Release))
@@ -143,6 +144,22 @@ pub unsafe extern "C" fn register_exceptions(_type: i32, _module_number: i32) ->
         0
     } else {
         -1
+    }
+}
+
+/// Interns `TcpRequest`'s property names and type names for the life of the process.
+///
+/// [`declare_like_php`] declares the properties on the first request, after ext-php-rs registered
+/// the class (it runs the module's startup function before that). A string interned during a
+/// request is freed at its end, while the class keeps its property names until engine shutdown;
+/// the engine interns a name during a request as the permanent string when one exists, which
+/// this makes so. Runs in MINIT, when interning is permanent.
+fn intern_request_names() {
+    for (name, (_, class)) in REQUEST_PROPERTIES {
+        for s in std::iter::once(name).chain(class) {
+            // The engine owns interned strings; the returned reference needs no release.
+            let _ = ZendStr::new_interned(s, true).into_raw();
+        }
     }
 }
 
@@ -191,17 +208,16 @@ const ZEND_ACC_PPP_MASK: u32 = 0b111;
 
 /// What the brief's API says and ext-php-rs cannot declare: `Pier\Worker` has no public
 /// constructor (only `create()`), and `TcpRequest`'s properties are `public readonly` and typed.
-/// ext-php-rs always adds a public `__construct` to a Rust-backed class and declares Rust
-/// properties untyped, so the class entries are adjusted once, on the first request, after the
-/// module registered them. Reads and writes still go through the Rust handlers (the getters, and
-/// setters that throw PHP's readonly `Error`); this only makes reflection and the engine see the
-/// declared API.
+/// ext-php-rs always adds a public `__construct` to a Rust-backed class and has no plain declared
+/// properties, so the class entries are adjusted once, on the first request, after the module
+/// registered them and before any object exists.
 ///
 /// # Safety
 ///
 /// Called by PHP at request startup (RINIT) as `request_startup_func`; never call it yourself.
 pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i32 {
     static DONE: std::sync::Once = std::sync::Once::new();
+    static DECLARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     DONE.call_once(|| {
         // SAFETY: RINIT runs single-threaded before any PHP code; both classes are registered by
         // then (MINIT succeeded), and their entries live until engine shutdown.
@@ -209,21 +225,105 @@ pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i3
             private_constructor(Worker::get_metadata().ce());
             final_class("Pier\\Tcp\\TcpEvent");
             final_class("Pier\\Tcp\\TcpResponse");
-            let request = TcpRequest::get_metadata().ce();
-            let string = (MAY_BE_STRING, None);
-            for (name, ty) in [
-                ("remoteAddr", string),
-                ("event", (0, Some("Pier\\Tcp\\TcpEvent"))),
-                ("body", string),
-                ("connectionUuid", string),
-                ("server", string),
-                ("state", string),
-            ] {
-                readonly_property(request, name, ty);
-            }
+            let declared = declare_request_properties(TcpRequest::get_metadata().ce());
+            DECLARED.store(declared, Ordering::Release);
         }
     });
-    0
+    // Without its properties a request could not be built: fail the request rather than crash.
+    if DECLARED.load(Ordering::Acquire) {
+        0
+    } else {
+        -1
+    }
+}
+
+unsafe extern "C" {
+    /// `zend_declare_typed_property` (Zend/zend_API.h); not in ext-php-rs's bindings.
+    fn zend_declare_typed_property(
+        ce: *mut ClassEntry,
+        name: *mut ext_php_rs::ffi::zend_string,
+        property: *mut Zval,
+        access_type: i32,
+        doc_comment: *mut ext_php_rs::ffi::zend_string,
+        ty: ext_php_rs::ffi::zend_type,
+    ) -> *mut ext_php_rs::ffi::zend_property_info;
+}
+
+/// `TcpRequest`'s properties, `public readonly` and typed (a scalar type mask or a class), in
+/// declaration order: the position of each is its slot in a request object ([`REMOTE_ADDR`] …).
+const REQUEST_PROPERTIES: [(&str, (u32, Option<&str>)); 6] = [
+    ("remoteAddr", (MAY_BE_STRING, None)),
+    ("event", (0, Some("Pier\\Tcp\\TcpEvent"))),
+    ("body", (MAY_BE_STRING, None)),
+    ("connectionUuid", (MAY_BE_STRING, None)),
+    ("server", (MAY_BE_STRING, None)),
+    ("state", (MAY_BE_STRING, None)),
+];
+
+/// Slot of `remoteAddr` in a request object.
+const REMOTE_ADDR: usize = 0;
+/// Slot of `event`.
+const EVENT: usize = 1;
+/// Slot of `body`.
+const BODY: usize = 2;
+/// Slot of `connectionUuid`.
+const CONNECTION_UUID: usize = 3;
+/// Slot of `server`.
+const SERVER: usize = 4;
+/// Slot of `state`.
+const STATE: usize = 5;
+
+/// Declares [`REQUEST_PROPERTIES`] on `TcpRequest` as the engine's own declared properties (no
+/// Rust getter): a read of `$request->body` is then the VM's slot read (after the first one, the
+/// engine caches the slot's offset per opcode), not a call into the object handlers. The engine
+/// enforces `readonly` itself. Returns whether each got the slot its index says.
+///
+/// # Safety
+///
+/// `ce` must be `TcpRequest`'s registered entry, with no declared property yet and no object, and
+/// no PHP code may run concurrently.
+unsafe fn declare_request_properties(ce: &ClassEntry) -> bool {
+    let ce = ptr::from_ref(ce).cast_mut();
+    let mut in_order = true;
+    for (slot, (name, (mask, class))) in REQUEST_PROPERTIES.into_iter().enumerate() {
+        let ty = match class {
+            // Interned and persistent, as the engine's own class-typed declarations are.
+            Some(class) => ext_php_rs::ffi::zend_type {
+                ptr: ZendStr::new_interned(class, true).into_raw().cast(),
+                type_mask: ext_php_rs::ffi::_ZEND_TYPE_NAME_BIT,
+            },
+            None => ext_php_rs::ffi::zend_type {
+                ptr: ptr::null_mut(),
+                type_mask: mask,
+            },
+        };
+        // No default (UNDEF): a typed property is uninitialized until a request object is built.
+        let mut default = Zval::new();
+        default.u1.type_info = 0;
+        let name = ZendStr::new_interned(name, true).into_raw();
+        // SAFETY: the caller guarantees a registered class without objects; the name and type
+        // are persistent interned strings the class keeps.
+        let info = unsafe {
+            zend_declare_typed_property(
+                ce,
+                name,
+                &raw mut default,
+                (ext_php_rs::ffi::ZEND_ACC_PUBLIC | ZEND_ACC_READONLY) as i32,
+                ptr::null_mut(),
+                ty,
+            )
+        };
+        // SAFETY: a non-null result is the property's info, owned by the class.
+        let offset = unsafe { info.as_ref() }.map(|i| i.offset as usize);
+        in_order &= offset == Some(slot_offset(slot));
+    }
+    in_order
+}
+
+/// The byte offset of property slot `slot` in an object (`OBJ_PROP_TO_OFFSET`).
+const fn slot_offset(slot: usize) -> usize {
+    std::mem::offset_of!(ext_php_rs::ffi::zend_object, properties_table)
+        + slot * std::mem::size_of::<Zval>()
 }
 
 /// Marks class `name` final, as PHP marks every enum (ext-php-rs registers enums without it).
@@ -260,34 +360,6 @@ unsafe fn private_constructor(ce: &ClassEntry) {
         // SAFETY: every zend_function variant starts with the `common` header.
         let flags = unsafe { &mut ctor.common.fn_flags };
         *flags = (*flags & !(ZEND_ACC_PPP_MASK)) | ext_php_rs::ffi::ZEND_ACC_PRIVATE;
-    }
-}
-
-/// Declares property `name` of `ce` `readonly` with a scalar type mask or a class type.
-///
-/// # Safety
-///
-/// `ce` must be a registered class entry and no PHP code may run concurrently.
-unsafe fn readonly_property(ce: &ClassEntry, name: &str, (mask, class): (u32, Option<&str>)) {
-    let Some(slot) = ce.properties_info.get(name) else {
-        return;
-    };
-    // SAFETY: `properties_info` maps names to `zend_property_info*` stored as IS_PTR zvals.
-    let info = unsafe { (slot.value.ptr as *mut ext_php_rs::ffi::zend_property_info).as_mut() };
-    let Some(info) = info else {
-        return;
-    };
-    info.flags |= ZEND_ACC_READONLY;
-    match class {
-        Some(class) => {
-            // Interned and persistent, as the engine's own class-typed declarations are.
-            info.type_.ptr = ZendStr::new_interned(class, true).into_raw().cast();
-            info.type_.type_mask = ext_php_rs::ffi::_ZEND_TYPE_NAME_BIT;
-        }
-        None => {
-            info.type_.ptr = ptr::null_mut();
-            info.type_.type_mask = mask;
-        }
     }
 }
 
@@ -515,20 +587,6 @@ fn string(bytes: &[u8]) -> PhpString {
     PhpString(zv)
 }
 
-/// Throws `Error: Cannot modify readonly property …`, what PHP throws for a readonly property.
-///
-/// ext-php-rs ignores what a property setter returns, so the exception is thrown directly; a
-/// getter without a setter would throw a plain `Exception` ("No setter available") instead.
-fn readonly(property: &str) {
-    let error = PhpException::new(
-        format!("Cannot modify readonly property Pier\\Tcp\\TcpRequest::${property}"),
-        0,
-        ce::error(),
-    );
-    // Does nothing when another exception is already pending, which then propagates instead.
-    error.throw();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Worker
 
@@ -586,27 +644,115 @@ impl Worker {
 // ---------------------------------------------------------------------------------------------
 // TcpRequest
 
-/// One connection event. Read-only: the properties have no setter. Cloneable, like a userland
-/// readonly value object (`clone` shares the strings).
+/// One connection event: its six public readonly properties are the engine's own declared
+/// properties ([`REQUEST_PROPERTIES`], filled when the object is built), so reading one costs what
+/// reading a userland readonly property costs; the Rust side keeps what is not a property.
+/// Cloneable, like a userland readonly value object (`clone` shares the strings).
 #[php_class]
 #[php(name = "Pier\\Tcp\\TcpRequest")]
 #[php(flags = ClassFlags::Final)]
 #[derive(Debug, Clone)]
 pub struct TcpRequest {
-    /// The client's `ip:port` (a PHP string).
-    remote_addr: PhpString,
-    /// What happened.
-    event: TcpEvent,
-    /// The packet (DATA), delimiter included; '' otherwise (a PHP string).
-    body: PhpString,
-    /// The connection's UUID (a PHP string).
-    connection_uuid: PhpString,
-    /// The server's name under `tcp.servers` (a PHP string).
-    server: PhpString,
-    /// The connection state (Pier extension); '' when none (a PHP string).
-    state: PhpString,
     /// What TLS negotiated (Pier extension `tls`); `None` for plaintext and hand-built requests.
     tls: Option<Box<TlsFacts<'static>>>,
+}
+
+/// Builds a request object: `values` go to the property slots, in [`REQUEST_PROPERTIES`]' order.
+fn new_request(
+    tls: Option<Box<TlsFacts<'static>>>,
+    values: [Zval; 6],
+) -> ZBox<ZendClassObject<TcpRequest>> {
+    let mut request = ZendClassObject::new(TcpRequest { tls });
+    // SAFETY: a new object's declared slots are uninitialized (nothing to release) and belong to
+    // the properties [`declare_like_php`] declared, in this order.
+    unsafe { fill_slots(&mut request.std, values) };
+    request
+}
+
+/// Moves `values` into the object's six property slots, in [`REQUEST_PROPERTIES`]' order.
+///
+/// # Safety
+///
+/// `object` must be a `TcpRequest` whose slots hold nothing (are UNDEF).
+unsafe fn fill_slots(object: &mut ext_php_rs::ffi::zend_object, values: [Zval; 6]) {
+    let slots = object.properties_table.as_mut_ptr();
+    for (i, mut value) in values.into_iter().enumerate() {
+        // An initialized property's flags are 0 (what the engine leaves after a write).
+        value.u2.extra = 0;
+        // SAFETY: the caller guarantees six slots (the class declares them); the zval moves
+        // into the slot, which now owns its reference.
+        unsafe { slots.add(i).write(value) };
+    }
+}
+
+/// Whether `value` is UNDEF, what an uninitialized property slot holds.
+fn is_undef(value: &Zval) -> bool {
+    // SAFETY: `type_info` is the variant every zval's `u1` is read as; its low byte is the type.
+    unsafe { value.u1.type_info & 0xff == 0 }
+}
+
+/// The value in property slot `slot` of a request (another reference to it).
+fn slot_value(request: &ZendClassObject<TcpRequest>, slot: usize) -> PhpResult<Zval> {
+    // SAFETY: every `TcpRequest` object has the six declared slots.
+    let value = unsafe { &*request.std.properties_table.as_ptr().add(slot) };
+    if is_undef(value) {
+        // Only an object made without its constructor (reflection) gets here.
+        let name = REQUEST_PROPERTIES[slot].0;
+        return Err(PhpException::new(
+            format!("Typed property Pier\\Tcp\\TcpRequest::${name} must not be accessed before initialization"),
+            0,
+            ce::error(),
+        ));
+    }
+    Ok(value.shallow_clone())
+}
+
+/// The string in property slot `slot` of a request.
+fn slot_string(request: &ZendClassObject<TcpRequest>, slot: usize) -> PhpResult<PhpString> {
+    slot_value(request, slot).map(PhpString)
+}
+
+/// A `Pier\Tcp\TcpEvent` case object held in a zval, so `getEvent()` declares its return type.
+#[derive(Debug)]
+pub struct EventObject(Zval);
+
+impl IntoZval for EventObject {
+    const TYPE: DataType = DataType::object("Pier\\Tcp\\TcpEvent");
+    const NULLABLE: bool = false;
+
+    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
+        *zv = self.0;
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// `TcpEvent`'s case objects (the class's constant table owns them until the end of the
+    /// request), looked up once per request instead of by name per event. Emptied at request
+    /// shutdown.
+    static EVENT_CASES: std::cell::Cell<[*mut ext_php_rs::ffi::zend_object; 4]> =
+        const { std::cell::Cell::new([ptr::null_mut(); 4]) };
+}
+
+/// A zval holding `event`'s case object.
+fn event_case(event: TcpEvent) -> Zval {
+    let index = event as usize;
+    let mut cases = EVENT_CASES.get();
+    if cases[index].is_null() {
+        let mut zv = Zval::new();
+        // Turning a case into a zval cannot fail: the enum is registered with every case.
+        let _ = event.set_zval(&mut zv, false);
+        if let Some(object) = zv.object_mut() {
+            cases[index] = ptr::from_mut(object);
+            EVENT_CASES.set(cases);
+        }
+        return zv;
+    }
+    let mut zv = Zval::new();
+    // SAFETY: the case object lives until the end of the request (EVENT_CASES is emptied then);
+    // `set_object` takes a reference of its own.
+    zv.set_object(unsafe { &mut *cases[index] });
+    zv
 }
 
 #[php_impl]
@@ -615,124 +761,79 @@ impl TcpRequest {
     /// Parameter names are PHP's (camelCase) so named arguments match the documented API.
     #[php(defaults(state = "\"\""))]
     pub fn __construct(
-        remoteAddr: BinarySlice<'_, u8>,
+        remoteAddr: PhpString,
         event: TcpEvent,
-        body: BinarySlice<'_, u8>,
-        connectionUuid: BinarySlice<'_, u8>,
-        server: BinarySlice<'_, u8>,
+        body: PhpString,
+        connectionUuid: PhpString,
+        server: PhpString,
         state: Bytes<'_>,
-    ) -> Self {
-        TcpRequest {
-            remote_addr: string(&remoteAddr),
-            event,
-            body: string(&body),
-            connection_uuid: string(&connectionUuid),
-            server: string(&server),
-            state: string(state.0),
-            tls: None,
+    ) -> PhpResult<Self> {
+        // The object being constructed is `$this` of the running call (ext-php-rs gives a
+        // constructor only its arguments): its slots get the values, like promoted properties.
+        let this = {
+            let globals = ext_php_rs::zend::ExecutorGlobals::get();
+            // SAFETY: during an internal call the current frame is that call's (the engine
+            // pushes it before running the handler); it lives until the handler returns.
+            unsafe { globals.current_execute_data.as_mut() }
+                .and_then(|ex| ex.get_self())
+                .map(ptr::from_mut)
+        };
+        // SAFETY: the pointer is the live `$this`, a `TcpRequest` object.
+        let Some(this) = this.and_then(|this| unsafe { this.as_mut() }) else {
+            return Err(PhpException::from_message(
+                "could not find the request being built".to_owned(),
+            ));
+        };
+        // SAFETY: every `TcpRequest` object has the six declared slots.
+        if !is_undef(unsafe { &*this.properties_table.as_ptr() }) {
+            // A second `__construct()` call on a built request, refused as PHP refuses it.
+            return Err(PhpException::new(
+                "Cannot modify readonly property Pier\\Tcp\\TcpRequest::$remoteAddr".to_owned(),
+                0,
+                ce::error(),
+            ));
         }
+        let values = [
+            remoteAddr.0,
+            event_case(event),
+            body.0,
+            connectionUuid.0,
+            server.0,
+            string(state.0).0,
+        ];
+        // SAFETY: the slots were checked empty above.
+        unsafe { fill_slots(this, values) };
+        Ok(TcpRequest { tls: None })
     }
 
     /// The client's address.
-    #[php(getter, name = "remoteAddr")]
-    pub fn prop_remote_addr(&self) -> PhpString {
-        self.remote_addr.share()
-    }
-
-    /// Readonly.
-    #[php(setter, name = "remoteAddr")]
-    pub fn set_prop_remote_addr(&mut self, _value: PhpString) {
-        readonly("remoteAddr");
+    pub fn get_remote_address(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<PhpString> {
+        slot_string(self_, REMOTE_ADDR)
     }
 
     /// What happened.
-    #[php(getter, name = "event")]
-    pub fn prop_event(&self) -> TcpEvent {
-        self.event
-    }
-
-    /// Readonly.
-    #[php(setter, name = "event")]
-    pub fn set_prop_event(&mut self, _value: TcpEvent) {
-        readonly("event");
-    }
-
-    /// The packet.
-    #[php(getter, name = "body")]
-    pub fn prop_body(&self) -> PhpString {
-        self.body.share()
-    }
-
-    /// Readonly.
-    #[php(setter, name = "body")]
-    pub fn set_prop_body(&mut self, _value: PhpString) {
-        readonly("body");
-    }
-
-    /// The connection's UUID.
-    #[php(getter, name = "connectionUuid")]
-    pub fn prop_connection_uuid(&self) -> PhpString {
-        self.connection_uuid.share()
-    }
-
-    /// Readonly.
-    #[php(setter, name = "connectionUuid")]
-    pub fn set_prop_connection_uuid(&mut self, _value: PhpString) {
-        readonly("connectionUuid");
-    }
-
-    /// The server's name.
-    #[php(getter, name = "server")]
-    pub fn prop_server(&self) -> PhpString {
-        self.server.share()
-    }
-
-    /// Readonly.
-    #[php(setter, name = "server")]
-    pub fn set_prop_server(&mut self, _value: PhpString) {
-        readonly("server");
-    }
-
-    /// The connection state.
-    #[php(getter, name = "state")]
-    pub fn prop_state(&self) -> PhpString {
-        self.state.share()
-    }
-
-    /// Readonly.
-    #[php(setter, name = "state")]
-    pub fn set_prop_state(&mut self, _value: PhpString) {
-        readonly("state");
-    }
-
-    /// The client's address.
-    pub fn get_remote_address(&self) -> PhpString {
-        self.remote_addr.share()
-    }
-
-    /// What happened.
-    pub fn get_event(&self) -> TcpEvent {
-        self.event
+    pub fn get_event(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<EventObject> {
+        slot_value(self_, EVENT).map(EventObject)
     }
 
     /// The packet (DATA, delimiter included); '' otherwise.
-    pub fn get_body(&self) -> PhpString {
-        self.body.share()
+    pub fn get_body(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<PhpString> {
+        slot_string(self_, BODY)
     }
 
     /// The connection's UUID.
-    pub fn get_connection_uuid(&self) -> PhpString {
-        self.connection_uuid.share()
+    pub fn get_connection_uuid(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<PhpString> {
+        slot_string(self_, CONNECTION_UUID)
     }
 
     /// The server's name.
-    pub fn get_server(&self) -> PhpString {
-        self.server.share()
+    pub fn get_server(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<PhpString> {
+        slot_string(self_, SERVER)
     }
 
     /// The connection state; '' when none.
-    pub fn get_state(&self) -> PhpString {
-        self.state.share()
+    pub fn get_state(self_: &mut ZendClassObject<TcpRequest>) -> PhpResult<PhpString> {
+        slot_string(self_, STATE)
     }
 
     /// What TLS negotiated; null for plaintext. Keys `version`, `cipher`, `sni`,
@@ -792,6 +893,7 @@ thread_local! {
 /// Called by PHP at request shutdown as `request_shutdown_func`; never call it yourself.
 pub unsafe extern "C" fn forget_connections(_type: i32, _module_number: i32) -> i32 {
     CONNECTIONS.with(|c| *c.borrow_mut() = Vec::new());
+    EVENT_CASES.set([ptr::null_mut(); 4]);
     0
 }
 
@@ -919,21 +1021,24 @@ impl TcpWorker {
 
     /// The next event; answers pid handshakes itself; null when the server says stop or the
     /// relay closes (the script should then exit).
-    pub fn wait_request(&self) -> PhpResult<Option<TcpRequest>> {
+    pub fn wait_request(&self) -> PhpResult<Option<ZBox<ZendClassObject<TcpRequest>>>> {
         let mut session = self.session.borrow_mut();
         match session.wait().map_err(throwable)? {
             Incoming::End => Ok(None),
             Incoming::Event(e) => {
                 let (remote_addr, connection_uuid, server) = connection_strings(&e);
-                Ok(Some(TcpRequest {
-                    remote_addr,
-                    event: e.event.into(),
-                    body: string(e.body),
-                    connection_uuid,
-                    server,
-                    state: string(e.state),
-                    tls: e.tls.map(|t| Box::new(owned_tls(&t))),
-                }))
+                let tls = e.tls.map(|t| Box::new(owned_tls(&t)));
+                Ok(Some(new_request(
+                    tls,
+                    [
+                        remote_addr.0,
+                        event_case(e.event.into()),
+                        string(e.body).0,
+                        connection_uuid.0,
+                        server.0,
+                        string(e.state).0,
+                    ],
+                )))
             }
         }
     }

@@ -65,6 +65,39 @@ final class ApiTest extends TestCase
         self::assertSame("s\x00", $copy->getState());
     }
 
+    /** The properties are plain declared ones: the engine itself refuses what it refuses for a userland readonly object. */
+    public function testTcpRequestPropertiesBehaveLikeUserlandReadonlyOnes(): void
+    {
+        $request = new TcpRequest('127.0.0.1:1', TcpEvent::Close, 'b', 'u', 's', 'st');
+        $refused = [
+            'unset' => static function () use ($request): void {
+                unset($request->body);
+            },
+            'reference' => static function () use ($request): void {
+                $body = &$request->body;
+            },
+            'constructor again' => static function () use ($request): void {
+                $request->__construct('x', TcpEvent::Data, 'x', 'x', 'x');
+            },
+        ];
+        foreach ($refused as $what => $do) {
+            try {
+                $do();
+                self::fail("{$what} was allowed");
+            } catch (\Error $e) {
+                self::assertMatchesRegularExpression('/^Cannot (unset|modify) readonly property Pier\\\\Tcp\\\\TcpRequest::\$(body|remoteAddr)$/', $e->getMessage(), $what);
+            }
+        }
+        self::assertSame(
+            ['remoteAddr' => '127.0.0.1:1', 'event' => TcpEvent::Close, 'body' => 'b', 'connectionUuid' => 'u', 'server' => 's', 'state' => 'st'],
+            get_object_vars($request),
+        );
+        self::assertTrue(isset($request->body));
+        self::assertFalse(isset($request->tls));
+        self::assertSame('{"remoteAddr":"127.0.0.1:1","event":"CLOSE","body":"b","connectionUuid":"u","server":"s","state":"st"}', json_encode($request));
+        self::assertNull($request->getTls());
+    }
+
     public function testExceptionsAreConstructibleAndFormAHierarchy(): void
     {
         $previous = new \LogicException('cause');
