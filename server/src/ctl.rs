@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::registry::ConnInfo;
 use crate::rpc::client::{Client, ClientError};
 use crate::rpc::ops::{WorkerList, PLUGIN};
 
@@ -161,35 +162,13 @@ pub fn workers_table(plugin: &str, list: &WorkerList, now: SystemTime) -> String
     )
 }
 
-/// A connection as `pier.List` returns it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Connection {
-    /// UUID.
-    pub uuid: String,
-    /// Server name.
-    pub server: String,
-    /// Client address.
-    pub remote_addr: String,
-    /// Unix seconds.
-    pub connected_at: f64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Groups.
-    pub groups: Vec<String>,
-    /// In a cluster, the node holding it.
-    #[serde(default)]
-    pub node: Option<String>,
-}
-
 /// `pier.List`'s result.
 #[derive(Debug, Deserialize)]
 struct Page {
     /// Matching connections in all.
     total: usize,
     /// This page.
-    connections: Vec<Connection>,
+    connections: Vec<ConnInfo>,
     /// In a cluster, the nodes that did not answer in time.
     #[serde(default)]
     missing: Vec<String>,
@@ -250,7 +229,7 @@ pub fn connections(
 }
 
 /// Connections as a table; with a NODE column when they come from a cluster.
-pub fn connections_table(list: &[Connection], now: SystemTime) -> String {
+pub fn connections_table(list: &[ConnInfo], now: SystemTime) -> String {
     let table = plain_table(list, now);
     if list.iter().all(|c| c.node.is_none()) {
         return table;
@@ -268,7 +247,7 @@ pub fn connections_table(list: &[Connection], now: SystemTime) -> String {
     out
 }
 
-fn plain_table(list: &[Connection], now: SystemTime) -> String {
+fn plain_table(list: &[ConnInfo], now: SystemTime) -> String {
     let now = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -393,7 +372,7 @@ mod tests {
     #[test]
     fn cluster_rows_get_a_node_column() {
         let now = UNIX_EPOCH + Duration::from_secs(1000);
-        let row = |uuid: &str, node: Option<&str>, groups: &[&str]| Connection {
+        let row = |uuid: &str, node: Option<&str>, groups: &[&str]| ConnInfo {
             uuid: uuid.into(),
             server: "s".into(),
             remote_addr: "127.0.0.1:5000".into(),

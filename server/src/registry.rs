@@ -244,22 +244,18 @@ impl Registry {
                 Ok(false) => debug!(pid, target = %uuid, "close: no such connection"),
                 Err(e) => debug!(pid, target = %uuid, error = %e, "close not forwarded"),
             },
-            Command::Join { uuid, group } => match self.join(uuid, group) {
-                Ok(true) => {}
-                Ok(false) => debug!(pid, target = %uuid, %group, "join: no such connection"),
-                Err(e @ RegistryError::Cluster(_)) => {
-                    debug!(pid, target = %uuid, error = %e, "join not forwarded")
+            Command::Join { uuid, group } | Command::Leave { uuid, group } => {
+                let join = matches!(command, Command::Join { .. });
+                let op = if join { "join" } else { "leave" };
+                match self.membership(uuid, group, join) {
+                    Ok(true) => {}
+                    Ok(false) => debug!(pid, target = %uuid, %group, "{op}: no such connection"),
+                    Err(e @ RegistryError::Cluster(_)) => {
+                        debug!(pid, target = %uuid, error = %e, "{op} not forwarded")
+                    }
+                    Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: {op} refused"),
                 }
-                Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: join refused"),
-            },
-            Command::Leave { uuid, group } => match self.leave(uuid, group) {
-                Ok(true) => {}
-                Ok(false) => debug!(pid, target = %uuid, %group, "leave: no such connection"),
-                Err(e @ RegistryError::Cluster(_)) => {
-                    debug!(pid, target = %uuid, error = %e, "leave not forwarded")
-                }
-                Err(e) => warn!(pid, target = %uuid, error = %e, "worker error: leave refused"),
-            },
+            }
             Command::Broadcast {
                 group,
                 server,
@@ -344,72 +340,85 @@ impl Registry {
     /// for another node's connection, when the message to that node is on its way (that node
     /// logs a refusal: too many groups).
     pub fn join(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
-        check_group(group)?;
-        if let Some((cluster, owner)) = self.remote(uuid) {
-            let msg = Msg::Join {
-                uuid: uuid.into(),
-                group: group.into(),
-            };
-            return Ok(cluster.forward(owner, msg)?);
-        }
-        self.join_local(uuid, group)
-    }
-
-    /// [`Registry::join`] on this node's connections only.
-    pub(crate) fn join_local(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
-        check_group(group)?;
-        let Some(id) = parse(uuid) else {
-            return Ok(false);
-        };
-        let mut guard = self.write();
-        let maps = &mut *guard;
-        let Some(entry) = maps.conns.get_mut(&id) else {
-            return Ok(false);
-        };
-        if entry.groups.iter().any(|g| &**g == group) {
-            return Ok(true);
-        }
-        if entry.groups.len() >= MAX_GROUPS_PER_CONNECTION {
-            return Err(RegistryError::TooManyGroups(uuid.to_owned()));
-        }
-        let name: Arc<str> = match maps.groups.get_key_value(group) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(group),
-        };
-        entry.groups.push(name.clone());
-        maps.groups.entry(name).or_default().insert(id);
-        Ok(true)
+        self.membership(uuid, group, true)
     }
 
     /// Removes `uuid` from `group`: true when the connection exists (not a member is fine), or,
     /// for another node's connection, when the message to that node is on its way.
     pub fn leave(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        self.membership(uuid, group, false)
+    }
+
+    /// [`Registry::join`] (`join`) or [`Registry::leave`]: the group's name checked, then sent to
+    /// the node owning `uuid`, or applied here.
+    fn membership(&self, uuid: &str, group: &str, join: bool) -> Result<bool, RegistryError> {
         check_group(group)?;
         if let Some((cluster, owner)) = self.remote(uuid) {
-            let msg = Msg::Leave {
-                uuid: uuid.into(),
-                group: group.into(),
+            let (uuid, group) = (uuid.into(), group.into());
+            let msg = match join {
+                true => Msg::Join { uuid, group },
+                false => Msg::Leave { uuid, group },
             };
             return Ok(cluster.forward(owner, msg)?);
         }
-        self.leave_local(uuid, group)
+        match join {
+            true => self.join_local(uuid, group),
+            false => self.leave_local(uuid, group),
+        }
+    }
+
+    /// [`Registry::join`] on this node's connections only.
+    pub(crate) fn join_local(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        self.change_groups(uuid, group, |entry, groups, id| {
+            if entry.groups.iter().any(|g| &**g == group) {
+                return Ok(());
+            }
+            if entry.groups.len() >= MAX_GROUPS_PER_CONNECTION {
+                return Err(RegistryError::TooManyGroups(uuid.to_owned()));
+            }
+            let name: Arc<str> = match groups.get_key_value(group) {
+                Some((name, _)) => name.clone(),
+                None => Arc::from(group),
+            };
+            entry.groups.push(name.clone());
+            groups.entry(name).or_default().insert(id);
+            Ok(())
+        })
     }
 
     /// [`Registry::leave`] on this node's connections only.
     pub(crate) fn leave_local(&self, uuid: &str, group: &str) -> Result<bool, RegistryError> {
+        self.change_groups(uuid, group, |entry, groups, id| {
+            if let Some(at) = entry.groups.iter().position(|g| &**g == group) {
+                entry.groups.swap_remove(at);
+                leave_group(groups, group, &id);
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks `group`'s name, then runs `change` on this node's connection `uuid` and the group
+    /// table under the write lock: false when there is no such connection here.
+    fn change_groups(
+        &self,
+        uuid: &str,
+        group: &str,
+        change: impl FnOnce(
+            &mut Entry,
+            &mut HashMap<Arc<str>, HashSet<Uuid>>,
+            Uuid,
+        ) -> Result<(), RegistryError>,
+    ) -> Result<bool, RegistryError> {
         check_group(group)?;
         let Some(id) = parse(uuid) else {
             return Ok(false);
         };
         let mut guard = self.write();
-        let maps = &mut *guard;
-        let Some(entry) = maps.conns.get_mut(&id) else {
+        let Maps { conns, groups } = &mut *guard;
+        let Some(entry) = conns.get_mut(&id) else {
             return Ok(false);
         };
-        if let Some(at) = entry.groups.iter().position(|g| &**g == group) {
-            entry.groups.swap_remove(at);
-            leave_group(&mut maps.groups, group, &id);
-        }
+        change(entry, groups, id)?;
         Ok(true)
     }
 

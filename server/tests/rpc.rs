@@ -359,6 +359,47 @@ async fn pier_methods_in_json_and_msgpack() {
             .json(),
         json!(2)
     );
+    // Joining a group twice, or leaving one it is not in, is fine and changes nothing; a group
+    // goes with its last member; the 65th group of a connection is refused.
+    for (method, u, g) in [
+        ("pier.Join", &u2, "room"),
+        ("pier.Leave", &u1, "room"),
+        ("pier.Leave", &u1, "other"),
+    ] {
+        let answer = rpc.call(method, json!({"uuid": u, "group": g})).await;
+        assert_eq!(answer.json(), json!(true), "{method} {g}");
+    }
+    assert_eq!(
+        rpc.call("pier.Groups", json!({})).await.json(),
+        json!([{"group": "room", "members": 2}])
+    );
+    for i in 1..64 {
+        let joined = rpc
+            .call("pier.Join", json!({"uuid": u3, "group": format!("g{i}")}))
+            .await;
+        assert_eq!(joined.json(), json!(true), "group {i} of 64");
+    }
+    let refused = rpc
+        .call("pier.Join", json!({"uuid": u3, "group": "g64"}))
+        .await;
+    assert!(
+        refused.error().contains("already in 64 groups"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        rpc.call("pier.Count", json!({"group": "g64"})).await.json(),
+        json!(0)
+    );
+    for i in 1..64 {
+        let left = rpc
+            .call("pier.Leave", json!({"uuid": u3, "group": format!("g{i}")}))
+            .await;
+        assert_eq!(left.json(), json!(true), "group {i}");
+    }
+    assert_eq!(
+        rpc.call("pier.Groups", json!({})).await.json(),
+        json!([{"group": "room", "members": 2}])
+    );
 
     // msgpack: the same methods, maps with field names, binary data as bin.
     let mut mp = Rpc::connect(&h).await;
@@ -440,6 +481,10 @@ async fn hostile_rpc_input_costs_only_its_own_connection() {
         .call("pier.Join", json!({"uuid": uuid, "group": long_group}))
         .await;
     assert!(bad_group.error().contains("1..=128 bytes"), "{bad_group:?}");
+    let bad_leave = rpc
+        .call("pier.Leave", json!({"uuid": uuid, "group": ""}))
+        .await;
+    assert!(bad_leave.error().contains("1..=128 bytes"), "{bad_leave:?}");
     // A codec Pier does not speak (gob, as the Go `rr` CLI uses): an error answer.
     let mut gob = Vec::new();
     encode(
