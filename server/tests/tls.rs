@@ -459,25 +459,70 @@ async fn echo(stream: &mut BufReader<tokio_rustls::client::TlsStream<tokio::net:
     assert_eq!(line, "s:still-here\n");
 }
 
+/// A running `pier serve` binary whose TLS server `s` serves `live` (old.test), the `fresh`
+/// certificate (new.test) to rotate to, and one TLS connection open through it.
+struct Rotation {
+    /// The test CA.
+    pki: Pki,
+    /// The files the config names.
+    live: Issued,
+    /// What [`Rotation::renew`] puts in their place.
+    fresh: Issued,
+    pier: PierProcess,
+    /// Opened before any reload; must survive each.
+    open: BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    /// Holds the files.
+    _scratch: tempfile::TempDir,
+}
+
+impl Rotation {
+    async fn start() -> Rotation {
+        let scratch = tempfile::tempdir().unwrap();
+        let pki = Pki::new(scratch.path());
+        let live = pki.server("live", &["old.test", "localhost"], false);
+        let fresh = pki.server("fresh", &["new.test", "localhost"], false);
+        let pier = tls_binary(scratch.path(), &live);
+        let open = open_tls(pier.addrs["s"], &pki.ca_file).await;
+        Rotation {
+            pki,
+            live,
+            fresh,
+            pier,
+            open,
+            _scratch: scratch,
+        }
+    }
+
+    /// A new handshake gets the certificate that names `name`, and the open connection still
+    /// answers.
+    async fn serves(&mut self, name: &str) {
+        let subject = served_subject(self.pier.addrs["s"], &self.pki.ca_file).await;
+        assert!(subject.contains(name), "{name}: {subject}");
+        echo(&mut self.open).await;
+    }
+
+    /// The fresh certificate and key renamed over the live files.
+    fn renew(&self) {
+        replace_files(&self.fresh, &self.live);
+    }
+
+    fn stop(self) {
+        drop(self.open);
+        self.pier.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pier_reset_reloads_the_certificates_of_a_running_pier_keeping_connections() {
-    let scratch = tempfile::tempdir().unwrap();
-    let pki = Pki::new(scratch.path());
-    let live = pki.server("live", &["old.test", "localhost"], false);
-    let fresh = pki.server("fresh", &["new.test", "localhost"], false);
-    let pier = tls_binary(scratch.path(), &live);
-    let addr = pier.addrs["s"];
-    assert!(served_subject(addr, &pki.ca_file)
-        .await
-        .contains("old.test"));
-    let mut open = open_tls(addr, &pki.ca_file).await;
+    let mut r = Rotation::start().await;
+    r.serves("old.test").await;
 
     // A broken key file: the workers are reset all the same, the server keeps its certificate,
     // and both `pier reset` and the server's log say which key and file.
-    std::fs::write(&live.key, "not a key").unwrap();
-    let (code, stdout, stderr) = pier.ctl(&["reset"]);
+    std::fs::write(&r.live.key, "not a key").unwrap();
+    let (code, stdout, stderr) = r.pier.ctl(&["reset"]);
     assert_eq!(code, 1, "{stdout}{stderr}");
-    let key = live.key.display().to_string();
+    let key = r.live.key.display().to_string();
     for text in [
         "tcp.servers.s.tls.key",
         &key,
@@ -485,57 +530,37 @@ async fn pier_reset_reloads_the_certificates_of_a_running_pier_keeping_connectio
     ] {
         assert!(stderr.contains(text), "{text} in {stderr}");
     }
-    let logged = pier.wait_log("TLS certificates not reloaded", 1);
+    let logged = r.pier.wait_log("TLS certificates not reloaded", 1);
     assert!(logged[0].contains(&key), "{logged:?}");
-    assert!(served_subject(addr, &pki.ca_file)
-        .await
-        .contains("old.test"));
-    echo(&mut open).await;
+    r.serves("old.test").await;
 
     // Good files: new handshakes get the new certificate, the open connection keeps working.
-    replace_files(&fresh, &live);
-    let (code, stdout, stderr) = pier.ctl(&["reset"]);
+    r.renew();
+    let (code, stdout, stderr) = r.pier.ctl(&["reset"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("TLS certificates reloaded: s"), "{stdout}");
-    assert!(served_subject(addr, &pki.ca_file)
-        .await
-        .contains("new.test"));
-    echo(&mut open).await;
-    assert!(leaf_cn(open.get_ref()).await.contains("CN=old.test"));
-    drop(open);
-    pier.stop();
+    r.serves("new.test").await;
+    assert!(leaf_cn(r.open.get_ref()).await.contains("CN=old.test"));
+    r.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificates_of_a_running_pier_keeping_connections() {
-    let scratch = tempfile::tempdir().unwrap();
-    let pki = Pki::new(scratch.path());
-    let live = pki.server("live", &["old.test", "localhost"], false);
-    let fresh = pki.server("fresh", &["new.test", "localhost"], false);
-    let pier = tls_binary(scratch.path(), &live);
-    let addr = pier.addrs["s"];
-    let mut open = open_tls(addr, &pki.ca_file).await;
+    let mut r = Rotation::start().await;
 
     // A broken certificate file: the current certificate stays, the log says which key and file.
-    std::fs::write(&live.cert, "not a certificate").unwrap();
-    pier.signal("-HUP");
-    let logged = pier.wait_log("TLS certificates not reloaded", 1);
-    let cert = live.cert.display().to_string();
+    std::fs::write(&r.live.cert, "not a certificate").unwrap();
+    r.pier.signal("-HUP");
+    let logged = r.pier.wait_log("TLS certificates not reloaded", 1);
+    let cert = r.live.cert.display().to_string();
     assert!(logged[0].contains("tcp.servers.s.tls.cert"), "{logged:?}");
     assert!(logged[0].contains(&cert), "{logged:?}");
-    assert!(served_subject(addr, &pki.ca_file)
-        .await
-        .contains("old.test"));
-    echo(&mut open).await;
+    r.serves("old.test").await;
 
     // Good files: the next handshakes get the new certificate; nothing open is dropped.
-    replace_files(&fresh, &live);
-    pier.signal("-HUP");
-    pier.wait_log("TLS certificates reloaded", 1);
-    assert!(served_subject(addr, &pki.ca_file)
-        .await
-        .contains("new.test"));
-    echo(&mut open).await;
-    drop(open);
-    pier.stop();
+    r.renew();
+    r.pier.signal("-HUP");
+    r.pier.wait_log("TLS certificates reloaded", 1);
+    r.serves("new.test").await;
+    r.stop();
 }
