@@ -109,9 +109,12 @@ pub struct BusOptions {
     pub client_ca: Option<PathBuf>,
     /// Require this user and password. Redis: for the user `default`, `requirepass` (its
     /// password); for any other user, an ACL user with only the commands pier documents it needs
-    /// (`on >password &* -@all +publish +subscribe +ping`: no keys, every channel) and `default`
-    /// off, so only that user gets in. NATS: `authorization {}`.
+    /// (`on >password &<channels> -@all +publish +subscribe +ping`: no keys) and `default` off,
+    /// so only that user gets in. NATS: `authorization {}`.
     pub auth: Option<(String, String)>,
+    /// Redis, with `auth` for a user other than `default`: the channels (a glob) that user may
+    /// use; `None` = every channel.
+    pub channels: Option<String>,
 }
 
 /// A bus server process; killed when dropped.
@@ -251,10 +254,12 @@ impl BusServer {
                         command.args(["--requirepass", password]);
                     }
                     Some((user, password)) => {
+                        let channels = options.channels.as_deref().unwrap_or("*");
                         // redis-server joins the words after `--user` into one `user` line.
                         command
                             .args(["--user", user, "on", &format!(">{password}")])
-                            .args(["&*", "-@all", "+publish", "+subscribe", "+ping"])
+                            .arg(format!("&{channels}"))
+                            .args(["-@all", "+publish", "+subscribe", "+ping"])
                             .args(["--user", "default", "off"]);
                     }
                     None => {}

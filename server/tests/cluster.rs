@@ -1013,6 +1013,7 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
             tls: Some((server.cert.clone(), server.key.clone())),
             client_ca: Some(pki.ca_file.clone()),
             auth: Some(("default".into(), SECRET.into())),
+            channels: None,
         },
     );
     let url = bus.url();
@@ -1113,10 +1114,12 @@ async fn rediss_acl_user() {
     redis_acl_user_over(true).await;
 }
 
-/// Redis with an ACL user other than `default`, and `default` off: two nodes whose bus URL names
-/// that user (`redis://pier:…@`, or `rediss://` with `tls`) route a send and a broadcast; a node
-/// with a wrong password, and one logging in as `default` with the right password, each log a
-/// clear "bus down" reason while serving their own connections; no password in any log line.
+/// Redis with an ACL user other than `default` holding only what the README says pier needs
+/// (PUBLISH, SUBSCRIBE, PING on the `<prefix>.*` channels), and `default` off: two nodes whose
+/// bus URL names that user (`redis://pier:…@`, or `rediss://` with `tls`) route a send and a
+/// broadcast; a node with a wrong password, and one logging in as `default` with the right
+/// password, each log a clear "bus down" reason while serving their own connections; no password
+/// in any log line.
 async fn redis_acl_user_over(tls: bool) {
     const SECRET: &str = "acl-user-pw";
     let dir = tempfile::tempdir().unwrap();
@@ -1128,6 +1131,8 @@ async fn redis_acl_user_over(tls: bool) {
             tls: tls.then(|| (server.cert.clone(), server.key.clone())),
             client_ca: None,
             auth: Some(("pier".into(), SECRET.into())),
+            // The channels of cluster.prefix `acl` only, as the README says a user needs.
+            channels: Some("acl.*".into()),
         },
     );
     let url = bus.url();
