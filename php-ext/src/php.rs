@@ -225,11 +225,13 @@ pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i3
             private_constructor(Worker::get_metadata().ce());
             final_class("Pier\\Tcp\\TcpEvent");
             final_class("Pier\\Tcp\\TcpResponse");
-            let declared = declare_request_properties(TcpRequest::get_metadata().ce());
+            let declared = declare_request_properties(TcpRequest::get_metadata().ce())
+                && install_event_handlers(TcpWorker::get_metadata().ce());
             DECLARED.store(declared, Ordering::Release);
         }
     });
-    // Without its properties a request could not be built: fail the request rather than crash.
+    // Without its properties a request could not be built (nor answered without the handlers the
+    // generated ones were swapped for): fail the request rather than crash.
     if DECLARED.load(Ordering::Acquire) {
         0
     } else {
@@ -580,10 +582,25 @@ fn php_array_of(value: &Json) -> ZBox<ZendHashTable> {
     ht
 }
 
-/// A new PHP string holding `bytes`.
+unsafe extern "C" {
+    /// The engine's interned empty string (`ZSTR_EMPTY_ALLOC()`), set before any module starts.
+    static zend_empty_string: *mut ext_php_rs::ffi::zend_string;
+}
+
+/// A new PHP string holding `bytes`; the engine's shared empty string for no bytes (an event's
+/// state usually is empty: no allocation for it).
 fn string(bytes: &[u8]) -> PhpString {
     let mut zv = Zval::new();
-    zv.set_zend_string(ZendStr::new(bytes, false));
+    if bytes.is_empty() {
+        // SAFETY: the engine sets the interned empty string up at startup and never frees it
+        // before shutdown; an interned string is not reference-counted (no flag in the type).
+        unsafe {
+            zv.value.str_ = zend_empty_string;
+            zv.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::InternedStringEx.bits();
+        }
+    } else {
+        zv.set_zend_string(ZendStr::new(bytes, false));
+    }
     PhpString(zv)
 }
 
@@ -965,6 +982,196 @@ fn owned_tls(t: &TlsFacts<'_>) -> TlsFacts<'static> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The per-event calls' own handlers
+
+/// A PHP function's C handler (`zif_handler`).
+type Handler = unsafe extern "C" fn(*mut ext_php_rs::zend::ExecuteData, *mut Zval);
+
+/// The handler ext-php-rs generated for `TcpWorker::waitRequest()`.
+static WAIT_REQUEST_GENERATED: std::sync::OnceLock<Handler> = std::sync::OnceLock::new();
+/// The handler ext-php-rs generated for `TcpWorker::respond()`.
+static RESPOND_GENERATED: std::sync::OnceLock<Handler> = std::sync::OnceLock::new();
+
+/// Gives `waitRequest()` and `respond()`, the two calls of every event, handlers of their own.
+///
+/// ext-php-rs runs each generated method handler inside `run_handler`: a `zend_try` (a `setjmp`),
+/// a `catch_unwind` in a second closure and its bailout-guard bookkeeping, ~170 instructions per
+/// call, as much as the rest of `respond()`. These handlers catch panics once and call the same
+/// Rust methods; anything but the plain call (another argument count or type) goes to the
+/// generated handler, so argument errors and everything reflection shows stay ext-php-rs's.
+///
+/// No `zend_try`: the methods hold no `BailoutGuard`, the only thing ext-php-rs's try runs on a
+/// bailout (a fatal error inside, e.g. the memory limit in an allocation) before re-raising it.
+/// A bailout skips these Rust frames with or without it.
+///
+/// # Safety
+///
+/// `ce` must be `TcpWorker`'s registered entry and no PHP code may run concurrently.
+unsafe fn install_event_handlers(ce: &ClassEntry) -> bool {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        swap_handler(
+            ce,
+            "waitrequest",
+            wait_request_handler,
+            &WAIT_REQUEST_GENERATED,
+        ) && swap_handler(ce, "respond", respond_handler, &RESPOND_GENERATED)
+    }
+}
+
+/// Replaces the handler of method `name` (lower case) of `ce` by `fast`, keeping the old one in
+/// `generated`. Whether the method was found.
+///
+/// # Safety
+///
+/// `ce` must be a registered class whose method `name` is internal, and no PHP code may run
+/// concurrently.
+unsafe fn swap_handler(
+    ce: &ClassEntry,
+    name: &str,
+    fast: Handler,
+    generated: &std::sync::OnceLock<Handler>,
+) -> bool {
+    let Some(entry) = ce.function_table.get(name) else {
+        return false;
+    };
+    // SAFETY: a function table maps names to `zend_function*` stored as IS_PTR zvals; the
+    // function is the class's own internal method, alive until shutdown.
+    let Some(function) =
+        (unsafe { (entry.value.ptr as *mut ext_php_rs::ffi::zend_function).as_mut() })
+    else {
+        return false;
+    };
+    // SAFETY: the method is internal (ext-php-rs registered it), so this is the variant.
+    let internal = unsafe { &mut function.internal_function };
+    let Some(original) = internal.handler else {
+        return false;
+    };
+    // A second module startup in the same process (a SAPI restart) registers fresh methods with
+    // the same generated handler.
+    let _ = generated.set(original);
+    internal.handler = Some(fast);
+    true
+}
+
+/// Calls the generated handler kept in `generated`.
+///
+/// # Safety
+///
+/// The arguments must be the ones the engine passed to the handler calling this.
+unsafe fn call_generated(
+    generated: &std::sync::OnceLock<Handler>,
+    ex: *mut ext_php_rs::zend::ExecuteData,
+    rv: *mut Zval,
+) {
+    if let Some(handler) = generated.get() {
+        // SAFETY: as the caller guarantees; it is the handler the engine would have called.
+        unsafe { handler(ex, rv) }
+    }
+}
+
+/// The number of arguments of a call (`ZEND_CALL_NUM_ARGS`).
+fn num_args(ex: &ext_php_rs::zend::ExecuteData) -> u32 {
+    // SAFETY: for a call frame, `This.u2` holds the number of arguments passed.
+    unsafe { ex.This.u2.num_args }
+}
+
+/// Runs `call` and turns a panic into the exception ext-php-rs throws for one: a Rust panic never
+/// unwinds into PHP.
+fn catching_panics<R>(call: impl FnOnce() -> PhpResult<R>) -> PhpResult<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = panic_message(payload.as_ref());
+        Err(PhpException::new(
+            format!("Rust panic: {message}"),
+            0,
+            ce::error(),
+        ))
+    })
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Stores `result` as the call's return value, or throws its error.
+fn set_result(result: PhpResult<impl IntoZval>, rv: &mut Zval) {
+    match result.and_then(|value| value.set_zval(rv, false).map_err(PhpException::from)) {
+        Ok(()) => {}
+        // Does nothing when another exception is already pending, which then propagates.
+        Err(e) => e.throw(),
+    }
+}
+
+/// `TcpWorker::waitRequest()`'s handler (see [`install_event_handlers`]).
+unsafe extern "C" fn wait_request_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv: *mut Zval) {
+    // SAFETY: the engine passes its live call frame and return value.
+    let (Some(frame), Some(retval)) = (unsafe { ex.as_mut() }, unsafe { rv.as_mut() }) else {
+        return;
+    };
+    let this = match num_args(frame) {
+        0 => frame.get_object::<TcpWorker>(),
+        _ => None,
+    };
+    let Some(this) = this else {
+        // SAFETY: the engine's own arguments, passed on.
+        return unsafe { call_generated(&WAIT_REQUEST_GENERATED, ex, rv) };
+    };
+    set_result(catching_panics(|| this.wait_request()), retval);
+}
+
+/// `TcpWorker::respond()`'s handler (see [`install_event_handlers`]).
+unsafe extern "C" fn respond_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv: *mut Zval) {
+    // SAFETY: the engine passes its live call frame and return value.
+    let (Some(frame), Some(retval)) = (unsafe { ex.as_mut() }, unsafe { rv.as_mut() }) else {
+        return;
+    };
+    let args = num_args(frame);
+    // SAFETY: the frame holds `args` arguments; only those are read.
+    let body = (1..=2)
+        .contains(&args)
+        .then(|| unsafe { frame.zend_call_arg(0) })
+        .flatten()
+        .and_then(|body| body.zend_str())
+        .map(|body| ptr::from_ref(body.as_bytes()));
+    let response = match args {
+        1 => Some(TcpResponse::Respond),
+        // SAFETY: the second argument exists.
+        _ => unsafe { frame.zend_call_arg(1) }.and_then(|r| response_case(r)),
+    };
+    let (Some(body), Some(response), Some(this)) =
+        (body, response, frame.get_object::<TcpWorker>())
+    else {
+        // SAFETY: the engine's own arguments, passed on.
+        return unsafe { call_generated(&RESPOND_GENERATED, ex, rv) };
+    };
+    // SAFETY: the body is the caller's string argument, alive until the call returns.
+    let body = unsafe { &*body };
+    set_result(catching_panics(|| this.answer(response, body)), retval);
+}
+
+/// The `TcpResponse` case `value` holds, if it holds one.
+fn response_case(value: &Zval) -> Option<TcpResponse> {
+    let case = value.object()?;
+    if !ptr::eq(case.ce, TcpResponse::get_metadata().ce()) {
+        return None;
+    }
+    // SAFETY: an enum case object's second declared property is its backing value.
+    let backing = unsafe { &*case.properties_table.as_ptr().add(1) };
+    match backing.zend_str()?.as_bytes() {
+        b"WRITE" => Some(TcpResponse::Respond),
+        b"WRITECLOSE" => Some(TcpResponse::RespondClose),
+        b"CONTINUE" => Some(TcpResponse::Read),
+        b"CLOSE" => Some(TcpResponse::Close),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // TcpWorker
 
 /// A `Pier\Worker` object held in a zval, so `getWorker()` declares its return type.
@@ -1046,10 +1253,7 @@ impl TcpWorker {
     /// Answers with `body` (WRITE by default, or as `response` says).
     #[php(defaults(response = TcpResponse::Respond))]
     pub fn respond(&self, body: BinarySlice<'_, u8>, response: TcpResponse) -> PhpResult<()> {
-        self.session
-            .borrow_mut()
-            .reply(response.into(), &body)
-            .map_err(throwable)
+        self.answer(response, &body)
     }
 
     /// Answers CONTINUE: write nothing, keep reading.
@@ -1139,6 +1343,16 @@ impl TcpWorker {
         self.session
             .borrow_mut()
             .disconnect(&uuid)
+            .map_err(throwable)
+    }
+}
+
+impl TcpWorker {
+    /// `respond()`: answers the pending request with `body`.
+    fn answer(&self, response: TcpResponse, body: &[u8]) -> PhpResult<()> {
+        self.session
+            .borrow_mut()
+            .reply(response.into(), body)
             .map_err(throwable)
     }
 }
@@ -1263,5 +1477,20 @@ impl Connections {
             .groups(server.map(|s| s.0))
             .map_err(rpc_throwable)?;
         Ok(php_array_of(&groups))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_keeps_its_message() {
+        let text = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_message(text.as_ref()), "boom 7");
+        let literal = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "plain");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "non-string panic payload");
     }
 }
