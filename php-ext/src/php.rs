@@ -23,6 +23,7 @@ use ext_php_rs::prelude::*;
 use ext_php_rs::types::{ZendClassObject, ZendHashTable, ZendStr, Zval};
 use ext_php_rs::zend::{ce, ClassEntry};
 
+use pier_protocol::memo::Kept;
 use pier_protocol::tcp::{EventKind, ReplyKind};
 use pier_protocol::TcpEvent as Event;
 use pier_protocol::TlsFacts;
@@ -230,6 +231,7 @@ pub unsafe extern "C" fn declare_like_php(_type: i32, _module_number: i32) -> i3
             DECLARED.store(declared, Ordering::Release);
         }
     });
+    REQUEST_LIVE.set(true);
     // Without its properties a request could not be built (nor answered without the handlers the
     // generated ones were swapped for): fail the request rather than crash.
     if DECLARED.load(Ordering::Acquire) {
@@ -610,11 +612,11 @@ fn string(bytes: &[u8]) -> PhpString {
 thread_local! {
     /// The process's one relay session: every `Worker::create()` shares it, because the relay's
     /// descriptors (and its read buffer) exist once per process.
-    static SESSION: RefCell<Option<Rc<RefCell<Session>>>> = const { RefCell::new(None) };
+    static SESSION: RefCell<Option<Rc<RefCell<PhpSession>>>> = const { RefCell::new(None) };
 }
 
 /// The process's session, created on first use from `RR_RELAY` and `PIER_FEATURES`.
-fn shared_session() -> Result<Rc<RefCell<Session>>, SessionError> {
+fn shared_session() -> Result<Rc<RefCell<PhpSession>>, SessionError> {
     SESSION.with(|slot| {
         if let Some(s) = slot.borrow().as_ref() {
             return Ok(Rc::clone(s));
@@ -622,7 +624,10 @@ fn shared_session() -> Result<Rc<RefCell<Session>>, SessionError> {
         let spec = RelaySpec::parse(&std::env::var("RR_RELAY").unwrap_or_default())?;
         let transport = relay::connect(&spec)?;
         let features = Features::parse(std::env::var(FEATURES_ENV).ok().as_deref());
-        let session = Rc::new(RefCell::new(Session::new(Relay::new(transport), features)));
+        let session = Rc::new(RefCell::new(PhpSession::new(
+            Relay::new(transport),
+            features,
+        )));
         *slot.borrow_mut() = Some(Rc::clone(&session));
         Ok(session)
     })
@@ -635,7 +640,7 @@ fn shared_session() -> Result<Rc<RefCell<Session>>, SessionError> {
 #[derive(Debug)]
 pub struct Worker {
     /// The relay session shared by every object of this process.
-    session: Rc<RefCell<Session>>,
+    session: Rc<RefCell<PhpSession>>,
 }
 
 #[php_impl]
@@ -876,9 +881,13 @@ impl TcpRequest {
     }
 }
 
-/// The PHP strings of one connection's remote address, uuid and server name.
+/// The PHP strings of one connection's remote address, uuid and server name, kept with the
+/// connection's decoded context in the session's memo ([`Kept`]), so that a connection's every
+/// event shares three strings instead of allocating and copying them again. They belong to
+/// exactly the context bytes of that memo entry, which go at the connection's CLOSE (or
+/// STARTTLS); at request shutdown [`forget_connections`] drops them all.
 #[derive(Debug)]
-struct ConnectionStrings {
+pub struct ConnectionStrings {
     /// `remoteAddr`.
     remote_addr: PhpString,
     /// `connectionUuid`.
@@ -887,86 +896,70 @@ struct ConnectionStrings {
     server: PhpString,
 }
 
-/// Slots of [`CONNECTIONS`] (a power of two).
-const CONNECTION_SLOTS: usize = 4096;
-
-/// Longest remote address, uuid and server name together that [`CONNECTIONS`] keeps.
-const CONNECTION_STRINGS_MAX: usize = 512;
-
-thread_local! {
-    /// The PHP strings of the connections this worker serves, so that a connection's every event
-    /// shares three strings instead of allocating and copying them again: a direct-mapped table
-    /// indexed by the end of the uuid, a slot used only when its three strings equal the event's
-    /// (so a collision only costs new strings). Emptied at a connection's CLOSE and at request
-    /// shutdown (the strings live in the request's memory).
-    static CONNECTIONS: RefCell<Vec<Option<ConnectionStrings>>> = const { RefCell::new(Vec::new()) };
+impl Drop for ConnectionStrings {
+    fn drop(&mut self) {
+        if !REQUEST_LIVE.get() {
+            // The request's memory, where the strings lived, is gone (only when request shutdown
+            // could not reach the session): releasing them would touch freed memory.
+            for s in [&mut self.remote_addr, &mut self.uuid, &mut self.server] {
+                std::mem::forget(std::mem::replace(s, PhpString(Zval::new())));
+            }
+        }
+    }
 }
 
-/// Request shutdown (RSHUTDOWN): drops the cached connection strings while the request's memory
-/// they live in still exists.
+/// The relay session of this process, with each connection's PHP strings.
+pub type PhpSession = Session<Option<ConnectionStrings>>;
+
+thread_local! {
+    /// Whether a request runs (set at request startup, cleared at its shutdown): PHP strings
+    /// made in a request live in its memory.
+    static REQUEST_LIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Request shutdown (RSHUTDOWN): drops the connections' strings and the event cases kept, while
+/// the request's memory they live in still exists.
 ///
 /// # Safety
 ///
 /// Called by PHP at request shutdown as `request_shutdown_func`; never call it yourself.
 pub unsafe extern "C" fn forget_connections(_type: i32, _module_number: i32) -> i32 {
-    CONNECTIONS.with(|c| *c.borrow_mut() = Vec::new());
+    // Busy only if a fatal error left a call unfinished: then ConnectionStrings' drop forgets
+    // the strings instead.
+    let session = SESSION.with(|slot| slot.try_borrow().ok().and_then(|s| s.clone()));
+    if let Some(mut session) = session.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
+        session.forget_kept();
+    }
     EVENT_CASES.set([ptr::null_mut(); 4]);
+    REQUEST_LIVE.set(false);
     0
 }
 
-/// The bytes of a PHP string.
-fn bytes_of(s: &PhpString) -> &[u8] {
-    s.0.zend_str().map(|z| z.as_bytes()).unwrap_or_default()
-}
-
-/// `event`'s remote address, uuid and server as PHP strings, shared with the connection's
-/// earlier events when they are the same.
-fn connection_strings(event: &Event<'_>) -> (PhpString, PhpString, PhpString) {
-    let (remote_addr, uuid, server) = (
-        event.remote_addr.as_bytes(),
-        event.uuid.as_bytes(),
-        event.server.as_bytes(),
-    );
-    let fresh = || (string(remote_addr), string(uuid), string(server));
-    if remote_addr.len() + uuid.len() + server.len() > CONNECTION_STRINGS_MAX {
-        return fresh();
-    }
-    let tail = &uuid[uuid.len().saturating_sub(8)..];
-    let mut key = [0u8; 8];
-    key[..tail.len()].copy_from_slice(tail);
-    let slot = (u64::from_le_bytes(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize
-        & (CONNECTION_SLOTS - 1);
-    CONNECTIONS.with(|c| {
-        let mut slots = c.borrow_mut();
-        if slots.is_empty() {
-            slots.resize_with(CONNECTION_SLOTS, || None);
+/// `event`'s remote address, uuid and server as PHP strings, made once per connection: `kept`
+/// is the connection's place for them.
+fn connection_strings(
+    event: &Event<'_>,
+    kept: Kept<'_, Option<ConnectionStrings>>,
+) -> (PhpString, PhpString, PhpString) {
+    let fresh = || ConnectionStrings {
+        remote_addr: string(event.remote_addr.as_bytes()),
+        uuid: string(event.uuid.as_bytes()),
+        server: string(event.server.as_bytes()),
+    };
+    let last = match kept {
+        Kept::Entry(slot) => {
+            let s = slot.get_or_insert_with(fresh);
+            return (s.remote_addr.share(), s.uuid.share(), s.server.share());
         }
-        let same = slots[slot].as_ref().is_some_and(|s| {
-            bytes_of(&s.uuid) == uuid
-                && bytes_of(&s.remote_addr) == remote_addr
-                && bytes_of(&s.server) == server
-        });
-        if !same {
-            let (remote_addr, uuid, server) = fresh();
-            slots[slot] = Some(ConnectionStrings {
-                remote_addr,
-                uuid,
-                server,
-            });
-        }
-        let s = if event.event == EventKind::Close {
-            // The connection's last event: its slot is not needed any more.
-            slots[slot].take().expect("filled above")
-        } else {
-            let s = slots[slot].as_ref().expect("filled above");
-            ConnectionStrings {
-                remote_addr: s.remote_addr.share(),
-                uuid: s.uuid.share(),
-                server: s.server.share(),
-            }
-        };
-        (s.remote_addr, s.uuid, s.server)
-    })
+        // The connection's last event (CLOSE): its strings go with this request.
+        Kept::Last(Some(s)) => s,
+        Kept::Last(None) | Kept::None => fresh(),
+    };
+    (
+        last.remote_addr.share(),
+        last.uuid.share(),
+        last.server.share(),
+    )
 }
 
 /// TLS facts that outlive the relay buffer they were decoded from.
@@ -1197,7 +1190,7 @@ pub struct TcpWorker {
     /// The `Pier\Worker` object given to the constructor, returned as is by getWorker().
     worker: Zval,
     /// That worker's session.
-    session: Rc<RefCell<Session>>,
+    session: Rc<RefCell<PhpSession>>,
 }
 
 #[php_impl]
@@ -1232,8 +1225,8 @@ impl TcpWorker {
         let mut session = self.session.borrow_mut();
         match session.wait().map_err(throwable)? {
             Incoming::End => Ok(None),
-            Incoming::Event(e) => {
-                let (remote_addr, connection_uuid, server) = connection_strings(&e);
+            Incoming::Event(e, kept) => {
+                let (remote_addr, connection_uuid, server) = connection_strings(&e, kept);
                 let tls = e.tls.map(|t| Box::new(owned_tls(&t)));
                 Ok(Some(new_request(
                     tls,

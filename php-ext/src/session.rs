@@ -12,7 +12,7 @@
 
 use pier_protocol::control::{self, Control};
 use pier_protocol::frame::{flags, EncodeError};
-use pier_protocol::memo::{ContextMemo, ReplyHeads};
+use pier_protocol::memo::{ContextMemo, Kept, ReplyHeads};
 use pier_protocol::tcp::{ReplyKind, TcpEvent};
 use pier_protocol::MessageError;
 
@@ -152,16 +152,18 @@ impl Features {
 
 /// What waiting produced.
 #[derive(Debug)]
-pub enum Incoming<'a> {
-    /// An event to answer (borrows the relay's buffer).
-    Event(TcpEvent<'a>),
+pub enum Incoming<'a, X = ()> {
+    /// An event to answer (borrows the relay's buffer), and what the caller keeps with its
+    /// connection ([`Kept`]).
+    Event(TcpEvent<'a>, Kept<'a, X>),
     /// The server asked us to stop, or closed the relay: leave the loop.
     End,
 }
 
-/// A worker's side of the relay.
+/// A worker's side of the relay. `X` is what its caller keeps with each connection (the
+/// extension: the connection's PHP strings), next to the connection's decoded context.
 #[derive(Debug)]
-pub struct Session {
+pub struct Session<X = ()> {
     /// The transport and its read buffer.
     relay: Relay,
     /// Extensions the server supports (read once, when the worker is created).
@@ -183,13 +185,13 @@ pub struct Session {
     /// The server of the request being handled (a broadcast without a group goes to its
     /// connections); reused between events.
     server: String,
-    /// Each connection's context, decoded once (not per event).
-    contexts: ContextMemo,
+    /// Each connection's context, decoded once (not per event), and what the caller keeps with it.
+    contexts: ContextMemo<X>,
     /// Stock reply heads, encoded once per kind and body length.
     heads: ReplyHeads,
 }
 
-impl Session {
+impl<X: Default> Session<X> {
     /// A session over `relay`.
     pub fn new(relay: Relay, features: Features) -> Self {
         Session {
@@ -202,13 +204,13 @@ impl Session {
             ended: false,
             uuid: String::new(),
             server: String::new(),
-            contexts: ContextMemo::new(),
+            contexts: ContextMemo::keeping(),
             heads: ReplyHeads::new(),
         }
     }
 
     /// Waits for the next event, answering pid handshakes on the way.
-    pub fn wait(&mut self) -> Result<Incoming<'_>, SessionError> {
+    pub fn wait(&mut self) -> Result<Incoming<'_, X>, SessionError> {
         if self.ended {
             return Ok(Incoming::End);
         }
@@ -247,9 +249,9 @@ impl Session {
         }
         // The event is decoded from the frame the loop stopped at, once.
         let frame = self.relay.current_frame()?;
-        let event = self
+        let (event, kept) = self
             .contexts
-            .decode(&frame)
+            .decode_keeping(&frame)
             .map_err(SessionError::Message)?;
         self.turn = Turn::Pending;
         self.state = None;
@@ -257,9 +259,17 @@ impl Session {
         self.uuid.push_str(&event.uuid);
         self.server.clear();
         self.server.push_str(&event.server);
-        Ok(Incoming::Event(event))
+        Ok(Incoming::Event(event, kept))
     }
 
+    /// Drops what the caller kept with every connection (for values that must not outlive
+    /// something of the caller's, e.g. a PHP request's memory); the decoded contexts stay.
+    pub fn forget_kept(&mut self) {
+        self.contexts.forget_kept();
+    }
+}
+
+impl<X> Session<X> {
     /// Answers the pending request (`respond`, `read`, `close`).
     pub fn reply(&mut self, kind: ReplyKind<'_>, body: &[u8]) -> Result<(), SessionError> {
         match self.turn {
@@ -476,7 +486,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl<X> Drop for Session<X> {
     fn drop(&mut self) {
         // Best effort: the relay may be gone already, and there is nobody left to tell.
         let _ = self.flush_held();
@@ -529,7 +539,7 @@ mod tests {
         peer.write_all(&stop).unwrap();
 
         match s.wait().unwrap() {
-            Incoming::Event(e) => {
+            Incoming::Event(e, _) => {
                 assert_eq!(e.event, EventKind::Data);
                 assert_eq!(e.body, b"hi\r\n");
                 assert_eq!(e.server, "srv");
@@ -594,7 +604,7 @@ mod tests {
         peer.write_all(&batch).unwrap();
         let mut want = Vec::new();
         for body in [&b"a"[..], b"b", b"c"] {
-            assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+            assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
             assert!(
                 nothing_to_read(&peer),
                 "held while the next event is buffered"
@@ -609,7 +619,7 @@ mod tests {
 
         // A lone event is answered at once.
         peer.write_all(&event(EventKind::Data, b"", b"d")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.reply(ReplyKind::Write, b"d").unwrap();
         assert_eq!(read_frame(&mut peer), reply_bytes(b"d"));
     }
@@ -622,7 +632,7 @@ mod tests {
         let second = event(EventKind::Data, b"", b"b");
         bytes.extend_from_slice(&second[..10]);
         peer.write_all(&bytes).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.reply(ReplyKind::Write, b"a").unwrap();
         assert_eq!(read_frame(&mut peer), reply_bytes(b"a"));
 
@@ -631,7 +641,7 @@ mod tests {
         let mut bytes = event(EventKind::Data, b"", b"a");
         control::encode_stop_request(&mut bytes).unwrap();
         peer.write_all(&bytes).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.reply(ReplyKind::Write, b"a").unwrap();
         assert!(nothing_to_read(&peer));
         assert!(matches!(s.wait().unwrap(), Incoming::End));
@@ -642,7 +652,7 @@ mod tests {
         let mut bytes = event(EventKind::Data, b"", b"a");
         bytes.extend(event(EventKind::Data, b"", b"b"));
         peer.write_all(&bytes).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.reply(ReplyKind::Write, b"a").unwrap();
         assert!(nothing_to_read(&peer));
         drop(s);
@@ -659,7 +669,7 @@ mod tests {
         peer.write_all(&event(EventKind::Connected, b"", b""))
             .unwrap();
         peer.write_all(&event(EventKind::Close, b"", b"")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         assert!(matches!(s.wait(), Err(SessionError::Unanswered)));
         s.reply(ReplyKind::Continue, b"").unwrap();
         assert!(matches!(
@@ -667,7 +677,7 @@ mod tests {
             Err(SessionError::AnswerTwice)
         ));
         // error() is always sent and ends the next request too.
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.error(b"boom").unwrap();
         assert!(matches!(
             s.reply(ReplyKind::Close, b""),
@@ -695,7 +705,7 @@ mod tests {
     fn state_round_trip_and_feature_gate() {
         let (mut s, mut peer) = session(Features::default());
         peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         assert!(matches!(
             s.set_state(b"st"),
             Err(SessionError::StateUnsupported)
@@ -711,7 +721,7 @@ mod tests {
         peer.write_all(&event(EventKind::Data, b"", b"next"))
             .unwrap();
         match s.wait().unwrap() {
-            Incoming::Event(e) => {
+            Incoming::Event(e, _) => {
                 assert_eq!(e.state, b"\x00old\xff");
                 assert_eq!(e.body, b"body");
             }
@@ -726,7 +736,7 @@ mod tests {
         ));
         // The state does not stick to the next request's answer.
         match s.wait().unwrap() {
-            Incoming::Event(e) => assert_eq!(e.state, b""),
+            Incoming::Event(e, _) => assert_eq!(e.state, b""),
             Incoming::End => panic!("expected an event"),
         }
         s.set_state(b"").unwrap();
@@ -752,7 +762,7 @@ mod tests {
     fn idle_timeout_goes_out_before_the_answer_and_only_when_allowed() {
         let (mut s, mut peer) = session(Features::parse(Some("state,push")));
         peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         assert!(matches!(
             s.set_idle_timeout(Some(5)),
             Err(SessionError::IdleTimeoutUnsupported)
@@ -764,7 +774,7 @@ mod tests {
             Err(SessionError::IdleTimeoutBeforeRequest)
         ));
         peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         for bad in [-1, MAX_IDLE_TIMEOUT_MS + 1] {
             assert!(matches!(
                 s.set_idle_timeout(Some(bad)),
@@ -792,7 +802,7 @@ mod tests {
     fn push_commands_go_out_in_order_before_the_answer() {
         let (mut s, mut peer) = session(Features::default());
         peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         assert!(matches!(
             s.send(b"u", b"x"),
             Err(SessionError::PushUnsupported)
@@ -804,7 +814,7 @@ mod tests {
             "could not join: no request is being handled (push commands go out during a request, after waitRequest())"
         );
         peer.write_all(&event(EventKind::Data, b"", b"x")).unwrap();
-        assert!(matches!(s.wait().unwrap(), Incoming::Event(_)));
+        assert!(matches!(s.wait().unwrap(), Incoming::Event(..)));
         s.send(b"other", b"\x00hi").unwrap();
         s.membership(true, b"room", None).unwrap();
         s.membership(false, b"room", Some(b"other")).unwrap();

@@ -42,13 +42,29 @@ const EVENT_NAMES: &[(&[u8], EventKind)] = &[
 
 /// One connection's decoded context and the exact bytes it was decoded from.
 #[derive(Debug)]
-struct Entry {
+struct Entry<X> {
     /// The constant part: `{"remote_addr":…,"server":…,"uuid":…,"event":"`.
     prefix: Box<[u8]>,
     /// What follows the event name: `"}`, or `","tls":{…}}` once the connection speaks TLS.
     tail: Box<[u8]>,
     /// What those bytes (with any known event name between them) decode to.
     context: Context,
+    /// What the caller keeps with the connection ([`Kept`]).
+    kept: X,
+}
+
+/// What a caller keeps with a connection's entry, e.g. values made from its context that it would
+/// otherwise make again per event (the extension: the PHP strings of the address, uuid and
+/// server), given with each decoded event by [`ContextMemo::decode_keeping`]. It belongs to
+/// exactly the context bytes of the entry: a changed context (STARTTLS) starts a new one.
+#[derive(Debug)]
+pub enum Kept<'a, X> {
+    /// The connection's entry: what was kept with it (`X::default()` for a new entry).
+    Entry(&'a mut X),
+    /// The connection's last event (CLOSE): its entry is gone; this was kept with it.
+    Last(X),
+    /// The context is not remembered (decoded in full; a shape the memo does not take).
+    None,
 }
 
 /// The decoded contexts of the connections a worker serves, so that each connection's context is
@@ -66,24 +82,24 @@ struct Entry {
 ///
 /// Bounded: at most [`ContextMemo::MAX_ENTRIES`] connections (past it the memo starts afresh) and
 /// contexts of at most [`ContextMemo::MAX_CONTEXT`] bytes.
-pub struct ContextMemo {
+pub struct ContextMemo<X = ()> {
     /// Entries by the hash of their constant part.
-    entries: HashMap<u64, Entry, BuildHasherDefault<Prehashed>>,
+    entries: HashMap<u64, Entry<X>, BuildHasherDefault<Prehashed>>,
     /// Searches for [`EVENT_KEY`].
     finder: Finder<'static>,
     /// Scratch space to re-encode a decoded context (reused).
     scratch: Vec<u8>,
 }
 
-impl std::fmt::Debug for ContextMemo {
+impl<X> std::fmt::Debug for ContextMemo<X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ContextMemo({} connections)", self.entries.len())
     }
 }
 
-impl Default for ContextMemo {
+impl<X: Default> Default for ContextMemo<X> {
     fn default() -> Self {
-        Self::new()
+        Self::keeping()
     }
 }
 
@@ -94,8 +110,15 @@ impl ContextMemo {
     /// a client certificate a few hundred); larger ones are decoded every time.
     pub const MAX_CONTEXT: usize = 2048;
 
-    /// An empty memo.
+    /// An empty memo that keeps nothing with its connections.
     pub fn new() -> Self {
+        Self::keeping()
+    }
+}
+
+impl<X: Default> ContextMemo<X> {
+    /// An empty memo that keeps an `X` with each connection ([`Kept`]).
+    pub fn keeping() -> Self {
         ContextMemo {
             entries: HashMap::default(),
             finder: Finder::new(EVENT_KEY),
@@ -116,40 +139,49 @@ impl ContextMemo {
     /// [`TcpEvent::decode`], with the context taken from the memo when its bytes were seen before.
     /// The same event, or the same error, as [`TcpEvent::decode`] for every frame.
     pub fn decode<'a>(&'a mut self, frame: &Frame<'a>) -> Result<TcpEvent<'a>, MessageError> {
+        self.decode_keeping(frame).map(|(event, _)| event)
+    }
+
+    /// [`ContextMemo::decode`], and what the caller keeps with the event's connection.
+    pub fn decode_keeping<'a>(
+        &'a mut self,
+        frame: &Frame<'a>,
+    ) -> Result<(TcpEvent<'a>, Kept<'a, X>), MessageError> {
         let parts = split_parts(frame)?;
         let context = parts.context;
         let state = parts.state.unwrap_or_default();
         let body = parts.body;
         let Some((prefix, kind, tail)) = self.split(context) else {
-            return TcpEvent::decode(frame);
+            return Ok((TcpEvent::decode(frame)?, Kept::None));
         };
         let key = hash(prefix);
         let hit = self
             .entries
             .get(&key)
             .is_some_and(|e| *e.prefix == *prefix && *e.tail == *tail);
+        if hit && kind == EventKind::Close {
+            // The connection's last event: its entry is not needed any more.
+            let entry = self.entries.remove(&key).expect("just found");
+            let Context {
+                remote_addr,
+                server,
+                uuid,
+                tls,
+            } = entry.context;
+            let event = TcpEvent {
+                remote_addr: Cow::Owned(remote_addr),
+                server: Cow::Owned(server),
+                uuid: Cow::Owned(uuid),
+                event: kind,
+                state,
+                body,
+                tls: tls.map(Box::new),
+            };
+            return Ok((event, Kept::Last(entry.kept)));
+        }
         if hit {
-            if kind == EventKind::Close {
-                // The connection's last event: its entry is not needed any more.
-                let entry = self.entries.remove(&key).expect("just found");
-                let Context {
-                    remote_addr,
-                    server,
-                    uuid,
-                    tls,
-                } = entry.context;
-                return Ok(TcpEvent {
-                    remote_addr: Cow::Owned(remote_addr),
-                    server: Cow::Owned(server),
-                    uuid: Cow::Owned(uuid),
-                    event: kind,
-                    state,
-                    body,
-                    tls: tls.map(Box::new),
-                });
-            }
-            let context = &self.entries.get(&key).expect("just found").context;
-            return Ok(TcpEvent {
+            let Entry { context, kept, .. } = self.entries.get_mut(&key).expect("just found");
+            let event = TcpEvent {
                 remote_addr: Cow::Borrowed(&context.remote_addr),
                 server: Cow::Borrowed(&context.server),
                 uuid: Cow::Borrowed(&context.uuid),
@@ -157,30 +189,47 @@ impl ContextMemo {
                 state,
                 body,
                 tls: context.tls.as_ref().map(|t| Box::new(borrowed(t))),
-            });
+            };
+            return Ok((event, Kept::Entry(kept)));
         }
         let event = TcpEvent::decode(frame)?;
-        if kind != EventKind::Close
-            && context.len() <= Self::MAX_CONTEXT
-            && event.event == kind
-            && self.encodes_to(&event, prefix, tail)
+        if kind == EventKind::Close
+            || context.len() > ContextMemo::MAX_CONTEXT
+            || event.event != kind
+            || !self.encodes_to(&event, prefix, tail)
         {
-            if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
-                self.entries.clear();
-            }
-            let entry = Entry {
-                prefix: prefix.into(),
-                tail: tail.into(),
-                context: Context {
-                    remote_addr: event.remote_addr.to_string(),
-                    server: event.server.to_string(),
-                    uuid: event.uuid.to_string(),
-                    tls: event.tls.as_deref().map(owned),
-                },
-            };
-            self.entries.insert(key, entry);
+            return Ok((event, Kept::None));
         }
-        Ok(event)
+        if self.entries.len() >= ContextMemo::MAX_ENTRIES && !self.entries.contains_key(&key) {
+            self.entries.clear();
+        }
+        let entry = Entry {
+            prefix: prefix.into(),
+            tail: tail.into(),
+            context: Context {
+                remote_addr: event.remote_addr.to_string(),
+                server: event.server.to_string(),
+                uuid: event.uuid.to_string(),
+                tls: event.tls.as_deref().map(owned),
+            },
+            kept: X::default(),
+        };
+        let entry = match self.entries.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut old) => {
+                old.insert(entry);
+                old.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(room) => room.insert(entry),
+        };
+        Ok((event, Kept::Entry(&mut entry.kept)))
+    }
+
+    /// Drops what callers kept with every connection (`X::default()` in its place), keeping the
+    /// decoded contexts: for values that must not outlive something of the caller's.
+    pub fn forget_kept(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.kept = X::default();
+        }
     }
 
     /// The constant part, the event kind and the tail of `context`, when its event name is one
@@ -476,6 +525,81 @@ mod tests {
             both(&mut memo, &bytes).unwrap();
         }
         assert!(memo.is_empty(), "CLOSE forgets the connection");
+    }
+
+    #[test]
+    fn what_is_kept_stays_with_its_connection_and_its_context_bytes() {
+        let tls = TlsFacts {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            sni: None,
+            client_subject: None,
+            client_sha256: None,
+        };
+        // Each event notes its uuid in what is kept; returns the notes made before it.
+        fn note(
+            memo: &mut ContextMemo<Vec<String>>,
+            uuid: &str,
+            kind: EventKind,
+            tls: Option<&TlsFacts<'_>>,
+        ) -> Option<Vec<String>> {
+            let bytes = event_frame("10.0.0.1:5", uuid, kind, tls, b"", b"x");
+            let (frame, _) = decode(&bytes, u32::MAX).unwrap().unwrap();
+            let (event, kept) = memo.decode_keeping(&frame).unwrap();
+            assert_eq!((&*event.uuid, event.event), (uuid, kind));
+            match kept {
+                Kept::Entry(notes) => {
+                    let before = notes.clone();
+                    notes.push(uuid.to_owned());
+                    Some(before)
+                }
+                Kept::Last(notes) => Some(notes),
+                Kept::None => None,
+            }
+        }
+        let mut memo: ContextMemo<Vec<String>> = ContextMemo::keeping();
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            note(&mut memo, "a", EventKind::Connected, None),
+            Some(none.clone())
+        );
+        assert_eq!(
+            note(&mut memo, "b", EventKind::Connected, None),
+            Some(none.clone())
+        );
+        assert_eq!(
+            note(&mut memo, "a", EventKind::Data, None),
+            Some(vec!["a".to_owned()])
+        );
+        assert_eq!(
+            note(&mut memo, "b", EventKind::Data, None),
+            Some(vec!["b".to_owned()])
+        );
+        // STARTTLS: a new context, so a new entry with nothing kept.
+        assert_eq!(
+            note(&mut memo, "a", EventKind::Data, Some(&tls)),
+            Some(none.clone())
+        );
+        assert_eq!(
+            note(&mut memo, "a", EventKind::Close, Some(&tls)),
+            Some(vec!["a".to_owned()])
+        );
+        let b = vec!["b".to_owned(), "b".to_owned()];
+        assert_eq!(note(&mut memo, "b", EventKind::Close, None), Some(b));
+        // Gone with the CLOSE: a later event of that uuid starts afresh.
+        assert_eq!(
+            note(&mut memo, "b", EventKind::Data, None),
+            Some(none.clone())
+        );
+        memo.forget_kept();
+        assert_eq!(
+            note(&mut memo, "b", EventKind::Data, None),
+            Some(none),
+            "forgotten"
+        );
+        // A context the memo does not take keeps nothing.
+        let long = "x".repeat(ContextMemo::MAX_CONTEXT);
+        assert_eq!(note(&mut memo, &long, EventKind::Data, None), None);
     }
 
     #[test]
