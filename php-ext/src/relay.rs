@@ -301,17 +301,14 @@ impl Relay {
         self.buf[self.start + 1]
     }
 
-    /// The frame [`Relay::advance`] moved to, decoded from the buffer (its header was checked).
+    /// The frame [`Relay::advance`] moved to, built from the buffer (`advance` or
+    /// [`Relay::frame_buffered`] checked its header with `whole_len`: not checked again).
     pub fn current_frame(&mut self) -> Result<Frame<'_>, RelayError> {
         let bytes = &self.buf[self.start..self.start + self.handed_out];
-        match frame::decode_memo(bytes, MAX_PAYLOAD, &mut self.headers) {
-            Ok(Some((frame, _))) => Ok(frame),
-            // Unreachable: `advance` checked that these bytes are one whole frame.
-            Ok(None) => Err(RelayError::Truncated {
-                buffered: bytes.len(),
-            }),
-            Err(e) => Err(RelayError::Frame(e)),
-        }
+        // `None` is unreachable: these bytes are the one whole frame `whole_len` accepted.
+        frame::decode_accepted(bytes).ok_or(RelayError::Truncated {
+            buffered: bytes.len(),
+        })
     }
 
     /// Whether a whole frame after the one handed out is already buffered, i.e. whether the next

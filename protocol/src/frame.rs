@@ -202,6 +202,21 @@ pub fn whole_len(
         .and_then(|(_, total)| (buf.len() >= total).then_some(total)))
 }
 
+/// The frame at the start of `buf` once [`whole_len`] accepted it (its header checked, all its
+/// bytes there): builds it without checking again. `None` if `buf` does not start with the
+/// whole frame its header describes (never, for bytes `whole_len` accepted).
+pub fn decode_accepted(buf: &[u8]) -> Option<Frame<'_>> {
+    let header = buf.first_chunk::<HEADER_LEN>()?;
+    let words = header[0] & 0x0f;
+    if !(MIN_HEADER_WORDS..=MAX_HEADER_WORDS).contains(&words) {
+        return None;
+    }
+    let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
+    let header_len = usize::from(words) * 4;
+    let total = header_len.checked_add(len as usize)?;
+    (buf.len() >= total).then(|| build(buf, header_len, total))
+}
+
 /// Frame headers that passed the checks of [`decode`] (version, header length, CRC32), so that a
 /// header seen again is not checksummed again: a server's headers repeat (one per payload length
 /// and option count). Bounded by construction: a direct-mapped table of [`HeaderMemo::SLOTS`]
@@ -305,6 +320,11 @@ fn decode_with<'a>(
     if buf.len() < total {
         return Ok(None);
     }
+    Ok(Some((build(buf, header_len, total), total)))
+}
+
+/// The frame in `buf[..total]`, whose header (`header_len` bytes) was checked.
+fn build(buf: &[u8], header_len: usize, total: usize) -> Frame<'_> {
     let words = (header_len / 4) as u8;
     let mut options = Options {
         len: words - MIN_HEADER_WORDS,
@@ -317,13 +337,12 @@ fn decode_with<'a>(
     {
         *slot = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     }
-    let frame = Frame {
+    Frame {
         flags: buf[1],
         stream: buf[10],
         options,
         payload: &buf[header_len..total],
-    };
-    Ok(Some((frame, total)))
+    }
 }
 
 /// Appends one whole frame to `dst`, so that it can go out in a single write.

@@ -309,12 +309,17 @@ fn owned(t: &TlsFacts<'_>) -> TlsFacts<'static> {
 fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        let part = bytes.get(at..).unwrap_or_default();
-        let n = part.len().min(8);
-        w[..n].copy_from_slice(&part[..n]);
-        u64::from_le_bytes(w)
+    // Eight bytes from `at`, zero-padded past the end. A constant part is ~100 bytes, so the
+    // padding branch (a copy call) is only for short ones.
+    let word = |at: usize| match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
+        Some(w) => u64::from_le_bytes(*w),
+        None => {
+            let mut w = [0u8; 8];
+            let part = bytes.get(at..).unwrap_or_default();
+            let n = part.len().min(8);
+            w[..n].copy_from_slice(&part[..n]);
+            u64::from_le_bytes(w)
+        }
     };
     let end = bytes.len().saturating_sub(16);
     let mut h = mix(bytes.len() as u64, word(16));

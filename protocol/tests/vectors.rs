@@ -245,11 +245,12 @@ fn no_state_is_byte_identical_to_the_vectors() {
 
 /// The memos a worker keeps (checked headers, decoded contexts, stock reply heads) change no byte
 /// and no result: every vector, and every corruption of its header, decodes the same with them as
-/// without, twice in a row (the second time from the memo); every reply vector is encoded to its
-/// exact bytes from a remembered head.
+/// without, twice in a row (the second time from the memo), and a frame `whole_len` accepted is
+/// built without its checks to the same frame; every reply vector is encoded to its exact bytes
+/// from a remembered head.
 #[test]
 fn the_memos_give_the_same_results_for_every_vector() {
-    use pier_protocol::frame::{decode_memo, whole_len, HeaderMemo};
+    use pier_protocol::frame::{decode_accepted, decode_memo, whole_len, HeaderMemo};
     use pier_protocol::memo::{ContextMemo, ReplyHeads};
     let v = vectors();
     let mut headers = HeaderMemo::new();
@@ -264,6 +265,13 @@ fn the_memos_give_the_same_results_for_every_vector() {
             );
             let whole = want.clone().map(|f| f.map(|(_, used)| used));
             assert_eq!(whole_len(bytes, MAX, &mut headers), whole, "{name}");
+            if let Ok(Some((frame, used))) = &want {
+                assert_eq!(
+                    decode_accepted(&bytes[..*used]).as_ref(),
+                    Some(frame),
+                    "{name}"
+                );
+            }
             for at in 0..12 {
                 let mut bad = bytes.clone();
                 bad[at] ^= 0x40;
