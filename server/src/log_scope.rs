@@ -13,7 +13,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tracing::span::Id;
 use tracing::Span;
@@ -26,19 +27,46 @@ thread_local! {
 /// Runs `fut` with `span` as the log context of every line the macros of this module emit
 /// while it is polled (what `fut.instrument(span)` does for all of `tracing`, without entering
 /// the span on each poll).
-pub(crate) async fn scoped<F: Future>(span: Span, fut: F) -> F::Output {
-    let Some(id) = span.id() else {
+pub(crate) fn scoped<F: Future>(span: Span, fut: F) -> Scoped<F> {
+    Scoped {
         // A disabled span adds nothing to a line.
-        return fut.await;
-    };
-    let mut fut = pin!(fut);
-    std::future::poll_fn(|cx| {
+        id: span.id(),
+        fut,
+        _span: span,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`scoped`] returns. A plain struct, not an `async fn`: an `async fn` layer
+    /// kept its state tag at the far end of its (connection-sized) state and a second copy of
+    /// the wrapped future (`pin!` moves it), so at 1000 connections each poll of a connection's
+    /// task missed the cache once more for it (bench/results/2026-11-30-pipeline.md, "conn").
+    /// The span id sits right before the wrapped future's state.
+    #[derive(Debug)]
+    #[repr(C)]
+    pub(crate) struct Scoped<F> {
+        // The span's id, noted while the future is polled; `None`: the span is disabled.
+        id: Option<Id>,
+        #[pin]
+        fut: F,
+        // Keeps the span open for the future's life.
+        _span: Span,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let Some(id) = this.id else {
+            return this.fut.poll(cx);
+        };
         let previous = CURRENT.replace(Some(id.clone()));
         // Put back on the way out, even when the poll panics.
         let _restore = Restore(previous);
-        fut.as_mut().poll(cx)
-    })
-    .await
+        this.fut.poll(cx)
+    }
 }
 
 /// Puts the previous context back when a poll ends.
