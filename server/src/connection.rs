@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -61,6 +62,18 @@ enum Flow {
     /// The worker commanded STARTTLS: write what is queued, discard what the client sent
     /// meanwhile, handshake, read on.
     StartTls,
+}
+
+/// What ended the read loop's wait for the next packet.
+enum Wake {
+    /// The server is shutting down.
+    Stopping,
+    /// The writer's side: signalled, or all written (`None`: read on); else why it stopped.
+    Settled(Option<Stop>),
+    /// The next packet, or the end of the stream.
+    Packet(Option<Result<bytes::BytesMut, FramingError>>),
+    /// The idle deadline passed (the client may have sent bytes since).
+    IdleDeadline,
 }
 
 /// A connection's packets, read through the idle clock.
@@ -465,17 +478,6 @@ impl Writer {
         }
     }
 
-    /// The writer while the connection's event runs: waits for the signal without the lock (an
-    /// echo event pays only this), then writes the queue as the client takes it. Returns only
-    /// when the connection must close. Cancel-safe.
-    async fn run(&mut self, link: &Link, write_timeout: Duration) -> Stop {
-        if self.idle(link) {
-            self.wait_signal(link).await;
-        }
-        // Boxed as in `settle`.
-        Box::pin(self.drive(link, write_timeout, false)).await
-    }
-
     /// Writes the queue as the client takes it, waiting for bytes and for room, until the
     /// connection must close (or, with `until_drained`, until nothing is left). Cancel-safe: the
     /// signal is taken only right before the queue is looked at, with no wait in between.
@@ -538,13 +540,15 @@ struct Conn<'a> {
     reason: CloseReason,
 }
 
-/// Serves one accepted connection to the end.
-pub(crate) async fn serve(
+/// Serves one accepted connection to the end. Not an `async fn` itself: the task is the
+/// [`log_scope::scoped`] future around the connection's block, one layer (and one state tag,
+/// a cache line of its own at 1000 connections) fewer.
+pub(crate) fn serve(
     accepted: Accepted,
     listener: Arc<Listener>,
     pool: Pool,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
     // In a cluster the uuid names this node (its tag), so other nodes can route to it.
     let uuid = listener.registry.new_uuid();
     let span = tracing::info_span!("conn", server = %listener.config.name, uuid = %uuid);
@@ -587,9 +591,7 @@ pub(crate) async fn serve(
         let write_timeout = listener.config.write_timeout;
         debug!(remote_addr = %link.remote_addr, "connected");
         metrics.accepted();
-        let (reply, stopped) = conn
-            .event(&mut writer, write_timeout, EventKind::Connected, &[])
-            .await;
+        let (reply, stopped) = conn.event(&mut writer, EventKind::Connected, &[]).await;
         let mut flow = match reply {
             Ok(reply) => conn.apply(&mut writer, reply),
             Err(e) => {
@@ -612,7 +614,8 @@ pub(crate) async fn serve(
                 if flow == Flow::StartTls {
                     flow = Flow::Read;
                     // Boxed, as every rare path: an idle connection's task does not carry them.
-                    let upgrade = start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown);
+                    let upgrade =
+                        start_tls(&mut conn, &mut writer, packets, write_timeout, &shutdown);
                     match Box::pin(upgrade.instrument(tls_span.clone())).await {
                         Ok(upgraded) => packets = upgraded,
                         Err(stopped) => {
@@ -626,23 +629,45 @@ pub(crate) async fn serve(
                 // The next packet is read only once everything queued is written: a client that
                 // does not read its answers is not handed more of them.
                 let idle = writer.idle(&link);
-                let next = tokio::select! {
-                    biased;
-                    () = stopping(registry) => {
+                let wake = if idle && idle_deadline.is_none() {
+                    // The usual wait (nothing queued, no idle timeout), polled by hand: the
+                    // select!'s futures were written into the task's state around every packet,
+                    // lines that are cold again by the next one at 1000 connections.
+                    std::future::poll_fn(|cx| {
+                        if registry.stopping() {
+                            return Poll::Ready(Wake::Stopping);
+                        }
+                        if poll_signal(&link, &mut writer.registered, cx).is_ready() {
+                            return Poll::Ready(Wake::Settled(None));
+                        }
+                        packets.poll_next(cx).map(Wake::Packet)
+                    })
+                    .await
+                } else {
+                    tokio::select! {
+                        biased;
+                        () = stopping(registry) => Wake::Stopping,
+                        s = writer.settle(&link, write_timeout, idle) => Wake::Settled(s),
+                        next = packets.next(), if idle => Wake::Packet(next),
+                        _ = limits::sleep_until(idle_deadline) => Wake::IdleDeadline,
+                    }
+                };
+                let next = match wake {
+                    Wake::Stopping => {
                         debug!("server shutting down; running the packets already received");
                         conn.reason = CloseReason::Shutdown;
                         let budget = listener.config.max_packet_size + INITIAL_READ_BUFFER;
-                        stop = Box::pin(conn.drain(packets, &mut writer, write_timeout, budget)).await;
+                        stop = Box::pin(conn.drain(packets, &mut writer, budget)).await;
                         break;
                     }
-                    s = writer.settle(&link, write_timeout, idle) => {
+                    Wake::Settled(s) => {
                         // Signalled (then, round again: not idle) or all written: read on.
                         let Some(s) = s else { continue };
                         stop = Some(s);
                         break;
                     }
-                    next = packets.next(), if idle => next,
-                    _ = limits::sleep_until(idle_deadline) => {
+                    Wake::Packet(next) => next,
+                    Wake::IdleDeadline => {
                         // Bytes may have come in since the deadline was computed (a partial
                         // packet): then the clock starts again from them.
                         let last = packets.get_ref().last();
@@ -660,9 +685,8 @@ pub(crate) async fn serve(
                     Some(Ok(packet)) => {
                         link.bytes_in
                             .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                        let (result, stopped) = conn
-                            .event(&mut writer, write_timeout, EventKind::Data, &packet)
-                            .await;
+                        let (result, stopped) =
+                            conn.event(&mut writer, EventKind::Data, &packet).await;
                         // Time spent on our side is not the client being idle.
                         packets.get_mut().touch();
                         match result {
@@ -741,7 +765,82 @@ pub(crate) async fn serve(
             log_exec_error(&e, "CLOSE");
         }
     })
-    .await;
+}
+
+/// An event running on a worker while the writer keeps writing the queue ([`Conn::event`]).
+///
+/// A plain struct polled by hand, not an `async fn` around a `poll_fn`: every poll of a waiting
+/// event (its turn, its answer) comes long after the connection's last one at 1000 connections,
+/// and each layer of `async fn` kept its state tag and its fields in lines of their own (misses,
+/// bench/results/2026-11-30-pipeline.md). These fields share one line.
+struct Running<'s, E> {
+    /// The worker's side, polled first each time (the answer wins).
+    exec: Pin<Box<E>>,
+    /// The connection's queue and signal.
+    link: &'s Link,
+    /// The writer while it only watches the signal (an echo event pays for nothing else);
+    /// moved into `drive` once bytes are queued or a close is asked for.
+    writer: Option<&'s mut Writer>,
+    /// The writer's full loop ([`Writer::drive`]), boxed: only pushes and slow clients get here.
+    drive: Option<Pin<Box<dyn Future<Output = Stop> + Send + 's>>>,
+    /// Why the writer stopped, once it has: the connection closes after the answer.
+    stopped: Option<Stop>,
+}
+
+impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
+    type Output = (Result<Reply, PoolError>, Option<Stop>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is Unpin (the futures are boxed).
+        let this = self.get_mut();
+        if let Poll::Ready(reply) = this.exec.as_mut().poll(cx) {
+            return Poll::Ready((reply, this.stopped.take()));
+        }
+        if this.stopped.is_some() {
+            // The connection closes once the answer is applied; the worker's side registered
+            // its wake-up when it returned Pending above.
+            return Poll::Pending;
+        }
+        if this.drive.is_none() {
+            // Set until `drive` takes it (and `drive` ends only with `stopped`).
+            let Some(writer) = this.writer.as_deref_mut() else {
+                return Poll::Pending;
+            };
+            if writer.idle(this.link)
+                && poll_signal(this.link, &mut writer.registered, cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            let writer = this.writer.take().expect("checked above");
+            let write_timeout = this.link.listener.config.write_timeout;
+            this.drive = Some(Box::pin(writer.drive(this.link, write_timeout, false)));
+        }
+        if let Some(drive) = &mut this.drive {
+            if let Poll::Ready(stop) = drive.as_mut().poll(cx) {
+                this.drive = None;
+                this.stopped = Some(stop);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// `Box::pin(make())`, with the future written straight into its allocation. `Box::pin` built
+/// the event's future (~750 bytes, of which a new one sets only its arguments) on the stack and
+/// copied all of it into the box: the box is memory a recent event freed, and the copy wrote
+/// the lines that event had not touched, ~4 L2 misses per message at 1000 connections. A call
+/// that is not inlined returns its value through a pointer, which the compiler then points at
+/// the allocation.
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    /// `make()` as a call of its own.
+    #[inline(never)]
+    fn call<F>(make: impl FnOnce() -> F) -> F {
+        make()
+    }
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(call(make));
+    // SAFETY: the value was written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// Ready once the server shuts down: one atomic load per poll. The wake-up comes through the
@@ -802,59 +901,48 @@ fn log_stop(stop: &Stop, config: &ServerConfig) {
     }
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     /// Runs an event on a worker while the queue keeps being written (pushes go out even while
-    /// this connection's worker is busy). Returns the reply and, if the writer stopped meanwhile,
-    /// why: the connection then closes after the reply is applied.
-    async fn event(
-        &self,
-        writer: &mut Writer,
-        write_timeout: Duration,
+    /// this connection's worker is busy). Resolves to the reply and, if the writer stopped
+    /// meanwhile, why: the connection then closes after the reply is applied.
+    fn event<'s>(
+        &'s self,
+        writer: &'s mut Writer,
         kind: EventKind,
-        body: &[u8],
-    ) -> (Result<Reply, PoolError>, Option<Stop>) {
-        // Boxed: the worker side of an event (pool.exec) is the largest state of a connection's
-        // task; inline, every idle connection would carry its size for nothing (RSS per idle
-        // connection). One allocation per event is noise next to the pipe round trip.
-        let mut exec = Box::pin(self.event_only(kind, body));
-        // The writer, polled after the worker's side each time (the answer wins), until it stops.
-        // Written out rather than `tokio::select!`: this runs around every event, and the macro's
-        // task-budget check and extra moves of the answer cost an echo event ~190 instructions
-        // (callgrind, 1 connection; the worker's side checks the budget itself where it waits).
-        let mut run = std::pin::pin!(writer.run(self.link, write_timeout));
-        let mut stopped = None;
-        let reply = std::future::poll_fn(|cx| {
-            if let Poll::Ready(reply) = exec.as_mut().poll(cx) {
-                return Poll::Ready(reply);
-            }
-            if stopped.is_none() {
-                if let Poll::Ready(stop) = run.as_mut().poll(cx) {
-                    // The connection closes once the answer is applied; the worker's side
-                    // registered its wake-up when it returned Pending above.
-                    stopped = Some(stop);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        (reply, stopped)
+        body: &'s [u8],
+    ) -> Running<'s, impl Future<Output = Result<Reply, PoolError>> + Send + use<'s, 'a>> {
+        Running {
+            // Boxed: the worker side of an event (pool.exec) is the largest state of a
+            // connection's task; inline, every idle connection would carry its size for nothing
+            // (RSS per idle connection). The allocation is one freed by a recent event, so
+            // its lines are warm when the event starts.
+            exec: boxed_in_place(|| self.event_only(kind, body)),
+            link: self.link,
+            writer: Some(writer),
+            drive: None,
+            stopped: None,
+        }
     }
 
-    /// Runs an event on a worker; nothing is written meanwhile.
-    async fn event_only(&self, kind: EventKind, body: &[u8]) -> Result<Reply, PoolError> {
+    /// Runs an event on a worker; nothing is written meanwhile. The pool's future itself, not
+    /// an `async fn` around it: one layer (a state tag and a copy of the event, lines of their
+    /// own in the boxed state) fewer.
+    fn event_only<'s>(
+        &'s self,
+        kind: EventKind,
+        body: &'s [u8],
+    ) -> impl Future<Output = Result<Reply, PoolError>> + Send + use<'s, 'a> {
         let link = self.link;
         link.listener.metrics.event(kind);
-        self.pool
-            .exec(&Event {
-                context: &link.context,
-                uuid: link.uuid,
-                kind,
-                state: &self.state,
-                body,
-                connections: &link.listener.registry,
-                tls: &self.tls,
-            })
-            .await
+        self.pool.exec(Event {
+            context: &link.context,
+            uuid: link.uuid,
+            kind,
+            state: &self.state,
+            body,
+            connections: &link.listener.registry,
+            tls: &self.tls,
+        })
     }
 
     /// Why this connection cannot start TLS now, if it cannot (the worker's error).
@@ -880,7 +968,6 @@ impl Conn<'_> {
         &mut self,
         packets: Packets,
         writer: &mut Writer,
-        write_timeout: Duration,
         mut budget: usize,
     ) -> Option<Stop> {
         use futures_util::FutureExt;
@@ -893,9 +980,7 @@ impl Conn<'_> {
                     self.link
                         .bytes_in
                         .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                    let (result, stopped) = self
-                        .event(writer, write_timeout, EventKind::Data, &packet)
-                        .await;
+                    let (result, stopped) = self.event(writer, EventKind::Data, &packet).await;
                     match result {
                         Ok(reply) => {
                             // A STARTTLS at shutdown is not started: the connection closes.
@@ -1106,5 +1191,29 @@ fn log_exec_error(e: &PoolError, event: &str) {
         }
         PoolError::Closed => info!(event, "pool stopped; closing the connection"),
         other => error!(event, error = %other, "closing the connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of the future `make` returns, for borrowed arguments of one lifetime.
+    fn output_size<'a, R>(_: impl FnOnce(&'a Conn<'a>, &'a mut Writer) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The sizes of a connection task's futures (`cargo test -p pier-server --lib future_sizes
+    /// -- --nocapture` prints them): every poll of a waiting event at 1000 connections misses the
+    /// cache once per line it touches, so the layers stay few and small
+    /// (bench/results/2026-11-30-pipeline.md, "conn").
+    #[test]
+    fn future_sizes() {
+        let task = crate::listener::task_size();
+        let running = output_size(|c, w| c.event(w, EventKind::Data, &[]));
+        let event_only = output_size(|c, _| c.event_only(EventKind::Data, &[]));
+        eprintln!("connection task {task} B, running event {running} B, boxed exec {event_only} B");
+        // An event's own state (besides the boxed exec) fits one cache line.
+        assert!(running <= 64, "running event {running} B");
     }
 }

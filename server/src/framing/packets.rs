@@ -91,7 +91,11 @@ impl<R: AsyncRead + Unpin> Packets<R> {
 
     /// `FramedRead::poll_next`'s state machine (decode what is buffered, else read; at end of
     /// stream `decode_eof`), with the buffer handling described in the module's doc.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<BytesMut, FramingError>>> {
+    /// Cancel-safe as [`Packets::next`].
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<BytesMut, FramingError>>> {
         loop {
             if self.errored {
                 self.errored = false;

@@ -471,8 +471,10 @@ impl Pool {
         }
     }
 
-    /// Runs one event to a reply. Re-runs it on another worker after a stop reply.
-    pub async fn exec(&self, event: &Event<'_>) -> Result<Reply, PoolError> {
+    /// Runs one event to a reply. Re-runs it on another worker after a stop reply. Takes the
+    /// event by value: the connection's task then holds one future, not one around this one.
+    pub async fn exec(&self, event: Event<'_>) -> Result<Reply, PoolError> {
+        let event = &event;
         let spec = &self.inner.spec;
         let bytes = event.frame_bytes();
         for _ in 0..MAX_RERUNS {
