@@ -98,6 +98,7 @@ struct Supervisor {
 /// `exits` carries the pid of every reaped worker.
 pub(super) async fn supervise(pool: Pool, mut exits: mpsc::Receiver<u32>) {
     let watch_tick = pool.inner.spec.config.supervisor.watch_tick;
+    let watching = watches(&pool.inner.spec.config);
     let mut tick = tokio::time::interval(watch_tick.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let closed = pool.inner.closed.clone();
@@ -136,7 +137,7 @@ pub(super) async fn supervise(pool: Pool, mut exits: mpsc::Receiver<u32>) {
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
                 if retry_at.is_some() => sup.retry_at = None,
-            _ = tick.tick() => sup.watch(),
+            _ = tick.tick(), if watching => sup.watch(),
         }
         sup.launch();
         sup.pool.inner.queue.open_lines(lines_open(
@@ -145,6 +146,19 @@ pub(super) async fn supervise(pool: Pool, mut exits: mpsc::Receiver<u32>) {
             sup.pending > 0 || !sup.starts.is_empty(),
         ));
     }
+}
+
+/// Whether the supervisor has anything to do each `watch_tick`: a limit of
+/// `tcp.pool.supervisor` or the dynamic allocator. Without either, no tick is armed: a pending
+/// timer costs the runtime a look at its timer wheel and two clock reads at every park, twice per
+/// message at one connection (bench/results/2026-11-30-pipeline.md, "tokio's park").
+pub(super) fn watches(config: &PoolConfig) -> bool {
+    let limits = &config.supervisor;
+    !limits.ttl.is_zero()
+        || !limits.idle_ttl.is_zero()
+        || !limits.exec_ttl.is_zero()
+        || limits.max_worker_memory > 0
+        || config.dynamic.is_some()
 }
 
 /// Whether events may join busy workers' lines (`max_in_flight` over 1): not while the dynamic
