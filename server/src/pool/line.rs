@@ -23,9 +23,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::oneshot;
-
 use super::queue::Assignment;
+use super::assign;
 use super::worker::{RelayWrite, Worker};
 use super::PoolError;
 use pier_protocol::frame::EncodeError;
@@ -49,7 +48,7 @@ pub(super) enum Handoff {
 #[derive(Debug)]
 struct Turn {
     /// Where the worker is handed over ([`Assignment::Turn`]).
-    tx: oneshot::Sender<Assignment>,
+    tx: assign::Sender,
     /// Its frame's size estimate, counted in [`LineState::bytes`].
     bytes: usize,
 }
@@ -108,7 +107,7 @@ pub(super) enum Joined {
     /// outbox (nobody else is writing).
     Queued {
         /// The handoff ([`Assignment::Turn`]).
-        turn: oneshot::Receiver<Assignment>,
+        turn: assign::Receiver,
         /// The write half, when this event has to write the outbox.
         writer: Option<RelayWrite>,
     },
@@ -128,10 +127,10 @@ pub(super) enum Entered {
     /// the caller has to write the outbox (nobody else is writing).
     Queued(Option<RelayWrite>),
     /// It does not fit (or the line is not open): its channel back.
-    Full(oneshot::Sender<Assignment>),
+    Full(assign::Sender),
     /// A worker is parked for a reserved place: its channel back, the event is to reserve and
     /// join itself (so that the parked worker goes to whoever joins first, as usual).
-    Parked(oneshot::Sender<Assignment>),
+    Parked(assign::Sender),
 }
 
 /// What happened to the worker when an event's answer was in ([`Line::pass_on`]).
@@ -300,7 +299,7 @@ impl Line {
         frame: &[u8],
         bytes: usize,
         retiring: bool,
-        tx: oneshot::Sender<Assignment>,
+        tx: assign::Sender,
     ) -> Entered {
         let mut st = self.lock();
         if !self.fits(&st, bytes, retiring) {
@@ -349,7 +348,7 @@ impl Line {
             self.less_waiting(1);
             return Ok(Joined::Now { worker, writer });
         }
-        let (tx, turn) = oneshot::channel();
+        let (tx, turn) = assign::channel();
         st.queued.push_back(Turn { tx, bytes });
         Ok(Joined::Queued { turn, writer })
     }

@@ -10,9 +10,12 @@
 //! - [`supervisor`]: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
 //!   the dynamic allocator.
 //! - [`reset`]: the rolling reset behind `pier reset` and SIGUSR1.
+//! - [`assign`]: the one-shot channel a waiting event learns its worker, place or turn on, reused
+//!   from event to event.
 //! - this file: [`Pool`], and running one event ([`Pool::exec`]): take an idle worker or a place in
 //!   a busy one's line, read the answer, hand the worker on or give it back.
 
+mod assign;
 mod line;
 mod on_init;
 mod queue;
@@ -686,8 +689,8 @@ impl Pool {
     ) -> Result<Got, PoolError> {
         let timeout = self.inner.spec.config.allocate_timeout;
         let metrics = &self.inner.spec.metrics;
-        let encode = || {
-            let mut frame = Vec::with_capacity(bytes);
+        let encode = |mut frame: Vec<u8>| {
+            frame.reserve(bytes);
             encode_event_prefixed(
                 &mut frame,
                 event.context,

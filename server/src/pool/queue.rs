@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
+
+use super::assign;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +43,10 @@ use crate::ops::Metrics;
 /// of the packet a waiting event holds.
 pub(super) const PRE_ENCODED: usize = 2048;
 
+/// Most frame buffers kept for reuse ([`State::spare_frames`]): a line takes in at most
+/// `max_in_flight` frames at once, and the next events to wait take them again.
+const SPARE_FRAMES: usize = 64;
+
 /// The queue's shared state, behind one short-held lock.
 #[derive(Debug, Default)]
 struct State {
@@ -50,13 +56,17 @@ struct State {
     waiters: VecDeque<Waiting>,
     /// Set at shutdown: nothing is handed out or taken back any more.
     closed: bool,
+    /// Buffers of frames already copied into a line, for the next events to wait with (each
+    /// under `2 × PRE_ENCODED`, at most [`SPARE_FRAMES`]): no allocation and free per waiting
+    /// event, and the buffer reused is the one just read, still in cache.
+    spare_frames: Vec<Vec<u8>>,
 }
 
 /// A waiting event.
 #[derive(Debug)]
 struct Waiting {
     /// Where its worker or place in a line arrives.
-    tx: oneshot::Sender<Assignment>,
+    tx: assign::Sender,
     /// Its frame's size estimate, for joining a line.
     bytes: usize,
     /// When it started waiting, for `allocate_timeout`.
@@ -171,14 +181,14 @@ impl Queue {
     /// (`join` reserves one, for an event of `bytes`), else joins the end of the wait. Either
     /// kind of waiting is refused past `max_queue_size` when `bounded` (not for a `CLOSE`: a
     /// connection's last event is never dropped, and there is at most one per connection).
-    /// `encode` gives the event's frame, asked for only when the event waits, lines are open and
-    /// the frame is small (see the module's doc).
+    /// `encode` gives the event's frame, written into the (empty) buffer it is given, asked for
+    /// only when the event waits, lines are open and the frame is small (see the module's doc).
     pub(super) fn take(
         &self,
         bytes: usize,
         bounded: bool,
         join: impl FnOnce() -> Option<Arc<Shared>>,
-        encode: impl FnOnce() -> Option<Vec<u8>>,
+        encode: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
     ) -> Take<'_> {
         let mut state = self.lock();
         if state.closed {
@@ -204,11 +214,13 @@ impl Queue {
                 return Take::Joined(shared);
             }
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = assign::channel();
         let first = state.waiters.is_empty();
-        let frame = (bytes <= PRE_ENCODED && self.lines_open())
-            .then(encode)
-            .flatten();
+        let frame = if bytes <= PRE_ENCODED && self.lines_open() {
+            encode(state.spare_frames.pop().unwrap_or_default())
+        } else {
+            None
+        };
         state.waiters.push_back(Waiting {
             tx,
             bytes,
@@ -273,7 +285,7 @@ impl Queue {
                 break;
             };
             let tx = match waiting.frame.take() {
-                Some(frame) => {
+                Some(mut frame) => {
                     let entered =
                         shared
                             .line
@@ -283,6 +295,12 @@ impl Queue {
                             metrics.waited(Some(waiting.since.into_std()));
                             if writer.is_some() {
                                 admitted.writer = writer;
+                            }
+                            if state.spare_frames.len() < SPARE_FRAMES
+                                && frame.capacity() <= 2 * PRE_ENCODED
+                            {
+                                frame.clear();
+                                state.spare_frames.push(frame);
                             }
                             continue;
                         }
@@ -435,7 +453,7 @@ impl Queue {
 #[derive(Debug)]
 pub(super) struct Waiter<'a> {
     /// Where the worker or place arrives.
-    rx: oneshot::Receiver<Assignment>,
+    rx: assign::Receiver,
     /// The event's frame size estimate (a place reserved for it counts it).
     bytes: usize,
     /// To give back a worker that arrives as we give up.
@@ -458,9 +476,9 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         self.rx.close();
         let worker = match self.rx.try_recv() {
-            Ok(Assignment::Worker(worker)) => Some(worker),
-            Ok(Assignment::Slot(shared)) => shared.line.unreserve(self.bytes),
-            Ok(Assignment::Turn(Handoff::Worker(worker))) => {
+            Some(Assignment::Worker(worker)) => Some(worker),
+            Some(Assignment::Slot(shared)) => shared.line.unreserve(self.bytes),
+            Some(Assignment::Turn(Handoff::Worker(worker))) => {
                 // Its turn came as it gave up (only at a forced shutdown): nobody reads its
                 // answer, nor those behind it; as for an orphaned event, the worker goes.
                 let pid = worker.pid;
@@ -473,7 +491,7 @@ impl Drop for Waiter<'_> {
                 worker.shared.kill(super::worker::KillReason::None);
                 None
             }
-            Ok(Assignment::Turn(_) | Assignment::Expired) | Err(_) => None,
+            Some(Assignment::Turn(_) | Assignment::Expired) | None => None,
         };
         if let Some(worker) = worker {
             // Dropped at shutdown: the worker is killed with it.
