@@ -20,11 +20,11 @@
 //! its runner's behalf; the runner then learns its turn on the channel it waited on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::queue::Assignment;
 use super::assign;
+use super::queue::Assignment;
 use super::worker::{RelayWrite, Worker};
 use super::PoolError;
 use pier_protocol::frame::EncodeError;
@@ -66,6 +66,9 @@ pub(super) struct Line {
     /// answered, over every worker): they count toward `max_queue_size` and the dynamic
     /// allocator's demand like events waiting in the queue.
     waiting: Arc<AtomicUsize>,
+    /// Frames entered by the queue ([`Line::enter`]) wait in the outbox with nobody charged with
+    /// writing them: the next runner writes them before it reads ([`Line::write_entered`]).
+    entered: AtomicBool,
     /// Everything else, behind one short lock.
     state: Mutex<LineState>,
 }
@@ -123,9 +126,14 @@ pub(super) enum Joined {
 /// How entering an encoded event went ([`Line::enter`]).
 #[derive(Debug)]
 pub(super) enum Entered {
-    /// Its frame is in the outbox and its turn comes through its channel. The write half, when
-    /// the caller has to write the outbox (nobody else is writing).
-    Queued(Option<RelayWrite>),
+    /// Its frame is in the outbox and its turn comes through its channel; whoever writes the
+    /// outbox next writes it (see [`Line::write_entered`]). `more`: another event may still fit
+    /// (false when the line is at `max_in_flight`, its byte budget or `max_jobs`), so that the
+    /// queue does not try one more only to have it refused.
+    Queued {
+        /// Another event may fit.
+        more: bool,
+    },
     /// It does not fit (or the line is not open): its channel back.
     Full(assign::Sender),
     /// A worker is parked for a reserved place: its channel back, the event is to reserve and
@@ -157,6 +165,7 @@ impl Line {
             max_in_flight,
             max_jobs,
             waiting,
+            entered: AtomicBool::new(false),
             state: Mutex::new(LineState {
                 active: false,
                 depth: 0,
@@ -314,7 +323,39 @@ impl Line {
         self.more_waiting(1);
         st.outbox.extend_from_slice(frame);
         st.queued.push_back(Turn { tx, bytes });
-        Entered::Queued(st.writer.take())
+        if st.writer.is_some() {
+            // Nobody is writing: the next runner to read will (a writer now loops until the
+            // outbox is empty, this frame included).
+            self.entered.store(true, Ordering::Relaxed);
+        }
+        Entered::Queued {
+            more: self.fits(&st, 0, retiring),
+        }
+    }
+
+    /// Writes the frames the queue entered, if nobody else is writing them: called by a runner
+    /// of this line right before it reads from the worker, i.e. when it would wait anyway. The
+    /// events entered while the worker's last batch of answers was handed along the line (one
+    /// per answer) so go out in one write, without a task or wake-up of their own; and no event
+    /// waits for its answer behind an unwritten frame of its own, since its runner reads only
+    /// after every event before it was answered. Fails as [`Line::flush`].
+    pub(super) async fn write_entered(&self) -> std::io::Result<()> {
+        if !self.entered.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let writer = {
+            let mut st = self.lock();
+            self.entered.store(false, Ordering::Relaxed);
+            if st.outbox.is_empty() {
+                return Ok(());
+            }
+            st.writer.take()
+        };
+        match writer {
+            Some(writer) => self.flush(writer).await,
+            // Someone is writing: it writes the outbox until it is empty.
+            None => Ok(()),
+        }
     }
 
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::line::{Entered, Handoff};
-use super::worker::{RelayWrite, Shared, Worker};
+use super::worker::{Shared, Worker};
 use crate::ops::Metrics;
 
 /// Largest frame (its size estimate) a waiting event keeps encoded while it waits (see the
@@ -88,17 +88,6 @@ pub(super) enum Assignment {
     Turn(Handoff),
     /// `allocate_timeout` passed.
     Expired,
-}
-
-/// What [`Queue::admit`] leaves to its caller.
-#[derive(Debug, Default)]
-pub(super) struct Admitted {
-    /// A worker left idle by an event that gave up its reserved place at that moment: put it
-    /// back.
-    pub(super) worker: Option<Box<Worker>>,
-    /// The line's write half, when frames went to its outbox and nobody was writing it: write
-    /// the outbox with it ([`super::line::Line::flush`]).
-    pub(super) writer: Option<RelayWrite>,
 }
 
 /// Idle workers and waiting events.
@@ -268,12 +257,14 @@ impl Queue {
 
     /// Room was made in `shared`'s line: the oldest waiting events get places in it, as many as
     /// fit. An event waiting with its frame is entered into the line at once (its runner is not
-    /// woken until its turn); any other gets a reserved place and joins itself. See [`Admitted`]
-    /// for what the caller then does. `metrics`: the wait of each entered event ends here.
-    pub(super) fn admit(&self, shared: &Arc<Shared>, metrics: &Metrics) -> Admitted {
-        let mut admitted = Admitted::default();
+    /// woken until its turn; the line's next runner writes the frames before it reads); any
+    /// other gets a reserved place and joins itself. Returns a worker left idle by an event that
+    /// gave up its reserved place at that moment: the caller puts it back. `metrics`: the wait
+    /// of each entered event ends here.
+    pub(super) fn admit(&self, shared: &Arc<Shared>, metrics: &Metrics) -> Option<Box<Worker>> {
+        let mut idle = None;
         if !self.lines_open() {
-            return admitted;
+            return idle;
         }
         let mut state = self.lock();
         while let Some(front) = state.waiters.front() {
@@ -291,16 +282,16 @@ impl Queue {
                             .line
                             .enter(&frame, waiting.bytes, shared.retiring(), waiting.tx);
                     match entered {
-                        Entered::Queued(writer) => {
+                        Entered::Queued { more } => {
                             metrics.waited(Some(waiting.since.into_std()));
-                            if writer.is_some() {
-                                admitted.writer = writer;
-                            }
                             if state.spare_frames.len() < SPARE_FRAMES
                                 && frame.capacity() <= 2 * PRE_ENCODED
                             {
                                 frame.clear();
                                 state.spare_frames.push(frame);
+                            }
+                            if !more {
+                                break;
                             }
                             continue;
                         }
@@ -324,13 +315,13 @@ impl Queue {
             }
             if tx.send(Assignment::Slot(shared.clone())).is_err() {
                 if let Some(worker) = shared.line.unreserve(waiting.bytes) {
-                    admitted.worker = Some(worker);
+                    idle = Some(worker);
                     break;
                 }
             }
         }
         self.counted(&state);
-        admitted
+        idle
     }
 
     /// Fails the waiting events that have waited `timeout`; returns when the next one falls due.

@@ -439,6 +439,12 @@ impl Worker {
                     }
                 }
                 Ok(None) => {
+                    // About to wait for the worker: first hand it the events entered behind
+                    // this one since it last read (see `Line::write_entered`).
+                    if self.shared.line.write_entered().await.is_err() {
+                        // Their answers, and this one if it is not in yet, fail as for a crash.
+                        self.shared.kill(KillReason::None);
+                    }
                     self.rbuf.reserve(READ_CHUNK);
                     match self.relay.read_buf(&mut self.rbuf).await {
                         Ok(0) => return Err(self.exited_error(None)),
