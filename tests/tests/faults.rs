@@ -138,6 +138,39 @@ fn sigkill_with_events_in_flight_on_the_pure_php_package_fails_at_most_those_eve
     kill_storm(WorkerImpl::Package, 16);
 }
 
+/// A CLOSE waiting in a worker's line when that worker is killed runs on another worker: the PHP
+/// code sees the CLOSE of every connection it saw open (the kill storms above depend on it).
+#[test]
+fn a_close_waiting_behind_a_killed_worker_runs_on_another() {
+    let (pier, dir) = start(
+        WorkerImpl::Extension,
+        &["tcp.pool.num_workers=1", "tcp.pool.max_in_flight=16"],
+    );
+    eventually(&pier, "1 worker", || pier.worker_pids().len() == 1);
+    let pid = pier.worker_pids()[0];
+    let mut busy = Conn::open(&pier);
+    let leaving = Conn::open(&pier);
+    let leaving_uuid = leaving.uuid.clone();
+    busy.send("sleep 3000 busy").expect("send");
+    // The sleep has started; the client that leaves now gets its CLOSE into the busy worker's
+    // line behind it (an event joins a line during the first 500 ms of the one running).
+    thread::sleep(Duration::from_millis(100));
+    drop(leaving);
+    thread::sleep(Duration::from_millis(100));
+    sigkill(pid);
+    // The event that was running is lost with its worker: its connection is closed.
+    assert_eq!(busy.line(), None);
+    eventually(&pier, "both CLOSEs on the new worker", || {
+        let closes = closes(&dir);
+        closes.contains(&leaving_uuid) && closes.contains(&busy.uuid)
+    });
+    eventually(&pier, "the retry logged", || {
+        pier.output().contains("CLOSE lost with its worker")
+    });
+    let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status}\n{output}");
+}
+
 /// 20 SIGKILLs of random workers, 100 ms apart, under 50 connections asking in a loop.
 fn kill_storm(worker: WorkerImpl, max_in_flight: usize) {
     let in_flight = format!("tcp.pool.max_in_flight={max_in_flight}");

@@ -480,17 +480,37 @@ impl Pool {
         let event = &event;
         let spec = &self.inner.spec;
         let bytes = event.frame_bytes();
+        // A CLOSE is the worker's one chance to clean up after a connection: one lost with its
+        // worker (killed or crashed while running it, or failed with the CLOSE waiting in its
+        // line) runs once more on another. Once only, so a CLOSE that itself crashes workers
+        // costs two of them.
+        let mut close_retry = event.kind == EventKind::Close;
+        let mut retry_close = |e: PoolError| {
+            if std::mem::take(&mut close_retry) && lost_with_worker(&e) {
+                warn!(error = %e, "CLOSE lost with its worker; running it on another worker");
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
         for _ in 0..MAX_RERUNS {
             let bounded = event.kind != EventKind::Close;
-            let (mut worker, alone) = match self.acquire(event, bytes, bounded).await? {
-                Got::Worker(worker) => (worker, true),
-                Got::Slot(shared) => match self.join(&shared, event, bytes).await? {
-                    Some(worker) => (worker, false),
-                    None => continue,
+            let (mut worker, alone) = match self.acquire(event, bytes, bounded).await {
+                Ok(Got::Worker(worker)) => (worker, true),
+                Ok(Got::Slot(shared)) => match self.join(&shared, event, bytes).await {
+                    Ok(Some(worker)) => (worker, false),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        retry_close(e)?;
+                        continue;
+                    }
                 },
-                Got::Turn(Handoff::Worker(worker)) => (worker, false),
-                Got::Turn(Handoff::Rerun) => continue,
-                Got::Turn(Handoff::Failed(e)) => return Err(e),
+                Ok(Got::Turn(Handoff::Worker(worker))) => (worker, false),
+                Ok(Got::Turn(Handoff::Rerun)) => continue,
+                Ok(Got::Turn(Handoff::Failed(e))) | Err(e) => {
+                    retry_close(e)?;
+                    continue;
+                }
             };
             let started = spec.metrics.clock();
             worker.begin(event.uuid);
@@ -545,7 +565,7 @@ impl Pool {
                         })
                     });
                     self.kill_and_replace(worker, restart_reason(&e));
-                    return Err(e);
+                    retry_close(e)?;
                 }
             }
         }
@@ -985,6 +1005,17 @@ pub struct PoolStats {
 }
 
 /// The metrics' name for why a worker that failed this way is replaced.
+/// Whether `e` says the event was lost with its worker: the worker died while running it (a
+/// kill, the OOM killer, a crash) or failed while the event waited in its line. Not when the
+/// worker misbehaved on the event itself (stray bytes, overran `exec_ttl`: likely again on
+/// another worker), nor when the pool or the worker's own error reply ended it.
+fn lost_with_worker(e: &PoolError) -> bool {
+    matches!(
+        e,
+        PoolError::WorkerExited { .. } | PoolError::Abandoned { .. }
+    )
+}
+
 fn restart_reason(e: &PoolError) -> RestartReason {
     match e {
         PoolError::Garbage { .. }
