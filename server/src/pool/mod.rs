@@ -1004,7 +1004,6 @@ pub struct PoolStats {
     pub waiting: usize,
 }
 
-/// The metrics' name for why a worker that failed this way is replaced.
 /// Whether `e` says the event was lost with its worker: the worker died while running it (a
 /// kill, the OOM killer, a crash) or failed while the event waited in its line. Not when the
 /// worker misbehaved on the event itself (stray bytes, overran `exec_ttl`: likely again on
@@ -1016,6 +1015,7 @@ fn lost_with_worker(e: &PoolError) -> bool {
     )
 }
 
+/// The metrics' name for why a worker that failed this way is replaced.
 fn restart_reason(e: &PoolError) -> RestartReason {
     match e {
         PoolError::Garbage { .. }
