@@ -29,11 +29,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-
-use super::assign;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::assign;
 use super::line::{Entered, Handoff};
 use super::worker::{Shared, Worker};
 use crate::ops::Metrics;
