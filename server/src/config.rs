@@ -43,6 +43,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// Default `supervisor.watch_tick` (RoadRunner's).
 pub const DEFAULT_WATCH_TICK: Duration = Duration::from_secs(1);
+/// Default `dynamic_allocator.spawn_rate` (RoadRunner's since 2024.3, its pool's `schema.json`).
+pub const DEFAULT_SPAWN_RATE: u64 = 5;
 /// RoadRunner's ceiling for `dynamic_allocator.max_workers`.
 pub const MAX_DYNAMIC_WORKERS: u64 = 100;
 
@@ -628,10 +630,19 @@ impl Config {
                 "user",
                 "group",
                 "on_init",
+                "after_init",
             ],
-            &["after_init"],
+            &[],
             &mut warnings,
         );
+        if server.contains_key(&key("after_init")) {
+            // RoadRunner runs it once its pools are up; Pier has no hook there, and a command the
+            // user expects to run (a cache warm-up, a registration) must not be skipped quietly.
+            return Err(ConfigError::Unsupported {
+                key: "server.after_init".into(),
+                advice: "Pier runs server.on_init before the workers start, but nothing after; run the command once /ready (status.address) answers 200, e.g. from the service manager, and remove this key",
+            });
+        }
         let server_command = match server.get(&key("command")) {
             Some(v) => command(v, "server.command")?,
             None => Vec::new(),
@@ -648,7 +659,7 @@ impl Config {
             Some(v) => relay(&scalar_string(v, "server.relay")?)?,
             None => RelayConfig::Pipes,
         };
-        let relay_timeout = optional_duration(server, "server", "relay_timeout")?;
+        let relay_timeout = rr_timeout(server, "server", "relay_timeout")?;
         let run_as = run_as(server)?;
         let on_init = match server.get(&key("on_init")) {
             Some(v) => Some(on_init(hash(v, "server.on_init")?, &mut warnings)?),
@@ -740,10 +751,29 @@ impl Config {
                 "max_in_flight",
                 "supervisor",
                 "dynamic_allocator",
+                "stream_timeout",
+                "debug",
             ],
-            &["stream_timeout", "debug"],
+            &[],
             &mut warnings,
         );
+        if pool_tree.contains_key(&key("stream_timeout")) {
+            // Checked as RoadRunner parses it, then of no use: it bounds cancelling a streamed
+            // response, and no TCP worker streams (RoadRunner's TCP plugin does not use it either).
+            rr_timeout(pool_tree, "tcp.pool", "stream_timeout")?;
+            warnings.push(
+                "tcp.pool.stream_timeout has no effect: TCP workers never stream a response (RoadRunner's TCP plugin ignores it too)"
+                    .into(),
+            );
+        }
+        if let Some(v) = pool_tree.get(&key("debug")) {
+            if boolean(v, "tcp.pool.debug")? {
+                return Err(ConfigError::Unsupported {
+                    key: "tcp.pool.debug".into(),
+                    advice: "Pier has no debug pool; set tcp.pool.max_jobs: 1 for a fresh worker after every event, and remove this key or set it to false",
+                });
+            }
+        }
         let command = match pool_tree.get(&key("command")) {
             Some(v) => command(v, "tcp.pool.command")?,
             None => server_command,
@@ -767,9 +797,9 @@ impl Config {
             Some(v) => number(v, "tcp.pool.max_jobs")?,
             None => 0,
         };
-        let allocate_timeout = optional_duration(pool_tree, "tcp.pool", "allocate_timeout")?;
-        let destroy_timeout = optional_duration(pool_tree, "tcp.pool", "destroy_timeout")?;
-        let reset_timeout = optional_duration(pool_tree, "tcp.pool", "reset_timeout")?;
+        let allocate_timeout = rr_timeout(pool_tree, "tcp.pool", "allocate_timeout")?;
+        let destroy_timeout = rr_timeout(pool_tree, "tcp.pool", "destroy_timeout")?;
+        let reset_timeout = rr_timeout(pool_tree, "tcp.pool", "reset_timeout")?;
         let max_queue_size = match pool_tree.get(&key("max_queue_size")) {
             Some(v) => usize::try_from(number(v, "tcp.pool.max_queue_size")?).map_err(|_| {
                 ConfigError::Invalid {
@@ -1718,7 +1748,7 @@ fn proxy_entry(
 
 /// A duration that must be above zero (a zero timeout would refuse every connection).
 fn positive_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
-    let d = optional_duration(h, path, field)?;
+    let d = duration_or(h, path, field, DEFAULT_TIMEOUT)?;
     if d.is_zero() {
         return Err(ConfigError::Invalid {
             key: format!("{path}.{field}"),
@@ -1753,10 +1783,19 @@ fn logs(h: &Hash, warnings: &mut Vec<String>) -> Result<LogsConfig, ConfigError>
             "output",
             "err_output",
             "file_logger_options",
+            "line_ending",
         ],
-        &["line_ending", "channels"],
+        &["channels"],
         warnings,
     );
+    if let Some(v) = h.get(&key("line_ending")) {
+        if scalar_string(v, "logs.line_ending")? != "\n" {
+            return Err(ConfigError::Unsupported {
+                key: "logs.line_ending".into(),
+                advice: "Pier ends every log line with \\n (RoadRunner's default); remove this key or set it to \"\\n\"",
+            });
+        }
+    }
     // RoadRunner's modes: production = JSON at info, development = console at debug, raw = the
     // message only, off/none = nothing. `level` and `encoding` still win when given.
     let mode = match h.get(&key("mode")) {
@@ -1948,11 +1987,12 @@ fn dynamic(h: &Hash, warnings: &mut Vec<String>) -> Result<DynamicConfig, Config
         Ok(n as usize)
     };
     let max_workers = count("max_workers", 10)?;
-    let spawn_rate = count("spawn_rate", 1)?.max(1);
+    let spawn_rate = count("spawn_rate", DEFAULT_SPAWN_RATE)?.max(1);
     Ok(DynamicConfig {
         max_workers,
         spawn_rate,
-        idle_timeout: duration_or(h, path, "idle_timeout", DEFAULT_TIMEOUT)?,
+        // RoadRunner makes zero (and, unlike Pier, anything under a second) a minute.
+        idle_timeout: rr_timeout(h, path, "idle_timeout")?,
     })
 }
 
@@ -1982,10 +2022,18 @@ fn on_init(h: &Hash, warnings: &mut Vec<String>) -> Result<OnInit, ConfigError> 
     check_keys(
         h,
         path,
-        &["command", "exec_timeout", "env", "user"],
+        &["command", "exec_timeout", "env", "user", "exit_on_error"],
         &[],
         warnings,
     );
+    if let Some(v) = h.get(&key("exit_on_error")) {
+        if boolean(v, "server.on_init.exit_on_error")? {
+            return Err(ConfigError::Unsupported {
+                key: "server.on_init.exit_on_error".into(),
+                advice: "Pier logs a failed on_init and starts the workers anyway (RoadRunner's default, false); run the command before pier and start pier only if it succeeds, and remove this key or set it to false",
+            });
+        }
+    }
     let command = match h.get(&key("command")) {
         Some(v) => command(v, "server.on_init.command")?,
         None => Vec::new(),
@@ -2022,7 +2070,7 @@ fn on_init(h: &Hash, warnings: &mut Vec<String>) -> Result<OnInit, ConfigError> 
     };
     Ok(OnInit {
         command,
-        exec_timeout: duration_or(h, path, "exec_timeout", DEFAULT_TIMEOUT)?,
+        exec_timeout: rr_timeout(h, path, "exec_timeout")?,
         env,
         run_as,
     })
@@ -2227,8 +2275,12 @@ fn command(v: &Yaml, path: &str) -> Result<Vec<String>, ConfigError> {
     }
 }
 
-fn optional_duration(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
-    duration_or(h, path, field, DEFAULT_TIMEOUT)
+/// One of RoadRunner's pool and server timeouts: absent or zero means 60 s, as RoadRunner
+/// documents them ("Zero means 60s"); a zero taken literally would fail every worker start or
+/// wait at once.
+fn rr_timeout(h: &Hash, path: &str, field: &str) -> Result<Duration, ConfigError> {
+    let d = duration_or(h, path, field, DEFAULT_TIMEOUT)?;
+    Ok(if d.is_zero() { DEFAULT_TIMEOUT } else { d })
 }
 
 fn duration_or(
@@ -2556,6 +2608,93 @@ tcp:
                 "unknown key tcp.servers.smtp.colour (ignored)",
                 "unknown key tcp.pool.supervisor.colour (ignored)",
             ]
+        );
+    }
+
+    /// RoadRunner's pool and logger keys Pier has nothing behind: each is refused with a message
+    /// when its value asks for something Pier does not do, accepted when it asks for nothing
+    /// (RoadRunner's default), and never dropped without a word.
+    #[test]
+    fn roadrunner_keys_without_an_effect_are_refused_or_explained() {
+        let refused = [
+            (
+                "server:\n  command: x\n  after_init: {command: 'php warm.php'}\n",
+                "server.after_init is not supported: Pier runs server.on_init before the workers start, but nothing after",
+            ),
+            (
+                "server: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {debug: true}}\n",
+                "tcp.pool.debug is not supported: Pier has no debug pool; set tcp.pool.max_jobs: 1",
+            ),
+            (
+                "server: {command: x}\nlogs: {line_ending: \"\\r\\n\"}\n",
+                "logs.line_ending is not supported: Pier ends every log line with \\n",
+            ),
+            (
+                "server: {command: x}\ntcp: {servers: {a: {addr: 'x:1'}}, pool: {stream_timeout: soon}}\n",
+                "invalid duration for tcp.pool.stream_timeout: \"soon\"",
+            ),
+        ];
+        for (yaml, want) in refused {
+            let yaml = if yaml.contains("tcp:") {
+                format!("version: '3'\n{yaml}")
+            } else {
+                format!("version: '3'\n{yaml}tcp: {{servers: {{a: {{addr: 'x:1'}}}}}}\n")
+            };
+            let err = parse(&yaml).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{yaml}: {err}");
+        }
+        let accepted = parse(&format!(
+            "{MINIMAL}  pool:\n    debug: false\n    stream_timeout: 30s\nlogs: {{line_ending: \"\\n\"}}\n"
+        ))
+        .unwrap();
+        let on_init_refused = parse(
+            "version: '3'\nserver: {command: x, on_init: {command: y, exit_on_error: true}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            on_init_refused.starts_with("server.on_init.exit_on_error is not supported: Pier logs a failed on_init and starts the workers anyway"),
+            "{on_init_refused}"
+        );
+        let on_init = parse(
+            "version: '3'\nserver: {command: x, on_init: {command: y, exit_on_error: false}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+        )
+        .unwrap();
+        assert!(on_init.warnings.is_empty(), "{:?}", on_init.warnings);
+        assert_eq!(
+            accepted.warnings,
+            ["tcp.pool.stream_timeout has no effect: TCP workers never stream a response (RoadRunner's TCP plugin ignores it too)"]
+        );
+    }
+
+    /// RoadRunner's pool and server timeouts: "Zero means 60s". Taken literally, a zero
+    /// `allocate_timeout` would fail every worker's start.
+    #[test]
+    fn zero_roadrunner_timeouts_mean_a_minute_and_spawn_rate_defaults_to_five() {
+        let c = parse(
+            "version: '3'\nserver: {command: x, relay_timeout: 0, on_init: {command: y, exec_timeout: 0s}}\ntcp:\n  servers: {a: {addr: 'x:1'}}\n  pool: {allocate_timeout: 0, destroy_timeout: 0s, reset_timeout: 0, dynamic_allocator: {idle_timeout: 0}}\n",
+        )
+        .unwrap();
+        let minute = Duration::from_secs(60);
+        let p = &c.pool;
+        assert_eq!(
+            (
+                p.relay_timeout,
+                p.allocate_timeout,
+                p.destroy_timeout,
+                p.reset_timeout
+            ),
+            (minute, minute, minute, minute)
+        );
+        assert_eq!(c.on_init.as_ref().map(|o| o.exec_timeout), Some(minute));
+        let dynamic = p.dynamic.as_ref().expect("dynamic_allocator set");
+        assert_eq!(
+            (
+                dynamic.max_workers,
+                dynamic.spawn_rate,
+                dynamic.idle_timeout
+            ),
+            (10, 5, minute)
         );
     }
 
