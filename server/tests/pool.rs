@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{test_worker, yaml, Client, Harness};
+use support::{eventually, test_worker, yaml, Client, Harness};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
@@ -18,15 +18,6 @@ fn pool(workers: usize, extra: &str) -> String {
 fn sigkill(pid: u32) {
     // SAFETY: kill(2) takes plain integers; the pid is a live worker of the pool under test.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
-}
-
-/// Polls `done` every 5 ms, at most `limit`; panics with `what` if it never holds.
-async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,10 +125,13 @@ async fn waiting_events_get_the_worker_in_arrival_order() {
     }
     busy.send("sleep 400\r\n").await;
     support::wait_for_marker(&h, "sleeping").await;
-    // Each arrives while the only worker is busy, 20 ms apart.
+    // Each arrives while the only worker is busy, once the one before it waits in pier.
     for (i, c) in waiting.iter_mut().enumerate() {
         c.send(format!("w{i}\r\n")).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually(support::HANG, "the event never waited", || {
+            h.pool.stats().waiting == i + 1
+        })
+        .await;
     }
     let answers = waiting.into_iter().enumerate().map(|(i, mut c)| {
         tokio::spawn(async move {
@@ -169,7 +163,10 @@ async fn over_max_queue_size_an_event_fails_at_once_and_the_queued_one_is_served
     busy.send("sleep 600\r\n").await;
     support::wait_for_marker(&h, "sleeping").await;
     queued.send("q\r\n").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(support::HANG, "the first event never waited", || {
+        h.pool.stats().waiting == 1
+    })
+    .await;
     let started = Instant::now();
     rejected.send("r\r\n").await;
     assert_eq!(rejected.line().await, None, "closed: the queue is full");
@@ -337,7 +334,11 @@ async fn shutdown_runs_every_packet_already_received_then_closes() {
     for (i, (c, _)) in clients.iter_mut().enumerate() {
         c.send(format!("a{i}\r\nb{i}\r\n")).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each connection's first packet waits for the worker (its second waits behind it, read).
+    eventually(support::HANG, "the packets never reached pier", || {
+        h.pool.stats().waiting == 5
+    })
+    .await;
     let stopping = async {
         h.shutdown().await;
     };

@@ -10,20 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-use support::{raise_fd_limit, Harness, Rpc, HANG};
+use support::{raise_fd_limit, wait_for, Harness, Rpc, HANG};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 
 fn pool(workers: usize) -> String {
     format!("    num_workers: {workers}\n")
-}
-
-async fn wait_for(mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !ok() {
-        assert!(Instant::now() < deadline, "condition never held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use pier_protocol::frame::{decode, encode, flags};
 use pier_server::rpc::codec::{Codec, Request};
@@ -14,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Harness, HANG};
+use support::{wait_for, Harness, HANG};
 
 const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 const POOL: &str = "    num_workers: 2\n";
@@ -570,17 +569,6 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !crc
-}
-
-async fn wait_for(mut ok: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + HANG;
-    while !ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition never held"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

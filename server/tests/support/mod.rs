@@ -300,6 +300,21 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Polls `done` every 5 ms, at most `limit`; panics with `what` if it never holds. The bounded
+/// wait for anything the test cannot await directly (a count, a log line, a pool statistic).
+pub async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// [`eventually`] within [`HANG`].
+pub async fn wait_for(done: impl FnMut() -> bool) {
+    eventually(HANG, "condition never held", done).await;
+}
+
 /// Waits (bounded) until the workers created the marker file `name` in the harness's directory.
 pub async fn wait_for_marker(h: &Harness, name: &str) {
     let marker = h.dir.path().join(name);
