@@ -9,7 +9,8 @@
 //!   overrides, unknown-key warnings, validation into [`config::Config`].
 //! - [`framing`]: one I/O-free tokio-util `Decoder` per framing mode (delimiter, length field,
 //!   varint, fixed size, raw) that cuts client bytes into packets under any chunking, bounded by
-//!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's.
+//!   `max_packet_size` before anything is buffered; [`framing::FrameCodec`] picks a server's;
+//!   [`framing::packets`] reads a connection's packets with no read buffer of its own while idle.
 //! - [`pool`]: the worker pool, one concept per file: `pool/worker.rs` (a process and its relay,
 //!   pid handshake, reaper), `pool/line.rs` (several events in flight on a busy worker, answered
 //!   in order), `pool/relay.rs` (socket relays), `pool/queue.rs` (fair FIFO waiting with one
@@ -19,7 +20,8 @@
 //!   `pool/mod.rs` runs one event: an idle worker alone, or a place in a busy worker's line.
 //! - [`listener`]: between accept and the first event: the PROXY header of trusted balancers
 //!   ([`listener::proxy`]), TLS with SNI, client certificates and reload ([`listener::tls`]), the
-//!   handshake timeout; also the handshake of a worker-commanded STARTTLS.
+//!   handshake timeout; also the handshake of a worker-commanded STARTTLS; `listener/stream.rs`
+//!   is the accepted connection's two halves, plaintext or TLS.
 //! - `connection`: one task per client: CONNECTED → DATA… → CLOSE exactly once, replies applied,
 //!   connection state kept (Pier extension `state`), idle timeout, STARTTLS when a worker
 //!   commands it (Pier extension `starttls`; the handshake itself is the listener's), and its one
@@ -35,7 +37,8 @@
 //! - [`registry`]: live connections by uuid and their groups, woken at shutdown; the operations (send, close, join,
 //!   leave, broadcast) that workers' command frames and RPC methods apply.
 //! - [`rpc`]: goridge RPC on `rpc.listen` (`tcp.Close`, `rpc.Version`, `pier.*`), its codecs and
-//!   its method table.
+//!   its method table; [`rpc::ops`] RoadRunner's `resetter`/`informer` services; [`rpc::client`]
+//!   the blocking client `pier reset`/`workers`/`connections` use.
 //! - [`version`]: what `pier --version` reports (server, relay protocol, features, the
 //!   extension a PHP beside it would load).
 //! - this file: [`Server`] (bind, serve until shutdown, SIGUSR1 reset), [`TlsReloader`] (SIGHUP)
