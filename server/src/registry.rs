@@ -1,6 +1,6 @@
 //! Live connections by uuid, their groups, and the push operations on them (extension `push`, RPC).
 //!
-//! Every connection registers a [`Link`] (its outbound queue and stats, see `connection`) when it
+//! Every connection registers a `Link` (its outbound queue and stats, see `connection`) when it
 //! is accepted and leaves when its socket closes, before its `CLOSE` event; its group memberships
 //! leave with it. Operations come from two places: command frames a worker writes during an event
 //! (applied by the pool in the order written) and RPC methods (`rpc`). Both go through the same

@@ -8,7 +8,7 @@
 //!   `continue` → CONTINUE; `quit` → WRITECLOSE `bye`; `close` → CLOSE; `error` → error frame;
 //!   `stop` → stop reply the first time in `$TW_DIR` (marker file), else `rerun <pid> <hex state>`;
 //!   `crash` → exit 3 mid-event; `garbage` → raw bytes on stdout; `pid` → `<pid>`; `flood <n>` → n bytes `f`; `exit-after` → answers `<pid>`, then exits while idle;
-//!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff <n>; `big` → stores a 100 000
+//!   `append` → answers `<pid> <hex state>` and stores state ‖ 00 ff `<n>`; `big` → stores a 100 000
 //!   byte state; `clear` → clears the state; `sleep <ms>` → creates `$TW_DIR/sleeping`, sleeps, answers `slept`;
 //!   `stderr` → two lines on stderr, answers `ok`; `env <NAME>` → that variable;
 //!   `idle <ms>|default` → the `idle_timeout`

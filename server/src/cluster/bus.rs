@@ -7,10 +7,10 @@
 //! What the handle promises, whichever bus is behind it:
 //! - [`Bus::publish`] never waits: a payload goes into one bounded queue drained by one task over
 //!   one publishing connection, so payloads published through one `Bus` reach every subscriber in
-//!   the order published, across both channels ([`super::nats`] restores that order, which NATS
+//!   the order published, across both channels (`cluster/nats.rs` restores that order, which NATS
 //!   keeps only per subject on the client side).
 //! - A bus that is down is no error that stops Pier: [`Bus::start`] only fails on a bad URL or
-//!   name, connects in the background, and reconnects with [`backoff`] and resubscribes whenever
+//!   name, connects in the background, and reconnects with `backoff` and resubscribes whenever
 //!   the connection is lost, logging each transition. While it is down, `publish` answers
 //!   [`BusError::Down`] at once and the cross-instance operation fails visibly.
 //! - Every buffer is bounded: the outbound queue ([`QUEUE`], then [`BusError::Full`]) and the
