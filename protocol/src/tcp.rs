@@ -66,14 +66,19 @@ pub struct TcpEvent<'a> {
 /// The JSON context as it is read; unknown keys are ignored so newer servers stay readable.
 #[derive(serde::Deserialize)]
 struct ContextIn<'a> {
+    /// The client's `ip:port`.
     #[serde(borrow, default)]
     remote_addr: Cow<'a, str>,
+    /// The `tcp.servers` name that accepted the connection.
     #[serde(borrow, default)]
     server: Cow<'a, str>,
+    /// The connection's uuid.
     #[serde(borrow, default)]
     uuid: Cow<'a, str>,
+    /// `CONNECTED`, `DATA` or `CLOSE` (anything else is kept, as an unknown event).
     #[serde(borrow, default)]
     event: Cow<'a, str>,
+    /// The TLS facts (Pier extension `tls`), absent on plaintext.
     #[serde(borrow, default)]
     tls: Option<Box<TlsFacts<'a>>>,
 }

@@ -317,10 +317,15 @@ pub(super) struct Shared {
 /// [`BusStats`] as atomics.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
+    /// [`BusStats::published`].
     pub(super) published: AtomicU64,
+    /// [`BusStats::received`].
     pub(super) received: AtomicU64,
+    /// [`BusStats::dropped_out`].
     pub(super) dropped_out: AtomicU64,
+    /// [`BusStats::dropped_in`].
     pub(super) dropped_in: AtomicU64,
+    /// [`BusStats::reconnects`].
     pub(super) reconnects: AtomicU64,
 }
 

@@ -400,11 +400,15 @@ fn on_event(
 /// marks the bus up once both came back (the server handles a connection's operations in order,
 /// so the SUBs are in place), retrying every [`PROBE_WAIT`] while connected.
 struct Prober<'a> {
+    /// The connection the probes go out on and come back over.
     client: &'a Client,
     /// The stamp's publisher id of this node's probes ([`PROBE_BIT`] set).
     id: u64,
+    /// This node's own subject.
     own: &'a str,
+    /// The subject every node subscribes to.
     all: &'a str,
+    /// Where the bus's up/down state is kept.
     shared: &'a Shared,
 }
 
@@ -517,7 +521,9 @@ async fn flush(client: &Client, id: u64, link: &mut Link) {
 
 /// Merges the two subscriptions into the inbox, in each publisher's order.
 struct Receiver<'a> {
+    /// The cluster's bounded inbox; a payload that finds it full is dropped and counted.
     inbox: &'a mpsc::Sender<Bytes>,
+    /// The counters and the bus's state.
     shared: &'a Shared,
     /// This node's probes' publisher id: those go to the prober.
     probe_id: u64,
@@ -570,8 +576,11 @@ impl Receiver<'_> {
 /// A payload as received: who published it, its sequence number, the payload without the stamp.
 #[derive(Debug)]
 struct Stamped {
+    /// The publishing connection's random id.
     publisher: u64,
+    /// Its sequence number at that publisher (restores the publisher's order across subjects).
     seq: u64,
+    /// What the cluster reads.
     payload: Bytes,
 }
 

@@ -197,62 +197,79 @@ pub struct PoolSnapshot {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabel {
+    /// The `tcp.servers` name the sample is about.
     server: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerReasonLabels {
+    /// The `tcp.servers` name the sample is about.
     server: String,
+    /// Why it happened, from a fixed list (see the metric's help).
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerResultLabels {
+    /// The `tcp.servers` name the sample is about.
     server: String,
+    /// How it ended, from a fixed list (see the metric's help).
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerKindLabels {
+    /// The `tcp.servers` name the sample is about.
     server: String,
+    /// Which kind it is, from a fixed list (see the metric's help).
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
+    /// Which kind it is, from a fixed list (see the metric's help).
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
+    /// Why it happened, from a fixed list (see the metric's help).
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
+    /// The state counted, from a fixed list (see the metric's help).
     state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
+    /// The RPC method called; `other` for every name the server does not have.
     method: String,
+    /// How it ended, from a fixed list (see the metric's help).
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterMessageLabels {
+    /// `sent` (published on the bus) or `received`.
     direction: &'static str,
+    /// The envelope's operation (send, close, join, …, query, reply, hello, bye).
     op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClusterFailureLabels {
+    /// The cross-instance operation that failed (send, close, join, …, query).
     op: &'static str,
+    /// Why it happened, from a fixed list (see the metric's help).
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BusLabel {
+    /// The bus kind: `redis` or `nats`.
     bus: &'static str,
 }
 
