@@ -80,6 +80,24 @@ pub enum HarnessError {
     },
 }
 
+/// Declares one `#[test]` per worker implementation, named as given, each running `scenario`
+/// with its [`WorkerImpl`]: `on_each_worker!(echo_with_the_extension, echo_with_the_package,
+/// echo_example);`. The suite runs every example on both, so each pair is spelled once.
+#[macro_export]
+macro_rules! on_each_worker {
+    ($extension:ident, $package:ident, $scenario:path) => {
+        #[test]
+        fn $extension() {
+            $scenario($crate::WorkerImpl::Extension);
+        }
+
+        #[test]
+        fn $package() {
+            $scenario($crate::WorkerImpl::Package);
+        }
+    };
+}
+
 /// Which implementation of the Pier PHP API the example workers run on (examples/php-worker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerImpl {

@@ -247,15 +247,7 @@ fn chat(worker: WorkerImpl) {
     stop(pier);
 }
 
-#[test]
-fn chat_with_the_extension() {
-    chat(WorkerImpl::Extension);
-}
-
-#[test]
-fn chat_with_the_package() {
-    chat(WorkerImpl::Package);
-}
+pier_e2e::on_each_worker!(chat_with_the_extension, chat_with_the_package, chat);
 
 /// One chat instance of a two-instance cluster on `bus_url`.
 fn cluster_node(worker: WorkerImpl, bus_url: &str, node: &str) -> Pier {

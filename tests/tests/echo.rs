@@ -62,12 +62,4 @@ fn echo_example(worker: WorkerImpl) {
     );
 }
 
-#[test]
-fn echo_with_the_extension() {
-    echo_example(WorkerImpl::Extension);
-}
-
-#[test]
-fn echo_with_the_package() {
-    echo_example(WorkerImpl::Package);
-}
+pier_e2e::on_each_worker!(echo_with_the_extension, echo_with_the_package, echo_example);

@@ -190,12 +190,4 @@ fn mqtt_example(worker: WorkerImpl) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn mqtt_with_the_extension() {
-    mqtt_example(WorkerImpl::Extension);
-}
-
-#[test]
-fn mqtt_with_the_package() {
-    mqtt_example(WorkerImpl::Package);
-}
+pier_e2e::on_each_worker!(mqtt_with_the_extension, mqtt_with_the_package, mqtt_example);

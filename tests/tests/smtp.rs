@@ -342,22 +342,14 @@ fn abandoned_data(worker: WorkerImpl) {
     std::fs::remove_dir_all(&mail).ok();
 }
 
-#[test]
-fn smtp_session_with_the_extension() {
-    smtp_session(WorkerImpl::Extension);
-}
+pier_e2e::on_each_worker!(
+    smtp_session_with_the_extension,
+    smtp_session_with_the_package,
+    smtp_session
+);
 
-#[test]
-fn smtp_session_with_the_package() {
-    smtp_session(WorkerImpl::Package);
-}
-
-#[test]
-fn smtp_abandoned_data_with_the_extension() {
-    abandoned_data(WorkerImpl::Extension);
-}
-
-#[test]
-fn smtp_abandoned_data_with_the_package() {
-    abandoned_data(WorkerImpl::Package);
-}
+pier_e2e::on_each_worker!(
+    smtp_abandoned_data_with_the_extension,
+    smtp_abandoned_data_with_the_package,
+    abandoned_data
+);

@@ -240,12 +240,8 @@ fn mail_clients(worker: WorkerImpl) {
     pier.stop().unwrap_or_else(|e| panic!("{e}"));
 }
 
-#[test]
-fn mail_clients_over_tls_with_the_extension() {
-    mail_clients(WorkerImpl::Extension);
-}
-
-#[test]
-fn mail_clients_over_tls_with_the_package() {
-    mail_clients(WorkerImpl::Package);
-}
+pier_e2e::on_each_worker!(
+    mail_clients_over_tls_with_the_extension,
+    mail_clients_over_tls_with_the_package,
+    mail_clients
+);
