@@ -25,8 +25,9 @@ pub enum CtlError {
     /// The config has no `rpc.listen`: there is nothing to talk to.
     #[error("could not find rpc.listen in the config: `pier serve` starts the RPC listener only when rpc.listen is set (for example rpc: {{ listen: tcp://127.0.0.1:6001 }})")]
     NoRpc,
-    /// Nothing answers at the address, or the call failed.
-    #[error("{0} (is `pier serve` running with this config?)")]
+    /// Nothing answers at the address, or the connection failed during the call. The cause
+    /// (address and OS error) is the source, printed once after this text.
+    #[error("could not talk to the running server (is `pier serve` running with this config?)")]
     Unreachable(#[source] ClientError),
     /// The server answered, but not as expected.
     #[error(transparent)]

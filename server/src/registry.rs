@@ -46,7 +46,7 @@ pub enum RegistryError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     /// A broadcast reached this node's connections, but not the other nodes.
-    #[error("queued on {queued} connections of this node, but {source}")]
+    #[error("could not reach every node: queued on {queued} connections of this node")]
     Partial {
         /// Connections of this node that took it.
         queued: usize,
@@ -270,7 +270,7 @@ impl Registry {
                 match self.broadcast(&Bytes::copy_from_slice(data), filter, &except) {
                     Ok(n) => debug!(pid, queued = n, "broadcast"),
                     Err(e @ RegistryError::Partial { .. }) => {
-                        debug!(pid, error = %e, "broadcast not forwarded")
+                        debug!(pid, error = %crate::ErrorChain(&e), "broadcast not forwarded")
                     }
                     Err(e) => warn!(pid, error = %e, "worker error: broadcast refused"),
                 }

@@ -207,10 +207,12 @@ fn control_commands_without_a_server_exit_1_with_a_clear_message() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        // The advice, then the cause (address and OS error) once: anyhow prints the chain.
+        let cause = format!("could not reach the RPC server at tcp://127.0.0.1:{port}");
         assert!(
-            stderr.starts_with(&format!(
-                "error: could not reach the RPC server at tcp://127.0.0.1:{port}"
-            )) && stderr.contains("is `pier serve` running with this config?"),
+            stderr.starts_with(
+                "error: could not talk to the running server (is `pier serve` running with this config?): "
+            ) && stderr.matches(&cause).count() == 1,
             "{cmd}: {stderr}"
         );
     }

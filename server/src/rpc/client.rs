@@ -49,7 +49,7 @@ pub enum ClientError {
         problem: String,
     },
     /// The server answered with an error.
-    #[error("the server refused {method}: {message}")]
+    #[error("could not call {method}: the server answered: {message}")]
     Remote {
         /// The method.
         method: String,
@@ -309,7 +309,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the server refused resetter.Reset: no such plugin: http"
+            "could not call resetter.Reset: the server answered: no such plugin: http"
         );
         let wrong = answer::<bool>("rpc_response_resetter_reset_json", 9, "resetter.Reset");
         assert!(matches!(wrong, Err(ClientError::BadAnswer { .. })));

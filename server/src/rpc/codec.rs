@@ -20,10 +20,10 @@ pub enum Codec {
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// JSON that is not the argument the method takes.
-    #[error("could not decode the JSON argument: {0}")]
+    #[error("could not decode the JSON argument")]
     Json(#[source] serde_json::Error),
     /// msgpack that is not the argument the method takes.
-    #[error("could not decode the msgpack argument: {0}")]
+    #[error("could not decode the msgpack argument")]
     MsgpackDecode(#[source] rmp_serde::decode::Error),
     /// A result that msgpack cannot hold (a bug: results are plain data).
     #[error("could not encode the msgpack result")]

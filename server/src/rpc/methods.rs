@@ -33,7 +33,7 @@ pub enum MethodError {
     #[error(transparent)]
     Argument(#[from] CodecError),
     /// The argument decoded, but a value in it is not usable.
-    #[error("invalid argument: {0}")]
+    #[error("could not use the argument: {0}")]
     Invalid(String),
     /// The registry refused the operation (group name, groups per connection), or could not
     /// reach another node with it.

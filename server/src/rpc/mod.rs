@@ -282,9 +282,12 @@ async fn answer(request: &Request, methods: &Methods, context: &Arc<Context>, ou
             request.encode_result(out, &result);
         }
         Err(e) => {
-            info!(%method, error = %e, "RPC call failed (client error)");
+            // The client gets the whole chain: the error and its causes (a decoder's position,
+            // the bus that is down), as the log does.
+            let text = crate::ErrorChain(&e).to_string();
+            info!(%method, error = %text, "RPC call failed (client error)");
             context.metrics.rpc_call(Some(&method), false);
-            request.encode_error(out, &e.to_string());
+            request.encode_error(out, &text);
         }
     }
 }
