@@ -384,6 +384,17 @@ impl Pier {
         }
     }
 
+    /// Waits (bounded: 30 s) until a worker of `worker`'s implementation said it serves (the
+    /// example bootstrap's banner in pier's log); panics with pier's output otherwise.
+    pub fn assert_served_by(&self, worker: WorkerImpl) {
+        assert!(
+            self.wait_for_output(worker.banner(), Duration::from_secs(30)),
+            "no worker said \"{}\"; pier's output:\n{}",
+            worker.banner(),
+            self.output()
+        );
+    }
+
     /// Stops pier as a user would, with SIGTERM, and waits for it to exit (bounded); returns its exit
     /// status and everything it wrote.
     pub fn stop(mut self) -> Result<(ExitStatus, String), HarnessError> {

@@ -89,12 +89,7 @@ fn start(worker: WorkerImpl, overrides: &[&str]) -> Pier {
     };
     let pier = Pier::start_with("examples/chat/.rr.yaml", &["chat"], worker, &[], options)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
-        "no worker said \"{}\"; pier's output:\n{}",
-        worker.banner(),
-        pier.output()
-    );
+    pier.assert_served_by(worker);
     pier
 }
 

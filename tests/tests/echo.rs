@@ -2,19 +2,13 @@
 //! two servers with different delimiters, one worker pool routing by server name.
 
 use std::io::Write;
-use std::time::Duration;
 
 use pier_e2e::{read_exactly, read_to_close, Pier, WorkerImpl};
 
 fn echo_example(worker: WorkerImpl) {
     let pier = Pier::start("examples/echo/.rr.yaml", &["echo", "upper"], worker, &[])
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
-        "no worker said \"{}\"; pier's output:\n{}",
-        worker.banner(),
-        pier.output()
-    );
+    pier.assert_served_by(worker);
 
     // echo: "\n"-delimited. Two lines pipelined in one write, then a line split mid-word, then a
     // delimiter arriving on its own: each line comes back whole, in order.

@@ -10,7 +10,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
 
 use pier_e2e::{fresh_dir, read_exactly, read_to_close, repo_root, Pier, WorkerImpl, IO_TIMEOUT};
 
@@ -63,12 +62,7 @@ fn mqtt_example(worker: WorkerImpl) {
         &[("MQTT_STORE", OsStr::new(&store))],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
-        "no worker said \"{}\"; pier's output:\n{}",
-        worker.banner(),
-        pier.output()
-    );
+    pier.assert_served_by(worker);
     let port = pier.addr("mqtt").port().to_string();
 
     // A retained message before anyone subscribes; the subscriber's first line proves both that

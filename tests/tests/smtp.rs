@@ -181,12 +181,7 @@ fn smtp_session(worker: WorkerImpl) {
     env.push(("SMTP_TRACE", "1".as_ref()));
     let pier = Pier::start("examples/smtp/.rr.yaml", &SERVERS, worker, &env)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        pier.wait_for_output(worker.banner(), Duration::from_secs(30)),
-        "no worker said \"{}\"; pier's output:\n{}",
-        worker.banner(),
-        pier.output()
-    );
+    pier.assert_served_by(worker);
     let mut smtp = Client::connect(&pier);
     let greeting = smtp.expect(&[220]);
     assert!(greeting[0].lines[0].contains("ESMTP"), "{greeting:?}");
