@@ -179,12 +179,15 @@ pub struct Session<X = ()> {
     pid: u32,
     /// The server said stop, or the relay closed: every later wait ends too, without reading.
     ended: bool,
-    /// The uuid of the connection whose request is being handled (push commands default to it);
-    /// reused between events.
+    /// The uuid of the connection whose request is being handled (push commands default to it),
+    /// once [`Session::current_context`] copied it for a push command; reused between events.
     uuid: String,
     /// The server of the request being handled (a broadcast without a group goes to its
-    /// connections); reused between events.
+    /// connections), copied with `uuid`; reused between events.
     server: String,
+    /// Whether `uuid` and `server` hold the pending request's (they are copied only when a push
+    /// command needs them, not per event).
+    context_copied: bool,
     /// Each connection's context, decoded once (not per event), and what the caller keeps with it.
     contexts: ContextMemo<X>,
     /// Stock reply heads, encoded once per kind and body length.
@@ -204,6 +207,7 @@ impl<X: Default> Session<X> {
             ended: false,
             uuid: String::new(),
             server: String::new(),
+            context_copied: false,
             contexts: ContextMemo::keeping(),
             heads: ReplyHeads::new(),
         }
@@ -255,11 +259,89 @@ impl<X: Default> Session<X> {
             .map_err(SessionError::Message)?;
         self.turn = Turn::Pending;
         self.state = None;
+        self.context_copied = false;
+        Ok(Incoming::Event(event, kept))
+    }
+
+    /// `join($group, $uuid)` / `leave(…)`: `uuid` None means the current request's connection.
+    pub fn membership(
+        &mut self,
+        join: bool,
+        group: &[u8],
+        uuid: Option<&[u8]>,
+    ) -> Result<(), SessionError> {
+        let what = if join { "join" } else { "leave" };
+        self.require_push(what)?;
+        let group = Cow::Borrowed(push::group(what, group)?);
+        let uuid = uuid.map(|u| push::uuid(what, u)).transpose()?;
+        if uuid.is_none() {
+            self.copy_context()?;
+        }
+        // The current uuid is moved out so the command can borrow it while `self.out` is written.
+        let current = std::mem::take(&mut self.uuid);
+        let uuid = Cow::Borrowed(uuid.unwrap_or(current.as_str()));
+        let result = self.command(&if join {
+            Command::Join { uuid, group }
+        } else {
+            Command::Leave { uuid, group }
+        });
+        self.uuid = current;
+        result
+    }
+
+    /// `broadcast($data, $group, $except)`: to the members of `group`, or with none to every
+    /// connection of the current request's server. `except` is None when it held a non-string.
+    pub fn broadcast(
+        &mut self,
+        data: &[u8],
+        group: Option<&[u8]>,
+        except: Option<&[&[u8]]>,
+    ) -> Result<(), SessionError> {
+        self.require_push("broadcast")?;
+        let group = group
+            .map(|g| push::group("broadcast", g).map(Cow::Borrowed))
+            .transpose()?;
+        let except = except
+            .ok_or(PushError::Except)?
+            .iter()
+            .map(|u| push::uuid("broadcast", u).map(Cow::Borrowed))
+            .collect::<Result<Vec<_>, _>>()?;
+        if group.is_none() {
+            self.copy_context()?;
+        }
+        // The server name is moved out so the command can borrow it while `self.out` is written.
+        let current = std::mem::take(&mut self.server);
+        let server = group.is_none().then_some(Cow::Borrowed(current.as_str()));
+        let result = self.command(&Command::Broadcast {
+            group,
+            server,
+            except,
+            data,
+        });
+        self.server = current;
+        result
+    }
+
+    /// Copies the pending request's uuid and server into `uuid` and `server` (once per request):
+    /// the push commands that default to them need them, while most requests send none, so
+    /// they are not copied per event. The request's frame is still the relay's current one
+    /// (nothing is read before the next [`Session::wait`]); decoding it again gives the same
+    /// event (the memo's promise), from the memo when its connection is remembered.
+    fn copy_context(&mut self) -> Result<(), SessionError> {
+        if self.context_copied {
+            return Ok(());
+        }
+        let frame = self.relay.current_frame()?;
+        let event = self
+            .contexts
+            .decode(&frame)
+            .map_err(SessionError::Message)?;
         self.uuid.clear();
         self.uuid.push_str(&event.uuid);
         self.server.clear();
         self.server.push_str(&event.server);
-        Ok(Incoming::Event(event, kept))
+        self.context_copied = true;
+        Ok(())
     }
 
     /// Drops what the caller kept with every connection (for values that must not outlive
@@ -382,60 +464,6 @@ impl<X> Session<X> {
         self.require_push("disconnect")?;
         let uuid = Cow::Borrowed(push::uuid("disconnect", uuid)?);
         self.command(&Command::Close { uuid })
-    }
-
-    /// `join($group, $uuid)` / `leave(…)`: `uuid` None means the current request's connection.
-    pub fn membership(
-        &mut self,
-        join: bool,
-        group: &[u8],
-        uuid: Option<&[u8]>,
-    ) -> Result<(), SessionError> {
-        let what = if join { "join" } else { "leave" };
-        self.require_push(what)?;
-        // The current uuid is copied out so the command can borrow it while `self.out` is written.
-        let group = Cow::Borrowed(push::group(what, group)?);
-        let uuid = uuid.map(|u| push::uuid(what, u)).transpose()?;
-        // The current uuid is moved out so the command can borrow it while `self.out` is written.
-        let current = std::mem::take(&mut self.uuid);
-        let uuid = Cow::Borrowed(uuid.unwrap_or(current.as_str()));
-        let result = self.command(&if join {
-            Command::Join { uuid, group }
-        } else {
-            Command::Leave { uuid, group }
-        });
-        self.uuid = current;
-        result
-    }
-
-    /// `broadcast($data, $group, $except)`: to the members of `group`, or with none to every
-    /// connection of the current request's server. `except` is None when it held a non-string.
-    pub fn broadcast(
-        &mut self,
-        data: &[u8],
-        group: Option<&[u8]>,
-        except: Option<&[&[u8]]>,
-    ) -> Result<(), SessionError> {
-        self.require_push("broadcast")?;
-        let group = group
-            .map(|g| push::group("broadcast", g).map(Cow::Borrowed))
-            .transpose()?;
-        let except = except
-            .ok_or(PushError::Except)?
-            .iter()
-            .map(|u| push::uuid("broadcast", u).map(Cow::Borrowed))
-            .collect::<Result<Vec<_>, _>>()?;
-        // The server name is moved out so the command can borrow it while `self.out` is written.
-        let current = std::mem::take(&mut self.server);
-        let server = group.is_none().then_some(Cow::Borrowed(current.as_str()));
-        let result = self.command(&Command::Broadcast {
-            group,
-            server,
-            except,
-            data,
-        });
-        self.server = current;
-        result
     }
 
     /// Sends the `starttls` command: the server writes the next answer in plaintext, then starts
