@@ -7,6 +7,7 @@
 //! from.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry::{Occupied, Vacant};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -155,53 +156,58 @@ impl<X: Default> ContextMemo<X> {
             return Ok((TcpEvent::decode(frame)?, Kept::None));
         };
         let key = hash(prefix);
-        let hit = self
-            .entries
-            .get(&key)
-            .is_some_and(|e| *e.prefix == *prefix && *e.tail == *tail);
-        if hit && kind == EventKind::Close {
-            // The connection's last event: its entry is not needed any more.
-            let entry = self.entries.remove(&key).expect("just found");
-            let Context {
-                remote_addr,
-                server,
-                uuid,
-                tls,
-            } = entry.context;
-            let event = TcpEvent {
-                remote_addr: Cow::Owned(remote_addr),
-                server: Cow::Owned(server),
-                uuid: Cow::Owned(uuid),
-                event: kind,
-                state,
-                body,
-                tls: tls.map(Box::new),
-            };
-            return Ok((event, Kept::Last(entry.kept)));
+        if kind != EventKind::Close
+            && self.entries.len() >= ContextMemo::MAX_ENTRIES
+            && !self.entries.contains_key(&key)
+        {
+            // Full, and this may be a new connection's first event: start afresh.
+            self.entries.clear();
         }
-        if hit {
-            let Entry { context, kept, .. } = self.entries.get_mut(&key).expect("just found");
-            let event = TcpEvent {
-                remote_addr: Cow::Borrowed(&context.remote_addr),
-                server: Cow::Borrowed(&context.server),
-                uuid: Cow::Borrowed(&context.uuid),
-                event: kind,
-                state,
-                body,
-                tls: context.tls.as_ref().map(|t| Box::new(borrowed(t))),
-            };
-            return Ok((event, Kept::Entry(kept)));
-        }
+        // One probe: a hit returns from the entry found, a miss replaces it or fills its room.
+        let room = match self.entries.entry(key) {
+            Occupied(found) if found.get().holds(prefix, tail) => {
+                return Ok(if kind == EventKind::Close {
+                    // The connection's last event: its entry is not needed any more.
+                    let entry = found.remove();
+                    let Context {
+                        remote_addr,
+                        server,
+                        uuid,
+                        tls,
+                    } = entry.context;
+                    let event = TcpEvent {
+                        remote_addr: Cow::Owned(remote_addr),
+                        server: Cow::Owned(server),
+                        uuid: Cow::Owned(uuid),
+                        event: kind,
+                        state,
+                        body,
+                        tls: tls.map(Box::new),
+                    };
+                    (event, Kept::Last(entry.kept))
+                } else {
+                    let Entry { context, kept, .. } = found.into_mut();
+                    let event = TcpEvent {
+                        remote_addr: Cow::Borrowed(&context.remote_addr),
+                        server: Cow::Borrowed(&context.server),
+                        uuid: Cow::Borrowed(&context.uuid),
+                        event: kind,
+                        state,
+                        body,
+                        tls: context.tls.as_ref().map(|t| Box::new(borrowed(t))),
+                    };
+                    (event, Kept::Entry(kept))
+                });
+            }
+            room => room,
+        };
         let event = TcpEvent::decode(frame)?;
         if kind == EventKind::Close
             || context.len() > ContextMemo::MAX_CONTEXT
             || event.event != kind
-            || !self.encodes_to(&event, prefix, tail)
+            || !encodes_to(&mut self.scratch, &event, prefix, tail)
         {
             return Ok((event, Kept::None));
-        }
-        if self.entries.len() >= ContextMemo::MAX_ENTRIES && !self.entries.contains_key(&key) {
-            self.entries.clear();
         }
         let entry = Entry {
             prefix: prefix.into(),
@@ -214,12 +220,12 @@ impl<X: Default> ContextMemo<X> {
             },
             kept: X::default(),
         };
-        let entry = match self.entries.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut old) => {
+        let entry = match room {
+            Occupied(mut old) => {
                 old.insert(entry);
                 old.into_mut()
             }
-            std::collections::hash_map::Entry::Vacant(room) => room.insert(entry),
+            Vacant(room) => room.insert(entry),
         };
         Ok((event, Kept::Entry(&mut entry.kept)))
     }
@@ -255,26 +261,38 @@ impl<X: Default> ContextMemo<X> {
         };
         Some((&context[..prefix_len], kind, &rest[name_len..]))
     }
+}
 
-    /// Whether `event`'s context encodes to exactly `prefix`, its event name and `tail`.
-    fn encodes_to(&mut self, event: &TcpEvent<'_>, prefix: &[u8], tail: &[u8]) -> bool {
-        self.scratch.clear();
-        push_context_prefix(
-            &mut self.scratch,
-            &event.remote_addr,
-            &event.server,
-            &event.uuid,
-        );
-        if *self.scratch != *prefix {
-            return false;
-        }
-        self.scratch.clear();
-        self.scratch.push(b'"');
-        if let Some(tls) = &event.tls {
-            self.scratch.extend_from_slice(&tls.context_fragment());
-        }
-        self.scratch.push(b'}');
-        *self.scratch == *tail
+/// Whether `event`'s context encodes to exactly `prefix`, its event name and `tail` (`scratch`
+/// is reused space to encode it in).
+fn encodes_to(scratch: &mut Vec<u8>, event: &TcpEvent<'_>, prefix: &[u8], tail: &[u8]) -> bool {
+    scratch.clear();
+    push_context_prefix(scratch, &event.remote_addr, &event.server, &event.uuid);
+    if *scratch != *prefix {
+        return false;
+    }
+    scratch.clear();
+    scratch.push(b'"');
+    if let Some(tls) = &event.tls {
+        scratch.extend_from_slice(&tls.context_fragment());
+    }
+    scratch.push(b'}');
+    *scratch == *tail
+}
+
+impl<X> Entry<X> {
+    /// Whether the entry was made from exactly these bytes (`tail` is usually the two bytes of
+    /// a plaintext context, compared without a call).
+    fn holds(&self, prefix: &[u8], tail: &[u8]) -> bool {
+        let short_tail =
+            |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
+        self.prefix.len() == prefix.len()
+            && if tail.len() <= 4 {
+                short_tail(&self.tail, tail)
+            } else {
+                *self.tail == *tail
+            }
+            && *self.prefix == *prefix
     }
 }
 
@@ -309,6 +327,17 @@ fn owned(t: &TlsFacts<'_>) -> TlsFacts<'static> {
 fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let fold = |h: u64| h ^ (h >> 29);
+    // A constant part is ~100 bytes: its four words are read without a bounds check each (the
+    // same words as below, which also take the short ones).
+    if let (Some(head), Some(end)) = (
+        bytes.get(16..32).and_then(|b| b.first_chunk::<16>()),
+        bytes.last_chunk::<16>(),
+    ) {
+        let [a, b, c, d] = [&head[..8], &head[8..], &end[..8], &end[8..]]
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        return fold(mix(mix(mix(mix(bytes.len() as u64, a), b), c), d));
+    }
     // Eight bytes from `at`, zero-padded past the end. A constant part is ~100 bytes, so the
     // padding branch (a copy call) is only for short ones.
     let word = |at: usize| match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
@@ -326,7 +355,7 @@ fn hash(bytes: &[u8]) -> u64 {
     h = mix(h, word(24));
     h = mix(h, word(end));
     h = mix(h, word(end + 8));
-    h ^ (h >> 29)
+    fold(h)
 }
 
 /// The hasher of a map whose keys are hashes already.
