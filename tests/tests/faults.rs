@@ -338,7 +338,11 @@ fn a_stop_reply_with_events_in_flight_behind_it_reruns_them_all() {
         let reply = conn.line().expect("an event behind the stop was answered");
         assert!(reply.ends_with(&format!(" b{i}")), "{reply}");
     }
-    assert!(pier.output().contains("worker asked to stop"));
+    assert!(
+        pier.wait_for_output("worker asked to stop", LIMIT),
+        "{}",
+        pier.output()
+    );
     let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status}\n{output}");
 }
@@ -373,7 +377,11 @@ fn exec_ttl_with_events_in_flight_closes_each_of_their_connections() {
     });
     let mut fresh = Conn::open(&pier);
     assert_eq!(fresh.ask("after").as_deref(), Some("after"));
-    assert!(pier.output().contains("failed with this event in flight"));
+    assert!(
+        pier.wait_for_output("failed with this event in flight", LIMIT),
+        "{}",
+        pier.output()
+    );
     let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status}\n{output}");
 }
@@ -414,7 +422,7 @@ fn max_queue_size_counts_the_events_in_a_busy_workers_line() {
         assert_eq!(conn.line(), Some(format!("slept {pid} q{i}")));
     }
     assert!(
-        pier.output().contains("wait queue is full"),
+        pier.wait_for_output("wait queue is full", LIMIT),
         "{}",
         pier.output()
     );
@@ -481,7 +489,11 @@ fn a_hanging_worker_is_killed_at_exec_ttl_and_the_others_keep_serving() {
     });
     eventually(&pier, "2 workers again", || pier.worker_pids().len() == 2);
     assert_eq!(other.ask("still").as_deref(), Some("still"));
-    assert!(pier.output().contains("event ran over exec_ttl"));
+    assert!(
+        pier.wait_for_output("event ran over exec_ttl", LIMIT),
+        "{}",
+        pier.output()
+    );
     let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status}\n{output}");
 }
@@ -503,7 +515,11 @@ fn a_leaking_worker_is_replaced_between_events_and_its_connection_stays() {
     });
     let next = conn.ask("pid").expect("the connection stayed open");
     assert_ne!(next, leaker);
-    assert!(pier.output().contains("over max_worker_memory"));
+    assert!(
+        pier.wait_for_output("over max_worker_memory", LIMIT),
+        "{}",
+        pier.output()
+    );
     let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status}\n{output}");
 }
