@@ -252,7 +252,7 @@ async fn a_rolling_reset_replaces_every_worker_under_load_and_no_event_fails() {
         let stop = stop.clone();
         load.push(tokio::spawn(async move {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
                 // A slow event now and then: the reset must wait for it, not break it.
                 let packet = if n % 7 == i % 7 { "sleep 30" } else { "x" };
                 let answer = c.ask(&format!("{packet}\r\n")).await;

@@ -165,11 +165,12 @@ async fn broadcast_reaches_every_member_of_1000_connections_in_10_groups_exactly
     assert_eq!(ctl.ask("ping\r\n").await, "s:ping");
     // Membership dies with the connection.
     drop(clients);
-    loop {
-        let n = rpc.ok("pier.Count", json!({})).await;
-        if n == json!(1) {
-            break;
-        }
+    let deadline = Instant::now() + HANG;
+    while rpc.ok("pier.Count", json!({})).await != json!(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped clients were still counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let groups = rpc.ok("pier.Groups", json!({})).await;
