@@ -355,7 +355,7 @@ impl Metrics {
         let closed = Family::<ServerReasonLabels, Counter>::default();
         registry.register(
             "connections_closed",
-            "Accepted connections that ended, per server and reason (client, worker, idle_timeout, protocol, socket_error, event_failed, shutdown)",
+            "Accepted connections that ended, per server and reason (client, worker, idle_timeout, protocol, socket_error, event_failed, shutdown, slow_client, requested)",
             closed.clone(),
         );
         let rejected = Family::<ServerReasonLabels, Counter>::default();
