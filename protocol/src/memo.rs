@@ -395,6 +395,8 @@ struct ReplyHead {
     payload_len: u32,
     /// Length of the head: header, one option and the context.
     len: u8,
+    /// The stock reply kind it was encoded for ([`stock_kind`]).
+    kind: u8,
     /// The head's bytes (12-byte header, 4-byte option, context of at most 10 bytes).
     bytes: [u8; HEAD_MAX],
 }
@@ -424,6 +426,7 @@ impl ReplyHeads {
         let empty = ReplyHead {
             payload_len: 0,
             len: 0,
+            kind: 0,
             bytes: [0; HEAD_MAX],
         };
         ReplyHeads {
@@ -442,26 +445,38 @@ impl ReplyHeads {
     ) -> Result<(), EncodeError> {
         let context = kind.as_bytes();
         let payload_len = context.len() + body.len();
-        let stock = state.is_none() && !matches!(kind, ReplyKind::Unknown(_));
-        let Some(payload_len) = u32::try_from(payload_len).ok().filter(|_| stock) else {
+        let (Some(tag), None, Ok(payload_len)) =
+            (stock_kind(kind), state, u32::try_from(payload_len))
+        else {
             return crate::tcp::encode_reply(dst, kind, state, body);
         };
         let head_len = HEADER_LEN + 4 + context.len();
         let slot = &mut self.slots[payload_len as usize & (Self::SLOTS - 1)];
-        let fresh = slot.payload_len == payload_len
-            && usize::from(slot.len) == head_len
-            && slot.bytes[HEADER_LEN + 4..head_len] == *context;
+        // The same kind and payload length: the same head bytes.
+        let fresh = slot.payload_len == payload_len && slot.kind == tag;
         if !fresh {
             let mut head = Vec::with_capacity(HEAD_MAX + body.len());
             frame::encode(&mut head, 0, 0, &[context.len() as u32], &[context, body])?;
             slot.bytes[..head_len].copy_from_slice(&head[..head_len]);
             slot.len = head_len as u8;
             slot.payload_len = payload_len;
+            slot.kind = tag;
         }
         dst.reserve(head_len + body.len());
         dst.extend_from_slice(&slot.bytes[..head_len]);
         dst.extend_from_slice(body);
         Ok(())
+    }
+}
+
+/// A stock reply kind's tag in a [`ReplyHead`] (never 0, an empty slot's), `None` for others.
+fn stock_kind(kind: ReplyKind<'_>) -> Option<u8> {
+    match kind {
+        ReplyKind::Write => Some(1),
+        ReplyKind::Continue => Some(2),
+        ReplyKind::WriteClose => Some(3),
+        ReplyKind::Close => Some(4),
+        ReplyKind::Unknown(_) => None,
     }
 }
 
