@@ -603,7 +603,18 @@ fn string(bytes: &[u8]) -> PhpString {
             zv.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::InternedStringEx.bits();
         }
     } else {
-        zv.set_zend_string(ZendStr::new(bytes, false));
+        // What `set_zend_string` does, without its call and its release of the null replaced:
+        // the zval takes the string's one reference, or holds an interned one (ext-php-rs
+        // returns the engine's interned one-character strings), which is not reference-counted.
+        let s = ZendStr::new(bytes, false);
+        // SAFETY: `gc.u.type_info` is how every zend_string's flags are read.
+        let interned = unsafe { s.gc.u.type_info } & ext_php_rs::ffi::GC_IMMUTABLE != 0;
+        zv.value.str_ = s.into_raw();
+        zv.u1.type_info = if interned {
+            ext_php_rs::flags::ZvalTypeFlags::InternedStringEx.bits()
+        } else {
+            ext_php_rs::flags::ZvalTypeFlags::StringEx.bits()
+        };
     }
     PhpString(zv)
 }
@@ -770,35 +781,35 @@ impl IntoZval for EventObject {
     }
 }
 
-thread_local! {
-    /// `TcpEvent`'s case objects (the class's constant table owns them until the end of the
-    /// request), looked up once per request instead of by name per event. Emptied at request
-    /// shutdown.
-    static EVENT_CASES: std::cell::Cell<[*mut ext_php_rs::ffi::zend_object; 4]> =
-        const { std::cell::Cell::new([ptr::null_mut(); 4]) };
-}
+/// `TcpEvent`'s case objects (the class's constant table owns them until the end of the request),
+/// looked up by name once and then kept by pointer: a [`TcpWorker`] keeps them for its requests
+/// (it cannot outlive the request, so neither can what it keeps).
+type EventCases = std::cell::Cell<[*mut ext_php_rs::ffi::zend_object; 4]>;
 
-/// A zval holding `event`'s case object.
-fn event_case(event: TcpEvent) -> Zval {
+/// No case looked up yet.
+const NO_CASES: [*mut ext_php_rs::ffi::zend_object; 4] = [ptr::null_mut(); 4];
+
+/// A zval holding `event`'s case object, looked up once per `cases`.
+fn event_case(event: TcpEvent, cases: &EventCases) -> Zval {
     let index = event as usize;
-    let mut cases = EVENT_CASES.get();
-    if cases[index].is_null() {
+    let mut known = cases.get();
+    if known[index].is_null() {
         let mut zv = Zval::new();
         // Turning a case into a zval cannot fail: the enum is registered with every case.
         let _ = event.set_zval(&mut zv, false);
         if let Some(object) = zv.object_mut() {
-            cases[index] = ptr::from_mut(object);
-            EVENT_CASES.set(cases);
+            known[index] = ptr::from_mut(object);
+            cases.set(known);
         }
         return zv;
     }
     let mut zv = Zval::new();
-    // SAFETY: the case object lives until the end of the request (EVENT_CASES is emptied then);
-    // the zval takes a reference of its own (what `set_object` does, without first releasing
-    // the null it replaces).
+    // SAFETY: the case object lives until the end of the request, which `cases`' owner does not
+    // outlive; the zval takes a reference of its own (what `set_object` does, without first
+    // releasing the null it replaces).
     unsafe {
-        (*cases[index]).gc.refcount += 1;
-        zv.value.obj = cases[index];
+        (*known[index]).gc.refcount += 1;
+        zv.value.obj = known[index];
         zv.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::ObjectEx.bits();
     }
     zv
@@ -844,7 +855,7 @@ impl TcpRequest {
         }
         let values = [
             remoteAddr.0,
-            event_case(event),
+            event_case(event, &EventCases::new(NO_CASES)),
             body.0,
             connectionUuid.0,
             server.0,
@@ -944,8 +955,8 @@ thread_local! {
     static REQUEST_LIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Request shutdown (RSHUTDOWN): drops the connections' strings and the event cases kept, while
-/// the request's memory they live in still exists.
+/// Request shutdown (RSHUTDOWN): drops the connections' strings, while the request's memory they
+/// live in still exists.
 ///
 /// # Safety
 ///
@@ -957,7 +968,6 @@ pub unsafe extern "C" fn forget_connections(_type: i32, _module_number: i32) -> 
     if let Some(mut session) = session.as_ref().and_then(|s| s.try_borrow_mut().ok()) {
         session.forget_kept();
     }
-    EVENT_CASES.set([ptr::null_mut(); 4]);
     REQUEST_LIVE.set(false);
     0
 }
@@ -1218,6 +1228,8 @@ pub struct TcpWorker {
     worker: Zval,
     /// That worker's session.
     session: Rc<RefCell<PhpSession>>,
+    /// The `TcpEvent` cases its requests hold, looked up once.
+    cases: EventCases,
 }
 
 #[php_impl]
@@ -1230,6 +1242,7 @@ impl TcpWorker {
         TcpWorker {
             worker: zv,
             session,
+            cases: EventCases::new(NO_CASES),
         }
     }
 
@@ -1238,7 +1251,11 @@ impl TcpWorker {
         let worker = Worker::create()?;
         let session = Rc::clone(&worker.session);
         let worker = ZendClassObject::new(worker).into_zval(false)?;
-        Ok(TcpWorker { worker, session })
+        Ok(TcpWorker {
+            worker,
+            session,
+            cases: EventCases::new(NO_CASES),
+        })
     }
 
     /// The worker given to the constructor (the same object).
@@ -1259,7 +1276,7 @@ impl TcpWorker {
                     tls,
                     [
                         remote_addr.0,
-                        event_case(e.event.into()),
+                        event_case(e.event.into(), &self.cases),
                         string(e.body).0,
                         connection_uuid.0,
                         server.0,
