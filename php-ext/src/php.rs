@@ -480,9 +480,28 @@ impl StubLiteral for Bytes<'_> {
     }
 }
 
+/// `IntoZval` for a newtype over a [`Zval`] that already holds a value of PHP type `$ty`: the
+/// zval is returned as it is, and `$ty` declares the return type of the methods returning it
+/// (in reflection and the stubs).
+macro_rules! zval_of_type {
+    ($name:ident, $ty:expr) => {
+        impl IntoZval for $name {
+            const TYPE: DataType = $ty;
+            const NULLABLE: bool = false;
+
+            fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
+                *zv = self.0;
+                Ok(())
+            }
+        }
+    };
+}
+
 /// A PHP string value (a Zend string, binary-safe), shared by reference count when returned.
 #[derive(Debug)]
 pub struct PhpString(Zval);
+
+zval_of_type!(PhpString, DataType::String);
 
 impl PhpString {
     /// Another reference to the same Zend string (no copy).
@@ -494,16 +513,6 @@ impl PhpString {
 impl Clone for PhpString {
     fn clone(&self) -> Self {
         self.share()
-    }
-}
-
-impl IntoZval for PhpString {
-    const TYPE: DataType = DataType::String;
-    const NULLABLE: bool = false;
-
-    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
-        *zv = self.0;
-        Ok(())
     }
 }
 
@@ -771,15 +780,7 @@ fn slot_string(request: &ZendClassObject<TcpRequest>, slot: usize) -> PhpResult<
 #[derive(Debug)]
 pub struct EventObject(Zval);
 
-impl IntoZval for EventObject {
-    const TYPE: DataType = DataType::object("Pier\\Tcp\\TcpEvent");
-    const NULLABLE: bool = false;
-
-    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
-        *zv = self.0;
-        Ok(())
-    }
-}
+zval_of_type!(EventObject, DataType::object("Pier\\Tcp\\TcpEvent"));
 
 /// `TcpEvent`'s case objects (the class's constant table owns them until the end of the request),
 /// looked up by name once and then kept by pointer: a [`TcpWorker`] keeps them for its requests
@@ -1208,15 +1209,7 @@ fn response_case(value: &Zval) -> Option<TcpResponse> {
 #[derive(Debug)]
 pub struct WorkerObject(Zval);
 
-impl IntoZval for WorkerObject {
-    const TYPE: DataType = DataType::object("Pier\\Worker");
-    const NULLABLE: bool = false;
-
-    fn set_zval(self, zv: &mut Zval, _persistent: bool) -> ext_php_rs::error::Result<()> {
-        *zv = self.0;
-        Ok(())
-    }
-}
+zval_of_type!(WorkerObject, DataType::object("Pier\\Worker"));
 
 /// The TCP plugin's worker loop: waitRequest(), then exactly one answer.
 #[php_class]
