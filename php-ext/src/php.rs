@@ -17,6 +17,7 @@ use ext_php_rs::boxed::ZBox;
 use ext_php_rs::builders::ClassBuilder;
 use ext_php_rs::class::RegisteredClass;
 use ext_php_rs::convert::{FromZval, IntoZval, StubLiteral};
+use ext_php_rs::enum_::RegisteredEnum;
 use ext_php_rs::exception::PhpException;
 use ext_php_rs::flags::{ClassFlags, DataType};
 use ext_php_rs::prelude::*;
@@ -423,13 +424,7 @@ pub enum TcpResponse {
 
 impl StubLiteral for TcpResponse {
     fn stub_literal(&self) -> String {
-        let case = match self {
-            TcpResponse::Respond => "Respond",
-            TcpResponse::RespondClose => "RespondClose",
-            TcpResponse::Read => "Read",
-            TcpResponse::Close => "Close",
-        };
-        format!("\\Pier\\Tcp\\TcpResponse::{case}")
+        format!("\\Pier\\Tcp\\TcpResponse::{}", self.to_name())
     }
 }
 
@@ -1170,7 +1165,7 @@ unsafe extern "C" fn respond_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv:
         .and_then(|body| body.zend_str())
         .map(|body| ptr::from_ref(body.as_bytes()));
     let response = match args {
-        1 => Some(TcpResponse::Respond),
+        1 => Some(ReplyKind::Write),
         // SAFETY: the second argument exists.
         _ => unsafe { frame.zend_call_arg(1) }.and_then(|r| response_case(r)),
     };
@@ -1185,20 +1180,20 @@ unsafe extern "C" fn respond_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv:
     set_result(catching_panics(|| this.answer(response, body)), retval);
 }
 
-/// The `TcpResponse` case `value` holds, if it holds one.
-fn response_case(value: &Zval) -> Option<TcpResponse> {
+/// The reply kind of the `TcpResponse` case `value` holds, if it holds one. A case's backing value
+/// is its reply's context on the wire, so it is read as one ([`ReplyKind::from_bytes`]): the four
+/// names are spelled in the protocol and in the enum's declaration only, which
+/// `tests::each_response_case_is_backed_by_its_reply_context` holds to the protocol's.
+fn response_case(value: &Zval) -> Option<ReplyKind<'_>> {
     let case = value.object()?;
     if !ptr::eq(case.ce, TcpResponse::get_metadata().ce()) {
         return None;
     }
     // SAFETY: an enum case object's second declared property is its backing value.
     let backing = unsafe { &*case.properties_table.as_ptr().add(1) };
-    match backing.zend_str()?.as_bytes() {
-        b"WRITE" => Some(TcpResponse::Respond),
-        b"WRITECLOSE" => Some(TcpResponse::RespondClose),
-        b"CONTINUE" => Some(TcpResponse::Read),
-        b"CLOSE" => Some(TcpResponse::Close),
-        _ => None,
+    match ReplyKind::from_bytes(backing.zend_str()?.as_bytes()) {
+        ReplyKind::Unknown(_) => None,
+        known => Some(known),
     }
 }
 
@@ -1283,7 +1278,7 @@ impl TcpWorker {
     /// Answers with `body` (WRITE by default, or as `response` says).
     #[php(defaults(response = TcpResponse::Respond))]
     pub fn respond(&self, body: BinarySlice<'_, u8>, response: TcpResponse) -> PhpResult<()> {
-        self.answer(response, &body)
+        self.answer(response.into(), &body)
     }
 
     /// Answers CONTINUE: write nothing, keep reading.
@@ -1379,10 +1374,10 @@ impl TcpWorker {
 
 impl TcpWorker {
     /// `respond()`: answers the pending request with `body`.
-    fn answer(&self, response: TcpResponse, body: &[u8]) -> PhpResult<()> {
+    fn answer(&self, kind: ReplyKind<'_>, body: &[u8]) -> PhpResult<()> {
         self.session
             .borrow_mut()
-            .reply(response.into(), body)
+            .reply(kind, body)
             .map_err(throwable)
     }
 }
@@ -1513,6 +1508,41 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ext_php_rs::enum_::Discriminant;
+
+    #[test]
+    fn each_response_case_is_backed_by_its_reply_context() {
+        // The fast `respond()` handler reads a case's backing value as the wire's reply context;
+        // the generated one converts the case with `From<TcpResponse>`: both must agree.
+        let cases = <TcpResponse as RegisteredEnum>::CASES;
+        assert_eq!(cases.len(), 4);
+        for case in cases {
+            let response = TcpResponse::from_name(case.name).expect("a declared case");
+            let Some(Discriminant::String(backing)) = &case.discriminant else {
+                panic!("{} has no string backing value", case.name);
+            };
+            let kind = ReplyKind::from(response);
+            assert_eq!(kind.as_bytes(), backing.as_bytes(), "{}", case.name);
+            assert_eq!(ReplyKind::from_bytes(backing.as_bytes()), kind);
+            assert_eq!(
+                response.stub_literal(),
+                format!("\\Pier\\Tcp\\TcpResponse::{}", case.name)
+            );
+        }
+    }
+
+    #[test]
+    fn each_event_case_is_backed_by_its_name_on_the_wire() {
+        for case in <TcpEvent as RegisteredEnum>::CASES {
+            let event = TcpEvent::from_name(case.name).expect("a declared case");
+            let Some(Discriminant::String(backing)) = &case.discriminant else {
+                panic!("{} has no string backing value", case.name);
+            };
+            let kind = EventKind::from_name(backing);
+            assert_eq!(kind.as_str(), *backing, "{}", case.name);
+            assert_eq!(TcpEvent::from(kind), event);
+        }
+    }
 
     #[test]
     fn a_panic_keeps_its_message() {
