@@ -40,8 +40,9 @@ pub(super) enum Handoff {
     Worker(Box<Worker>),
     /// The worker asked to stop before answering it: run it on another worker.
     Rerun,
-    /// The worker failed (died, misbehaved, was killed) with this event in flight.
-    Failed(PoolError),
+    /// The worker failed (died, misbehaved, was killed) with this event in flight. Boxed: rare,
+    /// and every event's handoff moves through a channel and its future (56 -> 16 bytes).
+    Failed(Box<PoolError>),
 }
 
 /// An event of the line waiting for its turn.
@@ -218,7 +219,7 @@ impl Line {
     /// when the write half is gone (an earlier write failed: the worker is being killed); the
     /// caller then ends the line.
     pub(super) async fn open(&self, frame: &[u8], bytes: usize, jobs: u64) -> std::io::Result<()> {
-        let (mut writer, written) = {
+        let (writer, written) = {
             let mut st = self.lock();
             let Some(writer) = st.writer.as_ref() else {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
@@ -240,7 +241,15 @@ impl Line {
             };
             (writer, written)
         };
-        writer.write_all(&frame[written..]).await?;
+        // The relay was full: the rest goes out through a future of its own, boxed so that the
+        // usual path's future (inside every event's) stays small.
+        Box::pin(self.open_rest(writer, &frame[written..])).await
+    }
+
+    /// Writes the rest of the frame [`Line::open`] could not write at once, then what joined
+    /// meanwhile.
+    async fn open_rest(&self, mut writer: RelayWrite, rest: &[u8]) -> std::io::Result<()> {
+        writer.write_all(rest).await?;
         {
             // Usually nobody joined meanwhile (no flush and its future to go through).
             let mut st = self.lock();
@@ -338,24 +347,47 @@ impl Line {
     /// events entered while the worker's last batch of answers was handed along the line (one
     /// per answer) so go out in one write, without a task or wake-up of their own; and no event
     /// waits for its answer behind an unwritten frame of its own, since its runner reads only
-    /// after every event before it was answered. Fails as [`Line::flush`].
-    pub(super) async fn write_entered(&self) -> std::io::Result<()> {
+    /// after every event before it was answered.
+    ///
+    /// Usually the whole outbox fits in the relay at once (the line's byte budget is half the
+    /// pipe): it is written here, under the lock, with no future. Returns the write half when
+    /// some of it could not be written (the relay is full): the caller finishes it with
+    /// [`Line::flush`]. Fails as [`Line::flush`].
+    #[inline]
+    pub(super) fn write_entered(&self) -> std::io::Result<Option<RelayWrite>> {
         if !self.entered.load(Ordering::Relaxed) {
-            return Ok(());
+            return Ok(None);
         }
-        let writer = {
-            let mut st = self.lock();
-            self.entered.store(false, Ordering::Relaxed);
-            if st.outbox.is_empty() {
-                return Ok(());
-            }
-            st.writer.take()
+        self.write_entered_now()
+    }
+
+    /// [`Line::write_entered`] once frames were entered (out of line: the check alone is the
+    /// usual case at one connection).
+    #[inline(never)]
+    fn write_entered_now(&self) -> std::io::Result<Option<RelayWrite>> {
+        let mut st = self.lock();
+        self.entered.store(false, Ordering::Relaxed);
+        if st.outbox.is_empty() {
+            return Ok(None);
+        }
+        // `None`: someone is writing; it writes the outbox until it is empty.
+        let Some(writer) = st.writer.as_ref() else {
+            return Ok(None);
         };
-        match writer {
-            Some(writer) => self.flush(writer).await,
-            // Someone is writing: it writes the outbox until it is empty.
-            None => Ok(()),
+        let written = match writer.write_now(&st.outbox) {
+            Ok(written) => written,
+            Err(e) => {
+                // As a failed flush: the write half is dropped (the caller kills the worker).
+                st.writer = None;
+                return Err(e);
+            }
+        };
+        if written == st.outbox.len() {
+            st.outbox.clear();
+            return Ok(None);
         }
+        st.outbox.drain(..written);
+        Ok(st.writer.take())
     }
 
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
@@ -392,6 +424,32 @@ impl Line {
         let (tx, turn) = assign::channel();
         st.queued.push_back(Turn { tx, bytes });
         Ok(Joined::Queued { turn, writer })
+    }
+
+    /// As [`Line::flush`], but what the relay takes at once is written here, under the lock,
+    /// with no future; only a relay that is full leaves the rest to a boxed [`Line::flush`]. So
+    /// the future stays small (it is inside every event's that joins a line).
+    pub(super) async fn write_out(&self, writer: RelayWrite) -> std::io::Result<()> {
+        match self.write_now(writer)? {
+            None => Ok(()),
+            Some(writer) => Box::pin(self.flush(writer)).await,
+        }
+    }
+
+    /// Writes what the relay takes of the outbox now, then puts the write half back; returns it
+    /// when some is left. On a write error the half is dropped (as [`Line::flush`]).
+    fn write_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
+        let mut st = self.lock();
+        if !st.outbox.is_empty() {
+            let written = writer.write_now(&st.outbox)?;
+            if written < st.outbox.len() {
+                st.outbox.drain(..written);
+                return Ok(Some(writer));
+            }
+            st.outbox.clear();
+        }
+        st.writer = Some(writer);
+        Ok(None)
     }
 
     /// Writes the outbox until it is empty, then puts the write half back. On a write error the

@@ -507,17 +507,31 @@ impl Pool {
                 },
                 Ok(Got::Turn(Handoff::Worker(worker))) => (worker, false),
                 Ok(Got::Turn(Handoff::Rerun)) => continue,
-                Ok(Got::Turn(Handoff::Failed(e))) | Err(e) => {
+                Ok(Got::Turn(Handoff::Failed(e))) => {
+                    retry_close(*e)?;
+                    continue;
+                }
+                Err(e) => {
                     retry_close(e)?;
                     continue;
                 }
             };
             let started = spec.metrics.clock();
             worker.begin(event.uuid);
-            let outcome = if alone {
-                self.run_alone(&mut worker, event, bytes).await
+            // Taken idle: the event is written alone and the worker's line opens behind it
+            // (room for waiting events now). In line: its frame is written already.
+            let sent = if alone {
+                let sent = worker.send(event, bytes).await;
+                if sent.is_ok() {
+                    self.admit_waiting(&worker.shared);
+                }
+                sent
             } else {
-                worker.answer(event).await
+                Ok(())
+            };
+            let outcome = match sent {
+                Ok(()) => worker.answer(event).await,
+                Err(e) => Err(e),
             };
             worker.end();
             spec.metrics.ran(event.kind, started);
@@ -559,10 +573,10 @@ impl Pool {
                 Err(e) => {
                     let (pid, cause) = (worker.pid, e.to_string());
                     worker.shared.line.end(|| {
-                        Handoff::Failed(PoolError::Abandoned {
+                        Handoff::Failed(Box::new(PoolError::Abandoned {
                             pid,
                             cause: cause.clone(),
-                        })
+                        }))
                     });
                     self.kill_and_replace(worker, restart_reason(&e));
                     retry_close(e)?;
@@ -570,19 +584,6 @@ impl Pool {
             }
         }
         Err(PoolError::TooManyReruns(MAX_RERUNS))
-    }
-
-    /// Runs an event on a worker taken idle: writes it alone, opens the worker's line behind it
-    /// (room for waiting events now), and reads the answer.
-    async fn run_alone(
-        &self,
-        worker: &mut Worker,
-        event: &Event<'_>,
-        bytes: usize,
-    ) -> Result<Outcome, PoolError> {
-        worker.send(event, bytes).await?;
-        self.admit_waiting(&worker.shared);
-        worker.answer(event).await
     }
 
     /// Joins `shared`'s line at the place reserved for the event: its frame goes to the outbox,
@@ -617,7 +618,7 @@ impl Pool {
             Ok(Joined::Now { worker, writer }) => {
                 // The worker waits for this frame: write at once.
                 if let Some(writer) = writer {
-                    if line.flush(writer).await.is_err() {
+                    if line.write_out(writer).await.is_err() {
                         // Its answer read next fails as for a crash.
                         shared.kill(KillReason::None);
                     }
@@ -628,16 +629,20 @@ impl Pool {
         };
         if let Some(writer) = writer {
             // The worker is busy: let the other events ready in this turn of the scheduler join
-            // first, and write them all at once.
-            tokio::task::yield_now().await;
-            if line.flush(writer).await.is_err() {
+            // first, and write them all at once. Boxed: the first of a batch of joining events
+            // only, and inline it would grow every event's future by its size.
+            let write = async move {
+                tokio::task::yield_now().await;
+                line.write_out(writer).await
+            };
+            if Box::pin(write).await.is_err() {
                 shared.kill(KillReason::None);
             }
         }
         match turn.await {
             Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Some(worker)),
             Ok(Assignment::Turn(Handoff::Rerun)) => Ok(None),
-            Ok(Assignment::Turn(Handoff::Failed(e))) => Err(e),
+            Ok(Assignment::Turn(Handoff::Failed(e))) => Err(*e),
             // Whoever held the worker was dropped (only at a forced shutdown); a line's turn
             // carries nothing else.
             Ok(_) | Err(_) => Err(PoolError::Closed),
@@ -659,10 +664,10 @@ impl Pool {
                 );
                 let pid = worker.pid;
                 shared.line.end(|| {
-                    Handoff::Failed(PoolError::Abandoned {
+                    Handoff::Failed(Box::new(PoolError::Abandoned {
                         pid,
                         cause: "an event before it was dropped".into(),
-                    })
+                    }))
                 });
                 self.kill_and_replace(worker, RestartReason::Crash);
             }
@@ -728,7 +733,7 @@ impl Pool {
                     }
                     Take::Wait(waiter) => {
                         let since = metrics.clock();
-                        let got = waiter.wait().await;
+                        let got = waiter.await;
                         match got {
                             // Its wait ended when the queue entered it into the line.
                             Ok(Assignment::Turn(handoff)) => return Ok(Got::Turn(handoff)),
@@ -952,11 +957,7 @@ impl Pool {
                 let busy = info.activity.load(Ordering::Relaxed) % 2 == 1;
                 let event = busy.then(|| {
                     let started = info.event_started.load(Ordering::Relaxed);
-                    let uuid = info
-                        .event_uuid
-                        .lock()
-                        .map(|u| u.to_string())
-                        .unwrap_or_default();
+                    let uuid = info.event_uuid().map(|u| u.to_string()).unwrap_or_default();
                     (uuid, Duration::from_nanos(now.saturating_sub(started)))
                 });
                 WorkerStatus {
@@ -1023,5 +1024,39 @@ fn restart_reason(e: &PoolError) -> RestartReason {
         | PoolError::IdleGarbage { .. } => RestartReason::Garbage,
         PoolError::ExecTtl { .. } => RestartReason::ExecTtl,
         _ => RestartReason::Crash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of the future `make` returns.
+    fn size<'a, A: 'a, B, R>(_: impl FnOnce(&'a A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Bytes of the future `make` returns, for a method of `&mut A`.
+    fn size_mut<'a, A: 'a, B, R>(_: impl FnOnce(&'a mut A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// The sizes of an event's futures (`cargo test -p pier-server --lib exec_future_sizes --
+    /// --nocapture` prints them). The exec future is boxed per event and touched again when its
+    /// turn comes, long after, at 1000 connections out of the cache: each line it spans can cost a
+    /// miss (bench/results/2026-11-30-pipeline.md, "exec"). The rare paths (a relay write that
+    /// would wait) are boxed so that they do not grow it.
+    #[test]
+    fn exec_future_sizes() {
+        let exec = size(|p: &Pool, e: Event<'_>| p.exec(e));
+        let acquire = size(|p: &Pool, e: &Event<'_>| p.acquire(e, 0, true));
+        let answer = size_mut(|w: &mut Worker, e: &Event<'_>| w.answer(e));
+        let send = size_mut(|w: &mut Worker, e: &Event<'_>| w.send(e, 0));
+        let join = size(|p: &Pool, (s, e): (&Arc<Shared>, &Event<'_>)| p.join(s, e, 0));
+        eprintln!("exec {exec} B: acquire {acquire}, send {send}, join {join}, answer {answer}");
+        // 744, 216, 312, 400, 296 before the rare paths were boxed.
+        assert!(answer <= 160, "answer {answer} B");
+        assert!(send <= 128, "send {send} B");
+        assert!(exec <= 720, "exec {exec} B");
     }
 }

@@ -171,6 +171,8 @@ impl Queue {
     /// connection's last event is never dropped, and there is at most one per connection).
     /// `encode` gives the event's frame, written into the (empty) buffer it is given, asked for
     /// only when the event waits, lines are open and the frame is small (see the module's doc).
+    /// Inlined into its one caller, as the compiler did until the event's future got smaller.
+    #[inline(always)]
     pub(super) fn take(
         &self,
         bytes: usize,
@@ -450,15 +452,23 @@ pub(super) struct Waiter<'a> {
     queue: &'a Queue,
 }
 
-impl Waiter<'_> {
-    /// Waits for a worker or a place in a line, at most `allocate_timeout` (see
-    /// [`Queue::expire`]).
-    pub(super) async fn wait(mut self) -> Result<Assignment, WaitError> {
-        match (&mut self.rx).await {
-            Ok(Assignment::Expired) => Err(WaitError::Timeout),
-            Ok(assignment) => Ok(assignment),
-            Err(_) => Err(WaitError::Closed),
-        }
+/// Waits for a worker or a place in a line, at most `allocate_timeout` (see [`Queue::expire`]);
+/// the waiter itself is the future (no `async fn` around it: a layer of state fewer in every
+/// waiting event's future).
+impl std::future::Future for Waiter<'_> {
+    type Output = Result<Assignment, WaitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|got| match got {
+                Ok(Assignment::Expired) => Err(WaitError::Timeout),
+                Ok(assignment) => Ok(assignment),
+                Err(_) => Err(WaitError::Closed),
+            })
     }
 }
 
@@ -473,10 +483,10 @@ impl Drop for Waiter<'_> {
                 // answer, nor those behind it; as for an orphaned event, the worker goes.
                 let pid = worker.pid;
                 worker.shared.line.end(|| {
-                    Handoff::Failed(super::PoolError::Abandoned {
+                    Handoff::Failed(Box::new(super::PoolError::Abandoned {
                         pid,
                         cause: "an event before it was dropped".into(),
-                    })
+                    }))
                 });
                 worker.shared.kill(super::worker::KillReason::None);
                 None
