@@ -144,6 +144,11 @@ impl<X: Default> ContextMemo<X> {
     }
 
     /// [`ContextMemo::decode`], and what the caller keeps with the event's connection.
+    ///
+    /// Always inlined (a worker calls it from one place, once per event): the event is then
+    /// built where its caller keeps it instead of being returned through memory and copied
+    /// (the extension: −40 instructions per event, measured).
+    #[inline(always)]
     pub fn decode_keeping<'a>(
         &'a mut self,
         frame: &Frame<'a>,
