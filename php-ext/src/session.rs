@@ -401,14 +401,14 @@ impl<X> Session<X> {
 
     /// Attaches `state` to the next answer of the pending request (`b""` clears it).
     pub fn set_state(&mut self, state: &[u8]) -> Result<(), SessionError> {
-        if !self.features.state {
-            return Err(SessionError::StateUnsupported);
-        }
-        match self.turn {
-            Turn::Start => return Err(SessionError::StateBeforeRequest),
-            Turn::Answered => return Err(SessionError::StateAfterAnswer),
-            Turn::Pending => {}
-        }
+        self.require(
+            self.features.state,
+            [
+                SessionError::StateUnsupported,
+                SessionError::StateBeforeRequest,
+                SessionError::StateAfterAnswer,
+            ],
+        )?;
         let slot = self.state.get_or_insert_with(Vec::new);
         slot.clear();
         slot.extend_from_slice(state);
@@ -418,13 +418,26 @@ impl<X> Session<X> {
     /// Checks that a push command may go out now: the server supports push and a request waits
     /// for its answer. `what` names the method in the error.
     fn require_push(&self, what: &'static str) -> Result<(), SessionError> {
-        if !self.features.push {
-            return Err(SessionError::PushUnsupported);
-        }
-        match self.turn {
-            Turn::Start => Err(SessionError::PushBeforeRequest(what)),
-            Turn::Answered => Err(SessionError::PushAfterAnswer(what)),
-            Turn::Pending => Ok(()),
+        self.require(
+            self.features.push,
+            [
+                SessionError::PushUnsupported,
+                SessionError::PushBeforeRequest(what),
+                SessionError::PushAfterAnswer(what),
+            ],
+        )
+    }
+
+    /// Checks that a call needing a Pier extension may go out now: the server announced it
+    /// (`supported`) and a request waits for its answer. `refusals` are the errors for an
+    /// unsupported extension, no request yet and a request already answered, in that order.
+    fn require(&self, supported: bool, refusals: [SessionError; 3]) -> Result<(), SessionError> {
+        let [unsupported, before, after] = refusals;
+        match (supported, self.turn) {
+            (false, _) => Err(unsupported),
+            (true, Turn::Start) => Err(before),
+            (true, Turn::Answered) => Err(after),
+            (true, Turn::Pending) => Ok(()),
         }
     }
 
@@ -441,14 +454,14 @@ impl<X> Session<X> {
     /// `setIdleTimeout($ms)`: the idle timeout of the pending request's connection (None = the
     /// server's, 0 = none). Nothing is sent when it fails.
     pub fn set_idle_timeout(&mut self, ms: Option<i64>) -> Result<(), SessionError> {
-        if !self.features.idle_timeout {
-            return Err(SessionError::IdleTimeoutUnsupported);
-        }
-        match self.turn {
-            Turn::Start => return Err(SessionError::IdleTimeoutBeforeRequest),
-            Turn::Answered => return Err(SessionError::IdleTimeoutAfterAnswer),
-            Turn::Pending => {}
-        }
+        self.require(
+            self.features.idle_timeout,
+            [
+                SessionError::IdleTimeoutUnsupported,
+                SessionError::IdleTimeoutBeforeRequest,
+                SessionError::IdleTimeoutAfterAnswer,
+            ],
+        )?;
         let ms = match ms {
             None => None,
             Some(ms) if (0..=MAX_IDLE_TIMEOUT_MS).contains(&ms) => u64::try_from(ms).ok(),
@@ -474,14 +487,14 @@ impl<X> Session<X> {
     /// Sends the `starttls` command: the server writes the next answer in plaintext, then starts
     /// TLS. Checked first, so nothing is sent when it fails.
     pub fn start_tls(&mut self) -> Result<(), SessionError> {
-        if !self.features.starttls {
-            return Err(SessionError::StarttlsUnsupported);
-        }
-        match self.turn {
-            Turn::Start => return Err(SessionError::StarttlsBeforeRequest),
-            Turn::Answered => return Err(SessionError::StarttlsAfterAnswer),
-            Turn::Pending => {}
-        }
+        self.require(
+            self.features.starttls,
+            [
+                SessionError::StarttlsUnsupported,
+                SessionError::StarttlsBeforeRequest,
+                SessionError::StarttlsAfterAnswer,
+            ],
+        )?;
         self.command(&Command::Starttls)
     }
 
