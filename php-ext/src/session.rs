@@ -602,15 +602,7 @@ mod tests {
             WorkerMessage::from_frame(&frame).unwrap(),
             WorkerMessage::Pid(std::process::id())
         );
-        let mut want = Vec::new();
-        TcpReply {
-            kind: ReplyKind::Write,
-            state: None,
-            body: b"ok",
-        }
-        .encode(&mut want)
-        .unwrap();
-        assert_eq!(read_frame(&mut peer), want);
+        assert_eq!(read_frame(&mut peer), reply_bytes(b"ok"));
         // After the stop request nothing more is read, even if the server sent more.
         peer.write_all(&event(EventKind::Data, b"", b"late"))
             .unwrap();
@@ -912,13 +904,7 @@ mod tests {
         ] {
             cmd.encode(&mut want).unwrap();
         }
-        TcpReply {
-            kind: ReplyKind::Write,
-            state: None,
-            body: b"ok",
-        }
-        .encode(&mut want)
-        .unwrap();
+        want.extend(reply_bytes(b"ok"));
         let mut got = vec![0u8; want.len()];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(got, want);
