@@ -512,6 +512,9 @@ pub struct OnInit {
     pub env: Vec<(String, String)>,
     /// `on_init.user`, resolved.
     pub run_as: Option<RunAs>,
+    /// `on_init.exit_on_error`: a failure stops pier before any worker starts, instead of being
+    /// logged (false, RoadRunner's default).
+    pub exit_on_error: bool,
 }
 
 /// How log lines are written.
@@ -2026,14 +2029,6 @@ fn on_init(h: &Hash, warnings: &mut Vec<String>) -> Result<OnInit, ConfigError> 
         &[],
         warnings,
     );
-    if let Some(v) = h.get(&key("exit_on_error")) {
-        if boolean(v, "server.on_init.exit_on_error")? {
-            return Err(ConfigError::Unsupported {
-                key: "server.on_init.exit_on_error".into(),
-                advice: "Pier logs a failed on_init and starts the workers anyway (RoadRunner's default, false); run the command before pier and start pier only if it succeeds, and remove this key or set it to false",
-            });
-        }
-    }
     let command = match h.get(&key("command")) {
         Some(v) => command(v, "server.on_init.command")?,
         None => Vec::new(),
@@ -2073,6 +2068,10 @@ fn on_init(h: &Hash, warnings: &mut Vec<String>) -> Result<OnInit, ConfigError> 
         exec_timeout: rr_timeout(h, path, "exec_timeout")?,
         env,
         run_as,
+        exit_on_error: match h.get(&key("exit_on_error")) {
+            Some(v) => boolean(v, "server.on_init.exit_on_error")?,
+            None => false,
+        },
     })
 }
 
@@ -2563,6 +2562,7 @@ tcp:
         assert_eq!(init.command, ["php", "init.php"]);
         assert_eq!(init.exec_timeout, Duration::from_secs(2));
         assert_eq!(init.env, [("A".into(), "b".into())]);
+        assert!(!init.exit_on_error, "RoadRunner's default");
         assert_eq!(c.logs.encoding, LogEncoding::Json);
         assert_eq!(c.logs.output, LogOutput::Stdout);
         assert_eq!(c.logs.err_output, LogOutput::File("/tmp/e.log".into()));
@@ -2647,24 +2647,28 @@ tcp:
             "{MINIMAL}  pool:\n    debug: false\n    stream_timeout: 30s\nlogs: {{line_ending: \"\\n\"}}\n"
         ))
         .unwrap();
-        let on_init_refused = parse(
-            "version: '3'\nserver: {command: x, on_init: {command: y, exit_on_error: true}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            on_init_refused.starts_with("server.on_init.exit_on_error is not supported: Pier logs a failed on_init and starts the workers anyway"),
-            "{on_init_refused}"
-        );
-        let on_init = parse(
-            "version: '3'\nserver: {command: x, on_init: {command: y, exit_on_error: false}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
-        )
-        .unwrap();
-        assert!(on_init.warnings.is_empty(), "{:?}", on_init.warnings);
         assert_eq!(
             accepted.warnings,
             ["tcp.pool.stream_timeout has no effect: TCP workers never stream a response (RoadRunner's TCP plugin ignores it too)"]
         );
+    }
+
+    #[test]
+    fn on_init_exit_on_error_is_read_both_ways_and_must_be_a_boolean() {
+        for (value, want) in [("true", true), ("false", false)] {
+            let c = parse(&format!(
+                "version: '3'\nserver: {{command: x, on_init: {{command: y, exit_on_error: {value}}}}}\ntcp: {{servers: {{a: {{addr: 'x:1'}}}}}}\n"
+            ))
+            .unwrap();
+            assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+            assert_eq!(c.on_init.unwrap().exit_on_error, want, "{value}");
+        }
+        let err = parse(
+            "version: '3'\nserver: {command: x, on_init: {command: y, exit_on_error: often}}\ntcp: {servers: {a: {addr: 'x:1'}}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.on_init.exit_on_error"), "{err}");
     }
 
     /// RoadRunner's pool and server timeouts: "Zero means 60s". Taken literally, a zero

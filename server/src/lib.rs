@@ -118,6 +118,9 @@ pub enum ServeError {
     /// No worker could start.
     #[error("could not start the worker pool")]
     Pool(#[source] PoolError),
+    /// `server.on_init` failed and `on_init.exit_on_error` is true: no worker is started.
+    #[error("could not initialise (server.on_init.exit_on_error is true)")]
+    OnInit(#[source] pool::OnInitError),
     /// The metrics or status listener could not bind.
     #[error("could not start the operations endpoints")]
     Ops(#[source] OpsError),
@@ -249,7 +252,9 @@ impl Server {
             None => None,
         };
         if let Some(on_init) = &config.on_init {
-            pool::run_on_init(on_init, &config.pool.env).await;
+            pool::run_on_init(on_init, &config.pool.env)
+                .await
+                .map_err(ServeError::OnInit)?;
         }
         let destroy_timeout = config.pool.destroy_timeout;
         let pool = Pool::start(config.pool, metrics.clone())

@@ -217,3 +217,119 @@ fn version_names_server_protocol_features_and_the_extension_php_would_use() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: pier"));
 }
+
+/// `server.on_init` with `exit_on_error: true`: a failing command (exit code, unknown program,
+/// running over `exec_timeout`) stops pier with exit 1 and the cause, before any worker starts or
+/// any server listens.
+#[test]
+fn on_init_failure_with_exit_on_error_stops_pier_before_the_workers() {
+    let cases = [
+        (
+            r#"["sh", "-c", "echo migrating; exit 3"]"#,
+            "10s",
+            "could not complete server.on_init [\"sh\", \"-c\", \"echo migrating; exit 3\"]: it ended with exit status: 3",
+        ),
+        (
+            r#"["/nonexistent/pier-on-init"]"#,
+            "10s",
+            "could not start server.on_init [\"/nonexistent/pier-on-init\"]: No such file or directory",
+        ),
+        (
+            r#"["sleep", "30"]"#,
+            "1s",
+            "could not complete server.on_init [\"sleep\", \"30\"] within on_init.exec_timeout (1s); it was killed",
+        ),
+    ];
+    for (command, exec_timeout, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = on_init_config(dir.path(), command, exec_timeout, true);
+        let (code, stderr) = run_bounded(pier().args(["serve", "-c"]).arg(&path));
+        assert_eq!(code, Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains("could not initialise (server.on_init.exit_on_error is true)"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(want), "{want}: {stderr}");
+        assert!(
+            !stderr.contains(" listening") && !stderr.contains("worker pool started"),
+            "{stderr}"
+        );
+        assert!(
+            !dir.path().join("worker-started").exists(),
+            "{command}: no worker ran"
+        );
+    }
+}
+
+/// `exit_on_error: false` (RoadRunner's default): the failure is logged and pier serves.
+#[test]
+fn on_init_failure_without_exit_on_error_is_logged_and_pier_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = on_init_config(dir.path(), r#"["sh", "-c", "exit 3"]"#, "10s", false);
+    let pier = support::process::PierProcess::start(&path, &["s"]);
+    let failed = pier.wait_log("server.on_init failed; starting the workers anyway", 1);
+    assert!(
+        failed[0].contains("it ended with exit status: 3"),
+        "{failed:?}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut c = Client::connect(pier.addrs["s"]).await;
+        c.hello().await;
+    });
+}
+
+/// A config whose worker leaves a `worker-started` file in `dir`, with the given on_init.
+fn on_init_config(
+    dir: &std::path::Path,
+    command: &str,
+    exec_timeout: &str,
+    exit_on_error: bool,
+) -> std::path::PathBuf {
+    let worker = format!(
+        "touch {:?}; exec {:?}",
+        dir.join("worker-started").display().to_string(),
+        test_worker()
+    );
+    let text = yaml(
+        dir,
+        &["sh", "-c", &worker],
+        "    s:\n      addr: 127.0.0.1:0\n",
+        "    num_workers: 1\n",
+        &format!(
+            "  on_init:\n    command: {command}\n    exec_timeout: {exec_timeout}\n    exit_on_error: {exit_on_error}\n"
+        ),
+    );
+    let path = dir.join("rr.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `command` to its end, at most `support::HANG` (then kills it and fails): (exit code, stderr).
+fn run_bounded(command: &mut Command) -> (Option<i32>, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > support::HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pier did not exit: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status.code(), reader.join().unwrap())
+}

@@ -47,7 +47,7 @@ use relay::RelayListener;
 use supervisor::Respawn;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
-pub use on_init::run_on_init;
+pub use on_init::{run_on_init, OnInitError};
 pub use worker::{reactor_polled, RR_VERSION};
 
 /// An event running this long on a worker keeps others from joining its line.

@@ -1,8 +1,9 @@
 //! `server.on_init`: a command run to completion before the workers start (migrations, cache
 //! warm-up), bounded by its `exec_timeout`. As in RoadRunner, a failure is logged and the workers
-//! start anyway.
+//! start anyway, unless `on_init.exit_on_error` is true: then pier stops with the failure.
 
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use crate::log_scope::{error, info};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -10,10 +11,79 @@ use tokio::process::Command;
 
 use crate::config::OnInit;
 
-/// Runs `on_init` with `server.env` plus its own `env`; logs its output and how it ended.
-pub async fn run_on_init(on_init: &OnInit, server_env: &[(String, String)]) {
-    let program = &on_init.command[0];
-    let mut cmd = Command::new(program);
+/// How long the output of an on_init that ended is still read: a process it left behind may hold
+/// its stdout/stderr open for ever, and must not keep the workers from starting.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+
+/// How `server.on_init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OnInitError {
+    /// The command could not be started (missing program, permissions, `on_init.user`).
+    #[error("could not start server.on_init {command:?}")]
+    Spawn {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ended unsuccessfully (non-zero exit code, or killed by a signal).
+    #[error("could not complete server.on_init {command:?}: it ended with {status}")]
+    Failed {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Its exit code or signal.
+        status: ExitStatus,
+    },
+    /// The command ran over `on_init.exec_timeout` and was killed.
+    #[error("could not complete server.on_init {command:?} within on_init.exec_timeout ({exec_timeout:?}); it was killed")]
+    Timeout {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// The bound it ran over.
+        exec_timeout: Duration,
+    },
+    /// Waiting for the command failed.
+    #[error("could not wait for server.on_init {command:?}")]
+    Wait {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs `on_init` with `server.env` plus its own `env` and logs its output. A failure is logged
+/// and `Ok` when the workers should start anyway; it is the `Err` when `exit_on_error` is set.
+pub async fn run_on_init(
+    on_init: &OnInit,
+    server_env: &[(String, String)],
+) -> Result<(), OnInitError> {
+    match run(on_init, server_env).await {
+        Ok(()) => {
+            info!(command = ?on_init.command, "server.on_init finished");
+            Ok(())
+        }
+        Err(e) if on_init.exit_on_error => Err(e),
+        Err(e) => {
+            // The cause too (e.g. "No such file or directory"), as pier's own errors print it.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            error!(error = %text, "server.on_init failed; starting the workers anyway (on_init.exit_on_error is false)");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the command to its end (or its `exec_timeout`).
+async fn run(on_init: &OnInit, server_env: &[(String, String)]) -> Result<(), OnInitError> {
+    let command = || on_init.command.clone();
+    let mut cmd = Command::new(&on_init.command[0]);
     cmd.args(&on_init.command[1..])
         .envs(server_env.iter().map(|(k, v)| (k, v)))
         .envs(on_init.env.iter().map(|(k, v)| (k, v)))
@@ -24,40 +94,51 @@ pub async fn run_on_init(on_init: &OnInit, server_env: &[(String, String)]) {
     if let Some(ids) = on_init.run_as {
         cmd.uid(ids.uid).gid(ids.gid);
     }
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            error!(command = ?on_init.command, error = %e, "could not start server.on_init; starting the workers anyway");
-            return;
-        }
-    };
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(log_lines(s, "stdout")));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(log_lines(s, "stderr")));
-    match tokio::time::timeout(on_init.exec_timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => {
-            info!(command = ?on_init.command, "server.on_init finished")
-        }
-        Ok(Ok(status)) => {
-            error!(command = ?on_init.command, %status, "server.on_init failed; starting the workers anyway")
-        }
-        Ok(Err(e)) => {
-            error!(command = ?on_init.command, error = %e, "could not wait for server.on_init")
-        }
+    let mut child = cmd.spawn().map_err(|source| OnInitError::Spawn {
+        command: command(),
+        source,
+    })?;
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(log_lines(s, "stdout"))),
+        child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(log_lines(s, "stderr"))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let ended = match tokio::time::timeout(on_init.exec_timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(OnInitError::Failed {
+            command: command(),
+            status,
+        }),
+        Ok(Err(source)) => Err(OnInitError::Wait {
+            command: command(),
+            source,
+        }),
         Err(_) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            error!(command = ?on_init.command, exec_timeout = ?on_init.exec_timeout, "server.on_init ran over exec_timeout and was killed; starting the workers anyway");
+            Err(OnInitError::Timeout {
+                command: command(),
+                exec_timeout: on_init.exec_timeout,
+            })
+        }
+    };
+    for mut reader in readers {
+        if tokio::time::timeout(OUTPUT_DRAIN, &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
         }
     }
-    for task in [out, err].into_iter().flatten() {
-        let _ = task.await;
-    }
+    ended
 }
 
 /// Logs one output stream of the on_init command, line by line (each line bounded).
