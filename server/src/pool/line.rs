@@ -342,6 +342,11 @@ impl Line {
         }
     }
 
+    /// Whether the queue entered frames that nobody has written yet.
+    pub(super) fn has_entered(&self) -> bool {
+        self.entered.load(Ordering::Relaxed)
+    }
+
     /// Writes the frames the queue entered, if nobody else is writing them: called by a runner
     /// of this line right before it reads from the worker, i.e. when it would wait anyway. The
     /// events entered while the worker's last batch of answers was handed along the line (one

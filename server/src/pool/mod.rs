@@ -524,6 +524,12 @@ impl Pool {
                 let sent = worker.send(event, bytes).await;
                 if sent.is_ok() {
                     self.admit_waiting(&worker.shared);
+                    // Only while no other event was entered behind it: those frames are written
+                    // right before the answer is waited for (`Worker::answer`), which an early
+                    // answer would delay.
+                    if !worker.shared.line.has_entered() {
+                        worker.read_early();
+                    }
                 }
                 sent
             } else {

@@ -345,6 +345,58 @@ pub(super) struct Worker {
     seq: u64,
     /// Shared with the registry, the reaper and the supervisor.
     pub(super) shared: Arc<Shared>,
+    /// Whether the last idle check came first after the runtime's park (see
+    /// [`Worker::check_idle`]): nothing else was ready to run, so the runtime parks again right
+    /// after this event is written, unless its answer is read at once ([`Worker::read_early`]).
+    fresh: bool,
+    /// Whether reading the answer right after the event's write pays off lately.
+    early: EarlyReads,
+}
+
+/// Whether reading a worker's answer right after writing its event ([`Worker::read_early`]) has
+/// paid off lately: a score that goes up by one on a hit and down by two on a miss; tried while
+/// above 0, else once in [`EARLY_RETRY`] chances.
+#[derive(Debug)]
+struct EarlyReads {
+    /// 0 to [`EARLY_MAX`].
+    score: u8,
+    /// Chances passed up since the score reached 0.
+    skipped: u8,
+}
+
+/// While reading early does not pay, one chance in this many still tries.
+const EARLY_RETRY: u8 = 16;
+/// The most the score climbs to: after a run of hits, four misses in a row turn it off.
+const EARLY_MAX: u8 = 8;
+
+impl EarlyReads {
+    fn new() -> EarlyReads {
+        EarlyReads {
+            score: EARLY_MAX,
+            skipped: 0,
+        }
+    }
+
+    /// Whether to try now.
+    fn now(&mut self) -> bool {
+        if self.score == 0 {
+            self.skipped += 1;
+            if self.skipped < EARLY_RETRY {
+                return false;
+            }
+        }
+        self.skipped = 0;
+        true
+    }
+
+    /// What the try found.
+    fn found(&mut self, hit: bool) {
+        self.score = if hit {
+            (self.score + 1).min(EARLY_MAX)
+        } else {
+            self.score.saturating_sub(2)
+        };
+    }
 }
 
 impl Drop for Worker {
@@ -420,6 +472,47 @@ impl Worker {
             .open(&self.wbuf, bytes, self.jobs)
             .await
             .map_err(|source| PoolError::Undelivered { pid, source })
+    }
+
+    /// Right after an event was written to this idle worker, when the runtime has nothing else
+    /// to do (the event came first after its park): one non-blocking read of the answer, in case
+    /// the worker has already written it, bypassing tokio's readiness (which learns of it only at
+    /// the next park), as long as that has paid off lately.
+    ///
+    /// With pier and its worker on one core, writing the event wakes the worker, and the kernel
+    /// often lets it run at once: it reads the event, answers and blocks again before pier's
+    /// write returns. The answer is then already there, and waiting for it the usual way costs a
+    /// park of the runtime, an `epoll_wait` and the task's wake-up for nothing: at one
+    /// connection ~3 of 4 answers were there (one `epoll_wait` of the six system calls of a
+    /// round trip spared). Not under load: other ready connections would have joined the
+    /// worker's line meanwhile, and their events go to the worker in one write with the answers
+    /// read in one read; an answer read at once would end the line after one event. When the
+    /// worker is elsewhere or busy the read finds nothing and is a wasted system call: after a
+    /// few misses only one event in [`EARLY_RETRY`] tries (bench/results/2026-11-30-pipeline.md,
+    /// "The 1 × 1 round trip").
+    pub(super) fn read_early(&mut self) {
+        if std::mem::take(&mut self.fresh) && self.early.now() {
+            let hit = self.read_now();
+            self.early.found(hit);
+        }
+    }
+
+    /// One non-blocking read into `rbuf`, bypassing tokio's readiness: true when bytes came. A
+    /// closed or failed relay reads as nothing here; the next read through tokio sees it again.
+    fn read_now(&mut self) -> bool {
+        self.rbuf.reserve(READ_CHUNK);
+        let spare = self.rbuf.spare_capacity_mut();
+        let fd = self.relay.read_fd();
+        // SAFETY: `fd` belongs to the worker's relay, borrowed for the whole call; `spare` is
+        // writable memory of exactly `spare.len()` bytes, of which read(2) initializes the first
+        // `n` it reports, and only those are then counted as the buffer's.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        if n <= 0 {
+            return false;
+        }
+        // SAFETY: read(2) initialized the first `n` spare bytes (n <= spare.len()).
+        unsafe { self.rbuf.set_len(self.rbuf.len() + n as usize) };
+        true
     }
 
     /// Reads frames until the worker answers the event, whose answer is the next one to come.
@@ -568,7 +661,8 @@ impl Worker {
             });
         }
         let mut probe = [0u8; 64];
-        let probed = if FRESH.replace(false) {
+        self.fresh = FRESH.replace(false);
+        let probed = if self.fresh {
             // `WouldBlock` without a syscall unless tokio saw the relay become readable.
             self.relay.try_read(&mut probe)
         } else {
@@ -827,6 +921,8 @@ pub(super) async fn spawn_worker(
                 wbuf: Vec::with_capacity(READ_CHUNK),
                 jobs: 0,
                 seq: 0,
+                fresh: false,
+                early: EarlyReads::new(),
                 shared,
             }))
         }
@@ -973,4 +1069,41 @@ pub(super) fn coarse_now_ns() -> u64 {
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EarlyReads, EARLY_MAX, EARLY_RETRY};
+
+    /// Chances taken out of `n`, each try finding `hit`.
+    fn tries(early: &mut EarlyReads, n: usize, hit: bool) -> usize {
+        (0..n)
+            .filter(|_| {
+                let now = early.now();
+                if now {
+                    early.found(hit);
+                }
+                now
+            })
+            .count()
+    }
+
+    #[test]
+    fn early_reads_stop_when_they_miss_and_come_back_when_they_hit() {
+        let mut early = EarlyReads::new();
+        // Hits (one connection, worker on the same core): every chance is taken.
+        assert_eq!(tries(&mut early, 100, true), 100);
+        // Misses (load, or the worker elsewhere): EARLY_MAX / 2 tries, then one in EARLY_RETRY.
+        let n = 10 * usize::from(EARLY_RETRY);
+        let taken = tries(&mut early, usize::from(EARLY_MAX / 2) + n, false);
+        assert_eq!(taken, usize::from(EARLY_MAX / 2) + 10);
+        // One hit among the retries turns it on again.
+        assert_eq!(tries(&mut early, usize::from(EARLY_RETRY), true), 1);
+        assert_eq!(tries(&mut early, 10, true), 10);
+        // A miss now and then (3 hits in 4) keeps it on.
+        for i in 0..400 {
+            assert!(early.now(), "chance {i} passed up");
+            early.found(i % 4 != 0);
+        }
+    }
 }
