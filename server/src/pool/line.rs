@@ -16,7 +16,7 @@
 //!
 //! An event in a line, reserved or queued behind the one being answered, still waits for the
 //! worker: the pool counts it with the waiting events (see [`super::queue`]). An event that waited
-//! in the queue with its frame encoded is entered into a line by the queue ([`Line::enter`]), on
+//! in the queue with its frame encoded is entered into a line by the queue ([`Entry::enter`]), on
 //! its runner's behalf; the runner then learns its turn on the channel it waited on.
 
 use std::collections::VecDeque;
@@ -67,7 +67,7 @@ pub(super) struct Line {
     /// answered, over every worker): they count toward `max_queue_size` and the dynamic
     /// allocator's demand like events waiting in the queue.
     waiting: Arc<AtomicUsize>,
-    /// Frames entered by the queue ([`Line::enter`]) wait in the outbox with nobody charged with
+    /// Frames entered by the queue ([`Entry::enter`]) wait in the outbox with nobody charged with
     /// writing them: the next runner writes them before it reads ([`Line::write_entered`]).
     entered: AtomicBool,
     /// Everything else, behind one short lock.
@@ -124,7 +124,7 @@ pub(super) enum Joined {
     },
 }
 
-/// How entering an encoded event went ([`Line::enter`]).
+/// How entering an encoded event went ([`Entry::enter`]).
 #[derive(Debug)]
 pub(super) enum Entered {
     /// Its frame is in the outbox and its turn comes through its channel; whoever writes the
@@ -145,8 +145,12 @@ pub(super) enum Entered {
 /// What happened to the worker when an event's answer was in ([`Line::pass_on`]).
 #[derive(Debug)]
 pub(super) enum Passed {
-    /// Handed to the next event of the line (or parked for a reserved slot).
-    On,
+    /// Handed to the next event of the line (or parked for a reserved slot); `depth`: the events
+    /// left on the worker (that one included).
+    On {
+        /// Events still on the worker.
+        depth: usize,
+    },
     /// The line is empty: the worker goes back to the pool.
     Back(Box<Worker>),
     /// The next event's runner is gone (its task was dropped): nobody would read its answer.
@@ -279,66 +283,23 @@ impl Line {
     /// Reserves a place for an event of `bytes` if it fits; the event then calls [`Line::join`]
     /// (or [`Line::unreserve`]).
     pub(super) fn reserve(&self, bytes: usize, retiring: bool) -> bool {
-        let mut st = self.lock();
-        if !self.fits(&st, bytes, retiring) {
-            return false;
-        }
-        st.reserved += 1;
-        st.depth += 1;
-        st.bytes += bytes;
-        st.dispatched += 1;
-        self.more_waiting(1);
-        true
+        self.entry(retiring).reserve(bytes)
     }
 
     /// Gives a reserved place back unused. Returns the worker when it was parked for it alone
     /// (then idle: the caller puts it back).
     pub(super) fn unreserve(&self, bytes: usize) -> Option<Box<Worker>> {
-        let mut st = self.lock();
-        st.reserved -= 1;
-        st.depth -= 1;
-        st.bytes -= bytes;
-        st.dispatched = st.dispatched.saturating_sub(1);
-        self.less_waiting(1);
-        if st.reserved == 0 && st.queued.is_empty() {
-            if let Some(worker) = st.parked.take() {
-                st.active = false;
-                return Some(worker);
-            }
-        }
-        None
+        self.entry(false).unreserve(bytes)
     }
 
-    /// Enters an event whose frame is already encoded, on behalf of its runner waiting on `tx`
-    /// (the queue admits it, under the queue's lock): as [`Line::reserve`] and [`Line::join`] in
-    /// one, without the runner. `bytes`: its frame's size estimate.
-    pub(super) fn enter(
-        &self,
-        frame: &[u8],
-        bytes: usize,
-        retiring: bool,
-        tx: assign::Sender,
-    ) -> Entered {
-        let mut st = self.lock();
-        if !self.fits(&st, bytes, retiring) {
-            return Entered::Full(tx);
-        }
-        if st.parked.is_some() {
-            return Entered::Parked(tx);
-        }
-        st.depth += 1;
-        st.bytes += bytes;
-        st.dispatched += 1;
-        self.more_waiting(1);
-        st.outbox.extend_from_slice(frame);
-        st.queued.push_back(Turn { tx, bytes });
-        if st.writer.is_some() {
-            // Nobody is writing: the next runner to read will (a writer now loops until the
-            // outbox is empty, this frame included).
-            self.entered.store(true, Ordering::Relaxed);
-        }
-        Entered::Queued {
-            more: self.fits(&st, 0, retiring),
+    /// The line locked for the queue to enter waiting events into it, or reserve places for
+    /// them, several under one lock ([`Entry`]). `retiring`: the worker leaves after its events.
+    pub(super) fn entry(&self, retiring: bool) -> Entry<'_> {
+        Entry {
+            line: self,
+            st: self.lock(),
+            retiring,
+            entered: 0,
         }
     }
 
@@ -489,19 +450,20 @@ impl Line {
         st.depth -= 1;
         st.bytes -= st.current;
         st.current = 0;
+        let depth = st.depth;
         if let Some(next) = st.queued.pop_front() {
             st.current = next.bytes;
             drop(st);
             self.less_waiting(1);
             return match next.tx.send(Assignment::Turn(Handoff::Worker(worker))) {
-                Ok(()) => Passed::On,
+                Ok(()) => Passed::On { depth },
                 Err(Assignment::Turn(Handoff::Worker(worker))) => Passed::Orphaned(worker),
                 Err(_) => unreachable!("a worker was sent"),
             };
         }
         if st.reserved > 0 {
             st.parked = Some(worker);
-            return Passed::On;
+            return Passed::On { depth };
         }
         st.active = false;
         Passed::Back(worker)
@@ -520,6 +482,91 @@ impl Line {
         self.less_waiting(queued.len());
         for turn in queued {
             let _ = turn.tx.send(Assignment::Turn(handoff()));
+        }
+    }
+}
+
+/// A line locked by the queue ([`Line::entry`]): the waiting events it takes in, one after the
+/// other, share the lock, and the count of events waiting in lines is updated once.
+#[derive(Debug)]
+pub(super) struct Entry<'a> {
+    /// The line.
+    line: &'a Line,
+    /// Its state, locked.
+    st: MutexGuard<'a, LineState>,
+    /// The worker leaves after its events: none joins.
+    retiring: bool,
+    /// Events entered (their frames in the outbox) under this lock.
+    entered: usize,
+}
+
+impl Entry<'_> {
+    /// Enters an event whose frame is already encoded, on behalf of its runner waiting on `tx`
+    /// (the queue admits it): as [`Entry::reserve`] and [`Line::join`] in one, without the
+    /// runner. `bytes`: its frame's size estimate.
+    pub(super) fn enter(&mut self, frame: &[u8], bytes: usize, tx: assign::Sender) -> Entered {
+        let st = &mut *self.st;
+        if !self.line.fits(st, bytes, self.retiring) {
+            return Entered::Full(tx);
+        }
+        if st.parked.is_some() {
+            return Entered::Parked(tx);
+        }
+        st.depth += 1;
+        st.bytes += bytes;
+        st.dispatched += 1;
+        st.outbox.extend_from_slice(frame);
+        st.queued.push_back(Turn { tx, bytes });
+        self.entered += 1;
+        Entered::Queued {
+            more: self.line.fits(st, 0, self.retiring),
+        }
+    }
+
+    /// Reserves a place for an event of `bytes` if it fits; the event then calls [`Line::join`]
+    /// (or [`Line::unreserve`]).
+    pub(super) fn reserve(&mut self, bytes: usize) -> bool {
+        let st = &mut *self.st;
+        if !self.line.fits(st, bytes, self.retiring) {
+            return false;
+        }
+        st.reserved += 1;
+        st.depth += 1;
+        st.bytes += bytes;
+        st.dispatched += 1;
+        self.line.more_waiting(1);
+        true
+    }
+
+    /// Gives a reserved place back unused. Returns the worker when it was parked for it alone
+    /// (then idle: the caller puts it back).
+    pub(super) fn unreserve(&mut self, bytes: usize) -> Option<Box<Worker>> {
+        let st = &mut *self.st;
+        st.reserved -= 1;
+        st.depth -= 1;
+        st.bytes -= bytes;
+        st.dispatched = st.dispatched.saturating_sub(1);
+        self.line.less_waiting(1);
+        if st.reserved == 0 && st.queued.is_empty() {
+            if let Some(worker) = st.parked.take() {
+                st.active = false;
+                return Some(worker);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        if self.entered == 0 {
+            return;
+        }
+        self.line.more_waiting(self.entered);
+        if self.st.writer.is_some() {
+            // Nobody is writing: the next runner to read will (a writer loops until the outbox
+            // is empty, these frames included).
+            self.line.entered.store(true, Ordering::Relaxed);
         }
     }
 }

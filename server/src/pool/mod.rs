@@ -661,7 +661,13 @@ impl Pool {
         worker.jobs += 1;
         let shared = worker.shared.clone();
         match shared.line.pass_on(worker) {
-            Passed::On => self.admit_waiting(&shared),
+            // Waiting events are taken in once the line is down to half its length, several
+            // at once (one lock of the queue and of the line for them all), not one per answer:
+            // the worker still has half a line of events to answer meanwhile.
+            Passed::On { depth } if 2 * depth <= self.inner.spec.config.max_in_flight => {
+                self.admit_waiting(&shared)
+            }
+            Passed::On { .. } => {}
             Passed::Back(worker) => self.release(worker),
             Passed::Orphaned(worker) => {
                 warn!(

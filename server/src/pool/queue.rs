@@ -268,6 +268,8 @@ impl Queue {
             return idle;
         }
         let mut state = self.lock();
+        // The line, locked once for every event taken in now (when one is).
+        let mut entry = None;
         while let Some(front) = state.waiters.front() {
             if front.tx.is_closed() {
                 state.waiters.pop_front();
@@ -276,51 +278,49 @@ impl Queue {
             let Some(mut waiting) = state.waiters.pop_front() else {
                 break;
             };
+            let line = entry.get_or_insert_with(|| shared.line.entry(shared.retiring()));
             let tx = match waiting.frame.take() {
-                Some(mut frame) => {
-                    let entered =
-                        shared
-                            .line
-                            .enter(&frame, waiting.bytes, shared.retiring(), waiting.tx);
-                    match entered {
-                        Entered::Queued { more } => {
-                            metrics.waited(Some(waiting.since.into_std()));
-                            if state.spare_frames.len() < SPARE_FRAMES
-                                && frame.capacity() <= 2 * PRE_ENCODED
-                            {
-                                frame.clear();
-                                state.spare_frames.push(frame);
-                            }
-                            if !more {
-                                break;
-                            }
-                            continue;
+                Some(mut frame) => match line.enter(&frame, waiting.bytes, waiting.tx) {
+                    Entered::Queued { more } => {
+                        metrics.waited(Some(waiting.since.into_std()));
+                        if state.spare_frames.len() < SPARE_FRAMES
+                            && frame.capacity() <= 2 * PRE_ENCODED
+                        {
+                            frame.clear();
+                            state.spare_frames.push(frame);
                         }
-                        Entered::Full(tx) => {
-                            waiting.tx = tx;
-                            waiting.frame = Some(frame);
-                            state.waiters.push_front(waiting);
+                        if !more {
                             break;
                         }
-                        // A worker is parked for a reserved place: the event joins itself
-                        // (whoever joins first gets the worker).
-                        Entered::Parked(tx) => tx,
+                        continue;
                     }
-                }
+                    Entered::Full(tx) => {
+                        waiting.tx = tx;
+                        waiting.frame = Some(frame);
+                        state.waiters.push_front(waiting);
+                        break;
+                    }
+                    // A worker is parked for a reserved place: the event joins itself
+                    // (whoever joins first gets the worker).
+                    Entered::Parked(tx) => tx,
+                },
                 None => waiting.tx,
             };
-            if !shared.line.reserve(waiting.bytes, shared.retiring()) {
+            if !line.reserve(waiting.bytes) {
                 waiting.tx = tx;
                 state.waiters.push_front(waiting);
                 break;
             }
             if tx.send(Assignment::Slot(shared.clone())).is_err() {
-                if let Some(worker) = shared.line.unreserve(waiting.bytes) {
+                if let Some(worker) = line.unreserve(waiting.bytes) {
                     idle = Some(worker);
                     break;
                 }
             }
         }
+        // Unlocks the line (and counts what entered it) while the queue is still locked, so
+        // that `max_queue_size` never sees an event in neither.
+        drop(entry);
         self.counted(&state);
         idle
     }
