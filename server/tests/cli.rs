@@ -234,10 +234,12 @@ fn on_init_failure_with_exit_on_error_stops_pier_before_the_workers() {
             "10s",
             "could not start server.on_init [\"/nonexistent/pier-on-init\"]: No such file or directory",
         ),
+        // The shell is killed; the sleep it left behind holds the output pipe for 40 s (longer
+        // than run_bounded waits): pier must not wait for it.
         (
-            r#"["sleep", "30"]"#,
+            r#"["sh", "-c", "sleep 40; true"]"#,
             "1s",
-            "could not complete server.on_init [\"sleep\", \"30\"] within on_init.exec_timeout (1s); it was killed",
+            "could not complete server.on_init [\"sh\", \"-c\", \"sleep 40; true\"] within on_init.exec_timeout (1s); it was killed",
         ),
     ];
     for (command, exec_timeout, want) in cases {

@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use crate::config::OnInit;
 
-/// How long the output of an on_init that ended is still read: a process it left behind may hold
+/// How long the output of an on_init that ended is still read (both streams together): a process it left behind may hold
 /// its stdout/stderr open for ever, and must not keep the workers from starting.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
@@ -130,11 +130,9 @@ async fn run(on_init: &OnInit, server_env: &[(String, String)]) -> Result<(), On
             })
         }
     };
+    let drained = tokio::time::Instant::now() + OUTPUT_DRAIN;
     for mut reader in readers {
-        if tokio::time::timeout(OUTPUT_DRAIN, &mut reader)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(drained, &mut reader).await.is_err() {
             reader.abort();
         }
     }
