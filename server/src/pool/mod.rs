@@ -1,16 +1,18 @@
 //! The supervised pool of PHP workers: start, hand out fairly, rotate, replace, reset, stop.
 //!
-//! - [`worker`]: one worker process and its relay (pipes or socket), the pid handshake, reading an
+//! - `worker.rs`: one worker process and its relay (pipes or socket), the pid handshake, reading an
 //!   event's answer, the idle check, and the reaper task that notices a death while idle at once.
-//! - [`line`]: several events in flight on a busy worker, written together, answered in order.
-//! - [`relay`]: the listener workers connect back to on `server.relay: tcp://…|unix://…`.
-//! - [`queue`]: idle workers and the events waiting for one (or for room in a line), strictly
+//! - `line.rs`: several events in flight on a busy worker, written together, answered in order.
+//! - `relay.rs`: the listener workers connect back to on `server.relay: tcp://…|unix://…`.
+//! - `queue.rs`: idle workers and the events waiting for one (or for room in a line), strictly
 //!   first come, first served, bounded by `max_queue_size` together with the events waiting in
 //!   lines, timed out by one timer.
-//! - [`supervisor`]: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
+//! - `supervisor.rs`: replacements (parallel, bounded, backoff), `tcp.pool.supervisor` limits and
 //!   the dynamic allocator.
-//! - [`reset`]: the rolling reset behind `pier reset` and SIGUSR1.
-//! - [`assign`]: the one-shot channel a waiting event learns its worker, place or turn on, reused
+//! - `reset.rs`: the rolling reset behind `pier reset` and SIGUSR1.
+//! - `on_init.rs`: `server.on_init`, run to completion before the workers start (and, with
+//!   `exit_on_error`, before anything is served).
+//! - `assign.rs`: the one-shot channel a waiting event learns its worker, place or turn on, reused
 //!   from event to event.
 //! - this file: [`Pool`], and running one event ([`Pool::exec`]): take an idle worker or a place in
 //!   a busy one's line, read the answer, hand the worker on or give it back.
@@ -235,7 +237,7 @@ pub enum PoolError {
     },
 }
 
-/// What a worker wants done with the connection (owned form of [`ReplyKind`]).
+/// What a worker wants done with the connection (owned form of [`pier_protocol::ReplyKind`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write the body, keep reading.
