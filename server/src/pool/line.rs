@@ -337,23 +337,19 @@ impl Line {
             return Ok(None);
         }
         // `None`: someone is writing; it writes the outbox until it is empty.
+        let st = &mut *st;
         let Some(writer) = st.writer.as_ref() else {
             return Ok(None);
         };
-        let written = match writer.write_now(&st.outbox) {
-            Ok(written) => written,
+        match write_some(&mut st.outbox, writer) {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(st.writer.take()),
             Err(e) => {
                 // As a failed flush: the write half is dropped (the caller kills the worker).
                 st.writer = None;
-                return Err(e);
+                Err(e)
             }
-        };
-        if written == st.outbox.len() {
-            st.outbox.clear();
-            return Ok(None);
         }
-        st.outbox.drain(..written);
-        Ok(st.writer.take())
     }
 
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
@@ -406,13 +402,8 @@ impl Line {
     /// when some is left. On a write error the half is dropped (as [`Line::flush`]).
     fn write_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
         let mut st = self.lock();
-        if !st.outbox.is_empty() {
-            let written = writer.write_now(&st.outbox)?;
-            if written < st.outbox.len() {
-                st.outbox.drain(..written);
-                return Ok(Some(writer));
-            }
-            st.outbox.clear();
+        if !st.outbox.is_empty() && !write_some(&mut st.outbox, &writer)? {
+            return Ok(Some(writer));
         }
         st.writer = Some(writer);
         Ok(None)
@@ -484,6 +475,19 @@ impl Line {
             let _ = turn.tx.send(Assignment::Turn(handoff()));
         }
     }
+}
+
+/// Writes what the relay takes of `outbox` now and removes it from the outbox: true when all of
+/// it went ([`Line::write_entered`], [`Line::write_out`]).
+#[inline]
+fn write_some(outbox: &mut Vec<u8>, writer: &RelayWrite) -> std::io::Result<bool> {
+    let written = writer.write_now(outbox)?;
+    if written == outbox.len() {
+        outbox.clear();
+        return Ok(true);
+    }
+    outbox.drain(..written);
+    Ok(false)
 }
 
 /// A line locked by the queue ([`Line::entry`]): the waiting events it takes in, one after the
