@@ -68,13 +68,7 @@ pub async fn run_on_init(
         Err(e) if on_init.exit_on_error => Err(e),
         Err(e) => {
             // The cause too (e.g. "No such file or directory"), as pier's own errors print it.
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text = format!("{text}: {c}");
-                cause = c.source();
-            }
-            error!(error = %text, "server.on_init failed; starting the workers anyway (on_init.exit_on_error is false)");
+            error!(error = %crate::ErrorChain(&e), "server.on_init failed; starting the workers anyway (on_init.exit_on_error is false)");
             Ok(())
         }
     }
