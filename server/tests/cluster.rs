@@ -873,6 +873,7 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
 
     use bytes::Bytes;
     use pier_server::cluster::envelope::{self, Envelope, Msg, VERSION};
+    use pier_server::cluster::node::HEARTBEAT;
     use pier_server::cluster::{Bus, Channel};
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
@@ -910,15 +911,34 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
     )
     .expect("a valid bus URL");
     eventually!("the flood's bus link is up", flood.is_up());
-    for i in 0..FAKES {
-        let hello = envelope::encode(&Envelope {
+    let hello = |i: u64| {
+        Bytes::from(envelope::encode(&Envelope {
             v: VERSION,
             from: Cow::Owned(format!("fake-{i}")),
             instance: i,
             msg: Msg::Hello { answer: false },
-        });
-        flood.publish(Channel::All, Bytes::from(hello)).unwrap();
+        }))
+    };
+    for i in 0..FAKES {
+        flood.publish(Channel::All, hello(i)).unwrap();
     }
+    // The first fake id keeps its place by saying hello every heartbeat, as a node would: a silent
+    // one leaves the table after PEER_TTL (4 s), and a loaded machine can take longer than that
+    // to reach the checks of the full table below (this test failed so under load).
+    let heartbeat = {
+        let (flood, stop, first) = (flood.clone(), stop.clone(), hello(0));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                // A failed publish (the link flapped) is retried at the next tick.
+                let _ = flood.publish(Channel::All, first.clone());
+            }
+        })
+    };
 
     // Each node took the first fake id into its one free place and refused the others.
     let refused = "pier_cluster_failures_total{op=\"hello\",reason=\"node_table_full\"}";
@@ -927,10 +947,10 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
             format!("{}: {} hellos refused", node.id, FAKES - 1),
             node.metric(refused).await == (FAKES - 1) as f64
         );
-        assert!(
-            node.logged("cluster: node joined", Some("fake-0")),
-            "{:#?}",
-            node.cluster_logs()
+        // The log reaches the test through a pipe and a reader thread, later than the metric.
+        eventually!(
+            format!("{}: fake-0 joined: {:#?}", node.id, node.cluster_logs()),
+            node.logged("cluster: node joined", Some("fake-0"))
         );
         assert!(!node.logged("cluster: node joined", Some("fake-1")));
         // The gauge follows every 250 ms, so it is waited for.
@@ -939,6 +959,10 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
             node.metric(&gauge).await == 4.0
         );
         // Logged once for the burst (again at most every 5 s), with who caused it.
+        eventually!(
+            format!("{}: the table full logged", node.id),
+            !log_lines(node, "cluster bus: node table full").is_empty()
+        );
         let lines = log_lines(node, "cluster bus: node table full");
         assert!((1..=2).contains(&lines.len()), "{}: {lines:#?}", node.id);
         assert_eq!(lines[0]["fields"]["node"], "fake-1", "{lines:#?}");
@@ -974,6 +998,7 @@ async fn a_flood_of_node_ids_stops_at_max_nodes(kind: BusKind) {
     }
 
     stop.cancel();
+    heartbeat.await.unwrap();
     tracker.close();
     tokio::time::timeout(SETTLE, tracker.wait())
         .await
