@@ -31,7 +31,7 @@ use crate::pool::Pool;
 use crate::registry::Registry;
 
 pub use proxy::ProxyError;
-pub use tls::{HandshakeError, TlsError};
+pub use tls::TlsError;
 
 /// A connection's byte stream after the listener's preamble.
 #[derive(Debug)]

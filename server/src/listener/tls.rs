@@ -21,7 +21,9 @@ use crate::config::{CertFiles, ClientAuth, TlsConfig};
 use super::proxy::Rewind;
 use super::stream::TlsIo;
 
-/// Why a TLS configuration could not be loaded; every variant names the config key and the file.
+/// What failed in TLS: loading a server's configuration (the config's fault; those variants name
+/// the config key and the file), or a connection's handshake (the client's doing; logged at debug
+/// and counted).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read (missing, unreadable).
@@ -84,18 +86,13 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-}
-
-/// Why a connection's TLS handshake failed: the client's doing; logged at debug and counted.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// The client sent something that is not a valid TLS handshake, an unknown SNI name, a bad
-    /// client certificate, or closed the connection.
+    /// A connection's handshake failed: the client sent something that is not a valid TLS
+    /// handshake, an unknown SNI name, a bad client certificate, or closed the connection.
     #[error("could not complete the TLS handshake")]
-    Failed(#[source] std::io::Error),
-    /// The handshake did not finish within `handshake_timeout`.
+    Handshake(#[source] std::io::Error),
+    /// A connection's handshake did not finish within `handshake_timeout`.
     #[error("could not complete the TLS handshake within {0:?}")]
-    TimedOut(std::time::Duration),
+    HandshakeTimedOut(std::time::Duration),
 }
 
 /// One server's TLS: its config (file names) and the rustls config built from the files.
@@ -142,12 +139,12 @@ impl Tls {
     pub(crate) async fn handshake(
         &self,
         io: Rewind<TcpStream>,
-    ) -> Result<(TlsIo, TlsFacts<'static>), HandshakeError> {
+    ) -> Result<(TlsIo, TlsFacts<'static>), TlsError> {
         let timeout = self.config.handshake_timeout;
         let stream = tokio::time::timeout(timeout, self.acceptor().accept(io))
             .await
-            .map_err(|_| HandshakeError::TimedOut(timeout))?
-            .map_err(HandshakeError::Failed)?;
+            .map_err(|_| TlsError::HandshakeTimedOut(timeout))?
+            .map_err(TlsError::Handshake)?;
         let facts = facts(stream.get_ref().1);
         Ok((stream, facts))
     }
