@@ -60,6 +60,10 @@ const MAX_RERUNS: usize = 8;
 
 /// What went wrong in the pool: starting a worker (the pool, or a replacement), or running one
 /// event (then only that event's connection is closed; nothing else is hurt).
+///
+/// Every message says what could not be done, then keeps the text earlier versions logged after
+/// it ("worker pid N wrote bytes that are not a frame: …", RoadRunner's "no free workers"), so
+/// that what users and the README match still matches.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The command could not be executed (config's fault: wrong path, not executable).
@@ -113,13 +117,13 @@ pub enum PoolError {
     },
     // Per-event failures: the event's connection is closed; nothing else is hurt.
     /// No worker became free within allocate_timeout (overload or stuck workers).
-    #[error("no free workers within {0:?}")]
+    #[error("could not run the event: no free workers within {0:?}")]
     NoFreeWorkers(Duration),
     /// The pool is shut down.
-    #[error("could not run event: the pool is stopped")]
+    #[error("could not run the event: the pool is stopped")]
     Closed,
     /// The worker answered with an error frame (`Worker::error()`); it stays in service.
-    #[error("worker pid {pid} reported an error: {message}")]
+    #[error("could not run the event: worker pid {pid} reported an error: {message}")]
     WorkerError {
         /// The worker.
         pid: u32,
@@ -127,7 +131,7 @@ pub enum PoolError {
         message: String,
     },
     /// The worker died or closed its pipes during the event; it is replaced.
-    #[error("worker pid {pid} exited during the event")]
+    #[error("could not run the event: worker pid {pid} exited during the event")]
     WorkerExited {
         /// The worker.
         pid: u32,
@@ -136,7 +140,9 @@ pub enum PoolError {
         source: Option<std::io::Error>,
     },
     /// The worker wrote bytes that are not a frame (a stray `echo`); it is killed and replaced.
-    #[error("worker pid {pid} wrote bytes that are not a frame: {bytes:?}")]
+    #[error(
+        "could not run the event: worker pid {pid} wrote bytes that are not a frame: {bytes:?}"
+    )]
     Garbage {
         /// The worker.
         pid: u32,
@@ -147,7 +153,7 @@ pub enum PoolError {
         source: FrameError,
     },
     /// The worker sent a well-formed frame that is not a reply; it is killed and replaced.
-    #[error("worker pid {pid} sent a frame that is not a reply")]
+    #[error("could not run the event: worker pid {pid} sent a frame that is not a reply")]
     BadMessage {
         /// The worker.
         pid: u32,
@@ -157,7 +163,7 @@ pub enum PoolError {
     },
     /// The worker wrote to stdout while idle (a stray `echo` from a timer or destructor, or bytes
     /// trailing its last reply); it is killed and replaced before any event is handed to it.
-    #[error("worker pid {pid} wrote bytes while idle (not answering any event): {bytes:?}")]
+    #[error("could not keep the worker: worker pid {pid} wrote bytes while idle (not answering any event): {bytes:?}")]
     IdleGarbage {
         /// The worker.
         pid: u32,
@@ -166,7 +172,7 @@ pub enum PoolError {
     },
     /// The worker closed its stdout (exited) while idle; it is replaced before any event is
     /// handed to it.
-    #[error("worker pid {pid} exited while idle")]
+    #[error("could not keep the worker: worker pid {pid} exited while idle")]
     IdleExited {
         /// The worker.
         pid: u32,
@@ -176,7 +182,7 @@ pub enum PoolError {
     },
     /// The worker failed (died, misbehaved, was killed) while this event was in flight behind the
     /// one it was running (several events in flight, `tcp.pool.max_in_flight`); it is replaced.
-    #[error("worker pid {pid} failed with this event in flight ({cause})")]
+    #[error("could not run the event: worker pid {pid} failed with it in flight ({cause})")]
     Abandoned {
         /// The worker.
         pid: u32,
@@ -197,19 +203,21 @@ pub enum PoolError {
     #[error("could not encode the event")]
     Encode(#[source] pier_protocol::frame::EncodeError),
     /// Every worker tried asked to stop.
-    #[error("the event was re-run {0} times (stop replies, workers gone); giving up")]
+    #[error("could not run the event: re-run {0} times (stop replies, workers gone); giving up")]
     TooManyReruns(usize),
     /// `max_queue_size` events were already waiting for a worker (overload).
-    #[error("no free workers: {0} events already waiting (max_queue_size)")]
+    #[error(
+        "could not run the event: no free workers: {0} events already waiting (max_queue_size)"
+    )]
     QueueFull(usize),
     /// The event ran over `supervisor.exec_ttl`: its worker was killed and is replaced.
-    #[error("worker pid {pid} killed: the event ran over exec_ttl")]
+    #[error("could not run the event: it ran over exec_ttl; worker pid {pid} killed")]
     ExecTtl {
         /// The worker.
         pid: u32,
     },
     /// The worker was stuck on this event through the shutdown's `destroy_timeout`.
-    #[error("worker pid {pid} killed: stuck on the event through destroy_timeout at shutdown")]
+    #[error("could not run the event: worker pid {pid} was still on it after destroy_timeout at shutdown; killed")]
     KilledStuck {
         /// The worker.
         pid: u32,
