@@ -20,23 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-LABEL=$1 PIER=$(realpath "$2") WORKER=$3 TREE=$(realpath "${4:-$ROOT}")
 BENCH="$ROOT/target/release/pier-bench"
-CONNS=${CONNS:-1} DEPTH=${DEPTH:-1} SIZE=${SIZE:-32}
-MESSAGES=${MESSAGES:-20000} STRACE_MESSAGES=${STRACE_MESSAGES:-4000}
-OUT=${OUT:-$ROOT/target/bench/counts}/$LABEL-c$CONNS-d$DEPTH
+STRACE_MESSAGES=${STRACE_MESSAGES:-4000}
 command -v valgrind >/dev/null && command -v strace >/dev/null || { echo "needs valgrind and strace" >&2; exit 1; }
-rm -rf "$OUT"
-mkdir -p "$OUT"
-config() { echo_config "$OUT/pier.rr.yaml" "$1" "$COMMAND" 1 "${IO_THREADS:-}"; } # port → config file
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-COMMAND=$(worker_command "$WORKER" "$TREE")
-SERVER=
-cleanup() { [ -z "$SERVER" ] || kill -TERM "$SERVER" 2>/dev/null || true; }
-trap cleanup EXIT
-unset PHP_INI_SCAN_DIR
-load=(-c "$CONNS" -d "$DEPTH" -s "$SIZE" --warmup 0)
+marginal_setup counts 20000 "$@"
+config() { echo_config "$OUT/pier.rr.yaml" "$1" "$COMMAND" 1 "${IO_THREADS:-}"; } # port → config file
 
 # callgrind, instrumentation on only around a count-bounded load.
 PORT=$("$BENCH" port)
@@ -47,7 +37,7 @@ SERVER=$!
 wait_ready "127.0.0.1:$PORT"
 PIDS=("$SERVER" $(pgrep -P "$SERVER" || true))
 callgrind_windows "127.0.0.1:$PORT" "${PIDS[@]}"
-kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
+stop_server
 ir() { # callgrind output of a process → marginal Ir per message (part 2 − part 1)
   local t1 t2
   t1=$(sed -n 's/^totals: //p' "$1.1") t2=$(sed -n 's/^totals: //p' "$1.2")
@@ -80,7 +70,7 @@ strace_run() {
 }
 strace_run connect 1
 strace_run load $((STRACE_MESSAGES / (CONNS * DEPTH)))
-kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
+stop_server
 sextra=$(($(messages "$OUT/strace-load.json") - $(messages "$OUT/strace-connect.json")))
 total() { awk '$NF == "total" { print $4 }' "$1"; }
 calls() { # who → marginal system calls per message

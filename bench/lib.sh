@@ -62,3 +62,31 @@ tcp:
     num_workers: ${4:-1}
 YAML
 }
+
+# marginal_setup KIND MESSAGES LABEL PIER WORKER [TREE]: the set-up of the marginal counts
+# (counts.sh, misses.sh; their usage lines say the arguments and env). Sets LABEL, PIER, WORKER,
+# TREE (default: this checkout), CONNS, DEPTH, SIZE, MESSAGES (default: the second argument),
+# OUT (emptied: $OUT, default target/bench/KIND, then LABEL-cCONNS-dDEPTH), COMMAND (the worker's),
+# load (the generator's options) and SERVER (the pier process the EXIT trap stops; empty while
+# none runs). Needs $ROOT.
+marginal_setup() {
+  local kind=$1 messages=$2
+  shift 2
+  LABEL=$1 PIER=$(realpath "$2") WORKER=$3 TREE=$(realpath "${4:-$ROOT}")
+  CONNS=${CONNS:-1} DEPTH=${DEPTH:-1} SIZE=${SIZE:-32} MESSAGES=${MESSAGES:-$messages}
+  OUT=${OUT:-$ROOT/target/bench/$kind}/$LABEL-c$CONNS-d$DEPTH
+  rm -rf "$OUT"
+  mkdir -p "$OUT"
+  COMMAND=$(worker_command "$WORKER" "$TREE")
+  load=(-c "$CONNS" -d "$DEPTH" -s "$SIZE" --warmup 0)
+  unset PHP_INI_SCAN_DIR
+  SERVER=
+  trap 'if [ -n "$SERVER" ]; then kill -TERM "$SERVER" 2>/dev/null || true; fi' EXIT
+}
+
+# stop_server: stops the pier process $SERVER and waits for it to exit.
+stop_server() {
+  kill -TERM "$SERVER"
+  wait "$SERVER" || true
+  SERVER=
+}

@@ -15,22 +15,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-LABEL=$1 PIER=$(realpath "$2") WORKER=$3 TREE=$(realpath "${4:-$ROOT}")
 BENCH="$ROOT/target/release/pier-bench"
-CONNS=${CONNS:-1} DEPTH=${DEPTH:-1} SIZE=${SIZE:-32}
-MESSAGES=${MESSAGES:-10000}
-OUT=${OUT:-$ROOT/target/bench/misses}/$LABEL-c$CONNS-d$DEPTH
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
-rm -rf "$OUT"
-mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-COMMAND=$(worker_command "$WORKER" "$TREE")
-SERVER=
-cleanup() { [ -z "$SERVER" ] || kill -TERM "$SERVER" 2>/dev/null || true; }
-trap cleanup EXIT
-unset PHP_INI_SCAN_DIR
-load=(-c "$CONNS" -d "$DEPTH" -s "$SIZE" --warmup 0)
+marginal_setup misses 10000 "$@"
 
 PORT=$("$BENCH" port)
 echo_config "$OUT/pier.rr.yaml" "$PORT" "$COMMAND" 1 "${IO_THREADS:-}"
@@ -39,7 +28,7 @@ valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=524288,8,64 --ins
 SERVER=$!
 wait_ready "127.0.0.1:$PORT"
 callgrind_windows "127.0.0.1:$PORT" "$SERVER"
-kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
+stop_server
 f="$OUT/callgrind.$(cd "$OUT" && ls callgrind.*.1 | head -1 | cut -d. -f2)"
 # totals: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw (the order of callgrind's `events:` line)
 awk -v n="$extra" -v label="$LABEL" -v cell="${CONNS}×${DEPTH}" '
