@@ -127,9 +127,9 @@ pub enum ServeError {
     /// `rpc.listen` could not be bound.
     #[error(transparent)]
     Rpc(#[from] RpcError),
-    /// `cluster.bus` names a bus the transport cannot use.
-    #[error(transparent)]
-    Cluster(cluster::StartError),
+    /// `cluster.bus` names a bus the transport cannot use (config's fault: the bus URL).
+    #[error("could not start the cluster bus")]
+    Cluster(#[source] cluster::BusError),
     /// The graceful shutdown did not finish within `endure.grace_period`; workers were killed.
     #[error("could not shut down gracefully within endure.grace_period ({0:?}); workers killed")]
     GracePeriod(Duration),

@@ -36,6 +36,13 @@ fn config_errors_exit_1_naming_key_and_problem_without_backtrace() {
             vec![],
             "could not parse config file as YAML",
         ),
+        (
+            // A scheme the config takes, a URL the bus client cannot use: found when the
+            // cluster starts, before any worker.
+            "version: '3'\nserver: {command: 'false'}\ntcp: {servers: {a: {addr: '127.0.0.1:0'}}}\ncluster: {bus: 'redis://host:notaport'}\n",
+            vec![],
+            "could not start the cluster bus: could not use bus URL redis://host:notaport: ",
+        ),
     ];
     for (text, args, want) in cases {
         let path = dir.path().join("rr.yaml");

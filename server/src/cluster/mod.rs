@@ -65,11 +65,6 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 /// then a node that is gone, and its uuids are connections that are gone.
 const WARM: Duration = Duration::from_secs(2);
 
-/// Why the cluster could not start (config's fault: the bus URL).
-#[derive(Debug, thiserror::Error)]
-#[error("could not start the cluster bus")]
-pub struct StartError(#[source] pub BusError);
-
 /// Why a cross-instance operation failed. The text is what an RPC client gets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
@@ -180,7 +175,7 @@ impl Cluster {
         config: &ClusterConfig,
         registry: &Registry,
         metrics: Metrics,
-    ) -> Result<Handle, StartError> {
+    ) -> Result<Handle, BusError> {
         let node = Node::new(config.node.as_deref());
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
@@ -192,8 +187,7 @@ impl Cluster {
             &node.channel(),
             &tasks,
             bus_stop.clone(),
-        )
-        .map_err(StartError)?;
+        )?;
         info!(
             node = %node.id,
             tag = %node.channel(),
