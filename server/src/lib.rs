@@ -111,9 +111,10 @@ pub enum ServeError {
     Tls {
         /// Server name.
         server: String,
-        /// What failed.
+        /// What failed (boxed: its rustls causes are large, and every `ServeError` carries the
+        /// largest variant's size).
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     /// No worker could start.
     #[error("could not start the worker pool")]
@@ -133,14 +134,10 @@ pub enum ServeError {
     /// The graceful shutdown did not finish within `endure.grace_period`; workers were killed.
     #[error("could not shut down gracefully within endure.grace_period ({0:?}); workers killed")]
     GracePeriod(Duration),
-}
-
-/// Why logging could not be set up (config's fault).
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// `logs.output` (or `file_logger_options.log_output`) cannot be opened for appending.
+    /// `logs.output` (or `file_logger_options.log_output`) cannot be opened for appending
+    /// (config's fault; from [`init_logging`], before the server starts).
     #[error("could not open the log output {path}")]
-    Output {
+    LogOutput {
         /// The file.
         path: String,
         /// What the OS said.
@@ -219,7 +216,7 @@ impl Server {
             )
             .map_err(|source| ServeError::Tls {
                 server: server.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let socket =
                 TcpListener::bind(&server.addr)
@@ -555,11 +552,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// Installs the global log subscriber for the `logs` section (`output`: stderr, stdout or a file
 /// appended to; `mode`, `level`, `encoding`). `RUST_LOG`, when set, overrides the level. When
 /// the output cannot be opened, says so on `err_output` (zap's meaning) and fails.
-pub fn init_logging(logs: &LogsConfig) -> Result<(), LogError> {
+pub fn init_logging(logs: &LogsConfig) -> Result<(), ServeError> {
     use std::io::IsTerminal;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
-    let open = |output: &LogOutput| -> Result<BoxMakeWriter, LogError> {
+    let open = |output: &LogOutput| -> Result<BoxMakeWriter, ServeError> {
         Ok(match output {
             LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
             LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
@@ -568,7 +565,7 @@ pub fn init_logging(logs: &LogsConfig) -> Result<(), LogError> {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|source| LogError::Output {
+                    .map_err(|source| ServeError::LogOutput {
                         path: path.display().to_string(),
                         source,
                     })?;
@@ -579,12 +576,7 @@ pub fn init_logging(logs: &LogsConfig) -> Result<(), LogError> {
     let writer = match open(&logs.output) {
         Ok(w) => w,
         Err(e) => {
-            let line = format!(
-                "error: {e}: {}\n",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            );
+            let line = format!("error: {}\n", ErrorChain(&e));
             let _ = match &logs.err_output {
                 LogOutput::Stdout => {
                     std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes())

@@ -43,6 +43,11 @@ fn config_errors_exit_1_naming_key_and_problem_without_backtrace() {
             vec![],
             "could not start the cluster bus: could not use bus URL redis://host:notaport: ",
         ),
+        (
+            "version: '3'\nserver: {command: 'false'}\ntcp: {servers: {a: {addr: '127.0.0.1:0'}}}\nlogs: {output: '/nonexistent-dir/pier.log'}\n",
+            vec![],
+            "could not open the log output /nonexistent-dir/pier.log: No such file or directory",
+        ),
     ];
     for (text, args, want) in cases {
         let path = dir.path().join("rr.yaml");
