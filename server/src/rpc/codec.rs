@@ -16,9 +16,22 @@ pub enum Codec {
     Msgpack,
 }
 
-/// Why an argument could not be decoded or a result encoded.
+/// What failed in this module: reading a frame as a request (the client's fault; the connection
+/// is closed, since nothing can be answered without a sequence number and a method), decoding an
+/// argument, or encoding a result.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// Not the two options `[seq, len(method)]`.
+    #[error("could not read RPC request: {0} options, expected 2 ([seq, method length])")]
+    Options(usize),
+    /// The method length points past the payload.
+    #[error("could not read RPC request: method length {method} exceeds payload length {payload}")]
+    MethodOutOfBounds {
+        /// Announced method length.
+        method: usize,
+        /// Payload length.
+        payload: usize,
+    },
     /// JSON that is not the argument the method takes.
     #[error("could not decode the JSON argument")]
     Json(#[source] serde_json::Error),
@@ -71,33 +84,16 @@ pub struct Request {
     pub argument: Bytes,
 }
 
-/// Why a frame is not a request: the client's fault; the connection is closed, since nothing
-/// can be answered without a sequence number and a method.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// Not the two options `[seq, len(method)]`.
-    #[error("could not read RPC request: {0} options, expected 2 ([seq, method length])")]
-    Options(usize),
-    /// The method length points past the payload.
-    #[error("could not read RPC request: method length {method} exceeds payload length {payload}")]
-    MethodOutOfBounds {
-        /// Announced method length.
-        method: usize,
-        /// Payload length.
-        payload: usize,
-    },
-}
-
 impl Request {
     /// Reads a request from its frame's flags, options and payload (as shared bytes: the
     /// argument is a slice of it, not a copy).
-    pub fn parse(flags: u8, options: &[u32], payload: Bytes) -> Result<Request, RequestError> {
+    pub fn parse(flags: u8, options: &[u32], payload: Bytes) -> Result<Request, CodecError> {
         let [seq, method_len] = *options else {
-            return Err(RequestError::Options(options.len()));
+            return Err(CodecError::Options(options.len()));
         };
         let method_len = method_len as usize;
         if method_len > payload.len() {
-            return Err(RequestError::MethodOutOfBounds {
+            return Err(CodecError::MethodOutOfBounds {
                 method: method_len,
                 payload: payload.len(),
             });
