@@ -42,7 +42,7 @@ pub enum HarnessError {
         source: io::Error,
     },
     /// `pier serve` exited before all its servers listened (bad config, no worker could start).
-    #[error("pier serve exited with {status} before listening; its output:\n{output}")]
+    #[error("could not start pier serve: it exited with {status} before listening; its output:\n{output}")]
     ExitedEarly {
         /// How it exited.
         status: ExitStatus,
@@ -51,7 +51,7 @@ pub enum HarnessError {
     },
     /// A server did not accept connections within the start limit.
     #[error(
-        "server {server} did not listen on {addr} within {START_LIMIT:?}; pier's output:\n{output}"
+        "could not reach server {server}: it did not listen on {addr} within {START_LIMIT:?}; pier's output:\n{output}"
     )]
     NotListening {
         /// The server's name under `tcp.servers`.
@@ -73,7 +73,7 @@ pub enum HarnessError {
         source: io::Error,
     },
     /// `pier serve` did not exit within the stop limit after SIGTERM (it was then killed).
-    #[error("pier serve did not exit within {STOP_LIMIT:?} of SIGTERM; its output:\n{output}")]
+    #[error("could not stop pier serve within {STOP_LIMIT:?} of SIGTERM (killed); its output:\n{output}")]
     DidNotStop {
         /// Everything pier wrote.
         output: String,
