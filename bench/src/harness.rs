@@ -997,12 +997,12 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
         });
     }
     let tls_args = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut v = owned(extra);
         v.extend(["--tls-ca".into(), cert.display().to_string()]);
         v
     };
     let window = |c: usize, d: usize, s: usize| -> Vec<String> {
-        [
+        owned(&[
             "-c",
             &c.to_string(),
             "-d",
@@ -1013,12 +1013,9 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
             &warmup.to_string(),
             "--duration",
             &duration.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ])
     };
-    let connects: Vec<String> = [
+    let connects = owned(&[
         "-c",
         "16",
         "--connects",
@@ -1026,21 +1023,15 @@ pub fn run_tls(args: TlsArgs) -> Result<(), HarnessError> {
         &warmup.to_string(),
         "--duration",
         &duration.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let idle_args: Vec<String> = [
+    ]);
+    let idle_args = owned(&[
         "-c",
         &idle.to_string(),
         "--idle",
         "0.5",
         "--connect-timeout",
         "60",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let mut rows = Vec::new();
     // Runs one row on `server`, for the transports asked (`plaintext`, `TLS 1.3`).
     let mut run_row = |server: &mut Server,
@@ -1251,4 +1242,9 @@ fn tls_markdown(
         }
     }
     s
+}
+
+/// A command line's arguments as owned strings.
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
 }
