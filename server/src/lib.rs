@@ -169,6 +169,8 @@ pub struct Server {
     grace_period: Duration,
     /// SIGUSR1, registered first thing in [`Server::bind`] (its default action would end pier).
     usr1: Option<tokio::signal::unix::Signal>,
+    /// What SIGHUP and `pier reset` reload (the listeners' certificates).
+    tls: TlsReloader,
 }
 
 impl Server {
@@ -228,15 +230,17 @@ impl Server {
                     })?;
             listeners.push((Arc::new(listener), socket));
         }
+        let tls = TlsReloader {
+            listeners: listeners.iter().map(|(l, _)| l.clone()).collect(),
+            cluster_tls: config.cluster.as_ref().is_some_and(|c| c.tls.is_some()),
+        };
         let rpc = match &config.rpc {
             Some(rpc) => {
                 let context = Context {
                     registry: registry.clone(),
                     pool: pool_slot.clone(),
                     metrics: metrics.clone(),
-                    tls: TlsReloader {
-                        listeners: listeners.iter().map(|(l, _)| l.clone()).collect(),
-                    },
+                    tls: tls.clone(),
                 };
                 let server = RpcServer::bind(rpc, Methods::standard(), context).await?;
                 // As RoadRunner: workers find RPC in RR_RPC (the real port when the config said 0),
@@ -269,6 +273,7 @@ impl Server {
             cluster,
             grace_period: config.grace_period,
             usr1,
+            tls,
         })
     }
 
@@ -302,9 +307,7 @@ impl Server {
 
     /// Something that re-reads every server's TLS certificates (SIGHUP, `pier reset`).
     pub fn tls_reloader(&self) -> TlsReloader {
-        TlsReloader {
-            listeners: self.listeners.iter().map(|(l, _)| l.clone()).collect(),
-        }
+        self.tls.clone()
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully within
@@ -469,6 +472,10 @@ async fn reset_on_sigusr1(pool: Pool, usr1: Option<tokio::signal::unix::Signal>)
 pub struct TlsReloader {
     /// The servers, shared with their accept loops.
     listeners: Vec<Arc<Listener>>,
+    /// Whether `cluster.tls` is set: it is read only at start (the bus clients keep it for their
+    /// reconnects), so a reload says it was not reloaded rather than leave the operator who
+    /// renewed those files to believe it was.
+    cluster_tls: bool,
 }
 
 impl TlsReloader {
@@ -476,6 +483,9 @@ impl TlsReloader {
     /// connections keep theirs. A server whose files are bad keeps its current certificates; the
     /// error is logged (naming the key and file) and returned with the others.
     pub fn reload(&self) -> Vec<(String, TlsError)> {
+        if self.cluster_tls {
+            info!("cluster.tls not reloaded: the cluster bus keeps the files read at start; restart pier to use renewed ones");
+        }
         let mut failed = Vec::new();
         for listener in &self.listeners {
             let server = &listener.config.name;

@@ -1074,6 +1074,12 @@ async fn bus_over_tls_with_credentials(kind: BusKind) {
     );
 
     route_across(&nodes).await;
+    // cluster.tls is read at start only: a SIGHUP reload says so (server/README.md, "Renewal").
+    nodes[0].signal(libc::SIGHUP);
+    eventually!(
+        "t0 logs that cluster.tls is not reloaded",
+        !log_lines(&nodes[0], "cluster.tls not reloaded").is_empty()
+    );
 
     // The misconfigured nodes say why the bus is down, and serve their own connections.
     for (node, want) in [
