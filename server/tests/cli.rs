@@ -138,12 +138,25 @@ fn graceful_stop(signal: &str, whole_group: bool, io_threads: usize) {
     // Its own group, as a shell gives a foreground job.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command.spawn().unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
+    // pier's log through a thread, so that every wait for it is bounded (`support::HANG` per
+    // line): a pier that hangs fails the test with what it wrote, instead of hanging it.
+    let (log_tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if log_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut seen = String::new();
     let addr = loop {
-        let mut line = String::new();
-        assert!(log.read_line(&mut line).unwrap() > 0, "pier exited: {seen}");
+        let line = log
+            .recv_timeout(support::HANG)
+            .unwrap_or_else(|e| panic!("no address logged ({e}): {seen}"));
         seen.push_str(&line);
+        seen.push('\n');
         if let Some(at) = line.find("addr=") {
             break line[at + 5..].trim().parse().unwrap();
         }
@@ -177,9 +190,20 @@ fn graceful_stop(signal: &str, whole_group: bool, io_threads: usize) {
         .status()
         .unwrap();
     assert!(status.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
-    seen.push_str(&rest);
+    // Until pier has exited and its stderr is closed (the channel disconnects).
+    loop {
+        match log.recv_timeout(support::HANG) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("pier did not stop ({e}): {seen}");
+            }
+        }
+    }
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{seen}");
     let stderr_line = seen
