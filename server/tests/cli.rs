@@ -52,16 +52,15 @@ fn config_errors_exit_1_naming_key_and_problem_without_backtrace() {
     for (text, args, want) in cases {
         let path = dir.path().join("rr.yaml");
         std::fs::write(&path, text).unwrap();
-        let out = pier()
-            .arg("serve")
-            .arg("-c")
-            .arg(&path)
-            .args(&args)
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
+        let (code, stderr) = run_bounded(
+            pier()
+                .arg("serve")
+                .arg("-c")
+                .arg(&path)
+                .args(&args)
+                .env("RUST_BACKTRACE", "1"),
+        );
+        assert_eq!(code, Some(1), "{want}: {stderr}");
         assert!(stderr.starts_with("error: "), "{stderr}");
         assert!(stderr.contains(want), "{want}: {stderr}");
         assert!(
@@ -69,13 +68,13 @@ fn config_errors_exit_1_naming_key_and_problem_without_backtrace() {
             "{stderr}"
         );
     }
-    let out = pier()
-        .args(["serve", "-c"])
-        .arg(dir.path().join("missing.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("could not read config file"));
+    let (code, stderr) = run_bounded(
+        pier()
+            .args(["serve", "-c"])
+            .arg(dir.path().join("missing.yaml")),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("could not read config file"), "{stderr}");
 }
 
 #[test]
@@ -91,13 +90,8 @@ fn a_worker_that_cannot_start_exits_1_with_its_stderr() {
     let path = dir.path().join(".rr.yaml");
     std::fs::write(&path, text).unwrap();
     // Default config path: .rr.yaml in the working directory.
-    let out = pier()
-        .arg("serve")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = run_bounded(pier().arg("serve").current_dir(dir.path()));
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("fatal: cannot boot (test worker)"),
         "{stderr}"
