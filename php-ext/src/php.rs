@@ -728,6 +728,134 @@ fn new_request(
     }
 }
 
+/// The class object of this extension's class `T` whose standard part is `object`.
+///
+/// # Safety
+///
+/// `object` must be the standard part of a live object of `T` made by ext-php-rs (its handlers:
+/// the Rust value precedes the standard part).
+unsafe fn class_object<T: RegisteredClass>(
+    object: *mut ext_php_rs::ffi::zend_object,
+) -> *mut ZendClassObject<T> {
+    // SAFETY: as the caller guarantees, `object` is the `std` field of a ZendClassObject<T>.
+    unsafe {
+        object
+            .byte_sub(std::mem::offset_of!(ZendClassObject<T>, std))
+            .cast()
+    }
+}
+
+/// The request object `waitRequest()` fills again instead of building a new one (see
+/// [`spare_request`]).
+#[derive(Debug)]
+struct Spare {
+    /// The calling function's variable the call's result is about to be assigned to.
+    variable: *mut Zval,
+    /// The request object that variable holds, its only reference.
+    object: *mut ext_php_rs::ffi::zend_object,
+}
+
+/// `ZEND_ASSIGN` (Zend/zend_vm_opcodes.h; 22 since PHP 7.0).
+const ZEND_ASSIGN: u8 = 22;
+/// `IS_VAR` (Zend/zend_compile.h): an operand that is a call's result.
+const IS_VAR: u8 = 1 << 2;
+/// `IS_CV` (Zend/zend_compile.h): an operand that is a compiled (named) variable.
+const IS_CV: u8 = 1 << 3;
+/// `GC_OBJECT` (Zend/zend_types.h): an object's `gc.u.type_info` with no flag (not weakly
+/// referenced, no destructor or free called) and no GC information (not in the collector's
+/// buffer of possible roots).
+const GC_OBJECT: u32 = 8;
+
+/// The request object the call `call` may fill again instead of building a new one, if any.
+///
+/// In the usual loop, `$request = $worker->waitRequest()`, the assignment releases the previous
+/// request as soon as the call returns, and that release and the next object's allocation are a
+/// fifth of the worker's cost per message. When the call's result goes straight into a plain
+/// variable (the opcode after the call is `ASSIGN` of a compiled variable from this very result)
+/// and that variable holds the only reference to a request object with no weak reference, no
+/// dynamic or materialized properties and not in the cycle collector's buffer, no PHP code can
+/// see that object again once the assignment ran: refilling it and handing it over as the result
+/// (the variable set to null, so the assignment has nothing to release) looks exactly like a new
+/// request and the old one's release. Anything else (another opcode, a reference, a second
+/// holder, a weak map key, the result used otherwise, a call from an internal function) gets a
+/// new object.
+///
+/// # Safety
+///
+/// `call` and `result` must be the frame and return value the engine passed to the running
+/// internal call's handler.
+unsafe fn spare_request(call: &ext_php_rs::zend::ExecuteData, result: *mut Zval) -> Option<Spare> {
+    // SAFETY: the caller's frame, when there is one, is live during the call; its function is
+    // live with it. Only a user function's frame has its current opline saved (the VM saves it
+    // before any call), and only its oplines are read, within its opcode array.
+    unsafe {
+        let caller = call.prev_execute_data;
+        let function = caller.as_ref()?.func.as_ref()?;
+        if u32::from(function.type_) != ext_php_rs::ffi::ZEND_USER_FUNCTION {
+            return None;
+        }
+        let ops = &function.op_array;
+        let at = (*caller).opline;
+        let first = ops.opcodes.cast_const();
+        if at < first || at.offset_from(first) + 1 >= ops.last as isize {
+            return None;
+        }
+        let (call_op, next) = (&*at, &*at.add(1));
+        let base = caller.cast::<u8>();
+        // The call's result is `result` (the opline is this very call's), assigned to a variable.
+        if call_op.result_type != IS_VAR
+            || !ptr::eq(base.add(call_op.result.var as usize).cast(), result)
+            || next.opcode != ZEND_ASSIGN
+            || next.op1_type != IS_CV
+            || next.op2_type != IS_VAR
+            || next.op2.var != call_op.result.var
+        {
+            return None;
+        }
+        let variable = base.add(next.op1.var as usize).cast::<Zval>();
+        if (*variable).u1.type_info != ext_php_rs::flags::ZvalTypeFlags::ObjectEx.bits() {
+            return None;
+        }
+        let object = (*variable).value.obj;
+        let meta = TcpRequest::get_metadata();
+        let o = &*object;
+        (o.gc.refcount == 1
+            && o.gc.u.type_info == GC_OBJECT
+            && ptr::eq(o.ce, meta.ce())
+            && ptr::eq(o.handlers, meta.handlers())
+            && o.properties.is_null())
+        .then_some(Spare { variable, object })
+    }
+}
+
+/// Fills `spare`'s request object with `tls` and `values` (releasing what it held) and moves its
+/// reference from its variable (now null) to the caller: the new request.
+///
+/// # Safety
+///
+/// `spare` must be what [`spare_request`] returned for the running call, with no PHP code run
+/// since.
+unsafe fn refill(
+    spare: Spare,
+    tls: Option<Box<TlsFacts<'static>>>,
+    values: [Zval; 6],
+) -> *mut ext_php_rs::ffi::zend_object {
+    // SAFETY: the variable and the object are live (the variable holds the object's only
+    // reference); the object is a `TcpRequest` of this extension with the six declared slots.
+    unsafe {
+        (*spare.variable).u1.type_info = ext_php_rs::flags::ZvalTypeFlags::Null.bits();
+        (*class_object::<TcpRequest>(spare.object)).obj = Some(TcpRequest { tls });
+        let slots = (*spare.object).properties_table.as_mut_ptr();
+        for (i, mut value) in values.into_iter().enumerate() {
+            value.u2.extra = 0;
+            // The previous value is released (dropped) once the slot holds the new one; it is a
+            // string or an enum case (the slots' types): no PHP code runs.
+            drop(slots.add(i).replace(value));
+        }
+    }
+    spare.object
+}
+
 /// Moves `values` into the object's six property slots, in [`REQUEST_PROPERTIES`]' order.
 ///
 /// # Safety
@@ -1124,15 +1252,6 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-/// Stores `result` as the call's return value, or throws its error.
-fn set_result(result: PhpResult<impl IntoZval>, rv: &mut Zval) {
-    match result.and_then(|value| value.set_zval(rv, false).map_err(PhpException::from)) {
-        Ok(()) => {}
-        // Does nothing when another exception is already pending, which then propagates.
-        Err(e) => e.throw(),
-    }
-}
-
 /// `TcpWorker::waitRequest()`'s handler (see [`install_event_handlers`]).
 unsafe extern "C" fn wait_request_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv: *mut Zval) {
     // SAFETY: the engine passes its live call frame and return value.
@@ -1140,14 +1259,46 @@ unsafe extern "C" fn wait_request_handler(ex: *mut ext_php_rs::zend::ExecuteData
         return;
     };
     let this = match num_args(frame) {
-        0 => frame.get_object::<TcpWorker>(),
+        0 => worker_of(frame),
         _ => None,
     };
     let Some(this) = this else {
         // SAFETY: the engine's own arguments, passed on.
         return unsafe { call_generated(&WAIT_REQUEST_GENERATED, ex, rv) };
     };
-    set_result(catching_panics(|| this.wait_request()), retval);
+    // SAFETY: the engine's frame and return value of this call.
+    let spare = unsafe { spare_request(frame, rv) };
+    match catching_panics(|| this.next_request(spare)) {
+        Ok(Some(object)) => {
+            // The return value takes the object's reference (what `set_object` does, without
+            // first releasing the null the engine put there).
+            retval.value.obj = object;
+            retval.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::ObjectEx.bits();
+        }
+        Ok(None) => retval.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::Null.bits(),
+        Err(e) => e.throw(),
+    }
+}
+
+/// The `TcpWorker` that the method running in `frame` was called on (`$this`), if it is one:
+/// what `ExecuteData::get_object` finds, with the class compared by address (it is final)
+/// instead of ext-php-rs's generic lookup through the class hierarchy.
+fn worker_of(frame: &ext_php_rs::zend::ExecuteData) -> Option<&TcpWorker> {
+    // The type is `This`' low byte; the other bits are the call's flags.
+    // SAFETY: `u1.type_info` is how every zval's type is read.
+    if unsafe { frame.This.u1.type_info } & 0xff != ext_php_rs::ffi::IS_OBJECT {
+        return None;
+    }
+    // SAFETY: `This` holds a live object for the call; one with `TcpWorker`'s class entry and
+    // ext-php-rs's handlers for it is a `ZendClassObject<TcpWorker>`, alive during the call.
+    unsafe {
+        let object = frame.This.value.obj;
+        let meta = TcpWorker::get_metadata();
+        if !ptr::eq((*object).ce, meta.ce()) || !ptr::eq((*object).handlers, meta.handlers()) {
+            return None;
+        }
+        (*class_object::<TcpWorker>(object)).obj.as_ref()
+    }
 }
 
 /// `TcpWorker::respond()`'s handler (see [`install_event_handlers`]).
@@ -1169,15 +1320,17 @@ unsafe extern "C" fn respond_handler(ex: *mut ext_php_rs::zend::ExecuteData, rv:
         // SAFETY: the second argument exists.
         _ => unsafe { frame.zend_call_arg(1) }.and_then(|r| response_case(r)),
     };
-    let (Some(body), Some(response), Some(this)) =
-        (body, response, frame.get_object::<TcpWorker>())
-    else {
+    let (Some(body), Some(response), Some(this)) = (body, response, worker_of(frame)) else {
         // SAFETY: the engine's own arguments, passed on.
         return unsafe { call_generated(&RESPOND_GENERATED, ex, rv) };
     };
     // SAFETY: the body is the caller's string argument, alive until the call returns.
     let body = unsafe { &*body };
-    set_result(catching_panics(|| this.answer(response, body)), retval);
+    match catching_panics(|| this.answer(response, body)) {
+        // `void`: the engine's null stays the return value.
+        Ok(()) => retval.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::Null.bits(),
+        Err(e) => e.throw(),
+    }
 }
 
 /// The reply kind of the `TcpResponse` case `value` holds, if it holds one. A case's backing value
@@ -1254,25 +1407,10 @@ impl TcpWorker {
     /// The next event; answers pid handshakes itself; null when the server says stop or the
     /// relay closes (the script should then exit).
     pub fn wait_request(&self) -> PhpResult<Option<ZBox<ZendClassObject<TcpRequest>>>> {
-        let mut session = self.session.borrow_mut();
-        match session.wait().map_err(throwable)? {
-            Incoming::End => Ok(None),
-            Incoming::Event(e, kept) => {
-                let (remote_addr, connection_uuid, server) = connection_strings(&e, kept);
-                let tls = e.tls.map(|t| Box::new(owned_tls(&t)));
-                Ok(Some(new_request(
-                    tls,
-                    [
-                        remote_addr.0,
-                        event_case(e.event.into(), &self.cases),
-                        string(e.body).0,
-                        connection_uuid.0,
-                        server.0,
-                        string(e.state).0,
-                    ],
-                )))
-            }
-        }
+        Ok(self.next_request(None)?.map(|object| {
+            // SAFETY: without a spare the object is a new request, whose one reference this is.
+            unsafe { ZBox::from_raw(class_object::<TcpRequest>(object)) }
+        }))
     }
 
     /// Answers with `body` (WRITE by default, or as `response` says).
@@ -1373,6 +1511,40 @@ impl TcpWorker {
 }
 
 impl TcpWorker {
+    /// `waitRequest()`: the next event's request object (its one reference, to be handed to
+    /// PHP), or None at the end. `spare` (see [`spare_request`]) is filled again when given and
+    /// an event came; untouched otherwise (at the end or on an error).
+    fn next_request(
+        &self,
+        spare: Option<Spare>,
+    ) -> PhpResult<Option<*mut ext_php_rs::ffi::zend_object>> {
+        let mut session = self.session.borrow_mut();
+        match session.wait().map_err(throwable)? {
+            Incoming::End => Ok(None),
+            Incoming::Event(e, kept) => {
+                let (remote_addr, connection_uuid, server) = connection_strings(&e, kept);
+                let tls = e.tls.map(|t| Box::new(owned_tls(&t)));
+                let values = [
+                    remote_addr.0,
+                    event_case(e.event.into(), &self.cases),
+                    string(e.body).0,
+                    connection_uuid.0,
+                    server.0,
+                    string(e.state).0,
+                ];
+                Ok(Some(match spare {
+                    // SAFETY: `spare_request` checked the spare, and nothing ran since.
+                    Some(spare) => unsafe { refill(spare, tls, values) },
+                    None => {
+                        let request = new_request(tls, values).into_raw();
+                        // SAFETY: `into_raw` gives the live object, with its one reference.
+                        unsafe { &raw mut (*request).std }
+                    }
+                }))
+            }
+        }
+    }
+
     /// `respond()`: answers the pending request with `body`.
     fn answer(&self, kind: ReplyKind<'_>, body: &[u8]) -> PhpResult<()> {
         self.session

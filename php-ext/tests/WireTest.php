@@ -236,6 +236,41 @@ final class WireTest extends TestCase
         self::assertSame(array_map(static fn (string $b): string => Frames::reply('WRITE', $b), $bodies), $run->frames());
     }
 
+    /**
+     * `$request = $tcp->waitRequest()` with the previous request kept in an array, weakly
+     * referenced, passed to a call, cloned, or held by the variable alone: each request holds what
+     * it came with until the end (the extension refills a request object only when nothing but the
+     * variable being assigned holds it), and a weakly referenced one is gone at the next.
+     */
+    public function testEveryRequestKeepsWhatItCameWithWhoeverHoldsIt(): void
+    {
+        $input = '';
+        $want = [];
+        for ($i = 0; $i < 13; ++$i) {
+            [$event, $state] = [['CONNECTED', ''], ['DATA', "s$i"], ['DATA', ''], ['CLOSE', '']][$i % 4];
+            $body = $event === 'DATA' ? "line $i\r\n" : '';
+            $uuid = sprintf('%08d-4b7e-4d2c-9a51-0e6f3b2a7c10', intdiv($i, 4));
+            $input .= Frames::event($event, $body, $state, 'smtp', "10.0.0.$i:100$i", $uuid);
+            $want[] = [
+                'remote_addr' => "10.0.0.$i:100$i",
+                'event' => $event,
+                'body' => bin2hex($body),
+                'uuid' => $uuid,
+                'server' => 'smtp',
+                'state' => bin2hex($state),
+                'getters_agree' => true,
+            ];
+        }
+        $run = Child::run('scripted.php', [['hold']], $input);
+
+        self::assertCleanExit($run);
+        self::assertSame([
+            'came' => $want,
+            'kept' => [$want[0], $want[3], $want[5], $want[8], $want[10]],
+            'weak_gone' => [true, true, true],
+        ], $run->steps[0]);
+    }
+
     public function testStateRoundTripsUnderAPierServer(): void
     {
         $state = "\x00state\xff";

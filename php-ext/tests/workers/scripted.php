@@ -7,6 +7,9 @@
 //   ["read"] ["close"] ["stop"] ["error", hex] ["setState", hex]
 //   ["stray"]                echo, print, var_dump, printf, fwrite(STDOUT) and a child process writing to fd 1
 //   ["echo"]                 until waitRequest() returns null: respond with the body (reports count, sha1s)
+//   ["hold"]                 until waitRequest() returns null, `$request = $tcp->waitRequest()` while the
+//                            previous request is held in each way a script may hold it (reports what
+//                            every request held when it came and at the end, and the weak references)
 // A Pier\Exception\* thrown by a step is reported as {"exception": class, "message": …} and the script goes on.
 
 declare(strict_types=1);
@@ -84,6 +87,40 @@ foreach (json_decode((string) getenv('PIER_TEST_STEPS'), true, 512, JSON_THROW_O
                     ++$count;
                 }
                 $say(['echoed' => $count, 'digest' => sha1($bodies)]);
+                break;
+            case 'hold':
+                // The extension may fill the previous request object again when nothing else can
+                // see it: every request must keep what it came with, whoever holds it.
+                $came = [];
+                $kept = [];
+                $weakGone = [];
+                $weak = null;
+                $i = 0;
+                while (($request = $tcp->waitRequest()) !== null) {
+                    if ($weak !== null) {
+                        $weakGone[] = $weak->get() === null;
+                        $weak = null;
+                    }
+                    $came[] = $describe($request);
+                    switch ($i++ % 5) {
+                        case 0:
+                            $kept[] = $request; // a second holder
+                            break;
+                        case 1:
+                            $weak = \WeakReference::create($request); // a weak one: gone at the next
+                            break;
+                        case 2:
+                            (static fn (TcpRequest $r): int => \strlen($r->body))($request); // held by a call, then not
+                            break;
+                        case 3:
+                            $kept[] = clone $request; // a copy; the original is held by $request only
+                            break;
+                        default:
+                            // held by $request only
+                    }
+                    $tcp->read();
+                }
+                $say(['came' => $came, 'kept' => array_map($describe, $kept), 'weak_gone' => $weakGone]);
                 break;
             default:
                 throw new \LogicException('unknown step ' . $step[0]);
