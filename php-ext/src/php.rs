@@ -848,12 +848,46 @@ unsafe fn refill(
         let slots = (*spare.object).properties_table.as_mut_ptr();
         for (i, mut value) in values.into_iter().enumerate() {
             value.u2.extra = 0;
-            // The previous value is released (dropped) once the slot holds the new one; it is a
-            // string or an enum case (the slots' types): no PHP code runs.
-            drop(slots.add(i).replace(value));
+            // The previous value is released once the slot holds the new one; it is a string or
+            // an enum case (the slots' types): no PHP code runs.
+            let old = std::mem::ManuallyDrop::new(slots.add(i).replace(value));
+            release(&old);
         }
     }
     spare.object
+}
+
+unsafe extern "C" {
+    /// `rc_dtor_func` (Zend/zend_variables.h): frees a value whose reference count reached 0.
+    fn rc_dtor_func(p: *mut ext_php_rs::ffi::zend_refcounted);
+}
+
+/// Gives up `value`'s reference, as the engine's `zval_ptr_dtor` does; strings (the slots' usual
+/// values, never cycle candidates) without its call. `Zval`'s own drop costs ~17 instructions
+/// per value more (it first turns the zval into a null).
+///
+/// # Safety
+///
+/// `value` must hold a reference of its own that nothing uses afterwards.
+unsafe fn release(value: &Zval) {
+    // SAFETY: `u1.type_info` is how every zval's type is read; a refcounted value's `counted`
+    // points to its live header, whose reference this is.
+    unsafe {
+        let type_info = value.u1.type_info;
+        if type_info & 0xff00 == 0 {
+            // Not reference-counted (interned strings, UNDEF, null).
+            return;
+        }
+        if type_info == ext_php_rs::flags::ZvalTypeFlags::StringEx.bits() {
+            let counted = value.value.counted;
+            (*counted).gc.refcount -= 1;
+            if (*counted).gc.refcount == 0 {
+                rc_dtor_func(counted);
+            }
+        } else {
+            ext_php_rs::ffi::zval_ptr_dtor(ptr::from_ref(value).cast_mut());
+        }
+    }
 }
 
 /// Moves `values` into the object's six property slots, in [`REQUEST_PROPERTIES`]' order.
