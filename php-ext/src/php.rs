@@ -166,7 +166,7 @@ fn intern_request_names() {
 }
 
 /// The message of `e` and of each of its causes, joined with ": ".
-fn describe(e: &dyn std::error::Error) -> String {
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

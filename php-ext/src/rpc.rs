@@ -168,13 +168,14 @@ pub enum RpcError {
         source: io::Error,
     },
     /// The connection failed during the call, or the answer is not a frame of this call.
-    #[error("could not call {method} on {address}: {problem}")]
+    #[error("could not call {method} on {address}")]
     Call {
         /// The method being called.
         method: String,
         /// The address.
         address: String,
         /// What went wrong.
+        #[source]
         problem: Problem,
     },
     /// An argument string is not UTF-8 (JSON strings are; binary data travels as `data_b64`).
@@ -196,11 +197,13 @@ pub enum RpcError {
     },
 }
 
-/// What went wrong on the connection during a call.
+/// What went wrong on the connection during a call. Each message says what failed and leaves its
+/// cause to `source()` (the exception's message joins the chain with ": "); the texts are the
+/// pure-PHP package's, which the conformance suite holds both implementations to.
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
     /// Sending the request failed.
-    #[error("the connection failed while sending: {0}")]
+    #[error("the connection failed while sending")]
     Send(#[source] io::Error),
     /// The server did not answer in time.
     #[error("no answer within {} s", IO_TIMEOUT.as_secs())]
@@ -209,13 +212,13 @@ pub enum Problem {
     #[error("the server closed the connection before answering")]
     Closed,
     /// Reading failed.
-    #[error("the connection failed while receiving: {0}")]
+    #[error("the connection failed while receiving")]
     Receive(#[source] io::Error),
     /// The answer is not a goridge frame (or is larger than [`MAX_ANSWER`]).
-    #[error("the answer is not a goridge frame: {0}")]
+    #[error("the answer is not a goridge frame")]
     Frame(#[source] FrameError),
     /// The request could not be encoded (an argument over 4 GiB).
-    #[error("the request is too large: {0}")]
+    #[error("the request is too large")]
     Encode(#[source] EncodeError),
 }
 
@@ -977,6 +980,24 @@ mod tests {
     }
 
     #[test]
+    fn each_cause_is_told_once_in_the_message_chain() {
+        let send = || Problem::Send(io::Error::other("broken pipe"));
+        assert_eq!(
+            crate::php::describe(&send()),
+            "the connection failed while sending: broken pipe"
+        );
+        let call = RpcError::Call {
+            method: "pier.Send".to_owned(),
+            address: "tcp://127.0.0.1:6001".to_owned(),
+            problem: send(),
+        };
+        assert_eq!(
+            crate::php::describe(&call),
+            "could not call pier.Send on tcp://127.0.0.1:6001: the connection failed while sending: broken pipe"
+        );
+    }
+
+    #[test]
     fn a_dead_server_is_an_error_and_the_next_call_reconnects() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("tcp://{}", listener.local_addr().unwrap());
@@ -987,9 +1008,9 @@ mod tests {
             drop(s);
             listener
         });
-        let err = c.close(b"u").unwrap_err().to_string();
+        let err = c.close(b"u").unwrap_err();
         assert_eq!(
-            err,
+            crate::php::describe(&err),
             format!("could not call pier.Close on {address}: the server closed the connection before answering")
         );
         drop(closer.join().unwrap());
