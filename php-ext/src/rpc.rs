@@ -518,7 +518,9 @@ struct SendArg<'a> {
     data: Data<'a>,
 }
 
-/// `pier.Broadcast`'s argument.
+/// `pier.Broadcast`'s argument. Its `group` and `server` are not a flattened [`Filter`] (which
+/// `duplicates` finds alike): the pure-PHP package sends them in this order, `Filter` in the
+/// other, and a flattened struct goes through serde's map serializer.
 #[derive(Debug, Serialize)]
 struct BroadcastArg<'a> {
     /// The bytes.
