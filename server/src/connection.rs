@@ -41,7 +41,7 @@ use crate::listener::proxy::Rewind;
 use crate::listener::stream::{self, ReadSide, WriteSide};
 use crate::listener::{Accepted, Listener};
 use crate::ops::CloseReason;
-use crate::pool::{Action, Event, Pool, PoolError, Reply};
+use crate::pool::{Action, Event, Pool, PoolError, Reply, SpareBox};
 
 /// Longest idle timeout a worker may set (Pier extension `idle_timeout`): a week. Longer is
 /// almost surely a unit mistake (seconds for milliseconds); it is refused as a worker error.
@@ -775,7 +775,7 @@ pub(crate) fn serve(
 /// bench/results/2026-11-30-pipeline.md). These fields share one line.
 struct Running<'s, E> {
     /// The worker's side, polled first each time (the answer wins).
-    exec: Pin<Box<E>>,
+    exec: SpareBox<E>,
     /// The connection's queue and signal.
     link: &'s Link,
     /// The writer while it only watches the signal (an echo event pays for nothing else);
@@ -793,7 +793,7 @@ impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every field is Unpin (the futures are boxed).
         let this = self.get_mut();
-        if let Poll::Ready(reply) = this.exec.as_mut().poll(cx) {
+        if let Poll::Ready(reply) = Pin::new(&mut this.exec).poll(cx) {
             return Poll::Ready((reply, this.stopped.take()));
         }
         if this.stopped.is_some() {
@@ -823,24 +823,6 @@ impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
         }
         Poll::Pending
     }
-}
-
-/// `Box::pin(make())`, with the future written straight into its allocation. `Box::pin` built
-/// the event's future (~750 bytes, of which a new one sets only its arguments) on the stack and
-/// copied all of it into the box: the box is memory a recent event freed, and the copy wrote
-/// the lines that event had not touched, ~4 L2 misses per message at 1000 connections. A call
-/// that is not inlined returns its value through a pointer, which the compiler then points at
-/// the allocation.
-fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    /// `make()` as a call of its own.
-    #[inline(never)]
-    fn call<F>(make: impl FnOnce() -> F) -> F {
-        make()
-    }
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(call(make));
-    // SAFETY: the value was written just above.
-    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// Ready once the server shuts down: one atomic load per poll. The wake-up comes through the
@@ -914,9 +896,9 @@ impl<'a> Conn<'a> {
         Running {
             // Boxed: the worker side of an event (pool.exec) is the largest state of a
             // connection's task; inline, every idle connection would carry its size for nothing
-            // (RSS per idle connection). The allocation is one freed by a recent event, so
-            // its lines are warm when the event starts.
-            exec: boxed_in_place(|| self.event_only(kind, body)),
+            // (RSS per idle connection). The block is the one this thread's last event freed
+            // (no malloc or free per event), so its lines are warm when the event starts.
+            exec: SpareBox::new_with(|| self.event_only(kind, body)),
             link: self.link,
             writer: Some(writer),
             drive: None,

@@ -14,6 +14,8 @@
 //!   `exit_on_error`, before anything is served).
 //! - `assign.rs`: the one-shot channel a waiting event learns its worker, place or turn on, reused
 //!   from event to event.
+//! - `spare.rs`: [`SpareBox`], the block a connection boxes each event's future in, reused per
+//!   thread from event to event.
 //! - this file: [`Pool`], and running one event ([`Pool::exec`]): take an idle worker or a place in
 //!   a busy one's line, read the answer, hand the worker on or give it back.
 
@@ -23,6 +25,7 @@ mod on_init;
 mod queue;
 mod relay;
 mod reset;
+mod spare;
 mod supervisor;
 mod worker;
 
@@ -50,6 +53,7 @@ use supervisor::Respawn;
 use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::{run_on_init, OnInitError};
+pub use spare::SpareBox;
 pub use worker::{reactor_polled, RR_VERSION};
 
 /// An event running this long on a worker keeps others from joining its line.
