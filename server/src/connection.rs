@@ -908,7 +908,9 @@ impl<'a> Conn<'a> {
 
     /// Runs an event on a worker; nothing is written meanwhile. The pool's future itself, not
     /// an `async fn` around it: one layer (a state tag and a copy of the event, lines of their
-    /// own in the boxed state) fewer.
+    /// own in the boxed state) fewer. Inlined, so that [`SpareBox::new_with`] fills its block in
+    /// place.
+    #[inline(always)]
     fn event_only<'s>(
         &'s self,
         kind: EventKind,

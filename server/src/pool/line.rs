@@ -388,19 +388,12 @@ impl Line {
         Ok(Joined::Queued { turn, writer })
     }
 
-    /// As [`Line::flush`], but what the relay takes at once is written here, under the lock,
-    /// with no future; only a relay that is full leaves the rest to a boxed [`Line::flush`]. So
-    /// the future stays small (it is inside every event's that joins a line).
-    pub(super) async fn write_out(&self, writer: RelayWrite) -> std::io::Result<()> {
-        match self.write_now(writer)? {
-            None => Ok(()),
-            Some(writer) => Box::pin(self.flush(writer)).await,
-        }
-    }
-
-    /// Writes what the relay takes of the outbox now, then puts the write half back; returns it
-    /// when some is left. On a write error the half is dropped (as [`Line::flush`]).
-    fn write_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
+    /// Writes what the relay takes of the outbox now, under the lock and with no future, then
+    /// puts the write half back; returns it when some is left (the relay is full: the caller
+    /// finishes with [`Line::flush`], boxed, so that the usual path's future stays small: it is
+    /// inside every event's that joins a line). On a write error the half is dropped (as
+    /// [`Line::flush`]).
+    pub(super) fn write_now(&self, writer: RelayWrite) -> std::io::Result<Option<RelayWrite>> {
         let mut st = self.lock();
         if !st.outbox.is_empty() && !write_some(&mut st.outbox, &writer)? {
             return Ok(Some(writer));
@@ -478,7 +471,7 @@ impl Line {
 }
 
 /// Writes what the relay takes of `outbox` now and removes it from the outbox: true when all of
-/// it went ([`Line::write_entered`], [`Line::write_out`]).
+/// it went ([`Line::write_entered`], [`Line::write_now`]).
 #[inline]
 fn write_some(outbox: &mut Vec<u8>, writer: &RelayWrite) -> std::io::Result<bool> {
     let written = writer.write_now(outbox)?;

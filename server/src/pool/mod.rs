@@ -30,6 +30,8 @@ mod supervisor;
 mod worker;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -50,7 +52,7 @@ use line::{Handoff, Joined, Passed};
 use queue::{Assignment, Queue, Take, WaitError};
 use relay::RelayListener;
 use supervisor::Respawn;
-use worker::{spawn_worker, KillReason, Outcome, Shared, Worker, RETIRE_REMOVE};
+use worker::{spawn_worker, KillReason, Outcome, RelayWrite, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::{run_on_init, OnInitError};
 pub use spare::SpareBox;
@@ -314,6 +316,16 @@ impl Event<'_> {
     }
 }
 
+/// Where [`Pool::join_line`] left an event.
+enum Joining {
+    /// Its answer is next (`Some`, the worker), or it runs elsewhere (`None`).
+    Done(Option<Box<Worker>>),
+    /// Its answer is next, but the relay was full: the rest of the outbox is written first.
+    Write(Box<Worker>, RelayWrite),
+    /// It waits for its turn; with the write half when it writes the outbox.
+    Queued(assign::Receiver, Option<RelayWrite>),
+}
+
 /// What `acquire` found for an event.
 enum Got {
     /// An idle worker (checked): the event is written to it alone.
@@ -490,6 +502,9 @@ impl Pool {
 
     /// Runs one event to a reply. Re-runs it on another worker after a stop reply. Takes the
     /// event by value: the connection's task then holds one future, not one around this one.
+    /// Inlined (the constructor of the future, not its body): the caller's box is filled in
+    /// place (see [`SpareBox::new_with`]).
+    #[inline(always)]
     pub async fn exec(&self, event: Event<'_>) -> Result<Reply, PoolError> {
         let event = &event;
         let spec = &self.inner.spec;
@@ -610,12 +625,66 @@ impl Pool {
     /// written by the first event that joined since the last write, after the other events ready
     /// now have added theirs. Returns the worker once the event's answer is next; `None` when the
     /// event must run elsewhere (the line ended first, the worker asked to stop).
+    ///
+    /// Only the wait for its turn is awaited here; the joining itself is [`Pool::join_line`]'s,
+    /// with no await, and the rare writes that would wait are boxed: this future is inside every
+    /// event's (`exec_future_sizes`).
     async fn join(
         &self,
         shared: &Arc<Shared>,
         event: &Event<'_>,
         bytes: usize,
     ) -> Result<Option<Box<Worker>>, PoolError> {
+        let line = &shared.line;
+        // What is awaited is made first, so that nothing of the joining is kept across an await.
+        let (turn, write): (_, Option<Pin<Box<dyn Future<Output = _> + Send + '_>>>) =
+            match self.join_line(shared, event, bytes)? {
+                Joining::Done(worker) => return Ok(worker),
+                // The worker waits for this frame, and the relay was full: the rest now.
+                Joining::Write(worker, rest) => (Err(worker), Some(Box::pin(line.flush(rest)))),
+                Joining::Queued(turn, None) => (Ok(turn), None),
+                // The worker is busy: let the other events ready in this turn of the scheduler
+                // join first, and write them all at once. Boxed, as the write above: the first
+                // of a batch of joining events only.
+                Joining::Queued(turn, Some(writer)) => {
+                    let write = async move {
+                        tokio::task::yield_now().await;
+                        match line.write_now(writer)? {
+                            None => Ok(()),
+                            Some(rest) => line.flush(rest).await,
+                        }
+                    };
+                    (Ok(turn), Some(Box::pin(write)))
+                }
+            };
+        if let Some(write) = write {
+            if write.await.is_err() {
+                // Its answer read next fails as for a crash.
+                shared.kill(KillReason::None);
+            }
+        }
+        let turn = match turn {
+            Ok(turn) => turn,
+            Err(worker) => return Ok(Some(worker)),
+        };
+        match turn.await {
+            Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Some(worker)),
+            Ok(Assignment::Turn(Handoff::Rerun)) => Ok(None),
+            Ok(Assignment::Turn(Handoff::Failed(e))) => Err(*e),
+            // Whoever held the worker was dropped (only at a forced shutdown); a line's turn
+            // carries nothing else.
+            Ok(_) | Err(_) => Err(PoolError::Closed),
+        }
+    }
+
+    /// [`Pool::join`]'s part that does not wait: the frame entered into the line, and written at
+    /// once when the worker waits for it (as much as the relay takes).
+    fn join_line(
+        &self,
+        shared: &Arc<Shared>,
+        event: &Event<'_>,
+        bytes: usize,
+    ) -> Result<Joining, PoolError> {
         let line = &shared.line;
         let joined = line.join(bytes, |buf| {
             encode_event_prefixed(
@@ -627,45 +696,27 @@ impl Pool {
                 event.body,
             )
         });
-        let (turn, writer) = match joined {
-            Ok(Joined::Closed) => return Ok(None),
+        match joined {
+            Ok(Joined::Closed) => Ok(Joining::Done(None)),
             Err((e, parked)) => {
                 if let Some(worker) = parked {
                     self.release(worker);
                 }
-                return Err(PoolError::Encode(e));
+                Err(PoolError::Encode(e))
             }
             Ok(Joined::Now { worker, writer }) => {
                 // The worker waits for this frame: write at once.
-                if let Some(writer) = writer {
-                    if line.write_out(writer).await.is_err() {
+                match writer.map(|writer| line.write_now(writer)) {
+                    None | Some(Ok(None)) => Ok(Joining::Done(Some(worker))),
+                    Some(Ok(Some(rest))) => Ok(Joining::Write(worker, rest)),
+                    Some(Err(_)) => {
                         // Its answer read next fails as for a crash.
                         shared.kill(KillReason::None);
+                        Ok(Joining::Done(Some(worker)))
                     }
                 }
-                return Ok(Some(worker));
             }
-            Ok(Joined::Queued { turn, writer }) => (turn, writer),
-        };
-        if let Some(writer) = writer {
-            // The worker is busy: let the other events ready in this turn of the scheduler join
-            // first, and write them all at once. Boxed: the first of a batch of joining events
-            // only, and inline it would grow every event's future by its size.
-            let write = async move {
-                tokio::task::yield_now().await;
-                line.write_out(writer).await
-            };
-            if Box::pin(write).await.is_err() {
-                shared.kill(KillReason::None);
-            }
-        }
-        match turn.await {
-            Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Some(worker)),
-            Ok(Assignment::Turn(Handoff::Rerun)) => Ok(None),
-            Ok(Assignment::Turn(Handoff::Failed(e))) => Err(*e),
-            // Whoever held the worker was dropped (only at a forced shutdown); a line's turn
-            // carries nothing else.
-            Ok(_) | Err(_) => Err(PoolError::Closed),
+            Ok(Joined::Queued { turn, writer }) => Ok(Joining::Queued(turn, writer)),
         }
     }
 
@@ -1068,7 +1119,7 @@ mod tests {
     }
 
     /// The sizes of an event's futures (`cargo test -p pier-server --lib exec_future_sizes --
-    /// --nocapture` prints them). The exec future is boxed per event and touched again when its
+    /// --nocapture` prints them). The exec future is boxed per event ([`SpareBox`]) and touched again when its
     /// turn comes, long after, at 1000 connections out of the cache: each line it spans can cost a
     /// miss (bench/results/2026-11-30-pipeline.md, "exec"). The rare paths (a relay write that
     /// would wait) are boxed so that they do not grow it.
@@ -1080,9 +1131,11 @@ mod tests {
         let send = size_mut(|w: &mut Worker, e: &Event<'_>| w.send(e, 0));
         let join = size(|p: &Pool, (s, e): (&Arc<Shared>, &Event<'_>)| p.join(s, e, 0));
         eprintln!("exec {exec} B: acquire {acquire}, send {send}, join {join}, answer {answer}");
-        // 744, 216, 312, 400, 296 before the rare paths were boxed.
+        // 744, 216, 312, 400, 296 before the rare paths were boxed; then 672, 168, 88, 336, 120
+        // before `join` kept nothing of the joining across its awaits.
         assert!(answer <= 160, "answer {answer} B");
         assert!(send <= 128, "send {send} B");
-        assert!(exec <= 720, "exec {exec} B");
+        assert!(join <= 128, "join {join} B");
+        assert!(exec <= 512, "exec {exec} B");
     }
 }
