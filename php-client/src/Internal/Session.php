@@ -21,7 +21,15 @@ use Pier\Exception\RelayException;
  */
 final class Session
 {
-    /** Smallest read from the relay: one read usually brings a whole event. */
+    /**
+     * Smallest read from the relay after a read that brought less (one event at a time): one read
+     * usually brings a whole event, and PHP allocates the string a read asks for before reading,
+     * a 64 KiB one from its page allocator where this size comes from a small bin (~250 fewer
+     * instructions per event, truncation included).
+     */
+    private const SMALL_READ = 2048;
+
+    /** Smallest read from the relay after a read of {@see SMALL_READ} or more: a batch of events. */
     private const READ_SIZE = 65536;
 
     /** Answer bytes held for a batch before they are written anyway. */
@@ -289,7 +297,11 @@ final class Session
             if ($this->held !== '') {
                 $this->flush();
             }
-            $want = $size - $available > self::READ_SIZE ? $size - $available : self::READ_SIZE;
+            // $buffer still holds what the last read brought (or a frame's part and it).
+            $want = \strlen($this->buffer) < self::SMALL_READ ? self::SMALL_READ : self::READ_SIZE;
+            if ($size - $available > $want) {
+                $want = $size - $available;
+            }
             // The stream itself ({@see $in}); the relay's read() when that did not simply return bytes.
             $chunk = $this->in === null ? '' : @fread($this->in, $want);
             if ($chunk === '' || $chunk === false) {

@@ -22,6 +22,12 @@ final class StreamRelay implements Relay
         public readonly mixed $in,
         public readonly mixed $out,
     ) {
+        // Unbuffered: each fread() is one read() of the relay into the string it returns. PHP's
+        // read buffer (8 KiB chunks) would copy every event once more, and a buffered fread() asking
+        // for more than that buffer holds reads the relay again, which blocks while the server waits
+        // for this worker's answers: reads could only ask for at least a chunk, a 64 KiB string
+        // allocated per event.
+        stream_set_read_buffer($in, 0);
     }
 
     /**
