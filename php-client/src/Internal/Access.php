@@ -35,24 +35,30 @@ final class Access
     }
 
     /**
-     * A request of one connection without its body and state: what a DATA event's context says, built
-     * once per connection by TcpWorker and completed per event by {@see requestCompleter()} (cloning
-     * it costs less than a `new TcpRequest` with six arguments). TcpRequest's constructor stays exactly
-     * the extension's, so the template is built around it; an incomplete request never leaves the
+     * A request of one connection without its body: what a DATA event's context says, built once per
+     * connection by TcpWorker and completed per event by {@see requestCompleter()} (cloning it costs
+     * less than a `new TcpRequest` with six arguments). TcpRequest's constructor stays exactly the
+     * extension's, so the template is built around it; an incomplete request never leaves the
      * package.
      *
      * @param array{version: string, cipher: string, sni: ?string, client_subject: ?string, client_sha256: ?string}|null $tls
+     * @param string|null $state the state of every request completed from it ('' for events without
+     *                           one: a readonly property written once here, not per event), or null
+     *                           to leave it to {@see statedRequestCompleter()}
      */
-    public static function requestTemplate(string $remoteAddr, TcpEvent $event, string $connectionUuid, string $server, ?array $tls): TcpRequest
+    public static function requestTemplate(string $remoteAddr, TcpEvent $event, string $connectionUuid, string $server, ?array $tls, ?string $state): TcpRequest
     {
         $template = (new \ReflectionClass(TcpRequest::class))->newInstanceWithoutConstructor();
         /** @var \Closure(TcpRequest): void $init */
-        $init = \Closure::bind(static function (TcpRequest $r) use ($remoteAddr, $event, $connectionUuid, $server, $tls): void {
+        $init = \Closure::bind(static function (TcpRequest $r) use ($remoteAddr, $event, $connectionUuid, $server, $tls, $state): void {
             $r->remoteAddr = $remoteAddr;
             $r->event = $event;
             $r->connectionUuid = $connectionUuid;
             $r->server = $server;
             $r->tls = $tls;
+            if ($state !== null) {
+                $r->state = $state;
+            }
         }, null, TcpRequest::class);
         $init($template);
 
@@ -60,12 +66,29 @@ final class Access
     }
 
     /**
-     * The function that completes a {@see requestTemplate()} into one event's request: a clone with
-     * the event's body and state (readonly properties left unset by the template, so set once here).
+     * The function that completes a {@see requestTemplate()} that has its state into one event's
+     * request: a clone with the event's body (a readonly property left unset by the template, so
+     * set once here).
+     *
+     * @return \Closure(TcpRequest, string): TcpRequest
+     */
+    public static function requestCompleter(): \Closure
+    {
+        return \Closure::bind(static function (TcpRequest $template, string $body): TcpRequest {
+            $request = clone $template;
+            $request->body = $body;
+
+            return $request;
+        }, null, TcpRequest::class);
+    }
+
+    /**
+     * As {@see requestCompleter()}, for a template without state (an event that carries one): the
+     * clone gets the event's body and state.
      *
      * @return \Closure(TcpRequest, string, string): TcpRequest
      */
-    public static function requestCompleter(): \Closure
+    public static function statedRequestCompleter(): \Closure
     {
         return \Closure::bind(static function (TcpRequest $template, string $body, string $state): TcpRequest {
             $request = clone $template;

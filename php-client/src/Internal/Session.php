@@ -268,7 +268,7 @@ final class Session
      */
     public function nextEvent(): ?string
     {
-        if ($this->phase === self::PENDING) {
+        if ($this->phase == self::PENDING) {
             throw new ProtocolException('could not wait for a request: the pending request has no answer yet (respond, read, close, error or stop first)');
         }
         while (!$this->finished) {
@@ -320,7 +320,7 @@ final class Session
                 }
                 break;
             }
-            if ($available === 0) {
+            if ($available == 0) {
                 $this->buffer = $chunk; // The usual case: every buffered frame was taken.
             } else {
                 if ($this->offset > 0) {
@@ -344,7 +344,7 @@ final class Session
      */
     public function answer(string $context, string $body): void
     {
-        if ($this->phase !== self::PENDING) {
+        if ($this->phase != self::PENDING) {
             $this->requirePending('answering');
         }
         $this->phase = self::ANSWERED;
@@ -361,7 +361,7 @@ final class Session
         $frame = ($this->replyHeads[$context][$length] ?? $this->replyHead($context, $length)) . $body;
         // Nothing held and no next event buffered (one event at a time, the light-load case): out at
         // once, without the call to send() and its batching checks.
-        if ($this->held === '' && $this->offset === \strlen($this->buffer)) {
+        if ($this->held === '' && $this->offset == \strlen($this->buffer)) {
             // The stream itself ({@see $out}); the relay's write() for the rest of a short write,
             // a failed one (it reports it) or another relay.
             $written = $this->out === null ? 0 : @fwrite($this->out, $frame);
