@@ -188,7 +188,9 @@ pub enum PoolError {
     },
     /// The worker failed (died, misbehaved, was killed) while this event was in flight behind the
     /// one it was running (several events in flight, `tcp.pool.max_in_flight`); it is replaced.
-    #[error("could not run the event: worker pid {pid} failed with it in flight ({cause})")]
+    #[error(
+        "could not run the event: worker pid {pid} failed with this event in flight ({cause})"
+    )]
     Abandoned {
         /// The worker.
         pid: u32,
