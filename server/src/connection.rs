@@ -40,7 +40,7 @@ use crate::limits::{self, Reader};
 use crate::listener::proxy::Rewind;
 use crate::listener::stream::{self, ReadSide, WriteSide};
 use crate::listener::{Accepted, Listener};
-use crate::ops::CloseReason;
+use crate::ops::{CloseReason, ServerMetrics};
 use crate::pool::{Action, Event, Pool, PoolError, Reply, SpareBox};
 
 /// Longest idle timeout a worker may set (Pier extension `idle_timeout`): a week. Longer is
@@ -81,14 +81,16 @@ type Packets = framing::Packets<Reader<ReadSide>>;
 
 /// A live connection as the registry and pushers see it: ids, stats, the outbound queue.
 ///
-/// Laid out by hand, on cache-line boundaries: what every event reads in its first line, the
-/// queue and its signal (every reply) in the next, the rest after. At 1000 connections on one
-/// worker a connection's state has left the core's L2 by the time its next packet or answer
-/// comes, so each line an event touches is a miss (bench/results/2026-11-30-pipeline.md).
+/// Laid out by hand, on cache-line boundaries (`link_layout` checks it): what building an event
+/// reads in the first line; the signal and the queue, all a reply touches, in the second; the
+/// rest after. At 1000 connections on one worker a connection's state has left the core's L2 by
+/// the time its next packet or answer comes, so each line an event touches is a miss
+/// (bench/results/2026-11-30-pipeline.md): a packet reads lines 0 and 1 (the signal, then the
+/// event's ids), its reply line 1 only.
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub struct Link {
-    /// The listener it came from (server name, bounds, metrics).
+    /// The listener it came from (server name, bounds).
     listener: Arc<Listener>,
     /// Client address, server name and id as events carry them, JSON-encoded once here rather
     /// than per event.
@@ -97,14 +99,17 @@ pub struct Link {
     pub(crate) uuid: Uuid,
     /// Packet bytes received, delimiters included.
     bytes_in: AtomicU64,
-    /// Bytes written to the socket.
-    bytes_out: AtomicU64,
+    /// Ends the first line: `signal` starts the second.
+    _line: [CacheLine; 0],
     /// Raised when the writer must look at the queue: bytes went into an empty queue, or a close
     /// was asked for; taken by the writer just before it locks the queue (so anything after that
     /// raises it again). While it is down and the writer holds nothing, nothing is queued: the
     /// connection's task checks that without the lock, which is all an echo event pays for push.
     signal: AtomicBool,
-    /// Bytes waiting to be written, in the order accepted.
+    /// The listener's counters, a handle of their own here so that a reply does not read the
+    /// first line for them.
+    metrics: ServerMetrics,
+    /// Bytes waiting to be written, in the order accepted, and what was written.
     queue: Mutex<Queue>,
     /// The id as sent in events.
     uuid_text: String,
@@ -114,18 +119,26 @@ pub struct Link {
     pub(crate) connected_at: SystemTime,
 }
 
-/// The shared part of the outbound queue. In this order, so that what a reply reads (the count,
-/// whether anything is queued, whether the connection is closing) shares the lock's cache line
-/// (see [`Link`]).
+/// A zero-sized field that aligns what follows it to a cache line (see [`Link`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct CacheLine;
+
+/// The shared part of the outbound queue. In this order, so that what a reply reads and writes
+/// (the count, what was written, whether the connection is closing) shares the lock's cache
+/// line, the signal's (see [`Link`]); the chunks and the waker come after, touched only by
+/// pushes and a writer that has something queued.
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Queue {
-    /// Bytes not yet written: these chunks plus those the writer holds.
+    /// Bytes not yet written: these chunks plus those the writer holds. Zero means no chunks.
     queued: usize,
-    /// Chunks not yet taken by the writer, oldest first.
-    chunks: VecDeque<Bytes>,
+    /// Bytes written to the socket (under the lock the writer holds anyway after a write).
+    written: u64,
     /// Whether the connection is closing, and how.
     closing: Closing,
+    /// Chunks not yet taken by the writer, oldest first.
+    chunks: VecDeque<Bytes>,
     /// The connection's task, woken when the signal is raised. Kept, not taken, by a wake-up:
     /// its writer hands it over once (again only if the task's waker changes), not around every
     /// event as a `Notify` waiter or an `AtomicWaker` registration would be.
@@ -196,7 +209,7 @@ impl Link {
 
     /// Bytes written to the client.
     pub(crate) fn bytes_out(&self) -> u64 {
-        self.bytes_out.load(Ordering::Relaxed)
+        self.lock().written
     }
 
     /// Queues pushed bytes; never waits. False when the connection is closing, or when the bytes
@@ -220,7 +233,7 @@ impl Link {
         }
         let was_empty = q.queued == 0;
         q.queued += data.len();
-        self.listener.metrics.queued(data.len());
+        self.metrics.queued(data.len());
         q.chunks.push_back(data);
         // Into a non-empty queue: the writer holds bytes or has the signal already, and takes
         // the whole queue each time it looks.
@@ -242,7 +255,7 @@ impl Link {
         let dropped = std::mem::take(&mut q.queued);
         drop(q);
         if dropped > 0 {
-            self.listener.metrics.sent(dropped, false);
+            self.metrics.sent(dropped, false);
         }
     }
 
@@ -342,7 +355,7 @@ impl Writer {
             if matches!(q.closing, Closing::Overflow { .. }) {
                 return Ok(());
             }
-            link.listener.metrics.queued(body.len());
+            link.metrics.queued(body.len());
             let behind = q.queued > 0 || self.holds();
             // Counted while it is written, so that pushes meanwhile queue behind it.
             q.queued += body.len();
@@ -366,9 +379,12 @@ impl Writer {
                 if written < body.len() {
                     body.advance(written);
                     self.inflight.push_back(body);
-                } else if !Self::take_queue(&mut self.inflight, &mut q) {
+                } else if q.queued == 0 {
+                    // Nothing was queued behind it (no chunks: their line stays cold).
                     drop(q);
                     return self.flushed().map(|_| ());
+                } else {
+                    Self::take_queue(&mut self.inflight, &mut q);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -384,9 +400,9 @@ impl Writer {
 
     /// Counts `written` bytes as gone to the client; returns the queue, locked.
     fn wrote(link: &Link, written: usize) -> MutexGuard<'_, Queue> {
-        link.bytes_out.fetch_add(written as u64, Ordering::Relaxed);
-        link.listener.metrics.sent(written, true);
+        link.metrics.sent(written, true);
         let mut q = link.lock();
+        q.written += written as u64;
         q.queued = q.queued.saturating_sub(written);
         q
     }
@@ -568,9 +584,10 @@ pub(crate) fn serve(
             remote_addr,
             connected_at: SystemTime::now(),
             bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            queue: Mutex::new(Queue::default()),
+            _line: [],
             signal: AtomicBool::new(false),
+            metrics: listener.metrics.clone(),
+            queue: Mutex::new(Queue::default()),
         });
         let registry = &listener.registry;
         registry.register(link.clone());
@@ -1185,6 +1202,22 @@ mod tests {
     /// Bytes of the future `make` returns, for borrowed arguments of one lifetime.
     fn output_size<'a, R>(_: impl FnOnce(&'a Conn<'a>, &'a mut Writer) -> R) -> usize {
         std::mem::size_of::<R>()
+    }
+
+    /// The link's lines (see [`Link`]): a reply touches only the second, which holds the signal,
+    /// the metrics handle and the queue's lock, count, written bytes and closing state.
+    #[test]
+    fn link_layout() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<Link>(), 256);
+        assert!(offset_of!(Link, bytes_in) + 8 <= 64);
+        assert_eq!(offset_of!(Link, signal), 64);
+        let queue = offset_of!(Link, queue);
+        // The queue is the mutex's last field (it may be unsized), so it ends the mutex.
+        let data = queue + size_of::<Mutex<Queue>>() - size_of::<Queue>();
+        assert!(offset_of!(Link, metrics) >= 64 && queue >= 64);
+        assert!(data + offset_of!(Queue, closing) + size_of::<Closing>() <= 128);
+        assert!(data + offset_of!(Queue, written) + 8 <= 128);
     }
 
     /// The sizes of a connection task's futures (`cargo test -p pier-server --lib future_sizes

@@ -77,6 +77,8 @@ pub(crate) fn reunite(read: ReadSide, write: WriteSide) -> Option<TcpStream> {
 }
 
 impl AsyncRead for ReadSide {
+    // Inlined into the connection's read (one call per packet; plaintext is the usual arm).
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -101,7 +103,9 @@ fn gone() -> std::io::Error {
 }
 
 impl WriteSide {
-    /// Writes what the socket takes now without waiting (`WouldBlock` when nothing).
+    /// Writes what the socket takes now without waiting (`WouldBlock` when nothing). Inlined
+    /// into the writer (one call per reply).
+    #[inline]
     pub(crate) fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
         match self {
             WriteSide::Plain(w) => w.try_write_vectored(bufs),
