@@ -450,9 +450,12 @@ fn workers_killed_while_idle_are_replaced_without_any_traffic() {
     });
     let mut conn = Conn::open(&pier);
     assert_eq!(conn.ask("x").as_deref(), Some("x"));
-    assert!(pier
-        .output()
-        .contains("worker exited while idle; replacing it"));
+    // Polled, not read once: pier's log reaches the harness through a reader thread.
+    assert!(
+        pier.wait_for_output("worker exited while idle; replacing it", LIMIT),
+        "{}",
+        pier.output()
+    );
     let (status, output) = pier.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "{status}\n{output}");
 }
