@@ -64,10 +64,10 @@ enum Command {
     /// Print a free loopback port (for scripts such as bench/profile.sh that write a config).
     Port,
     /// Run the comparison (raw, pier + extension, pier + pure PHP), print the table and write
-    /// bench/results/<date>.md.
+    /// bench/results/YYYY-MM-DD.md.
     Run(harness::RunArgs),
     /// pier + extension with plaintext and TLS 1.3 side by side (echo rows, handshakes/s, idle
-    /// RSS); writes bench/results/<date>-tls.md.
+    /// RSS); writes bench/results/YYYY-MM-DD-tls.md.
     Tls(harness::TlsArgs),
 }
 

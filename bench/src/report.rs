@@ -1,4 +1,4 @@
-//! Rows of a comparison run and their rendering: the terminal table and bench/results/<date>.md.
+//! Rows of a comparison run and their rendering: the terminal table and `bench/results/<date>.md`.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -684,7 +684,7 @@ impl Worker {
 // TcpRequest
 
 /// One connection event: its six public readonly properties are the engine's own declared
-/// properties ([`REQUEST_PROPERTIES`], filled when the object is built), so reading one costs what
+/// properties (`REQUEST_PROPERTIES`, filled when the object is built), so reading one costs what
 /// reading a userland readonly property costs; the Rust side keeps what is not a property.
 /// Cloneable, like a userland readonly value object (`clone` shares the strings).
 #[php_class]

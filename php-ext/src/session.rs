@@ -7,7 +7,7 @@
 //! event is already buffered (the server sent several; see "Several events in flight" in
 //! PROTOCOL.md). Then it waits in `out` while that event is handled, and the answers of the batch
 //! leave together in one write, at the latest when the worker would block reading, stops, or
-//! holds [`MAX_HELD`] bytes. With one event at a time (RoadRunner, or a Pier server with free
+//! holds `MAX_HELD` bytes. With one event at a time (RoadRunner, or a Pier server with free
 //! workers) every answer is written as soon as it is given, as before.
 
 use pier_protocol::control::{self, Control};
