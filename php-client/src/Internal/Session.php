@@ -17,6 +17,12 @@ use Pier\Exception\RelayException;
  * while that event is handled, and the batch's answers leave in one write, at the latest when the
  * worker would block reading, stops, ends, or holds {@see self::MAX_HELD} bytes.
  *
+ * The fields the per-event path reads and writes are public (this class is internal): TcpWorker's
+ * waitRequest() and respond() take a buffered event and answer it themselves, and come here only for
+ * the rest (a read of the relay, a control frame, an error, a state to attach). A PHP call costs
+ * ~200 instructions, about what the rest of taking an event costs; as calls to methods of this
+ * class, the per-event path made three more of them under load.
+ *
  * @internal not part of Pier's API
  */
 final class Session
@@ -64,60 +70,51 @@ final class Session
     /** The message startTls() throws when the server does not support STARTTLS. */
     public const NO_STARTTLS_FEATURE = "STARTTLS needs a Pier server (PIER_FEATURES has no 'starttls')";
 
-    /** {@see $phase}: no request received yet. */
-    private const IDLE = 0;
-
-    /** {@see $phase}: a request was received and has no answer yet. */
-    private const PENDING = 1;
-
-    /** {@see $phase}: the last request was answered. */
-    private const ANSWERED = 2;
-
-    /** Bytes read from the relay and not yet returned as frames, from $offset on. */
-    private string $buffer = '';
+    /** Bytes read from the relay and not yet taken as frames, from $offset on. */
+    public string $buffer = '';
 
     /** Where the next frame starts in $buffer. */
-    private int $offset = 0;
-
-    /** @var array{int, int}|null what {@see $leads} says of the frame at $offset, once send() found it whole */
-    private ?array $next = null;
+    public int $offset = 0;
 
     /**
-     * The option of the frame nextEvent() returned last when that frame has exactly one (a TCP
-     * event's context length), else -1. Decoded with the frame's header and remembered with it, so
-     * that TcpWorker needs no decoding of its own for it.
+     * @var array{int, int}|null what {@see $leads} says of the frame at $offset (its size, its option),
+     *      once send() found it whole, or nextEvent() returned it
      */
-    public int $option = -1;
+    public ?array $next = null;
 
     /**
-     * Where the request/answer cycle is: IDLE, PENDING or ANSWERED. An int, not an enum: it is read
-     * and written twice per event, and an enum-typed property costs PHP 8.2 (without opcache) a
-     * class lookup on every write and a constant fetch on every comparison; as an int the phase
-     * costs ~280 fewer instructions per event.
+     * Whether a request was taken and has no answer yet ({@see $idle}: whether none was taken yet).
+     * Where the request/answer cycle is, as two bools rather than an enum or int constants: it is
+     * read and written twice per event, and PHP 8.2 without opcache looks up an enum-typed
+     * property's class on every write (~280 instructions per event), and fetches another class's
+     * constant at run time on every use (~30 each, in TcpWorker) where `true`/`false` are literals.
      *
-     * The hot paths compare it, and other ints, with `==`: for two ints PHP 8.2 without opcache
-     * compares inline, where `===` calls zend_is_identical() (~23 instructions each time).
+     * The hot paths compare ints with `==`: for two ints PHP 8.2 without opcache compares inline,
+     * where `===` calls zend_is_identical() (~23 instructions each time).
      */
-    private int $phase = self::IDLE;
+    public bool $pending = false;
+
+    /** Whether no request was taken yet (for the message when something answers too early). */
+    private bool $idle = true;
 
     /** The state to attach to the next answer (setState()); null = send a stock one-option reply. */
-    private ?string $state = null;
+    public ?string $state = null;
 
     /** Set once the server asked to stop or closed the relay: waitRequest() keeps returning null. */
     private bool $finished = false;
 
     /** Frames written by this worker and not sent yet: the answers of a batch. */
-    private string $held = '';
+    public string $held = '';
 
     /**
      * @var array<string, array{int, int}> the first {@see LEAD_SIZE} bytes of frames already checked
      *      (fewer when fewer were buffered) => [the frame's size, its option when it has exactly one
      *      and it is among those bytes, else -1]
      */
-    private array $leads = [];
+    public array $leads = [];
 
     /** @var array<string, array<int, string>> reply context => body length => the reply's bytes before the body */
-    private array $replyHeads = [];
+    public array $replyHeads = [];
 
     /**
      * The relay's streams when it is a {@see StreamRelay} (every real worker's relay), which the
@@ -131,7 +128,7 @@ final class Session
     private readonly mixed $in;
 
     /** @var resource|null {@see $in} */
-    private readonly mixed $out;
+    public readonly mixed $out;
 
     /**
      * @param Relay $relay    the transport to the server
@@ -196,10 +193,10 @@ final class Session
         if (!$this->hasIdleTimeout) {
             throw new ProtocolException(self::NO_IDLE_TIMEOUT_FEATURE);
         }
-        if ($this->phase === self::IDLE) {
+        if ($this->idle) {
             throw new ProtocolException('could not set the idle timeout: no request is being handled (it is sent during a request, after waitRequest())');
         }
-        if ($this->phase === self::ANSWERED) {
+        if (!$this->pending) {
             throw new ProtocolException('could not set the idle timeout: the request was already answered (it is sent before the answer)');
         }
         if ($milliseconds !== null && ($milliseconds < 0 || $milliseconds > self::MAX_IDLE_TIMEOUT_MS)) {
@@ -244,10 +241,10 @@ final class Session
         if (!$this->hasPush) {
             throw new ProtocolException(self::NO_PUSH_FEATURE);
         }
-        if ($this->phase === self::IDLE) {
+        if ($this->idle) {
             throw new ProtocolException("could not {$what}: no request is being handled (push commands go out during a request, after waitRequest())");
         }
-        if ($this->phase === self::ANSWERED) {
+        if (!$this->pending) {
             throw new ProtocolException("could not {$what}: the request was already answered (push commands go out before the answer)");
         }
     }
@@ -267,19 +264,25 @@ final class Session
     }
 
     /**
-     * The next frame that is not a control frame, whole (header included, checked), answering pid
-     * handshakes on the way; null when the server asked the worker to stop or closed the relay.
+     * Makes the next frame that is not a control frame whole in {@see $buffer} at {@see $offset}
+     * (header checked), reading the relay and answering pid handshakes on the way, and returns what
+     * its lead says: [its size, its option when it has exactly one, else -1]. The caller takes it:
+     * moves {@see $offset} past it, clears {@see $next} and sets {@see $pending}
+     * (TcpWorker::waitRequest(), which takes a frame send() already found whole without this call).
+     * Null when the server asked the worker to stop or closed the relay.
      *
-     * A hot path, run for every event: taking a frame off the buffer and reading the relay when it
-     * holds none are done here rather than in a method of their own (a PHP call costs about as much
-     * as the rest of a pass through this loop).
+     * Run for every event that was not buffered whole (one event per read, the light-load case):
+     * reading the relay when the buffer holds no whole frame is done here rather than in a method
+     * of its own (a PHP call costs about as much as the rest of a pass through this loop).
+     *
+     * @return array{int, int}|null
      *
      * @throws ProtocolException when the previous request is still unanswered, or a frame is corrupt
      * @throws RelayException    when the relay fails or closes in the middle of a frame
      */
-    public function nextEvent(): ?string
+    public function nextEvent(): ?array
     {
-        if ($this->phase == self::PENDING) {
+        if ($this->pending) {
             throw new ProtocolException('could not wait for a request: the pending request has no answer yet (respond, read, close, error or stop first)');
         }
         while (!$this->finished) {
@@ -287,20 +290,23 @@ final class Session
             $size = 0;
             if ($available >= Frame::HEADER_SIZE) {
                 // send() may have looked this frame up already.
-                [$size, $option] = $this->next ?? $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
+                $lead = $this->next ?? $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
+                $size = $lead[0];
                 if ($available >= $size) {
-                    $frame = substr($this->buffer, $this->offset, $size);
+                    // Flags 0, a plain event (what the server sends), needs no ord() call.
+                    $flags = $this->buffer[$this->offset + 1];
+                    if ($flags === "\0" || (\ord($flags) & Frame::CONTROL) === 0) {
+                        // Every request is taken after this returned once (only a buffered frame
+                        // is taken without it, and only this method fills the buffer).
+                        $this->idle = false;
+
+                        // Whole, so a one-option frame's option was among the looked-up bytes.
+                        return $lead;
+                    }
+                    $frame = Frame::at($this->buffer, $this->offset, $size);
                     $this->offset += $size;
                     $this->next = null;
-                    // Flags 0, a plain event (what the server sends), needs no ord() call.
-                    if ($frame[1] === "\0" || (\ord($frame[1]) & Frame::CONTROL) === 0) {
-                        $this->phase = self::PENDING;
-                        // Whole, so a one-option frame's option was among the looked-up bytes.
-                        $this->option = $option;
-
-                        return $frame;
-                    }
-                    $this->control(Frame::at($frame, 0, $size));
+                    $this->control($frame);
                     continue;
                 }
             }
@@ -347,6 +353,8 @@ final class Session
 
     /**
      * Sends the answer to the pending request, with the state set by {@see setState()} if any.
+     * TcpWorker::respond() sends a stock answer to a pending request itself (its hot path) and
+     * calls this for the rest: a state to attach, or no pending request (this throws).
      *
      * @param non-empty-string $context WRITE, CONTINUE, WRITECLOSE or CLOSE
      *
@@ -355,10 +363,10 @@ final class Session
      */
     public function answer(string $context, string $body): void
     {
-        if ($this->phase != self::PENDING) {
+        if (!$this->pending) {
             $this->requirePending('answering');
         }
-        $this->phase = self::ANSWERED;
+        $this->pending = false;
         if ($this->state !== null) {
             $state = $this->state;
             $this->state = null;
@@ -366,34 +374,20 @@ final class Session
 
             return;
         }
-        // A hot path: a stock reply's bytes before its body (header, CRC32, option, context) depend
-        // only on the context and the body's length, which repeat; each pair is encoded once.
         $length = \strlen($body);
-        $frame = ($this->replyHeads[$context][$length] ?? $this->replyHead($context, $length)) . $body;
-        // Nothing held and no next event buffered (one event at a time, the light-load case): out at
-        // once, without the call to send() and its batching checks.
-        if ($this->held === '' && $this->offset == \strlen($this->buffer)) {
-            // The stream itself ({@see $out}); the relay's write() for the rest of a short write,
-            // a failed one (it reports it) or another relay.
-            $written = $this->out === null ? 0 : @fwrite($this->out, $frame);
-            if ($written !== \strlen($frame)) {
-                $this->relay->write($written > 0 ? substr($frame, $written) : $frame);
-            }
-
-            return;
-        }
-        $this->send($frame);
+        $this->send(($this->replyHeads[$context][$length] ?? $this->replyHead($context, $length)) . $body);
     }
 
     /**
-     * Encodes and remembers the bytes before the body of a stock reply ({@see answer()}); at most
-     * {@see self::MAX_HEADERS} per context.
+     * Encodes and remembers the bytes before the body of a stock reply ({@see $replyHeads}: a stock
+     * reply's bytes before its body, header, CRC32, option and context, depend only on the context
+     * and the body's length, which repeat); at most {@see self::MAX_HEADERS} per context.
      *
      * @param non-empty-string $context
      *
      * @return non-empty-string
      */
-    private function replyHead(string $context, int $bodyLength): string
+    public function replyHead(string $context, int $bodyLength): string
     {
         $contextLength = \strlen($context);
         $head = Frame::head(0, [$contextLength], $contextLength + $bodyLength) . $context;
@@ -457,11 +451,12 @@ final class Session
 
     /**
      * Holds $frame for the batch when the next event is already buffered (it is handled before the
-     * worker could block), else writes it at once with whatever is held.
+     * worker could block), else writes it at once with whatever is held. (TcpWorker::respond()
+     * holds a stock answer itself when the next frame's lead is known and it fits.)
      *
      * @throws RelayException
      */
-    private function send(string $frame): void
+    public function send(string $frame): void
     {
         $available = \strlen($this->buffer) - $this->offset;
         if ($available >= Frame::HEADER_SIZE && \strlen($this->held) + \strlen($frame) < self::MAX_HELD) {
@@ -490,9 +485,7 @@ final class Session
 
     private function settle(): void
     {
-        if ($this->phase === self::PENDING) {
-            $this->phase = self::ANSWERED;
-        }
+        $this->pending = false;
         $this->state = null;
     }
 
@@ -501,10 +494,10 @@ final class Session
      */
     private function requirePending(string $what): void
     {
-        if ($this->phase === self::IDLE) {
+        if ($this->idle) {
             throw new ProtocolException("answering before any request: {$what} needs a request from waitRequest()");
         }
-        if ($this->phase === self::ANSWERED) {
+        if (!$this->pending) {
             throw new ProtocolException("answering twice: {$what} after the request was already answered");
         }
     }
@@ -528,6 +521,9 @@ final class Session
         }
         if (!empty($command['stop'])) {
             $this->finished = true;
+            // Nothing after the stop request is read: no answer waits for a frame buffered behind it.
+            $this->buffer = '';
+            $this->offset = 0;
             $this->flush();
 
             return;

@@ -29,6 +29,20 @@ final class TcpWorker
     /** Most event contexts remembered by {@see waitRequest()}; past it the memo starts afresh. */
     private const MAX_CONTEXTS = 4096;
 
+    // Session's and Frame's constants that waitRequest() and respond() use for every event, as
+    // literals here: PHP folds a constant of this class in when it compiles this file, but fetches
+    // another class's at run time (~30 instructions a use) unless that class was loaded before this
+    // file was compiled, which it is not (TcpWorker is loaded first). TcpWorkerTest checks they agree.
+
+    /** {@see Session::LEAD_SIZE} */
+    private const LEAD_SIZE = 16;
+
+    /** {@see Frame::HEADER_SIZE} */
+    private const HEADER_SIZE = 12;
+
+    /** {@see Session::MAX_HELD} */
+    private const MAX_HELD = 65536;
+
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
     private readonly Session $session;
 
@@ -89,53 +103,69 @@ final class TcpWorker
      */
     public function waitRequest(): ?TcpRequest
     {
-        $frame = $this->session->nextEvent();
-        if ($frame === null) {
-            return null;
+        // A hot path, run for every packet: the event is taken off the session's buffer and
+        // decoded here, not in methods of their own (a PHP call costs about as much as the checks
+        // below). Under load the server sends several events per read, and respond() found the next
+        // one whole while it held the answer ({@see Session::$next}); a plain event's flags are 0.
+        // Anything else (a read of the relay, a control frame, a part of a frame, a request
+        // still unanswered) is the session's.
+        $session = $this->session;
+        $offset = $session->offset;
+        $lead = $session->next;
+        if ($lead === null || $session->pending || $session->buffer[$offset + 1] !== "\0") {
+            $lead = $session->nextEvent();
+            if ($lead === null) {
+                return null;
+            }
+            $offset = $session->offset;
         }
-        // A hot path, run for every packet, so the frame is decoded here and not in a method of
-        // its own (a PHP call costs about as much as the checks below). Decoding the context's JSON
-        // would be most of its cost, and a connection's DATA events all have the same context
-        // (PROTOCOL.md, "TCP events": only the event name changes, TLS facts are fixed once TLS is
-        // on), so what a DATA context says is decoded once and remembered by its bytes (the same
-        // bytes always decode the same way), as a request template that each event completes with
-        // its body and state.
+        // (Two reads, not `[$size, $contextLength] = $lead`: destructuring costs ~60 more.)
+        $size = $lead[0];
+        $contextLength = $lead[1];
+        $buffer = $session->buffer;
+        $session->offset = $offset + $size;
+        $session->next = null;
+        $session->pending = true;
+        // Decoding the context's JSON would be most of an event's cost, and a connection's DATA
+        // events all have the same context (PROTOCOL.md, "TCP events": only the event name changes,
+        // TLS facts are fixed once TLS is on), so what a DATA context says is decoded once and
+        // remembered by its bytes (the same bytes always decode the same way), as a request
+        // template that each event completes with its body and state.
         //
         // Options: the context's length, and the state's when the connection has one. A
-        // one-option frame's comes decoded with its header (Session::$option, remembered there).
-        $contextLength = $this->session->option;
-        $payloadAt = Session::LEAD_SIZE;
+        // one-option frame's comes decoded with its lead (remembered by the session).
+        $payloadAt = $offset + self::LEAD_SIZE;
         $stateLength = 0;
         if ($contextLength < 0) {
-            $words = \ord($frame[0]) & 0x0F;
-            $payloadAt = $words * 4;
+            $words = \ord($buffer[$offset]) & 0x0F;
+            $payloadAt = $offset + $words * 4;
             $contextLength = null;
             if ($words === 5) {
-                [1 => $contextLength, 2 => $stateLength] = unpack('V2', $frame, Frame::HEADER_SIZE);
+                [1 => $contextLength, 2 => $stateLength] = unpack('V2', $buffer, $offset + self::HEADER_SIZE);
             }
         }
-        $payloadLength = \strlen($frame) - $payloadAt;
+        $payloadLength = $offset + $size - $payloadAt;
         if ($contextLength === null || $contextLength + $stateLength > $payloadLength) {
             throw new ProtocolException(sprintf(
                 'could not read a TCP event: %d options for a %d-byte payload (expected context length [, state length])',
-                $payloadAt / 4 - 3,
+                ($payloadAt - $offset) / 4 - 3,
                 $payloadLength,
             ));
         }
-        $context = substr($frame, $payloadAt, $contextLength);
+        $context = substr($buffer, $payloadAt, $contextLength);
         // Most events carry no state: their template has state '' already, one readonly write
         // fewer per event. (`==`: PHP 8.2 compares two ints inline, `===` calls a function.)
         if ($stateLength == 0) {
             return $this->current = ($this->complete)(
                 $this->contexts[$context] ?? $this->context($context, false),
-                substr($frame, $payloadAt + $contextLength),
+                substr($buffer, $payloadAt + $contextLength, $payloadLength - $contextLength),
             );
         }
 
         return $this->current = ($this->completeStated)(
             $this->statedContexts[$context] ?? $this->context($context, true),
-            substr($frame, $payloadAt + $contextLength + $stateLength),
-            substr($frame, $payloadAt + $contextLength, $stateLength),
+            substr($buffer, $payloadAt + $contextLength + $stateLength, $payloadLength - $contextLength - $stateLength),
+            substr($buffer, $payloadAt + $contextLength, $stateLength),
         );
     }
 
@@ -148,7 +178,45 @@ final class TcpWorker
      */
     public function respond(string $body, TcpResponse $response = TcpResponse::Respond): void
     {
-        $this->session->answer($response->value, $body);
+        // A hot path, as waitRequest(): a stock answer to the pending request is encoded and sent
+        // or held here; the session's answer() does the rest (no pending request: it throws; a
+        // state to attach).
+        $session = $this->session;
+        if (!$session->pending || $session->state !== null) {
+            $session->answer($response->value, $body);
+
+            return;
+        }
+        $session->pending = false;
+        $context = $response->value;
+        $length = \strlen($body);
+        $frame = ($session->replyHeads[$context][$length] ?? $session->replyHead($context, $length)) . $body;
+        $available = \strlen($session->buffer) - $session->offset;
+        if ($available == 0) {
+            // Nothing buffered (one event at a time, the light-load case): out at once, with what is
+            // held. The stream itself ({@see Session::$out}); the session's send() for the rest of
+            // a short write, a failed one (the relay reports it), or another relay.
+            if ($session->held === '') {
+                $written = $session->out === null ? 0 : @fwrite($session->out, $frame);
+                if ($written !== \strlen($frame)) {
+                    $session->send($written > 0 ? substr($frame, $written) : $frame);
+                }
+
+                return;
+            }
+        } elseif ($available >= self::HEADER_SIZE) {
+            // The next event is buffered: when it is whole (its lead known and all its bytes
+            // there) the answer waits for the batch's write and waitRequest() takes that event
+            // without a lookup; anything else is send()'s.
+            $next = $session->leads[substr($session->buffer, $session->offset, self::LEAD_SIZE)] ?? null;
+            if ($next !== null && $available >= $next[0] && \strlen($session->held) + \strlen($frame) < self::MAX_HELD) {
+                $session->next = $next;
+                $session->held .= $frame;
+
+                return;
+            }
+        }
+        $session->send($frame);
     }
 
     /**
@@ -159,7 +227,7 @@ final class TcpWorker
      */
     public function read(): void
     {
-        $this->session->answer(TcpResponse::Read->value, '');
+        $this->respond('', TcpResponse::Read);
     }
 
     /**
@@ -170,7 +238,7 @@ final class TcpWorker
      */
     public function close(): void
     {
-        $this->session->answer(TcpResponse::Close->value, '');
+        $this->respond('', TcpResponse::Close);
     }
 
     /**

@@ -8,6 +8,7 @@ use PHPUnit\Framework\TestCase;
 use Pier\Exception\ProtocolException;
 use Pier\Exception\RelayException;
 use Pier\Internal\Access;
+use Pier\Internal\Frame;
 use Pier\Internal\MemoryRelay;
 use Pier\Internal\Session;
 use Pier\Tcp\TcpEvent;
@@ -494,5 +495,14 @@ final class TcpWorkerTest extends TestCase
         self::assertNull($tcp->waitRequest());
 
         self::assertSame(implode('', $expected), implode('', $relay->writes()));
+    }
+
+    public function testTheHotPathsCopiesOfSessionsAndFramesConstantsAgree(): void
+    {
+        $own = (new \ReflectionClass(TcpWorker::class))->getConstants();
+        self::assertSame(
+            [Session::LEAD_SIZE, Frame::HEADER_SIZE, (new \ReflectionClass(Session::class))->getConstant('MAX_HELD')],
+            [$own['LEAD_SIZE'], $own['HEADER_SIZE'], $own['MAX_HELD']],
+        );
     }
 }
