@@ -55,6 +55,13 @@ final class Session
     /** The bytes of a frame {@see $leads} is keyed by: its 12-byte header and its first option. */
     public const LEAD_SIZE = 16;
 
+    /**
+     * {@see Frame::HEADER_SIZE} for nextEvent(), which uses it for every event: PHP folds a constant
+     * of this class in when it compiles this file, but fetches another class's at run time (~30
+     * instructions a use) unless that class was loaded first. TcpWorkerTest checks they agree.
+     */
+    private const HEADER_SIZE = 12;
+
     /** The message setState() throws when the server does not support connection state. */
     public const NO_STATE_FEATURE = "connection state needs a Pier server (PIER_FEATURES has no 'state')";
 
@@ -288,9 +295,9 @@ final class Session
         while (!$this->finished) {
             $available = \strlen($this->buffer) - $this->offset;
             $size = 0;
-            if ($available >= Frame::HEADER_SIZE) {
+            if ($available >= self::HEADER_SIZE) {
                 // send() may have looked this frame up already.
-                $lead = $this->next ?? $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
+                $lead = $this->next ?? $this->leads[\substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
                 $size = $lead[0];
                 if ($available >= $size) {
                     // Flags 0, a plain event (what the server sends), needs no ord() call.
@@ -320,7 +327,7 @@ final class Session
                 $want = $size - $available;
             }
             // The stream itself ({@see $in}); the relay's read() when that did not simply return bytes.
-            $chunk = $this->in === null ? '' : @fread($this->in, $want);
+            $chunk = $this->in === null ? '' : @\fread($this->in, $want);
             if ($chunk === '' || $chunk === false) {
                 $chunk = $this->relay->read($want);
                 if ($chunk === '') {
@@ -341,7 +348,7 @@ final class Session
                 $this->buffer = $chunk; // The usual case: every buffered frame was taken.
             } else {
                 if ($this->offset > 0) {
-                    $this->buffer = substr($this->buffer, $this->offset);
+                    $this->buffer = \substr($this->buffer, $this->offset);
                 }
                 $this->buffer .= $chunk;
             }
@@ -462,7 +469,7 @@ final class Session
         if ($available >= Frame::HEADER_SIZE && \strlen($this->held) + \strlen($frame) < self::MAX_HELD) {
             // Is the next frame whole? (Then what its lead says is remembered for nextEvent().)
             try {
-                $next = $this->leads[substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
+                $next = $this->leads[\substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
             } catch (ProtocolException) {
                 $next = [PHP_INT_MAX, -1]; // Corrupt bytes: send now; the next nextEvent() reports them.
             }
