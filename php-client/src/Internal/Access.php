@@ -70,11 +70,16 @@ final class Access
      * request: a clone with the event's body (a readonly property left unset by the template, so
      * set once here).
      *
+     * Called for every event, so the closure declares no types: PHP 8.2 without opcache checks a
+     * class-typed parameter or return value by looking the class up (~60 instructions each), a
+     * string parameter for ~20 (measured); waitRequest() passes only a template and a string, and
+     * declares what it returns.
+     *
      * @return \Closure(TcpRequest, string): TcpRequest
      */
     public static function requestCompleter(): \Closure
     {
-        return \Closure::bind(static function (TcpRequest $template, string $body): TcpRequest {
+        return \Closure::bind(static function ($template, $body) {
             $request = clone $template;
             $request->body = $body;
 
@@ -84,13 +89,13 @@ final class Access
 
     /**
      * As {@see requestCompleter()}, for a template without state (an event that carries one): the
-     * clone gets the event's body and state.
+     * clone gets the event's body and state. Without types, as {@see requestCompleter()}.
      *
      * @return \Closure(TcpRequest, string, string): TcpRequest
      */
     public static function statedRequestCompleter(): \Closure
     {
-        return \Closure::bind(static function (TcpRequest $template, string $body, string $state): TcpRequest {
+        return \Closure::bind(static function ($template, $body, $state) {
             $request = clone $template;
             $request->body = $body;
             $request->state = $state;

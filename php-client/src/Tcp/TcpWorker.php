@@ -200,7 +200,8 @@ final class TcpWorker
             // a short write, a failed one (the relay reports it), or another relay.
             if ($session->held === '') {
                 $written = $session->out === null ? 0 : @\fwrite($session->out, $frame);
-                if ($written !== \strlen($frame)) {
+                // (`!=`: PHP 8.2 compares two ints inline, `!==` calls a function; false != any length.)
+                if ($written != \strlen($frame)) {
                     $session->send($written > 0 ? \substr($frame, $written) : $frame);
                 }
 
