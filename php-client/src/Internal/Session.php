@@ -115,8 +115,8 @@ final class Session
 
     /**
      * @var array<string, array{int, int}> the first {@see LEAD_SIZE} bytes of frames already checked
-     *      (fewer when fewer were buffered) => [the frame's size, its option when it has exactly one
-     *      and it is among those bytes, else -1]
+     *      (fewer when fewer were buffered) => [the frame's size, its option when it has exactly one,
+     *      it is among those bytes and at most the payload's length, else -1] ({@see checkLead()})
      */
     public array $leads = [];
 
@@ -542,8 +542,9 @@ final class Session
 
     /**
      * Checks the frame header buffered at $offset (version, length, CRC32) and returns its frame's
-     * size and, for a frame with exactly one option whose bytes are buffered, that option (-1
-     * otherwise), remembering both in $leads under the frame's first {@see LEAD_SIZE} bytes (all
+     * size and, for a frame with exactly one option whose bytes are buffered and which is at most
+     * the payload's length (a TCP event's context length that fits), that option (-1 otherwise:
+     * TcpWorker decodes and checks those frames itself), remembering both in $leads under the frame's first {@see LEAD_SIZE} bytes (all
      * there are when fewer are buffered: such a key can only come back when the frame is not
      * whole, so its -1 is never taken for a one-option frame's option).
      *
@@ -561,6 +562,9 @@ final class Session
         $size = Frame::sizeAt($lead, 0);
         // Version 1 with four header words (sizeAt() checked the version): one option.
         $option = $lead[0] === "\x14" && \strlen($lead) === self::LEAD_SIZE ? unpack('V', $lead, Frame::HEADER_SIZE)[1] : -1;
+        if ($option > $size - self::LEAD_SIZE) {
+            $option = -1;
+        }
         if (\count($this->leads) >= self::MAX_HEADERS) {
             $this->leads = [];
         }

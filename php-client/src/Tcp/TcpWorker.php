@@ -138,31 +138,39 @@ final class TcpWorker
         // events all have the same context (PROTOCOL.md, "TCP events": only the event name changes,
         // TLS facts are fixed once TLS is on), so what a DATA context says is decoded once and
         // remembered by its bytes (the same bytes always decode the same way), as a request
-        // template that each event completes with its body and state.
+        // template that each event completes with its body (and state).
         //
         // Options: the context's length, and the state's when the connection has one. A
-        // one-option frame's comes decoded with its lead (remembered by the session).
-        $payloadAt = $offset + self::LEAD_SIZE;
-        $stateLength = 0;
-        if ($contextLength < 0) {
-            $words = \ord($buffer[$offset]) & 0x0F;
-            $payloadAt = $offset + $words * 4;
-            $contextLength = null;
-            if ($words === 5) {
-                [1 => $contextLength, 2 => $stateLength] = \unpack('V2', $buffer, $offset + self::HEADER_SIZE);
-            }
+        // one-option frame's comes decoded with its lead, and checked against the payload's
+        // length once per lead (Session::checkLead(); -1 for any other frame). Most events carry
+        // no state: their template has state '' already, one readonly write fewer per event.
+        if ($contextLength >= 0) {
+            $payloadAt = $offset + self::LEAD_SIZE;
+            $context = \substr($buffer, $payloadAt, $contextLength);
+
+            return $this->current = ($this->complete)(
+                $this->contexts[$context] ?? $this->context($context, false),
+                \substr($buffer, $payloadAt + $contextLength, $size - self::LEAD_SIZE - $contextLength),
+            );
         }
+        $words = \ord($buffer[$offset]) & 0x0F;
+        $payloadAt = $offset + $words * 4;
         $payloadLength = $offset + $size - $payloadAt;
+        $stateLength = 0;
+        $contextLength = null;
+        if ($words == 4) {
+            $contextLength = \unpack('V', $buffer, $offset + self::HEADER_SIZE)[1];
+        } elseif ($words == 5) {
+            [1 => $contextLength, 2 => $stateLength] = \unpack('V2', $buffer, $offset + self::HEADER_SIZE);
+        }
         if ($contextLength === null || $contextLength + $stateLength > $payloadLength) {
             throw new ProtocolException(sprintf(
                 'could not read a TCP event: %d options for a %d-byte payload (expected context length [, state length])',
-                ($payloadAt - $offset) / 4 - 3,
+                $words - 3,
                 $payloadLength,
             ));
         }
         $context = \substr($buffer, $payloadAt, $contextLength);
-        // Most events carry no state: their template has state '' already, one readonly write
-        // fewer per event. (`==`: PHP 8.2 compares two ints inline, `===` calls a function.)
         if ($stateLength == 0) {
             return $this->current = ($this->complete)(
                 $this->contexts[$context] ?? $this->context($context, false),

@@ -203,26 +203,29 @@ final class TcpWorkerTest extends TestCase
     }
 
     /**
-     * @return iterable<string, array{string}>
+     * @return iterable<string, array{string, string}>
      */
     public static function brokenEvents(): iterable
     {
-        yield 'context is not JSON' => [Vectors::frame(0, [3], 'abcdef')];
-        yield 'context misses a key' => [Vectors::frame(0, [16], '{"event":"DATA"}xyz')];
-        yield 'context longer than payload' => [Vectors::frame(0, [99], '{}')];
-        yield 'no options' => [Vectors::frame(0, [], '{}')];
-        yield 'three options' => [Vectors::frame(0, [2, 0, 0], '{}')];
+        $options = static fn (int $n, int $payload): string => "could not read a TCP event: {$n} options for a {$payload}-byte payload (expected context length [, state length])";
+        yield 'context is not JSON' => [Vectors::frame(0, [3], 'abcdef'), 'could not read a TCP event: its context is not JSON'];
+        yield 'context misses a key' => [Vectors::frame(0, [16], '{"event":"DATA"}xyz'), 'could not read a TCP event: its context has no string "remote_addr"'];
+        yield 'context longer than payload' => [Vectors::frame(0, [99], '{}'), $options(1, 2)];
+        yield 'context one byte longer than payload' => [Vectors::frame(0, [3], '{}'), $options(1, 2)];
+        yield 'context and state longer than payload' => [Vectors::frame(0, [2, 1], '{}'), $options(2, 2)];
+        yield 'no options' => [Vectors::frame(0, [], '{}'), $options(0, 2)];
+        yield 'three options' => [Vectors::frame(0, [2, 0, 0], '{}'), $options(3, 2)];
     }
 
     /**
      * @dataProvider brokenEvents
      */
-    public function testAnEventThatIsNotATcpEventIsAProtocolError(string $frame): void
+    public function testAnEventThatIsNotATcpEventIsAProtocolError(string $frame, string $message): void
     {
         [$tcp] = self::worker([$frame]);
 
         $this->expectException(ProtocolException::class);
-        $this->expectExceptionMessage('could not read a TCP event');
+        $this->expectExceptionMessage($message);
 
         $tcp->waitRequest();
     }
