@@ -84,8 +84,8 @@ final class Session
     public int $offset = 0;
 
     /**
-     * @var array{int, int}|null what {@see $leads} says of the frame at $offset (its size, its option),
-     *      once send() found it whole, or nextEvent() returned it
+     * @var array{0: int, 1: int, 2?: true}|null what {@see $leads} says of the frame at $offset, once
+     *      send() found it whole, or nextEvent() returned it
      */
     public ?array $next = null;
 
@@ -114,9 +114,10 @@ final class Session
     public string $held = '';
 
     /**
-     * @var array<string, array{int, int}> the first {@see LEAD_SIZE} bytes of frames already checked
-     *      (fewer when fewer were buffered) => [the frame's size, its option when it has exactly one,
-     *      it is among those bytes and at most the payload's length, else -1] ({@see checkLead()})
+     * @var array<string, array{0: int, 1: int, 2?: true}> the first {@see LEAD_SIZE} bytes of frames
+     *      already checked (fewer when fewer were buffered) => [the frame's size, its option when it
+     *      has exactly one, it is among those bytes and at most the payload's length, else -1, and
+     *      a third entry when its flags are not 0] ({@see checkLead()})
      */
     public array $leads = [];
 
@@ -273,7 +274,7 @@ final class Session
     /**
      * Makes the next frame that is not a control frame whole in {@see $buffer} at {@see $offset}
      * (header checked), reading the relay and answering pid handshakes on the way, and returns what
-     * its lead says: [its size, its option when it has exactly one, else -1]. The caller takes it:
+     * its lead says ({@see $leads}: its size, its option or -1, [flags not 0]). The caller takes it:
      * moves {@see $offset} past it, clears {@see $next} and sets {@see $pending}
      * (TcpWorker::waitRequest(), which takes a frame send() already found whole without this call).
      * Null when the server asked the worker to stop or closed the relay.
@@ -282,7 +283,7 @@ final class Session
      * reading the relay when the buffer holds no whole frame is done here rather than in a method
      * of its own (a PHP call costs about as much as the rest of a pass through this loop).
      *
-     * @return array{int, int}|null
+     * @return array{0: int, 1: int, 2?: true}|null
      *
      * @throws ProtocolException when the previous request is still unanswered, or a frame is corrupt
      * @throws RelayException    when the relay fails or closes in the middle of a frame
@@ -300,9 +301,9 @@ final class Session
                 $lead = $this->next ?? $this->leads[\substr($this->buffer, $this->offset, self::LEAD_SIZE)] ?? $this->checkLead();
                 $size = $lead[0];
                 if ($available >= $size) {
-                    // Flags 0, a plain event (what the server sends), needs no ord() call.
-                    $flags = $this->buffer[$this->offset + 1];
-                    if ($flags === "\0" || (\ord($flags) & Frame::CONTROL) === 0) {
+                    // Flags 0, a plain event (what the server sends; no third entry in its lead),
+                    // needs no look at the flags.
+                    if (!isset($lead[2]) || (\ord($this->buffer[$this->offset + 1]) & Frame::CONTROL) === 0) {
                         // Every request is taken after this returned once (only a buffered frame
                         // is taken without it, and only this method fills the buffer).
                         $this->idle = false;
@@ -544,7 +545,8 @@ final class Session
      * Checks the frame header buffered at $offset (version, length, CRC32) and returns its frame's
      * size and, for a frame with exactly one option whose bytes are buffered and which is at most
      * the payload's length (a TCP event's context length that fits), that option (-1 otherwise:
-     * TcpWorker decodes and checks those frames itself), remembering both in $leads under the frame's first {@see LEAD_SIZE} bytes (all
+     * TcpWorker decodes and checks those frames itself), and a third entry (true) when its flags
+     * are not 0 (not a plain event: a look at the flags is needed only then), remembering them in $leads under the frame's first {@see LEAD_SIZE} bytes (all
      * there are when fewer are buffered: such a key can only come back when the frame is not
      * whole, so its -1 is never taken for a one-option frame's option).
      *
@@ -552,7 +554,7 @@ final class Session
      * (one per payload and context length), so nextEvent() and send() look a lead up in $leads first
      * and call this only for one not seen yet. The memo holds at most {@see self::MAX_HEADERS}.
      *
-     * @return array{int, int}
+     * @return array{0: int, 1: int, 2?: true}
      *
      * @throws ProtocolException when the header is not a goridge v3 header
      */
@@ -569,6 +571,6 @@ final class Session
             $this->leads = [];
         }
 
-        return $this->leads[$lead] = [$size, $option];
+        return $this->leads[$lead] = $lead[1] === "\0" ? [$size, $option] : [$size, $option, true];
     }
 }

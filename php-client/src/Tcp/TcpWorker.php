@@ -112,7 +112,8 @@ final class TcpWorker
         // A hot path, run for every packet: the event is taken off the session's buffer and
         // decoded here, not in methods of their own (a PHP call costs about as much as the checks
         // below). Under load the server sends several events per read, and respond() found the next
-        // one whole while it held the answer ({@see Session::$next}); a plain event's flags are 0.
+        // one whole while it held the answer ({@see Session::$next}); a plain event's flags are 0
+        // (its lead has no third entry, {@see Session::checkLead()}).
         // Anything else (a read of the relay, a control frame, a part of a frame, a request
         // still unanswered) is the session's. Functions are called fully qualified (`\substr`):
         // PHP resolves an unqualified call in a namespace at run time, on every call (the
@@ -120,7 +121,7 @@ final class TcpWorker
         $session = $this->session;
         $offset = $session->offset;
         $lead = $session->next;
-        if ($lead === null || $session->pending || $session->buffer[$offset + 1] !== "\0") {
+        if ($lead === null || $session->pending || isset($lead[2])) {
             $lead = $session->nextEvent();
             if ($lead === null) {
                 return null;

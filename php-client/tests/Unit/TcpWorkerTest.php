@@ -111,6 +111,26 @@ final class TcpWorkerTest extends TestCase
         self::assertSame(["a\n", "b\n", "c\n"], $bodies);
     }
 
+    public function testAnEventWithFlagsOtherThanControlIsAnEventAloneAndInABatch(): void
+    {
+        // The server's events have flags 0; any frame without the control bit is an event too.
+        $context = json_encode(['remote_addr' => Vectors::REMOTE_ADDR, 'server' => Vectors::SERVER, 'uuid' => Vectors::UUID, 'event' => 'DATA'], JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES);
+        $flagged = static fn (string $body): string => Vectors::frame(Frame::CODEC_JSON, [\strlen($context)], $context . $body);
+        [$tcp, $relay] = self::worker([$flagged("a\n"), Vectors::event('DATA', "b\n") . $flagged("c\n") . Vectors::event('DATA', "d\n") . $flagged("e\n")]);
+
+        $bodies = [];
+        while (($request = $tcp->waitRequest()) !== null) {
+            $bodies[] = $request->getBody();
+            $tcp->respond(strtoupper($request->getBody()));
+        }
+
+        self::assertSame(["a\n", "b\n", "c\n", "d\n", "e\n"], $bodies);
+        self::assertSame(
+            [Vectors::frame(0, [5], "WRITEA\n"), implode('', array_map(static fn (string $b): string => Vectors::frame(0, [5], "WRITE{$b}\n"), ['B', 'C', 'D', 'E']))],
+            $relay->writes(),
+        );
+    }
+
     /**
      * @return iterable<string, array{\Closure(TcpWorker): void, string}>
      */
