@@ -608,16 +608,19 @@ pub(crate) fn serve(
         let write_timeout = listener.config.write_timeout;
         debug!(remote_addr = %link.remote_addr, "connected");
         metrics.accepted();
-        let (reply, stopped) = conn.event(&mut writer, EventKind::Connected, &[]).await;
-        let mut flow = match reply {
-            Ok(reply) => conn.apply(&mut writer, reply),
-            Err(e) => {
-                // CONNECTED did not succeed: no CLOSE is owed.
-                registry.deregister(&uuid);
-                log_exec_error(&e, "CONNECTED");
-                metrics.closed(CloseReason::EventFailed);
-                link.drop_queued();
-                return;
+        // In a block of its own: the reply is not kept in the task's state past it.
+        let (mut flow, stopped) = {
+            let (reply, stopped) = conn.event(&mut writer, EventKind::Connected, &[]).await;
+            match reply {
+                Ok(reply) => (conn.apply(&mut writer, reply), stopped),
+                Err(e) => {
+                    // CONNECTED did not succeed: no CLOSE is owed.
+                    registry.deregister(&uuid);
+                    log_exec_error(&e, "CONNECTED");
+                    metrics.closed(CloseReason::EventFailed);
+                    link.drop_queued();
+                    return;
+                }
             }
         };
         // Why the writer stopped, when it did: decides whether queued bytes are still written.
@@ -627,7 +630,9 @@ pub(crate) fn serve(
         }
         if flow != Flow::Close {
             let mut packets = framed(&listener, reader, conn.idle_timeout.is_some());
-            loop {
+            // `Some` when the server is shutting down: the packets already received are then
+            // run, after the loop, so that no `Wake` is kept in the task's state for it.
+            let draining = loop {
                 if flow == Flow::StartTls {
                     flow = Flow::Read;
                     // Boxed, as every rare path: an idle connection's task does not carry them.
@@ -638,18 +643,19 @@ pub(crate) fn serve(
                         Err(stopped) => {
                             conn.reason = CloseReason::Protocol;
                             stop = stopped;
-                            break;
+                            break None;
                         }
                     }
                 }
-                let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
                 // The next packet is read only once everything queued is written: a client that
                 // does not read its answers is not handed more of them.
                 let idle = writer.idle(&link);
-                let wake = if idle && idle_deadline.is_none() {
+                // Nothing computed here is kept across the wait (no deadline, no `Wake`, no
+                // `Option` of the packet): each would be written into the task's state around
+                // every packet, lines that are cold again by the next one at 1000 connections.
+                let wake = if idle && conn.idle_timeout.is_none() {
                     // The usual wait (nothing queued, no idle timeout), polled by hand: the
-                    // select!'s futures were written into the task's state around every packet,
-                    // lines that are cold again by the next one at 1000 connections.
+                    // select!'s futures were written into the task's state around every packet.
                     std::future::poll_fn(|cx| {
                         if registry.stopping() {
                             return Poll::Ready(Wake::Stopping);
@@ -661,6 +667,7 @@ pub(crate) fn serve(
                     })
                     .await
                 } else {
+                    let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
                     tokio::select! {
                         biased;
                         () = stopping(registry) => Wake::Stopping,
@@ -670,18 +677,12 @@ pub(crate) fn serve(
                     }
                 };
                 let next = match wake {
-                    Wake::Stopping => {
-                        debug!("server shutting down; running the packets already received");
-                        conn.reason = CloseReason::Shutdown;
-                        let budget = listener.config.max_packet_size + INITIAL_READ_BUFFER;
-                        stop = Box::pin(conn.drain(packets, &mut writer, budget)).await;
-                        break;
-                    }
+                    Wake::Stopping => break Some(packets),
                     Wake::Settled(s) => {
                         // Signalled (then, round again: not idle) or all written: read on.
                         let Some(s) = s else { continue };
                         stop = Some(s);
-                        break;
+                        break None;
                     }
                     Wake::Packet(next) => next,
                     Wake::IdleDeadline => {
@@ -692,50 +693,23 @@ pub(crate) fn serve(
                             Some(t) if last.elapsed() >= t => {
                                 debug!(idle_timeout = ?t, "client idle; closing");
                                 conn.reason = CloseReason::IdleTimeout;
-                                break;
+                                break None;
                             }
                             _ => continue,
                         }
                     }
                 };
-                match next {
-                    Some(Ok(packet)) => {
-                        link.bytes_in
-                            .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                        let (result, stopped) =
-                            conn.event(&mut writer, EventKind::Data, &packet).await;
-                        // Time spent on our side is not the client being idle.
-                        packets.get_mut().touch();
-                        match result {
-                            Ok(reply) => {
-                                flow = conn.apply(&mut writer, reply);
-                                packets.get_mut().track(conn.idle_timeout.is_some());
-                                if flow == Flow::Close {
-                                    stop = stopped;
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                log_exec_error(&e, "DATA");
-                                conn.reason = CloseReason::EventFailed;
-                                stop = stopped;
-                                break;
-                            }
-                        }
-                        if stopped.is_some() {
-                            stop = stopped;
-                            break;
-                        }
-                    }
+                let packet = match next {
+                    Some(Ok(packet)) => packet,
                     Some(Err(FramingError::Io(e))) => {
                         debug!(error = %e, "read error; closing");
                         conn.reason = CloseReason::SocketError;
-                        break;
+                        break None;
                     }
                     Some(Err(e @ FramingError::Truncated { .. })) => {
                         info!(error = %e, "client closed mid-packet; the partial packet is dropped");
                         conn.reason = CloseReason::Client;
-                        break;
+                        break None;
                     }
                     Some(Err(e)) => {
                         warn!(
@@ -744,14 +718,45 @@ pub(crate) fn serve(
                             "client error: invalid packet; closing"
                         );
                         conn.reason = CloseReason::Protocol;
-                        break;
+                        break None;
                     }
                     None => {
                         debug!("client disconnected");
                         conn.reason = CloseReason::Client;
-                        break;
+                        break None;
+                    }
+                };
+                link.bytes_in
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                let (result, stopped) = conn.event(&mut writer, EventKind::Data, &packet).await;
+                // Time spent on our side is not the client being idle.
+                packets.get_mut().touch();
+                match result {
+                    Ok(reply) => {
+                        flow = conn.apply(&mut writer, reply);
+                        packets.get_mut().track(conn.idle_timeout.is_some());
+                        if flow == Flow::Close {
+                            stop = stopped;
+                            break None;
+                        }
+                    }
+                    Err(e) => {
+                        log_exec_error(&e, "DATA");
+                        conn.reason = CloseReason::EventFailed;
+                        stop = stopped;
+                        break None;
                     }
                 }
+                if stopped.is_some() {
+                    stop = stopped;
+                    break None;
+                }
+            };
+            if let Some(packets) = draining {
+                debug!("server shutting down; running the packets already received");
+                conn.reason = CloseReason::Shutdown;
+                let budget = listener.config.max_packet_size + INITIAL_READ_BUFFER;
+                stop = Box::pin(conn.drain(packets, &mut writer, budget)).await;
             }
         } else {
             drop(reader);
