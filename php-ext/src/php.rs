@@ -836,8 +836,9 @@ unsafe fn spare_request(call: &ext_php_rs::zend::ExecuteData, result: *mut Zval)
     }
 }
 
-/// Fills `spare`'s request object with `tls` and `values` (releasing what it held) and moves its
-/// reference from its variable (now null) to the caller: the new request.
+/// Fills `spare`'s request object with `tls`, `values` (every slot but the body's, in
+/// [`REQUEST_PROPERTIES`]' order) and `body` (releasing what it held) and moves its reference
+/// from its variable (now null) to the caller: the new request.
 ///
 /// # Safety
 ///
@@ -846,7 +847,8 @@ unsafe fn spare_request(call: &ext_php_rs::zend::ExecuteData, result: *mut Zval)
 unsafe fn refill(
     spare: Spare,
     tls: Option<Box<TlsFacts<'static>>>,
-    values: [Zval; 6],
+    values: [Zval; 5],
+    body: &[u8],
 ) -> *mut ext_php_rs::ffi::zend_object {
     // SAFETY: the variable and the object are live (the variable holds the object's only
     // reference); the object is a `TcpRequest` of this extension with the six declared slots.
@@ -854,15 +856,91 @@ unsafe fn refill(
         (*spare.variable).u1.type_info = ext_php_rs::flags::ZvalTypeFlags::Null.bits();
         (*class_object::<TcpRequest>(spare.object)).obj = Some(TcpRequest { tls });
         let slots = (*spare.object).properties_table.as_mut_ptr();
-        for (i, mut value) in values.into_iter().enumerate() {
-            value.u2.extra = 0;
-            // The previous value is released once the slot holds the new one; it is a string or
-            // an enum case (the slots' types): no PHP code runs.
-            let old = std::mem::ManuallyDrop::new(slots.add(i).replace(value));
-            release(&old);
+        let body_slot = slots.add(BODY);
+        if !rewrite_string(body_slot, body) {
+            replace_slot(body_slot, string(body).0);
+        }
+        for (i, value) in [REMOTE_ADDR, EVENT, CONNECTION_UUID, SERVER, STATE]
+            .into_iter()
+            .zip(values)
+        {
+            replace_slot(slots.add(i), value);
         }
     }
     spare.object
+}
+
+/// Puts `value` in the property slot `slot` and gives up the reference the slot held.
+///
+/// # Safety
+///
+/// `slot` must be an initialized property slot of a request object that PHP code cannot reach
+/// (the previous value is a string or an enum case, the slots' types: releasing it runs no PHP
+/// code).
+#[inline(always)]
+unsafe fn replace_slot(slot: *mut Zval, mut value: Zval) {
+    // An initialized property's flags are 0 (what the engine leaves after a write).
+    value.u2.extra = 0;
+    // SAFETY: as the caller guarantees; the previous value is released once the slot holds the
+    // new one.
+    unsafe {
+        let old = std::mem::ManuallyDrop::new(slot.replace(value));
+        release(&old);
+    }
+}
+
+/// `GC_STRING` (Zend/zend_types.h): a string's `gc.u.type_info` with no flag: not interned, not
+/// persistent (allocated by the request's allocator).
+const GC_STRING: u32 = 6 | (1 << 4);
+/// `IS_STR_VALID_UTF8` (Zend/zend_types.h): PCRE found the string valid UTF-8 (a cache of a fact
+/// about its bytes, cleared when they are replaced).
+const IS_STR_VALID_UTF8: u32 = 1 << 9;
+
+/// The bytes the engine allocates for a string of `len` bytes (`ZEND_MM_ALIGNED_SIZE(
+/// _ZSTR_STRUCT_SIZE(len))`: the header, the bytes, the terminating NUL, rounded up to 8).
+const fn string_block(len: usize) -> usize {
+    (std::mem::offset_of!(ext_php_rs::ffi::zend_string, val) + len + 1 + 7) & !7
+}
+
+/// Writes `bytes` over the string in `slot` instead of releasing it and allocating another, when
+/// the slot holds its only reference (nothing else, PHP code included, can see the change) and
+/// its block fits `bytes` without wasting more than half of it. The string is then exactly what
+/// a new one would be (no cached hash, no flag). Whether it did; the slot is untouched if not.
+///
+/// The body of the previous request usually qualifies (it was passed to `respond()` and nothing
+/// kept it): this saves the allocation, the free and the call of each (~85 instructions per
+/// event).
+///
+/// # Safety
+///
+/// `slot` must be a property slot of a request object that PHP code cannot reach.
+unsafe fn rewrite_string(slot: *mut Zval, bytes: &[u8]) -> bool {
+    // SAFETY: a slot is a live zval; a refcounted string's `str_` points to its live header and
+    // its block of `string_block(len)` bytes, which is written only within `string_block(new)`.
+    unsafe {
+        if bytes.is_empty()
+            || (*slot).u1.type_info != ext_php_rs::flags::ZvalTypeFlags::StringEx.bits()
+        {
+            // An empty one is the engine's shared empty string (no allocation to save).
+            return false;
+        }
+        let s = (*slot).value.str_;
+        let (have, need) = (string_block((*s).len), string_block(bytes.len()));
+        if (*s).gc.refcount != 1
+            || (*s).gc.u.type_info & !IS_STR_VALID_UTF8 != GC_STRING
+            || need > have
+            || have > 2 * need
+        {
+            return false;
+        }
+        (*s).gc.u.type_info = GC_STRING;
+        (*s).h = 0;
+        (*s).len = bytes.len();
+        let val = (*s).val.as_mut_ptr().cast::<u8>();
+        ptr::copy_nonoverlapping(bytes.as_ptr(), val, bytes.len());
+        val.add(bytes.len()).write(0);
+    }
+    true
 }
 
 unsafe extern "C" {
@@ -1565,18 +1643,23 @@ impl TcpWorker {
             Incoming::Event(e, kept) => {
                 let (remote_addr, connection_uuid, server) = connection_strings(&e, kept);
                 let tls = e.tls.map(|t| Box::new(owned_tls(&t)));
-                let values = [
-                    remote_addr.0,
-                    event_case(e.event.into(), &self.cases),
-                    string(e.body).0,
-                    connection_uuid.0,
-                    server.0,
-                    string(e.state).0,
-                ];
+                let event = event_case(e.event.into(), &self.cases);
+                let state = string(e.state).0;
                 Ok(Some(match spare {
                     // SAFETY: `spare_request` checked the spare, and nothing ran since.
-                    Some(spare) => unsafe { refill(spare, tls, values) },
+                    Some(spare) => unsafe {
+                        let values = [remote_addr.0, event, connection_uuid.0, server.0, state];
+                        refill(spare, tls, values, e.body)
+                    },
                     None => {
+                        let values = [
+                            remote_addr.0,
+                            event,
+                            string(e.body).0,
+                            connection_uuid.0,
+                            server.0,
+                            state,
+                        ];
                         let request = new_request(tls, values).into_raw();
                         // SAFETY: `into_raw` gives the live object, with its one reference.
                         unsafe { &raw mut (*request).std }

@@ -271,6 +271,33 @@ final class WireTest extends TestCase
         ], $run->steps[0]);
     }
 
+    /**
+     * The extension writes a body over the previous request's body string when only that request
+     * held it and it fits: kept bodies stay what they were, a body whose hash a lookup cached is
+     * found under its new bytes, and every answer carries its own body, whatever the lengths.
+     */
+    public function testEveryBodyIsItsOwnWhoeverHoldsThePreviousOne(): void
+    {
+        $bodies = [
+            "line A\r\n", "line B\r\n", "line C\r\n", "line D\r\n", "a longer line E\r\n", "F\r\n",
+            "line G\r\n", str_repeat('h', 200) . "\r\n", "line I\r\n", "line J\r\n", "\x00", "line K\r\n",
+            "line B\r\n", "line L\r\n",
+        ];
+        $input = '';
+        foreach ($bodies as $body) {
+            $input .= Frames::event('DATA', $body);
+        }
+        $run = Child::run('scripted.php', [['bodies', bin2hex("line B\r\n")]], $input);
+
+        self::assertCleanExit($run);
+        self::assertSame([
+            'came' => array_map('bin2hex', $bodies),
+            'found' => array_map(static fn (string $b): bool => $b === "line B\r\n", $bodies),
+            'kept' => array_map('bin2hex', array_values(array_filter($bodies, static fn (int $i): bool => $i % 3 === 0, ARRAY_FILTER_USE_KEY))),
+        ], $run->steps[0]);
+        self::assertSame(array_map(static fn (string $b): string => Frames::reply('WRITE', $b), $bodies), $run->frames());
+    }
+
     public function testStateRoundTripsUnderAPierServer(): void
     {
         $state = "\x00state\xff";

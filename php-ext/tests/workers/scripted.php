@@ -10,6 +10,9 @@
 //   ["hold"]                 until waitRequest() returns null, `$request = $tcp->waitRequest()` while the
 //                            previous request is held in each way a script may hold it (reports what
 //                            every request held when it came and at the end, and the weak references)
+//   ["bodies", hex]          until waitRequest() returns null: respond with the body, look it up in an
+//                            array whose one key is hex, keep every third body (the string alone);
+//                            reports each body when it came, each lookup, and the kept bodies at the end
 // A Pier\Exception\* thrown by a step is reported as {"exception": class, "message": …} and the script goes on.
 
 declare(strict_types=1);
@@ -121,6 +124,25 @@ foreach (json_decode((string) getenv('PIER_TEST_STEPS'), true, 512, JSON_THROW_O
                     $tcp->read();
                 }
                 $say(['came' => $came, 'kept' => array_map($describe, $kept), 'weak_gone' => $weakGone]);
+                break;
+            case 'bodies':
+                // The extension may write the next body over the previous request's when nothing
+                // else holds that string: a body kept, or looked up (its hash is cached in the
+                // string), must be what it was.
+                $known = [(string) hex2bin($step[1]) => true];
+                $came = [];
+                $found = [];
+                $kept = [];
+                $i = 0;
+                while (($request = $tcp->waitRequest()) !== null) {
+                    $came[] = bin2hex($request->body);
+                    $found[] = isset($known[$request->body]);
+                    if ($i++ % 3 === 0) {
+                        $kept[] = $request->body;
+                    }
+                    $tcp->respond($request->body);
+                }
+                $say(['came' => $came, 'found' => $found, 'kept' => array_map('bin2hex', $kept)]);
                 break;
             default:
                 throw new \LogicException('unknown step ' . $step[0]);
