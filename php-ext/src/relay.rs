@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use pier_protocol::frame::{self, Frame, FrameError, HeaderMemo};
+use pier_protocol::frame::{self, Frame, FrameError, FrameView, HeaderMemo};
 
 /// Largest payload we accept from the server. Pier bounds packets far below this; the limit only
 /// keeps a corrupt length from making the worker allocate gigabytes before failing.
@@ -253,7 +253,7 @@ impl Relay {
         if !self.advance()? {
             return Ok(None);
         }
-        self.current_frame().map(Some)
+        self.current_frame().map(|view| Some(view.frame()))
     }
 
     /// Moves to the next frame, reading until it is all buffered; `false` when the relay ended
@@ -301,14 +301,14 @@ impl Relay {
         self.buf[self.start + 1]
     }
 
-    /// The frame [`Relay::advance`] moved to, built from the buffer (`advance` or
+    /// The frame [`Relay::advance`] moved to, read in place from the buffer (`advance` or
     /// [`Relay::frame_buffered`] checked its header with `whole_len`: not checked again).
-    pub fn current_frame(&mut self) -> Result<Frame<'_>, RelayError> {
+    pub fn current_frame(&mut self) -> Result<FrameView<'_>, RelayError> {
         let bytes = &self.buf[self.start..self.start + self.handed_out];
         // `None` is unreachable: these bytes are the one whole frame `whole_len` accepted.
         // A match, not `ok_or`: the error built eagerly was dropped for every frame (~9
         // instructions; clippy calls the lazy form unnecessary).
-        match frame::decode_accepted(bytes) {
+        match FrameView::accepted(bytes) {
             Some(frame) => Ok(frame),
             None => Err(RelayError::Truncated {
                 buffered: bytes.len(),

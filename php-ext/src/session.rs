@@ -243,7 +243,7 @@ impl<X: Default> Session<X> {
             }
             // Handshakes are answered here, whenever one arrives.
             let frame = self.relay.current_frame()?;
-            match Control::parse(frame.payload).map_err(SessionError::Message)? {
+            match Control::parse(frame.payload()).map_err(SessionError::Message)? {
                 Control::Stop => {
                     self.ended = true;
                     self.flush_held()?;
@@ -260,7 +260,7 @@ impl<X: Default> Session<X> {
         let frame = self.relay.current_frame()?;
         let (event, kept) = self
             .contexts
-            .decode_keeping(&frame)
+            .decode_view_keeping(&frame)
             .map_err(SessionError::Message)?;
         self.turn = Turn::Pending;
         self.state = None;
@@ -339,7 +339,7 @@ impl<X: Default> Session<X> {
         let frame = self.relay.current_frame()?;
         let event = self
             .contexts
-            .decode(&frame)
+            .decode_view(&frame)
             .map_err(SessionError::Message)?;
         self.uuid.clear();
         self.uuid.push_str(&event.uuid);

@@ -206,15 +206,61 @@ pub fn whole_len(
 /// bytes there): builds it without checking again. `None` if `buf` does not start with the
 /// whole frame its header describes (never, for bytes `whole_len` accepted).
 pub fn decode_accepted(buf: &[u8]) -> Option<Frame<'_>> {
-    let header = buf.first_chunk::<HEADER_LEN>()?;
-    let words = header[0] & 0x0f;
-    if !(MIN_HEADER_WORDS..=MAX_HEADER_WORDS).contains(&words) {
-        return None;
+    FrameView::accepted(buf).map(|view| view.frame())
+}
+
+/// A whole frame read in place: its flags, options and payload are read from its bytes when
+/// asked for. A [`Frame`] copies its options out (room for ten, ~60 instructions per frame) where
+/// a TCP event needs one or two; a worker reads each event through a view instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    /// The frame's bytes, header included, and nothing after it.
+    bytes: &'a [u8],
+    /// The header's length in bytes: [`HEADER_LEN`] and four per option.
+    header_len: usize,
+}
+
+impl<'a> FrameView<'a> {
+    /// The frame at the start of `buf` once [`whole_len`] accepted it (its header checked, all
+    /// its bytes there), without checking again: the same frame [`decode_accepted`] builds.
+    /// `None` if `buf` does not start with the whole frame its header describes (never, for
+    /// bytes `whole_len` accepted).
+    pub fn accepted(buf: &'a [u8]) -> Option<Self> {
+        let header = buf.first_chunk::<HEADER_LEN>()?;
+        let words = header[0] & 0x0f;
+        if !(MIN_HEADER_WORDS..=MAX_HEADER_WORDS).contains(&words) {
+            return None;
+        }
+        let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
+        let header_len = usize::from(words) * 4;
+        let total = header_len.checked_add(len as usize)?;
+        Some(FrameView {
+            bytes: buf.get(..total)?,
+            header_len,
+        })
     }
-    let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
-    let header_len = usize::from(words) * 4;
-    let total = header_len.checked_add(len as usize)?;
-    (buf.len() >= total).then(|| build(buf, header_len, total))
+
+    /// Header byte 1: see [`flags`].
+    pub fn flags(&self) -> u8 {
+        self.bytes.get(1).copied().unwrap_or_default()
+    }
+
+    /// Option `i`, if the frame has it.
+    pub fn option(&self, i: usize) -> Option<u32> {
+        let at = HEADER_LEN.checked_add(i.checked_mul(4)?)?;
+        let raw = self.bytes.get(at..self.header_len)?.first_chunk::<4>()?;
+        Some(u32::from_le_bytes(*raw))
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &'a [u8] {
+        self.bytes.get(self.header_len..).unwrap_or_default()
+    }
+
+    /// The frame, its options copied out.
+    pub fn frame(&self) -> Frame<'a> {
+        build(self.bytes, self.header_len, self.bytes.len())
+    }
 }
 
 /// Frame headers that passed the checks of [`decode`] (version, header length, CRC32), so that a
@@ -435,6 +481,43 @@ mod tests {
         let mut again = Vec::new();
         frame.encode(&mut again).unwrap();
         assert_eq!(again, &buf[..used]);
+    }
+
+    #[test]
+    fn a_view_reads_what_decoding_builds_and_stops_at_its_frame() {
+        for options in [&[][..], &[5], &[5, 0], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]] {
+            let mut buf = Vec::new();
+            encode(&mut buf, flags::CONTROL, 3, options, &[b"WRITEhello"]).unwrap();
+            let whole = buf.len();
+            buf.extend_from_slice(&sample());
+            let (frame, used) = decode(&buf, 1024).unwrap().unwrap();
+            assert_eq!(used, whole);
+            let view = FrameView::accepted(&buf).unwrap();
+            assert_eq!(view.frame(), frame, "{options:?}");
+            assert_eq!(view.flags(), flags::CONTROL);
+            assert_eq!(
+                view.payload(),
+                b"WRITEhello",
+                "the next frame is not part of it"
+            );
+            for i in 0..=MAX_OPTIONS + 1 {
+                assert_eq!(view.option(i), options.get(i).copied(), "option {i}");
+            }
+            assert_eq!(view.option(usize::MAX), None);
+            assert_eq!(
+                FrameView::accepted(&buf[..whole - 1]),
+                None,
+                "one byte short"
+            );
+        }
+        let mut bad = sample();
+        bad[0] = (VERSION << 4) | 2;
+        assert_eq!(
+            FrameView::accepted(&bad),
+            None,
+            "a header length under 3 words"
+        );
+        assert_eq!(FrameView::accepted(&bad[..11]), None, "less than a header");
     }
 
     #[test]

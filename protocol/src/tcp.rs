@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
-use crate::frame::{begin_header, encode, finish_header, EncodeError, Frame, HEADER_LEN};
+use crate::frame::{
+    begin_header, encode, finish_header, EncodeError, Frame, FrameView, HEADER_LEN,
+};
 use crate::message::MessageError;
 use crate::tls::TlsFacts;
 
@@ -150,11 +152,27 @@ pub(crate) struct Parts<'a> {
 /// Splits a payload at option 0 (context length) and, when present, option 1 (state length);
 /// shared by events and replies. Options after the second are reserved and ignored.
 pub(crate) fn split_parts<'a>(frame: &Frame<'a>) -> Result<Parts<'a>, MessageError> {
-    let payload = frame.payload;
-    let context_len = frame
-        .options
-        .get(0)
-        .ok_or(MessageError::MissingContextLength)? as usize;
+    split_payload(frame.payload, frame.options.get(0), frame.options.get(1))
+}
+
+/// [`split_parts`] of a frame read in place.
+#[inline]
+pub(crate) fn split_view<'a>(frame: &FrameView<'a>) -> Result<Parts<'a>, MessageError> {
+    split_payload(frame.payload(), frame.option(0), frame.option(1))
+}
+
+/// Splits `payload` at `context_len` (option 0) and `state_len` (option 1), when present.
+#[inline]
+fn split_payload(
+    payload: &[u8],
+    context_len: Option<u32>,
+    state_len: Option<u32>,
+) -> Result<Parts<'_>, MessageError> {
+    // A match, not `ok_or`: the error built eagerly was dropped for every frame.
+    let Some(context_len) = context_len else {
+        return Err(MessageError::MissingContextLength);
+    };
+    let context_len = context_len as usize;
     if context_len > payload.len() {
         return Err(MessageError::ContextOutOfBounds {
             context: context_len,
@@ -162,7 +180,7 @@ pub(crate) fn split_parts<'a>(frame: &Frame<'a>) -> Result<Parts<'a>, MessageErr
         });
     }
     let (context, rest) = payload.split_at(context_len);
-    let Some(state_len) = frame.options.get(1) else {
+    let Some(state_len) = state_len else {
         return Ok(Parts {
             context,
             state: None,
@@ -188,7 +206,11 @@ pub(crate) fn split_parts<'a>(frame: &Frame<'a>) -> Result<Parts<'a>, MessageErr
 impl<'a> TcpEvent<'a> {
     /// Reads an event from a (non-control) frame the server sent.
     pub fn decode(frame: &Frame<'a>) -> Result<Self, MessageError> {
-        let parts = split_parts(frame)?;
+        Self::from_parts(split_parts(frame)?)
+    }
+
+    /// The event whose payload was split into `parts`.
+    pub(crate) fn from_parts(parts: Parts<'a>) -> Result<Self, MessageError> {
         let ctx = match ContextIn::plain(parts.context) {
             Some(ctx) => ctx,
             None => serde_json::from_slice(parts.context).map_err(MessageError::ContextJson)?,

@@ -250,7 +250,9 @@ fn no_state_is_byte_identical_to_the_vectors() {
 /// from a remembered head.
 #[test]
 fn the_memos_give_the_same_results_for_every_vector() {
-    use pier_protocol::frame::{decode_accepted, decode_memo, whole_len, HeaderMemo};
+    use pier_protocol::frame::{
+        decode_accepted, decode_memo, whole_len, FrameView, HeaderMemo, MAX_OPTIONS,
+    };
     use pier_protocol::memo::{ContextMemo, ReplyHeads};
     let v = vectors();
     let mut headers = HeaderMemo::new();
@@ -271,6 +273,22 @@ fn the_memos_give_the_same_results_for_every_vector() {
                     Some(frame),
                     "{name}"
                 );
+                // Read in place, the frame has the same flags, options and payload.
+                let view = FrameView::accepted(bytes).expect("a whole frame");
+                assert_eq!(view.frame(), *frame, "{name}");
+                assert_eq!(view.flags(), frame.flags, "{name}");
+                assert_eq!(view.payload(), frame.payload, "{name}");
+                for i in 0..=MAX_OPTIONS {
+                    assert_eq!(view.option(i), frame.options.get(i), "{name} option {i}");
+                }
+                if name.starts_with("server_event") {
+                    let mut memo = ContextMemo::new();
+                    assert_eq!(
+                        memo.decode_view(&view).unwrap(),
+                        TcpEvent::decode(frame).unwrap(),
+                        "{name}"
+                    );
+                }
             }
             for at in 0..12 {
                 let mut bad = bytes.clone();
