@@ -1028,33 +1028,40 @@ zval_of_type!(EventObject, DataType::object("Pier\\Tcp\\TcpEvent"));
 /// `TcpEvent`'s case objects (the class's constant table owns them until the end of the request),
 /// looked up by name once and then kept by pointer: a [`TcpWorker`] keeps them for its requests
 /// (it cannot outlive the request, so neither can what it keeps).
-type EventCases = std::cell::Cell<[*mut ext_php_rs::ffi::zend_object; 4]>;
+type EventCases = [std::cell::Cell<*mut ext_php_rs::ffi::zend_object>; 4];
 
 /// No case looked up yet.
-const NO_CASES: [*mut ext_php_rs::ffi::zend_object; 4] = [ptr::null_mut(); 4];
+const NO_CASES: EventCases = [const { std::cell::Cell::new(ptr::null_mut()) }; 4];
 
-/// A zval holding `event`'s case object, looked up once per `cases`.
+/// A zval holding `event`'s case object, looked up once per `cases`. Always inlined into the
+/// per-event path, where it reads one pointer (the lookup is [`first_case`]).
+#[inline(always)]
 fn event_case(event: TcpEvent, cases: &EventCases) -> Zval {
-    let index = event as usize;
-    let mut known = cases.get();
-    if known[index].is_null() {
-        let mut zv = Zval::new();
-        // Turning a case into a zval cannot fail: the enum is registered with every case.
-        let _ = event.set_zval(&mut zv, false);
-        if let Some(object) = zv.object_mut() {
-            known[index] = ptr::from_mut(object);
-            cases.set(known);
-        }
-        return zv;
+    let known = &cases[event as usize];
+    let case = known.get();
+    if case.is_null() {
+        return first_case(event, known);
     }
     let mut zv = Zval::new();
     // SAFETY: the case object lives until the end of the request, which `cases`' owner does not
     // outlive; the zval takes a reference of its own (what `set_object` does, without first
     // releasing the null it replaces).
     unsafe {
-        (*known[index]).gc.refcount += 1;
-        zv.value.obj = known[index];
+        (*case).gc.refcount += 1;
+        zv.value.obj = case;
         zv.u1.type_info = ext_php_rs::flags::ZvalTypeFlags::ObjectEx.bits();
+    }
+    zv
+}
+
+/// A zval holding `event`'s case object, looked up by name and kept in `known`.
+#[cold]
+fn first_case(event: TcpEvent, known: &std::cell::Cell<*mut ext_php_rs::ffi::zend_object>) -> Zval {
+    let mut zv = Zval::new();
+    // Turning a case into a zval cannot fail: the enum is registered with every case.
+    let _ = event.set_zval(&mut zv, false);
+    if let Some(object) = zv.object_mut() {
+        known.set(ptr::from_mut(object));
     }
     zv
 }
@@ -1099,7 +1106,7 @@ impl TcpRequest {
         }
         let values = [
             remoteAddr.0,
-            event_case(event, &EventCases::new(NO_CASES)),
+            event_case(event, &NO_CASES),
             body.0,
             connectionUuid.0,
             server.0,
@@ -1502,7 +1509,7 @@ impl TcpWorker {
         TcpWorker {
             worker: zv,
             session,
-            cases: EventCases::new(NO_CASES),
+            cases: NO_CASES,
         }
     }
 
@@ -1514,7 +1521,7 @@ impl TcpWorker {
         Ok(TcpWorker {
             worker,
             session,
-            cases: EventCases::new(NO_CASES),
+            cases: NO_CASES,
         })
     }
 

@@ -36,6 +36,11 @@ struct Context {
     tls: Option<TlsFacts<'static>>,
 }
 
+/// How a plaintext DATA event's context ends: the `"event"` key and its value.
+const DATA_END: [u8; DATA_END_LEN] = *br#"","event":"DATA"}"#;
+/// [`DATA_END`]'s length.
+const DATA_END_LEN: usize = 17;
+
 /// The known event names as the last bytes of a plaintext context, DATA (the common one) first.
 const EVENT_NAMES: &[(&[u8], EventKind)] = &[
     (b"DATA\"}", EventKind::Data),
@@ -273,7 +278,25 @@ impl<X: Default> ContextMemo<X> {
 
     /// The constant part, the event kind and the tail of `context`, when its event name is one
     /// this codec knows; `None` for any other shape.
+    ///
+    /// Always inlined: a plaintext DATA event's context, the usual one, is recognised by its
+    /// end compared as one array (a few word comparisons, no call); any other goes to
+    /// [`ContextMemo::split_other`].
+    #[inline(always)]
     fn split<'c>(&self, context: &'c [u8]) -> Option<(&'c [u8], EventKind, &'c [u8])> {
+        if context.last_chunk::<DATA_END_LEN>() == Some(&DATA_END) {
+            let head = context.len() - (DATA_END_LEN - EVENT_KEY.len());
+            return Some((
+                &context[..head],
+                EventKind::Data,
+                &context[context.len() - 2..],
+            ));
+        }
+        self.split_other(context)
+    }
+
+    /// [`ContextMemo::split`] of any context.
+    fn split_other<'c>(&self, context: &'c [u8]) -> Option<(&'c [u8], EventKind, &'c [u8])> {
         // A plaintext context ends with its event name (a few comparisons); one with TLS facts
         // after the name is searched.
         for (name, kind) in EVENT_NAMES {
@@ -315,7 +338,8 @@ fn encodes_to(scratch: &mut Vec<u8>, event: &TcpEvent<'_>, prefix: &[u8], tail: 
 
 impl<X> Entry<X> {
     /// Whether the entry was made from exactly these bytes (`tail` is usually the two bytes of
-    /// a plaintext context, compared without a call).
+    /// a plaintext context, compared without a call). Always inlined into the memo's lookup.
+    #[inline(always)]
     fn holds(&self, prefix: &[u8], tail: &[u8]) -> bool {
         let short_tail =
             |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
@@ -357,22 +381,46 @@ fn owned(t: &TlsFacts<'_>) -> TlsFacts<'static> {
 /// (with Pier's and RoadRunner's layout: the client's address and port, the end of the uuid),
 /// mixed as FxHash does. Two constant parts with the same hash only replace each other's entry: a
 /// hit still needs equal bytes.
+///
+/// Always inlined into the memo's lookup (a constant part is ~100 bytes: its four words are read
+/// without a bounds check each); a shorter one goes to [`hash_short`], the same words
+/// zero-padded.
+#[inline(always)]
 fn hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mix = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
-    let fold = |h: u64| h ^ (h >> 29);
-    // A constant part is ~100 bytes: its four words are read without a bounds check each (the
-    // same words as below, which also take the short ones).
     if let (Some(head), Some(end)) = (
         bytes.get(16..32).and_then(|b| b.first_chunk::<16>()),
         bytes.last_chunk::<16>(),
     ) {
-        let [a, b, c, d] = [&head[..8], &head[8..], &end[..8], &end[8..]]
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        // Each sixteen bytes as their two little-endian words.
+        let (head, end) = (u128::from_le_bytes(*head), u128::from_le_bytes(*end));
+        let [a, b, c, d] = [
+            head as u64,
+            (head >> 64) as u64,
+            end as u64,
+            (end >> 64) as u64,
+        ];
         return fold(mix(mix(mix(mix(bytes.len() as u64, a), b), c), d));
     }
-    // Eight bytes from `at`, zero-padded past the end. A constant part is ~100 bytes, so the
-    // padding branch (a copy call) is only for short ones.
+    hash_short(bytes)
+}
+
+/// One step of [`hash`], as FxHash mixes.
+#[inline(always)]
+fn mix(h: u64, word: u64) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    (h.rotate_left(5) ^ word).wrapping_mul(K)
+}
+
+/// [`hash`]'s last step.
+#[inline(always)]
+fn fold(h: u64) -> u64 {
+    h ^ (h >> 29)
+}
+
+/// [`hash`] of a constant part shorter than 32 bytes.
+#[cold]
+fn hash_short(bytes: &[u8]) -> u64 {
+    // Eight bytes from `at`, zero-padded past the end.
     let word = |at: usize| match bytes.get(at..).and_then(|b| b.first_chunk::<8>()) {
         Some(w) => u64::from_le_bytes(*w),
         None => {
