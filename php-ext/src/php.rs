@@ -1031,7 +1031,9 @@ zval_of_type!(EventObject, DataType::object("Pier\\Tcp\\TcpEvent"));
 type EventCases = [std::cell::Cell<*mut ext_php_rs::ffi::zend_object>; 4];
 
 /// No case looked up yet.
-const NO_CASES: EventCases = [const { std::cell::Cell::new(ptr::null_mut()) }; 4];
+fn no_cases() -> EventCases {
+    std::array::from_fn(|_| std::cell::Cell::new(ptr::null_mut()))
+}
 
 /// A zval holding `event`'s case object, looked up once per `cases`. Always inlined into the
 /// per-event path, where it reads one pointer (the lookup is [`first_case`]).
@@ -1106,7 +1108,7 @@ impl TcpRequest {
         }
         let values = [
             remoteAddr.0,
-            event_case(event, &NO_CASES),
+            event_case(event, &no_cases()),
             body.0,
             connectionUuid.0,
             server.0,
@@ -1509,7 +1511,7 @@ impl TcpWorker {
         TcpWorker {
             worker: zv,
             session,
-            cases: NO_CASES,
+            cases: no_cases(),
         }
     }
 
@@ -1521,7 +1523,7 @@ impl TcpWorker {
         Ok(TcpWorker {
             worker,
             session,
-            cases: NO_CASES,
+            cases: no_cases(),
         })
     }
 
