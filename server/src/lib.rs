@@ -14,8 +14,8 @@
 //! - [`pool`]: the worker pool, one concept per file: `pool/worker.rs` (a process and its relay,
 //!   pid handshake, reaper), `pool/line.rs` (several events in flight on a busy worker, answered
 //!   in order), `pool/relay.rs` (socket relays), `pool/queue.rs` (fair FIFO waiting with one
-//!   timer, `max_queue_size`), `pool/assign.rs` (the reused channel a waiting event learns its
-//!   worker or turn on), `pool/spare.rs` (the per-thread reused block an event's future is boxed
+//!   timer, `max_queue_size`), `pool/assign.rs` (the slot in a waiting event's own future that
+//!   its worker or turn is handed through), `pool/spare.rs` (the per-thread reused block an event's future is boxed
 //!   in), `pool/supervisor.rs` (replacements, `tcp.pool.supervisor`, dynamic
 //!   allocator), `pool/reset.rs` (rolling reset), `pool/on_init.rs` (`server.on_init`);
 //!   `pool/mod.rs` runs one event: an idle worker alone, or a place in a busy worker's line.

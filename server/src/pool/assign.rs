@@ -1,327 +1,255 @@
-//! The one-shot channel an event waits on for what the pool assigns it: a worker, a place in a
-//! busy worker's line, its turn in that line ([`Assignment`]).
+//! The slot a waiting event learns what the pool assigns it on: a worker, a place in a busy
+//! worker's line, its turn in that line ([`Assignment`]).
 //!
-//! Every event that waits (all of them once every worker is busy) used one `tokio::sync::oneshot`:
-//! an allocation when it started waiting and a free when it was answered, ~250 instructions per
-//! message at 100 × 1 (callgrind; glibc's per-thread cache holds only 7 blocks of a size, and ~100
-//! waiting events each held one). This channel keeps the same contract but its shared part goes
-//! back to a small per-thread list when the receiver is done with it and the sender is gone, and
-//! the next channel takes it from there: no allocation while events keep waiting, and the block
-//! reused is the one just touched.
+//! The slot is part of the event's own future (a local of [`super::Pool::exec`], pinned in the
+//! connection's [`super::SpareBox`] block, which does not move), not a shared allocation: the
+//! queue or a line keeps a [`Sender`], a pointer to it, and the one who assigns writes the value
+//! into it and wakes the event's task with the waker it holds. A one-shot channel per event (its
+//! shared block taken from a per-thread list and given back, a reference count, a mutex taken by
+//! both ends three times) cost ~280 instructions per message at 100 × 1 (callgrind,
+//! bench/results/2026-11-30-pipeline.md); here the sender works under the lock it already holds.
+//!
+//! # Who touches a slot, and when
+//! A slot is *linked* while a [`Sender`] points at it. A sender always has one *home*: a waiting
+//! event of the queue (under the queue's lock) or a turn in one worker's line (under that line's
+//! lock). It is made ([`Slot::link`]), moved from one home to another (the queue to a line: with
+//! both locked), sent ([`Sender::send`]) or dropped only with its home's lock held, and it reaches
+//! its slot only then. Its last access is the release store of `DONE`; it never reads the slot
+//! again after it.
+//!
+//! The event's side (the slot's owner, one task):
+//! - reads the value only after an acquire load of `DONE` ([`Slot::try_take`]);
+//! - replaces its waker only with the sender's home locked ([`Slot::rewake`]): the queue's lock,
+//!   and the line's when the sender is in one ([`Slot::line`], written with the queue locked, or
+//!   by the owner itself when it joins a line, when no other sender exists);
+//! - gives a linked slot up ([`Slot::cancel`], a connection gone while its event waits) by taking
+//!   the same locks and removing the sender from its home (dropping it marks the slot `DONE`):
+//!   from then on nothing points at the slot.
+//!
+//! A slot is pinned (its address stays valid until its drop) and its drop gives it up when it is
+//! still linked (the event's future dropped mid-wait), so no sender outlives it. Assigning and
+//! receiving each take no lock of their own, no allocation and no reference count.
 
-use std::cell::RefCell;
+use std::cell::UnsafeCell;
 use std::future::Future;
+use std::marker::PhantomPinned;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 
-use super::queue::Assignment;
+use super::queue::{Assignment, Queue};
+use super::worker::Shared;
 
-/// Most spare channels kept per thread: as many as events are answered in one batch, with room.
-const SPARES: usize = 256;
+/// Nothing links the slot: its owner alone uses it.
+const IDLE: u8 = 0;
+/// A sender points at the slot (see the module's doc).
+const LINKED: u8 = 1;
+/// The sender sent (the value is in) or was dropped (no value); the owner alone uses the slot.
+const DONE: u8 = 2;
 
-thread_local! {
-    /// Channels whose receiver finished with its sender gone, ready for the next event.
-    static SPARE: RefCell<Vec<Arc<Inner>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The part both ends share.
-#[derive(Debug, Default)]
-struct Inner {
-    /// Set once the receiver is closed or dropped: a send then fails. Written under `state`'s
-    /// lock (so a send sees it or the receiver sees the value), read without it as a hint.
-    closed: AtomicBool,
-    /// The value and who waits for it.
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Sent and not received yet.
-    value: Option<Assignment>,
-    /// The receiver's task, when it waits.
-    waker: Option<Waker>,
-    /// The sender sent or was dropped: nothing more will come.
-    sender_gone: bool,
-}
-
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain fields, no panicking paths while held.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A new channel, from this thread's spares when there is one.
-pub(super) fn channel() -> (Sender, Receiver) {
-    let inner = SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    (
-        Sender {
-            inner: Some(inner.clone()),
-        },
-        Receiver { inner, done: false },
-    )
-}
-
-/// The sending end: sends once.
+/// Where an event waits for its [`Assignment`]; see the module's doc.
 #[derive(Debug)]
-pub(super) struct Sender {
-    /// `None` once sent.
-    inner: Option<Arc<Inner>>,
+pub(super) struct Slot {
+    /// [`IDLE`], [`LINKED`] or [`DONE`].
+    state: AtomicU8,
+    /// The line whose turn holds the sender, once it is in one: `cancel` and `rewake` lock it.
+    line: UnsafeCell<Option<Arc<Shared>>>,
+    /// What was sent.
+    value: UnsafeCell<Option<Assignment>>,
+    /// The owner's task, woken by the send.
+    waker: UnsafeCell<Option<Waker>>,
+    /// Senders point at it: it must not move while linked.
+    _pinned: PhantomPinned,
 }
 
-impl Sender {
-    /// Sends `value` and wakes the receiver; gives it back when the receiver is closed or gone.
-    pub(super) fn send(mut self, value: Assignment) -> Result<(), Assignment> {
-        let Some(inner) = self.inner.take() else {
-            unreachable!("a sender sends once: `send` takes it by value");
-        };
-        let waker = {
-            let mut st = inner.lock();
-            st.sender_gone = true;
-            if inner.closed.load(Ordering::Relaxed) {
-                return Err(value);
-            }
-            st.value = Some(value);
-            st.waker.take()
-        };
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        Ok(())
-    }
-
-    /// Whether the receiver is closed or gone (a send would fail).
-    pub(super) fn is_closed(&self) -> bool {
-        self.inner
-            .as_ref()
-            .is_none_or(|inner| inner.closed.load(Ordering::Relaxed))
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        let Some(inner) = self.inner.take() else {
-            return;
-        };
-        // Dropped without sending: the receiver learns that nothing will come.
-        let waker = {
-            let mut st = inner.lock();
-            st.sender_gone = true;
-            st.waker.take()
-        };
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
+// SAFETY: the cells are only accessed as the module's doc says: by a sender with its home's lock
+// held, by the owner with the same locks held, or by the owner alone (`IDLE`, or after an acquire
+// load of `DONE`, the sender's last access being the release store of it). `Arc<Shared>`,
+// `Assignment` and `Waker` are `Send`.
+unsafe impl Sync for Slot {}
 
 /// The sender was dropped without sending.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Closed;
 
-/// The receiving end: a future of the value, `Err(Closed)` when the sender was dropped first.
-#[derive(Debug)]
-pub(super) struct Receiver {
-    /// Shared with the sender.
-    inner: Arc<Inner>,
-    /// The wait ended (a value, or the sender gone): the sender is done with the channel, and
-    /// closing it needs no lock.
-    done: bool,
-}
-
-impl Receiver {
-    /// Refuses what is not sent yet: a later send fails and gets its value back. A value sent
-    /// before stays for [`Receiver::try_recv`].
-    pub(super) fn close(&mut self) {
-        if self.done {
-            return;
+impl Slot {
+    /// An idle slot.
+    pub(super) const fn new() -> Slot {
+        Slot {
+            state: AtomicU8::new(IDLE),
+            line: UnsafeCell::new(None),
+            value: UnsafeCell::new(None),
+            waker: UnsafeCell::new(None),
+            _pinned: PhantomPinned,
         }
-        let _st = self.inner.lock();
-        self.inner.closed.store(true, Ordering::Relaxed);
     }
 
-    /// The value, if it was sent and not received yet.
-    pub(super) fn try_recv(&mut self) -> Option<Assignment> {
-        if self.done {
+    /// Links the slot to a new sender, to be woken with `waker`. Call with the lock of the
+    /// sender's home held (the queue's, or the line's it joins), and put the sender there before
+    /// unlocking. `line`: the line whose turn the sender goes to, if it does.
+    pub(super) fn link(self: Pin<&Self>, waker: Waker, line: Option<&Arc<Shared>>) -> Sender {
+        assert_eq!(
+            self.state.load(Ordering::Relaxed),
+            IDLE,
+            "an event waits for one assignment at a time"
+        );
+        // SAFETY: `IDLE`: no sender exists, the owner alone accesses the cells.
+        unsafe {
+            *self.waker.get() = Some(waker);
+            *self.line.get() = line.cloned();
+        }
+        // Seen by the sender through the home's lock (taken by whoever sends).
+        self.state.store(LINKED, Ordering::Relaxed);
+        Sender(NonNull::from(self.get_ref()))
+    }
+
+    /// Whether a sender points at the slot now (may change at once unless its home is locked).
+    pub(super) fn is_linked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == LINKED
+    }
+
+    /// What was sent, once the sender is done (`Err(Closed)`: dropped without sending); the slot
+    /// is idle again. `None` while linked (or idle).
+    pub(super) fn try_take(&self) -> Option<Result<Assignment, Closed>> {
+        if self.state.load(Ordering::Acquire) != DONE {
             return None;
         }
-        let value = self.inner.lock().value.take();
-        self.done = value.is_some();
-        value
-    }
-}
-
-impl Future for Receiver {
-    type Output = Result<Assignment, Closed>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(Err(Closed));
-        }
-        let mut st = this.inner.lock();
-        if let Some(value) = st.value.take() {
-            drop(st);
-            this.done = true;
-            return Poll::Ready(Ok(value));
-        }
-        if st.sender_gone {
-            drop(st);
-            this.done = true;
-            return Poll::Ready(Err(Closed));
-        }
-        match &mut st.waker {
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => st.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.close();
-        // The sender is gone too (sent, or dropped): nobody else can see the channel any more,
-        // so it is reset and kept for the next event. A value never received is dropped here,
-        // as when a oneshot channel is freed.
-        let Some(inner) = Arc::get_mut(&mut self.inner) else {
-            return;
+        // SAFETY: `DONE`, read with acquire ordering: the sender's last access (the release store
+        // of `DONE`) happened before, and no sender exists any more. The owner alone accesses
+        // the cells.
+        let (value, line, waker) = unsafe {
+            (
+                (*self.value.get()).take(),
+                (*self.line.get()).take(),
+                (*self.waker.get()).take(),
+            )
         };
-        let st = inner
-            .state
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        let value = st.value.take();
-        st.waker = None;
-        st.sender_gone = false;
-        *inner.closed.get_mut() = false;
-        let spare = self.inner.clone();
-        let _ = SPARE.try_with(|list| {
-            let mut list = list.borrow_mut();
-            if list.len() < SPARES {
-                list.push(spare);
-            }
-        });
-        drop(value);
+        self.state.store(IDLE, Ordering::Relaxed);
+        drop((line, waker));
+        Some(value.ok_or(Closed))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::task::Wake;
+    /// The line whose turn holds the sender, when it is in one.
+    ///
+    /// # Safety
+    /// Call with the queue's lock held (see the module's doc), while the slot is linked.
+    pub(super) unsafe fn line(&self) -> Option<&Arc<Shared>> {
+        // SAFETY: written only with the queue's lock held (or by the owner, the caller, before
+        // it linked), which the caller holds.
+        unsafe { (*self.line.get()).as_ref() }
+    }
 
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+    /// Makes the send wake `waker` from now on, if it would not already.
+    ///
+    /// # Safety
+    /// Call with the lock of the sender's home held (see [`Slot::cancel`]), while the slot is
+    /// linked.
+    pub(super) unsafe fn set_waker(&self, waker: &Waker) {
+        // SAFETY: linked, with the sender's home locked: the sender is not using the cell.
+        let current = unsafe { &mut *self.waker.get() };
+        match current {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *current = Some(waker.clone()),
         }
     }
 
-    fn poll(rx: &mut Receiver, count: &Arc<Count>) -> Poll<Result<Assignment, Closed>> {
-        let waker = Waker::from(count.clone());
-        Pin::new(rx).poll(&mut Context::from_waker(&waker))
+    /// Gives the slot up: a sender still pointing at it is removed from its home (see
+    /// [`Queue::reach_sender`]). Returns what was sent before that, if anything; the slot is idle.
+    pub(super) fn cancel(self: Pin<&Self>, queue: &Queue) -> Option<Assignment> {
+        if self.is_linked() {
+            queue.reach_sender(self.get_ref(), None);
+        }
+        self.try_take().and_then(Result::ok)
     }
 
-    fn spares() -> usize {
-        SPARE.with(|s| s.borrow().len())
+    /// Makes the send wake `waker` (the owner was polled with another one than at
+    /// [`Slot::link`]). Takes the sender's home's locks.
+    pub(super) fn rewake(self: Pin<&Self>, queue: &Queue, waker: &Waker) {
+        if self.is_linked() {
+            queue.reach_sender(self.get_ref(), Some(waker));
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The owner's future dropped mid-wait without giving the slot up (its waiting side gives
+        // it up first; this is the backstop): a sender must not outlive the slot. Without the
+        // queue at hand, the only safe way out is to stop.
+        if *self.state.get_mut() == LINKED {
+            eprintln!("pier: an event's slot was dropped while still waiting; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// Points at a linked [`Slot`]; kept in the queue (a waiting event) or in a line (a turn).
+#[derive(Debug)]
+pub(super) struct Sender(NonNull<Slot>);
+
+// SAFETY: a plain pointer; every access through it happens with its home's lock held, whatever
+// thread holds it (see the module's doc).
+unsafe impl Send for Sender {}
+
+impl Sender {
+    /// Whether it points at `slot`.
+    pub(super) fn is(&self, slot: &Slot) -> bool {
+        std::ptr::eq(self.0.as_ptr(), slot)
     }
 
-    #[test]
-    fn a_value_sent_before_or_after_the_wait_arrives_once_and_wakes_the_waiter() {
-        let count = Arc::new(Count::default());
-        let (tx, mut rx) = channel();
-        assert!(poll(&mut rx, &count).is_pending());
-        assert!(!tx.is_closed());
-        tx.send(Assignment::Expired).unwrap();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
-        assert!(matches!(
-            poll(&mut rx, &count),
-            Poll::Ready(Ok(Assignment::Expired))
-        ));
-
-        let (tx, mut rx) = channel();
-        tx.send(Assignment::Expired).unwrap();
-        assert!(matches!(
-            poll(&mut rx, &count),
-            Poll::Ready(Ok(Assignment::Expired))
-        ));
+    /// Records that the sender goes to `line`'s turns. Call with the queue's lock held (the
+    /// sender moves from the queue to the line: both are locked).
+    pub(super) fn move_to_line(&self, line: &Arc<Shared>) {
+        // SAFETY: linked (a sender exists) and the queue is locked: the owner reads the cell only
+        // with the queue locked (`Slot::line`), nobody else touches it.
+        unsafe { *(*self.0.as_ptr()).line.get() = Some(line.clone()) };
     }
 
-    #[test]
-    fn a_dropped_sender_ends_the_wait_with_closed() {
-        let count = Arc::new(Count::default());
-        let (tx, mut rx) = channel();
-        assert!(poll(&mut rx, &count).is_pending());
-        drop(tx);
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
-        assert!(matches!(poll(&mut rx, &count), Poll::Ready(Err(Closed))));
+    /// Sends `value`; returns the owner's waker, to wake (after unlocking, where it matters).
+    /// Call with the sender's home locked.
+    #[must_use = "the waiting event is woken by waking the waker"]
+    pub(super) fn send(self, value: Assignment) -> Option<Waker> {
+        let waker = self.finish(Some(value));
+        std::mem::forget(self);
+        waker
     }
 
-    #[test]
-    fn a_closed_or_dropped_receiver_refuses_the_value_but_keeps_one_sent_before() {
-        let (tx, mut rx) = channel();
-        rx.close();
-        assert!(tx.is_closed());
-        assert!(matches!(
-            tx.send(Assignment::Expired),
-            Err(Assignment::Expired)
-        ));
-        assert!(rx.try_recv().is_none());
-
-        let (tx, mut rx) = channel();
-        tx.send(Assignment::Expired).unwrap();
-        rx.close();
-        assert!(matches!(rx.try_recv(), Some(Assignment::Expired)));
-        assert!(rx.try_recv().is_none());
-
-        let (tx, rx) = channel();
-        drop(rx);
-        assert!(tx.is_closed());
-        assert!(tx.send(Assignment::Expired).is_err());
+    /// Takes the sender back for its slot's owner, who gives the slot up ([`Slot::cancel`]):
+    /// as a drop, without waking the owner (it is the one asking). Call with its home locked.
+    pub(super) fn retract(self) {
+        drop(self.finish(None));
+        std::mem::forget(self);
     }
 
-    #[test]
-    fn a_finished_channel_is_reused_fresh_and_only_when_both_ends_are_gone() {
-        SPARE.with(|s| s.borrow_mut().clear());
-        let count = Arc::new(Count::default());
-        let (tx, mut rx) = channel();
-        assert!(poll(&mut rx, &count).is_pending());
-        tx.send(Assignment::Expired).unwrap();
-        assert!(poll(&mut rx, &count).is_ready());
-        drop(rx);
-        assert_eq!(spares(), 1);
-
-        // Reused: nothing of the last use is left (no value, not closed, no sender gone).
-        let (tx, mut rx) = channel();
-        assert_eq!(spares(), 0);
-        assert!(!tx.is_closed());
-        assert!(rx.try_recv().is_none());
-        assert!(poll(&mut rx, &count).is_pending());
-        // The receiver goes first: the sender still holds the channel, so it is not reused.
-        drop(rx);
-        assert_eq!(spares(), 0);
-        assert!(tx.is_closed());
-        drop(tx);
-        assert_eq!(spares(), 0);
-
-        // A value sent and never received is dropped with the receiver, and the channel reused.
-        let (tx, rx) = channel();
-        tx.send(Assignment::Expired).unwrap();
-        drop(rx);
-        assert_eq!(spares(), 1);
-        let (_tx, mut rx) = channel();
-        assert!(rx.try_recv().is_none());
+    /// Marks the slot `DONE` with `value`; the last access to it.
+    fn finish(&self, value: Option<Assignment>) -> Option<Waker> {
+        let slot = self.0.as_ptr();
+        // SAFETY: linked: the slot lives until it is given up, which takes this sender's home's
+        // lock, held by the caller; the owner does not access `value` or `waker` meanwhile (see
+        // the module's doc). After the store of `DONE` the slot is not touched again.
+        unsafe {
+            *(*slot).value.get() = value;
+            let waker = (*(*slot).waker.get()).take();
+            (*slot).state.store(DONE, Ordering::Release);
+            waker
+        }
     }
+}
+
+impl Drop for Sender {
+    /// Dropped without sending (the queue shut, the event given up): the owner learns
+    /// [`Closed`].
+    fn drop(&mut self) {
+        if let Some(waker) = self.finish(None) {
+            waker.wake();
+        }
+    }
+}
+
+/// The polling task's waker: an await that never waits (what a waiting event links its slot
+/// with). No closure is kept in the awaiting future's state, unlike a `poll_fn` doing the work.
+pub(super) fn current_waker() -> impl Future<Output = Waker> {
+    std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone()))
 }

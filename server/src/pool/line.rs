@@ -17,15 +17,18 @@
 //! An event in a line, reserved or queued behind the one being answered, still waits for the
 //! worker: the pool counts it with the waiting events (see [`super::queue`]). An event that waited
 //! in the queue with its frame encoded is entered into a line by the queue ([`Entry::enter`]), on
-//! its runner's behalf; the runner then learns its turn on the channel it waited on.
+//! its runner's behalf; the runner then learns its turn on the slot it waited on (its sender
+//! moves from the queue to the line, see [`super::assign`]).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
-use super::assign;
+use super::assign::{self, Slot};
 use super::queue::Assignment;
-use super::worker::{RelayWrite, Worker};
+use super::worker::{RelayWrite, Shared, Worker};
 use super::PoolError;
 use pier_protocol::frame::EncodeError;
 
@@ -41,15 +44,16 @@ pub(super) enum Handoff {
     /// The worker asked to stop before answering it: run it on another worker.
     Rerun,
     /// The worker failed (died, misbehaved, was killed) with this event in flight. Boxed: rare,
-    /// and every event's handoff moves through a channel and its future (56 -> 16 bytes).
+    /// and every event's handoff moves through its slot and its future (56 -> 16 bytes).
     Failed(Box<PoolError>),
 }
 
 /// An event of the line waiting for its turn.
 #[derive(Debug)]
 struct Turn {
-    /// Where the worker is handed over ([`Assignment::Turn`]).
-    tx: assign::Sender,
+    /// Where the worker is handed over ([`Assignment::Turn`]): the event's slot. `None` once the
+    /// event gave up ([`Line::reach_sender`]): its answer has nobody to read it.
+    tx: Option<assign::Sender>,
     /// Its frame's size estimate, counted in [`LineState::bytes`].
     bytes: usize,
 }
@@ -107,11 +111,9 @@ pub(super) enum Joined {
     /// The line ended before the event joined (its worker failed or asked to stop): run it
     /// elsewhere; nothing was written.
     Closed,
-    /// The frame is queued; the turn comes through `turn`. `writer`: this event writes the
-    /// outbox (nobody else is writing).
+    /// The frame is queued; the turn comes through the event's slot, linked to the line.
+    /// `writer`: this event writes the outbox (nobody else is writing).
     Queued {
-        /// The handoff ([`Assignment::Turn`]).
-        turn: assign::Receiver,
         /// The write half, when this event has to write the outbox.
         writer: Option<RelayWrite>,
     },
@@ -127,7 +129,7 @@ pub(super) enum Joined {
 /// How entering an encoded event went ([`Entry::enter`]).
 #[derive(Debug)]
 pub(super) enum Entered {
-    /// Its frame is in the outbox and its turn comes through its channel; whoever writes the
+    /// Its frame is in the outbox and its turn comes through its slot; whoever writes the
     /// outbox next writes it (see [`Line::write_entered`]). `more`: another event may still fit
     /// (false when the line is at `max_in_flight`, its byte budget or `max_jobs`), so that the
     /// queue does not try one more only to have it refused.
@@ -135,9 +137,9 @@ pub(super) enum Entered {
         /// Another event may fit.
         more: bool,
     },
-    /// It does not fit (or the line is not open): its channel back.
+    /// It does not fit (or the line is not open): its sender back.
     Full(assign::Sender),
-    /// A worker is parked for a reserved place: its channel back, the event is to reserve and
+    /// A worker is parked for a reserved place: its sender back, the event is to reserve and
     /// join itself (so that the parked worker goes to whoever joins first, as usual).
     Parked(assign::Sender),
 }
@@ -354,11 +356,13 @@ impl Line {
 
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
     /// already there. An encoding error gives the place back and returns the worker if it was
-    /// parked for it (see [`Line::unreserve`]).
+    /// parked for it (see [`Line::unreserve`]). Unless its turn is now, the event waits for it on
+    /// `slot`, linked here (to wake `waker`); `shared`: this line's worker.
     pub(super) fn join(
         &self,
         bytes: usize,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+        (slot, waker, shared): (Pin<&Slot>, Waker, &Arc<Shared>),
     ) -> Result<Joined, (EncodeError, Option<Box<Worker>>)> {
         let mut st = self.lock();
         if !st.active {
@@ -383,9 +387,12 @@ impl Line {
             self.less_waiting(1);
             return Ok(Joined::Now { worker, writer });
         }
-        let (tx, turn) = assign::channel();
-        st.queued.push_back(Turn { tx, bytes });
-        Ok(Joined::Queued { turn, writer })
+        let tx = slot.link(waker, Some(shared));
+        st.queued.push_back(Turn {
+            tx: Some(tx),
+            bytes,
+        });
+        Ok(Joined::Queued { writer })
     }
 
     /// Writes what the relay takes of the outbox now, under the lock and with no future, then
@@ -437,13 +444,19 @@ impl Line {
         let depth = st.depth;
         if let Some(next) = st.queued.pop_front() {
             st.current = next.bytes;
+            let Some(tx) = next.tx else {
+                drop(st);
+                self.less_waiting(1);
+                return Passed::Orphaned(worker);
+            };
+            // Sent with the line locked (its home's lock, see `assign`); woken after.
+            let waker = tx.send(Assignment::Turn(Handoff::Worker(worker)));
             drop(st);
             self.less_waiting(1);
-            return match next.tx.send(Assignment::Turn(Handoff::Worker(worker))) {
-                Ok(()) => Passed::On { depth },
-                Err(Assignment::Turn(Handoff::Worker(worker))) => Passed::Orphaned(worker),
-                Err(_) => unreachable!("a worker was sent"),
-            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Passed::On { depth };
         }
         if st.reserved > 0 {
             st.parked = Some(worker);
@@ -459,13 +472,45 @@ impl Line {
         let mut st = self.lock();
         st.active = false;
         let queued = std::mem::take(&mut st.queued);
+        let queued_len = queued.len();
         st.depth = st.reserved;
         st.bytes -= st.current + queued.iter().map(|t| t.bytes).sum::<usize>();
         st.current = 0;
+        // Sent with the line locked (their home's lock, see `assign`); woken after.
+        let wakers: Vec<Waker> = queued
+            .into_iter()
+            .filter_map(|turn| turn.tx)
+            .filter_map(|tx| tx.send(Assignment::Turn(handoff())))
+            .collect();
         drop(st);
-        self.less_waiting(queued.len());
-        for turn in queued {
-            let _ = turn.tx.send(Assignment::Turn(handoff()));
+        self.less_waiting(queued_len);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// With the line locked: makes the send to `slot` (a turn in this line) wake `rewake`, or,
+    /// without one, takes its sender out of its turn (the event gave up; the turn stays, for the
+    /// answer nobody reads: see [`Passed::Orphaned`]). Called by [`super::queue::Queue::reach_sender`],
+    /// with the queue locked.
+    pub(super) fn reach_sender(&self, slot: &Slot, rewake: Option<&Waker>) {
+        let mut st = self.lock();
+        if !slot.is_linked() {
+            return;
+        }
+        match rewake {
+            // SAFETY: its home, this line, is locked; linked.
+            Some(waker) => unsafe { slot.set_waker(waker) },
+            None => {
+                let turn = st
+                    .queued
+                    .iter_mut()
+                    .find(|turn| turn.tx.as_ref().is_some_and(|tx| tx.is(slot)));
+                // With the line locked, as its home's lock requires.
+                if let Some(tx) = turn.and_then(|turn| turn.tx.take()) {
+                    tx.retract();
+                }
+            }
         }
     }
 }
@@ -500,8 +545,14 @@ pub(super) struct Entry<'a> {
 impl Entry<'_> {
     /// Enters an event whose frame is already encoded, on behalf of its runner waiting on `tx`
     /// (the queue admits it): as [`Entry::reserve`] and [`Line::join`] in one, without the
-    /// runner. `bytes`: its frame's size estimate.
-    pub(super) fn enter(&mut self, frame: &[u8], bytes: usize, tx: assign::Sender) -> Entered {
+    /// runner. `bytes`: its frame's size estimate; `shared`: this line's worker.
+    pub(super) fn enter(
+        &mut self,
+        frame: &[u8],
+        bytes: usize,
+        tx: assign::Sender,
+        shared: &Arc<Shared>,
+    ) -> Entered {
         let st = &mut *self.st;
         if !self.line.fits(st, bytes, self.retiring) {
             return Entered::Full(tx);
@@ -513,7 +564,12 @@ impl Entry<'_> {
         st.bytes += bytes;
         st.dispatched += 1;
         st.outbox.extend_from_slice(frame);
-        st.queued.push_back(Turn { tx, bytes });
+        // The sender's home is the line from now on (the queue is locked too).
+        tx.move_to_line(shared);
+        st.queued.push_back(Turn {
+            tx: Some(tx),
+            bytes,
+        });
         self.entered += 1;
         Entered::Queued {
             more: self.line.fits(st, 0, self.retiring),

@@ -18,21 +18,23 @@
 //! A waiting event whose frame is small ([`PRE_ENCODED`]) waits with its frame already encoded,
 //! made when the packet was read (while it and the connection's state were in cache). Room in a
 //! line then takes it in without waking its connection: [`Queue::admit`] appends the frame to the
-//! line's outbox and hands the line the event's channel, on which its runner learns its turn
-//! ([`Assignment::Turn`]). At 1000 connections on one worker, ~1000 events wait between a
+//! line's outbox and moves the event's sender (see [`super::assign`]) to the line, which hands
+//! it its turn through it ([`Assignment::Turn`]). At 1000 connections on one worker, ~1000 events wait between a
 //! packet's read and its dispatch; each wake-up in between touched that connection's state again
 //! after it had left the core's L2 (bench/results/2026-11-30-pipeline.md).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::assign;
+use super::assign::{self, Slot};
 use super::line::{Entered, Handoff};
 use super::worker::{Shared, Worker};
 use crate::ops::Metrics;
@@ -64,7 +66,7 @@ struct State {
 /// A waiting event.
 #[derive(Debug)]
 struct Waiting {
-    /// Where its worker or place in a line arrives.
+    /// Where its worker or place in a line arrives: the event's slot.
     tx: assign::Sender,
     /// Its frame's size estimate, for joining a line.
     bytes: usize,
@@ -114,13 +116,13 @@ pub(super) struct Queue {
 
 /// What `take` found.
 #[derive(Debug)]
-pub(super) enum Take<'a> {
+pub(super) enum Take {
     /// An idle worker, nobody was waiting before us.
     Ready(Box<Worker>),
     /// A place reserved in this busy worker's line (no worker idle, nobody waiting).
     Joined(Arc<Shared>),
-    /// Our place in line.
-    Wait(Waiter<'a>),
+    /// Our place in line: wait on the slot ([`Queue::waiter`]).
+    Wait,
     /// `max_queue_size` events are already waiting.
     Full(usize),
     /// The pool is shut down.
@@ -171,15 +173,18 @@ impl Queue {
     /// connection's last event is never dropped, and there is at most one per connection).
     /// `encode` gives the event's frame, written into the (empty) buffer it is given, asked for
     /// only when the event waits, lines are open and the frame is small (see the module's doc).
+    /// A waiting event waits on `slot` (linked here, to wake `waker`).
     /// Inlined into its one caller, as the compiler did until the event's future got smaller.
     #[inline(always)]
-    pub(super) fn take(
-        &self,
+    pub(super) fn take<'a>(
+        &'a self,
+        slot: Pin<&'a Slot>,
+        waker: Waker,
         bytes: usize,
         bounded: bool,
         join: impl FnOnce() -> Option<Arc<Shared>>,
         encode: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>,
-    ) -> Take<'_> {
+    ) -> Take {
         let mut state = self.lock();
         if state.closed {
             return Take::Closed;
@@ -189,13 +194,10 @@ impl Queue {
                 return Take::Ready(worker);
             }
         }
+        // Waiters that gave up (connection gone) left at once (`reach_sender`); those that timed
+        // out were taken out.
         if bounded && self.max_waiting > 0 && self.waiting_locked(&state) >= self.max_waiting {
-            // Waiters that gave up (timed out, connection gone) no longer count.
-            state.waiters.retain(|w| !w.tx.is_closed());
-            self.counted(&state);
-            if self.waiting_locked(&state) >= self.max_waiting {
-                return Take::Full(self.max_waiting);
-            }
+            return Take::Full(self.max_waiting);
         }
         if state.waiters.is_empty() && self.lines_open.load(Ordering::Relaxed) {
             if let Some(shared) = join() {
@@ -204,7 +206,7 @@ impl Queue {
                 return Take::Joined(shared);
             }
         }
-        let (tx, rx) = assign::channel();
+        let tx = slot.link(waker, None);
         let first = state.waiters.is_empty();
         let frame = if bytes <= PRE_ENCODED && self.lines_open() {
             encode(state.spare_frames.pop().unwrap_or_default())
@@ -223,11 +225,57 @@ impl Queue {
             self.expiry.notify_one();
         }
         self.note_demand();
-        Take::Wait(Waiter {
-            rx,
+        Take::Wait
+    }
+
+    /// The wait of an event on its linked slot (made where it is awaited: the future keeps no
+    /// second copy of it); `bytes`: its frame's size estimate, `fresh`: linked during this poll,
+    /// with its waker.
+    pub(super) fn waiter<'a>(
+        &'a self,
+        slot: Pin<&'a Slot>,
+        bytes: usize,
+        fresh: bool,
+    ) -> Waiter<'a> {
+        Waiter {
+            slot,
             bytes,
             queue: self,
-        })
+            fresh,
+        }
+    }
+
+    /// With the home of `slot`'s sender locked (this queue, and its line when it is in one, see
+    /// [`super::assign`]): makes the send wake `rewake`, or, without one, removes the sender (the
+    /// event gives up; the sender's drop marks the slot done). Nothing once it is not linked.
+    pub(super) fn reach_sender(&self, slot: &Slot, rewake: Option<&Waker>) {
+        let mut state = self.lock();
+        if !slot.is_linked() {
+            return;
+        }
+        // SAFETY: the queue is locked and the slot linked.
+        if let Some(shared) = unsafe { slot.line() } {
+            shared.line.reach_sender(slot, rewake);
+            return;
+        }
+        // Not in a line: among the waiting events (anywhere else it would be in the hands of
+        // someone holding the queue's lock).
+        match rewake {
+            // SAFETY: its home, this queue, is locked; linked.
+            Some(waker) => unsafe { slot.set_waker(waker) },
+            None => {
+                if let Some(gone) = state
+                    .waiters
+                    .iter()
+                    .position(|w| w.tx.is(slot))
+                    .and_then(|i| state.waiters.remove(i))
+                {
+                    self.counted(&state);
+                    // With the queue locked, as its home's lock requires.
+                    gone.tx.retract();
+                }
+            }
+        }
     }
 
     /// Events wait here and in lines, as `max_queue_size` counts them.
@@ -259,28 +307,19 @@ impl Queue {
     /// Room was made in `shared`'s line: the oldest waiting events get places in it, as many as
     /// fit. An event waiting with its frame is entered into the line at once (its runner is not
     /// woken until its turn; the line's next runner writes the frames before it reads); any
-    /// other gets a reserved place and joins itself. Returns a worker left idle by an event that
-    /// gave up its reserved place at that moment: the caller puts it back. `metrics`: the wait
-    /// of each entered event ends here.
-    pub(super) fn admit(&self, shared: &Arc<Shared>, metrics: &Metrics) -> Option<Box<Worker>> {
-        let mut idle = None;
+    /// other gets a reserved place and joins itself. (An event that gave up left the queue
+    /// then, [`Queue::reach_sender`].) `metrics`: the wait of each entered event ends here.
+    pub(super) fn admit(&self, shared: &Arc<Shared>, metrics: &Metrics) {
         if !self.lines_open() {
-            return idle;
+            return;
         }
         let mut state = self.lock();
         // The line, locked once for every event taken in now (when one is).
         let mut entry = None;
-        while let Some(front) = state.waiters.front() {
-            if front.tx.is_closed() {
-                state.waiters.pop_front();
-                continue;
-            }
-            let Some(mut waiting) = state.waiters.pop_front() else {
-                break;
-            };
+        while let Some(mut waiting) = state.waiters.pop_front() {
             let line = entry.get_or_insert_with(|| shared.line.entry(shared.retiring()));
             let tx = match waiting.frame.take() {
-                Some(mut frame) => match line.enter(&frame, waiting.bytes, waiting.tx) {
+                Some(mut frame) => match line.enter(&frame, waiting.bytes, waiting.tx, shared) {
                     Entered::Queued { more } => {
                         metrics.waited(Some(waiting.since.into_std()));
                         if state.spare_frames.len() < SPARE_FRAMES
@@ -311,18 +350,12 @@ impl Queue {
                 state.waiters.push_front(waiting);
                 break;
             }
-            if tx.send(Assignment::Slot(shared.clone())).is_err() {
-                if let Some(worker) = line.unreserve(waiting.bytes) {
-                    idle = Some(worker);
-                    break;
-                }
-            }
+            wake(tx.send(Assignment::Slot(shared.clone())));
         }
         // Unlocks the line (and counts what entered it) while the queue is still locked, so
         // that `max_queue_size` never sees an event in neither.
         drop(entry);
         self.counted(&state);
-        idle
     }
 
     /// Fails the waiting events that have waited `timeout`; returns when the next one falls due.
@@ -330,12 +363,11 @@ impl Queue {
         let mut state = self.lock();
         while let Some(front) = state.waiters.front() {
             let due = front.since + timeout;
-            if due > now && !front.tx.is_closed() {
+            if due > now {
                 return Some(due);
             }
             if let Some(waiting) = state.waiters.pop_front() {
-                // Err: it gave up meanwhile.
-                let _ = waiting.tx.send(Assignment::Expired);
+                wake(waiting.tx.send(Assignment::Expired));
             }
             self.counted(&state);
         }
@@ -363,15 +395,10 @@ impl Queue {
         if state.closed {
             return Err(worker);
         }
-        let mut worker = worker;
-        while let Some(waiting) = state.waiters.pop_front() {
+        if let Some(waiting) = state.waiters.pop_front() {
             self.counted(&state);
-            match waiting.tx.send(Assignment::Worker(worker)) {
-                Ok(()) => return Ok(()),
-                // That event gave up meanwhile: the next one.
-                Err(Assignment::Worker(back)) => worker = back,
-                Err(_) => unreachable!("a worker was sent"),
-            }
+            wake(waiting.tx.send(Assignment::Worker(worker)));
+            return Ok(());
         }
         state.idle.push_back(worker);
         Ok(())
@@ -394,9 +421,7 @@ impl Queue {
 
     /// Events waiting right now, here and in lines.
     pub(super) fn waiting(&self) -> usize {
-        let mut state = self.lock();
-        state.waiters.retain(|w| !w.tx.is_closed());
-        self.counted(&state);
+        let state = self.lock();
         self.waiting_locked(&state)
     }
 
@@ -440,16 +465,25 @@ impl Queue {
     }
 }
 
+/// Wakes the event a send was for (the queue's sends wake with the queue locked, as before).
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// An event's place in the wait. Dropping it (the connection went away) gives up the place; a
 /// worker or line place handed to it in that very moment goes back, so none is lost.
 #[derive(Debug)]
 pub(super) struct Waiter<'a> {
-    /// Where the worker or place arrives.
-    rx: assign::Receiver,
+    /// Where the worker or place arrives: the event's slot, linked.
+    slot: Pin<&'a Slot>,
     /// The event's frame size estimate (a place reserved for it counts it).
     bytes: usize,
-    /// To give back a worker that arrives as we give up.
+    /// To give back a worker that arrives as we give up, and to reach the sender.
     queue: &'a Queue,
+    /// The slot was linked during this poll, with its waker: the first poll need not check it.
+    fresh: bool,
 }
 
 /// Waits for a worker or a place in a line, at most `allocate_timeout` (see [`Queue::expire`]);
@@ -462,20 +496,26 @@ impl std::future::Future for Waiter<'_> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|got| match got {
-                Ok(Assignment::Expired) => Err(WaitError::Timeout),
-                Ok(assignment) => Ok(assignment),
-                Err(_) => Err(WaitError::Closed),
-            })
+        let this = &mut *self;
+        let mut got = this.slot.try_take();
+        if got.is_none() && !std::mem::take(&mut this.fresh) {
+            // Polled again before the send: the sender must wake this waker (usually it already
+            // would; a send meanwhile is seen right after).
+            this.slot.rewake(this.queue, cx.waker());
+            got = this.slot.try_take();
+        }
+        match got {
+            None => std::task::Poll::Pending,
+            Some(Ok(Assignment::Expired)) => std::task::Poll::Ready(Err(WaitError::Timeout)),
+            Some(Ok(assignment)) => std::task::Poll::Ready(Ok(assignment)),
+            Some(Err(_)) => std::task::Poll::Ready(Err(WaitError::Closed)),
+        }
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.rx.close();
-        let worker = match self.rx.try_recv() {
+        let worker = match self.slot.cancel(self.queue) {
             Some(Assignment::Worker(worker)) => Some(worker),
             Some(Assignment::Slot(shared)) => shared.line.unreserve(self.bytes),
             Some(Assignment::Turn(Handoff::Worker(worker))) => {
@@ -497,5 +537,163 @@ impl Drop for Waiter<'_> {
             // Dropped at shutdown: the worker is killed with it.
             let _ = self.queue.put(worker);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The slot's hand-over, cancellation and drop (see [`super::super::assign`]), through the
+    //! queue that keeps the senders.
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll, Wake};
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl Count {
+        fn woken(&self) -> usize {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn queue() -> Queue {
+        Queue::new(0, Arc::new(AtomicUsize::new(0)), false)
+    }
+
+    /// The event waits (no worker idle, no line): its slot is linked to a new waiting event.
+    fn wait(queue: &Queue, slot: Pin<&Slot>, count: &Arc<Count>) {
+        let took = queue.take(
+            slot,
+            Waker::from(count.clone()),
+            10,
+            true,
+            || None,
+            |_| None,
+        );
+        assert!(matches!(took, Take::Wait));
+    }
+
+    fn poll(waiter: &mut Waiter<'_>, count: &Arc<Count>) -> Poll<Result<Assignment, WaitError>> {
+        let waker = Waker::from(count.clone());
+        Pin::new(waiter).poll(&mut Context::from_waker(&waker))
+    }
+
+    /// Sends `Expired` to every waiting event (`allocate_timeout` of zero).
+    fn expire_all(queue: &Queue) {
+        assert!(queue
+            .expire_due(Instant::now() + Duration::from_secs(3600), Duration::ZERO)
+            .is_none());
+    }
+
+    #[test]
+    fn what_is_sent_arrives_once_in_the_slot_and_wakes_the_event_once() {
+        let queue = queue();
+        let slot = std::pin::pin!(Slot::new());
+        let count = Arc::new(Count::default());
+        wait(&queue, slot.as_ref(), &count);
+        assert_eq!(queue.waiting_here(), 1);
+        let mut waiter = queue.waiter(slot.as_ref(), 10, true);
+        assert!(poll(&mut waiter, &count).is_pending());
+        assert!(poll(&mut waiter, &count).is_pending());
+        expire_all(&queue);
+        assert_eq!(count.woken(), 1);
+        assert_eq!(queue.waiting_here(), 0);
+        assert!(matches!(
+            poll(&mut waiter, &count),
+            Poll::Ready(Err(WaitError::Timeout))
+        ));
+        drop(waiter);
+        // Idle again: the next wait links it anew, and a send before the first poll is seen.
+        assert!(!slot.is_linked());
+        wait(&queue, slot.as_ref(), &count);
+        expire_all(&queue);
+        let mut waiter = queue.waiter(slot.as_ref(), 10, true);
+        assert!(matches!(
+            poll(&mut waiter, &count),
+            Poll::Ready(Err(WaitError::Timeout))
+        ));
+    }
+
+    #[test]
+    fn an_event_that_gives_up_leaves_the_queue_and_nothing_is_sent_to_its_slot() {
+        let queue = queue();
+        let count = Arc::new(Count::default());
+        let first = std::pin::pin!(Slot::new());
+        let second = std::pin::pin!(Slot::new());
+        let third = std::pin::pin!(Slot::new());
+        wait(&queue, first.as_ref(), &count);
+        wait(&queue, second.as_ref(), &count);
+        wait(&queue, third.as_ref(), &count);
+        let mut first_waiter = queue.waiter(first.as_ref(), 10, true);
+        let mut third_waiter = queue.waiter(third.as_ref(), 10, true);
+        assert!(poll(&mut first_waiter, &count).is_pending());
+        // The middle one's connection goes: its place is given up, the others keep theirs.
+        drop(queue.waiter(second.as_ref(), 10, true));
+        assert!(!second.is_linked());
+        assert_eq!(queue.waiting_here(), 2);
+        assert_eq!(queue.waiting(), 2);
+        expire_all(&queue);
+        assert_eq!(count.woken(), 2);
+        assert!(poll(&mut first_waiter, &count).is_ready());
+        assert!(poll(&mut third_waiter, &count).is_ready());
+        // Nothing arrived in the slot given up.
+        assert!(second.try_take().is_none());
+    }
+
+    #[test]
+    fn a_value_sent_as_the_event_gives_up_is_taken_back_with_its_place() {
+        let queue = queue();
+        let count = Arc::new(Count::default());
+        let slot = std::pin::pin!(Slot::new());
+        wait(&queue, slot.as_ref(), &count);
+        expire_all(&queue);
+        // Sent, not received: the cancel returns it (a worker would go back to the queue).
+        assert!(matches!(
+            slot.as_ref().cancel(&queue),
+            Some(Assignment::Expired)
+        ));
+        assert!(!slot.is_linked());
+        assert!(slot.try_take().is_none());
+    }
+
+    #[test]
+    fn a_closed_queue_ends_every_wait_with_closed() {
+        let queue = queue();
+        let count = Arc::new(Count::default());
+        let slot = std::pin::pin!(Slot::new());
+        wait(&queue, slot.as_ref(), &count);
+        let mut waiter = queue.waiter(slot.as_ref(), 10, true);
+        assert!(poll(&mut waiter, &count).is_pending());
+        assert!(queue.close().is_empty());
+        assert_eq!(count.woken(), 1);
+        assert!(matches!(
+            poll(&mut waiter, &count),
+            Poll::Ready(Err(WaitError::Closed))
+        ));
+    }
+
+    #[test]
+    fn a_poll_with_another_waker_moves_the_wake_up_to_it() {
+        let queue = queue();
+        let linked_with = Arc::new(Count::default());
+        let polled_with = Arc::new(Count::default());
+        let slot = std::pin::pin!(Slot::new());
+        wait(&queue, slot.as_ref(), &linked_with);
+        let mut waiter = queue.waiter(slot.as_ref(), 10, true);
+        assert!(poll(&mut waiter, &linked_with).is_pending());
+        assert!(poll(&mut waiter, &polled_with).is_pending());
+        expire_all(&queue);
+        assert_eq!(linked_with.woken(), 0);
+        assert_eq!(polled_with.woken(), 1);
+        assert!(poll(&mut waiter, &polled_with).is_ready());
     }
 }
