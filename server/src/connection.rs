@@ -647,83 +647,86 @@ pub(crate) fn serve(
                         }
                     }
                 }
-                // The next packet is read only once everything queued is written: a client that
-                // does not read its answers is not handed more of them.
-                let idle = writer.idle(&link);
-                // Nothing computed here is kept across the wait (no deadline, no `Wake`, no
-                // `Option` of the packet): each would be written into the task's state around
-                // every packet, lines that are cold again by the next one at 1000 connections.
-                let wake = if idle && conn.idle_timeout.is_none() {
-                    // The usual wait (nothing queued, no idle timeout), polled by hand: the
-                    // select!'s futures were written into the task's state around every packet.
-                    std::future::poll_fn(|cx| {
-                        if registry.stopping() {
-                            return Poll::Ready(Wake::Stopping);
-                        }
-                        if poll_signal(&link, &mut writer.registered, cx).is_ready() {
-                            return Poll::Ready(Wake::Settled(None));
-                        }
-                        packets.poll_next(cx).map(Wake::Packet)
-                    })
-                    .await
-                } else {
-                    let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
-                    tokio::select! {
-                        biased;
-                        () = stopping(registry) => Wake::Stopping,
-                        s = writer.settle(&link, write_timeout, idle) => Wake::Settled(s),
-                        next = packets.next(), if idle => Wake::Packet(next),
-                        _ = limits::sleep_until(idle_deadline) => Wake::IdleDeadline,
-                    }
-                };
-                let next = match wake {
-                    Wake::Stopping => break Some(packets),
-                    Wake::Settled(s) => {
-                        // Signalled (then, round again: not idle) or all written: read on.
-                        let Some(s) = s else { continue };
-                        stop = Some(s);
-                        break None;
-                    }
-                    Wake::Packet(next) => next,
-                    Wake::IdleDeadline => {
-                        // Bytes may have come in since the deadline was computed (a partial
-                        // packet): then the clock starts again from them.
-                        let last = packets.get_ref().last();
-                        match conn.idle_timeout {
-                            Some(t) if last.elapsed() >= t => {
-                                debug!(idle_timeout = ?t, "client idle; closing");
-                                conn.reason = CloseReason::IdleTimeout;
-                                break None;
+                // In a block: nothing it computes (no deadline, no `Wake`, no `Option` of the
+                // packet) is kept past it, across the event's wait: each would be written into the
+                // task's state around every packet, lines that are cold again by the next one at
+                // 1000 connections (bench/results/2026-11-30-pipeline.md, "conn").
+                let packet = {
+                    // The next packet is read only once everything queued is written: a client that
+                    // does not read its answers is not handed more of them.
+                    let idle = writer.idle(&link);
+                    let wake = if idle && conn.idle_timeout.is_none() {
+                        // The usual wait (nothing queued, no idle timeout), polled by hand: the
+                        // select!'s futures were written into the task's state around every packet.
+                        std::future::poll_fn(|cx| {
+                            if registry.stopping() {
+                                return Poll::Ready(Wake::Stopping);
                             }
-                            _ => continue,
+                            if poll_signal(&link, &mut writer.registered, cx).is_ready() {
+                                return Poll::Ready(Wake::Settled(None));
+                            }
+                            packets.poll_next(cx).map(Wake::Packet)
+                        })
+                        .await
+                    } else {
+                        let idle_deadline = conn.idle_timeout.map(|t| packets.get_ref().last() + t);
+                        tokio::select! {
+                            biased;
+                            () = stopping(registry) => Wake::Stopping,
+                            s = writer.settle(&link, write_timeout, idle) => Wake::Settled(s),
+                            next = packets.next(), if idle => Wake::Packet(next),
+                            _ = limits::sleep_until(idle_deadline) => Wake::IdleDeadline,
                         }
-                    }
-                };
-                let packet = match next {
-                    Some(Ok(packet)) => packet,
-                    Some(Err(FramingError::Io(e))) => {
-                        debug!(error = %e, "read error; closing");
-                        conn.reason = CloseReason::SocketError;
-                        break None;
-                    }
-                    Some(Err(e @ FramingError::Truncated { .. })) => {
-                        info!(error = %e, "client closed mid-packet; the partial packet is dropped");
-                        conn.reason = CloseReason::Client;
-                        break None;
-                    }
-                    Some(Err(e)) => {
-                        warn!(
-                            error = %e,
-                            framing = listener.config.framing.mode(),
-                            "client error: invalid packet; closing"
-                        );
-                        conn.reason = CloseReason::Protocol;
-                        break None;
-                    }
-                    None => {
-                        debug!("client disconnected");
-                        conn.reason = CloseReason::Client;
-                        break None;
+                    };
+                    let next = match wake {
+                        Wake::Stopping => break Some(packets),
+                        Wake::Settled(s) => {
+                            // Signalled (then, round again: not idle) or all written: read on.
+                            let Some(s) = s else { continue };
+                            stop = Some(s);
+                            break None;
+                        }
+                        Wake::Packet(next) => next,
+                        Wake::IdleDeadline => {
+                            // Bytes may have come in since the deadline was computed (a partial
+                            // packet): then the clock starts again from them.
+                            let last = packets.get_ref().last();
+                            match conn.idle_timeout {
+                                Some(t) if last.elapsed() >= t => {
+                                    debug!(idle_timeout = ?t, "client idle; closing");
+                                    conn.reason = CloseReason::IdleTimeout;
+                                    break None;
+                                }
+                                _ => continue,
+                            }
+                        }
+                    };
+                    match next {
+                        Some(Ok(packet)) => packet,
+                        Some(Err(FramingError::Io(e))) => {
+                            debug!(error = %e, "read error; closing");
+                            conn.reason = CloseReason::SocketError;
+                            break None;
+                        }
+                        Some(Err(e @ FramingError::Truncated { .. })) => {
+                            info!(error = %e, "client closed mid-packet; the partial packet is dropped");
+                            conn.reason = CloseReason::Client;
+                            break None;
+                        }
+                        Some(Err(e)) => {
+                            warn!(
+                                error = %e,
+                                framing = listener.config.framing.mode(),
+                                "client error: invalid packet; closing"
+                            );
+                            conn.reason = CloseReason::Protocol;
+                            break None;
+                        }
+                        None => {
+                            debug!("client disconnected");
+                            conn.reason = CloseReason::Client;
+                            break None;
+                        }
                     }
                 };
                 link.bytes_in
