@@ -4,9 +4,11 @@
 //! crate implements it and links to it rather than restating it.
 //!
 //! # Layout
-//! - [`frame`]: goridge v3 frames: incremental [`frame::decode`] that borrows the payload, and
-//!   [`frame::encode`] that writes a whole frame into one buffer. Flag and stream-bit constants.
-//!   [`frame::HeaderMemo`] remembers the headers already checked.
+//! - [`frame`]: goridge v3 frames: incremental [`frame::decode`](fn@frame::decode) that borrows
+//!   the payload, and [`frame::encode`](fn@frame::encode) that writes a whole frame into one
+//!   buffer. Flag and stream-bit constants. [`frame::HeaderMemo`] remembers the headers already
+//!   checked. Reading and writing are a module each ([`frame::decode`](mod@frame::decode),
+//!   [`frame::encode`](mod@frame::encode)): their errors are the peer's fault and the caller's.
 //! - [`control`]: control frames: the pid handshake and the stop request (server → worker), the
 //!   pid reply (worker → server).
 //! - [`tcp`]: the TCP plugin's messages: events (`CONNECTED`/`DATA`/`CLOSE`, server → worker) and

@@ -1,0 +1,96 @@
+//! Writing frames: a whole frame into one buffer, or a header patched once the payload was
+//! serialized after it. Every error is the caller's mistake.
+
+use super::{header_crc, Frame, HEADER_LEN, MAX_OPTIONS, MIN_HEADER_WORDS, VERSION};
+
+/// Why a frame could not be encoded: the caller's mistake, never the peer's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// More than [`MAX_OPTIONS`] options.
+    #[error("could not encode frame: {0} options (at most {MAX_OPTIONS})")]
+    TooManyOptions(usize),
+    /// The payload does not fit the u32 length field.
+    #[error("could not encode frame: payload of {0} bytes does not fit in 32 bits")]
+    PayloadTooLarge(u64),
+}
+
+impl Frame<'_> {
+    /// Appends this frame's bytes to `dst`.
+    pub fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode(
+            dst,
+            self.flags,
+            self.stream,
+            self.options.as_slice(),
+            &[self.payload],
+        )
+    }
+}
+
+/// Appends one whole frame to `dst`, so that it can go out in a single write.
+///
+/// The payload is given in parts (for example context and body) so that callers never
+/// concatenate them first.
+pub fn encode(
+    dst: &mut Vec<u8>,
+    flags: u8,
+    stream: u8,
+    options: &[u32],
+    payload: &[&[u8]],
+) -> Result<(), EncodeError> {
+    if options.len() > MAX_OPTIONS {
+        return Err(EncodeError::TooManyOptions(options.len()));
+    }
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge(len as u64))?;
+    dst.reserve(HEADER_LEN + options.len() * 4 + len);
+    let start = dst.len();
+    put_header(dst, flags, stream, options, len32);
+    debug_assert_eq!(dst.len() - start, HEADER_LEN + options.len() * 4);
+    for part in payload {
+        dst.extend_from_slice(part);
+    }
+    Ok(())
+}
+
+/// Appends a header whose payload length is patched later by [`finish_header`]; used by encoders
+/// that serialize the payload straight into `dst`.
+pub(crate) fn begin_header(dst: &mut Vec<u8>, flags: u8, options: &[u32]) -> usize {
+    let start = dst.len();
+    put_header(dst, flags, 0, options, 0);
+    start
+}
+
+/// Patches the payload length, the options and the checksum of a header begun at `start`.
+pub(crate) fn finish_header(
+    dst: &mut [u8],
+    start: usize,
+    options: &[u32],
+) -> Result<(), EncodeError> {
+    let header_len = HEADER_LEN + options.len() * 4;
+    let len = dst.len() - start - header_len;
+    let len32 = u32::try_from(len).map_err(|_| EncodeError::PayloadTooLarge(len as u64))?;
+    let header = &mut dst[start..start + header_len];
+    header[2..6].copy_from_slice(&len32.to_le_bytes());
+    let crc = header_crc(&header[..6]);
+    header[6..10].copy_from_slice(&crc.to_le_bytes());
+    for (raw, value) in header[HEADER_LEN..].chunks_exact_mut(4).zip(options) {
+        raw.copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(())
+}
+
+fn put_header(dst: &mut Vec<u8>, flags: u8, stream: u8, options: &[u32], len: u32) {
+    let words = MIN_HEADER_WORDS + options.len() as u8;
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = (VERSION << 4) | words;
+    header[1] = flags;
+    header[2..6].copy_from_slice(&len.to_le_bytes());
+    let crc = header_crc(&header[..6]);
+    header[6..10].copy_from_slice(&crc.to_le_bytes());
+    header[10] = stream;
+    dst.extend_from_slice(&header);
+    for option in options {
+        dst.extend_from_slice(&option.to_le_bytes());
+    }
+}
