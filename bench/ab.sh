@@ -21,57 +21,11 @@ CELLS=${CELLS:-"1x1 100x1 100x16 1000x1"} ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-1} DURATION=${DURATION:-3} SIZE=${SIZE:-32}
 OUT="$ROOT/target/bench/ab"
 mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || true
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-unset PHP_INI_SCAN_DIR
-# pin CPU COMMAND...: runs COMMAND on CPU (when there are two). It execs, so call it only in a
-# subshell (`pin … &` or `$(pin …)`): then $! is the server itself, and cleanup's TERM reaches it
-# rather than a subshell whose child outlives the script.
-pin() { if [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-
-declare -A ADDR SERVER
-start() { # label pier worker tree
-  local label=$1 pier worker=$3 tree port command
-  pier=$(realpath "$2") tree=$(realpath "$4") port=$("$BENCH" port)
-  command=$(worker_command "$worker" "$tree")
-  echo_config "$OUT/$label.rr.yaml" "$port" "$command"
-  pin 0 "$pier" serve -c "$OUT/$label.rr.yaml" >"$OUT/$label.log" 2>&1 &
-  SERVER[$label]=$!
-  PIDS+=($!)
-  ADDR[$label]=127.0.0.1:$port
-  wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
-}
 [ $# -ge 4 ] && [ $(($# % 4)) -eq 0 ] || { sed -n '7,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-LABELS=()
-if [ "${RAW:-0}" = 1 ]; then
-  port=$("$BENCH" port)
-  pin 0 "$BENCH" echo --addr "127.0.0.1:$port" >"$OUT/raw.log" 2>&1 &
-  SERVER[raw]=$!
-  PIDS+=($!)
-  ADDR[raw]=127.0.0.1:$port
-  wait_ready "127.0.0.1:$port" "$OUT/raw.log" || exit 1
-  LABELS+=(raw)
-fi
-while IFS= read -r peer; do
-  [ -n "${peer// /}" ] || continue
-  label=${peer%% *} command=${peer#* }
-  port=$("$BENCH" port)
-  pin 0 bash -c "exec ${command//\{port\}/$port}" >"$OUT/$label.log" 2>&1 &
-  SERVER[$label]=$!
-  PIDS+=($!)
-  ADDR[$label]=127.0.0.1:$port
-  wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
-  LABELS+=("$label")
-done <<<"${PEERS:-}"
-while [ $# -gt 0 ]; do
-  start "$1" "$2" "$3" "$4"
-  LABELS+=("$1")
-  shift 4
-done
+side_by_side_setup
+start_targets "$@"
 echo "| cell | build | round | msg/s | p50 µs | p99 µs | server CPU µs/msg |"
 echo "|---|---|--:|--:|--:|--:|--:|"
 for cell in $CELLS; do

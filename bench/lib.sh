@@ -90,3 +90,57 @@ stop_server() {
   wait "$SERVER" || true
   SERVER=
 }
+
+# pin CPU COMMAND...: runs COMMAND on CPU (when there are two). It execs, so call it only in a
+# subshell (`pin … &` or `$(pin …)`): then $! is the server itself, and a TERM to $! reaches it
+# rather than a subshell whose child outlives the script.
+pin() { if [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
+
+# start_pinned LABEL PORT COMMAND...: starts a server COMMAND serving on 127.0.0.1:PORT on CPU 0,
+# logging to $OUT/LABEL.log, and waits until it answers. Fills the caller's LABELS, SERVER[LABEL]
+# (its pid: `pin` execs), ADDR[LABEL] and PIDS (what the caller's EXIT trap stops).
+start_pinned() {
+  local label=$1 port=$2
+  shift 2
+  pin 0 "$@" >"$OUT/$label.log" 2>&1 &
+  SERVER[$label]=$!
+  PIDS+=($!)
+  ADDR[$label]=127.0.0.1:$port
+  LABELS+=("$label")
+  wait_ready "127.0.0.1:$port" "$OUT/$label.log" || exit 1
+}
+
+# side_by_side_setup: what the side-by-side scripts (ab.sh, switches.sh) need before
+# start_targets: room for 1000 connections, no PHP ini scan dir, the target tables (LABELS,
+# SERVER, ADDR, PIDS) and an EXIT trap that stops every server started.
+side_by_side_setup() {
+  ulimit -n 65536 2>/dev/null || true
+  unset PHP_INI_SCAN_DIR
+  PIDS=() LABELS=()
+  declare -gA ADDR SERVER
+  trap 'for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' EXIT
+}
+
+# start_targets [LABEL PIER WORKER TREE]...: the targets of the side-by-side scripts (ab.sh,
+# switches.sh), each pinned to CPU 0 with one PHP worker: RAW=1 the raw tokio echo, each line of
+# PEERS ("LABEL COMMAND", COMMAND serving on the port written {port}), then each pier build
+# (WORKER: libpier.so or `php`; TREE: the checkout whose bench/php and php-client/src it runs).
+start_targets() {
+  local port peer command
+  if [ "${RAW:-0}" = 1 ]; then
+    port=$("$BENCH" port)
+    start_pinned raw "$port" "$BENCH" echo --addr "127.0.0.1:$port"
+  fi
+  while IFS= read -r peer; do
+    [ -n "${peer// /}" ] || continue
+    port=$("$BENCH" port)
+    command=${peer#* }
+    start_pinned "${peer%% *}" "$port" bash -c "exec ${command//\{port\}/$port}"
+  done <<<"${PEERS:-}"
+  while [ $# -gt 0 ]; do
+    port=$("$BENCH" port)
+    echo_config "$OUT/$1.rr.yaml" "$port" "$(worker_command "$3" "$(realpath "$4")")"
+    start_pinned "$1" "$port" "$(realpath "$2")" serve -c "$OUT/$1.rr.yaml"
+    shift 4
+  done
+}
