@@ -43,6 +43,12 @@ final class TcpWorker
     /** {@see Session::MAX_HELD} */
     private const MAX_HELD = 65536;
 
+    /** {@see Session::READY} */
+    private const READY = 0;
+
+    /** {@see Session::PENDING} */
+    private const PENDING = 1;
+
     /** The conversation shared with $worker, so Worker::error()/stop() answer the same request. */
     private readonly Session $session;
 
@@ -121,7 +127,7 @@ final class TcpWorker
         $session = $this->session;
         $offset = $session->offset;
         $lead = $session->next;
-        if ($lead === null || $session->pending || isset($lead[2])) {
+        if ($lead === null || $session->phase != self::READY || isset($lead[2])) {
             $lead = $session->nextEvent();
             if ($lead === null) {
                 return null;
@@ -134,7 +140,7 @@ final class TcpWorker
         $buffer = $session->buffer;
         $session->offset = $offset + $size;
         $session->next = null;
-        $session->pending = true;
+        $session->phase = self::PENDING;
         // Decoding the context's JSON would be most of an event's cost, and a connection's DATA
         // events all have the same context (PROTOCOL.md, "TCP events": only the event name changes,
         // TLS facts are fixed once TLS is on), so what a DATA context says is decoded once and
@@ -197,14 +203,14 @@ final class TcpWorker
     {
         // A hot path, as waitRequest(): a stock answer to the pending request is encoded and sent
         // or held here; the session's answer() does the rest (no pending request: it throws; a
-        // state to attach).
+        // state to attach: phase PENDING_STATE).
         $session = $this->session;
-        if (!$session->pending || $session->state !== null) {
+        if ($session->phase != self::PENDING) {
             $session->answer($response->value, $body);
 
             return;
         }
-        $session->pending = false;
+        $session->phase = self::READY;
         $context = $response->value;
         $length = \strlen($body);
         $frame = ($session->replyHeads[$context][$length] ?? $session->replyHead($context, $length)) . $body;
