@@ -13,6 +13,17 @@ EXT="$ROOT/target/release/libpier.so"
 INI_DIR="$ROOT/target/php-ini"
 export PIER_EXT="$EXT" PIER_INI_DIR="$INI_DIR"
 
+# Writes the ini that loads this checkout's extension. Done by the build and again by every run
+# with a target/: a target/ copied from another checkout (a warm cache) holds an ini naming that
+# checkout's libpier.so, which a test stage run without a build would otherwise load.
+write_ini() {
+  mkdir -p "$INI_DIR"
+  printf 'extension=%s\n' "$EXT" >"$INI_DIR/pier.ini"
+}
+if [ -d "$ROOT/target" ] && [ "$(cat "$INI_DIR/pier.ini" 2>/dev/null)" != "extension=$EXT" ]; then
+  write_ini
+fi
+
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Debian packages the project needs: one name per entry, append yours (say in a comment what needs it).
@@ -141,8 +152,7 @@ cmd_build() {
   use_package_libclang
   say "cargo build --release"
   cargo build --release --quiet
-  mkdir -p "$INI_DIR"
-  printf 'extension=%s\n' "$EXT" >"$INI_DIR/pier.ini"
+  write_ini
 }
 
 # Runs PHP with the extension loaded (child processes inherit it).
