@@ -62,6 +62,11 @@ pub(crate) fn begin_header(dst: &mut Vec<u8>, flags: u8, options: &[u32]) -> usi
 }
 
 /// Patches the payload length, the options and the checksum of a header begun at `start`.
+///
+/// Always inlined: its callers (the event encoders) pass one or two options, a length the
+/// compiler then knows; out of line it was a call with a loop over the options (68 instructions
+/// per event pier encodes at 100 × 1, callgrind, against ~40 inlined).
+#[inline(always)]
 pub(crate) fn finish_header(
     dst: &mut [u8],
     start: usize,
