@@ -348,9 +348,9 @@ pub fn encode_event_prefixed(
 
 /// Reserves room for a whole event frame and begins its header (one option, two with state).
 fn begin_event(dst: &mut Vec<u8>, context: usize, state: &[u8], body: &[u8]) -> usize {
-    let placeholder: &[u32] = if state.is_empty() { &[0] } else { &[0, 0] };
+    let options = if state.is_empty() { 1 } else { 2 };
     dst.reserve(HEADER_LEN + 8 + context + state.len() + body.len());
-    begin_header(dst, 0, placeholder)
+    begin_header(dst, 0, options)
 }
 
 /// Writes `{"remote_addr":…,"server":…,"uuid":…,"event":"`.

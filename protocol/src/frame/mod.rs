@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn begun_and_finished_headers_match_whole_frames() {
+        let options = [7u32, 0xdead_beef, 0, 1, 2, 3, 4, 5, 6, 0xffff_ffff];
+        for n in 0..=MAX_OPTIONS {
+            for payload in [&b""[..], b"x", b"hello, world"] {
+                let mut whole = b"before".to_vec();
+                encode(&mut whole, flags::CODEC_RAW, 0, &options[..n], &[payload]).unwrap();
+                let mut begun = b"before".to_vec();
+                let start = begin_header(&mut begun, flags::CODEC_RAW, n);
+                begun.extend_from_slice(payload);
+                finish_header(&mut begun, start, &options[..n]).unwrap();
+                assert_eq!(begun, whole, "{n} options, payload {payload:?}");
+            }
+        }
+    }
+
+    #[test]
     fn header_crc_is_crc32_ieee() {
         for first in [0x13u8, 0x1d, 0xff, 0] {
             for len in [0u32, 1, 33, 1 << 20, u32::MAX] {
