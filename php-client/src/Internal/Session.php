@@ -149,9 +149,12 @@ final class Session
      * plain whole read or write (an error, the end of the stream, an interrupted call, a short
      * write), and null (other relays: memory, tests) sends everything through them.
      *
+     * TcpWorker::waitRequest() reads it when it takes one event per read. Null also once the
+     * loop is finished (the stop request, the end of the relay), so that nothing reads it again.
+     *
      * @var resource|null
      */
-    private readonly mixed $in;
+    public mixed $in;
 
     /** @var resource|null {@see $in} */
     public readonly mixed $out;
@@ -355,6 +358,7 @@ final class Session
                     }
                     // A clean end of stream, between frames.
                     $this->finished = true;
+                    $this->in = null;
                     try {
                         $this->flush();
                     } catch (RelayException) {
@@ -548,6 +552,7 @@ final class Session
         }
         if (!empty($command['stop'])) {
             $this->finished = true;
+            $this->in = null;
             // Nothing after the stop request is read: no answer waits for a frame buffered behind it.
             $this->buffer = '';
             $this->offset = 0;

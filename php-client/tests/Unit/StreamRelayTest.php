@@ -61,6 +61,68 @@ final class StreamRelayTest extends TestCase
         self::assertNull($tcp->waitRequest(), 'the end of the relay ends the loop');
     }
 
+    /**
+     * One event per read (light load) is taken by TcpWorker::waitRequest() itself when the read
+     * brings a plain event whole whose lead is known, and compared with the context decoded last
+     * before the memo is looked up: every request must still be its own, when connections
+     * alternate with contexts of the same length, a context changes (CLOSE, TLS facts) or carries
+     * a state, an event needs a second read, and control frames come between events.
+     */
+    public function testOneEventPerReadIsEachItsOwnRequest(): void
+    {
+        [$tcp, $server] = self::worker();
+        $tls = ['version' => 'TLSv1.3', 'cipher' => 'TLS13_AES_128_GCM_SHA256', 'sni' => null, 'client_subject' => null, 'client_sha256' => null];
+        $a = '00000000-0000-4000-8000-00000000000a';
+        $b = '00000000-0000-4000-8000-00000000000b';
+        $large = str_repeat('L', 5000) . "\n"; // more than one read brings (Session::SMALL_READ)
+        $events = [
+            [$a, "1\n", '', null, 'DATA'],
+            [$b, "2\n", '', null, 'DATA'],
+            [$a, "3\n", '', null, 'DATA'],
+            [$a, "4\n", '', null, 'DATA'],
+            'pid',
+            [$b, "5\n", '', null, 'DATA'],
+            'pid',
+            [$a, $large, '', null, 'DATA'],
+            [$b, $large, '', null, 'DATA'],
+            [$b, "6\n", '', $tls, 'DATA'],
+            [$b, "7\n", '', $tls, 'DATA'],
+            [$a, "8\n", 's1', null, 'DATA'],
+            [$a, "9\n", 's2', null, 'DATA'],
+            [$a, '', '', null, 'CLOSE'],
+            [$b, "10\n", '', null, 'DATA'],
+        ];
+        foreach ($events as $n => $event) {
+            if ($event === 'pid') {
+                fwrite($server, Vectors::bytes('server_pid_request'));
+                $pid = Vectors::frame(0x01, [], '{"pid":' . getmypid() . '}');
+                // Answered on the way to the next event, which the next round writes.
+                $events[$n] = $pid;
+                continue;
+            }
+            [$uuid, $body, $state, $facts, $name] = $event;
+            fwrite($server, Vectors::event($name, $body, $state, $uuid, $facts));
+            $request = $tcp->waitRequest();
+            self::assertNotNull($request, "event {$n}");
+            self::assertSame(
+                [$uuid, $body, $state, $facts, $name, Vectors::SERVER, Vectors::REMOTE_ADDR],
+                [$request->connectionUuid, $request->body, $request->state, $request->getTls(), $request->event->value, $request->server, $request->remoteAddr],
+                "event {$n}",
+            );
+            $answer = Vectors::frame(0, [5], 'WRITE' . strrev($body));
+            if (\is_string($events[$n - 1] ?? null)) {
+                $answer = $events[$n - 1] . $answer;
+            }
+            $tcp->respond(strrev($body));
+            self::assertSame($answer, self::readExactly($server, \strlen($answer)), "the answer to event {$n}");
+        }
+        fwrite($server, Vectors::bytes('server_stop'));
+
+        self::assertNull($tcp->waitRequest(), 'the stop request ends the loop');
+        fwrite($server, Vectors::event('DATA', "1\n", '', $a)); // a lead known, as event 0's
+        self::assertNull($tcp->waitRequest(), 'nothing is read after it');
+    }
+
     public function testThePidHandshakeAndAStateEventPassThrough(): void
     {
         [$tcp, $server] = self::worker();

@@ -525,8 +525,8 @@ final class TcpWorkerTest extends TestCase
         $own = (new \ReflectionClass(TcpWorker::class))->getConstants();
         $session = (new \ReflectionClass(Session::class))->getConstants();
         self::assertSame(
-            [Session::LEAD_SIZE, Frame::HEADER_SIZE, $session['MAX_HELD'], Session::READY, Session::PENDING, Frame::HEADER_SIZE],
-            [$own['LEAD_SIZE'], $own['HEADER_SIZE'], $own['MAX_HELD'], $own['READY'], $own['PENDING'], $session['HEADER_SIZE']],
+            [Session::LEAD_SIZE, Frame::HEADER_SIZE, $session['MAX_HELD'], Session::READY, Session::PENDING, Frame::HEADER_SIZE, $session['SMALL_READ'], $session['SMALL_BATCH'], $session['READ_SIZE']],
+            [$own['LEAD_SIZE'], $own['HEADER_SIZE'], $own['MAX_HELD'], $own['READY'], $own['PENDING'], $session['HEADER_SIZE'], $own['SMALL_READ'], $own['SMALL_BATCH'], $own['READ_SIZE']],
         );
     }
 }
