@@ -140,8 +140,8 @@ final class TcpWorker
         // A hot path, run for every packet: the event is taken off the session's buffer and
         // decoded here, not in methods of their own (a PHP call costs about as much as the checks
         // below). Under load the server sends several events per read, and respond() found the next
-        // one whole while it held the answer ({@see Session::$next}); a plain event's flags are 0
-        // (its lead has no third entry, {@see Session::checkLead()}).
+        // one whole while it held the answer ({@see Session::$next}: a plain event's lead, set only
+        // when no request is pending, so nothing else needs checking).
         // Anything else (a read of the relay, a control frame, a part of a frame, a request
         // still unanswered) is the session's. Functions are called fully qualified (`\substr`):
         // PHP resolves an unqualified call in a namespace at run time, on every call (the
@@ -150,7 +150,7 @@ final class TcpWorker
         $offset = $session->offset;
         $buffer = $session->buffer;
         $lead = $session->next;
-        if ($lead === null || $session->phase != self::READY || isset($lead[2])) {
+        if ($lead === null) {
             // Nothing found whole after the last answer. Usually one event per read (light load):
             // every buffered byte was taken and the answers were written, so the relay is read
             // here, and a plain event it brings whole, whose lead is known, is taken without a call
@@ -161,7 +161,6 @@ final class TcpWorker
             // (the end of the relay, an interrupted or failed read: nextEvent() reads again and
             // tells which). A lead is only known once nextEvent() has returned an event (only it
             // and send(), which answers one, check leads), so the session is no longer idle.
-            $lead = null;
             $in = $session->in;
             if ($offset == \strlen($buffer) && $in !== null && $session->phase == self::READY && \strlen($session->held) == 0) {
                 // (As nextEvent() sizes its read: {@see Session::SMALL_READ}.)
@@ -173,7 +172,8 @@ final class TcpWorker
                 $session->offset = $offset = 0;
                 if (\strlen($buffer) >= self::HEADER_SIZE) {
                     $lead = $session->leads[\substr($buffer, 0, self::LEAD_SIZE)] ?? null;
-                    if ($lead !== null && (isset($lead[2]) || \strlen($buffer) < $lead[0])) {
+                    // (Only plain events' leads are remembered: no look at the flags.)
+                    if ($lead !== null && \strlen($buffer) < $lead[0]) {
                         $lead = null;
                     }
                 }

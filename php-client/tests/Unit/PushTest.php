@@ -60,6 +60,34 @@ final class PushTest extends TestCase
         ], $relay->writes());
     }
 
+    /**
+     * A push command goes out behind the answers held for a batch, and may find the next event
+     * whole: that event is still not taken before the pending request is answered.
+     */
+    public function testAPushCommandWithTheNextEventBufferedDoesNotAnswerTheRequest(): void
+    {
+        $relay = new MemoryRelay([Vectors::bytes('server_event_data') . Vectors::bytes('server_event_data')]);
+        $tcp = new TcpWorker(Access::worker($relay, false, true));
+        self::assertNotNull($tcp->waitRequest());
+        $tcp->send('peer', 'x');
+
+        try {
+            $tcp->waitRequest();
+            self::fail('the next event was taken with the request unanswered');
+        } catch (ProtocolException $e) {
+            self::assertStringContainsString('has no answer yet', $e->getMessage());
+        }
+        $tcp->respond("ok\r\n");
+        self::assertSame("EHLO example.org\r\n", $tcp->waitRequest()?->body);
+        $tcp->respond("ok\r\n");
+        self::assertNull($tcp->waitRequest());
+
+        // One write: the command and the first answer were held for the batch.
+        self::assertSame([
+            self::command('{"op":"send","uuid":"peer"}', 'x') . Vectors::frame(0, [5], "WRITEok\r\n") . Vectors::frame(0, [5], "WRITEok\r\n"),
+        ], $relay->writes());
+    }
+
     public function testStringsAreEscapedAsTheExtensionsCodecEscapesThem(): void
     {
         [$tcp, $relay] = self::pending();

@@ -520,6 +520,28 @@ final class TcpWorkerTest extends TestCase
         self::assertSame(implode('', $expected), implode('', $relay->writes()));
     }
 
+    /**
+     * In a batch, respond() takes the next event without another check when it finds it whole
+     * (a lead remembered is always a plain event's): pid requests between a batch's events, the
+     * same frame twice, are still answered as control frames, in order.
+     */
+    public function testPidRequestsInsideABatchAreControlFramesEachTime(): void
+    {
+        $pid = Vectors::bytes('server_pid_request');
+        [$tcp, $relay] = self::worker([Vectors::event('DATA', "1\n") . $pid . Vectors::event('DATA', "2\n") . $pid . Vectors::event('DATA', "3\n")]);
+        foreach (["1\n", "2\n", "3\n"] as $body) {
+            self::assertSame($body, $tcp->waitRequest()?->body);
+            $tcp->respond($body);
+        }
+        self::assertNull($tcp->waitRequest());
+
+        $reply = Vectors::frame(0x01, [], '{"pid":' . getmypid() . '}');
+        self::assertSame(
+            Vectors::frame(0, [5], "WRITE1\n") . $reply . Vectors::frame(0, [5], "WRITE2\n") . $reply . Vectors::frame(0, [5], "WRITE3\n"),
+            implode('', $relay->writes()),
+        );
+    }
+
     public function testTheHotPathsCopiesOfSessionsAndFramesConstantsAgree(): void
     {
         $own = (new \ReflectionClass(TcpWorker::class))->getConstants();
