@@ -418,3 +418,58 @@ async fn server_user_runs_workers_as_that_user_when_pier_is_root() {
     assert_ne!(nobody, "0", "{uid_line}");
     h.shutdown().await;
 }
+
+/// Events that come together to an idle worker reach it in one relay write: the first of them does
+/// not go out alone (which would wake the worker for it alone) but waits until the others ready in
+/// the same turn of the scheduler have joined its line. One thread (`current_thread`): the test's
+/// clients write every packet before the runtime runs pier's connections, which then all find
+/// their packets in one poll of the reactor. The test worker logs the frames of each of its reads.
+#[tokio::test(flavor = "current_thread")]
+async fn events_ready_together_reach_an_idle_worker_in_one_write() {
+    const CLIENTS: usize = 6;
+    let mut h = Harness::rust_env(
+        ONE,
+        &pool(1, "    max_in_flight: 16\n"),
+        "    TW_READS: 1\n",
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        clients.push(c);
+    }
+    let log = h.dir.path().join("reads.log");
+    let reads = || -> Vec<usize> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    for round in 0..3 {
+        // The worker is idle: every answer of the last round is in, and it logged that read (it
+        // logs before it reads again, and it answered before that).
+        let before = reads();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(format!("r{round}c{i}\r\n")).await;
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.line().await.unwrap(), format!("s:r{round}c{i}"));
+        }
+        // The worker logs a read's frames before its next read: wait (bounded) for this round's.
+        let mut after = reads();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while after.iter().skip(before.len()).sum::<usize>() < CLIENTS && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            after = reads();
+        }
+        assert_eq!(
+            after[before.len()..],
+            [CLIENTS],
+            "round {round}: frames per read of the worker"
+        );
+    }
+    h.shutdown().await;
+}

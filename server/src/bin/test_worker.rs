@@ -31,6 +31,9 @@
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
 //! - `TW_DUMP=1`: every frame received is appended, hex-encoded, to `$TW_DIR/frames.log`.
+//! - `TW_READS=1`: before each read from the relay, the number of frames it decoded since the
+//!   previous read (one line, when not 0) is appended to `$TW_DIR/reads.log`: how pier batched its
+//!   writes, as the worker saw them.
 //! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `die-after-first` (only the first
 //!   worker boots), `hang` (never answers it), `garbage`.
 //! - `RR_RELAY=tcp://host:port` or `unix:///path`: frames go over a socket it connects to, as
@@ -97,6 +100,9 @@ fn main() {
     let echo = std::env::var("TW_MODE").as_deref() == Ok("echo");
     // `TW_DUMP=1`: every frame received is appended, hex, to `$TW_DIR/frames.log`.
     let dump = std::env::var("TW_DUMP").is_ok();
+    // `TW_READS=1`: frames decoded per read, appended to `$TW_DIR/reads.log`.
+    let reads = std::env::var("TW_READS").is_ok();
+    let mut since_read = 0usize;
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     let mut out = Vec::new();
@@ -105,10 +111,20 @@ fn main() {
             match decode(&buf, u32::MAX) {
                 Ok(Some((_, used))) => {
                     let (frame, _) = decode(&buf[..used], u32::MAX).unwrap().unwrap();
+                    since_read += 1;
                     break (frame, used);
                 }
                 Ok(None) => {}
                 Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            if reads && since_read > 0 {
+                let mut log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("reads.log"))
+                    .expect("reads.log");
+                log.write_all(format!("{since_read}\n").as_bytes()).unwrap();
+                since_read = 0;
             }
             let n = stdin.read(&mut chunk).expect("read stdin");
             if n == 0 {

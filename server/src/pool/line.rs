@@ -10,7 +10,10 @@
 //! buffer) and reads; when its answer is in, it hands the worker to the next event of the line
 //! ([`Handoff`]), which finds its own answer in the buffer or reads on. Events joining the line
 //! append their frames to the line's outbox; the first of them takes the write half and writes the
-//! outbox once the other events ready in this turn of the scheduler have added theirs. A line
+//! outbox once the events of the connections pier is going through have stopped adding theirs
+//! ([`Line::write_held`]): a worker woken by a write answers what it finds and blocks again, so
+//! each write costs a wake-up. An event taken on an idle worker while others are ready opens the
+//! line the same way, its frame held in the outbox ([`Line::hold`]). A line
 //! holds at most `max_in_flight` events and a budget of bytes smaller than the relay's buffer, so
 //! a write never waits for the worker (which could be waiting for its answers to be read).
 //!
@@ -35,6 +38,10 @@ use pier_protocol::frame::EncodeError;
 /// Most bytes of events in flight on one worker (their frames, estimated from above): room for
 /// ~200 short events, and well inside a pipe's 64 KiB.
 pub(super) const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Most turns of the scheduler a batch of frames is held back while events keep joining it
+/// ([`Line::write_held`]): bounds the latency it adds when events come one per turn.
+const MAX_HOLD: usize = 4;
 
 /// What an event in a line learns when its turn comes.
 #[derive(Debug)]
@@ -72,7 +79,7 @@ pub(super) struct Line {
     /// allocator's demand like events waiting in the queue.
     waiting: Arc<AtomicUsize>,
     /// Frames entered by the queue ([`Entry::enter`]) wait in the outbox with nobody charged with
-    /// writing them: the next runner writes them before it reads ([`Line::write_entered`]).
+    /// writing them: the next runner writes them before it reads ([`Line::take_entered`]).
     entered: AtomicBool,
     /// Everything else, behind one short lock.
     state: Mutex<LineState>,
@@ -130,7 +137,7 @@ pub(super) enum Joined {
 #[derive(Debug)]
 pub(super) enum Entered {
     /// Its frame is in the outbox and its turn comes through its slot; whoever writes the
-    /// outbox next writes it (see [`Line::write_entered`]). `more`: another event may still fit
+    /// outbox next writes it (see [`Line::take_entered`]). `more`: another event may still fit
     /// (false when the line is at `max_in_flight`, its byte budget or `max_jobs`), so that the
     /// queue does not try one more only to have it refused.
     Queued {
@@ -252,6 +259,80 @@ impl Line {
         Box::pin(self.open_rest(writer, &frame[written..])).await
     }
 
+    /// Opens the line behind the event taken on an idle worker without writing it: the frame
+    /// `encode` appends goes to the outbox, events may join from now on, and the caller holds the
+    /// write half until the other events ready in this turn of the scheduler have joined, then
+    /// writes them all with [`Line::write_out`] (see [`super::Pool::send_held`]). `bytes`: its
+    /// frame's size estimate; `jobs`: the events the worker finished before it. `Ok(None)`: the
+    /// write half is gone (an earlier write failed: the worker is being killed); the line stays
+    /// closed and the outbox empty.
+    pub(super) fn hold(
+        &self,
+        bytes: usize,
+        jobs: u64,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+    ) -> Result<Option<RelayWrite>, EncodeError> {
+        let mut st = self.lock();
+        let Some(writer) = st.writer.take() else {
+            return Ok(None);
+        };
+        let mark = st.outbox.len();
+        if let Err(e) = encode(&mut st.outbox) {
+            st.outbox.truncate(mark);
+            st.writer = Some(writer);
+            return Err(e);
+        }
+        st.active = true;
+        st.depth = 1;
+        st.bytes = bytes;
+        st.current = bytes;
+        st.dispatched = jobs + 1;
+        Ok(Some(writer))
+    }
+
+    /// Holds the outbox back while events keep joining it, then writes it with the write half
+    /// the caller took (the first event of a batch: see [`Line::hold`], [`Line::take_entered`],
+    /// [`Line::join`]). The task yields — tokio runs it again after the tasks ready now and those
+    /// the reactor then wakes, at most `event_interval` tasks later — and `admit` enters what
+    /// waits in the pool's queue; it yields again while that brought more frames and the line
+    /// has room, at most [`MAX_HOLD`] times, then writes.
+    ///
+    /// With pier and its worker on one core, a write to a worker blocked on its relay wakes it and
+    /// it preempts pier: it answers what was written and blocks again. Written at once, or after
+    /// one turn of the scheduler (~25 events at 100 connections: tokio polls the reactor every 61
+    /// tasks under load), every batch cost the worker a wake-up and pier a preemption; held while
+    /// the connections pier is going through keep adding events, a wake-up serves a line's worth.
+    /// The cost is the turns held: a few µs each while pier is busy, and none at one connection
+    /// (nothing joins: one yield, written after the reactor's poll finds nothing new).
+    pub(super) async fn write_held(
+        &self,
+        writer: RelayWrite,
+        admit: impl Fn(),
+    ) -> std::io::Result<()> {
+        let mut queued = self.lock().outbox.len();
+        for _ in 0..MAX_HOLD {
+            tokio::task::yield_now().await;
+            admit();
+            let st = self.lock();
+            let more = st.outbox.len();
+            if more == queued || !self.fits(&st, 0, false) {
+                break;
+            }
+            queued = more;
+        }
+        self.write_out(writer).await
+    }
+
+    /// Writes the outbox with the write half its caller took (the first event of a batch, see
+    /// [`Line::hold`] and [`Line::join`]): what the relay takes now, under the lock and with no
+    /// future, the rest (the relay was full) through [`Line::flush`]; then puts the half back.
+    pub(super) async fn write_out(&self, writer: RelayWrite) -> std::io::Result<()> {
+        match self.write_now(writer)? {
+            None => Ok(()),
+            Some(rest) => self.flush(rest).await,
+        }
+    }
+
     /// Writes the rest of the frame [`Line::open`] could not write at once, then what joined
     /// meanwhile.
     async fn open_rest(&self, mut writer: RelayWrite, rest: &[u8]) -> std::io::Result<()> {
@@ -310,48 +391,33 @@ impl Line {
         self.entered.load(Ordering::Relaxed)
     }
 
-    /// Writes the frames the queue entered, if nobody else is writing them: called by a runner
-    /// of this line right before it reads from the worker, i.e. when it would wait anyway. The
-    /// events entered while the worker's last batch of answers was handed along the line (one
-    /// per answer) so go out in one write, without a task or wake-up of their own; and no event
-    /// waits for its answer behind an unwritten frame of its own, since its runner reads only
-    /// after every event before it was answered.
-    ///
-    /// Usually the whole outbox fits in the relay at once (the line's byte budget is half the
-    /// pipe): it is written here, under the lock, with no future. Returns the write half when
-    /// some of it could not be written (the relay is full): the caller finishes it with
-    /// [`Line::flush`]. Fails as [`Line::flush`].
+    /// Takes the write half for the frames the queue entered, if nobody else is writing them:
+    /// called by a runner of this line right before it reads from the worker, i.e. when it would
+    /// wait anyway; it then writes them (with what joins meanwhile) after the other events ready
+    /// in this turn of the scheduler ([`super::worker::Worker::answer`]). The events entered while
+    /// the worker's last batch of answers was handed along the line (one per answer) so go out in
+    /// one write, without a task or wake-up of their own; and no event waits for its answer
+    /// behind an unwritten frame of its own, since its runner reads only after every event before
+    /// it was answered.
     #[inline]
-    pub(super) fn write_entered(&self) -> std::io::Result<Option<RelayWrite>> {
+    pub(super) fn take_entered(&self) -> Option<RelayWrite> {
         if !self.entered.load(Ordering::Relaxed) {
-            return Ok(None);
+            return None;
         }
-        self.write_entered_now()
+        self.take_entered_now()
     }
 
-    /// [`Line::write_entered`] once frames were entered (out of line: the check alone is the
+    /// [`Line::take_entered`] once frames were entered (out of line: the check alone is the
     /// usual case at one connection).
     #[inline(never)]
-    fn write_entered_now(&self) -> std::io::Result<Option<RelayWrite>> {
+    fn take_entered_now(&self) -> Option<RelayWrite> {
         let mut st = self.lock();
         self.entered.store(false, Ordering::Relaxed);
         if st.outbox.is_empty() {
-            return Ok(None);
+            return None;
         }
         // `None`: someone is writing; it writes the outbox until it is empty.
-        let st = &mut *st;
-        let Some(writer) = st.writer.as_ref() else {
-            return Ok(None);
-        };
-        match write_some(&mut st.outbox, writer) {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(st.writer.take()),
-            Err(e) => {
-                // As a failed flush: the write half is dropped (the caller kills the worker).
-                st.writer = None;
-                Err(e)
-            }
-        }
+        st.writer.take()
     }
 
     /// Fills a reserved place: the frame `encode` appends goes to the outbox, behind the frames
@@ -516,7 +582,7 @@ impl Line {
 }
 
 /// Writes what the relay takes of `outbox` now and removes it from the outbox: true when all of
-/// it went ([`Line::write_entered`], [`Line::write_now`]).
+/// it went ([`Line::write_now`]).
 #[inline]
 fn write_some(outbox: &mut Vec<u8>, writer: &RelayWrite) -> std::io::Result<bool> {
     let written = writer.write_now(outbox)?;

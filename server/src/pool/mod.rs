@@ -574,7 +574,16 @@ impl Pool {
                 // (room for waiting events now). In line: its frame is written already.
                 let outcome = 'run: {
                     if alone {
-                        if let Err(e) = worker.send(event, bytes).await {
+                        // Taken first after the runtime's park, the event is written at once (at
+                        // one connection nothing else is coming, and its answer may be read
+                        // early); else it is held back until the other events ready now have
+                        // joined it (`send_held`). Boxed: once per batch, not per event.
+                        let sent = if worker.first_after_park() {
+                            worker.send(event, bytes).await
+                        } else {
+                            Box::pin(self.send_held(&mut worker, event, bytes)).await
+                        };
+                        if let Err(e) = sent {
                             break 'run Err(e);
                         }
                         self.admit_waiting(&worker.shared);
@@ -641,6 +650,49 @@ impl Pool {
         }
     }
 
+    /// Writes the event taken on an idle worker, not first after the runtime's park, together with
+    /// the events of the connections pier is going through: its frame goes to the line's outbox
+    /// and the line opens behind it ([`line::Line::hold`]); the waiting events are entered; the
+    /// outbox is held back while more join, then written in one write ([`line::Line::write_held`]).
+    ///
+    /// With pier and its worker on one core, a write to a worker blocked on its relay wakes it and
+    /// it preempts pier: written at once, the event alone cost the worker a wake-up (two process
+    /// switches), and the events that joined behind it another. Held back, one wake-up serves them
+    /// all. No timer: the cost is a few turns of the scheduler while others are ready.
+    async fn send_held(
+        &self,
+        worker: &mut Worker,
+        event: &Event<'_>,
+        bytes: usize,
+    ) -> Result<(), PoolError> {
+        let pid = worker.pid;
+        let line = &worker.shared.line;
+        let encode = |buf: &mut Vec<u8>| {
+            encode_event_prefixed(
+                buf,
+                event.context,
+                event.kind,
+                event.tls,
+                event.state,
+                event.body,
+            )
+        };
+        let Some(writer) = line
+            .hold(bytes, worker.jobs, encode)
+            .map_err(PoolError::Encode)?
+        else {
+            return Err(PoolError::Undelivered {
+                pid,
+                source: std::io::ErrorKind::BrokenPipe.into(),
+            });
+        };
+        let shared = &worker.shared;
+        self.admit_waiting(shared);
+        line.write_held(writer, || self.admit_waiting(shared))
+            .await
+            .map_err(|source| PoolError::Undelivered { pid, source })
+    }
+
     /// Joins `shared`'s line at the place reserved for the event: its frame goes to the outbox,
     /// written by the first event that joined since the last write, after the other events ready
     /// now have added theirs. Returns the worker once the event's answer is next; `None` when the
@@ -679,13 +731,7 @@ impl Pool {
                     // join first, and write them all at once. Boxed, as the write above: the first
                     // of a batch of joining events only.
                     Joining::Queued(Some(writer)) => {
-                        let write = async move {
-                            tokio::task::yield_now().await;
-                            match line.write_now(writer)? {
-                                None => Ok(()),
-                                Some(rest) => line.flush(rest).await,
-                            }
-                        };
+                        let write = line.write_held(writer, || self.admit_waiting(shared));
                         // Polled again after the write's first wait: not fresh.
                         (Ok(queue.waiter(slot, bytes, false)), Some(Box::pin(write)))
                     }
@@ -793,7 +839,7 @@ impl Pool {
 
     /// Room was made in `shared`'s line: waiting events get places in it. The frames of those
     /// the queue entered (see [`queue`]) are written by the line's next runner right before it
-    /// reads from the worker ([`line::Line::write_entered`]), after the answers already read
+    /// reads from the worker ([`line::Line::take_entered`]), after the answers already read
     /// have each made room for one: one relay write for them all. Written at once, each answer
     /// cost a relay write and the worker a read of one event (1000x1: 0.9 more system calls per
     /// message in pier, 1.1 in the worker); written by a task spawned per batch, ~150

@@ -474,6 +474,12 @@ impl Worker {
             .map_err(|source| PoolError::Undelivered { pid, source })
     }
 
+    /// Whether its last idle check came first after the runtime's park ([`Worker::check_idle`]):
+    /// nothing else was ready to run.
+    pub(super) fn first_after_park(&self) -> bool {
+        self.fresh
+    }
+
     /// Right after an event was written to this idle worker, when the runtime has nothing else
     /// to do (the event came first after its park): one non-blocking read of the answer, in case
     /// the worker has already written it, bypassing tokio's readiness (which learns of it only at
@@ -526,16 +532,19 @@ impl Worker {
                 return outcome;
             }
             // About to wait for the worker: first hand it the events entered behind this one
-            // since it last read (see `Line::write_entered`).
-            let line = &self.shared.line;
-            let written = match line.write_entered() {
-                Ok(None) => Ok(()),
-                Ok(Some(writer)) => Box::pin(line.flush(writer)).await,
-                Err(e) => Err(e),
-            };
-            if written.is_err() {
-                // Their answers, and this one if it is not in yet, fail as for a crash.
-                self.shared.kill(KillReason::None);
+            // since it last read (see `Line::take_entered`), once the events of the connections
+            // pier is going through have joined them (`Line::write_held`): written at once, they
+            // woke the worker (which, on pier's core, preempts pier) while more were coming, and
+            // those waited for the next wake-up. Boxed: once per batch. Nothing to admit while
+            // held: events wait in the pool's queue only while the line is full, and then it is
+            // written at once (and a reference to the pool here grew every event's future).
+            let shared = &self.shared;
+            if let Some(writer) = shared.line.take_entered() {
+                let write = shared.line.write_held(writer, || {});
+                if Box::pin(write).await.is_err() {
+                    // Their answers, and this one if it is not in yet, fail as for a crash.
+                    shared.kill(KillReason::None);
+                }
             }
             self.rbuf.reserve(READ_CHUNK);
             let (relay, rbuf) = (&mut self.relay, &mut self.rbuf);
