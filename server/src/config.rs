@@ -27,9 +27,15 @@ pub const DEFAULT_MAX_WRITE_BUFFER: usize = 1 << 20;
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `tcp.pool.max_in_flight`: events written to one busy worker at once. 16: 2.7 instead
 /// of 9.3 system calls per message at 100 connections on one worker
-/// (bench/results/2026-11-29-pipeline-phase2.md); events in lines count as waiting for
-/// `max_queue_size` and the dynamic allocator (see `pool/queue.rs`).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// (bench/results/2026-11-29-pipeline-phase2.md). 64: a worker woken by a relay write answers
+/// what was written and blocks again, so the line's length bounds the events per wake-up; at 16
+/// it woke every ~15 events (0.13 process switches per message at 100 x 1), at 64, with the
+/// writes held while events keep joining (`pool/line.rs`), every ~60 (0.03;
+/// bench/results/2026-11-30-switches.md). The price: a worker that crashes fails up to this many
+/// events, and an event written behind a slow one waits for it (no event joins one that has run
+/// 500 ms). Events in lines count as waiting for `max_queue_size` and the dynamic allocator (see
+/// `pool/queue.rs`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 /// Most `tcp.pool.max_in_flight` accepted.
 const MAX_IN_FLIGHT: usize = 1024;
 /// Most `tcp.io_threads` accepted: a typo like `10000` is refused rather than spawning threads.
