@@ -481,12 +481,17 @@ pub struct TcpReply<'a> {
 impl<'a> TcpReply<'a> {
     /// Reads a reply from a (non-control, non-error) frame a worker sent.
     pub fn decode(frame: &Frame<'a>) -> Result<Self, MessageError> {
-        let parts = split_parts(frame)?;
-        Ok(TcpReply {
+        Ok(Self::from_parts(split_parts(frame)?))
+    }
+
+    /// The reply whose payload was split into `parts`.
+    #[inline]
+    pub(crate) fn from_parts(parts: Parts<'a>) -> Self {
+        TcpReply {
             kind: ReplyKind::from_bytes(parts.context),
             state: parts.state,
             body: parts.body,
-        })
+        }
     }
 
     /// Appends this reply as one frame.

@@ -244,6 +244,10 @@ fn decode_with<'a>(
 }
 
 /// The frame in `buf[..total]`, whose header (`header_len` bytes) was checked.
+///
+/// Always inlined: out of line its 64-byte frame went back through memory, then again into
+/// `decode`'s result.
+#[inline(always)]
 fn build(buf: &[u8], header_len: usize, total: usize) -> Frame<'_> {
     let words = (header_len / 4) as u8;
     let mut options = Options {
