@@ -2,8 +2,8 @@
 //! the bytes read past a PROXY header replayed first) or TLS over it.
 //!
 //! Plaintext keeps tokio's owned TCP halves, so its writes stay non-blocking `send(2)` /
-//! `sendmsg(2)` attempts with no extra layer; TLS goes through rustls' buffered stream, driven by polls with a no-op
-//! waker for the attempts and a real one while waiting (both cancel-safe).
+//! `sendmsg(2)` attempts with no extra layer; TLS goes through rustls' buffered stream, driven by
+//! polls with a no-op waker for the attempts and a real one while waiting (both cancel-safe).
 
 use std::future::poll_fn;
 use std::io::IoSlice;
