@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::log_scope::{debug, error, info, warn};
 use bytes::Bytes;
+use pier_protocol::frame::EncodeError;
 use pier_protocol::frame::FrameError;
 use pier_protocol::tcp::{encode_event_prefixed, ContextPrefix, EventKind};
 use pier_protocol::MessageError;
@@ -210,7 +211,7 @@ pub enum PoolError {
     },
     /// The event does not fit in a frame (a packet or state over 4 GiB: a config allowing it).
     #[error("could not encode the event")]
-    Encode(#[source] pier_protocol::frame::EncodeError),
+    Encode(#[source] EncodeError),
     /// Every worker tried asked to stop.
     #[error("could not run the event: re-run {0} times (stop replies, workers gone); giving up")]
     TooManyReruns(usize),
@@ -312,6 +313,20 @@ pub struct Event<'a> {
 }
 
 impl Event<'_> {
+    /// Appends its frame to `dst` (every path that hands an event to a worker: written alone,
+    /// held back, joining a line, entered by the queue).
+    #[inline(always)]
+    fn encode(&self, dst: &mut Vec<u8>) -> Result<(), EncodeError> {
+        encode_event_prefixed(
+            dst,
+            self.context,
+            self.kind,
+            self.tls,
+            self.state,
+            self.body,
+        )
+    }
+
     /// Its frame's size, estimated from above (a line's byte budget counts it).
     fn frame_bytes(&self) -> usize {
         // Header and options, the event name and the context's closing bytes.
@@ -667,18 +682,8 @@ impl Pool {
     ) -> Result<(), PoolError> {
         let pid = worker.pid;
         let line = &worker.shared.line;
-        let encode = |buf: &mut Vec<u8>| {
-            encode_event_prefixed(
-                buf,
-                event.context,
-                event.kind,
-                event.tls,
-                event.state,
-                event.body,
-            )
-        };
         let Some(writer) = line
-            .hold(bytes, worker.jobs, encode)
+            .hold(bytes, worker.jobs, |buf| event.encode(buf))
             .map_err(PoolError::Encode)?
         else {
             return Err(PoolError::Undelivered {
@@ -768,20 +773,7 @@ impl Pool {
         (slot, waker): (Pin<&Slot>, std::task::Waker),
     ) -> Result<Joining, PoolError> {
         let line = &shared.line;
-        let joined = line.join(
-            bytes,
-            |buf| {
-                encode_event_prefixed(
-                    buf,
-                    event.context,
-                    event.kind,
-                    event.tls,
-                    event.state,
-                    event.body,
-                )
-            },
-            (slot, waker, shared),
-        );
+        let joined = line.join(bytes, |buf| event.encode(buf), (slot, waker, shared));
         match joined {
             Ok(Joined::Closed) => Ok(Joining::Done(None)),
             Err((e, parked)) => {
@@ -870,16 +862,7 @@ impl Pool {
             loop {
                 let encode = |mut frame: Vec<u8>| {
                     frame.reserve(bytes);
-                    encode_event_prefixed(
-                        &mut frame,
-                        event.context,
-                        event.kind,
-                        event.tls,
-                        event.state,
-                        event.body,
-                    )
-                    .ok()
-                    .map(|()| frame)
+                    event.encode(&mut frame).ok().map(|()| frame)
                 };
                 // What is awaited (the wait) is taken out first, so that nothing else of the take is
                 // kept across the await (`exec_future_sizes`).

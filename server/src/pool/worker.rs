@@ -12,7 +12,7 @@ use crate::log_scope::{debug, info, warn};
 use bytes::{Buf, BytesMut};
 use pier_protocol::control;
 use pier_protocol::frame::decode;
-use pier_protocol::tcp::{encode_event_prefixed, ReplyKind};
+use pier_protocol::tcp::ReplyKind;
 use pier_protocol::WorkerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -458,15 +458,7 @@ impl Worker {
     pub(super) async fn send(&mut self, event: &Event<'_>, bytes: usize) -> Result<(), PoolError> {
         self.wbuf.clear();
         let pid = self.pid;
-        encode_event_prefixed(
-            &mut self.wbuf,
-            event.context,
-            event.kind,
-            event.tls,
-            event.state,
-            event.body,
-        )
-        .map_err(PoolError::Encode)?;
+        event.encode(&mut self.wbuf).map_err(PoolError::Encode)?;
         self.shared
             .line
             .open(&self.wbuf, bytes, self.jobs)
