@@ -449,7 +449,7 @@ async fn events_ready_together_reach_an_idle_worker_in_one_write() {
     };
     for round in 0..3 {
         // The worker is idle: every answer of the last round is in, and it logged that read (it
-        // logs before it reads again, and it answered before that).
+        // logs a read's count before it answers the read's last frame).
         let before = reads();
         for (i, c) in clients.iter_mut().enumerate() {
             c.send(format!("r{round}c{i}\r\n")).await;
@@ -457,7 +457,7 @@ async fn events_ready_together_reach_an_idle_worker_in_one_write() {
         for (i, c) in clients.iter_mut().enumerate() {
             assert_eq!(c.line().await.unwrap(), format!("s:r{round}c{i}"));
         }
-        // The worker logs a read's frames before its next read: wait (bounded) for this round's.
+        // Logged before the answers went out; still waited for (bounded), should a file write lag.
         let mut after = reads();
         let deadline = Instant::now() + Duration::from_secs(5);
         while after.iter().skip(before.len()).sum::<usize>() < CLIENTS && Instant::now() < deadline

@@ -31,9 +31,10 @@
 //! - The stop control frame: answers one stray CLOSE (as the stock PHP worker does) and exits 0.
 //! - `TW_MODE=echo`: a plain echo server (CONNECTED → CONTINUE, DATA → the packet), for load.
 //! - `TW_DUMP=1`: every frame received is appended, hex-encoded, to `$TW_DIR/frames.log`.
-//! - `TW_READS=1`: before each read from the relay, the number of frames it decoded since the
-//!   previous read (one line, when not 0) is appended to `$TW_DIR/reads.log`: how pier batched its
-//!   writes, as the worker saw them.
+//! - `TW_READS=1`: the number of frames a read from the relay brought (one line per read that
+//!   brought any) is appended to `$TW_DIR/reads.log`, with the last of them, before it is answered
+//!   (so once a client has every answer, the log holds every read that brought them): how pier
+//!   batched its writes, as the worker saw them.
 //! - `TW_BOOT`: `die` (stderr, exit 1 before the handshake), `die-after-first` (only the first
 //!   worker boots), `hang` (never answers it), `garbage`.
 //! - `RR_RELAY=tcp://host:port` or `unix:///path`: frames go over a socket it connects to, as
@@ -112,19 +113,22 @@ fn main() {
                 Ok(Some((_, used))) => {
                     let (frame, _) = decode(&buf[..used], u32::MAX).unwrap().unwrap();
                     since_read += 1;
+                    // The last whole frame buffered: logged now, before its answer is written
+                    // (logged before the next read instead, a test could see the answers before
+                    // the count of the read that brought them).
+                    if reads && matches!(decode(&buf[used..], u32::MAX), Ok(None)) {
+                        let mut log = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(dir.join("reads.log"))
+                            .expect("reads.log");
+                        log.write_all(format!("{since_read}\n").as_bytes()).unwrap();
+                        since_read = 0;
+                    }
                     break (frame, used);
                 }
                 Ok(None) => {}
                 Err(e) => panic!("server sent a bad frame: {e}"),
-            }
-            if reads && since_read > 0 {
-                let mut log = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("reads.log"))
-                    .expect("reads.log");
-                log.write_all(format!("{since_read}\n").as_bytes()).unwrap();
-                since_read = 0;
             }
             let n = stdin.read(&mut chunk).expect("read stdin");
             if n == 0 {
