@@ -20,6 +20,15 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// Starts pier with the fault worker on `worker`, `overrides` applied; its workers log CLOSE
 /// events to `<dir>/closes.log`.
 fn start(worker: WorkerImpl, overrides: &[&str]) -> (Pier, PathBuf) {
+    let (pier, dir) = start_quiet(worker, overrides);
+    // Listening starts before the pool has started: one greeting means the workers are up.
+    drop(Conn::open(&pier));
+    (pier, dir)
+}
+
+/// [`start`] without the greeting: ready once pier has logged that its pool started (every worker
+/// past its handshake), with no connection whose `CLOSE` may still be running on a worker.
+fn start_quiet(worker: WorkerImpl, overrides: &[&str]) -> (Pier, PathBuf) {
     let dir = fresh_dir("faults").expect("a scratch directory");
     let env = format!("server.env.FAULTS_DIR={}", dir.display());
     let mut all = vec![env.as_str()];
@@ -30,8 +39,11 @@ fn start(worker: WorkerImpl, overrides: &[&str]) -> (Pier, PathBuf) {
     };
     let pier = Pier::start_with(CONFIG, &["faults"], worker, &[], options)
         .unwrap_or_else(|e| panic!("{e}"));
-    // Listening starts before the pool has started: one greeting means the workers are up.
-    drop(Conn::open(&pier));
+    assert!(
+        pier.wait_for_output("worker pool started", LIMIT),
+        "{}",
+        pier.output()
+    );
     (pier, dir)
 }
 
@@ -438,8 +450,22 @@ fn max_queue_size_counts_the_events_in_a_busy_workers_line() {
 
 #[test]
 fn workers_killed_while_idle_are_replaced_without_any_traffic() {
-    let (pier, _dir) = start(WorkerImpl::Extension, &["tcp.pool.num_workers=3"]);
-    eventually(&pier, "3 workers", || pier.worker_pids().len() == 3);
+    // Idle means idle: no greeting, and the harness's readiness probe (a connect, then a close:
+    // CONNECTED and CLOSE on a worker) answered — its CLOSE logged, every worker back in its relay
+    // read. Killed while that CLOSE ran, the workers were found dead by the event itself
+    // ("exited during the event") before the idle check could.
+    let (pier, dir) = start_quiet(WorkerImpl::Extension, &["tcp.pool.num_workers=3"]);
+    eventually(&pier, "the readiness probe's CLOSE", || {
+        !closes(&dir).is_empty()
+    });
+    eventually(&pier, "3 workers, each blocked reading its relay", || {
+        let pids = pier.worker_pids();
+        pids.len() == 3
+            && pids.iter().all(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                    .is_ok_and(|wchan| wchan.contains("pipe_read"))
+            })
+    });
     let before = pier.worker_pids();
     for &pid in &before {
         sigkill(pid);
