@@ -112,6 +112,30 @@ struct LineState {
     spare: Vec<u8>,
 }
 
+impl LineState {
+    /// The line opens behind the event just taken on the idle worker ([`Line::open`],
+    /// [`Line::hold`]): it is the one answered now; `bytes`: its frame's size estimate; `jobs`:
+    /// the events the worker finished before it.
+    fn open(&mut self, bytes: usize, jobs: u64) {
+        self.active = true;
+        self.depth = 1;
+        self.bytes = bytes;
+        self.current = bytes;
+        self.dispatched = jobs + 1;
+    }
+
+    /// Appends the frame `encode` writes to the outbox; on an error, nothing of it stays there
+    /// ([`Line::hold`], [`Line::join`]).
+    #[inline]
+    fn append(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
+        let mark = self.outbox.len();
+        encode(&mut self.outbox).inspect_err(|_| self.outbox.truncate(mark))
+    }
+}
+
 /// How joining a line went ([`Line::join`]).
 #[derive(Debug)]
 pub(super) enum Joined {
@@ -241,11 +265,7 @@ impl Line {
             // (nobody joins before the line is active), the event needs no write future and no
             // second lock.
             let written = writer.write_now(frame)?;
-            st.active = true;
-            st.depth = 1;
-            st.bytes = bytes;
-            st.current = bytes;
-            st.dispatched = jobs + 1;
+            st.open(bytes, jobs);
             if written == frame.len() {
                 return Ok(());
             }
@@ -276,17 +296,11 @@ impl Line {
         let Some(writer) = st.writer.take() else {
             return Ok(None);
         };
-        let mark = st.outbox.len();
-        if let Err(e) = encode(&mut st.outbox) {
-            st.outbox.truncate(mark);
+        if let Err(e) = st.append(encode) {
             st.writer = Some(writer);
             return Err(e);
         }
-        st.active = true;
-        st.depth = 1;
-        st.bytes = bytes;
-        st.current = bytes;
-        st.dispatched = jobs + 1;
+        st.open(bytes, jobs);
         Ok(Some(writer))
     }
 
@@ -439,9 +453,7 @@ impl Line {
             self.less_waiting(1);
             return Ok(Joined::Closed);
         }
-        let mark = st.outbox.len();
-        if let Err(e) = encode(&mut st.outbox) {
-            st.outbox.truncate(mark);
+        if let Err(e) = st.append(encode) {
             drop(st);
             return Err((e, self.unreserve(bytes)));
         }
