@@ -98,11 +98,20 @@ final class Session
     public $offset = 0;
 
     /**
-     * @var array{0: int, 1: int}|null what {@see $leads} says of the frame at $offset, once an answer
-     *      found it whole (TcpWorker::respond(), send()): always a plain event's (only those are
-     *      in $leads), and set only when no request is pending, so that TcpWorker::waitRequest()
-     *      takes that event on one check of this field (~90 instructions fewer per event in a
-     *      batch than asking for the phase and the flags too)
+     * @var array{0: int, 1: int}|false|null what {@see $leads} says of the frame at $offset, once an
+     *      answer found it whole (TcpWorker::respond(), send()): always a plain event's (only those
+     *      are in $leads), and set only when no request is pending, so that
+     *      TcpWorker::waitRequest() takes that event on one check of this field (~90 instructions
+     *      fewer per event in a batch than asking for the phase and the flags too).
+     *      False once TcpWorker::respond() wrote its answer to {@see $out} whole with nothing
+     *      buffered or held (one event per read): then waitRequest() reads {@see $in} itself on
+     *      this one check, where it asked whether every byte was taken, nothing is held, no
+     *      request is pending and the stream is there (with that path's checks nested: 7,106 →
+     *      6,458 instructions per event, bench/worker-ir.sh). Nothing between that answer and
+     *      the next waitRequest() changes those: only nextEvent(), which waitRequest() calls after
+     *      setting this back to null, reads the relay, and anything else needs a pending request
+     *      or keeps them (error() and stop() write at once with nothing buffered). Only
+     *      waitRequest() and nextEvent() read it.
      */
     public $next = null;
 

@@ -146,65 +146,73 @@ final class TcpWorker
         // still unanswered) is the session's. Functions are called fully qualified (`\substr`):
         // PHP resolves an unqualified call in a namespace at run time, on every call (the
         // namespace's function first), ~30 instructions more than one bound when compiled.
+        // Conditions are nested ifs rather than `&&`: PHP 8.2 without opcache compiles each `&&`
+        // to two more instructions of its VM than an `if` (~20 machine instructions each).
         $session = $this->session;
-        $offset = $session->offset;
-        $buffer = $session->buffer;
         $lead = $session->next;
-        if ($lead === null) {
-            // Nothing found whole after the last answer. Usually one event per read (light load):
-            // every buffered byte was taken and the answers were written, so the relay is read
-            // here, and a plain event it brings whole, whose lead is known, is taken without a call
-            // of nextEvent() (~800 instructions fewer per event, measured: the call, and its loop's
-            // two passes of checks, each a read of one of the session's properties).
-            // Anything else is nextEvent()'s: leftover bytes, held answers, a request still
-            // unanswered, a lead not seen yet, a control frame, part of a frame, an empty read
-            // (the end of the relay, an interrupted or failed read: nextEvent() reads again and
-            // tells which). A lead is only known once nextEvent() has returned an event (only it
-            // and send(), which answers one, check leads), so the session is no longer idle.
-            $in = $session->in;
-            if ($offset == \strlen($buffer) && $in !== null && $session->phase == self::READY && \strlen($session->held) == 0) {
-                // (As nextEvent() sizes its read: {@see Session::SMALL_READ}.)
-                $buffer = @\fread($in, \strlen($buffer) < self::SMALL_BATCH ? self::SMALL_READ : self::READ_SIZE);
-                if ($buffer === false) {
-                    $buffer = '';
-                }
-                $session->buffer = $buffer;
-                $session->offset = $offset = 0;
-                if (\strlen($buffer) >= self::HEADER_SIZE) {
-                    $lead = $session->leads[\substr($buffer, 0, self::LEAD_SIZE)] ?? null;
-                    // (Only plain events' leads are remembered: no look at the flags.)
-                    if ($lead !== null && \strlen($buffer) < $lead[0]) {
-                        $lead = null;
-                    }
-                }
+        if ($lead === false) {
+            // respond() wrote the last answer to the stream itself (one event per read, light
+            // load; {@see Session::$next}): every byte read was taken, nothing is held and no
+            // request is pending, so the relay is read here, and a plain event it brings whole,
+            // whose lead is known, is taken without a call of nextEvent() (~800 instructions fewer
+            // per event, measured: the call, and its loop's two passes of checks, each a read of
+            // one of the session's properties). Anything else is nextEvent()'s: a lead not seen
+            // yet, a control frame, part of a frame, an empty read (the end of the relay, an
+            // interrupted or failed read: nextEvent() reads again and tells which).
+            // (As nextEvent() sizes its read: {@see Session::SMALL_READ}.)
+            $buffer = @\fread($session->in, \strlen($session->buffer) < self::SMALL_BATCH ? self::SMALL_READ : self::READ_SIZE);
+            if ($buffer === false) {
+                $buffer = '';
             }
-            if ($lead === null) {
-                $lead = $session->nextEvent();
-                if ($lead === null) {
-                    return null;
-                }
-                $offset = $session->offset;
-                $buffer = $session->buffer;
-            }
-            $contextLength = $lead[1];
-            if ($contextLength >= 0) {
-                // As below, and one event per read is often a connection's next event after its
-                // last: the context {@see context()} decoded last is compared before the memo is
-                // looked up (a string compare where hashing a ~100-byte key costs ~480
-                // instructions). Only here: under load the events of a batch rotate over the
-                // connections, and the compare would mostly fail (~110 more per event).
+            $session->buffer = $buffer;
+            // (No length check first: a lead is remembered under 12 bytes or more, so fewer
+            // find nothing; only plain events' leads are remembered: no look at the flags.)
+            $lead = $session->leads[\substr($buffer, 0, self::LEAD_SIZE)] ?? null;
+            if ($lead !== null) {
                 $size = $lead[0];
-                $session->offset = $offset + $size;
-                $session->next = null;
-                $session->phase = self::PENDING;
-                $payloadAt = $offset + self::LEAD_SIZE;
-                $context = \substr($buffer, $payloadAt, $contextLength);
+                if (\strlen($buffer) >= $size) {
+                    $contextLength = $lead[1];
+                    if ($contextLength >= 0) {
+                        // As below, and one event per read is often a connection's next event
+                        // after its last: the context {@see context()} decoded last is compared
+                        // before the memo is looked up (a string compare where hashing a
+                        // ~100-byte key costs ~480 instructions). Only here: under load the
+                        // events of a batch rotate over the connections, and the compare would
+                        // mostly fail (~110 more per event).
+                        $session->offset = $size;
+                        $session->next = null;
+                        $session->phase = self::PENDING;
+                        $context = \substr($buffer, self::LEAD_SIZE, $contextLength);
 
-                return $this->current = ($this->complete)(
-                    $context === $this->lastContext ? $this->lastTemplate : ($this->contexts[$context] ?? $this->context($context, false)),
-                    \substr($buffer, $payloadAt + $contextLength, $size - self::LEAD_SIZE - $contextLength),
-                );
+                        return $this->current = ($this->complete)(
+                            $context === $this->lastContext ? $this->lastTemplate : ($this->contexts[$context] ?? $this->context($context, false)),
+                            \substr($buffer, self::LEAD_SIZE + $contextLength, $size - self::LEAD_SIZE - $contextLength),
+                        );
+                    }
+                } else {
+                    $lead = null;
+                }
             }
+            $offset = 0;
+            if ($lead === null) {
+                $session->offset = 0;
+                $session->next = null;
+            }
+        } else {
+            $offset = $session->offset;
+            $buffer = $session->buffer;
+        }
+        if ($lead === null) {
+            // Nothing found whole after the last answer: leftover bytes, held answers, a request
+            // still unanswered, a lead not seen yet, a control frame, part of a frame, an empty
+            // read. A lead is only known once nextEvent() has returned an event (only it and
+            // send(), which answers one, check leads), so the session is no longer idle.
+            $lead = $session->nextEvent();
+            if ($lead === null) {
+                return null;
+            }
+            $offset = $session->offset;
+            $buffer = $session->buffer;
         }
         // (Two reads, not `[$size, $contextLength] = $lead`: destructuring costs ~60 more.)
         $size = $lead[0];
@@ -282,9 +290,8 @@ final class TcpWorker
             return;
         }
         $session->phase = self::READY;
-        $context = $response->value;
         $length = \strlen($body);
-        $frame = ($session->replyHeads[$context][$length] ?? $session->replyHead($context, $length)) . $body;
+        $frame = ($session->replyHeads[$response->value][$length] ?? $session->replyHead($response->value, $length)) . $body;
         $available = \strlen($session->buffer) - $session->offset;
         if ($available == 0) {
             // Nothing buffered (one event at a time, the light-load case): out at once, with what is
@@ -292,23 +299,32 @@ final class TcpWorker
             // a short write, a failed one (the relay reports it), or another relay.
             if ($session->held === '') {
                 $written = $session->out === null ? 0 : @\fwrite($session->out, $frame);
-                // (`!=`: PHP 8.2 compares two ints inline, `!==` calls a function; false != any length.)
-                if ($written != \strlen($frame)) {
-                    $session->send($written > 0 ? \substr($frame, $written) : $frame);
+                // (`==`: PHP 8.2 compares two ints inline, `===` calls a function; false != any length.)
+                if ($written == \strlen($frame)) {
+                    // Every byte read taken, nothing held, no request pending: the next
+                    // waitRequest() reads the relay itself on this one check ({@see Session::$next}).
+                    $session->next = false;
+
+                    return;
                 }
+                $session->send($written > 0 ? \substr($frame, $written) : $frame);
 
                 return;
             }
         } elseif ($available >= self::HEADER_SIZE) {
             // The next event is buffered: when it is whole (its lead known and all its bytes
             // there) the answer waits for the batch's write and waitRequest() takes that event
-            // without a lookup; anything else is send()'s.
+            // without a lookup; anything else is send()'s. (Nested ifs: see waitRequest().)
             $next = $session->leads[\substr($session->buffer, $session->offset, self::LEAD_SIZE)] ?? null;
-            if ($next !== null && $available >= $next[0] && \strlen($session->held) + \strlen($frame) < self::MAX_HELD) {
-                $session->next = $next;
-                $session->held .= $frame;
+            if ($next !== null) {
+                if ($available >= $next[0]) {
+                    if (\strlen($session->held) + \strlen($frame) < self::MAX_HELD) {
+                        $session->next = $next;
+                        $session->held .= $frame;
 
-                return;
+                        return;
+                    }
+                }
             }
         }
         $session->send($frame);

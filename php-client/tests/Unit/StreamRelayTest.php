@@ -123,6 +123,53 @@ final class StreamRelayTest extends TestCase
         self::assertNull($tcp->waitRequest(), 'nothing is read after it');
     }
 
+    /**
+     * After an answer written at once (nothing else buffered), waitRequest() reads the relay on
+     * one check (Session::$next false): error() and stop() in between, and an event larger than
+     * one read or with a state after it, must still reach the server and the loop in order.
+     */
+    public function testWhatComesBetweenAnAnswerAndTheNextWaitIsKept(): void
+    {
+        [$tcp, $server] = self::worker();
+        $steps = [
+            'error' => static fn () => $tcp->getWorker()->error('late'),
+            'stop' => static fn () => $tcp->getWorker()->stop(),
+            'nothing' => static fn () => null,
+        ];
+        $sent = [
+            'error' => Vectors::frame(0x40, [], 'late'),
+            'stop' => Vectors::frame(0, [13], '{"stop":true}'),
+            'nothing' => '',
+        ];
+        $n = 0;
+        foreach ($steps as $name => $step) {
+            $body = "{$name}\n";
+            fwrite($server, Vectors::event('DATA', $body));
+            self::assertSame($body, $tcp->waitRequest()?->body, $name);
+            $tcp->respond($body);
+            $answer = Vectors::frame(0, [5], 'WRITE' . $body);
+            self::assertSame($answer, self::readExactly($server, \strlen($answer)), $name);
+            $step();
+            self::assertSame($sent[$name], self::readExactly($server, \strlen($sent[$name])), "what {$name} sent");
+            // The next event larger than one read (Session::SMALL_READ), then one with a state.
+            $large = str_repeat('n', 5000) . "{$n}\n";
+            fwrite($server, Vectors::event('DATA', $large));
+            self::assertSame($large, $tcp->waitRequest()?->body, $name);
+            $tcp->read();
+            $continue = Vectors::frame(0, [8], 'CONTINUE');
+            self::assertSame($continue, self::readExactly($server, \strlen($continue)), $name);
+            fwrite($server, Vectors::event('DATA', "stated {$n}\n", 'st'));
+            $request = $tcp->waitRequest();
+            self::assertSame(["stated {$n}\n", 'st'], [$request?->body, $request?->state], $name);
+            $tcp->read();
+            self::assertSame($continue, self::readExactly($server, \strlen($continue)), $name);
+            $n++;
+        }
+        fclose($server);
+
+        self::assertNull($tcp->waitRequest(), 'the end of the relay ends the loop');
+    }
+
     public function testThePidHandshakeAndAStateEventPassThrough(): void
     {
         [$tcp, $server] = self::worker();
