@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use crate::frame::{
-    begin_header, encode, finish_header, EncodeError, Frame, FrameView, HEADER_LEN,
+    begin_header, encode, finish_header, short_header, EncodeError, Frame, FrameView, HEADER_LEN,
 };
 use crate::message::MessageError;
 use crate::tls::TlsFacts;
@@ -327,7 +327,13 @@ impl ContextPrefix {
 
 /// Appends an event frame whose context starts with `prefix`: byte-identical to
 /// [`encode_event_with_context`] with the prefix's remote address, server and uuid, minus the
-/// per-event JSON escaping.
+/// per-event JSON escaping. On an error nothing is appended.
+///
+/// Every length is known before a byte is written, so the header is made whole (checksum
+/// included) and each part appended once after one `reserve`: begun with zeros and patched
+/// after the payload as [`encode_event_with_context`] does (it escapes as it writes), this was
+/// ~214 instructions per event pier encodes at 100 × 1 (callgrind).
+#[inline]
 pub fn encode_event_prefixed(
     dst: &mut Vec<u8>,
     prefix: &ContextPrefix,
@@ -336,14 +342,42 @@ pub fn encode_event_prefixed(
     state: &[u8],
     body: &[u8],
 ) -> Result<(), EncodeError> {
-    let start = begin_event(
-        dst,
-        prefix.bytes.len() + extra_context.len() + 16,
-        state,
-        body,
-    );
+    // The name, its closing quote and the context's closing brace, in one piece.
+    let name: &[u8] = match event {
+        EventKind::Connected => b"CONNECTED\"}",
+        EventKind::Data => b"DATA\"}",
+        EventKind::Close => b"CLOSE\"}",
+        EventKind::Unknown => b"UNKNOWN\"}",
+    };
+    let context_len = prefix.bytes.len() + name.len() + extra_context.len();
+    let too_large = |n: usize| EncodeError::PayloadTooLarge(n as u64);
+    let context32 = u32::try_from(context_len).map_err(|_| too_large(context_len))?;
+    let payload = context_len + state.len() + body.len();
+    let header = if state.is_empty() {
+        let len = u32::try_from(payload).map_err(|_| too_large(payload))?;
+        &short_header(0, len, &[context32])[..HEADER_LEN + 4]
+    } else {
+        let state32 = u32::try_from(state.len()).map_err(|_| too_large(state.len()))?;
+        let len = u32::try_from(payload).map_err(|_| too_large(payload))?;
+        &short_header(0, len, &[context32, state32])[..]
+    };
+    dst.reserve(header.len() + payload);
+    dst.extend_from_slice(header);
     dst.extend_from_slice(&prefix.bytes);
-    finish_event(dst, start, event, extra_context, state, body)
+    // The extra context (TLS facts) and the state are usually empty: no copy call for them.
+    if extra_context.is_empty() {
+        dst.extend_from_slice(name);
+    } else {
+        let (name, brace) = name.split_at(name.len() - 1);
+        dst.extend_from_slice(name);
+        dst.extend_from_slice(extra_context);
+        dst.extend_from_slice(brace);
+    }
+    if !state.is_empty() {
+        dst.extend_from_slice(state);
+    }
+    dst.extend_from_slice(body);
+    Ok(())
 }
 
 /// Reserves room for a whole event frame and begins its header (one option, two with state).
@@ -599,7 +633,12 @@ mod tests {
         ];
         for (remote_addr, server, uuid) in addrs {
             let prefix = ContextPrefix::new(remote_addr, server, uuid);
-            for kind in [EventKind::Connected, EventKind::Data, EventKind::Close] {
+            for kind in [
+                EventKind::Connected,
+                EventKind::Data,
+                EventKind::Close,
+                EventKind::Unknown,
+            ] {
                 for (state, body) in [(&b""[..], &b""[..]), (b"", b"hi\n"), (b"\x00st", b"x")] {
                     let mut want = vec![7];
                     encode_event_with_state(

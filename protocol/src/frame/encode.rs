@@ -95,6 +95,27 @@ pub(crate) fn finish_header(
     Ok(())
 }
 
+/// A whole header with one or two options, checksummed, for an encoder that knows its payload's
+/// length before writing it (the first `HEADER_LEN + 4 * options.len()` bytes count).
+///
+/// Built on the stack and appended once: begun with zeros and patched after the payload
+/// ([`begin_header`], [`finish_header`]), every event frame pier encodes went through `dst`'s
+/// bounds checks twice and its length was counted back from it.
+#[inline(always)]
+pub(crate) fn short_header(flags: u8, len: u32, options: &[u32]) -> [u8; HEADER_LEN + 8] {
+    assert!(options.len() <= 2, "at most 2 options here");
+    let mut header = [0u8; HEADER_LEN + 8];
+    header[0] = (VERSION << 4) | (MIN_HEADER_WORDS + options.len() as u8);
+    header[1] = flags;
+    header[2..6].copy_from_slice(&len.to_le_bytes());
+    let crc = header_crc(&header[..6]);
+    header[6..10].copy_from_slice(&crc.to_le_bytes());
+    for (raw, value) in header[HEADER_LEN..].chunks_exact_mut(4).zip(options) {
+        raw.copy_from_slice(&value.to_le_bytes());
+    }
+    header
+}
+
 fn put_header(dst: &mut Vec<u8>, flags: u8, stream: u8, options: &[u32], len: u32) {
     let words = MIN_HEADER_WORDS + options.len() as u8;
     let mut header = [0u8; HEADER_LEN];

@@ -14,7 +14,7 @@ pub mod encode;
 pub use decode::{
     decode, decode_accepted, decode_memo, whole_len, FrameError, FrameView, HeaderMemo,
 };
-pub(crate) use encode::{begin_header, finish_header};
+pub(crate) use encode::{begin_header, finish_header, short_header};
 pub use encode::{encode, EncodeError};
 
 /// Length of the fixed part of a frame header, before the options.
