@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pier_protocol::control::{self, Control};
-use pier_protocol::frame::{decode, flags};
+use pier_protocol::frame::{decode, decode_view, flags};
 use pier_protocol::tcp::{EventKind, ReplyKind, TcpEvent, TcpReply};
 use pier_protocol::{ServerMessage, WorkerMessage};
 
@@ -56,7 +56,12 @@ fn frame_of(bytes: &[u8]) -> pier_protocol::Frame<'_> {
 }
 
 fn worker(bytes: &[u8]) -> WorkerMessage<'_> {
-    WorkerMessage::from_frame(&frame_of(bytes)).unwrap()
+    let message = WorkerMessage::from_frame(&frame_of(bytes)).unwrap();
+    // Read in place (as pier reads answers), the same message.
+    let view = decode_view(bytes, MAX).unwrap().expect("a whole frame");
+    assert_eq!(view.frame_len(), bytes.len());
+    assert_eq!(WorkerMessage::from_view(&view).unwrap(), message);
+    message
 }
 
 fn server(bytes: &[u8]) -> ServerMessage<'_> {

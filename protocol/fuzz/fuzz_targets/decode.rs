@@ -19,7 +19,14 @@ fuzz_target!(|data: &[u8]| {
         original[11] = 0;
         assert_eq!(again, original);
         assert!(matches!(decode(&data[at..at + used - 1], 1 << 20), Ok(None)));
-        let _ = WorkerMessage::from_frame(&frame);
+        let view = pier_protocol::frame::decode_view(&data[at..], 1 << 20)
+            .expect("decode_view accepts what decode does")
+            .expect("whole");
+        assert_eq!(view.frame(), frame);
+        assert_eq!(
+            format!("{:?}", WorkerMessage::from_view(&view)),
+            format!("{:?}", WorkerMessage::from_frame(&frame))
+        );
         let _ = ServerMessage::from_frame(&frame);
         at += used;
     }

@@ -56,6 +56,23 @@ pub fn decode_memo<'a>(
     decode_with(buf, max_payload, Some(memo))
 }
 
+/// [`decode`] read in place: the frame at the start of `buf` as a [`FrameView`] (its options
+/// not copied out), once it is all there; the same checks and errors.
+///
+/// Inlined: pier reads each worker answer through it, and only needs one or two options of it
+/// ([`crate::WorkerMessage::from_view`]); [`decode`]'s [`Frame`] copied ten options' room out
+/// and went through memory twice (`decode` 114 + `from_frame` 68 instructions per answer at
+/// 100 × 1, callgrind).
+#[inline]
+pub fn decode_view(buf: &[u8], max_payload: u32) -> Result<Option<FrameView<'_>>, FrameError> {
+    let Some((header_len, total)) = check_header(buf, max_payload, None)? else {
+        return Ok(None);
+    };
+    Ok(buf
+        .get(..total)
+        .map(|bytes| FrameView { bytes, header_len }))
+}
+
 /// The length of the whole frame at the start of `buf` once it is all there (`Ok(None)` before):
 /// the checks of [`decode_memo`] without building the frame, to ask whether one is buffered.
 pub fn whole_len(
@@ -115,6 +132,11 @@ impl<'a> FrameView<'a> {
         let at = HEADER_LEN.checked_add(i.checked_mul(4)?)?;
         let raw = self.bytes.get(at..self.header_len)?.first_chunk::<4>()?;
         Some(u32::from_le_bytes(*raw))
+    }
+
+    /// The frame's length in bytes, header included (what a decoder consumed).
+    pub fn frame_len(&self) -> usize {
+        self.bytes.len()
     }
 
     /// The payload.

@@ -12,7 +12,7 @@ pub mod decode;
 pub mod encode;
 
 pub use decode::{
-    decode, decode_accepted, decode_memo, whole_len, FrameError, FrameView, HeaderMemo,
+    decode, decode_accepted, decode_memo, decode_view, whole_len, FrameError, FrameView, HeaderMemo,
 };
 pub(crate) use encode::{begin_header, finish_header, short_header};
 pub use encode::{encode, EncodeError};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::log_scope::{debug, info, warn};
 use bytes::{Buf, BytesMut};
 use pier_protocol::control;
-use pier_protocol::frame::decode;
+use pier_protocol::frame::{decode, decode_view};
 use pier_protocol::tcp::ReplyKind;
 use pier_protocol::WorkerMessage;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -559,9 +559,11 @@ impl Worker {
     ) -> Option<Result<Outcome, PoolError>> {
         let pid = self.pid;
         loop {
-            match decode(&self.rbuf, MAX_WORKER_FRAME) {
-                Ok(Some((frame, used))) => {
-                    let message = WorkerMessage::from_frame(&frame);
+            // Read in place, no `Frame` built (see `decode_view`).
+            match decode_view(&self.rbuf, MAX_WORKER_FRAME) {
+                Ok(Some(view)) => {
+                    let used = view.frame_len();
+                    let message = WorkerMessage::from_view(&view);
                     let base = self.rbuf.as_ptr() as usize;
                     let range = |s: &[u8]| {
                         let at = s.as_ptr() as usize - base;
