@@ -17,13 +17,16 @@
 # clock-tick utime / stime of /proc are too coarse at ~10 µs per message) and, in a second table,
 # by kind of code (the user-space binaries; the kernel's symbols grouped by name: process switch,
 # wake-up, epoll, pipe, copies, TCP/IP, system call entry, …). The top kernel symbols of each
-# target's first round go to $OUT/kernel.md. Perf costs CPU per system call, per sample and per
-# process switch (it switches its counters with the task): compare rows of one run, and take the
-# CPU time of an A/B from a PERF=0 run.
+# target's first round go to $OUT/kernel.md. With GRAPH=1 the samples also carry call graphs
+# (`-g`), and bench/kernel-paths.py splits each target's first-round load window by call path into
+# $OUT/paths.md (every process of the tree; the whole window's messages, connection set-up
+# included: use a large MESSAGES). Perf costs CPU per system call, per sample and per process
+# switch (it switches its counters with the task): compare rows of one run, and take the CPU time
+# of an A/B from a PERF=0 run.
 #
 # Usage: bench/switches.sh [LABEL PIER WORKER TREE]...   (zero or more pier builds, as for ab.sh)
 # Env: CELLS ("100x1 1000x1"), ROUNDS (2), MESSAGES (60000 per window), SIZE (32), PERF (1),
-#   PEERS / RAW as for ab.sh, OUT (target/bench/switches).
+#   GRAPH (0), PEERS / RAW as for ab.sh, OUT (target/bench/switches).
 # Prints the medians over the rounds, one row per process and one per target (every window in
 # $OUT/windows.tsv), then (PERF=1) where each target's CPU time per message goes.
 set -euo pipefail
@@ -31,14 +34,14 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BENCH="$ROOT/target/release/pier-bench"
 CELLS=${CELLS:-"100x1 1000x1"} ROUNDS=${ROUNDS:-2} MESSAGES=${MESSAGES:-60000} SIZE=${SIZE:-32}
-OUT=${OUT:-$ROOT/target/bench/switches} PERF=${PERF:-1}
+OUT=${OUT:-$ROOT/target/bench/switches} PERF=${PERF:-1} GRAPH=${GRAPH:-0}
 command -v perf >/dev/null || { echo "needs perf" >&2; exit 1; }
 rm -rf "$OUT"
 mkdir -p "$OUT"
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
 [ $(($# % 4)) -eq 0 ] && { [ $# -gt 0 ] || [ -n "${PEERS:-}" ] || [ "${RAW:-0}" = 1 ]; } ||
-  { sed -n '24,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+  { sed -n '27,32p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 side_by_side_setup
 start_targets "$@"
 
@@ -96,7 +99,7 @@ window() {
     perfs+=($!)
   done
   if [ "$PERF" = 1 ] && [ "${name%-load}" != "$name" ]; then
-    perf record -q -e cpu-clock -F 4999 -p "$(IFS=,; echo "$*")" -o "$OUT/$name.data" 2>/dev/null &
+    perf record -q -e cpu-clock -F 4999 $([ "$GRAPH" = 1 ] && echo -g) -p "$(IFS=,; echo "$*")" -o "$OUT/$name.data" 2>/dev/null &
     perfs+=($!)
   fi
   sleep 0.5
@@ -299,3 +302,16 @@ for cell in $CELLS; do
     echo '```'
   done
 done >"$OUT/kernel.md"
+
+[ "$GRAPH" = 1 ] || exit 0
+# Kernel time by call path (first round's load window of each target and cell, every process of
+# the server's tree), one column each.
+cols=()
+for cell in $CELLS; do
+  for label in "${LABELS[@]}"; do
+    cols+=("$label ${cell/x/ × }=$OUT/$label-$cell-1-load.data:$(messages "$OUT/$label-$cell-1-load.json")")
+  done
+done
+python3 "$ROOT/bench/kernel-paths.py" "${cols[@]}" >"$OUT/paths.md"
+echo
+cat "$OUT/paths.md"
