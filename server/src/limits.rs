@@ -331,6 +331,14 @@ impl<R> Reader<R> {
     }
 }
 
+impl<R: crate::framing::ReadReady> crate::framing::ReadReady for Reader<R> {
+    // Nothing is read: no bytes to count, no clock to restart.
+    #[inline]
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for Reader<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,

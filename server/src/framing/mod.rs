@@ -25,7 +25,7 @@ use tokio_util::codec::Decoder;
 pub use delimiter::DelimiterCodec;
 pub use fixed::FixedCodec;
 pub use length_field::LengthFieldCodec;
-pub use packets::Packets;
+pub use packets::{Packets, ReadReady};
 pub use raw::RawCodec;
 pub use varint::VarintCodec;
 

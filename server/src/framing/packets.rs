@@ -25,6 +25,21 @@ use super::{FrameCodec, FramingError};
 /// Size of a runtime thread's scratch buffer: the most one read takes.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
 
+/// A read half that can say, without reading, that a read would find nothing yet.
+///
+/// Why: after a read that returned less than it asked for, tokio has already cleared the TCP
+/// socket's read readiness (a short read drains an edge-triggered socket), so the next read only
+/// registers the task's waker and returns `Pending`. Through the read stack (this thread's
+/// scratch buffer, `poll_read_buf`, the byte counter, the PROXY replay, `PollEvented::poll_read`)
+/// that was ~200 instructions per echoed message at 100 × 1 (bench/results/2026-12-01-tokio.md);
+/// [`Packets`] asks this instead, right after a short read.
+pub trait ReadReady {
+    /// `Pending` (the task's waker registered, as a read's `Pending` does) when a read would find
+    /// no bytes and no end of stream; `Ready` when a read may find some — or when this half cannot
+    /// tell without reading (TLS: a record may already be buffered in rustls).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
 thread_local! {
     /// Where a read lands when its connection has nothing pending; taken (split) by the
     /// connection as a view, so the buffer is shared by every connection this thread serves.
@@ -51,9 +66,12 @@ pub struct Packets<R> {
     readable: bool,
     /// A decode or read error was returned: the stream ends next.
     errored: bool,
+    /// The last read into the scratch took less than `read_size`: the socket is likely drained,
+    /// so the next read asks [`ReadReady`] first.
+    drained: bool,
 }
 
-impl<R: AsyncRead + Unpin> Packets<R> {
+impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
     /// Packets of `io` cut by `codec`; reads take at most `read_size` bytes.
     pub fn new(io: R, codec: FrameCodec, read_size: usize) -> Self {
         Packets {
@@ -65,6 +83,7 @@ impl<R: AsyncRead + Unpin> Packets<R> {
             eof: false,
             readable: false,
             errored: false,
+            drained: false,
         }
     }
 
@@ -126,6 +145,16 @@ impl<R: AsyncRead + Unpin> Packets<R> {
                 }
             }
             let read = if self.buf.is_empty() {
+                if self.drained {
+                    // The usual wait for a client's next packet (see `ReadReady`). Asked once:
+                    // the next poll is most likely the socket's wake-up, and a read then asks
+                    // tokio for the readiness itself (asking here too cost ~100 instructions per
+                    // message). An error is the read's to report.
+                    self.drained = false;
+                    if self.io.poll_read_ready(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
                 self.read_scratch(cx)
             } else {
                 self.read_own(cx)
@@ -172,6 +201,9 @@ impl<R: AsyncRead + Unpin> Packets<R> {
             Poll::Ready(Ok((n, scratch.split())))
         });
         let (n, bytes) = ready!(read)?;
+        // Only a hint (`ReadReady` is asked, not trusted): a read near the scratch's end asked
+        // for less than `read_size`, and may have filled it.
+        self.drained = 0 < n && n < read_size;
         self.buf = bytes;
         self.own = false;
         Poll::Ready(Ok(n))
@@ -187,6 +219,7 @@ impl<R: AsyncRead + Unpin> Packets<R> {
             self.own = true;
         }
         self.buf.reserve(self.read_size);
+        self.drained = false;
         poll_read_buf(
             Pin::new(&mut self.io),
             cx,
@@ -213,7 +246,16 @@ mod tests {
         FrameCodec::new(&Framing::Delimiter(b"\n".to_vec()), max)
     }
 
-    async fn all<R: AsyncRead + Unpin>(p: &mut Packets<R>) -> (Vec<Vec<u8>>, Option<String>) {
+    /// The in-memory pipe cannot tell readiness without reading: it reads (as TLS does).
+    impl ReadReady for tokio::io::DuplexStream {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn all<R: AsyncRead + ReadReady + Unpin>(
+        p: &mut Packets<R>,
+    ) -> (Vec<Vec<u8>>, Option<String>) {
         let mut out = Vec::new();
         while let Some(r) = p.next().await {
             match r {
@@ -307,5 +349,87 @@ mod tests {
         client.write_all(b"\n").await.unwrap();
         let packet = p.next().await.unwrap().unwrap();
         assert_eq!(packet.len(), 44);
+    }
+
+    /// A read half that counts the reads that reach it.
+    struct Counted<R> {
+        inner: R,
+        reads: usize,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.reads += 1;
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<R: ReadReady> ReadReady for Counted<R> {
+        fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.inner.poll_read_ready(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_short_read_the_wait_for_bytes_asks_the_socket_readiness_not_a_read() {
+        use crate::listener::proxy::Rewind;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        // A PROXY header's leftover first: replayed without the socket, then the socket's bytes.
+        let read = Rewind::new(BytesMut::from(&b"p\n"[..]), read);
+        let mut p = Packets::new(
+            Counted {
+                inner: read,
+                reads: 0,
+            },
+            lines(64),
+            SCRATCH_SIZE,
+        );
+        assert_eq!(p.next().await.unwrap().unwrap(), &b"p\n"[..]);
+        client.write_all(b"a\n").await.unwrap();
+        assert_eq!(p.next().await.unwrap().unwrap(), &b"a\n"[..]);
+        let reads = p.io.reads;
+        // Nothing sent: the wait registers the task with the socket and reads nothing.
+        let waker = std::sync::Arc::new(Flag::default());
+        let task = std::task::Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(p.poll_next(&mut cx).is_pending());
+        assert_eq!(p.io.reads, reads, "a drained socket is not read again");
+        // Polled again without bytes (a wake-up for something else): a read, as before.
+        assert!(p.poll_next(&mut cx).is_pending());
+        assert_eq!(p.io.reads, reads + 1);
+        // Bytes come: the task is woken, and the read takes them.
+        client.write_all(b"b\n").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waker.woken())
+            .await
+            .expect("woken when bytes come");
+        assert_eq!(p.next().await.unwrap().unwrap(), &b"b\n"[..]);
+        // The end of the stream is seen through the same wait.
+        drop(client);
+        assert!(p.next().await.is_none());
+    }
+
+    /// A waker that notes it was woken.
+    #[derive(Default)]
+    struct Flag(tokio::sync::Notify);
+
+    impl Flag {
+        async fn woken(&self) {
+            self.0.notified().await;
+        }
+    }
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.notify_one();
+        }
     }
 }

@@ -146,6 +146,17 @@ impl<S> Rewind<S> {
     }
 }
 
+impl crate::framing::ReadReady for Rewind<tokio::net::tcp::OwnedReadHalf> {
+    #[inline]
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // The socket's own readiness, which its reads share (one registration).
+        self.inner.as_ref().poll_read_ready(cx)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

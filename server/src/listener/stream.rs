@@ -91,6 +91,18 @@ impl AsyncRead for ReadSide {
     }
 }
 
+impl crate::framing::ReadReady for ReadSide {
+    // Inlined into the connection's wait for its next packet.
+    #[inline]
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            ReadSide::Plain(r) => r.poll_read_ready(cx),
+            // rustls may hold a whole record already read from the socket: only a read can tell.
+            ReadSide::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// Sends `bufs` on a plaintext socket without waiting, through the socket calls rather than
 /// `writev(2)`: `send(2)` for one buffer (a reply: the usual case), `sendmsg(2)` for several.
 /// `writev` on a socket goes through the file layer first (`fdget_pos`, `vfs_writev`,
