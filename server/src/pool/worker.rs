@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::log_scope::{debug, info, warn};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pier_protocol::control;
 use pier_protocol::frame::{decode, decode_view};
 use pier_protocol::tcp::ReplyKind;
@@ -608,11 +608,23 @@ impl Worker {
                             };
                             let body = range(reply.body);
                             let state = reply.state.map(range);
-                            let frame = self.rbuf.split_to(used).freeze();
+                            // Only what is kept is split off (state, then body: the frame's
+                            // end), the rest skipped; an empty part is no split at all. Frozen
+                            // whole and sliced, each answer took a reference of the buffer for
+                            // the frame and one per part, and dropped the frame's.
+                            debug_assert_eq!(body.end, used);
+                            self.rbuf
+                                .advance(state.as_ref().map_or(body.start, |s| s.start));
+                            let mut part = |len: usize| match len {
+                                0 => Bytes::new(),
+                                len => self.rbuf.split_to(len).freeze(),
+                            };
+                            let state = state.map(|s| part(s.len()));
+                            let body = part(body.len());
                             return Some(Ok(Outcome::Reply(Reply {
                                 action,
-                                body: frame.slice(body),
-                                state: state.map(|r| frame.slice(r)),
+                                body,
+                                state,
                                 pid,
                                 idle_timeout: seen.idle_timeout,
                                 starttls: seen.starttls,
