@@ -2,11 +2,13 @@
 //! the bytes read past a PROXY header replayed first) or TLS over it.
 //!
 //! Plaintext keeps tokio's owned TCP halves, so its writes stay non-blocking `send(2)` /
-//! `sendmsg(2)` attempts with no extra layer; TLS goes through rustls' buffered stream, driven by
+//! `sendmsg(2)` attempts with no extra layer (on the socket's descriptor, tokio only once the
+//! socket is full); TLS goes through rustls' buffered stream, driven by
 //! polls with a no-op waker for the attempts and a real one while waiting (both cancel-safe).
 
 use std::future::poll_fn;
 use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -32,7 +34,7 @@ pub(crate) enum ReadSide {
 #[derive(Debug)]
 pub(crate) enum WriteSide {
     /// Plain TCP.
-    Plain(OwnedWriteHalf),
+    Plain(PlainWrite),
     /// TLS; `unflushed` while rustls may hold records the socket has not taken yet.
     Tls {
         /// The write half of the TLS stream.
@@ -44,12 +46,60 @@ pub(crate) enum WriteSide {
     Gone,
 }
 
+/// A plaintext write half and its socket's descriptor, kept beside it so that a reply's `send(2)`
+/// reads neither the halves' shared `TcpStream` (its own heap block) nor tokio's readiness (the
+/// `ScheduledIo`): at 1000 connections both lines have left the L2 cache by the time the answer
+/// comes, ~2 misses per message in `Registration::try_io` (bench/results/2026-12-01-conn.md).
+/// tokio's path is taken only when the socket refuses bytes (see [`PlainWrite::send`]).
+#[derive(Debug)]
+pub(crate) struct PlainWrite {
+    /// The descriptor of `half`'s socket. Rule: set once, from `half`, in [`PlainWrite::new`],
+    /// and the fields are private and never replaced, so it is open for as long as this value
+    /// lives (the socket closes when the last of the halves' `Arc<TcpStream>`s drops, and `half`
+    /// holds one).
+    fd: RawFd,
+    /// tokio's write half: owns the socket (with the read half) and its readiness.
+    half: OwnedWriteHalf,
+}
+
+impl PlainWrite {
+    fn new(half: OwnedWriteHalf) -> Self {
+        let fd = half.as_ref().as_raw_fd();
+        PlainWrite { fd, half }
+    }
+
+    /// Sends `bufs` without waiting: first on the descriptor itself; only if the socket refuses
+    /// bytes again through tokio, whose attempt (a real one, made after it read its readiness)
+    /// clears that readiness on `WouldBlock`, so that `writable()` waits for the socket to drain
+    /// rather than returning at once on a stale readiness (a busy loop). The retry costs one more
+    /// system call, only when the socket is full.
+    #[inline]
+    fn send(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        // SAFETY: `fd` is open for as long as `self` lives (the rule on the field), and the
+        // borrow does not outlive `self`.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let socket = socket2::SockRef::from(&fd);
+        // MSG_NOSIGNAL as std's own `send`: a closed peer is an EPIPE error, not a signal.
+        let sent = match bufs {
+            [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+            _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
+        };
+        match sent {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => send(&self.half, bufs),
+            sent => sent,
+        }
+    }
+}
+
 /// The halves of a fresh connection.
 pub(crate) fn split(transport: super::Transport) -> (ReadSide, WriteSide) {
     match transport {
         super::Transport::Plain { stream, prefix } => {
             let (r, w) = stream.into_split();
-            (ReadSide::Plain(Rewind::new(prefix, r)), WriteSide::Plain(w))
+            (
+                ReadSide::Plain(Rewind::new(prefix, r)),
+                WriteSide::Plain(PlainWrite::new(w)),
+            )
         }
         super::Transport::Tls(tls) => split_tls(*tls),
     }
@@ -71,7 +121,7 @@ pub(crate) fn split_tls(tls: TlsIo) -> (ReadSide, WriteSide) {
 /// buffer are dropped with the rest of what the client sent before the handshake. `None` for TLS.
 pub(crate) fn reunite(read: ReadSide, write: WriteSide) -> Option<TcpStream> {
     match (read, write) {
-        (ReadSide::Plain(r), WriteSide::Plain(w)) => r.into_inner().reunite(w).ok(),
+        (ReadSide::Plain(r), WriteSide::Plain(w)) => r.into_inner().reunite(w.half).ok(),
         _ => None,
     }
 }
@@ -110,7 +160,8 @@ impl crate::framing::ReadReady for ReadSide {
 /// message at 100 × 1 and ~0.4 µs at 1000 × 1 (bench/results/2026-11-30-kernel.md) — the part
 /// of the reply's kernel time Workerman's `send` does not pay. `WouldBlock` clears tokio's write
 /// readiness as `try_write_vectored` does, so `writable()` still waits for the socket to drain.
-#[inline]
+/// The retry of [`PlainWrite::send`] once its own attempt found the socket full.
+#[cold]
 fn send(w: &OwnedWriteHalf, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
     match bufs {
         // tokio → mio → std's `send(fd, …, MSG_NOSIGNAL)`.
@@ -139,7 +190,7 @@ impl WriteSide {
     #[inline]
     pub(crate) fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
         match self {
-            WriteSide::Plain(w) => send(w, bufs),
+            WriteSide::Plain(w) => w.send(bufs),
             WriteSide::Tls { half, unflushed } => {
                 let mut cx = Context::from_waker(Waker::noop());
                 match Pin::new(&mut *half).poll_write_vectored(&mut cx, bufs) {
@@ -190,7 +241,7 @@ impl WriteSide {
     /// which makes room). Cancel-safe.
     pub(crate) async fn writable(&mut self) -> std::io::Result<()> {
         match self {
-            WriteSide::Plain(w) => w.writable().await,
+            WriteSide::Plain(w) => w.half.writable().await,
             WriteSide::Tls { half, unflushed } => {
                 poll_fn(|cx| Pin::new(&mut *half).poll_flush(cx)).await?;
                 *unflushed = false;
@@ -203,7 +254,7 @@ impl WriteSide {
     /// Ends the write side (TLS: close_notify first).
     pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
-            WriteSide::Plain(w) => w.shutdown().await,
+            WriteSide::Plain(w) => w.half.shutdown().await,
             WriteSide::Tls { half, .. } => half.shutdown().await,
             WriteSide::Gone => Ok(()),
         }
@@ -227,7 +278,7 @@ mod tests {
         let (read, write) = server.into_split();
         // Dropping the read half leaves the socket open (only the write half's drop shuts it down).
         drop(read);
-        (WriteSide::Plain(write), client)
+        (WriteSide::Plain(PlainWrite::new(write)), client)
     }
 
     async fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
@@ -291,6 +342,45 @@ mod tests {
             .expect("writable once the client reads")
             .unwrap();
         assert!(write.try_write_vectored(&[IoSlice::new(b"more")]).is_ok());
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// The descriptor's own `send` (which tokio does not see) fills the socket, then `writable()`
+    /// waits: the retry through tokio cleared the readiness tokio had from the connect. Without
+    /// that retry `writable()` returns at once on the stale readiness, and a writer waiting for
+    /// room spins instead of waiting (and `write_timeout` never passes).
+    #[tokio::test]
+    async fn plaintext_send_on_the_descriptor_leaves_tokio_waiting_once_full() {
+        let (mut write, mut client) = pair().await;
+        // tokio learns that the socket is writable (its first event) before the fill.
+        tokio::time::timeout(Duration::from_secs(10), write.writable())
+            .await
+            .expect("a fresh socket is writable")
+            .unwrap();
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        let full = (0..10_000).any(
+            |_| match write.try_write_vectored(&[IoSlice::new(&chunk)]) {
+                Ok(n) => {
+                    sent += n;
+                    false
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                Err(e) => panic!("could not write: {e}"),
+            },
+        );
+        assert!(full, "the socket never filled up");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), write.writable())
+                .await
+                .is_err(),
+            "writable() must wait while the client reads nothing"
+        );
+        let reader = tokio::spawn(async move { read_exactly(&mut client, sent).await.len() });
+        tokio::time::timeout(Duration::from_secs(10), write.writable())
+            .await
+            .expect("writable once the client reads")
+            .unwrap();
         assert_eq!(reader.await.unwrap(), sent);
     }
 }
