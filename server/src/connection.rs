@@ -835,7 +835,9 @@ pub(crate) fn serve(
 /// A plain struct polled by hand, not an `async fn` around a `poll_fn`: every poll of a waiting
 /// event (its turn, its answer) comes long after the connection's last one at 1000 connections,
 /// and each layer of `async fn` kept its state tag and its fields in lines of their own (misses,
-/// bench/results/2026-11-30-pipeline.md). These fields share one line.
+/// bench/results/2026-11-30-pipeline.md). These fields share one line: the writer's full loop
+/// and why it stopped, which only pushes and slow clients need, are one box (32 bytes, not 64,
+/// in the task's state around every event; bench/results/2026-12-01-conn.md).
 struct Running<'s, E> {
     /// The worker's side, polled first each time (the answer wins).
     exec: SpareBox<E>,
@@ -844,10 +846,16 @@ struct Running<'s, E> {
     /// The writer while it only watches the signal (an echo event pays for nothing else);
     /// moved into `drive` once bytes are queued or a close is asked for.
     writer: Option<&'s mut Writer>,
-    /// The writer's full loop ([`Writer::drive`]), boxed: only pushes and slow clients get here.
-    drive: Option<Pin<Box<dyn Future<Output = Stop> + Send + 's>>>,
-    /// Why the writer stopped, once it has: the connection closes after the answer.
-    stopped: Option<Stop>,
+    /// The writer's full loop once it runs, then why it stopped; `None` while it only watches.
+    drive: Option<Box<Drive<'s>>>,
+}
+
+/// The writer's full loop in a running event ([`Running::drive`]).
+enum Drive<'s> {
+    /// Writing the queue as the client takes it ([`Writer::drive`]).
+    Writing(Pin<Box<dyn Future<Output = Stop> + Send + 's>>),
+    /// It stopped: the connection closes after the answer.
+    Stopped(Stop),
 }
 
 impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
@@ -857,32 +865,43 @@ impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
         // Every field is Unpin (the futures are boxed).
         let this = self.get_mut();
         if let Poll::Ready(reply) = Pin::new(&mut this.exec).poll(cx) {
-            return Poll::Ready((reply, this.stopped.take()));
+            let stopped = match this.drive.take().map(|drive| *drive) {
+                Some(Drive::Stopped(stop)) => Some(stop),
+                // Still writing (it ends with the event) or never started.
+                Some(Drive::Writing(_)) | None => None,
+            };
+            return Poll::Ready((reply, stopped));
         }
-        if this.stopped.is_some() {
+        let drive = match &mut this.drive {
             // The connection closes once the answer is applied; the worker's side registered
             // its wake-up when it returned Pending above.
-            return Poll::Pending;
-        }
-        if this.drive.is_none() {
-            // Set until `drive` takes it (and `drive` ends only with `stopped`).
-            let Some(writer) = this.writer.as_deref_mut() else {
-                return Poll::Pending;
-            };
-            if writer.idle(this.link)
-                && poll_signal(this.link, &mut writer.registered, cx).is_pending()
-            {
+            Some(drive) => match &mut **drive {
+                Drive::Stopped(_) => return Poll::Pending,
+                Drive::Writing(drive) => drive,
+            },
+            None => {
+                // Set until `drive` takes it (and `drive` ends only with `Stopped`).
+                let Some(writer) = this.writer.as_deref_mut() else {
+                    return Poll::Pending;
+                };
+                if writer.idle(this.link)
+                    && poll_signal(this.link, &mut writer.registered, cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                let writer = this.writer.take().expect("checked above");
+                let write_timeout = this.link.listener.config.write_timeout;
+                let mut drive = Box::pin(writer.drive(this.link, write_timeout, false));
+                let state = match drive.as_mut().poll(cx) {
+                    Poll::Ready(stop) => Drive::Stopped(stop),
+                    Poll::Pending => Drive::Writing(drive),
+                };
+                this.drive = Some(Box::new(state));
                 return Poll::Pending;
             }
-            let writer = this.writer.take().expect("checked above");
-            let write_timeout = this.link.listener.config.write_timeout;
-            this.drive = Some(Box::pin(writer.drive(this.link, write_timeout, false)));
-        }
-        if let Some(drive) = &mut this.drive {
-            if let Poll::Ready(stop) = drive.as_mut().poll(cx) {
-                this.drive = None;
-                this.stopped = Some(stop);
-            }
+        };
+        if let Poll::Ready(stop) = drive.as_mut().poll(cx) {
+            this.drive = Some(Box::new(Drive::Stopped(stop)));
         }
         Poll::Pending
     }
@@ -998,7 +1017,6 @@ impl Conn {
             link,
             writer: Some(writer),
             drive: None,
-            stopped: None,
         }
     }
 
@@ -1304,8 +1322,9 @@ mod tests {
         let running = output_size(|c| c.event(EventKind::Data, &[]));
         let event_only = output_size(|c| c.event_only(EventKind::Data, &[]));
         eprintln!("connection task {task} B, running event {running} B, boxed exec {event_only} B");
-        // An event's own state (besides the boxed exec) fits one cache line.
-        assert!(running <= 64, "running event {running} B");
+        // An event's own state (besides the boxed exec) fits half a cache line: the writer's
+        // full loop and its outcome are boxed (64 B inline).
+        assert!(running <= 32, "running event {running} B");
         // The task holds no dead copy of what `accepted` brought (transport, address, TLS
         // fragment): 1,200 B when the block captured it (this test's build); nor copies of the
         // listener's registry, metrics and write timeout (928 B with them, 936 with the write
