@@ -47,10 +47,11 @@ pub(crate) enum WriteSide {
 }
 
 /// A plaintext write half and its socket's descriptor, kept beside it so that a reply's `send(2)`
-/// reads neither the halves' shared `TcpStream` (its own heap block) nor tokio's readiness (the
-/// `ScheduledIo`): at 1000 connections both lines have left the L2 cache by the time the answer
-/// comes, ~2 misses per message in `Registration::try_io` (bench/results/2026-12-01-conn.md).
-/// tokio's path is taken only when the socket refuses bytes (see [`PlainWrite::send`]).
+/// skips tokio's `Registration::try_io` (~48 instructions: the halves' shared `TcpStream`, the
+/// readiness in its `ScheduledIo`). The cache misses on those two lines at 1000 connections did
+/// not go: the read loop's re-arm of the reader right after the reply touches both
+/// (bench/results/2026-12-01-conn.md). tokio's path is taken only when the socket refuses bytes
+/// (see [`PlainWrite::send`]).
 #[derive(Debug)]
 pub(crate) struct PlainWrite {
     /// The descriptor of `half`'s socket. Rule: set once, from `half`, in [`PlainWrite::new`],
