@@ -310,15 +310,40 @@ mod tests {
         assert_eq!(write.try_write_vectored(&several).unwrap(), 10);
         assert_eq!(read_exactly(&mut client, 10).await, b"two three\n");
 
-        // Fill the send buffer and the client's receive buffer (a few MiB at most on loopback).
+        let sent = fill(&mut write, true);
+        let reader = waits_until_read(&mut write, client, sent).await;
+        assert!(write.try_write_vectored(&[IoSlice::new(b"more")]).is_ok());
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// The descriptor's own `send` (which tokio does not see) fills the socket, then `writable()`
+    /// waits: the retry through tokio cleared the readiness tokio had from the connect. Without
+    /// that retry `writable()` returns at once on the stale readiness, and a writer waiting for
+    /// room spins instead of waiting (and `write_timeout` never passes).
+    #[tokio::test]
+    async fn plaintext_send_on_the_descriptor_leaves_tokio_waiting_once_full() {
+        let (mut write, client) = pair().await;
+        // tokio learns that the socket is writable (its first event) before the fill.
+        tokio::time::timeout(Duration::from_secs(10), write.writable())
+            .await
+            .expect("a fresh socket is writable")
+            .unwrap();
+        let sent = fill(&mut write, false);
+        let reader = waits_until_read(&mut write, client, sent).await;
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// Fills the send buffer and the client's receive buffer (a few MiB at most on loopback)
+    /// with one buffer per write, or (`several`) every other write with two; the bytes sent.
+    fn fill(write: &mut WriteSide, several: bool) -> usize {
         let chunk = vec![b'x'; 64 * 1024];
         let mut sent = 0;
         let full = (0..10_000).any(|i| {
             let bufs = [IoSlice::new(&chunk), IoSlice::new(&chunk[..1 + i % 7])];
-            let result = if i % 2 == 0 {
-                write.try_write_vectored(&bufs[..1])
-            } else {
+            let result = if several && i % 2 == 1 {
                 write.try_write_vectored(&bufs)
+            } else {
+                write.try_write_vectored(&bufs[..1])
             };
             match result {
                 Ok(n) => {
@@ -330,47 +355,16 @@ mod tests {
             }
         });
         assert!(full, "the socket never filled up");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), write.writable())
-                .await
-                .is_err(),
-            "writable() must wait while the client reads nothing"
-        );
-
-        let reader = tokio::spawn(async move { read_exactly(&mut client, sent).await.len() });
-        tokio::time::timeout(Duration::from_secs(10), write.writable())
-            .await
-            .expect("writable once the client reads")
-            .unwrap();
-        assert!(write.try_write_vectored(&[IoSlice::new(b"more")]).is_ok());
-        assert_eq!(reader.await.unwrap(), sent);
+        sent
     }
 
-    /// The descriptor's own `send` (which tokio does not see) fills the socket, then `writable()`
-    /// waits: the retry through tokio cleared the readiness tokio had from the connect. Without
-    /// that retry `writable()` returns at once on the stale readiness, and a writer waiting for
-    /// room spins instead of waiting (and `write_timeout` never passes).
-    #[tokio::test]
-    async fn plaintext_send_on_the_descriptor_leaves_tokio_waiting_once_full() {
-        let (mut write, mut client) = pair().await;
-        // tokio learns that the socket is writable (its first event) before the fill.
-        tokio::time::timeout(Duration::from_secs(10), write.writable())
-            .await
-            .expect("a fresh socket is writable")
-            .unwrap();
-        let chunk = vec![b'y'; 64 * 1024];
-        let mut sent = 0;
-        let full = (0..10_000).any(
-            |_| match write.try_write_vectored(&[IoSlice::new(&chunk)]) {
-                Ok(n) => {
-                    sent += n;
-                    false
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-                Err(e) => panic!("could not write: {e}"),
-            },
-        );
-        assert!(full, "the socket never filled up");
+    /// On a full socket: `writable()` waits while the client reads nothing, and is ready once a
+    /// reader (returned, with the count it read) takes the `sent` bytes.
+    async fn waits_until_read(
+        write: &mut WriteSide,
+        mut client: TcpStream,
+        sent: usize,
+    ) -> tokio::task::JoinHandle<usize> {
         assert!(
             tokio::time::timeout(Duration::from_millis(50), write.writable())
                 .await
@@ -382,6 +376,6 @@ mod tests {
             .await
             .expect("writable once the client reads")
             .unwrap();
-        assert_eq!(reader.await.unwrap(), sent);
+        reader
     }
 }
