@@ -331,11 +331,33 @@ impl<R> Reader<R> {
     }
 }
 
+impl<R> Reader<R> {
+    /// Counts `n` bytes read (none: nothing to do).
+    #[inline]
+    fn came(&mut self, n: usize) {
+        if n > 0 {
+            self.metrics.received(n);
+            if self.track {
+                self.last = Instant::now();
+            }
+        }
+    }
+}
+
 impl<R: crate::framing::ReadReady> crate::framing::ReadReady for Reader<R> {
     // Nothing is read: no bytes to count, no clock to restart.
     #[inline]
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.inner.poll_read_ready(cx)
+    }
+
+    #[inline]
+    fn try_read_direct(&mut self, buf: &mut impl bytes::BufMut) -> Option<std::io::Result<usize>> {
+        let read = self.inner.try_read_direct(buf)?;
+        if let Ok(n) = read {
+            self.came(n);
+        }
+        Some(read)
     }
 }
 
@@ -348,12 +370,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Reader<R> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if n > 0 {
-            self.metrics.received(n);
-            if self.track {
-                self.last = Instant::now();
-            }
-        }
+        self.came(n);
         polled
     }
 }

@@ -222,6 +222,17 @@ async fn proxy_refusals_are_counted_per_server_and_reason_on_the_metrics_endpoin
     let (_, remote, _) = ok.hello().await;
     assert_eq!(remote, "192.0.2.7:4000");
     drop(ok);
+    // The header and the first packets in one write: those are replayed from what the header's
+    // read took (through `poll_read`), the next ones read straight from the socket.
+    let mut both = Client::connect(h.addrs["proxied"]).await;
+    both.send("PROXY TCP4 192.0.2.8 127.0.0.1 4000 25\r\nping\npong\n")
+        .await;
+    let (_, remote, _) = both.hello().await;
+    assert_eq!(remote, "192.0.2.8:4000");
+    assert_eq!(both.line().await.unwrap(), "proxied:ping");
+    assert_eq!(both.line().await.unwrap(), "proxied:pong");
+    assert_eq!(both.ask("again\n").await, "proxied:again");
+    drop(both);
     h.shutdown().await;
 }
 

@@ -25,19 +25,35 @@ use super::{FrameCodec, FramingError};
 /// Size of a runtime thread's scratch buffer: the most one read takes.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
 
-/// A read half that can say, without reading, that a read would find nothing yet.
+/// A read half that can say, without reading, that a read would find nothing yet, and that can
+/// read plain TCP straight from the socket.
 ///
 /// Why: after a read that returned less than it asked for, tokio has already cleared the TCP
 /// socket's read readiness (a short read drains an edge-triggered socket), so the next read only
 /// registers the task's waker and returns `Pending`. Through the read stack (this thread's
 /// scratch buffer, `poll_read_buf`, the byte counter, the PROXY replay, `PollEvented::poll_read`)
 /// that was ~200 instructions per echoed message at 100 × 1 (bench/results/2026-12-01-tokio.md);
-/// [`Packets`] asks this instead, right after a short read.
+/// [`Packets`] asks this instead, right after a short read. And the read that does find bytes
+/// went through the same layers, each a `poll_read` of its own, with tokio's readiness poll and
+/// budget in the last: [`ReadReady::try_read_direct`] is one call and one readiness check
+/// (bench/results/2026-12-01-tokio2.md).
 pub trait ReadReady {
     /// `Pending` (the task's waker registered, as a read's `Pending` does) when a read would find
     /// no bytes and no end of stream; `Ready` when a read may find some — or when this half cannot
     /// tell without reading (TLS: a record may already be buffered in rustls).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+    /// Reads what the socket holds now into `buf` without waiting and without the `AsyncRead`
+    /// layers: `Ok(0)` is the end of the stream. `None` when this half has no such read (TLS, a
+    /// PROXY header's leftover still to replay): then it is read with `poll_read`.
+    ///
+    /// The contract [`Packets`] relies on: `WouldBlock` means nothing was read *and* the
+    /// readiness that [`ReadReady::poll_read_ready`] reports is cleared, so that it waits for the
+    /// socket (else the wait would return at once and spin); a read shorter than `buf` offers
+    /// clears it too (the socket is drained), as tokio's own `poll_read` does on epoll.
+    fn try_read_direct(&mut self, _buf: &mut impl BufMut) -> Option<std::io::Result<usize>> {
+        None
+    }
 }
 
 thread_local! {
@@ -193,11 +209,7 @@ impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
                 scratch.reserve(SCRATCH_SIZE);
             }
             let limit = read_size.min(scratch.capacity());
-            let n = ready!(poll_read_buf(
-                Pin::new(io),
-                cx,
-                &mut (&mut *scratch).limit(limit)
-            ))?;
+            let n = ready!(read_into(io, cx, &mut (&mut *scratch).limit(limit)))?;
             Poll::Ready(Ok((n, scratch.split())))
         });
         let (n, bytes) = ready!(read)?;
@@ -220,11 +232,21 @@ impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
         }
         self.buf.reserve(self.read_size);
         self.drained = false;
-        poll_read_buf(
-            Pin::new(&mut self.io),
+        // The task's coop budget, as tokio's own reads spend it: a packet that spans reads can
+        // take many in one poll (a client streaming a long packet, `read_size` at a time, up to
+        // `max_packet_size`), and the budget makes the task yield to the others every 128 reads.
+        // The scratch read (the first of each packet) does not spend it: the connection's task
+        // waits for its worker's answer after every packet, so it returns `Pending` between
+        // packets anyway, and the budget (a thread-local and its restore) cost ~27 instructions
+        // per message at 100 × 1 (bench/results/2026-12-01-tokio2.md).
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        let read = ready!(read_into(
+            &mut self.io,
             cx,
-            &mut (&mut self.buf).limit(self.read_size),
-        )
+            &mut (&mut self.buf).limit(self.read_size)
+        ));
+        coop.made_progress();
+        Poll::Ready(read)
     }
 
     /// Drops the buffer once everything in it was framed, so an idle connection holds none.
@@ -236,10 +258,34 @@ impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
     }
 }
 
+/// One read of `io` into `buf`: straight from the socket when `io` can
+/// ([`ReadReady::try_read_direct`]), waiting on its readiness while it has nothing; else through
+/// its `poll_read`. A direct read spends none of the task's coop budget (see
+/// [`Packets::read_own`] for the reads that must).
+#[inline]
+fn read_into<R: AsyncRead + ReadReady + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut impl BufMut,
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        match io.try_read_direct(buf) {
+            None => return poll_read_buf(Pin::new(io), cx, buf),
+            // Nothing now, and the readiness cleared: wait for the socket (a readiness that came
+            // meanwhile is `Ready` at once: read again).
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                ready!(io.poll_read_ready(cx))?;
+            }
+            Some(read) => return Poll::Ready(read),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::framing::Framing;
+    use crate::listener::proxy::Rewind;
     use tokio::io::AsyncWriteExt;
 
     fn lines(max: usize) -> FrameCodec {
@@ -372,28 +418,45 @@ mod tests {
         fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             self.inner.poll_read_ready(cx)
         }
+
+        fn try_read_direct(&mut self, buf: &mut impl BufMut) -> Option<std::io::Result<usize>> {
+            let read = self.inner.try_read_direct(buf)?;
+            self.reads += 1;
+            Some(read)
+        }
+    }
+
+    /// The client of a loopback connection, and the server's packets of it (lines up to `max`
+    /// bytes, `read_size` a read), with `leftover` replayed first as a PROXY header's, and its
+    /// write half (kept: dropping it would end the server's side).
+    async fn socket_packets(
+        leftover: &[u8],
+        max: usize,
+        read_size: usize,
+    ) -> (
+        tokio::net::TcpStream,
+        Packets<Counted<Rewind<tokio::net::tcp::OwnedReadHalf>>>,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let read = Counted {
+            inner: Rewind::new(BytesMut::from(leftover), read),
+            reads: 0,
+        };
+        (client, Packets::new(read, lines(max), read_size), write)
     }
 
     #[tokio::test]
     async fn after_a_short_read_the_wait_for_bytes_asks_the_socket_readiness_not_a_read() {
-        use crate::listener::proxy::Rewind;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (read, _write) = server.into_split();
         // A PROXY header's leftover first: replayed without the socket, then the socket's bytes.
-        let read = Rewind::new(BytesMut::from(&b"p\n"[..]), read);
-        let mut p = Packets::new(
-            Counted {
-                inner: read,
-                reads: 0,
-            },
-            lines(64),
-            SCRATCH_SIZE,
-        );
+        let (mut client, mut p, _write) = socket_packets(b"p\n", 64, SCRATCH_SIZE).await;
         assert_eq!(p.next().await.unwrap().unwrap(), &b"p\n"[..]);
+        assert_eq!(p.io.reads, 1, "the leftover is read through poll_read");
         client.write_all(b"a\n").await.unwrap();
         assert_eq!(p.next().await.unwrap().unwrap(), &b"a\n"[..]);
         let reads = p.io.reads;
@@ -403,7 +466,8 @@ mod tests {
         let mut cx = Context::from_waker(&task);
         assert!(p.poll_next(&mut cx).is_pending());
         assert_eq!(p.io.reads, reads, "a drained socket is not read again");
-        // Polled again without bytes (a wake-up for something else): a read, as before.
+        // Polled again without bytes (a wake-up for something else): a read (a direct one, which
+        // finds tokio's readiness cleared and makes no system call), as before.
         assert!(p.poll_next(&mut cx).is_pending());
         assert_eq!(p.io.reads, reads + 1);
         // Bytes come: the task is woken, and the read takes them.
@@ -415,6 +479,33 @@ mod tests {
         // The end of the stream is seen through the same wait.
         drop(client);
         assert!(p.next().await.is_none());
+    }
+
+    /// A packet that spans reads spends the task's coop budget, as tokio's reads do: a client
+    /// streaming one long packet (here a byte per read) makes its task yield to the others every
+    /// 128 reads instead of reading until the packet is complete or the socket is empty.
+    #[tokio::test]
+    async fn a_packet_spanning_many_reads_yields_to_other_tasks() {
+        let (mut client, mut p, _write) = socket_packets(b"", 1 << 20, 1).await;
+        let mut long = vec![b'x'; 1000];
+        long.push(b'\n');
+        client.write_all(&long).await.unwrap();
+        // Every byte is on the socket before the poll: `readable()` waits for the first, and
+        // the loopback delivers one write whole.
+        poll_fn(|cx| p.io.inner.poll_read_ready(cx)).await.unwrap();
+        let waker = std::sync::Arc::new(Flag::default());
+        let task = std::task::Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&task);
+        assert!(p.poll_next(&mut cx).is_pending(), "yields before the end");
+        let reads = p.io.reads;
+        assert!(
+            (100..=130).contains(&reads),
+            "{reads} reads in one poll: the budget is 128"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), waker.woken())
+            .await
+            .expect("the yield wakes the task at once");
+        assert_eq!(p.next().await.unwrap().unwrap(), long);
     }
 
     /// A waker that notes it was woken.

@@ -155,6 +155,14 @@ impl crate::framing::ReadReady for Rewind<tokio::net::tcp::OwnedReadHalf> {
         // The socket's own readiness, which its reads share (one registration).
         self.inner.as_ref().poll_read_ready(cx)
     }
+
+    #[inline]
+    fn try_read_direct(&mut self, buf: &mut impl bytes::BufMut) -> Option<std::io::Result<usize>> {
+        if !self.prefix.is_empty() {
+            return None;
+        }
+        Some(super::stream::try_read_plain(&self.inner, buf))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

@@ -152,6 +152,51 @@ impl crate::framing::ReadReady for ReadSide {
             ReadSide::Tls(_) => Poll::Ready(Ok(())),
         }
     }
+
+    // Inlined into the connection's read (one call per packet).
+    #[inline]
+    fn try_read_direct(&mut self, buf: &mut impl bytes::BufMut) -> Option<std::io::Result<usize>> {
+        match self {
+            ReadSide::Plain(r) => r.try_read_direct(buf),
+            // Decrypting is rustls' read.
+            ReadSide::Tls(_) => None,
+        }
+    }
+}
+
+/// Reads what a plaintext socket holds now into `buf` (as [`crate::framing::ReadReady`]'s
+/// `try_read_direct`): one `recv(2)` after one look at tokio's readiness, instead of
+/// `PollEvented::poll_read`'s readiness poll (the task's coop budget, the waker slot) behind
+/// `AsyncRead` layers.
+///
+/// A read shorter than `buf` offers clears tokio's read readiness, as `PollEvented::poll_read`
+/// does on epoll (an edge-triggered socket drained by it): the closure given to tokio's `try_io`
+/// reports it as `WouldBlock`, which is how `try_io` is told to clear it, and the count is kept
+/// beside it. tokio clears only the readiness of the event the read started from (its tick): an
+/// event that came meanwhile is kept. Without the clear the next wait would find the stale
+/// readiness and pay one more `recv` to learn there is nothing.
+#[inline]
+pub(crate) fn try_read_plain(
+    half: &OwnedReadHalf,
+    buf: &mut impl bytes::BufMut,
+) -> std::io::Result<usize> {
+    let offered = buf.chunk_mut().len();
+    let mut short = 0;
+    let read = half.as_ref().try_io(Interest::READABLE, || {
+        // tokio's own read into a `BufMut` (its readiness is known to be set here).
+        let n = half.try_read_buf(buf)?;
+        if 0 < n && n < offered {
+            short = n;
+            return Err(would_block());
+        }
+        Ok(n)
+    });
+    match read {
+        // Only the closure's own `WouldBlock` comes with `short` set (not asking the error its
+        // kind again: a call, ~11 instructions).
+        Err(_) if short > 0 => Ok(short),
+        read => read,
+    }
 }
 
 /// Sends `bufs` on a plaintext socket without waiting, through the socket calls rather than
@@ -331,6 +376,56 @@ mod tests {
         let sent = fill(&mut write, false);
         let reader = waits_until_read(&mut write, client, sent).await;
         assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// The direct read's contract ([`crate::framing::ReadReady::try_read_direct`]): a read that
+    /// fills what it was offered keeps tokio's readiness (more may be there); a shorter one clears
+    /// it, so the wait for the next bytes waits — without the clear it returns at once, and the
+    /// connection pays a `recv` that finds nothing before every wait; the end of stream stays
+    /// readable.
+    #[tokio::test]
+    async fn a_short_direct_read_clears_tokio_s_readiness_a_full_one_keeps_it() {
+        use bytes::BufMut;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        let mut cx = Context::from_waker(Waker::noop());
+        let ten_s = Duration::from_secs(10);
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        client.write_all(b"0123456789").await.unwrap();
+        tokio::time::timeout(ten_s, read.readable())
+            .await
+            .expect("the bytes come")
+            .unwrap();
+        assert_eq!(try_read_plain(&read, &mut (&mut buf).limit(4)).unwrap(), 4);
+        assert!(read.as_ref().poll_read_ready(&mut cx).is_ready());
+        assert_eq!(try_read_plain(&read, &mut (&mut buf).limit(64)).unwrap(), 6);
+        assert_eq!(&buf[..], b"0123456789");
+        assert!(
+            read.as_ref().poll_read_ready(&mut cx).is_pending(),
+            "a short read leaves tokio waiting for the socket"
+        );
+        let nothing = try_read_plain(&read, &mut buf).unwrap_err();
+        assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
+
+        client.write_all(b"x").await.unwrap();
+        tokio::time::timeout(ten_s, read.readable())
+            .await
+            .expect("woken by the next bytes")
+            .unwrap();
+        assert_eq!(try_read_plain(&read, &mut buf).unwrap(), 1);
+        drop(client);
+        tokio::time::timeout(ten_s, read.readable())
+            .await
+            .expect("woken by the end of stream")
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(try_read_plain(&read, &mut buf).unwrap(), 0);
+            assert!(read.as_ref().poll_read_ready(&mut cx).is_ready());
+        }
     }
 
     /// Fills the send buffer and the client's receive buffer (a few MiB at most on loopback)
