@@ -62,7 +62,7 @@ impl Decoder for DelimiterCodec {
         let from = self.scanned.min(window);
         if let Some(at) = self.finder.find(&buf[from..window]) {
             self.scanned = 0;
-            return Ok(Some(buf.split_to(from + at + self.delimiter_len)));
+            return Ok(Some(super::take_front(buf, from + at + self.delimiter_len)));
         }
         if buf.len() >= self.max {
             let size = buf.len();

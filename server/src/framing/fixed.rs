@@ -29,7 +29,7 @@ impl Decoder for FixedCodec {
             buf.reserve(self.size - buf.len());
             return Ok(None);
         }
-        Ok(Some(buf.split_to(self.size)))
+        Ok(Some(super::take_front(buf, self.size)))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {

@@ -30,7 +30,7 @@ impl Decoder for RawCodec {
             return Ok(None);
         }
         let n = buf.len().min(self.max);
-        Ok(Some(buf.split_to(n)))
+        Ok(Some(super::take_front(buf, n)))
     }
 }
 

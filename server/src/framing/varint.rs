@@ -74,7 +74,7 @@ impl Decoder for VarintCodec {
             return Ok(None);
         }
         self.pending = None;
-        let mut packet = buf.split_to(size);
+        let mut packet = super::take_front(buf, size);
         packet.advance(match self.varint.strip {
             Strip::Bytes(n) => n,
             Strip::Header => header,
