@@ -16,12 +16,20 @@
 //! queue once, not per event), with no lock and no waiter list; a reply with nothing queued
 //! before it is written at once. The writer's full loop ([`Writer::drive`], boxed) runs only once
 //! bytes are queued or a close is asked for.
+//!
+//! While its DATA event waits in a busy worker's line and it waits for nothing else (plaintext, no
+//! packet buffered, no idle timeout, nothing queued), the task *parks*: registered for the
+//! socket's next bytes, it lets whoever reads the worker's answers write a plain answer (WRITE or
+//! CONTINUE, no state, no command before it) straight to the socket and mark the event done,
+//! without a wake-up ([`Link::deliver`]); the task finds the event done when the client's next
+//! packet wakes it. Per message at 100 × 1 that is one task poll and wake-up instead of two
+//! (bench/results/2026-12-01-answer.md).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -111,6 +119,18 @@ pub struct Link {
     metrics: ServerMetrics,
     /// Bytes waiting to be written, in the order accepted, and what was written.
     queue: Mutex<Queue>,
+    /// Whether a running event's plain answer may be written by whoever holds the worker without
+    /// waking this task ([`Link::deliver`]): [`AWAKE`], [`PARKED`], [`CLAIMED`], [`CLAIMED_WAKE`].
+    park: AtomicU8,
+    /// The plaintext socket's descriptor while [`PARKED`] or claimed. Rule: stored by the
+    /// connection's task right before it parks, from its write half, which the task owns until
+    /// after the running event's future is dropped; that drop gives the event's slot up under the
+    /// worker's line lock, which a delivery holds throughout (`Line::pass_on`): no delivery uses
+    /// the descriptor once the socket may close.
+    park_fd: AtomicI32,
+    /// The running event waits for its turn in a worker's line (or in the pool's queue): only
+    /// then may a runner deliver its answer, so only then does the task park.
+    turn: AtomicBool,
     /// The id as sent in events.
     uuid_text: String,
     /// Client address as sent in events.
@@ -118,6 +138,16 @@ pub struct Link {
     /// When it was accepted.
     pub(crate) connected_at: SystemTime,
 }
+
+/// The task must be woken to learn its event's answer (the usual way).
+const AWAKE: u8 = 0;
+/// The task waits for nothing but its next packet (registered for the socket's read readiness),
+/// its event's answer and the signal: a plain answer may be written for it without a wake-up.
+const PARKED: u8 = 1;
+/// A runner is delivering an answer to it.
+const CLAIMED: u8 = 2;
+/// As [`CLAIMED`], and the task was polled meanwhile: wake it once delivered.
+const CLAIMED_WAKE: u8 = 3;
 
 /// A zero-sized field that aligns what follows it to a cache line (see [`Link`]).
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +225,11 @@ impl Link {
     /// The id as sent in events.
     pub(crate) fn uuid_text(&self) -> &str {
         &self.uuid_text
+    }
+
+    /// The registry it is in (what workers' push commands act on).
+    pub(crate) fn registry(&self) -> &crate::registry::Registry {
+        &self.listener.registry
     }
 
     /// The `tcp.servers` key it belongs to.
@@ -280,6 +315,86 @@ impl Link {
         self.signal.store(true, Ordering::Release);
         if let Some(waker) = &q.waker {
             waker.wake_by_ref();
+        }
+    }
+
+    /// Writes a running event's plain answer `body` for the worker's holder, if this connection
+    /// is [`PARKED`] and nothing is queued: `None` when not (its task gets the answer the usual
+    /// way); `Some(wake)`: delivered, and `wake` when its task must still be woken (it was polled
+    /// during the delivery). A short send queues the rest and raises the signal (the task writes
+    /// it, as a reply's).
+    pub(crate) fn deliver(&self, body: &[u8]) -> Option<bool> {
+        if self
+            .park
+            .compare_exchange(PARKED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let delivered = self.deliver_claimed(body);
+        let was = self.park.swap(AWAKE, Ordering::AcqRel);
+        delivered.then_some(was == CLAIMED_WAKE)
+    }
+
+    fn deliver_claimed(&self, body: &[u8]) -> bool {
+        let fd = self.park_fd.load(Ordering::Relaxed);
+        {
+            let mut q = self.lock();
+            if q.queued > 0 || q.closing != Closing::No || self.signalled() || fd < 0 {
+                return false;
+            }
+            if body.is_empty() {
+                return true;
+            }
+            self.metrics.queued(body.len());
+            q.queued += body.len();
+        }
+        // SAFETY: `fd` is the plaintext socket's, open while a delivery runs (the rule on
+        // `park_fd`); `body` is valid for `body.len()` bytes, only read.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                body.as_ptr().cast(),
+                body.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        let sent = usize::try_from(sent).unwrap_or(0);
+        let mut q = if sent > 0 {
+            Writer::wrote(self, sent)
+        } else {
+            self.lock()
+        };
+        if sent < body.len() {
+            q.chunks.push_back(Bytes::copy_from_slice(&body[sent..]));
+        }
+        if q.queued > 0 {
+            self.raise(&q);
+        }
+        true
+    }
+
+    /// The running event waits for its turn (`yes`), or stopped waiting.
+    pub(crate) fn awaits_turn(&self, yes: bool) {
+        self.turn.store(yes, Ordering::Relaxed);
+    }
+
+    /// The task is polled: a parked connection takes it back (a runner delivering now wakes it).
+    fn unpark(&self) {
+        let mut now = self.park.load(Ordering::Acquire);
+        loop {
+            let to = match now {
+                PARKED => AWAKE,
+                CLAIMED => CLAIMED_WAKE,
+                _ => return,
+            };
+            match self
+                .park
+                .compare_exchange(now, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => now = actual,
+            }
         }
     }
 
@@ -602,6 +717,9 @@ pub(crate) fn serve(
         signal: AtomicBool::new(false),
         metrics: listener.metrics.clone(),
         queue: Mutex::new(Queue::default()),
+        park: AtomicU8::new(AWAKE),
+        park_fd: AtomicI32::new(-1),
+        turn: AtomicBool::new(false),
     });
     let idle_timeout = listener.config.limits.idle_timeout;
     let mut conn = Conn {
@@ -627,7 +745,7 @@ pub(crate) fn serve(
         listener.metrics.accepted();
         // In a block of its own: the reply is not kept in the task's state past it.
         let (mut flow, stopped) = {
-            let (reply, stopped) = conn.event(EventKind::Connected, &[]).await;
+            let (reply, stopped) = conn.event(EventKind::Connected, &[], None).await;
             match reply {
                 Ok(reply) => (conn.apply(reply), stopped),
                 Err(e) => {
@@ -756,7 +874,10 @@ pub(crate) fn serve(
                     conn.link
                         .bytes_in
                         .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                    let (result, stopped) = conn.event(EventKind::Data, &packet).await;
+                    // Without an idle timeout, the task may park while its event waits in a
+                    // worker's line (see `Link::deliver`): parked, it watches no idle deadline.
+                    let park = conn.idle_timeout.is_none().then_some(&mut packets);
+                    let (result, stopped) = conn.event(EventKind::Data, &packet, park).await;
                     // Time spent on our side is not the client being idle.
                     packets.get_mut().touch();
                     match result {
@@ -848,6 +969,9 @@ struct Running<'s, E> {
     writer: Option<&'s mut Writer>,
     /// The writer's full loop once it runs, then why it stopped; `None` while it only watches.
     drive: Option<Box<Drive<'s>>>,
+    /// The connection's packets, for a DATA event of the read loop: while it waits for nothing
+    /// else, the task parks ([`Link::deliver`]).
+    packets: Option<&'s mut Packets>,
 }
 
 /// The writer's full loop in a running event ([`Running::drive`]).
@@ -858,12 +982,25 @@ enum Drive<'s> {
     Stopped(Stop),
 }
 
+impl<E> Drop for Running<'_, E> {
+    fn drop(&mut self) {
+        // Dropped mid-wait (the task is dropped): nothing may be delivered to this connection
+        // any more (a delivery under way ends before the exec, dropped next, gives its slot up).
+        if self.packets.is_some() {
+            self.link.unpark();
+        }
+    }
+}
+
 impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
     type Output = (Result<Reply, PoolError>, Option<Stop>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every field is Unpin (the futures are boxed).
         let this = self.get_mut();
+        if this.packets.is_some() {
+            this.link.unpark();
+        }
         if let Poll::Ready(reply) = Pin::new(&mut this.exec).poll(cx) {
             let stopped = match this.drive.take().map(|drive| *drive) {
                 Some(Drive::Stopped(stop)) => Some(stop),
@@ -887,6 +1024,22 @@ impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
                 if writer.idle(this.link)
                     && poll_signal(this.link, &mut writer.registered, cx).is_pending()
                 {
+                    if let (Some(packets), Some(fd), true) = (
+                        &mut this.packets,
+                        writer.half.plain_fd(),
+                        this.link.turn.load(Ordering::Relaxed),
+                    ) {
+                        // From `AWAKE` only: a runner may be delivering (another thread).
+                        if packets.poll_idle(cx) {
+                            this.link.park_fd.store(fd, Ordering::Relaxed);
+                            let _ = this.link.park.compare_exchange(
+                                AWAKE,
+                                PARKED,
+                                Ordering::Release,
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
                     return Poll::Pending;
                 }
                 let writer = this.writer.take().expect("checked above");
@@ -985,8 +1138,8 @@ fn exec_event<'s>(
         kind,
         state,
         body,
-        connections: &link.listener.registry,
         tls,
+        conn: link,
     })
 }
 
@@ -998,6 +1151,7 @@ impl Conn {
         &'s mut self,
         kind: EventKind,
         body: &'s [u8],
+        packets: Option<&'s mut Packets>,
     ) -> Running<'s, impl Future<Output = Result<Reply, PoolError>> + Send + use<'s>> {
         let Conn {
             link,
@@ -1017,6 +1171,7 @@ impl Conn {
             link,
             writer: Some(writer),
             drive: None,
+            packets,
         }
     }
 
@@ -1060,7 +1215,7 @@ impl Conn {
                     self.link
                         .bytes_in
                         .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                    let (result, stopped) = self.event(EventKind::Data, &packet).await;
+                    let (result, stopped) = self.event(EventKind::Data, &packet, None).await;
                     match result {
                         Ok(reply) => {
                             // A STARTTLS at shutdown is not started: the connection closes.
@@ -1319,12 +1474,13 @@ mod tests {
     #[test]
     fn future_sizes() {
         let task = crate::listener::task_size();
-        let running = output_size(|c| c.event(EventKind::Data, &[]));
+        let running = output_size(|c| c.event(EventKind::Data, &[], None));
         let event_only = output_size(|c| c.event_only(EventKind::Data, &[]));
         eprintln!("connection task {task} B, running event {running} B, boxed exec {event_only} B");
-        // An event's own state (besides the boxed exec) fits half a cache line: the writer's
-        // full loop and its outcome are boxed (64 B inline).
-        assert!(running <= 32, "running event {running} B");
+        // An event's own state (besides the boxed exec) fits a cache line: the writer's full
+        // loop and its outcome are boxed (64 B inline); 32 B before the read loop's packets came
+        // along, for the task to park while its event waits (see `Link::deliver`).
+        assert!(running <= 40, "running event {running} B");
         // The task holds no dead copy of what `accepted` brought (transport, address, TLS
         // fragment): 1,200 B when the block captured it (this test's build); nor copies of the
         // listener's registry, metrics and write timeout (928 B with them, 936 with the write

@@ -473,3 +473,157 @@ async fn events_ready_together_reach_an_idle_worker_in_one_write() {
     }
     h.shutdown().await;
 }
+
+/// `pier_answers_delivered_total` now: answers the reader of a worker's answers wrote to their
+/// clients itself, without waking their connections' tasks.
+async fn delivered(h: &Harness) -> f64 {
+    let (code, body) = h.http_get("metrics", "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("pier_answers_delivered_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pier_answers_delivered_total in {body}"))
+}
+
+/// Waits until `n` events wait in the worker's line (so that the next one joins behind them).
+async fn waiting(h: &Harness, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} events waiting"),
+        || h.pool.stats().waiting == n,
+    )
+    .await;
+}
+
+/// Events that wait in a busy worker's line, from connections that wait for nothing else, get
+/// their plain answers written by whoever reads the worker's answers (the counter says so; without
+/// it their tasks are woken and write them): each in its own connection's order, a connection's
+/// own pushes still before its reply (its answer is not plain: its task writes it), a pipelined
+/// client's answers in order (its task has packets to run: it is woken as before). One thread:
+/// the clients' packets are all written before pier's tasks run, so they join one line.
+#[tokio::test(flavor = "current_thread")]
+async fn plain_answers_in_a_line_are_written_without_waking_their_connections_in_order() {
+    const CLIENTS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        ONE,
+        &pool(1, "    max_in_flight: 32\n"),
+        "",
+    ) + "metrics:\n  address: 127.0.0.1:0\n";
+    let mut h = Harness::start(dir, &text).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        clients.push(c);
+    }
+    // Bounded: the worker answers each event with a write of its own, so a read of pier's may
+    // bring one answer only; within a few rounds one brings several.
+    let mut round = 0;
+    while delivered(&h).await == 0.0 {
+        assert!(
+            round < 50,
+            "no answer delivered by the worker's reader in {round} rounds"
+        );
+        for (i, c) in clients.iter_mut().enumerate() {
+            match i {
+                2 => c.send("self 2\r\n").await,
+                5 => {
+                    c.send(format!("r{round}a\r\nr{round}b\r\nr{round}c\r\n"))
+                        .await
+                }
+                _ => c.send(format!("r{round}c{i}\r\n")).await,
+            }
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let want: Vec<String> = match i {
+                2 => vec!["self 0".into(), "self 1".into(), "reply".into()],
+                5 => ["a", "b", "c"]
+                    .iter()
+                    .map(|p| format!("s:r{round}{p}"))
+                    .collect(),
+                _ => vec![format!("s:r{round}c{i}")],
+            };
+            for want in want {
+                assert_eq!(c.line().await.unwrap(), want, "round {round}, client {i}");
+            }
+        }
+        round += 1;
+    }
+    // Every connection still runs its next event as usual.
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.ask(&format!("after{i}\r\n")).await, format!("s:after{i}"));
+    }
+    h.shutdown().await;
+}
+
+/// A worker that crashes with answered events behind the one being answered: those answered
+/// before the crash reach their clients (delivered or not) and their connections go on; the event
+/// it crashed on and the one behind it fail, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_behind_answered_events_in_a_line_fails_only_the_events_from_the_crash_on() {
+    let mut h = Harness::rust(ONE, &pool(1, "    max_in_flight: 16\n")).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    let mut line = Vec::new();
+    for _ in 0..5 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        line.push(c);
+    }
+    busy.send("sleep 300\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    // In this order in the line: three plain events, the crash, one behind it.
+    for (i, c) in line.iter_mut().enumerate() {
+        c.send(if i == 3 {
+            "crash\r\n".to_owned()
+        } else {
+            format!("p{i}\r\n")
+        })
+        .await;
+        waiting(&h, i + 1).await;
+    }
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    for (i, c) in line.iter_mut().enumerate().take(3) {
+        assert_eq!(c.line().await.unwrap(), format!("s:p{i}"));
+    }
+    // Failed: the connection closes (no reply).
+    assert_eq!(line[3].line().await, None);
+    assert_eq!(line[4].line().await, None);
+    // The three go on, on the worker that replaced the crashed one.
+    for (i, c) in line.iter_mut().enumerate().take(3) {
+        assert_eq!(c.ask(&format!("again{i}\r\n")).await, format!("s:again{i}"));
+    }
+    h.shutdown().await;
+}
+
+/// A client that does not read while its event waits in a line: its large answer, written by
+/// whoever reads the worker's answers or by its own task, fills its socket; the rest is queued
+/// and goes out as the client reads, whole and before its next answer, and the events behind it
+/// are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_in_a_line_to_a_client_not_reading_is_queued_and_written_whole() {
+    const SIZE: usize = 8_000_000;
+    let mut h = Harness::rust(ONE, &pool(1, "    max_in_flight: 16\n")).await;
+    let mut busy = h.connect("s").await;
+    busy.hello().await;
+    let mut slow = h.connect("s").await;
+    slow.hello().await;
+    let mut next = h.connect("s").await;
+    next.hello().await;
+    busy.send("sleep 300\r\n").await;
+    support::wait_for_marker(&h, "sleeping").await;
+    slow.send(format!("fill R {SIZE}\r\n")).await;
+    waiting(&h, 1).await;
+    next.send("behind\r\n").await;
+    waiting(&h, 2).await;
+    assert_eq!(busy.line().await.unwrap(), "slept");
+    assert_eq!(next.line().await.unwrap(), "s:behind");
+    let line = slow.line().await.unwrap();
+    assert_eq!(line.len(), SIZE - 1);
+    assert!(line.bytes().all(|b| b == b'R'));
+    assert_eq!(slow.ask("again\r\n").await, "s:again");
+    h.shutdown().await;
+}

@@ -109,6 +109,20 @@ impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
         poll_fn(|cx| self.poll_next(cx)).await
     }
 
+    /// True when nothing is buffered and the socket has no bytes now (the task's waker is
+    /// registered for them, as a read's `Pending` does): the connection waits for nothing else.
+    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.buf.is_empty() || self.eof || self.errored {
+            return false;
+        }
+        if self.io.poll_read_ready(cx).is_pending() {
+            // Asked: the next poll is most likely the socket's wake-up, and reads at once.
+            self.drained = false;
+            return true;
+        }
+        false
+    }
+
     /// The read half.
     pub fn get_ref(&self) -> &R {
         &self.io

@@ -231,6 +231,14 @@ fn gone() -> std::io::Error {
 }
 
 impl WriteSide {
+    /// The plaintext socket's descriptor (open while this half lives); `None` for TLS.
+    pub(crate) fn plain_fd(&self) -> Option<RawFd> {
+        match self {
+            WriteSide::Plain(w) => Some(w.fd),
+            _ => None,
+        }
+    }
+
     /// Writes what the socket takes now without waiting (`WouldBlock` when nothing). Inlined
     /// into the writer (one call per reply).
     #[inline]

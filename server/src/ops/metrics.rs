@@ -302,6 +302,8 @@ struct Inner {
     wait_seconds: Histogram,
     /// `pier_worker_restarts_total{reason}`.
     restarts: Family<ReasonLabel, Counter>,
+    /// `pier_answers_delivered_total`: answers written by the worker's reader itself.
+    delivered: Counter,
     /// `pier_workers{state}`, set at scrape time.
     workers: Family<StateLabel, Gauge>,
     /// `pier_events_waiting`, set at scrape time.
@@ -406,6 +408,12 @@ impl Metrics {
             "Workers replaced, per reason (max_jobs, ttl, idle_ttl, memory, exec_ttl, crash, garbage, stop, reset)",
             restarts.clone(),
         );
+        let delivered = Counter::default();
+        registry.register(
+            "answers_delivered",
+            "Plain answers written to their clients by the reader of the worker's answers, without waking the connection's task",
+            delivered.clone(),
+        );
         let workers = Family::<StateLabel, Gauge>::default();
         registry.register(
             "workers",
@@ -487,6 +495,7 @@ impl Metrics {
                 event_seconds,
                 wait_seconds,
                 restarts,
+                delivered,
                 workers,
                 waiting,
                 write_buffer,
@@ -573,6 +582,14 @@ impl Metrics {
                 EventKind::Close | EventKind::Unknown => 2,
             };
             m.event_seconds[at].observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// `n` answers were delivered by the reader of the worker's answers (see
+    /// `pool::line::Line::pass_on`).
+    pub fn delivered(&self, n: usize) {
+        if let Some(m) = &self.inner {
+            m.delivered.inc_by(n as u64);
         }
     }
 

@@ -60,6 +60,9 @@ pub(super) struct Slot {
     value: UnsafeCell<Option<Assignment>>,
     /// The owner's task, woken by the send.
     waker: UnsafeCell<Option<Waker>>,
+    /// The event's connection (null in unit tests): a runner holding the worker may deliver a
+    /// plain answer to it itself ([`Sender::connection`]). Set at construction, never written.
+    conn: *const crate::connection::Link,
     /// Senders point at it: it must not move while linked.
     _pinned: PhantomPinned,
 }
@@ -69,6 +72,9 @@ pub(super) struct Slot {
 // load of `DONE`, the sender's last access being the release store of it). `Arc<Shared>`,
 // `Assignment` and `Waker` are `Send`.
 unsafe impl Sync for Slot {}
+// SAFETY: as `Sync`: `conn` is only read, and points at a `Link` (which is `Sync`) that outlives
+// the slot's owner.
+unsafe impl Send for Slot {}
 
 /// The sender was dropped without sending.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,12 +82,19 @@ pub(super) struct Closed;
 
 impl Slot {
     /// An idle slot.
+    #[cfg(test)]
     pub(super) const fn new() -> Slot {
+        Slot::with_conn(std::ptr::null())
+    }
+
+    /// An idle slot for an event of `conn` (which outlives the slot).
+    pub(super) const fn with_conn(conn: *const crate::connection::Link) -> Slot {
         Slot {
             state: AtomicU8::new(IDLE),
             line: UnsafeCell::new(None),
             value: UnsafeCell::new(None),
             waker: UnsafeCell::new(None),
+            conn,
             _pinned: PhantomPinned,
         }
     }
@@ -206,6 +219,14 @@ impl Sender {
     /// Whether it points at `slot`.
     pub(super) fn is(&self, slot: &Slot) -> bool {
         std::ptr::eq(self.0.as_ptr(), slot)
+    }
+
+    /// The connection of the slot's event, if known. Valid while the sender exists: the slot's
+    /// owner borrows the connection for its whole life.
+    pub(super) fn connection(&self) -> Option<&crate::connection::Link> {
+        // SAFETY: linked: the slot lives (see `finish`); `conn` is never written, and points at a
+        // link the owner borrows for longer than the slot lives.
+        unsafe { (*self.0.as_ptr()).conn.as_ref() }
     }
 
     /// Records that the sender goes to `line`'s turns. Call with the queue's lock held (the

@@ -8,7 +8,10 @@
 //!
 //! Whoever runs the event being answered owns the worker ([`Worker`], its read half and read
 //! buffer) and reads; when its answer is in, it hands the worker to the next event of the line
-//! ([`Handoff`]), which finds its own answer in the buffer or reads on. Events joining the line
+//! ([`Handoff`]), which finds its own answer in the buffer or reads on — unless that answer is
+//! read already, is a plain reply and its connection waits for nothing else: then the holder
+//! writes it to that connection itself and goes on down the line ([`Line::pass_on`]), sparing
+//! the connection's task a wake-up. Events joining the line
 //! append their frames to the line's outbox; the first of them takes the write half and writes the
 //! outbox once the events of the connections pier is going through have stopped adding theirs
 //! ([`Line::write_held`]): a worker woken by a write answers what it finds and blocks again, so
@@ -50,6 +53,9 @@ pub(super) enum Handoff {
     Worker(Box<Worker>),
     /// The worker asked to stop before answering it: run it on another worker.
     Rerun,
+    /// Its answer, a plain reply, was written to its connection by whoever held the worker
+    /// (the worker's pid): the event is done.
+    Delivered(u32),
     /// The worker failed (died, misbehaved, was killed) with this event in flight. Boxed: rare,
     /// and every event's handoff moves through its slot and its future (56 -> 16 bytes).
     Failed(Box<PoolError>),
@@ -513,35 +519,51 @@ impl Line {
     }
 
     /// The current event's answer is in: hands the worker to the next event of the line, parks
-    /// it for a reserved slot, or gives it back when the line is empty.
-    pub(super) fn pass_on(&self, worker: Box<Worker>) -> Passed {
+    /// it for a reserved slot, or gives it back when the line is empty. Before that, the answers
+    /// of the next events that are read already, are plain replies and whose connections wait
+    /// for nothing else are written to their connections here, without waking their tasks
+    /// (`delivered` counts them; see [`Worker::deliver_next`]).
+    pub(super) fn pass_on(&self, mut worker: Box<Worker>, delivered: &mut usize) -> Passed {
         let mut st = self.lock();
-        st.depth -= 1;
-        st.bytes -= st.current;
-        st.current = 0;
-        let depth = st.depth;
-        if let Some(next) = st.queued.pop_front() {
-            st.current = next.bytes;
-            let Some(tx) = next.tx else {
+        loop {
+            st.depth -= 1;
+            st.bytes -= st.current;
+            st.current = 0;
+            let depth = st.depth;
+            if let Some(next) = st.queued.pop_front() {
+                st.current = next.bytes;
+                let Some(tx) = next.tx else {
+                    drop(st);
+                    self.less_waiting(1);
+                    return Passed::Orphaned(worker);
+                };
+                if let Some(wake) = tx.connection().and_then(|conn| worker.deliver_next(conn)) {
+                    worker.jobs += 1;
+                    worker.ran_delivered();
+                    *delivered += 1;
+                    let waker = tx.send(Assignment::Turn(Handoff::Delivered(worker.pid)));
+                    self.less_waiting(1);
+                    if let (true, Some(waker)) = (wake, waker) {
+                        waker.wake();
+                    }
+                    continue;
+                }
+                // Sent with the line locked (its home's lock, see `assign`); woken after.
+                let waker = tx.send(Assignment::Turn(Handoff::Worker(worker)));
                 drop(st);
                 self.less_waiting(1);
-                return Passed::Orphaned(worker);
-            };
-            // Sent with the line locked (its home's lock, see `assign`); woken after.
-            let waker = tx.send(Assignment::Turn(Handoff::Worker(worker)));
-            drop(st);
-            self.less_waiting(1);
-            if let Some(waker) = waker {
-                waker.wake();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                return Passed::On { depth };
             }
-            return Passed::On { depth };
+            if st.reserved > 0 {
+                st.parked = Some(worker);
+                return Passed::On { depth };
+            }
+            st.active = false;
+            return Passed::Back(worker);
         }
-        if st.reserved > 0 {
-            st.parked = Some(worker);
-            return Passed::On { depth };
-        }
-        st.active = false;
-        Passed::Back(worker)
     }
 
     /// Ends the line (the worker failed or asked to stop): every event queued in it learns

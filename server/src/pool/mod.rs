@@ -48,7 +48,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{PoolConfig, RelayConfig};
 use crate::ops::{Metrics, PoolSnapshot, RestartReason};
-use crate::registry::Registry;
 use assign::{current_waker, Slot};
 use line::{Handoff, Joined, Passed};
 use queue::{Assignment, Queue, Take, WaitError};
@@ -290,6 +289,20 @@ pub struct Reply {
     pub starttls: bool,
 }
 
+impl Reply {
+    /// What the event of a delivered answer resolves to: its bytes are written already.
+    fn delivered(pid: u32) -> Reply {
+        Reply {
+            action: Action::Continue,
+            body: Bytes::new(),
+            state: None,
+            pid,
+            idle_timeout: None,
+            starttls: false,
+        }
+    }
+}
+
 /// One event to run; borrowed from the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
@@ -306,10 +319,12 @@ pub struct Event<'a> {
     pub state: &'a [u8],
     /// The packet.
     pub body: &'a [u8],
-    /// What the worker's push commands during this event act on.
-    pub connections: &'a Registry,
     /// The connection's TLS facts as a context fragment (Pier extension `tls`); empty = plaintext.
     pub tls: &'a [u8],
+    /// The connection itself: a plain answer may be delivered to it by whoever holds the worker
+    /// (see [`line::Line::pass_on`]); its registry is what the worker's push commands during this
+    /// event act on.
+    pub conn: &'a crate::connection::Link,
 }
 
 impl Event<'_> {
@@ -550,7 +565,7 @@ impl Pool {
             };
             // Where a waiting event learns its worker, place or turn (see `assign`): part of this
             // future, which does not move (the connection's `SpareBox`).
-            let slot = std::pin::pin!(Slot::new());
+            let slot = std::pin::pin!(Slot::with_conn(event.conn));
             let slot = slot.as_ref();
             for _ in 0..MAX_RERUNS {
                 let bounded = event.kind != EventKind::Close;
@@ -568,8 +583,9 @@ impl Pool {
                     Got::Slot(shared) => {
                         let joined = self.join(&shared, event, bytes, slot).await;
                         match joined {
-                            Ok(Some(worker)) => (worker, false),
-                            Ok(None) => continue,
+                            Ok(Ok(worker)) => (worker, false),
+                            Ok(Err(Some(pid))) => return Ok(Reply::delivered(pid)),
+                            Ok(Err(None)) => continue,
                             Err(e) => {
                                 retry_close(e)?;
                                 continue;
@@ -577,6 +593,7 @@ impl Pool {
                         }
                     }
                     Got::Turn(Handoff::Worker(worker)) => (worker, false),
+                    Got::Turn(Handoff::Delivered(pid)) => return Ok(Reply::delivered(pid)),
                     Got::Turn(Handoff::Rerun) => continue,
                     Got::Turn(Handoff::Failed(e)) => {
                         retry_close(*e)?;
@@ -700,8 +717,10 @@ impl Pool {
 
     /// Joins `shared`'s line at the place reserved for the event: its frame goes to the outbox,
     /// written by the first event that joined since the last write, after the other events ready
-    /// now have added theirs. Returns the worker once the event's answer is next; `None` when the
-    /// event must run elsewhere (the line ended first, the worker asked to stop).
+    /// now have added theirs. Returns the worker once the event's answer is next; `Err(Some(pid))`
+    /// when its answer was delivered by whoever held the worker (see [`line::Line::pass_on`]);
+    /// `Err(None)` when the event must run elsewhere (the line ended first, the worker asked to
+    /// stop).
     ///
     /// Only the wait for its turn is awaited here; the joining itself is [`Pool::join_line`]'s,
     /// with no await, and the rare writes that would wait are boxed: this future is inside every
@@ -715,7 +734,8 @@ impl Pool {
         event: &'a Event<'e>,
         bytes: usize,
         slot: Pin<&'a Slot>,
-    ) -> impl Future<Output = Result<Option<Box<Worker>>, PoolError>> + use<'a, 'e> {
+    ) -> impl Future<Output = Result<Result<Box<Worker>, Option<u32>>, PoolError>> + use<'a, 'e>
+    {
         async move {
             let line = &shared.line;
             // What is awaited is made first, so that nothing of the joining is kept across an await.
@@ -726,7 +746,7 @@ impl Pool {
             // `Err`: the worker, its answer next (once the rest of the outbox is written).
             let (mut turn, write): (_, Option<Pin<Box<dyn Future<Output = _> + Send + '_>>>) =
                 match self.join_line(shared, event, bytes, (slot, waker))? {
-                    Joining::Done(worker) => return Ok(worker),
+                    Joining::Done(worker) => return Ok(worker.ok_or(None)),
                     // The worker waits for this frame, and the relay was full: the rest now.
                     Joining::Write(worker, rest) => {
                         (Err(Some(worker)), Some(Box::pin(line.flush(rest))))
@@ -750,11 +770,15 @@ impl Pool {
             // Awaited where it is (no second copy in the future).
             let waiter = match &mut turn {
                 Ok(waiter) => waiter,
-                Err(worker) => return Ok(worker.take()),
+                Err(worker) => return Ok(worker.take().ok_or(None)),
             };
-            match waiter.await {
-                Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Some(worker)),
-                Ok(Assignment::Turn(Handoff::Rerun)) => Ok(None),
+            event.conn.awaits_turn(true);
+            let turn = waiter.await;
+            event.conn.awaits_turn(false);
+            match turn {
+                Ok(Assignment::Turn(Handoff::Worker(worker))) => Ok(Ok(worker)),
+                Ok(Assignment::Turn(Handoff::Delivered(pid))) => Ok(Err(Some(pid))),
+                Ok(Assignment::Turn(Handoff::Rerun)) => Ok(Err(None)),
                 Ok(Assignment::Turn(Handoff::Failed(e))) => Err(*e),
                 // Whoever held the worker was dropped (only at a forced shutdown); a line's turn
                 // carries nothing else.
@@ -803,7 +827,17 @@ impl Pool {
     fn pass_on(&self, mut worker: Box<Worker>) {
         worker.jobs += 1;
         let shared = worker.shared.clone();
-        match shared.line.pass_on(worker) {
+        let mut delivered = 0;
+        let passed = shared.line.pass_on(worker, &mut delivered);
+        if delivered > 0 {
+            // Their events took no time on the worker's side once their turn came.
+            let metrics = &self.inner.spec.metrics;
+            metrics.delivered(delivered);
+            for _ in 0..delivered {
+                metrics.ran(EventKind::Data, metrics.clock());
+            }
+        }
+        match passed {
             // Waiting events are taken in once the line is down to half its length, several
             // at once (one lock of the queue and of the line for them all), not one per answer:
             // the worker still has half a line of events to answer meanwhile.
@@ -894,7 +928,10 @@ impl Pool {
                     Take::Closed => return Err(PoolError::Closed),
                 }
                 let since = metrics.clock();
-                let worker = match self.inner.queue.waiter(slot, bytes, true).await {
+                event.conn.awaits_turn(true);
+                let waited = self.inner.queue.waiter(slot, bytes, true).await;
+                event.conn.awaits_turn(false);
+                let worker = match waited {
                     // Its wait ended when the queue entered it into the line.
                     Ok(Assignment::Turn(handoff)) => return Ok(Got::Turn(handoff)),
                     Ok(Assignment::Worker(worker)) => {
@@ -1239,6 +1276,9 @@ mod tests {
         assert!(send <= 128, "send {send} B");
         assert!(join <= 128, "join {join} B");
         assert!(acquire <= 128, "acquire {acquire} B");
-        assert!(exec <= 384, "exec {exec} B");
+        // 384 before the slot kept its connection (8 bytes: the runner holding the worker reaches
+        // a parked connection through its turn's slot, `Line::pass_on`); the event's registry
+        // pointer went for the connection's.
+        assert!(exec <= 392, "exec {exec} B");
     }
 }

@@ -453,6 +453,15 @@ impl Worker {
         self.shared.execs.store(self.seq / 2, Ordering::Relaxed);
     }
 
+    /// An event whose answer was delivered by the runner holding the worker
+    /// ([`Worker::deliver_next`]) started and ended: counted as one (`execs`), with no start
+    /// published (it took no time on the worker's side).
+    pub(super) fn ran_delivered(&mut self) {
+        self.seq += 2;
+        self.shared.activity.store(self.seq, Ordering::Relaxed);
+        self.shared.execs.store(self.seq / 2, Ordering::Relaxed);
+    }
+
     /// Writes the event to this worker, which has nothing else in flight (taken while idle), and
     /// opens its line behind it (`bytes`: the frame's size estimate).
     pub(super) async fn send(&mut self, event: &Event<'_>, bytes: usize) -> Result<(), PoolError> {
@@ -548,6 +557,27 @@ impl Worker {
         }
     }
 
+    /// When the next answer in the read buffer is a plain reply (WRITE or CONTINUE, no state),
+    /// offers its body to `conn` ([`crate::connection::Link::deliver`]); consumed when taken.
+    /// `Some(wake)`: delivered, and its task still needs a wake-up.
+    pub(super) fn deliver_next(&mut self, conn: &crate::connection::Link) -> Option<bool> {
+        let Ok(Some(view)) = decode_view(&self.rbuf, MAX_WORKER_FRAME) else {
+            return None;
+        };
+        let used = view.frame_len();
+        let body: &[u8] = match WorkerMessage::from_view(&view) {
+            Ok(WorkerMessage::Reply(reply)) if reply.state.is_none() => match reply.kind {
+                ReplyKind::Write => reply.body,
+                ReplyKind::Continue => &[],
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let wake = conn.deliver(body)?;
+        self.rbuf.advance(used);
+        Some(wake)
+    }
+
     /// Decodes the frames read so far up to the event's answer: `None` when it is not all in.
     /// `seen`: the commands for the event's own connection met before it. Inlined (one caller):
     /// out of line, its large result went through memory (+45 instructions per event).
@@ -594,7 +624,7 @@ impl Worker {
                         Ok(WorkerMessage::Command(command)) => {
                             // Applied here, in the order written, before the answer is: bytes
                             // queued for the event's own connection go out before its reply.
-                            event.connections.apply(&command, pid);
+                            event.conn.registry().apply(&command, pid);
                             drop(command);
                             self.rbuf.advance(used);
                         }
