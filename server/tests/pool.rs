@@ -14,6 +14,17 @@ fn pool(workers: usize, extra: &str) -> String {
     format!("    num_workers: {workers}\n{extra}")
 }
 
+/// `n` connections to server `s`, each past the test worker's greeting.
+async fn greeted(h: &Harness, n: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        clients.push(c);
+    }
+    clients
+}
+
 /// SIGKILL to a worker, from outside, as an OOM killer or an operator would.
 fn sigkill(pid: u32) {
     // SAFETY: kill(2) takes plain integers; the pid is a live worker of the pool under test.
@@ -117,12 +128,7 @@ async fn waiting_events_get_the_worker_in_arrival_order() {
     let mut h = Harness::rust(ONE, &pool(1, "")).await;
     let mut busy = h.connect("s").await;
     busy.hello().await;
-    let mut waiting = Vec::new();
-    for _ in 0..6 {
-        let mut c = h.connect("s").await;
-        c.hello().await;
-        waiting.push(c);
-    }
+    let mut waiting = greeted(&h, 6).await;
     busy.send("sleep 400\r\n").await;
     support::wait_for_marker(&h, "sleeping").await;
     // Each arrives while the only worker is busy, once the one before it waits in pier.
@@ -184,12 +190,7 @@ async fn events_in_a_busy_workers_line_count_as_waiting_until_their_turn() {
     let mut h = Harness::rust(ONE, &pool(1, "    max_in_flight: 16\n")).await;
     let mut busy = h.connect("s").await;
     busy.hello().await;
-    let mut queued = Vec::new();
-    for _ in 0..3 {
-        let mut c = h.connect("s").await;
-        c.hello().await;
-        queued.push(c);
-    }
+    let mut queued = greeted(&h, 3).await;
     busy.send("sleep 400\r\n").await;
     support::wait_for_marker(&h, "sleeping").await;
     for (i, c) in queued.iter_mut().enumerate() {
@@ -433,12 +434,7 @@ async fn events_ready_together_reach_an_idle_worker_in_one_write() {
         "    TW_READS: 1\n",
     )
     .await;
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut c = h.connect("s").await;
-        c.hello().await;
-        clients.push(c);
-    }
+    let mut clients = greeted(&h, CLIENTS).await;
     let log = h.dir.path().join("reads.log");
     let reads = || -> Vec<usize> {
         std::fs::read_to_string(&log)
@@ -513,12 +509,7 @@ async fn plain_answers_in_a_line_are_written_without_waking_their_connections_in
         "",
     ) + "metrics:\n  address: 127.0.0.1:0\n";
     let mut h = Harness::start(dir, &text).await;
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let mut c = h.connect("s").await;
-        c.hello().await;
-        clients.push(c);
-    }
+    let mut clients = greeted(&h, CLIENTS).await;
     // Bounded: the worker answers each event with a write of its own, so a read of pier's may
     // bring one answer only; within a few rounds one brings several.
     let mut round = 0;
@@ -567,12 +558,7 @@ async fn a_crash_behind_answered_events_in_a_line_fails_only_the_events_from_the
     let mut h = Harness::rust(ONE, &pool(1, "    max_in_flight: 16\n")).await;
     let mut busy = h.connect("s").await;
     busy.hello().await;
-    let mut line = Vec::new();
-    for _ in 0..5 {
-        let mut c = h.connect("s").await;
-        c.hello().await;
-        line.push(c);
-    }
+    let mut line = greeted(&h, 5).await;
     busy.send("sleep 300\r\n").await;
     support::wait_for_marker(&h, "sleeping").await;
     // In this order in the line: three plain events, the crash, one behind it.
