@@ -11,7 +11,7 @@
 #   WORKER  `php` for the pure-PHP package, or the extension (path to libpier.so)
 #   TREE    the checkout whose bench/php and php-client/src the worker runs (default: this one)
 # Env: BATCH (1: one event per read, the 1×1 pattern), CONNS (1: connections the events rotate
-#      over), EVENTS (20000).
+#      over), SIZES (1: line lengths each connection's events cycle through), EVENTS (20000).
 # Prints: | worker | tree | batch × conns | Ir/msg |
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,8 +8,10 @@ declare(strict_types=1);
 // own context), reads every answer before writing the next batch, then sends the stop request.
 // BATCH=1 is the 1 × 1 pattern (one event per read, its answer written at once); a larger BATCH is
 // what a worker reads under load. No pier process, so callgrind of the worker alone is cheap.
+// SIZES (env, default 1): how many line lengths (32, 33, …) each connection's events cycle
+// through, for protocols whose messages are not all of one size.
 //
-// Usage: php relay-driver.php EVENTS BATCH CONNS STDERR_FILE WORKER_COMMAND...
+// Usage: [SIZES=n] php relay-driver.php EVENTS BATCH CONNS STDERR_FILE WORKER_COMMAND...
 // Prints the number of answers read.
 
 [, $events, $batch, $conns, $stderr] = $argv;
@@ -24,10 +26,13 @@ function relay_frame(int $flags, array $options, string $payload): string
     return $head . pack('V', crc32($head)) . "\0\0" . ($options === [] ? '' : pack('V*', ...$options)) . $payload;
 }
 
-$frames = [];
-for ($i = 0; $i < $conns; $i++) {
-    $context = sprintf('{"remote_addr":"127.0.0.1:%d","server":"bench","uuid":"1c9d8f2a-4b7e-4d2c-9a51-%012x","event":"DATA"}', 40000 + $i, $i);
-    $frames[] = relay_frame(0, [strlen($context)], $context . str_pad("line {$i}", 31, '.') . "\n");
+$sizes = max(1, (int) (getenv('SIZES') ?: 1));
+$frames = []; // event n: connection n % CONNS, length (n / CONNS) % SIZES
+for ($s = 0; $s < $sizes; $s++) {
+    for ($i = 0; $i < $conns; $i++) {
+        $context = sprintf('{"remote_addr":"127.0.0.1:%d","server":"bench","uuid":"1c9d8f2a-4b7e-4d2c-9a51-%012x","event":"DATA"}', 40000 + $i, $i);
+        $frames[] = relay_frame(0, [strlen($context)], $context . str_pad("line {$i}", 31 + $s, '.') . "\n");
+    }
 }
 $env = getenv();
 $env['PIER_FEATURES'] = 'state,push,idle_timeout,starttls,tls';
@@ -56,7 +61,7 @@ for ($sent = 0, $next = 0; $sent < $events; $sent += $n) {
     $n = min($batch, $events - $sent);
     $bytes = '';
     for ($i = 0; $i < $n; $i++) {
-        $bytes .= $frames[$next++ % $conns];
+        $bytes .= $frames[$next++ % \count($frames)];
     }
     fwrite($in, $bytes);
     for ($i = 0; $i < $n; $i++) {
