@@ -51,6 +51,9 @@ impl Decoder for DelimiterCodec {
     type Item = BytesMut;
     type Error = FramingError;
 
+    // Inlined into `FrameCodec::decode`'s dispatch (the default mode; one call per packet): with
+    // `take_front` it stopped being inlined by itself, an 18-instruction call per packet.
+    #[inline]
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FramingError> {
         if self.discarding {
             buf.clear();
