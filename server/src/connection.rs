@@ -374,6 +374,11 @@ impl Link {
         true
     }
 
+    /// Whether the task is parked now (a delivery may be tried; [`Link::deliver`] decides).
+    pub(crate) fn parked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARKED
+    }
+
     /// The running event waits for its turn (`yes`), or stopped waiting.
     pub(crate) fn awaits_turn(&self, yes: bool) {
         self.turn.store(yes, Ordering::Relaxed);

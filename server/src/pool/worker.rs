@@ -572,6 +572,11 @@ impl Worker {
     /// offers its body to `conn` ([`crate::connection::Link::deliver`]); consumed when taken.
     /// `Some(wake)`: delivered, and its task still needs a wake-up.
     pub(super) fn deliver_next(&mut self, conn: &crate::connection::Link) -> Option<bool> {
+        // Checked first: a connection that is not parked (it has packets to run: 100 × 16) would
+        // have its answer decoded twice, here and by its task (+150 instructions per message).
+        if !conn.parked() {
+            return None;
+        }
         let Ok(Some(view)) = decode_view(&self.rbuf, MAX_WORKER_FRAME) else {
             return None;
         };
