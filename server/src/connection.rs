@@ -350,16 +350,10 @@ impl Link {
             q.queued += body.len();
         }
         // SAFETY: `fd` is the plaintext socket's, open while a delivery runs (the rule on
-        // `park_fd`); `body` is valid for `body.len()` bytes, only read.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                body.as_ptr().cast(),
-                body.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        let sent = usize::try_from(sent).unwrap_or(0);
+        // `park_fd`), and the borrow ends with this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // An error sends nothing: the body is queued, and the task's own write meets the error.
+        let sent = stream::send_on_descriptor(fd, &[IoSlice::new(body)]).unwrap_or(0);
         let mut q = if sent > 0 {
             Writer::wrote(self, sent)
         } else {

@@ -79,16 +79,27 @@ impl PlainWrite {
         // SAFETY: `fd` is open for as long as `self` lives (the rule on the field), and the
         // borrow does not outlive `self`.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
-        let socket = socket2::SockRef::from(&fd);
-        // MSG_NOSIGNAL as std's own `send`: a closed peer is an EPIPE error, not a signal.
-        let sent = match bufs {
-            [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
-            _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
-        };
-        match sent {
+        match send_on_descriptor(fd, bufs) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => send(&self.half, bufs),
             sent => sent,
         }
+    }
+}
+
+/// Sends `bufs` on a plaintext socket's descriptor without tokio (which therefore does not see a
+/// `WouldBlock`: see [`PlainWrite::send`]): `send(2)` for one buffer, `sendmsg(2)` for several,
+/// never waiting (tokio's sockets are non-blocking). Shared by a connection's writer and by a
+/// worker's holder delivering a plain answer (`connection::Link::deliver`).
+#[inline]
+pub(crate) fn send_on_descriptor(
+    fd: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+) -> std::io::Result<usize> {
+    let socket = socket2::SockRef::from(&fd);
+    // MSG_NOSIGNAL as std's own `send`: a closed peer is an EPIPE error, not a signal.
+    match bufs {
+        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+        _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
     }
 }
 
