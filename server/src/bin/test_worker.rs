@@ -17,7 +17,9 @@
 //!   with a stray line right behind the reply, in the same write; `tls` → `tls none` or
 //!   `tls <version> <cipher> <sni|-> <sha256|-> <subject|->` (the event's TLS facts);
 //!   `starttls` → a `starttls` command, then `go ahead`; `starttls-quit` → the command, then
-//!   WRITECLOSE `bye`; anything else → `<server>:<packet>`.
+//!   WRITECLOSE `bye`; `nap <ms> …` → sleeps `<ms>` (default 10), then answers
+//!   `<server>:<packet>`; `keep …` → answers `<server>:<packet>` with the packet as its state (an
+//!   answer that is not a plain reply); anything else → `<server>:<packet>`.
 //! - Push commands (extension `push`), each followed by a `WRITE` reply: `push <uuid> <text>` →
 //!   send `<text>\n` to uuid, answers `pushed`; `self <n>` → n sends `self <i>\n` to its own
 //!   connection, answers `reply`; `spam <uuid> <char> <size> <n>` → n sends of a `<size>`-byte line of
@@ -279,6 +281,12 @@ fn data(
             stdout.flush().unwrap();
         }
         "pid" => write(out, format!("{pid}\n"), None),
+        "nap" => {
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(10);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            write(out, format!("{server}:{packet}\n"), None);
+        }
+        "keep" => write(out, format!("{server}:{packet}\n"), Some(packet.as_bytes())),
         "flood" => {
             let n: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(1 << 20);
             encode_reply(out, ReplyKind::Write, None, &vec![b'f'; n]).unwrap();
