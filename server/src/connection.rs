@@ -360,7 +360,10 @@ impl Link {
             self.lock()
         };
         if sent < body.len() {
-            q.chunks.push_back(Bytes::copy_from_slice(&body[sent..]));
+            // In front: a push accepted during the send (another thread) queued behind the
+            // answer's count, so it goes after the whole answer. Nothing else can be there: the
+            // queue was empty when the delivery counted the body.
+            q.chunks.push_front(Bytes::copy_from_slice(&body[sent..]));
         }
         if q.queued > 0 {
             self.raise(&q);
@@ -1485,5 +1488,92 @@ mod tests {
         // listener's registry, metrics and write timeout (928 B with them, 936 with the write
         // half's descriptor beside it).
         assert!(task <= 896, "connection task {task} B");
+    }
+
+    /// A link as `serve` makes it, on a listener of the smallest config, with no socket: the
+    /// tests below hand `Link::deliver` a descriptor of their own.
+    fn test_link() -> Link {
+        let text = "version: '3'\nserver:\n  command: [w]\ntcp:\n  servers:\n    s:\n      addr: 127.0.0.1:0\n";
+        let config = crate::config::Config::parse(text, &[], &|_| None).unwrap();
+        let server = config.servers[0].clone();
+        let metrics = ServerMetrics::default();
+        let admission =
+            limits::Admission::new(&server.name, server.limits.clone(), metrics.clone());
+        let listener = Arc::new(
+            Listener::new(
+                server,
+                config.read_buf_size,
+                metrics.clone(),
+                crate::ops::Metrics::off(),
+                admission,
+                crate::registry::Registry::new(),
+            )
+            .unwrap(),
+        );
+        Link {
+            uuid: Uuid::nil(),
+            context: ContextPrefix::new("127.0.0.1:1", "s", "u"),
+            uuid_text: "u".into(),
+            listener,
+            remote_addr: "127.0.0.1:1".into(),
+            connected_at: SystemTime::now(),
+            bytes_in: AtomicU64::new(0),
+            _line: [],
+            signal: AtomicBool::new(false),
+            metrics,
+            queue: Mutex::new(Queue::default()),
+            park: AtomicU8::new(AWAKE),
+            park_fd: AtomicI32::new(-1),
+            turn: AtomicBool::new(false),
+        }
+    }
+
+    /// A push accepted while a delivery's send is under way (from another thread, with
+    /// `tcp.io_threads` above one) goes after the whole answer, not between its part sent and
+    /// the rest queued. The send is made to wait: a blocking socket with a small buffer and a
+    /// send timeout, so that it returns short after the push was queued.
+    #[test]
+    fn a_push_during_a_short_delivery_goes_after_the_rest_of_the_answer() {
+        use std::os::fd::AsRawFd;
+        let link = test_link();
+        let (socket, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        socket2::SockRef::from(&socket)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        link.park_fd.store(socket.as_raw_fd(), Ordering::Relaxed);
+        link.park.store(PARKED, Ordering::Relaxed);
+        let body = vec![b'R'; 256 * 1024];
+        let delivered = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                assert!(link.push(Bytes::from_static(b"~pushed\n")));
+            });
+            link.deliver(&body)
+        });
+        assert_eq!(delivered, Some(false));
+        assert_eq!(link.park.load(Ordering::Relaxed), AWAKE);
+        let q = link.lock();
+        let sent = body.len() + 8 - q.queued;
+        assert!(
+            sent > 0 && sent < body.len(),
+            "the send was not short: {sent}"
+        );
+        assert_eq!(
+            q.chunks.len(),
+            2,
+            "{:?}",
+            q.chunks.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        assert_eq!(q.chunks[0].len(), body.len() - sent);
+        assert!(
+            q.chunks[0].iter().all(|&b| b == b'R'),
+            "the answer's rest is not first"
+        );
+        assert_eq!(&q.chunks[1][..], b"~pushed\n");
+        assert!(link.signalled(), "the task is told to write them");
+        drop(peer);
     }
 }
