@@ -10,16 +10,19 @@
 //! answers with a state and answers behind a push (the task's own path), pipelined packets,
 //! CONTINUE, large answers; clients ending at random points — after their last answer, right
 //! after sending (mid-wait), by RST (`SO_LINGER` 0), by a half-close, by QUIT (WRITECLOSE) or
-//! CLOSE — and new ones connecting all the time, so pier's descriptor numbers are reused. In a
-//! second round, worker crashes and `exec_ttl` kills between them; `max_jobs` restarts the
+//! CLOSE, or by RST at a random moment of a wait as long as the answers take now — and
+//! connections that only read the start of their greeting and go, all the time, so that a
+//! descriptor number pier frees is soon another connection's (bytes written through a stale one
+//! land before a greeting: each checks its greeting names its own address). In a second round, worker crashes and `exec_ttl` kills between them; `max_jobs` restarts the
 //! workers throughout; at the end the server shuts down with connections parked. Every client
 //! checks that every byte it reads is the next one it expects (its own, in order), and, unless a
 //! crash or kill failed its event (counted against `event_failed` closes), that nothing is
 //! missing before its own close; the metrics show that the delivery path ran.
 //!
 //! Bounded: a fixed number of sessions per round, each read guarded by `support::HANG`, each
-//! round by a deadline. A failure prints the seed; `DELIVERY_SEED=<n>` replays its choices (not
-//! the scheduling).
+//! round by a deadline, no new session after a failure. A failure prints the seed;
+//! `DELIVERY_SEED=<n>` replays its choices (not the scheduling). What it caught and missed of
+//! deliberately broken variants: bench/results/2026-12-01-race.md.
 
 mod support;
 
@@ -37,6 +40,10 @@ const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 const CLIENTS: usize = 48;
 /// Sessions (connections) per round.
 const SESSIONS: usize = 700;
+/// Connections at once that only take their greeting and go.
+const CHURNERS: usize = 6;
+/// Most of them per churner and round.
+const CHURNS: usize = 2000;
 /// A round stops starting sessions after this long (the count above is the usual bound).
 const ROUND: Duration = Duration::from_secs(8);
 
@@ -45,6 +52,9 @@ static IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Lines pushed by one client to another that the other read, in the whole binary.
 static PUSHED: AtomicUsize = AtomicUsize::new(0);
+/// How long the last answer took to come, in µs (any session): a reset at a random moment of
+/// a wait is drawn from twice that.
+static LATENCY: AtomicU64 = AtomicU64::new(5000);
 
 /// A small xorshift generator: the storm's choices, replayable from the seed.
 struct Rng(u64);
@@ -149,6 +159,14 @@ impl Session {
         let words: Vec<&str> = hello.trim_end().split(' ').collect();
         if words.len() != 4 || words[0] != "hello" || hello.matches('\n').count() != 1 {
             return Err(format!("{}: not its greeting: {hello:?}", s.name));
+        }
+        // Its own greeting: the address is its own (not another connection's greeting).
+        let local = s.stream.local_addr().unwrap().to_string();
+        if words[2] != local {
+            return Err(format!(
+                "{}: another connection's greeting: {hello:?}",
+                s.name
+            ));
         }
         let uuid = words[3].to_owned();
         s.expected = s.got.clone();
@@ -363,13 +381,21 @@ async fn session(
                 // Gone right after sending, mid-wait: a FIN (or a reset, when answers are unread).
                 40..=54 => return Ok(Ended::AsPlanned),
                 // A reset mid-wait.
-                55..=69 => {
+                55..=61 => {
                     s.reset();
                     return Ok(Ended::AsPlanned);
                 }
-                // A reset a moment later (the answer may be on its way).
-                70..=77 => {
-                    tokio::time::sleep(Duration::from_micros(rng.below(2000))).await;
+                // A reset at any moment of the wait (the answer may be on its way, or being
+                // delivered), reading meanwhile.
+                62..=77 => {
+                    // Anywhere in twice the last answer's wait (under load that is tens of
+                    // milliseconds, with naps ahead in the line).
+                    let latency = LATENCY.load(Ordering::Relaxed);
+                    let wait = Duration::from_micros(rng.below(2 * latency + 1000));
+                    let want = s.expected.len();
+                    if let Ok(read) = tokio::time::timeout(wait, s.read_to(want)).await {
+                        read?;
+                    }
                     s.reset();
                     return Ok(Ended::AsPlanned);
                 }
@@ -386,8 +412,12 @@ async fn session(
                 _ => {}
             }
         }
-        if read && !s.read_to(s.expected.len()).await? {
-            return Ok(Ended::ClosedEarly);
+        if read {
+            let sent = Instant::now();
+            if !s.read_to(s.expected.len()).await? {
+                return Ok(Ended::ClosedEarly);
+            }
+            LATENCY.store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
     }
     match ending {
@@ -436,10 +466,66 @@ impl Peers {
     }
 }
 
+/// A connection that reads for `wait` and goes (by RST when `reset`): whatever came must be the
+/// start of its own greeting.
+async fn churn(
+    addr: std::net::SocketAddr,
+    name: String,
+    wait: Duration,
+    reset: bool,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(support::HANG, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{name}: connect hung"))?
+        .map_err(|e| format!("{name}: connect failed: {e}"))?;
+    let local = stream.local_addr().unwrap();
+    let mut s = Session {
+        stream,
+        name,
+        expected: format!("hello s {local} ").into_bytes(),
+        got: Vec::new(),
+        at: At::LineStart,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, s.stream.read(&mut buf)).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+        };
+        s.got.extend_from_slice(&buf[..n]);
+        // Its address, then a uuid and the newline, and nothing after.
+        let head = s.expected.len().min(s.got.len());
+        let uuid = s.got.get(s.expected.len()..).unwrap_or_default();
+        let ok = s.got[..head] == s.expected[..head]
+            && uuid.len() <= 37
+            && uuid.iter().enumerate().all(|(i, &b)| {
+                if i == 36 {
+                    b == b'\n'
+                } else {
+                    b.is_ascii_hexdigit() || b == b'-'
+                }
+            });
+        if !ok {
+            return Err(format!(
+                "{}: not the start of its greeting (another client's bytes): {:?}",
+                s.name,
+                String::from_utf8_lossy(&s.got)
+            ));
+        }
+    }
+    if reset {
+        s.reset();
+    }
+    Ok(())
+}
+
 /// What a round saw.
 #[derive(Debug, Default)]
 struct Tally {
     sessions: usize,
+    /// Connections that only took their greeting.
+    churned: usize,
     closed_early: usize,
     failures: Vec<String>,
 }
@@ -458,7 +544,11 @@ async fn round(h: &Harness, label: &str, seed: u64, chaos: Option<Arc<Chaos>>) -
         let label = label.to_owned();
         let mut rng = Rng((seed ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
         tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < SESSIONS && Instant::now() < deadline {
+            // Stops at the first failure (the sessions in flight then end within `HANG`).
+            while next.fetch_add(1, Ordering::Relaxed) < SESSIONS
+                && Instant::now() < deadline
+                && tally.lock().unwrap().failures.is_empty()
+            {
                 let id = IDS.fetch_add(1, Ordering::Relaxed);
                 let name = format!("{label} seed {seed} session {id}");
                 let ended = session(addr, &mut rng, name, chaos.as_deref(), &peers).await;
@@ -475,8 +565,36 @@ async fn round(h: &Harness, label: &str, seed: u64, chaos: Option<Arc<Chaos>>) -
             }
         }));
     }
+    // Connections that only take their greeting and go, all the time, so that a descriptor
+    // number pier frees is soon another client's: bytes still written through a stale one would
+    // land before a greeting.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut churners = Vec::new();
+    for churner in 0..CHURNERS {
+        let (done, tally, label) = (done.clone(), tally.clone(), label.to_owned());
+        let mut rng = Rng((seed ^ (churner as u64 + 1000).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+        churners.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) && n < CHURNS {
+                n += 1;
+                let id = IDS.fetch_add(1, Ordering::Relaxed);
+                let name = format!("{label} seed {seed} churner {churner} session {id}");
+                let wait = Duration::from_micros(rng.below(3000));
+                let failure = churn(addr, name, wait, n % 2 == 0).await.err();
+                let mut t = tally.lock().unwrap();
+                t.churned += 1;
+                if let Some(e) = failure {
+                    t.failures.push(e);
+                }
+            }
+        }));
+    }
     for task in tasks {
         task.await.expect("a client task panicked");
+    }
+    done.store(true, Ordering::Relaxed);
+    for task in churners {
+        task.await.expect("a churner panicked");
     }
     Arc::try_unwrap(tally).unwrap().into_inner().unwrap()
 }
@@ -570,8 +688,9 @@ async fn storm(flavor: &str) {
     let restarts = metric(&h, "pier_worker_restarts_total", "max_jobs").await;
     let failures = shutdown_with_parked(&mut h, seed).await;
     eprintln!(
-        "{flavor} (seed {seed}): calm {} sessions in {calm_time:?}, {delivered_calm} delivered; chaos {} sessions, {} closed early, {failed} event_failed closes, {} crashes and {} hangs unspent; {delivered} delivered in all, {restarts} max_jobs restarts, {} lines pushed by one client read by another (both tests); {:?} in all",
+        "{flavor} (seed {seed}): calm {} sessions (+{} greetings only) in {calm_time:?}, {delivered_calm} delivered; chaos {} sessions, {} closed early, {failed} event_failed closes, {} crashes and {} hangs unspent; {delivered} delivered in all, {restarts} max_jobs restarts, {} lines pushed by one client read by another (both tests); {:?} in all",
         calm.sessions,
+        calm.churned,
         stormy.sessions,
         stormy.closed_early,
         chaos.crashes.load(Ordering::Relaxed),
