@@ -751,3 +751,108 @@ async fn answers_reach_only_their_own_clients_in_order_under_churn_on_one_thread
 async fn answers_reach_only_their_own_clients_in_order_under_churn_on_two_threads() {
     storm("two threads").await;
 }
+
+/// The delivery's counter.
+async fn delivered(h: &Harness) -> f64 {
+    metric(h, "pier_answers_delivered_total", "").await
+}
+
+/// Answers that are not plain replies, and a close over RPC, for connections parked in a line
+/// among connections whose plain answers are delivered: each takes its task's own path and ends
+/// as it would unparked — STARTTLS's answer in plaintext, then TLS; QUIT's "bye", then the
+/// close; CLOSE's close; a connection closed over RPC (`pier.Close`) while parked gets its
+/// answer, then the close (a close asked for writes what is queued first); the plain ones
+/// around them get theirs and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_with_starttls_quit_close_or_an_rpc_close_end_as_unparked() {
+    use support::pki::{tls_over, Pki};
+    let scratch = tempfile::tempdir().unwrap();
+    let pki = Pki::new(scratch.path());
+    let cert = pki.server("server", &["localhost"], false);
+    let servers = format!(
+        "    s:\n      addr: 127.0.0.1:0\n      tls:\n        mode: starttls\n        cert: {:?}\n        key: {:?}\n",
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        &servers,
+        "    num_workers: 1\n    max_in_flight: 16\n",
+        "",
+    ) + "metrics:\n  address: 127.0.0.1:0\nrpc:\n  listen: tcp://127.0.0.1:0\n";
+    let mut h = Harness::start(dir, &text).await;
+    let rpc = h.rpc.as_deref().unwrap().strip_prefix("tcp://").unwrap();
+    let mut rpc = support::Rpc::connect(rpc.parse().unwrap()).await;
+    let waiting = |n: usize| {
+        let pool = h.pool.clone();
+        support::eventually(Duration::from_secs(5), "events waiting", move || {
+            pool.stats().waiting == n
+        })
+    };
+    let mut round = 0;
+    // Until a delivery happened among them (the worker's answers come in reads of their own
+    // sizes: within a few rounds one read brings several), and at least three rounds.
+    while round < 3 || delivered(&h).await == 0.0 {
+        assert!(round < 30, "no answer delivered in {round} rounds");
+        let _ = std::fs::remove_file(h.dir.path().join("sleeping"));
+        let mut busy = h.connect("s").await;
+        busy.hello().await;
+        let mut line = Vec::new();
+        for _ in 0..6 {
+            let mut c = h.connect("s").await;
+            let (_, _, uuid) = c.hello().await;
+            line.push((c, uuid));
+        }
+        busy.send("sleep 200\r\n").await;
+        support::wait_for_marker(&h, "sleeping").await;
+        let packets = ["p0", "starttls", "quit", "close", "k", "p5"];
+        for (i, ((c, _), packet)) in line.iter_mut().zip(packets).enumerate() {
+            c.send(format!("{packet}\r\n")).await;
+            waiting(i + 1).await;
+        }
+        // Closed over RPC while it waits (parked) in the line.
+        assert_eq!(
+            rpc.ok("pier.Close", serde_json::json!({"uuid": line[4].1}))
+                .await,
+            serde_json::json!(true)
+        );
+        assert_eq!(busy.line().await.unwrap(), "slept");
+        let mut line = line.into_iter().map(|(c, _)| c);
+        let mut p0 = line.next().unwrap();
+        let tls = line.next().unwrap();
+        let mut quit = line.next().unwrap();
+        let mut close = line.next().unwrap();
+        let mut kicked = line.next().unwrap();
+        let mut p5 = line.next().unwrap();
+        assert_eq!(p0.line().await.unwrap(), "s:p0");
+        assert_eq!(quit.line().await.unwrap(), "bye");
+        assert_eq!(quit.line().await, None);
+        assert_eq!(close.line().await, None);
+        assert_eq!(kicked.line().await.unwrap(), "s:k");
+        assert_eq!(kicked.line().await, None);
+        assert_eq!(p5.line().await.unwrap(), "s:p5");
+        // STARTTLS: "go ahead" in plaintext, then TLS on the same connection.
+        let mut tls = {
+            let mut c = tls;
+            assert_eq!(c.line().await.unwrap(), "go ahead");
+            assert!(c.reader.buffer().is_empty());
+            let socket = c.reader.into_inner().reunite(c.writer).unwrap();
+            tls_over(socket, &pki.ca_file, "localhost", None)
+                .await
+                .expect("handshake after STARTTLS")
+        };
+        tls.write_all(b"again\r\n").await.unwrap();
+        let mut answer = [0u8; 64];
+        let n = tokio::time::timeout(support::HANG, tls.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&answer[..n], b"s:again\n");
+        assert_eq!(p0.ask("again\r\n").await, "s:again");
+        assert_eq!(p5.ask("again\r\n").await, "s:again");
+        round += 1;
+    }
+    h.shutdown().await;
+}
