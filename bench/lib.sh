@@ -47,7 +47,8 @@ callgrind_windows() {
 # echo_config FILE PORT COMMAND [WORKERS] [IO_THREADS]: writes the pier config the bench scripts
 # run: one server `bench` on 127.0.0.1:PORT framed by "\n", WORKERS PHP workers (default 1) running
 # COMMAND, and tcp.io_threads only when IO_THREADS is given (else the build's default); POOL_KEYS
-# (env, e.g. "max_in_flight: 64") adds keys under tcp.pool, for a measurement of a setting.
+# (env, e.g. "max_in_flight: 64") adds keys under tcp.pool and SERVER_KEYS (env, e.g.
+# "idle_timeout: 60s") under the server, for a measurement of a setting.
 echo_config() {
   cat >"$1" <<YAML
 version: "3"
@@ -59,6 +60,7 @@ tcp:
     bench:
       addr: "127.0.0.1:$2"
       delimiter: "\n"
+      ${SERVER_KEYS:-}
   pool:
     num_workers: ${4:-1}
     ${POOL_KEYS:-}
