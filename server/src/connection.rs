@@ -18,12 +18,13 @@
 //! bytes are queued or a close is asked for.
 //!
 //! While its DATA event waits in a busy worker's line and it waits for nothing else (plaintext, no
-//! packet buffered, no idle timeout, nothing queued), the task *parks*: registered for the
-//! socket's next bytes, it lets whoever reads the worker's answers write a plain answer (WRITE or
-//! CONTINUE, no state, no command before it) straight to the socket and mark the event done,
-//! without a wake-up ([`Link::deliver`]); the task finds the event done when the client's next
-//! packet wakes it. Per message at 100 × 1 that is one task poll and wake-up instead of two
-//! (bench/results/2026-12-01-answer.md).
+//! packet buffered, nothing queued), the task *parks*: registered for the socket's next bytes
+//! (and, with an idle timeout, its idle timer set), it lets whoever reads the worker's answers
+//! write a plain answer (WRITE or CONTINUE, no state, no command before it) straight to the
+//! socket and mark the event done, without a wake-up ([`Link::deliver`]); the task finds the
+//! event done when the client's next packet wakes it. Per message at 100 × 1 that is one task
+//! poll and wake-up instead of two (bench/results/2026-12-01-answer.md; with an idle timeout,
+//! bench/results/2026-12-01-idle.md).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -44,7 +45,7 @@ use uuid::Uuid;
 
 use crate::config::ServerConfig;
 use crate::framing::{self, FramingError};
-use crate::limits::{self, Reader};
+use crate::limits::Reader;
 use crate::listener::proxy::Rewind;
 use crate::listener::stream::{self, ReadSide, WriteSide};
 use crate::listener::{Accepted, Listener};
@@ -122,15 +123,22 @@ pub struct Link {
     /// Whether a running event's plain answer may be written by whoever holds the worker without
     /// waking this task ([`Link::deliver`]): [`AWAKE`], [`PARKED`], [`CLAIMED`], [`CLAIMED_WAKE`].
     park: AtomicU8,
+    /// The running event waits for its turn in a worker's line (or in the pool's queue): only
+    /// then may a runner deliver its answer, so only then does the task park.
+    turn: AtomicBool,
+    /// The connection has an idle timeout: a delivery notes when it wrote the answer
+    /// (`answered`), where the idle clock restarts. Written by the task when the timeout is set.
+    idle_clock: AtomicBool,
     /// The plaintext socket's descriptor while [`PARKED`] or claimed. Rule: stored by the
     /// connection's task right before it parks, from its write half, which the task owns until
     /// after the running event's future is dropped; that drop gives the event's slot up under the
     /// worker's line lock, which a delivery holds throughout (`Line::pass_on`): no delivery uses
-    /// the descriptor once the socket may close.
+    /// the descriptor once the socket may close. After the flags, so that `answered` still ends
+    /// the park state's line (`link_layout`).
     park_fd: AtomicI32,
-    /// The running event waits for its turn in a worker's line (or in the pool's queue): only
-    /// then may a runner deliver its answer, so only then does the task park.
-    turn: AtomicBool,
+    /// When a delivery wrote the running event's answer ([`crate::limits::coarse_now_ns`]
+    /// time; only with `idle_clock`); 0: none since the task last looked.
+    answered: AtomicU64,
     /// The id as sent in events.
     uuid_text: String,
     /// Client address as sent in events.
@@ -332,6 +340,11 @@ impl Link {
             return None;
         }
         let delivered = self.deliver_claimed(body);
+        if delivered && self.idle_clock.load(Ordering::Relaxed) {
+            // Seen by the task after the event's slot tells it the answer was delivered.
+            self.answered
+                .store(crate::limits::coarse_now_ns(), Ordering::Relaxed);
+        }
         let was = self.park.swap(AWAKE, Ordering::AcqRel);
         delivered.then_some(was == CLAIMED_WAKE)
     }
@@ -374,6 +387,16 @@ impl Link {
     /// Whether the task is parked now (a delivery may be tried; [`Link::deliver`] decides).
     pub(crate) fn parked(&self) -> bool {
         self.park.load(Ordering::Relaxed) == PARKED
+    }
+
+    /// When the running event's answer was delivered ([`Link::deliver`], with an idle timeout),
+    /// once; 0 when it was not.
+    fn take_answered(&self) -> u64 {
+        let at = self.answered.load(Ordering::Relaxed);
+        if at != 0 {
+            self.answered.store(0, Ordering::Relaxed);
+        }
+        at
     }
 
     /// The running event waits for its turn (`yes`), or stopped waiting.
@@ -722,6 +745,8 @@ pub(crate) fn serve(
         park: AtomicU8::new(AWAKE),
         park_fd: AtomicI32::new(-1),
         turn: AtomicBool::new(false),
+        idle_clock: AtomicBool::new(listener.config.limits.idle_timeout.is_some()),
+        answered: AtomicU64::new(0),
     });
     let idle_timeout = listener.config.limits.idle_timeout;
     let mut conn = Conn {
@@ -740,7 +765,7 @@ pub(crate) fn serve(
     };
     // Made now (read from only after CONNECTED): its clock is restarted after CONNECTED's
     // answer, as if it were made then.
-    let mut packets = framed(&listener, reader, idle_timeout.is_some());
+    let mut packets = framed(&listener, reader, idle_timeout);
     log_scope::scoped(span, async move {
         listener.registry.register(conn.link.clone());
         debug!(remote_addr = %conn.link.remote_addr, "connected");
@@ -767,8 +792,8 @@ pub(crate) fn serve(
         }
         if flow != Flow::Close {
             // The idle clock as if the packets were made now (CONNECTED may have set a timeout).
-            packets.get_mut().track(conn.idle_timeout.is_some());
-            packets.get_mut().touch();
+            packets.get_mut().track(conn.idle_timeout);
+            packets.get_mut().ended(|| 0);
             // Left early (no packets to drop) when a STARTTLS failed: it took them.
             'read: {
                 // True when the server is shutting down: the packets already received are then
@@ -796,9 +821,9 @@ pub(crate) fn serve(
                         // The next packet is read only once everything queued is written: a client that
                         // does not read its answers is not handed more of them.
                         let idle = conn.writer.idle(&conn.link);
-                        let wake = if idle && conn.idle_timeout.is_none() {
-                            // The usual wait (nothing queued, no idle timeout), polled by hand: the
-                            // select!'s futures were written into the task's state around every packet.
+                        let wake = if idle {
+                            // The usual wait (nothing queued), polled by hand: the select!'s
+                            // futures were written into the task's state around every packet.
                             std::future::poll_fn(|cx| {
                                 if listener.registry.stopping() {
                                     return Poll::Ready(Wake::Stopping);
@@ -808,18 +833,22 @@ pub(crate) fn serve(
                                 {
                                     return Poll::Ready(Wake::Settled(None));
                                 }
-                                packets.poll_next(cx).map(Wake::Packet)
+                                if let Poll::Ready(next) = packets.poll_next(cx) {
+                                    return Poll::Ready(Wake::Packet(next));
+                                }
+                                // After the read: bytes it took restart the clock.
+                                packets
+                                    .get_mut()
+                                    .poll_deadline(cx)
+                                    .map(|()| Wake::IdleDeadline)
                             })
                             .await
                         } else {
-                            let idle_deadline =
-                                conn.idle_timeout.map(|t| packets.get_ref().last() + t);
                             tokio::select! {
                                 biased;
                                 () = stopping(&listener.registry) => Wake::Stopping,
                                 s = conn.writer.settle(&conn.link, listener.config.write_timeout, idle) => Wake::Settled(s),
-                                next = packets.next(), if idle => Wake::Packet(next),
-                                _ = limits::sleep_until(idle_deadline) => Wake::IdleDeadline,
+                                () = std::future::poll_fn(|cx| packets.get_mut().poll_deadline(cx)) => Wake::IdleDeadline,
                             }
                         };
                         let next = match wake {
@@ -832,17 +861,10 @@ pub(crate) fn serve(
                             }
                             Wake::Packet(next) => next,
                             Wake::IdleDeadline => {
-                                // Bytes may have come in since the deadline was computed (a partial
-                                // packet): then the clock starts again from them.
-                                let last = packets.get_ref().last();
-                                match conn.idle_timeout {
-                                    Some(t) if last.elapsed() >= t => {
-                                        debug!(idle_timeout = ?t, "client idle; closing");
-                                        conn.reason = CloseReason::IdleTimeout;
-                                        break false;
-                                    }
-                                    _ => continue,
-                                }
+                                let idle_timeout = conn.idle_timeout.unwrap_or_default();
+                                debug!(?idle_timeout, "client idle; closing");
+                                conn.reason = CloseReason::IdleTimeout;
+                                break false;
                             }
                         };
                         match next {
@@ -876,16 +898,18 @@ pub(crate) fn serve(
                     conn.link
                         .bytes_in
                         .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                    // Without an idle timeout, the task may park while its event waits in a
-                    // worker's line (see `Link::deliver`): parked, it watches no idle deadline.
-                    let park = conn.idle_timeout.is_none().then_some(&mut packets);
-                    let (result, stopped) = conn.event(EventKind::Data, &packet, park).await;
-                    // Time spent on our side is not the client being idle.
-                    packets.get_mut().touch();
+                    // The task may park while its event waits in a worker's line (see
+                    // `Link::deliver`), its idle timer set (`Reader::watch_while_busy`).
+                    let (result, stopped) = conn
+                        .event(EventKind::Data, &packet, Some(&mut packets))
+                        .await;
+                    // Time spent on our side is not the client being idle: the clock restarts
+                    // when the event ended (a delivered answer: when it was written).
+                    packets.get_mut().ended(|| conn.link.take_answered());
                     match result {
                         Ok(reply) => {
                             flow = conn.apply(reply);
-                            packets.get_mut().track(conn.idle_timeout.is_some());
+                            packets.get_mut().track(conn.idle_timeout);
                             if flow == Flow::Close {
                                 stop = stopped;
                                 break false;
@@ -1033,6 +1057,8 @@ impl<E: Future<Output = Result<Reply, PoolError>>> Future for Running<'_, E> {
                     ) {
                         // From `AWAKE` only: a runner may be delivering (another thread).
                         if packets.poll_idle(cx) {
+                            // A delivery does not wake the task: the idle timer must.
+                            packets.get_mut().watch_while_busy(cx);
                             this.link.park_fd.store(fd, Ordering::Relaxed);
                             let _ = this.link.park.compare_exchange(
                                 AWAKE,
@@ -1345,15 +1371,18 @@ impl Conn {
             }
             Some(ms) => Some(std::time::Duration::from_millis(ms)),
         };
+        self.link
+            .idle_clock
+            .store(self.idle_timeout.is_some(), Ordering::Relaxed);
         debug!(idle_timeout = ?self.idle_timeout, pid, "idle timeout set by the worker");
     }
 }
 
 /// Packets of `reader`, framed as the server's config says.
-fn framed(listener: &Listener, reader: ReadSide, idle_clock: bool) -> Packets {
+fn framed(listener: &Listener, reader: ReadSide, idle_timeout: Option<Duration>) -> Packets {
     let codec = listener.codec.clone();
     let read_size = listener.read_buf_size.min(INITIAL_READ_BUFFER);
-    let reader = Reader::new(reader, idle_clock, listener.metrics.clone());
+    let reader = Reader::new(reader, idle_timeout, listener.metrics.clone());
     Packets::new(reader, codec, read_size)
 }
 
@@ -1399,7 +1428,7 @@ async fn start_tls(
     let (reader, half) = stream::split_tls(tls_stream);
     writer.half = half;
     writer.stalled_since = None;
-    Ok(framed(listener, reader, conn.idle_timeout.is_some()))
+    Ok(framed(listener, reader, conn.idle_timeout))
 }
 
 fn log_exec_error(e: &PoolError, event: &str) {
@@ -1454,6 +1483,11 @@ mod tests {
         assert!(offset_of!(Link, metrics) >= 64 && queue >= 64);
         assert!(data + offset_of!(Queue, closing) + size_of::<Closing>() <= 128);
         assert!(data + offset_of!(Queue, written) + 8 <= 128);
+        // A delivery's line: the park state, the descriptor and, with an idle timeout, when.
+        let line = offset_of!(Link, park) / 64;
+        assert_eq!(offset_of!(Link, turn) / 64, line);
+        assert_eq!(offset_of!(Link, park_fd) / 64, line);
+        assert_eq!((offset_of!(Link, answered) + 7) / 64, line);
     }
 
     /// The connection's order (see [`Conn`]): the link pointer, then the writer's half, stall
@@ -1486,8 +1520,9 @@ mod tests {
         // The task holds no dead copy of what `accepted` brought (transport, address, TLS
         // fragment): 1,200 B when the block captured it (this test's build); nor copies of the
         // listener's registry, metrics and write timeout (928 B with them, 936 with the write
-        // half's descriptor beside it).
-        assert!(task <= 896, "connection task {task} B");
+        // half's descriptor beside it); 896 B while the wait of a connection with an idle
+        // timeout held a `Sleep` inline (now one boxed timer per connection, `limits::Reader`).
+        assert!(task <= 736, "connection task {task} B");
     }
 
     /// A link as `serve` makes it, on a listener of the smallest config, with no socket: the
@@ -1498,7 +1533,7 @@ mod tests {
         let server = config.servers[0].clone();
         let metrics = ServerMetrics::default();
         let admission =
-            limits::Admission::new(&server.name, server.limits.clone(), metrics.clone());
+            crate::limits::Admission::new(&server.name, server.limits.clone(), metrics.clone());
         let listener = Arc::new(
             Listener::new(
                 server,
@@ -1525,6 +1560,8 @@ mod tests {
             park: AtomicU8::new(AWAKE),
             park_fd: AtomicI32::new(-1),
             turn: AtomicBool::new(false),
+            idle_clock: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
         }
     }
 

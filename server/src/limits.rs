@@ -16,6 +16,7 @@
 //! (the socket's for v2 LOCAL and v1 UNKNOWN, as the events' `remote_addr`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -279,50 +280,178 @@ pub(crate) fn set_keepalive(stream: &TcpStream, ka: &KeepaliveConfig) -> std::io
     socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
-/// A connection's read half that notes when the client last sent bytes (for the idle timeout)
-/// and counts them (for `pier_received_bytes_total`).
+/// A connection's read half that counts the bytes it reads (for `pier_received_bytes_total`) and
+/// keeps the connection's idle clock while an idle timeout applies.
+///
+/// The idle clock is lazy: activity costs a store, not a timer reset. A read only marks that
+/// bytes came (`fresh`); the time is taken when it matters (the connection goes back to waiting,
+/// or its event ends, which restarts the clock anyway). One timer per connection
+/// ([`IdleClock`]) is set no later than the deadline and, when it fires, the deadline is computed
+/// again and the timer set for the remainder: at 100 × 1 a connection's timer fires once per
+/// timeout, not per message. Before, every wait for a packet made and dropped a `Sleep` (two
+/// trips through the timer wheel's lock) and read the clock twice per message
+/// (bench/results/2026-12-01-idle.md).
 #[derive(Debug)]
 pub(crate) struct Reader<R> {
     /// The socket.
     inner: R,
-    /// When bytes last came in, or the last event ended (see [`Reader::touch`]).
-    last: Instant,
-    /// Read clock on: only while an idle timeout applies, so others pay no clock read.
-    track: bool,
+    /// Bytes came since the idle clock last took the time.
+    fresh: bool,
+    /// The idle clock and its timer while an idle timeout applies (boxed: most servers have no
+    /// idle timeout, and the timer is large); `None`: no clock read, no timer.
+    idle: Option<Pin<Box<IdleClock>>>,
     /// Where bytes are counted.
     metrics: ServerMetrics,
 }
 
+/// The coarse clock's resolution bound: the kernel's tick, 1 to 10 ms (`HZ` 1000 to 100; 4 ms
+/// on the bench host, `clock_getres`). Added to every deadline, so that a connection is never
+/// closed before its client was silent for the whole timeout, whatever the two readings' places
+/// in their ticks.
+const COARSE_TICK_NS: u64 = 10_000_000;
+
+pin_project_lite::pin_project! {
+    /// A connection's idle timeout, the last activity and the timer that watches for it.
+    #[derive(Debug)]
+    struct IdleClock {
+        // The timeout.
+        timeout: Duration,
+        // When the client last sent bytes or the connection's last event ended, in
+        // [`coarse_now_ns`] time.
+        last: u64,
+        // `sleep` wakes this task no later than the deadline: set since the last change of
+        // `timeout`, polled (the task's waker registered) since it was set, not fired.
+        armed: bool,
+        // The timer, set for the deadline or earlier.
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns (the idle clock's time; a clock read per message mattered).
+pub(crate) use crate::pool::coarse_now_ns;
+
 impl<R> Reader<R> {
-    pub(crate) fn new(inner: R, track: bool, metrics: ServerMetrics) -> Self {
-        Reader {
+    /// A read half with the idle clock on when `idle_timeout` is set, counting from now.
+    pub(crate) fn new(inner: R, idle_timeout: Option<Duration>, metrics: ServerMetrics) -> Self {
+        let mut reader = Reader {
             inner,
-            last: Instant::now(),
-            track,
+            fresh: false,
+            idle: None,
             metrics,
+        };
+        reader.retrack(idle_timeout);
+        reader
+    }
+
+    /// Sets the idle timeout (after every event: a worker may have set or removed the
+    /// connection's): starting the clock counts from now; a new timeout takes effect at the next
+    /// wait. Inline: the usual call changes nothing.
+    #[inline]
+    pub(crate) fn track(&mut self, idle_timeout: Option<Duration>) {
+        match (idle_timeout, &self.idle) {
+            (None, None) => {}
+            (Some(timeout), Some(clock)) if clock.timeout == timeout => {}
+            _ => self.retrack(idle_timeout),
         }
     }
 
-    /// Starts or stops the read clock (a worker set or removed the connection's idle timeout);
-    /// starting it counts from now.
-    pub(crate) fn track(&mut self, on: bool) {
-        if on && !self.track {
-            self.last = Instant::now();
+    /// [`Reader::track`] when the timeout changes.
+    #[cold]
+    fn retrack(&mut self, idle_timeout: Option<Duration>) {
+        let Some(timeout) = idle_timeout else {
+            self.idle = None;
+            return;
+        };
+        match &mut self.idle {
+            Some(clock) => {
+                let clock = clock.as_mut().project();
+                *clock.timeout = timeout;
+                *clock.armed = false;
+            }
+            None => {
+                self.idle = Some(Box::pin(IdleClock {
+                    timeout,
+                    last: coarse_now_ns(),
+                    armed: false,
+                    // Set when first armed (a `Sleep` is registered only once polled).
+                    sleep: tokio::time::sleep(Duration::ZERO),
+                }));
+            }
         }
-        self.track = on;
     }
 
-    /// Restarts the idle clock: the connection was busy on our side (an event ran), which is not
-    /// the client being idle.
-    pub(crate) fn touch(&mut self) {
-        if self.track {
-            self.last = Instant::now();
+    /// An event ended: time spent on our side is not the client being idle, so the clock
+    /// restarts at its end: `answered()`, when not 0, is when its answer was written by whoever
+    /// held the worker (`connection::Link::deliver`, [`coarse_now_ns`] time), else now. Without
+    /// an idle timeout nothing is read.
+    pub(crate) fn ended(&mut self, answered: impl FnOnce() -> u64) {
+        if let Some(clock) = &mut self.idle {
+            let at = answered();
+            *clock.as_mut().project().last = if at == 0 { coarse_now_ns() } else { at };
+            self.fresh = false;
         }
     }
 
-    /// When the client last sent bytes (or the last [`Reader::touch`]).
-    pub(crate) fn last(&self) -> Instant {
-        self.last
+    /// The connection waits for its client: `Ready` once the client has sent no byte for the
+    /// idle timeout since the later of its last bytes and the end of the last event, else
+    /// `Pending` with the timer set to wake the task no later than that. Never without an idle
+    /// timeout.
+    pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(clock) = &mut self.idle else {
+            return Poll::Pending;
+        };
+        let clock = clock.as_mut().project();
+        if std::mem::take(&mut self.fresh) {
+            // Bytes came in this poll (the wait reads, then looks here).
+            *clock.last = coarse_now_ns();
+        }
+        if *clock.armed && !clock.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        let now = coarse_now_ns();
+        let due = clock
+            .last
+            .saturating_add(nanos(*clock.timeout))
+            .saturating_add(COARSE_TICK_NS);
+        if now >= due {
+            return Poll::Ready(());
+        }
+        arm(clock.sleep, clock.armed, due - now, cx);
+        Poll::Pending
+    }
+
+    /// The connection's task is about to wait inside a running event (`connection::Running`
+    /// parks: nothing but the client's next bytes or the signal will wake it, its answer may be
+    /// written without it): makes sure the timer wakes it no later than the idle deadline, which
+    /// is at least a timeout after the event ends. Nothing to do while the timer is set (one
+    /// load); without an idle timeout, nothing at all.
+    #[inline]
+    pub(crate) fn watch_while_busy(&mut self, cx: &mut Context<'_>) {
+        match &self.idle {
+            Some(clock) if !clock.armed || clock.sleep.is_elapsed() => self.rearm_while_busy(cx),
+            _ => {}
+        }
+    }
+
+    /// [`Reader::watch_while_busy`] when the timer is not set.
+    #[cold]
+    fn rearm_while_busy(&mut self, cx: &mut Context<'_>) {
+        let Some(clock) = &mut self.idle else {
+            return;
+        };
+        let clock = clock.as_mut().project();
+        let now = coarse_now_ns();
+        if std::mem::take(&mut self.fresh) {
+            *clock.last = now;
+        }
+        // The event ends after now: a timeout from now is no later than the deadline either.
+        let due = clock
+            .last
+            .saturating_add(nanos(*clock.timeout))
+            .saturating_add(COARSE_TICK_NS)
+            .max(now.saturating_add(nanos(*clock.timeout)));
+        arm(clock.sleep, clock.armed, due - now, cx);
     }
 
     /// The socket back (STARTTLS re-wraps it).
@@ -331,15 +460,35 @@ impl<R> Reader<R> {
     }
 }
 
+/// A duration in ns, as the idle clock keeps them (saturating: over 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Sets `sleep` for `after` ns from now and registers the task's waker with it.
+fn arm(
+    mut sleep: Pin<&mut tokio::time::Sleep>,
+    armed: &mut bool,
+    after: u64,
+    cx: &mut Context<'_>,
+) {
+    sleep
+        .as_mut()
+        .reset(tokio::time::Instant::now() + Duration::from_nanos(after));
+    // Outside the coop budget: a `Sleep` polled with the budget spent returns `Pending` without
+    // registering the waker, and a parked task relies on this one. Just set, it is not due.
+    let _ = std::pin::pin!(tokio::task::unconstrained(sleep)).poll(cx);
+    *armed = true;
+}
+
 impl<R> Reader<R> {
     /// Counts `n` bytes read (none: nothing to do).
     #[inline]
     fn came(&mut self, n: usize) {
         if n > 0 {
             self.metrics.received(n);
-            if self.track {
-                self.last = Instant::now();
-            }
+            // A store, whether or not a clock runs (cheaper than asking).
+            self.fresh = true;
         }
     }
 }
@@ -372,14 +521,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for Reader<R> {
         let n = buf.filled().len() - before;
         self.came(n);
         polled
-    }
-}
-
-/// Completes at `deadline`; never when there is none.
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -491,6 +632,85 @@ mod tests {
         assert_eq!(a.open.load(Ordering::Relaxed), 2);
         drop((p2, p4));
         assert!(a.by_ip.lock().unwrap().values().all(|e| e.open == 0));
+    }
+
+    /// A waker that counts its wake-ups, to see what the idle timer wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `f` once with `waker`.
+    fn once<T>(waker: &Arc<Count>, f: impl FnOnce(&mut Context<'_>) -> T) -> T {
+        let waker = std::task::Waker::from(waker.clone());
+        f(&mut Context::from_waker(&waker))
+    }
+
+    /// Waits (bounded, real time: the idle clock is the kernel's) until `count` was woken.
+    async fn woken(count: &Count, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while count.0.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < limit, "not woken within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        start.elapsed()
+    }
+
+    fn reader(timeout: Duration) -> Reader<()> {
+        Reader::new((), Some(timeout), ServerMetrics::default())
+    }
+
+    /// The deadline counts from the client's last bytes: bytes that came restart it (taken when
+    /// the wait looks), and it is never before the whole timeout.
+    #[tokio::test]
+    async fn the_idle_deadline_is_a_timeout_after_the_last_bytes() {
+        const T: Duration = Duration::from_millis(100);
+        let mut r = reader(T);
+        let count = Arc::new(Count::default());
+        assert!(once(&count, |cx| r.poll_deadline(cx)).is_pending());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        r.came(1);
+        let came = Instant::now();
+        assert!(once(&count, |cx| r.poll_deadline(cx)).is_pending());
+        // The timer set for the first deadline fires early: the wait looks again and sets it
+        // for the remainder, until the deadline is there.
+        loop {
+            woken(&count, Duration::from_secs(5)).await;
+            count.0.store(0, Ordering::SeqCst);
+            if once(&count, |cx| r.poll_deadline(cx)).is_ready() {
+                break;
+            }
+        }
+        let idle = came.elapsed();
+        assert!(idle >= T, "closed after {idle:?} of silence");
+        assert!(idle < T + Duration::from_millis(500), "{idle:?}");
+    }
+
+    /// A task that parks inside an event whose idle timer already fired gets it set again: it
+    /// is woken, and the wait then counts from when the event's answer was delivered.
+    #[tokio::test]
+    async fn a_parked_task_s_fired_timer_is_set_again_and_the_answer_restarts_the_clock() {
+        const T: Duration = Duration::from_millis(60);
+        let mut r = reader(T);
+        let count = Arc::new(Count::default());
+        assert!(once(&count, |cx| r.poll_deadline(cx)).is_pending());
+        woken(&count, Duration::from_secs(5)).await;
+        count.0.store(0, Ordering::SeqCst);
+        // The event is under way (the task parks): not the client being idle, and its timer is
+        // set again (without it, nothing would wake the task again).
+        once(&count, |cx| r.watch_while_busy(cx));
+        let waited = woken(&count, Duration::from_secs(5)).await;
+        assert!(waited + Duration::from_millis(5) >= T, "{waited:?}");
+        // Its answer was delivered just now: a timeout from it, not from the last bytes.
+        r.ended(coarse_now_ns);
+        assert!(once(&count, |cx| r.poll_deadline(cx)).is_pending());
+        // And with the idle timeout off, never.
+        r.track(None);
+        assert!(once(&count, |cx| r.poll_deadline(cx)).is_pending());
     }
 
     #[test]

@@ -436,6 +436,139 @@ async fn a_worker_sets_the_idle_timeout_of_its_connection() {
     h.shutdown().await;
 }
 
+/// `pier_answers_delivered_total` now (answers written by whoever read them from the worker,
+/// without waking their connections' tasks).
+fn delivered(samples: &Samples) -> f64 {
+    get(samples, "pier_answers_delivered_total", &[])
+}
+
+/// One round of plain events, one per client, all sent before any answer is read (on one
+/// thread, pier's tasks run only once the test waits: the events join one worker's line, where
+/// answers read together may be delivered). Returns when each client got its answer.
+async fn plain_round(clients: &mut [Client], round: usize) -> Vec<std::time::Instant> {
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(format!("r{round}c{i}\r\n")).await;
+    }
+    let mut answered = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        // The echo names the client's server: `s:` or `none:`.
+        let line = c.line().await.unwrap();
+        assert!(line.ends_with(&format!(":r{round}c{i}")), "{line}");
+        answered.push(std::time::Instant::now());
+    }
+    answered
+}
+
+/// A connection with an idle timeout waits in a busy worker's line as one without: its plain
+/// answer is written by whoever reads the worker's answers, without waking its task (before,
+/// only connections without an idle timeout were, and this counter stayed at 0).
+#[tokio::test(flavor = "current_thread")]
+async fn answers_to_connections_with_an_idle_timeout_are_delivered_without_waking_them() {
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      idle_timeout: 30s\n";
+    let pool = "    num_workers: 1\n    max_in_flight: 32\n";
+    let mut h = start(servers, pool, "", OPS).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut c = h.connect("s").await;
+        c.hello().await;
+        clients.push(c);
+    }
+    // Bounded: the worker writes each answer on its own, so a read of pier's may bring one only;
+    // within a few rounds one brings several.
+    let mut round = 0;
+    while delivered(&scrape(&h).await) == 0.0 {
+        assert!(round < 50, "no answer delivered in {round} rounds");
+        plain_round(&mut clients, round).await;
+        round += 1;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.ask(&format!("after{i}\r\n")).await, format!("s:after{i}"));
+    }
+    h.shutdown().await;
+}
+
+/// Connections whose last answers were delivered without waking them (parked), then whose
+/// clients fall silent, are still closed at their idle deadline, counted from when the answer
+/// was written, and get their CLOSE: with the server's `idle_timeout` and with one a worker set
+/// (`idle_timeout` command) on a server without one. Pier closes no earlier than the timeout
+/// after the answer and, by design, at most ~15 ms after it (the coarse clock's tick bound, the
+/// timer's millisecond); 500 ms is slack for a loaded machine, and under the 2 × timeout a clock
+/// restarted when the parked task's timer woke it (not at the delivery) would give.
+#[tokio::test(flavor = "current_thread")]
+async fn parked_connections_that_fall_silent_are_closed_at_their_idle_deadline() {
+    const TIMEOUT: Duration = Duration::from_millis(800);
+    let servers = "    s:\n      addr: 127.0.0.1:0\n      idle_timeout: 800ms\n    none:\n      addr: 127.0.0.1:0\n";
+    let pool = "    num_workers: 1\n    max_in_flight: 32\n";
+    let mut h = start(servers, pool, "", OPS).await;
+    let mut clients = Vec::new();
+    let mut uuids = Vec::new();
+    for i in 0..6 {
+        let mut c = h.connect(if i % 2 == 0 { "s" } else { "none" }).await;
+        uuids.push(c.hello().await.2);
+        if i % 2 == 1 {
+            assert_eq!(c.ask("idle 800\r\n").await, "idle 800");
+        }
+        clients.push(c);
+    }
+    // Rounds until one had answers delivered: then every connection's last event is that round's.
+    let mut answered;
+    let mut round = 0;
+    loop {
+        assert!(round < 50, "no answer delivered in {round} rounds");
+        let before = delivered(&scrape(&h).await);
+        answered = plain_round(&mut clients, round).await;
+        round += 1;
+        if delivered(&scrape(&h).await) > before {
+            break;
+        }
+    }
+    // All silent now; each client waits for the server's EOF on its own.
+    let waits: Vec<_> = clients
+        .into_iter()
+        .zip(answered)
+        .map(|(mut c, at)| {
+            tokio::spawn(async move {
+                let rest = tokio::time::timeout(TIMEOUT + Duration::from_secs(2), c.rest()).await;
+                (rest.map(|r| r.is_empty()), at.elapsed())
+            })
+        })
+        .collect();
+    for (i, wait) in waits.into_iter().enumerate() {
+        let (rest, silent) = wait.await.unwrap();
+        assert_eq!(rest, Ok(true), "client {i}: closed without more bytes");
+        assert!(
+            silent + Duration::from_millis(30) >= TIMEOUT,
+            "client {i}: closed after {silent:?} of silence, before the idle timeout"
+        );
+        assert!(
+            silent <= TIMEOUT + Duration::from_millis(500),
+            "client {i}: closed only after {silent:?} of silence"
+        );
+    }
+    let s = scrape_until(&h, |s| {
+        ["s", "none"].iter().all(|server| {
+            s.get(&(
+                "pier_connections_closed_total".to_owned(),
+                vec![
+                    ("reason".to_owned(), "idle_timeout".to_owned()),
+                    ("server".to_owned(), (*server).to_owned()),
+                ],
+            )) == Some(&3.0)
+        })
+    })
+    .await;
+    assert!(delivered(&s) > 0.0);
+    // The CLOSE events run just after the sockets closed.
+    support::eventually(Duration::from_secs(10), "every CLOSE logged", || {
+        let closes = h.log("closes.log");
+        uuids
+            .iter()
+            .all(|u| closes.iter().any(|l| l.starts_with(u.as_str())))
+    })
+    .await;
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_see_the_features_of_this_server() {
     let mut h = start(ONE, "    num_workers: 1\n", "", "").await;

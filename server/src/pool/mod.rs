@@ -53,6 +53,8 @@ use line::{Handoff, Joined, Passed};
 use queue::{Assignment, Queue, Take, WaitError};
 use relay::RelayListener;
 use supervisor::Respawn;
+/// The coarse monotonic clock, also the connections' idle clock (`limits::Reader`).
+pub(crate) use worker::coarse_now_ns;
 use worker::{spawn_worker, KillReason, Outcome, RelayWrite, Shared, Worker, RETIRE_REMOVE};
 
 pub use on_init::{run_on_init, OnInitError};

@@ -1119,7 +1119,7 @@ pub(super) type Exits = mpsc::Sender<u32>;
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: the kernel's last tick, read from the vDSO without the
 /// time-stamp counter arithmetic of `Instant::now()`; a few ms resolution.
-pub(super) fn coarse_now_ns() -> u64 {
+pub(crate) fn coarse_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
