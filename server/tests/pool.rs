@@ -613,3 +613,132 @@ async fn a_large_answer_in_a_line_to_a_client_not_reading_is_queued_and_written_
     assert_eq!(slow.ask("again\r\n").await, "s:again");
     h.shutdown().await;
 }
+
+/// `pier_replies_held_total` now (every server): replies held back to leave in one write with
+/// their connection's next reply.
+async fn held(h: &Harness) -> f64 {
+    let (code, body) = h.http_get("metrics", "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .filter(|l| l.starts_with("pier_replies_held_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| panic!("no pier_replies_held_total in {body}"))
+}
+
+/// A pipelining client (several packets in one write): a reply whose connection has its next
+/// packet read already is held back to leave with the next reply, in one write (the counter says
+/// so; without it each reply is written alone). Order stays: the replies in packet order, and a
+/// push the worker makes for its own connection while a reply is held goes out after the held
+/// reply and before the reply of the event that pushed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_a_pipelined_burst_are_held_to_leave_together_in_order_with_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(dir.path(), &[&test_worker()], ONE, &pool(1, ""), "")
+        + "metrics:\n  address: 127.0.0.1:0\n";
+    let mut h = Harness::start(dir, &text).await;
+    let mut c = greeted(&h, 1).await.remove(0);
+    assert_eq!(held(&h).await, 0.0);
+    // Bounded: the burst is one write and normally one read of pier's; if the kernel split
+    // it, a later round holds.
+    let mut round = 0;
+    while held(&h).await == 0.0 {
+        assert!(round < 20, "no reply held in {round} rounds");
+        c.send(format!("a{round}\r\nself 2\r\nb{round}\r\nc{round}\r\n"))
+            .await;
+        let want = [
+            format!("s:a{round}"),
+            "self 0".into(),
+            "self 1".into(),
+            "reply".into(),
+            format!("s:b{round}"),
+            format!("s:c{round}"),
+        ];
+        for want in want {
+            assert_eq!(c.line().await.unwrap(), want, "round {round}");
+        }
+        round += 1;
+    }
+    // One packet at a time: nothing is held, and the connection goes on as usual.
+    let before = held(&h).await;
+    for i in 0..3 {
+        assert_eq!(c.ask(&format!("one{i}\r\n")).await, format!("s:one{i}"));
+    }
+    assert_eq!(held(&h).await, before);
+    h.shutdown().await;
+}
+
+/// A held reply does not wait for a slow event behind it: the event runs on an idle worker (it
+/// does not wait for a turn in a line), so the reply held for it goes out as it starts, seconds
+/// before its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reply_goes_out_while_the_slow_event_behind_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(dir.path(), &[&test_worker()], ONE, &pool(1, ""), "")
+        + "metrics:\n  address: 127.0.0.1:0\n";
+    let mut h = Harness::start(dir, &text).await;
+    let mut c = greeted(&h, 1).await.remove(0);
+    // Bounded as above; each round's slow event takes 4 s, the held reply must come within 2.
+    let mut round = 0;
+    loop {
+        assert!(round < 5, "no reply held in {round} rounds");
+        c.send(format!("fast{round}\r\nsleep 4000\r\n")).await;
+        support::wait_for_marker(&h, "sleeping").await;
+        let fast = tokio::time::timeout(Duration::from_secs(2), c.line())
+            .await
+            .expect("the held reply while the slow event runs");
+        assert_eq!(fast.unwrap(), format!("s:fast{round}"));
+        assert_eq!(c.line().await.unwrap(), "slept");
+        std::fs::remove_file(h.dir.path().join("sleeping")).unwrap();
+        if held(&h).await > 0.0 {
+            break;
+        }
+        round += 1;
+    }
+    assert_eq!(c.ask("after\r\n").await, "s:after");
+    h.shutdown().await;
+}
+
+/// A reply held while the next event waits in a worker's line, and that event's answer pushes to
+/// its own connection: the push goes out after the held reply and before the pushing event's
+/// reply, as it would without holding. The line: a pipelining client of slow events keeps the
+/// worker busy, so that each event of the other client waits for its turn behind one of them.
+/// One thread: the busy client's next event joins the line (in the same poll as its answer)
+/// before the other client's task runs, so the pushing event surely waits behind it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_push_made_while_a_reply_is_held_goes_out_after_it_and_before_the_next_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(
+        dir.path(),
+        &[&test_worker()],
+        ONE,
+        &pool(1, "    max_in_flight: 16\n"),
+        "",
+    ) + "metrics:\n  address: 127.0.0.1:0\n";
+    let mut h = Harness::start(dir, &text).await;
+    let mut clients = greeted(&h, 2).await;
+    let (busy, c) = clients.split_at_mut(1);
+    let (busy, c) = (&mut busy[0], &mut c[0]);
+    // A few rounds: which event waits behind which depends on the threads' timing.
+    for round in 0..3 {
+        busy.send("sleep 200\r\nsleep 200\r\nsleep 200\r\n").await;
+        support::wait_for_marker(&h, "sleeping").await;
+        c.send(format!("a{round}\r\nself 2\r\nb{round}\r\n")).await;
+        let want = [
+            format!("s:a{round}"),
+            "self 0".into(),
+            "self 1".into(),
+            "reply".into(),
+            format!("s:b{round}"),
+        ];
+        for want in want {
+            assert_eq!(c.line().await.unwrap(), want, "round {round}");
+        }
+        for _ in 0..3 {
+            assert_eq!(busy.line().await.unwrap(), "slept");
+        }
+        std::fs::remove_file(h.dir.path().join("sleeping")).unwrap();
+    }
+    assert!(held(&h).await > 0.0);
+    h.shutdown().await;
+}

@@ -123,6 +123,12 @@ impl<R: AsyncRead + ReadReady + Unpin> Packets<R> {
         false
     }
 
+    /// Whether bytes of a next packet are read already (maybe not all of it): the client is
+    /// pipelining. A hint, not a promise: the next packet may still need a read.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty() && !self.errored
+    }
+
     /// The read half.
     pub fn get_ref(&self) -> &R {
         &self.io

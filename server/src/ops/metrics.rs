@@ -294,6 +294,8 @@ struct Inner {
     bytes_in: Family<ServerLabel, Counter>,
     /// `pier_sent_bytes_total{server}`.
     bytes_out: Family<ServerLabel, Counter>,
+    /// `pier_replies_held_total{server}`.
+    held: Family<ServerLabel, Counter>,
     /// `pier_events_total{server,kind}`.
     events: Family<ServerKindLabels, Counter>,
     /// `pier_event_duration_seconds{kind}`: time on the worker; connected, data, close.
@@ -379,6 +381,12 @@ impl Metrics {
             "Bytes written to clients, per server",
             Unit::Bytes,
             bytes_out.clone(),
+        );
+        let held = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "replies_held",
+            "Replies held back to leave in one write with the connection's next (the client's next packet was read already), per server",
+            held.clone(),
         );
         let events = Family::<ServerKindLabels, Counter>::default();
         registry.register(
@@ -491,6 +499,7 @@ impl Metrics {
                 rejected,
                 bytes_in,
                 bytes_out,
+                held,
                 events,
                 event_seconds,
                 wait_seconds,
@@ -543,6 +552,7 @@ impl Metrics {
                 rejected: RejectReason::ALL.map(|r| reason(&m.rejected, r.as_str())),
                 bytes_in: m.bytes_in.get_or_create_owned(&server),
                 bytes_out: m.bytes_out.get_or_create_owned(&server),
+                held: m.held.get_or_create_owned(&server),
                 events: [kind("connected"), kind("data"), kind("close")],
                 write_buffer: m.write_buffer.clone(),
             })),
@@ -726,6 +736,8 @@ struct ServerHandles {
     bytes_in: Counter,
     /// Bytes written to clients.
     bytes_out: Counter,
+    /// Replies held back to leave with the connection's next.
+    held: Counter,
     /// Events, indexed connected, data, close.
     events: [Counter; 3],
     /// The instance-wide write-buffer gauge.
@@ -793,6 +805,14 @@ impl ServerMetrics {
     pub fn received(&self, n: usize) {
         if let Some(m) = &self.inner {
             m.bytes_in.inc_by(n as u64);
+        }
+    }
+
+    /// `n` replies held back went out with a later one (or before the connection waited).
+    #[inline]
+    pub fn held(&self, n: usize) {
+        if let Some(m) = &self.inner {
+            m.held.inc_by(n as u64);
         }
     }
 
