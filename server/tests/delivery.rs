@@ -40,13 +40,13 @@ const ONE: &str = "    s:\n      addr: 127.0.0.1:0\n";
 /// Clients connected at once.
 const CLIENTS: usize = 48;
 /// Sessions (connections) per round.
-const SESSIONS: usize = 700;
+const SESSIONS: usize = 500;
 /// Connections at once that only take their greeting and go.
 const CHURNERS: usize = 6;
 /// Most of them per churner and round.
 const CHURNS: usize = 2000;
 /// A round stops starting sessions after this long (the count above is the usual bound).
-const ROUND: Duration = Duration::from_secs(8);
+const ROUND: Duration = Duration::from_secs(6);
 
 /// Session ids, unique in the whole binary: every line a client sends or is owed carries its own.
 static IDS: AtomicU64 = AtomicU64::new(0);
@@ -671,7 +671,8 @@ async fn shutdown_with_parked(h: &mut Harness, seed: u64) -> Vec<String> {
     failures
 }
 
-async fn storm(flavor: &str) {
+/// The storm on server `s` (`servers`: its YAML, as `ONE`).
+async fn storm(flavor: &str, servers: &str) {
     let seed = std::env::var("DELIVERY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -691,8 +692,8 @@ async fn storm(flavor: &str) {
     // Two workers, long lines, a restart every 150 events; `exec_ttl` for the hung events (1 s:
     // not reached by a nap on a loaded host, whose workers may wait for a CPU).
     let pool = "    num_workers: 2\n    max_in_flight: 32\n    max_jobs: 150\n    supervisor:\n      watch_tick: 50ms\n      exec_ttl: 1s\n";
-    let text =
-        yaml(dir.path(), &[&test_worker()], ONE, pool, "") + "metrics:\n  address: 127.0.0.1:0\n";
+    let text = yaml(dir.path(), &[&test_worker()], servers, pool, "")
+        + "metrics:\n  address: 127.0.0.1:0\n";
     let mut h = Harness::start(dir, &text).await;
     let started = Instant::now();
     let calm = round(&h, &format!("{flavor} calm"), seed, None).await;
@@ -765,13 +766,25 @@ async fn storm(flavor: &str) {
 /// On the default runtime (`tcp.io_threads: 1`): one thread, deliveries from other tasks.
 #[tokio::test(flavor = "current_thread")]
 async fn answers_reach_only_their_own_clients_in_order_under_churn_on_one_thread() {
-    storm("one thread").await;
+    storm("one thread", ONE).await;
 }
 
 /// `tcp.io_threads: 2`: deliveries from another thread while the connection's task may be polled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_reach_only_their_own_clients_in_order_under_churn_on_two_threads() {
-    storm("two threads").await;
+    storm("two threads", ONE).await;
+}
+
+/// With an idle timeout (which never runs out here: a client pauses at most a few ms), the
+/// parked task also sets its idle timer and a delivery notes when it wrote the answer
+/// (`Link::answered`): the same path with the idle clock's steps, on two threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_reach_only_their_own_clients_in_order_under_churn_with_an_idle_timeout() {
+    storm(
+        "idle timeout",
+        "    s:\n      addr: 127.0.0.1:0\n      idle_timeout: 5s\n",
+    )
+    .await;
 }
 
 /// The delivery's counter.
