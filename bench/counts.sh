@@ -15,7 +15,9 @@
 #   TREE    the checkout whose bench/php and php-client/src the worker runs (default: this one)
 # Env: CONNS (1), DEPTH (1), SIZE (32), MESSAGES (20000, callgrind), STRACE_MESSAGES (4000),
 #      IO_THREADS (tcp.io_threads; unset = the build's default), POOL_KEYS / SERVER_KEYS (config
-#      keys under tcp.pool / the server, see bench/lib.sh), OUT (target/bench/counts).
+#      keys under tcp.pool / the server, see bench/lib.sh), LOAD_ARGS (more options of every
+#      `pier-bench load`, e.g. "--tls-ca cert.pem" with SERVER_KEYS naming the server's tls.cert
+#      and tls.key), OUT (target/bench/counts).
 # Prints one markdown table row:
 #   | label | cell | pier Ir/msg | worker Ir/msg | pier syscalls/msg | worker syscalls/msg |
 set -euo pipefail

@@ -1,11 +1,13 @@
 # Shell helpers the bench scripts share (sourced; needs $BENCH, the pier-bench binary).
 
 # wait_ready ADDR [LOG]: waits (bounded: 240 tries, 0.5 s apart) until one round trip to ADDR
-# succeeds; otherwise says so, naming LOG if given, and fails.
+# succeeds (with the generator's LOAD_ARGS, env: e.g. "--tls-ca cert.pem" for a TLS server);
+# otherwise says so, naming LOG if given, and fails.
 wait_ready() {
   local i
   for i in $(seq 1 240); do
-    if "$BENCH" load --addr "$1" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 >/dev/null 2>&1; then return 0; fi
+    # shellcheck disable=SC2086 # LOAD_ARGS: words (e.g. --tls-ca FILE)
+    if "$BENCH" load --addr "$1" -c 1 -d 1 -s 32 --batches 1 --warmup 0 --duration 10 ${LOAD_ARGS:-} >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
   echo "server on $1 never answered${2:+ (log: $2)}" >&2
@@ -83,6 +85,8 @@ marginal_setup() {
   mkdir -p "$OUT"
   COMMAND=$(worker_command "$WORKER" "$TREE")
   load=(-c "$CONNS" -d "$DEPTH" -s "$SIZE" --warmup 0)
+  # shellcheck disable=SC2206 # LOAD_ARGS: words (e.g. --tls-ca FILE), added to every load
+  load+=(${LOAD_ARGS:-})
   unset PHP_INI_SCAN_DIR
   SERVER=
   trap 'if [ -n "$SERVER" ]; then kill -TERM "$SERVER" 2>/dev/null || true; fi' EXIT
