@@ -551,13 +551,14 @@ impl Writer {
                 link.held.store(true, Ordering::Relaxed);
                 return Ok(());
             }
-            if link.held() && !behind_others(&q, self, link) {
-                // Behind held replies only: it joins them, and all leave in one write.
-                drop(q);
-                self.inflight.push_back(body);
-                return self.write_now(link).map(|_| ());
-            }
             if behind {
+                // (Held replies are counted in `queued`: only behind something is this asked.)
+                if link.held() && !behind_others(&q, self, link) {
+                    // Behind held replies only: it joins them, and all leave in one write.
+                    drop(q);
+                    self.inflight.push_back(body);
+                    return self.write_now(link).map(|_| ());
+                }
                 q.chunks.push_back(body);
                 drop(q);
                 // No wake-up needed (this is the connection's task); the read loop sees the

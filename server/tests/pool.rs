@@ -470,6 +470,14 @@ async fn events_ready_together_reach_an_idle_worker_in_one_write() {
     h.shutdown().await;
 }
 
+/// Server `s` on the Rust test worker with `pool`, and metrics on.
+async fn metered(pool: &str) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        yaml(dir.path(), &[&test_worker()], ONE, pool, "") + "metrics:\n  address: 127.0.0.1:0\n";
+    Harness::start(dir, &text).await
+}
+
 /// `pier_answers_delivered_total` now: answers the reader of a worker's answers wrote to their
 /// clients itself, without waking their connections' tasks.
 async fn delivered(h: &Harness) -> f64 {
@@ -500,15 +508,7 @@ async fn waiting(h: &Harness, n: usize) {
 #[tokio::test(flavor = "current_thread")]
 async fn plain_answers_in_a_line_are_written_without_waking_their_connections_in_order() {
     const CLIENTS: usize = 6;
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(
-        dir.path(),
-        &[&test_worker()],
-        ONE,
-        &pool(1, "    max_in_flight: 32\n"),
-        "",
-    ) + "metrics:\n  address: 127.0.0.1:0\n";
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = metered(&pool(1, "    max_in_flight: 32\n")).await;
     let mut clients = greeted(&h, CLIENTS).await;
     // Bounded: the worker answers each event with a write of its own, so a read of pier's may
     // bring one answer only; within a few rounds one brings several.
@@ -633,10 +633,7 @@ async fn held(h: &Harness) -> f64 {
 /// reply and before the reply of the event that pushed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_to_a_pipelined_burst_are_held_to_leave_together_in_order_with_pushes() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(dir.path(), &[&test_worker()], ONE, &pool(1, ""), "")
-        + "metrics:\n  address: 127.0.0.1:0\n";
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = metered(&pool(1, "")).await;
     let mut c = greeted(&h, 1).await.remove(0);
     assert_eq!(held(&h).await, 0.0);
     // Bounded: the burst is one write and normally one read of pier's; if the kernel split
@@ -673,10 +670,7 @@ async fn replies_to_a_pipelined_burst_are_held_to_leave_together_in_order_with_p
 /// before its own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_reply_goes_out_while_the_slow_event_behind_it_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(dir.path(), &[&test_worker()], ONE, &pool(1, ""), "")
-        + "metrics:\n  address: 127.0.0.1:0\n";
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = metered(&pool(1, "")).await;
     let mut c = greeted(&h, 1).await.remove(0);
     // Bounded as above; each round's slow event takes 4 s, the held reply must come within 2.
     let mut round = 0;
@@ -707,15 +701,7 @@ async fn a_held_reply_goes_out_while_the_slow_event_behind_it_runs() {
 /// before the other client's task runs, so the pushing event surely waits behind it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_push_made_while_a_reply_is_held_goes_out_after_it_and_before_the_next_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = yaml(
-        dir.path(),
-        &[&test_worker()],
-        ONE,
-        &pool(1, "    max_in_flight: 16\n"),
-        "",
-    ) + "metrics:\n  address: 127.0.0.1:0\n";
-    let mut h = Harness::start(dir, &text).await;
+    let mut h = metered(&pool(1, "    max_in_flight: 16\n")).await;
     let mut clients = greeted(&h, 2).await;
     let (busy, c) = clients.split_at_mut(1);
     let (busy, c) = (&mut busy[0], &mut c[0]);
