@@ -285,21 +285,31 @@ pub(crate) fn set_keepalive(stream: &TcpStream, ka: &KeepaliveConfig) -> std::io
 ///
 /// The idle clock is lazy: activity costs a store, not a timer reset. A read only marks that
 /// bytes came (`fresh`); the time is taken when it matters (the connection goes back to waiting,
-/// or its event ends, which restarts the clock anyway). One timer per connection
-/// ([`IdleClock`]) is set no later than the deadline and, when it fires, the deadline is computed
-/// again and the timer set for the remainder: at 100 × 1 a connection's timer fires once per
-/// timeout, not per message. Before, every wait for a packet made and dropped a `Sleep` (two
-/// trips through the timer wheel's lock) and read the clock twice per message
-/// (bench/results/2026-12-01-idle.md).
+/// or its event ends, which restarts the clock anyway). One timer per connection (`sleep`) is set
+/// no later than the deadline and, when it fires, the deadline is computed again and the timer
+/// set for the remainder: at 100 × 1 a connection's timer fires once per timeout, not per
+/// message. Before, every wait for a packet made and dropped a `Sleep` (two trips through the
+/// timer wheel's lock) and read the clock twice per message (bench/results/2026-12-01-idle.md).
+/// The clock's fields are here, in the task's state, and only the timer is boxed: a message then
+/// touches the timer's line alone (its state, read by a park's check) besides the task's.
 #[derive(Debug)]
 pub(crate) struct Reader<R> {
     /// The socket.
     inner: R,
+    /// The idle clock's timer while an idle timeout applies (boxed: most servers have no idle
+    /// timeout, and a `Sleep` is large), set for the deadline or earlier; `None`: no idle
+    /// timeout, no clock read.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The idle timeout (while `sleep` is set).
+    timeout: Duration,
+    /// When the client last sent bytes or the connection's last event ended, in
+    /// [`coarse_now_ns`] time (while `sleep` is set).
+    last: u64,
     /// Bytes came since the idle clock last took the time.
     fresh: bool,
-    /// The idle clock and its timer while an idle timeout applies (boxed: most servers have no
-    /// idle timeout, and the timer is large); `None`: no clock read, no timer.
-    idle: Option<Pin<Box<IdleClock>>>,
+    /// `sleep` wakes this task no later than the deadline: set since the last change of
+    /// `timeout`, polled (the task's waker registered) since it was set, not fired.
+    armed: bool,
     /// Where bytes are counted.
     metrics: ServerMetrics,
 }
@@ -310,24 +320,6 @@ pub(crate) struct Reader<R> {
 /// in their ticks.
 const COARSE_TICK_NS: u64 = 10_000_000;
 
-pin_project_lite::pin_project! {
-    /// A connection's idle timeout, the last activity and the timer that watches for it.
-    #[derive(Debug)]
-    struct IdleClock {
-        // The timeout.
-        timeout: Duration,
-        // When the client last sent bytes or the connection's last event ended, in
-        // [`coarse_now_ns`] time.
-        last: u64,
-        // `sleep` wakes this task no later than the deadline: set since the last change of
-        // `timeout`, polled (the task's waker registered) since it was set, not fired.
-        armed: bool,
-        // The timer, set for the deadline or earlier.
-        #[pin]
-        sleep: tokio::time::Sleep,
-    }
-}
-
 /// `CLOCK_MONOTONIC_COARSE` in ns (the idle clock's time; a clock read per message mattered).
 pub(crate) use crate::pool::coarse_now_ns;
 
@@ -336,8 +328,11 @@ impl<R> Reader<R> {
     pub(crate) fn new(inner: R, idle_timeout: Option<Duration>, metrics: ServerMetrics) -> Self {
         let mut reader = Reader {
             inner,
+            sleep: None,
+            timeout: Duration::ZERO,
+            last: 0,
             fresh: false,
-            idle: None,
+            armed: false,
             metrics,
         };
         reader.retrack(idle_timeout);
@@ -349,9 +344,9 @@ impl<R> Reader<R> {
     /// wait. Inline: the usual call changes nothing.
     #[inline]
     pub(crate) fn track(&mut self, idle_timeout: Option<Duration>) {
-        match (idle_timeout, &self.idle) {
+        match (idle_timeout, &self.sleep) {
             (None, None) => {}
-            (Some(timeout), Some(clock)) if clock.timeout == timeout => {}
+            (Some(timeout), Some(_)) if self.timeout == timeout => {}
             _ => self.retrack(idle_timeout),
         }
     }
@@ -360,24 +355,15 @@ impl<R> Reader<R> {
     #[cold]
     fn retrack(&mut self, idle_timeout: Option<Duration>) {
         let Some(timeout) = idle_timeout else {
-            self.idle = None;
+            self.sleep = None;
             return;
         };
-        match &mut self.idle {
-            Some(clock) => {
-                let clock = clock.as_mut().project();
-                *clock.timeout = timeout;
-                *clock.armed = false;
-            }
-            None => {
-                self.idle = Some(Box::pin(IdleClock {
-                    timeout,
-                    last: coarse_now_ns(),
-                    armed: false,
-                    // Set when first armed (a `Sleep` is registered only once polled).
-                    sleep: tokio::time::sleep(Duration::ZERO),
-                }));
-            }
+        self.timeout = timeout;
+        self.armed = false;
+        if self.sleep.is_none() {
+            self.last = coarse_now_ns();
+            // Set when first armed (a `Sleep` is registered only once polled).
+            self.sleep = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
         }
     }
 
@@ -386,9 +372,9 @@ impl<R> Reader<R> {
     /// held the worker (`connection::Link::deliver`, [`coarse_now_ns`] time), else now. Without
     /// an idle timeout nothing is read.
     pub(crate) fn ended(&mut self, answered: impl FnOnce() -> u64) {
-        if let Some(clock) = &mut self.idle {
+        if self.sleep.is_some() {
             let at = answered();
-            *clock.as_mut().project().last = if at == 0 { coarse_now_ns() } else { at };
+            self.last = if at == 0 { coarse_now_ns() } else { at };
             self.fresh = false;
         }
     }
@@ -398,26 +384,25 @@ impl<R> Reader<R> {
     /// `Pending` with the timer set to wake the task no later than that. Never without an idle
     /// timeout.
     pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(clock) = &mut self.idle else {
+        let Some(sleep) = &mut self.sleep else {
             return Poll::Pending;
         };
-        let clock = clock.as_mut().project();
         if std::mem::take(&mut self.fresh) {
             // Bytes came in this poll (the wait reads, then looks here).
-            *clock.last = coarse_now_ns();
+            self.last = coarse_now_ns();
         }
-        if *clock.armed && !clock.sleep.is_elapsed() {
+        if self.armed && !sleep.is_elapsed() {
             return Poll::Pending;
         }
         let now = coarse_now_ns();
-        let due = clock
+        let due = self
             .last
-            .saturating_add(nanos(*clock.timeout))
+            .saturating_add(nanos(self.timeout))
             .saturating_add(COARSE_TICK_NS);
         if now >= due {
             return Poll::Ready(());
         }
-        arm(clock.sleep, clock.armed, due - now, cx);
+        arm(sleep.as_mut(), &mut self.armed, due - now, cx);
         Poll::Pending
     }
 
@@ -425,11 +410,11 @@ impl<R> Reader<R> {
     /// parks: nothing but the client's next bytes or the signal will wake it, its answer may be
     /// written without it): makes sure the timer wakes it no later than the idle deadline, which
     /// is at least a timeout after the event ends. Nothing to do while the timer is set (one
-    /// load); without an idle timeout, nothing at all.
+    /// load of its state); without an idle timeout, nothing at all.
     #[inline]
     pub(crate) fn watch_while_busy(&mut self, cx: &mut Context<'_>) {
-        match &self.idle {
-            Some(clock) if !clock.armed || clock.sleep.is_elapsed() => self.rearm_while_busy(cx),
+        match &self.sleep {
+            Some(sleep) if !self.armed || sleep.is_elapsed() => self.rearm_while_busy(cx),
             _ => {}
         }
     }
@@ -437,21 +422,20 @@ impl<R> Reader<R> {
     /// [`Reader::watch_while_busy`] when the timer is not set.
     #[cold]
     fn rearm_while_busy(&mut self, cx: &mut Context<'_>) {
-        let Some(clock) = &mut self.idle else {
+        let Some(sleep) = &mut self.sleep else {
             return;
         };
-        let clock = clock.as_mut().project();
         let now = coarse_now_ns();
         if std::mem::take(&mut self.fresh) {
-            *clock.last = now;
+            self.last = now;
         }
         // The event ends after now: a timeout from now is no later than the deadline either.
-        let due = clock
+        let due = self
             .last
-            .saturating_add(nanos(*clock.timeout))
+            .saturating_add(nanos(self.timeout))
             .saturating_add(COARSE_TICK_NS)
-            .max(now.saturating_add(nanos(*clock.timeout)));
-        arm(clock.sleep, clock.armed, due - now, cx);
+            .max(now.saturating_add(nanos(self.timeout)));
+        arm(sleep.as_mut(), &mut self.armed, due - now, cx);
     }
 
     /// The socket back (STARTTLS re-wraps it).
