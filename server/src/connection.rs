@@ -1717,15 +1717,28 @@ mod tests {
         socket2::SockRef::from(&socket)
             .set_send_buffer_size(4096)
             .unwrap();
+        // Long enough that the pusher below, which waits for the send to begin, surely pushes
+        // before it times out, even on a loaded host.
         socket
-            .set_write_timeout(Some(Duration::from_millis(300)))
+            .set_write_timeout(Some(Duration::from_secs(2)))
             .unwrap();
+        peer.set_nonblocking(true).unwrap();
         link.park_fd.store(socket.as_raw_fd(), Ordering::Relaxed);
         link.park.store(PARKED, Ordering::Relaxed);
         let body = vec![b'R'; 256 * 1024];
         let delivered = std::thread::scope(|s| {
             s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(100));
+                // Once the send has begun (its first bytes reached the peer): the push is
+                // accepted while the delivery's send is under way, not before it (bounded wait).
+                let peer = socket2::SockRef::from(&peer);
+                let began = std::time::Instant::now();
+                while !peer
+                    .peek(&mut [std::mem::MaybeUninit::uninit(); 1])
+                    .is_ok_and(|n| n > 0)
+                {
+                    assert!(began.elapsed() < Duration::from_secs(5), "no send began");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 assert!(link.push(Bytes::from_static(b"~pushed\n")));
             });
             link.deliver(&body)
