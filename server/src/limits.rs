@@ -395,10 +395,7 @@ impl<R> Reader<R> {
             return Poll::Pending;
         }
         let now = coarse_now_ns();
-        let due = self
-            .last
-            .saturating_add(nanos(self.timeout))
-            .saturating_add(COARSE_TICK_NS);
+        let due = idle_due(self.last, self.timeout);
         if now >= due {
             return Poll::Ready(());
         }
@@ -430,11 +427,7 @@ impl<R> Reader<R> {
             self.last = now;
         }
         // The event ends after now: a timeout from now is no later than the deadline either.
-        let due = self
-            .last
-            .saturating_add(nanos(self.timeout))
-            .saturating_add(COARSE_TICK_NS)
-            .max(now.saturating_add(nanos(self.timeout)));
+        let due = idle_due(self.last, self.timeout).max(now.saturating_add(nanos(self.timeout)));
         arm(sleep.as_mut(), &mut self.armed, due - now, cx);
     }
 
@@ -442,6 +435,14 @@ impl<R> Reader<R> {
     pub(crate) fn into_inner(self) -> R {
         self.inner
     }
+}
+
+/// The idle deadline, in [`coarse_now_ns`] time: a timeout after `last`, plus the coarse clock's
+/// tick bound, so that it is never early ([`COARSE_TICK_NS`]).
+#[inline]
+fn idle_due(last: u64, timeout: Duration) -> u64 {
+    last.saturating_add(nanos(timeout))
+        .saturating_add(COARSE_TICK_NS)
 }
 
 /// A duration in ns, as the idle clock keeps them (saturating: over 584 years).
